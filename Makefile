@@ -1,0 +1,38 @@
+# wxmp: two commands set everything up on a fresh machine: `make run` and `make test`.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: run test demo bench lint fmt check-deploy build release clean
+
+## run: the whole stack in one process (SQLite + in-memory sessions + the WeChat sandbox)
+run:
+	$(CARGO) run -p wxmp -- up
+
+## test: every test (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; see README)
+test:
+	$(CARGO) test --workspace --no-fail-fast
+
+## demo: plays a mini program against a running `make run`
+demo:
+	$(CARGO) run -p wxmp -- demo
+
+## bench: load every path of a release build (PostgreSQL + Redis) and write bench/results.md
+bench:
+	bash bench/run.sh
+
+## lint: what CI checks besides the tests
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --workspace --release
+
+clean:
+	$(CARGO) clean

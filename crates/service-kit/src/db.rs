@@ -1,0 +1,325 @@
+//! One database handle for PostgreSQL (production) and SQLite (the embedded default).
+//!
+//! Queries are written once with diesel + diesel-async and run on either back end with
+//! [`with_conn!`](crate::with_conn): the macro expands the body once per back end, so the
+//! same query text is type-checked for both. Each service embeds one migrations folder per
+//! back end (their DDL differs: `BIGSERIAL` vs `INTEGER PRIMARY KEY`).
+
+use std::{path::Path, time::Duration};
+
+use diesel::{Connection, SqliteConnection, connection::SimpleConnection};
+use diesel_async::{
+    AsyncPgConnection,
+    async_connection_wrapper::AsyncConnectionWrapper,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool::Pool},
+    sync_connection_wrapper::SyncConnectionWrapper,
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+/// The async SQLite connection: diesel's sync connection run on tokio's blocking pool.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// A pool of connections to either back end.
+#[derive(Clone)]
+pub enum Database {
+    Postgres(Pool<AsyncPgConnection>),
+    Sqlite(Pool<SqliteConn>),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the URL: it may hold a password.
+        f.write_str(match self {
+            Self::Postgres(_) => "Database::Postgres",
+            Self::Sqlite(_) => "Database::Sqlite",
+        })
+    }
+}
+
+/// What can go wrong with the database, independent of the query.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database url (use postgres://... or sqlite://path)")]
+    UnsupportedUrl,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+impl DbError {
+    /// True when the row asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Query(diesel::result::Error::NotFound))
+    }
+
+    /// True when an insert hit a unique constraint.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(
+            self,
+            Self::Query(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        )
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for DbError {
+    fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A service's migrations, one set per back end.
+pub struct Migrations {
+    pub postgres: EmbeddedMigrations,
+    pub sqlite: EmbeddedMigrations,
+}
+
+/// Pool settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolOptions {
+    /// Most connections held open (SQLite uses at most one writer anyway; see `connect`).
+    pub max_size: usize,
+    /// How long a request waits for a free connection, and for a new one to open.
+    pub timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which back end a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+}
+
+/// The file path of a `sqlite://path` or `sqlite:path` URL (`sqlite::memory:` stays as is).
+fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url)
+}
+
+// WAL lets readers run beside the writer; busy_timeout makes a second writer wait instead of
+// failing at once with SQLITE_BUSY.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+impl Database {
+    /// Opens a pool. Nothing is connected yet for PostgreSQL (the first query connects), so a
+    /// service starts even while its database is still coming up.
+    pub fn connect(url: &str, options: PoolOptions) -> Result<Self, DbError> {
+        match Backend::of(url)? {
+            Backend::Postgres => {
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                let pool = Pool::builder(manager)
+                    .max_size(options.max_size)
+                    .wait_timeout(Some(options.timeout))
+                    .create_timeout(Some(options.timeout))
+                    .recycle_timeout(Some(options.timeout))
+                    .runtime(deadpool_runtime())
+                    .build()
+                    .map_err(|e| DbError::Unavailable(e.to_string()))?;
+                Ok(Self::Postgres(pool))
+            }
+            Backend::Sqlite => {
+                let path = sqlite_path(url).to_owned();
+                if path != ":memory:"
+                    && let Some(dir) = Path::new(&path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        DbError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.custom_setup = Box::new(|url| {
+                    let url = url.to_owned();
+                    Box::pin(async move {
+                        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+                        let mut conn = SqliteConn::establish(&url).await?;
+                        conn.batch_execute(SQLITE_PRAGMAS)
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    })
+                });
+                let manager =
+                    AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, config);
+                // One connection: SQLite has a single writer, and one connection means no
+                // SQLITE_BUSY between our own transactions. The embedded default is for one
+                // machine; production runs PostgreSQL.
+                let pool = Pool::builder(manager)
+                    .max_size(1)
+                    .wait_timeout(Some(options.timeout))
+                    .create_timeout(Some(options.timeout))
+                    .runtime(deadpool_runtime())
+                    .build()
+                    .map_err(|e| DbError::Unavailable(e.to_string()))?;
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Runs the pending migrations of this back end. On PostgreSQL an advisory lock makes
+    /// replicas that start together take turns instead of racing on the same DDL.
+    pub async fn migrate(&self, url: &str, migrations: &'static Migrations) -> Result<(), DbError> {
+        let url = url.to_owned();
+        let backend = self.backend();
+        tokio::task::spawn_blocking(move || match backend {
+            Backend::Postgres => {
+                let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+                    .map_err(|e| DbError::Unavailable(e.to_string()))?;
+                conn.batch_execute("SELECT pg_advisory_lock(7757432)")?;
+                let result = conn
+                    .run_pending_migrations(Source(&migrations.postgres))
+                    .map(|_| ())
+                    .map_err(|e| DbError::Migration(e.to_string()));
+                conn.batch_execute("SELECT pg_advisory_unlock(7757432)")?;
+                result
+            }
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::establish(sqlite_path(&url))
+                    .map_err(|e| DbError::Unavailable(e.to_string()))?;
+                conn.batch_execute(SQLITE_PRAGMAS)?;
+                conn.run_pending_migrations(Source(&migrations.sqlite))
+                    .map(|_| ())
+                    .map_err(|e| DbError::Migration(e.to_string()))
+            }
+        })
+        .await
+        .map_err(|e| DbError::Migration(e.to_string()))?
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        use diesel_async::SimpleAsyncConnection;
+        crate::with_conn!(self, |conn| conn.batch_execute("SELECT 1").await)?;
+        Ok(())
+    }
+}
+
+fn deadpool_runtime() -> deadpool::Runtime {
+    // Timeouts in the pool need a runtime to measure them.
+    deadpool::Runtime::Tokio1
+}
+
+/// Lends a `&'static EmbeddedMigrations` to diesel's harness, which wants a value.
+struct Source(&'static EmbeddedMigrations);
+
+impl<DB: diesel::backend::Backend> diesel::migration::MigrationSource<DB> for Source {
+    fn migrations(
+        &self,
+    ) -> diesel::migration::Result<Vec<Box<dyn diesel::migration::Migration<DB>>>> {
+        diesel::migration::MigrationSource::<DB>::migrations(self.0)
+    }
+}
+
+/// Runs `$body` with `$conn` bound to `&mut` a pooled connection of whichever back end `$db`
+/// is. The body is expanded once per back end, so it must compile for both; it should
+/// evaluate to a `Result<_, E>` where `E: From<diesel::result::Error>`. Pool errors are
+/// returned early as [`DbError`] through `?`, so the enclosing function's error type must be
+/// `From<DbError>`.
+#[macro_export]
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::db::Database::Postgres(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::db::Database::Sqlite(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// Test support: a fresh, empty PostgreSQL database per test, so tests never share rows.
+pub mod testing {
+    use super::*;
+
+    /// Where tests find PostgreSQL: `WXMP_TEST_PG_URL`, default the local server with trust
+    /// auth. Must point at a database the user may `CREATE DATABASE` from.
+    pub fn admin_url() -> String {
+        std::env::var("WXMP_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Creates a uniquely named database and answers its URL.
+    pub async fn fresh_postgres_url(prefix: &str) -> Result<String, DbError> {
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+        let admin = admin_url();
+        let name = format!(
+            "{}_{}",
+            prefix,
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..12)
+                .unwrap_or("x")
+        );
+        let mut conn = AsyncPgConnection::establish(&admin)
+            .await
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        Ok(format!("{base}/{name}"))
+    }
+
+    /// A fresh SQLite file URL inside `dir`.
+    pub fn fresh_sqlite_url(dir: &Path, name: &str) -> String {
+        format!("sqlite://{}", dir.join(format!("{name}.db")).display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_named_by_url() {
+        assert_eq!(Backend::of("postgres://x/y").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::of("postgresql://x/y").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::of("sqlite://data/a.db").unwrap(), Backend::Sqlite);
+        assert!(Backend::of("mysql://x").is_err());
+        assert_eq!(sqlite_path("sqlite://data/a.db"), "data/a.db");
+        assert_eq!(sqlite_path("sqlite::memory:"), ":memory:");
+    }
+}

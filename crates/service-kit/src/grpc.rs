@@ -1,0 +1,199 @@
+//! gRPC serving and calling, the same way in every service.
+//!
+//! Servers get the standard health service, a tracing span per call carrying the caller's
+//! `x-request-id`, graceful shutdown, and (when configured) a shared internal token that
+//! every non-health call must present. Clients get lazily connected channels with connect
+//! and per-call timeouts, created once and cloned per call.
+
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataMap},
+    service::{Interceptor, Routes},
+    transport::{Channel, Endpoint, Server},
+};
+use tonic_health::ServingStatus;
+
+use crate::{Secret, Shutdown};
+
+/// The metadata key (and HTTP header) carrying a request id from the gateway inwards.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The metadata key carrying the internal service token.
+pub const INTERNAL_TOKEN: &str = "x-wxmp-internal-token";
+
+/// Settings of a gRPC server.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InternalAuthConfig {
+    /// Shared token every internal gRPC call must carry (metadata x-wxmp-internal-token).
+    /// Unset disables the check: then keep the gRPC ports unreachable from outside.
+    #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<Secret>,
+}
+
+/// Serves `routes` plus `grpc.health.v1.Health` on `listener` until `shutdown`, then drains
+/// in-flight calls. `names` are the fully qualified service names reported as SERVING.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    for name in names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let routes = routes.add_service(health);
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.wait().await;
+            // Report NOT_SERVING first so load balancers stop sending new calls.
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
+    };
+    Server::builder()
+        .trace_fn(|req| {
+            let request_id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("grpc", path = %req.uri().path(), request_id = %request_id)
+        })
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .await
+}
+
+/// Server-side interceptor: requires the internal token when one is configured. Compares in
+/// constant time so the token cannot be guessed byte by byte.
+#[derive(Clone, Debug)]
+pub struct RequireToken(Option<Secret>);
+
+impl RequireToken {
+    pub fn new(token: Option<Secret>) -> Self {
+        Self(token.filter(|t| !t.is_empty()))
+    }
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get(INTERNAL_TOKEN)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(given.ct_eq(expected.expose().as_bytes())) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("internal token missing or wrong"))
+        }
+    }
+}
+
+/// Client-side interceptor: attaches the internal token (when configured) to every call.
+#[derive(Clone, Debug)]
+pub struct AttachToken(Option<AsciiMetadataValue>);
+
+impl AttachToken {
+    pub fn new(token: Option<&Secret>) -> Self {
+        Self(
+            token
+                .filter(|t| !t.is_empty())
+                .and_then(|t| t.expose().parse().ok()),
+        )
+    }
+}
+
+impl Interceptor for AttachToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert(INTERNAL_TOKEN, token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A lazily connecting channel: created once at start-up and cloned per call, so no call pays
+/// for a connection and a dependency that starts later is still reached.
+pub fn channel(
+    url: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(connect_timeout)
+        .timeout(call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// The request id of an incoming call, if the caller sent one.
+pub fn request_id(metadata: &MetadataMap) -> Option<&str> {
+    metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+}
+
+/// Wraps `message` in a request that carries the same request id as `incoming`, so one id
+/// follows a user's request through every service.
+pub fn forward<T>(incoming: &MetadataMap, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(id) = incoming.get(REQUEST_ID) {
+        request.metadata_mut().insert(REQUEST_ID, id.clone());
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(token: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut()
+            .insert(INTERNAL_TOKEN, token.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn token_is_required_when_configured() {
+        let mut check = RequireToken::new(Some(Secret::new("s3cret")));
+        assert!(check.call(with_token("s3cret")).is_ok());
+        assert!(check.call(with_token("s3creT")).is_err());
+        assert!(check.call(Request::new(())).is_err());
+        let mut open = RequireToken::new(None);
+        assert!(open.call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn attached_token_passes_the_check() {
+        let secret = Secret::new("s3cret");
+        let request = AttachToken::new(Some(&secret))
+            .call(Request::new(()))
+            .unwrap();
+        assert!(RequireToken::new(Some(secret)).call(request).is_ok());
+    }
+
+    #[test]
+    fn forward_keeps_the_request_id() {
+        let mut incoming = MetadataMap::new();
+        incoming.insert(REQUEST_ID, "abc-123".parse().unwrap());
+        let out = forward(&incoming, 7u8);
+        assert_eq!(request_id(out.metadata()), Some("abc-123"));
+    }
+}

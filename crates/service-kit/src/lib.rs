@@ -1,0 +1,19 @@
+//! The plumbing every wxmp binary shares, and nothing else: no business logic lives here.
+//!
+//! - [`telemetry`]: tracing (pretty or JSON) and the Prometheus exporter.
+//! - [`shutdown`]: one signal that stops every server of a process gracefully.
+//! - [`grpc`]: serving with health + request ids + internal auth, and client channels.
+//! - [`reason`]: the `wxmp-error-reason` metadata that carries an [`ErrorReason`] across gRPC.
+//! - [`db`]: PostgreSQL or SQLite behind one pool type, with embedded migrations.
+//! - [`secret`]: a string that never shows in `Debug` output or logs.
+
+pub mod db;
+pub mod grpc;
+pub mod reason;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use reason::ErrorReason;
+pub use secret::Secret;
+pub use shutdown::Shutdown;
