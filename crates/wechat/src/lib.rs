@@ -1,0 +1,36 @@
+//! Everything in wxmp that speaks WeChat.
+//!
+//! * [`auth`]: `code2Session` and `access_token` over HTTPS,
+//! * [`crypto`]: the mini program's encrypted user data (AES-128-CBC, watermark, `rawData` signature),
+//! * [`pay`]: WeChat Pay v2 (signatures, the flat XML codec, `unifiedorder`, `orderquery`,
+//!   `closeorder`, payment notifications and `wx.requestPayment` parameters).
+//!
+//! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
+//! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.
+//! Secrets (app secret, `session_key`, pay key, access token) never appear in `Debug` output or
+//! error messages.
+//!
+//! ```
+//! use wechat::{WechatClient, WechatConfig};
+//!
+//! let config = WechatConfig {
+//!     api_base: "http://127.0.0.1:9000".into(),
+//!     pay_base: "http://127.0.0.1:9000".into(),
+//!     ..WechatConfig::default()
+//! };
+//! let client = WechatClient::new(config).expect("client");
+//! assert_eq!(client.config().api_base, "http://127.0.0.1:9000");
+//! ```
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod crypto;
+mod http;
+pub mod pay;
+
+pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
+pub use client::{ClientBuildError, WechatClient};
+pub use config::WechatConfig;
+pub use crypto::DecryptError;
+pub use pay::{PayConfig, PayError, SignType};

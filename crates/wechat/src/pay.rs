@@ -1,0 +1,21 @@
+//! WeChat Pay v2 (the XML API at `api.mch.weixin.qq.com`).
+//!
+//! * [`sign`](mod@sign): the MD5 / HMAC-SHA256 parameter signature,
+//! * [`xml`]: the flat `<xml><field>…</field></xml>` codec,
+//! * [`api`]: `unifiedorder`, `orderquery`, `closeorder` on [`WechatClient`](crate::WechatClient),
+//! * [`notify`]: verifying payment notifications and answering them,
+//! * [`jsapi`]: the parameters of `wx.requestPayment`.
+
+pub mod api;
+pub mod jsapi;
+pub mod notify;
+pub mod sign;
+pub mod xml;
+
+pub use api::{
+    OrderQueryResponse, PayConfig, PayError, TradeState, UnifiedOrderRequest, UnifiedOrderResponse,
+};
+pub use jsapi::{RequestPaymentParams, nonce_str, request_payment_params};
+pub use notify::{NotifyError, PayNotify, notify_reply_fail, notify_reply_success, verify_notify};
+pub use sign::{SignType, UnsupportedSignType, sign, verify};
+pub use xml::{Fields, MAX_XML_BYTES, XmlError};
