@@ -1,0 +1,183 @@
+//! `wxmp.user.v1.UserService` on top of the store, the session-key source and the decryption
+//! checks.
+
+use tonic::{Request, Response, Status};
+use wxmp_proto::{auth::v1::Principal, user::v1 as pb};
+
+use crate::{
+    Error,
+    decrypt::{Sealed, Signed, open_phone, open_profile},
+    error::DecryptCause,
+    session_keys::SessionKeys,
+    store::{Owner, Users},
+};
+
+/// Longest accepted appid / openid / unionid (WeChat's are 18 and 28 characters).
+const MAX_ID: usize = 128;
+
+/// The gRPC service. `K` is where session keys come from: auth-service in production.
+#[derive(Clone, Debug)]
+pub struct Service<K> {
+    users: Users,
+    keys: K,
+}
+
+impl<K: SessionKeys> Service<K> {
+    pub fn new(users: Users, keys: K) -> Self {
+        Self { users, keys }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::user_service_server::UserServiceServer<Self> {
+        pb::user_service_server::UserServiceServer::new(self)
+    }
+
+    async fn store_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<pb::User, Error> {
+        let (metadata, _, body) = request.into_parts();
+        let principal = principal(body.principal.as_ref())?;
+        let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
+        let signed = Signed::new(&body.raw_data, &body.signature)?;
+        let key = self
+            .keys
+            .session_key(&metadata, &principal.app_id, &principal.openid)
+            .await?
+            .ok_or(DecryptCause::NoSessionKey)?;
+        let changes = open_profile(&key, sealed, signed, &principal.app_id, &principal.openid)?;
+        let user = self
+            .users
+            .update_profile(owner(principal), &changes)
+            .await?
+            .ok_or(Error::NotFound)?;
+        tracing::info!(user_id = user.id, "profile stored");
+        Ok(user.into())
+    }
+
+    async fn store_phone(
+        &self,
+        request: Request<pb::UpdatePhoneNumberRequest>,
+    ) -> Result<pb::User, Error> {
+        let (metadata, _, body) = request.into_parts();
+        let principal = principal(body.principal.as_ref())?;
+        let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
+        let key = self
+            .keys
+            .session_key(&metadata, &principal.app_id, &principal.openid)
+            .await?
+            .ok_or(DecryptCause::NoSessionKey)?;
+        let changes = open_phone(&key, sealed, &principal.app_id)?;
+        let user = self
+            .users
+            .update_phone(owner(principal), &changes)
+            .await?
+            .ok_or(Error::NotFound)?;
+        tracing::info!(user_id = user.id, "phone number stored");
+        Ok(user.into())
+    }
+}
+
+/// The authenticated caller, complete: every update is keyed on all three fields.
+fn principal(principal: Option<&Principal>) -> Result<&Principal, Error> {
+    match principal {
+        Some(p) if p.user_id > 0 && !p.app_id.is_empty() && !p.openid.is_empty() => Ok(p),
+        _ => Err(Error::MissingParameter("principal")),
+    }
+}
+
+fn owner(p: &Principal) -> Owner<'_> {
+    Owner {
+        user_id: p.user_id,
+        app_id: &p.app_id,
+        openid: &p.openid,
+    }
+}
+
+fn check_id(name: &'static str, value: &str, required: bool) -> Result<(), Error> {
+    if required && value.is_empty() {
+        return Err(Error::MissingParameter(name));
+    }
+    if value.len() > MAX_ID {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is longer than {MAX_ID} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Counts an update's outcome under `metric{result}`.
+fn count<T>(metric: &'static str, result: &Result<T, Error>) {
+    let label = match result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.reason().as_str_name().to_ascii_lowercase(),
+    };
+    metrics::counter!(metric, "result" => label).increment(1);
+}
+
+#[tonic::async_trait]
+impl<K: SessionKeys> pb::user_service_server::UserService for Service<K> {
+    async fn ensure_user(
+        &self,
+        request: Request<pb::EnsureUserRequest>,
+    ) -> Result<Response<pb::EnsureUserResponse>, Status> {
+        let body = request.into_inner();
+        check_id("app_id", &body.app_id, true)?;
+        check_id("openid", &body.openid, true)?;
+        check_id("unionid", &body.unionid, false)?;
+        let (user, created) = self
+            .users
+            .ensure(&body.app_id, &body.openid, &body.unionid)
+            .await
+            .map_err(Error::from)?;
+        if created {
+            metrics::counter!("wxmp_users_created_total").increment(1);
+            tracing::info!(user_id = user.id, "user created");
+        }
+        Ok(Response::new(pb::EnsureUserResponse {
+            user: Some(user.into()),
+            created,
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let user_id = request.into_inner().user_id;
+        if user_id == 0 {
+            return Err(Error::MissingParameter("user_id").into());
+        }
+        let user = self
+            .users
+            .get(user_id)
+            .await
+            .map_err(Error::from)?
+            .ok_or(Error::NotFound)?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        let result = self.store_profile(request).await;
+        count("wxmp_user_profile_updates_total", &result);
+        Ok(Response::new(pb::UpdateProfileResponse {
+            user: Some(result?),
+        }))
+    }
+
+    async fn update_phone_number(
+        &self,
+        request: Request<pb::UpdatePhoneNumberRequest>,
+    ) -> Result<Response<pb::UpdatePhoneNumberResponse>, Status> {
+        let result = self.store_phone(request).await;
+        count("wxmp_user_phone_updates_total", &result);
+        Ok(Response::new(pb::UpdatePhoneNumberResponse {
+            user: Some(result?),
+        }))
+    }
+}

@@ -1,0 +1,71 @@
+//! Where the user's latest `session_key` comes from: auth-service's `GetSessionKey`.
+//!
+//! Behind a trait so the service logic can be tested with keys held in memory as well as
+//! over the wire.
+
+use std::{future::Future, time::Duration};
+
+use service_kit::{
+    Secret,
+    grpc::{AttachToken, forward},
+    reason::reason_of,
+};
+use tonic::{metadata::MetadataMap, service::interceptor::InterceptedService, transport::Channel};
+use wxmp_proto::auth::v1::{GetSessionKeyRequest, auth_service_client::AuthServiceClient};
+
+use crate::Error;
+
+/// A source of users' newest session keys.
+pub trait SessionKeys: Send + Sync + 'static {
+    /// The newest session_key of (app_id, openid); `Ok(None)` when the user has no live
+    /// session. `incoming` is the metadata of the call being served (for the request id).
+    fn session_key(
+        &self,
+        incoming: &MetadataMap,
+        app_id: &str,
+        openid: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, Error>> + Send;
+}
+
+/// auth-service over gRPC, on one lazily connected channel cloned per call.
+#[derive(Clone, Debug)]
+pub struct AuthSessionKeys {
+    client: AuthServiceClient<InterceptedService<Channel, AttachToken>>,
+}
+
+impl AuthSessionKeys {
+    /// A client of auth-service at `url`; nothing is connected until the first call.
+    pub fn new(url: &str, timeout: Duration, token: Option<&Secret>) -> Result<Self, Error> {
+        let channel = service_kit::grpc::channel(url, timeout, timeout)
+            .map_err(|e| Error::Config(format!("USER_AUTH_SERVICE_URL {url:?}: {e}")))?;
+        Ok(Self {
+            client: AuthServiceClient::with_interceptor(channel, AttachToken::new(token)),
+        })
+    }
+}
+
+impl SessionKeys for AuthSessionKeys {
+    async fn session_key(
+        &self,
+        incoming: &MetadataMap,
+        app_id: &str,
+        openid: &str,
+    ) -> Result<Option<Secret>, Error> {
+        let request = forward(
+            incoming,
+            GetSessionKeyRequest {
+                app_id: app_id.to_owned(),
+                openid: openid.to_owned(),
+            },
+        );
+        match self.client.clone().get_session_key(request).await {
+            Ok(response) => {
+                let key = response.into_inner().session_key;
+                Ok((!key.is_empty()).then(|| Secret::new(key)))
+            }
+            // NOT_FOUND: the user has no live session (logged out, or it expired).
+            Err(status) if reason_of(&status) == service_kit::ErrorReason::NotFound => Ok(None),
+            Err(status) => Err(Error::AuthService(status)),
+        }
+    }
+}
