@@ -25,6 +25,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## check-deploy: render and validate the Kubernetes overlays, the compose file and the Dockerfile
+check-deploy:
+	bash deploy/check.sh
+
 fmt:
 	$(CARGO) fmt --all
 
