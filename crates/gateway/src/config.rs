@@ -1,0 +1,220 @@
+//! The gateway's configuration, from the environment.
+
+use std::{net::IpAddr, str::FromStr, time::Duration};
+
+use service_kit::{grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+
+/// Every setting of the gateway. Parse with `Config::parse()` (environment and flags).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "wxmp-gateway",
+    about = "HTTP JSON API of the wxmp mini program"
+)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// auth-service gRPC URL.
+    #[arg(
+        long,
+        env = "GATEWAY_AUTH_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub auth_url: String,
+    /// user-service gRPC URL.
+    #[arg(
+        long,
+        env = "GATEWAY_USER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub user_url: String,
+    /// pay-service gRPC URL.
+    #[arg(
+        long,
+        env = "GATEWAY_PAY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub pay_url: String,
+    /// Deadline of every upstream gRPC call, in milliseconds.
+    #[arg(long, env = "GATEWAY_RPC_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpc_timeout_ms: u64,
+    /// Largest accepted JSON body, in bytes (larger: envelope code 204).
+    #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = 65536,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_limit: u64,
+    /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or CIDRs.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// HTTP worker threads; default: the number of cores.
+    #[arg(long, env = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
+    pub workers: Option<u64>,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub internal: InternalAuthConfig,
+}
+
+impl Config {
+    /// A configuration for upstreams at the given URLs, everything else at its default.
+    /// Handy for `wxmp up` and tests, which do not read the environment.
+    pub fn new(auth_url: &str, user_url: &str, pay_url: &str) -> Self {
+        Self {
+            listen_addr: "127.0.0.1:0".into(),
+            auth_url: auth_url.into(),
+            user_url: user_url.into(),
+            pay_url: pay_url.into(),
+            rpc_timeout_ms: 5000,
+            body_limit: 65536,
+            trusted_proxies: TrustedProxies::default(),
+            workers: None,
+            telemetry: TelemetryConfig {
+                log_format: Default::default(),
+                metrics_addr: None,
+            },
+            internal: InternalAuthConfig {
+                internal_token: None,
+            },
+        }
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn body_limit(&self) -> usize {
+        usize::try_from(self.body_limit).unwrap_or(usize::MAX)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+            .and_then(|w| usize::try_from(w).ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+/// One trusted proxy: an address or a network in CIDR notation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let network = addr
+            .trim()
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?
+            .to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+/// The proxies allowed to tell the client's address in `X-Forwarded-For`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<Cidr>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|c| c.contains(ip))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Cidr::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_match_their_networks_only() {
+        let t: TrustedProxies = "10.0.0.0/8, 192.168.1.7 ,fd00::/8".parse().unwrap();
+        assert!(t.contains(ip("10.1.2.3")));
+        assert!(t.contains(ip("192.168.1.7")));
+        assert!(!t.contains(ip("192.168.1.8")));
+        assert!(t.contains(ip("fd00::1")));
+        assert!(!t.contains(ip("fe80::1")));
+        assert!(
+            t.contains(ip("::ffff:10.9.9.9")),
+            "v4-mapped peers count as v4"
+        );
+        assert!(!t.contains(ip("11.0.0.1")));
+        let all: TrustedProxies = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        assert!(TrustedProxies::from_str("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_proxies_are_rejected() {
+        assert!(TrustedProxies::from_str("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::from_str("example.com").is_err());
+        assert!(TrustedProxies::from_str("::1/129").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::try_parse_from(["wxmp-gateway"]).unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:8080");
+        assert_eq!(c.auth_url, "http://127.0.0.1:50051");
+        assert_eq!(c.rpc_timeout(), Duration::from_millis(5000));
+        assert_eq!(c.body_limit(), 65536);
+        assert!(c.workers() >= 1);
+        let bad = Config::try_parse_from(["wxmp-gateway", "--trusted-proxies", "nope"]);
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! The HTTP routes. Handlers only translate: HTTP input → one gRPC call → envelope.
+
+use actix_web::{HttpRequest, web};
+use wxmp_proto::auth::v1::{AuthenticateRequest, Principal};
+
+use crate::{
+    envelope::{ApiError, Code},
+    extract,
+    request_id::RequestId,
+    server::AppState,
+};
+
+pub mod health;
+pub mod notify;
+pub mod pay;
+pub mod session;
+pub mod user;
+
+/// Registers every route. The seed's paths keep their trailing slash; the form without it is
+/// accepted as well so a client does not depend on it.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource(["/login/", "/login"]).route(web::post().to(session::login)))
+        .service(web::resource(["/logout", "/logout/"]).route(web::post().to(session::logout)))
+        .service(web::resource(["/me", "/me/"]).route(web::get().to(user::me)))
+        .service(web::resource(["/userinfo/", "/userinfo"]).route(web::post().to(user::userinfo)))
+        .service(web::resource(["/phone/", "/phone"]).route(web::post().to(user::phone)))
+        .service(web::resource("/pay/notify").route(web::post().to(notify::pay_notify)))
+        .service(web::resource(["/pay/", "/pay"]).route(web::post().to(pay::pay)))
+        .service(web::resource("/orders/{order_no}").route(web::get().to(pay::order)))
+        .service(web::resource(["/products", "/products/"]).route(web::get().to(pay::products)))
+        .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)));
+}
+
+/// Resolves the caller's token (header, else body) to its principal via auth-service.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    request_id: &RequestId,
+    req: &HttpRequest,
+    body_token: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let token = extract::token(req, body_token)?;
+    let upstreams = &state.upstreams;
+    let response = upstreams
+        .auth()
+        .authenticate(upstreams.request(request_id, AuthenticateRequest { token }))
+        .await?
+        .into_inner();
+    response.principal.ok_or_else(|| {
+        tracing::error!("auth-service answered Authenticate without a principal");
+        ApiError::from(Code::Internal)
+    })
+}
+
+/// A required string field: missing or blank is 201.
+pub(crate) fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::missing(name))
+}

@@ -1,0 +1,86 @@
+//! `POST /pay/notify`: WeChat Pay's payment notify. XML in, XML out, no token: pay-service
+//! verifies the signature. The gateway only bounds the body and relays the reply.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use futures::StreamExt;
+use service_kit::ErrorReason;
+use wxmp_proto::pay::v1::HandlePayNotifyRequest;
+
+use crate::{envelope::Formatted, request_id::RequestId, server::AppState};
+
+/// Real notifies are about 1 KiB; anything this big is not one.
+pub const NOTIFY_BODY_LIMIT: usize = 64 * 1024;
+
+fn xml(status: StatusCode, body: String) -> HttpResponse {
+    let mut response = HttpResponse::build(status)
+        .content_type("text/xml; charset=utf-8")
+        .body(body);
+    // WeChat reads XML: keep the JSON envelope away from these answers.
+    response.extensions_mut().insert(Formatted);
+    response
+}
+
+/// WeChat's FAIL answer; it retries the notify later.
+fn fail(status: StatusCode, msg: &str) -> HttpResponse {
+    xml(
+        status,
+        format!(
+            "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[{msg}]]></return_msg></xml>"
+        ),
+    )
+}
+
+pub async fn pay_notify(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > NOTIFY_BODY_LIMIT as u64) {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return fail(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let upstreams = &state.upstreams;
+    let outcome = upstreams
+        .pay()
+        .handle_pay_notify(upstreams.request(
+            &request_id,
+            HandlePayNotifyRequest {
+                raw_body: body.freeze().to_vec(),
+            },
+        ))
+        .await;
+    match outcome {
+        Ok(response) => {
+            let response = response.into_inner();
+            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "pay notify");
+            metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
+                .increment(1);
+            xml(StatusCode::OK, response.reply_xml)
+        }
+        Err(status) => {
+            let reason = service_kit::reason::reason_of(&status);
+            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "pay notify not handled");
+            // FAIL makes WeChat retry; 503 tells operators (and proxies) it is our outage.
+            let http = match reason {
+                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            fail(http, "temporarily unavailable")
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Paying: wx.requestPayment parameters, the order's state, the catalog.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use wxmp_proto::pay::v1::{
+    GetOrderRequest, ListProductsRequest, Order, OrderState, PrepareJsapiPaymentRequest,
+    prepare_jsapi_payment_request::Target,
+};
+
+use super::authenticate;
+use crate::{
+    envelope::{ApiError, Code, ok},
+    extract::{self, JsonBody},
+    request_id::RequestId,
+    server::AppState,
+};
+
+/// WeChat's limit for out_trade_no.
+const MAX_ORDER_NO: usize = 32;
+const MAX_PRODUCT_ID: usize = 64;
+
+/// The body of `POST /pay/`. There is deliberately no amount: the price always comes from the
+/// server (the order or the catalog); amount fields a client sends are ignored.
+#[derive(Debug, Deserialize)]
+pub struct PayBody {
+    token: Option<String>,
+    #[serde(alias = "orderNo")]
+    order_no: Option<String>,
+    #[serde(alias = "productId")]
+    product_id: Option<String>,
+}
+
+/// Exactly the keys `wx.requestPayment` takes, plus the order to poll afterwards.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PayData {
+    app_id: String,
+    time_stamp: String,
+    nonce_str: String,
+    package: String,
+    sign_type: String,
+    pay_sign: String,
+    #[serde(rename = "order_no")]
+    order_no: String,
+}
+
+fn non_blank(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `POST /pay/ {token, order_no | product_id}` → wx.requestPayment parameters.
+pub async fn pay(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    JsonBody(body): JsonBody<PayBody>,
+) -> Result<HttpResponse, ApiError> {
+    let target = match (non_blank(&body.order_no), non_blank(&body.product_id)) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("give order_no or product_id, not both"));
+        }
+        (None, None) => return Err(ApiError::missing("order_no or product_id")),
+        (Some(no), None) => {
+            Target::OrderNo(extract::checked_id(no, "order_no", MAX_ORDER_NO)?.to_owned())
+        }
+        (None, Some(id)) => {
+            Target::ProductId(extract::checked_id(id, "product_id", MAX_PRODUCT_ID)?.to_owned())
+        }
+    };
+    let principal = authenticate(&state, &request_id, &req, body.token.as_deref()).await?;
+    let client_ip = extract::client_ip(&req, &state.trusted_proxies)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let upstreams = &state.upstreams;
+    let response = upstreams
+        .pay()
+        .prepare_jsapi_payment(upstreams.request(
+            &request_id,
+            PrepareJsapiPaymentRequest {
+                principal: Some(principal),
+                target: Some(target),
+                client_ip,
+            },
+        ))
+        .await?
+        .into_inner();
+    let (Some(params), Some(order)) = (response.params, response.order) else {
+        tracing::error!("pay-service answered PrepareJsapiPayment without params or order");
+        return Err(Code::Internal.into());
+    };
+    Ok(ok(PayData {
+        app_id: params.app_id,
+        time_stamp: params.time_stamp,
+        nonce_str: params.nonce_str,
+        package: params.package,
+        sign_type: params.sign_type,
+        pay_sign: params.pay_sign,
+        order_no: order.order_no,
+    }))
+}
+
+/// An order as its owner sees it.
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    order_no: String,
+    state: &'static str,
+    amount_fen: i64,
+    description: String,
+    product_id: String,
+    transaction_id: String,
+    created_at: i64,
+    paid_at: i64,
+    expires_at: i64,
+}
+
+impl From<Order> for OrderView {
+    fn from(o: Order) -> Self {
+        let state = match o.state() {
+            OrderState::Unspecified => "UNKNOWN",
+            other => other.as_str_name(),
+        };
+        Self {
+            order_no: o.order_no,
+            state,
+            amount_fen: o.amount_fen,
+            description: o.description,
+            product_id: o.product_id,
+            transaction_id: o.transaction_id,
+            created_at: o.created_at,
+            paid_at: o.paid_at,
+            expires_at: o.expires_at,
+        }
+    }
+}
+
+/// `GET /orders/{order_no}` (token in `Authorization: Bearer`): the caller's own order only.
+pub async fn order(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order_no = extract::checked_id(&path, "order_no", MAX_ORDER_NO)?.to_owned();
+    let principal = authenticate(&state, &request_id, &req, None).await?;
+    let upstreams = &state.upstreams;
+    let response = upstreams
+        .pay()
+        .get_order(upstreams.request(
+            &request_id,
+            GetOrderRequest {
+                order_no,
+                // Scopes the lookup to the caller: someone else's order is NOT_FOUND.
+                user_id: principal.user_id,
+            },
+        ))
+        .await?
+        .into_inner();
+    match response.order {
+        Some(order) if order.user_id == principal.user_id => Ok(ok(OrderView::from(order))),
+        // Defence in depth: never show another user's order, whatever the service answers.
+        Some(_) => Err(Code::NotFound.into()),
+        None => Err(Code::NotFound.into()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ProductView {
+    id: String,
+    name: String,
+    price_fen: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProductsData {
+    products: Vec<ProductView>,
+}
+
+/// `GET /products`: the catalog (public, no token).
+pub async fn products(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let upstreams = &state.upstreams;
+    let response = upstreams
+        .pay()
+        .list_products(upstreams.request(&request_id, ListProductsRequest {}))
+        .await?
+        .into_inner();
+    Ok(ok(ProductsData {
+        products: response
+            .products
+            .into_iter()
+            .map(|p| ProductView {
+                id: p.id,
+                name: p.name,
+                price_fen: p.price_fen,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,104 @@
+//! Building the actix app and running the HTTP server.
+
+use std::time::Duration;
+
+use actix_web::{
+    App, HttpServer,
+    body::MessageBody,
+    dev::{ServiceFactory, ServiceRequest, ServiceResponse},
+    middleware::from_fn,
+    web,
+};
+use service_kit::Shutdown;
+
+use crate::{Config, Error, config::TrustedProxies, extract, observe, routes, upstream::Upstreams};
+
+/// How long a graceful stop waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler shares: the upstream clients and the request-independent settings.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub upstreams: Upstreams,
+    pub trusted_proxies: TrustedProxies,
+    pub body_limit: usize,
+}
+
+impl AppState {
+    /// Creates the upstream channels (once; lazily connected). Call inside a tokio runtime.
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        Ok(Self {
+            upstreams: Upstreams::new(config)?,
+            trusted_proxies: config.trusted_proxies.clone(),
+            body_limit: config.body_limit(),
+        })
+    }
+}
+
+/// The whole app: routes, body limits, the envelope for every error, request ids, metrics.
+/// Usable with `actix_web::test::init_service` as well as by [`serve`].
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.body_limit;
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(extract::json_error),
+        )
+        .app_data(web::PayloadConfig::new(limit))
+        .configure(routes::configure)
+        .default_service(web::to(not_found))
+        .wrap(from_fn(observe::observe))
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, crate::envelope::ApiError> {
+    Err(crate::envelope::Code::NotFound.into())
+}
+
+/// Serves the gateway on `listener` until `shutdown`, then stops accepting and drains
+/// in-flight requests (up to 30 s).
+///
+/// actix-web 4 (actix-server 2.10) runs fine outside `actix_web::main`: it detects the tokio
+/// runtime, starts each worker on its own thread with its own single-threaded runtime, and the
+/// returned server future is driven by the caller's runtime. So this works from
+/// `#[tokio::main]`, `#[tokio::test]` (either flavour) and next to other servers in
+/// `wxmp up`. The gRPC channels are created here, on the caller's runtime, which drives
+/// their connections for the workers.
+pub async fn serve(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let state = AppState::new(&config).map_err(std::io::Error::other)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let workers = config.workers();
+    let server = HttpServer::new(move || app(state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
+        .listen(listener)?
+        .run();
+    tracing::info!(%addr, workers, "gateway listening");
+    let handle = server.handle();
+    let stopper = tokio::spawn(async move {
+        shutdown.wait().await;
+        tracing::info!("gateway draining");
+        handle.stop(true).await;
+    });
+    let result = server.await;
+    stopper.abort();
+    tracing::info!("gateway stopped");
+    result
+}
