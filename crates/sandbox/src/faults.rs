@@ -1,0 +1,227 @@
+//! Fault injection: set at start (env), at run time (`/sandbox/faults`) or per request (header).
+
+use actix_web::{
+    Error, HttpMessage, HttpResponse,
+    body::{EitherBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
+    http::StatusCode,
+    middleware::Next,
+    web,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dev_error::{DevError, parse_body},
+    state::Sandbox,
+};
+
+/// The header that carries a [`Faults`] JSON for one request.
+pub const FAULT_HEADER: &str = "x-sandbox-faults";
+
+/// Every fault knob. The JSON shape is the one documented in the crate docs.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Delay before answering a WeChat path.
+    #[arg(
+        long = "fault-latency-ms",
+        env = "SANDBOX_FAULT_LATENCY_MS",
+        default_value_t = 0
+    )]
+    pub latency_ms: u64,
+    /// Answer WeChat paths with this HTTP status (500..=599) and no WeChat body.
+    #[arg(long = "fault-http-status", env = "SANDBOX_FAULT_HTTP_STATUS")]
+    pub http_status: Option<u16>,
+    /// Pay calls answer result_code FAIL, err_code SYSTEMERROR (nothing changes).
+    #[arg(long = "fault-pay-system-error", env = "SANDBOX_FAULT_PAY_SYSTEM_ERROR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pay_system_error: bool,
+    /// jscode2session and the token calls answer errcode 45011.
+    #[arg(long = "fault-quota-exceeded", env = "SANDBOX_FAULT_QUOTA_EXCEEDED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub quota_exceeded: bool,
+    /// A payment succeeds but no notify is ever sent.
+    #[arg(long = "fault-drop-notify", env = "SANDBOX_FAULT_DROP_NOTIFY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub drop_notify: bool,
+    /// Each notify attempt is sent this many times at once (0 and 1 mean once).
+    #[arg(
+        long = "fault-duplicate-notify",
+        env = "SANDBOX_FAULT_DUPLICATE_NOTIFY",
+        default_value_t = 0
+    )]
+    pub duplicate_notify: u32,
+    /// Notifies carry total_fee + 1 (correctly signed).
+    #[arg(long = "fault-notify-wrong-total-fee", env = "SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub notify_wrong_total_fee: bool,
+    /// Notifies carry a signature made with the wrong key.
+    #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub notify_bad_signature: bool,
+    /// Run time only: the set applies to the next N WeChat-path requests, then clears itself.
+    #[arg(skip)]
+    pub times: Option<u32>,
+    /// Run time only: only WeChat paths starting with this prefix are affected (and counted).
+    #[arg(skip)]
+    pub path_prefix: Option<String>,
+}
+
+/// Upper bound for `duplicate_notify`: enough for any race test, small enough to stay polite.
+const MAX_DUPLICATES: u32 = 32;
+
+impl Faults {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(status) = self.http_status
+            && !(500..=599).contains(&status)
+        {
+            return Err(format!("http_status {status} is not a 5xx status"));
+        }
+        if self.duplicate_notify > MAX_DUPLICATES {
+            return Err(format!("duplicate_notify is at most {MAX_DUPLICATES}"));
+        }
+        if self.latency_ms > 120_000 {
+            return Err("latency_ms is at most 120000".into());
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// How many copies of each notify attempt to send.
+    pub fn copies(&self) -> u32 {
+        self.duplicate_notify.max(1)
+    }
+
+    fn applies_to(&self, path: &str) -> bool {
+        self.path_prefix
+            .as_deref()
+            .is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// Parses the per-request header, if any.
+pub fn from_header(req: &actix_web::HttpRequest) -> Result<Option<Faults>, DevError> {
+    let Some(value) = req.headers().get(FAULT_HEADER) else {
+        return Ok(None);
+    };
+    let faults: Faults = value
+        .to_str()
+        .ok()
+        .and_then(|v| serde_json::from_str(v).ok())
+        .ok_or_else(|| {
+            DevError::BadRequest(format!("{FAULT_HEADER} is not a faults JSON object"))
+        })?;
+    faults.validate().map_err(DevError::BadRequest)?;
+    Ok(Some(faults))
+}
+
+impl Sandbox {
+    /// The faults for one WeChat-path request: the header's, else the global set (consuming
+    /// one of its `times`).
+    fn faults_for_request(&self, path: &str, header: Option<Faults>) -> Faults {
+        if let Some(faults) = header {
+            return faults;
+        }
+        let mut global = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        if global.is_empty() || !global.applies_to(path) {
+            return Faults::default();
+        }
+        let effective = global.clone();
+        if let Some(times) = global.times.as_mut() {
+            *times = times.saturating_sub(1);
+            if *times == 0 {
+                *global = Faults::default();
+            }
+        }
+        effective
+    }
+
+    /// The faults a notify attempt uses now (global ones are read at each attempt).
+    pub fn current_faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Middleware for the WeChat paths: latency and HTTP 5xx here, the rest left in the request's
+/// extensions (a [`Faults`]) for the handlers.
+pub async fn wechat_paths(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let header = match from_header(req.request()) {
+        Ok(h) => h,
+        Err(e) => return Ok(req.error_response(e).map_into_right_body()),
+    };
+    let sandbox = req
+        .app_data::<web::Data<Sandbox>>()
+        .expect("sandbox state is registered")
+        .clone();
+    let faults = sandbox.faults_for_request(req.path(), header);
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(faults.latency_ms)).await;
+    }
+    if let Some(status) = faults.http_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        tracing::debug!(path = req.path(), %status, "injected HTTP fault");
+        let response = HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .body(format!(
+                "<html><body><h1>{status}</h1>sandbox fault</body></html>"
+            ));
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    req.extensions_mut().insert(faults);
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The faults the middleware chose for this request (none outside the WeChat paths).
+pub fn of_request(req: &actix_web::HttpRequest) -> Faults {
+    req.extensions()
+        .get::<Faults>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `POST /sandbox/faults`: replaces the whole set (absent fields are off).
+pub async fn set(sandbox: web::Data<Sandbox>, body: web::Bytes) -> Result<HttpResponse, DevError> {
+    let faults: Faults = parse_body(&body)?;
+    faults.validate().map_err(DevError::BadRequest)?;
+    if faults.times == Some(0) {
+        return Err(DevError::BadRequest("times must be at least 1".into()));
+    }
+    tracing::info!(?faults, "faults set");
+    *sandbox.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults.clone();
+    Ok(HttpResponse::Ok().json(faults))
+}
+
+/// `GET /sandbox/faults`: the current set.
+pub async fn get(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    HttpResponse::Ok().json(sandbox.current_faults())
+}
+
+/// `DELETE /sandbox/faults`: clears every fault.
+pub async fn clear(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    *sandbox.faults.lock().unwrap_or_else(|e| e.into_inner()) = Faults::default();
+    HttpResponse::Ok().json(Faults::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_and_validation() {
+        let f: Faults = serde_json::from_str(r#"{"http_status":503,"times":2}"#).unwrap();
+        assert_eq!(f.http_status, Some(503));
+        assert_eq!(f.times, Some(2));
+        assert!(f.validate().is_ok());
+        assert!(serde_json::from_str::<Faults>(r#"{"http_staus":503}"#).is_err());
+        let bad = Faults {
+            http_status: Some(404),
+            ..Faults::default()
+        };
+        assert!(bad.validate().is_err());
+        assert_eq!(Faults::default().copies(), 1);
+    }
+}
