@@ -1,0 +1,152 @@
+//! auth-service's errors, mapped to gRPC statuses in one place.
+
+use service_kit::{ErrorReason, reason::status};
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// Everything that can go wrong in auth-service, at start-up or in a call. Messages never
+/// contain a token, a session_key or an AppSecret.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is required")]
+    MissingParameter(&'static str),
+    #[error("app {0} is not configured")]
+    UnknownApp(String),
+    #[error("invalid or used login code")]
+    InvalidCode,
+    #[error("invalid or expired token")]
+    InvalidToken,
+    #[error("no live session_key for this user")]
+    NotFound,
+    #[error("WeChat rate limit reached, retry later")]
+    RateLimited,
+    /// WeChat answered with an error that is not the caller's fault.
+    #[error("WeChat refused the login: {0}")]
+    Wechat(wechat::ApiError),
+    /// WeChat could not be reached, timed out, or said it is busy.
+    #[error("WeChat is unavailable: {0}")]
+    WechatUnavailable(wechat::ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// user-service failed; `Unavailable` is kept apart from its other failures.
+    #[error("user-service: {}", .0.message())]
+    UserService(Status),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl From<wechat::ApiError> for Error {
+    fn from(e: wechat::ApiError) -> Self {
+        use wechat::ApiError as W;
+        match e {
+            W::InvalidCode | W::CodeUsed => Self::InvalidCode,
+            W::RateLimited => Self::RateLimited,
+            W::Transport(_) | W::SystemBusy => Self::WechatUnavailable(e),
+            W::HighRiskUser
+            | W::InvalidAppSecret
+            | W::InvalidAppId
+            | W::Other { .. }
+            | W::BadResponse(_) => Self::Wechat(e),
+        }
+    }
+}
+
+impl Error {
+    /// The reason callers see; also the `result` label of the login counter.
+    pub fn reason(&self) -> ErrorReason {
+        use ErrorReason as R;
+        match self {
+            Self::MissingParameter(_) => R::MissingParameter,
+            Self::UnknownApp(_) => R::UnknownApp,
+            Self::InvalidCode => R::InvalidCode,
+            Self::InvalidToken => R::InvalidToken,
+            Self::NotFound => R::NotFound,
+            Self::RateLimited => R::RateLimited,
+            Self::Wechat(_) => R::WechatError,
+            Self::WechatUnavailable(_) => R::WechatUnavailable,
+            Self::Store(StoreError::Unavailable(_)) => R::DependencyUnavailable,
+            Self::Store(StoreError::Corrupt(_)) => R::Internal,
+            Self::UserService(s) => match service_kit::reason::reason_of(s) {
+                R::DependencyUnavailable => R::DependencyUnavailable,
+                // Anything else (a rejected internal token, a bug) is ours to fix, not the caller's.
+                _ => R::Internal,
+            },
+            Self::Internal(_) | Self::Config(_) | Self::Serve(_) => R::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let reason = e.reason();
+        let message = match reason {
+            ErrorReason::Internal => {
+                tracing::error!(error = %e, "internal error");
+                "internal error".to_owned()
+            }
+            ErrorReason::DependencyUnavailable
+            | ErrorReason::WechatError
+            | ErrorReason::WechatUnavailable
+            | ErrorReason::RateLimited => {
+                tracing::warn!(error = %e, "dependency failed");
+                e.to_string()
+            }
+            _ => {
+                tracing::debug!(error = %e, "request refused");
+                e.to_string()
+            }
+        };
+        status(reason, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wechat_errors_map_to_reasons() {
+        use wechat::ApiError as W;
+        let cases = [
+            (W::InvalidCode, ErrorReason::InvalidCode),
+            (W::CodeUsed, ErrorReason::InvalidCode),
+            (W::RateLimited, ErrorReason::RateLimited),
+            (W::SystemBusy, ErrorReason::WechatUnavailable),
+            (
+                W::Transport("timeout".into()),
+                ErrorReason::WechatUnavailable,
+            ),
+            (W::InvalidAppSecret, ErrorReason::WechatError),
+            (W::HighRiskUser, ErrorReason::WechatError),
+            (W::BadResponse("x".into()), ErrorReason::WechatError),
+            (
+                W::Other {
+                    errcode: 1,
+                    errmsg: "x".into(),
+                },
+                ErrorReason::WechatError,
+            ),
+        ];
+        for (e, want) in cases {
+            let got = Status::from(Error::from(e));
+            assert_eq!(service_kit::reason::reason_of(&got), want);
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_logs() {
+        let s = Status::from(Error::Store(StoreError::Corrupt("details".into())));
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(!s.message().contains("details"));
+        let s = Status::from(Error::Store(StoreError::Unavailable("down".into())));
+        assert_eq!(
+            service_kit::reason::reason_of(&s),
+            ErrorReason::DependencyUnavailable
+        );
+    }
+}

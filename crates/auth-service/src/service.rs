@@ -1,0 +1,259 @@
+//! The `wxmp.auth.v1.AuthService` handlers.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use service_kit::grpc::{AttachToken, forward};
+use tonic::{
+    Request, Response, Status, metadata::MetadataMap, service::interceptor::InterceptedService,
+    transport::Channel,
+};
+use wechat::WechatClient;
+use wxmp_proto::{
+    auth::v1::{
+        AuthenticateRequest, AuthenticateResponse, GetSessionKeyRequest, GetSessionKeyResponse,
+        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, Principal, auth_service_server,
+    },
+    user::v1::{EnsureUserRequest, user_service_client::UserServiceClient},
+};
+
+use crate::{
+    config::Apps,
+    error::Error,
+    meter,
+    store::{SessionRecord, SessionStore},
+    token,
+};
+
+/// user-service's client as auth-service uses it: one lazy channel, the internal token attached.
+pub type UserClient = UserServiceClient<InterceptedService<Channel, AttachToken>>;
+
+/// Longest login code passed on to WeChat; real ones are 32 characters.
+const MAX_CODE_LEN: usize = 256;
+/// Longest app id or openid accepted from a caller; real ones are 18 and 28 characters.
+const MAX_ID_LEN: usize = 128;
+
+/// The service. Cheap to clone per connection: the store and clients are shared.
+pub struct Auth<S> {
+    apps: Apps,
+    wechat: WechatClient,
+    users: UserClient,
+    store: Arc<S>,
+    session_ttl: Duration,
+}
+
+impl<S: SessionStore> Auth<S> {
+    pub fn new(
+        apps: Apps,
+        wechat: WechatClient,
+        users: UserClient,
+        store: Arc<S>,
+        session_ttl: Duration,
+    ) -> Self {
+        Self {
+            apps,
+            wechat,
+            users,
+            store,
+            session_ttl,
+        }
+    }
+
+    async fn login(
+        &self,
+        metadata: &MetadataMap,
+        req: LoginRequest,
+    ) -> Result<LoginResponse, Error> {
+        if req.code.is_empty() {
+            return Err(Error::MissingParameter("code"));
+        }
+        if req.code.len() > MAX_CODE_LEN {
+            return Err(Error::InvalidCode);
+        }
+        let app = self
+            .apps
+            .resolve(&req.app_id)
+            .ok_or_else(|| Error::UnknownApp(shorten(&req.app_id)))?;
+
+        let started = Instant::now();
+        let session = self
+            .wechat
+            .code2session(&app.app_id, app.secret.expose(), &req.code)
+            .await;
+        meter::code2session(session.as_ref().map(drop), started.elapsed());
+        let session = session?;
+
+        // Stored before anything else can fail: WeChat has just rotated the key, so from now
+        // on only this one decrypts what the phone sends, whether or not the login completes.
+        self.store
+            .put_session_key(
+                &app.app_id,
+                &session.openid,
+                &session.session_key,
+                self.session_ttl,
+            )
+            .await?;
+
+        let unionid = session.unionid.unwrap_or_default();
+        let ensured = self
+            .users
+            .clone()
+            .ensure_user(forward(
+                metadata,
+                EnsureUserRequest {
+                    app_id: app.app_id.clone(),
+                    openid: session.openid.clone(),
+                    unionid: unionid.clone(),
+                },
+            ))
+            .await
+            .map_err(Error::UserService)?
+            .into_inner();
+        let user = ensured
+            .user
+            .ok_or_else(|| Error::Internal("EnsureUser answered without a user".into()))?;
+
+        let token =
+            token::generate().map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+        let record = SessionRecord {
+            user_id: user.id,
+            app_id: app.app_id.clone(),
+            openid: session.openid,
+            // WeChat's answer wins; user-service may know it from an earlier login.
+            unionid: if unionid.is_empty() {
+                user.unionid
+            } else {
+                unionid
+            },
+        };
+        self.store
+            .put_session(&token::hash(&token), &record, self.session_ttl)
+            .await?;
+        tracing::info!(user_id = record.user_id, app_id = %record.app_id, new_user = ensured.created, "login");
+        Ok(LoginResponse {
+            token,
+            expires_in: secs(self.session_ttl),
+            principal: Some(principal(record)),
+            new_user: ensured.created,
+        })
+    }
+
+    async fn authenticate(&self, req: AuthenticateRequest) -> Result<AuthenticateResponse, Error> {
+        if !token::is_well_formed(&req.token) {
+            return Err(Error::InvalidToken);
+        }
+        let (record, remaining) = self
+            .store
+            .get_session(&token::hash(&req.token))
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        Ok(AuthenticateResponse {
+            principal: Some(principal(record)),
+            expires_in: secs(remaining),
+        })
+    }
+
+    async fn logout(&self, req: LogoutRequest) -> Result<LogoutResponse, Error> {
+        // A token we could never have issued is simply not revoked.
+        if !token::is_well_formed(&req.token) {
+            return Ok(LogoutResponse { revoked: false });
+        }
+        let revoked = self.store.delete_session(&token::hash(&req.token)).await?;
+        Ok(LogoutResponse { revoked })
+    }
+
+    async fn get_session_key(
+        &self,
+        req: GetSessionKeyRequest,
+    ) -> Result<GetSessionKeyResponse, Error> {
+        if req.app_id.is_empty() {
+            return Err(Error::MissingParameter("app_id"));
+        }
+        if req.openid.is_empty() {
+            return Err(Error::MissingParameter("openid"));
+        }
+        if req.app_id.len() > MAX_ID_LEN || req.openid.len() > MAX_ID_LEN {
+            return Err(Error::NotFound);
+        }
+        let session_key = self
+            .store
+            .get_session_key(&req.app_id, &req.openid)
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(GetSessionKeyResponse { session_key })
+    }
+}
+
+fn principal(r: SessionRecord) -> Principal {
+    Principal {
+        user_id: r.user_id,
+        app_id: r.app_id,
+        openid: r.openid,
+        unionid: r.unionid,
+    }
+}
+
+/// Whole seconds, rounded up: a live token never reports 0.
+fn secs(d: Duration) -> i64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+/// A caller-given id cut short enough to quote in an error message.
+fn shorten(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[tonic::async_trait]
+impl<S: SessionStore> auth_service_server::AuthService for Auth<S> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let result = Auth::login(self, &metadata, req).await;
+        meter::login(result.as_ref().map(drop).map_err(Error::reason));
+        Ok(Response::new(result?))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        Ok(Response::new(
+            Auth::authenticate(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        Ok(Response::new(
+            Auth::logout(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_session_key(
+        &self,
+        request: Request<GetSessionKeyRequest>,
+    ) -> Result<Response<GetSessionKeyResponse>, Status> {
+        Ok(Response::new(
+            Auth::get_session_key(self, request.into_inner()).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(secs(Duration::from_millis(1)), 1);
+        assert_eq!(secs(Duration::from_secs(7)), 7);
+        assert_eq!(secs(Duration::ZERO), 0);
+    }
+}
