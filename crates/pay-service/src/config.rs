@@ -1,0 +1,267 @@
+//! `wxmp-pay`'s configuration: environment variables, validated at start.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+use wechat::SignType;
+
+use crate::orders::{MAX_AMOUNT_FEN, MAX_DESCRIPTION_BYTES};
+
+/// Everything `wxmp-pay` reads at start.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "wxmp-pay",
+    about = "wxmp pay-service: orders and WeChat Pay v2 (JSAPI)"
+)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "PAY_LISTEN_ADDR", default_value = "0.0.0.0:50053")]
+    pub listen_addr: SocketAddr,
+
+    /// postgres://... or sqlite://path (the URL may hold a password: never logged).
+    #[arg(long, env = "PAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// Most database connections held open.
+    #[arg(long, env = "PAY_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Where WeChat posts payment notifies (the gateway's /pay/notify), http(s) without a query.
+    #[arg(long, env = "PAY_NOTIFY_URL")]
+    pub notify_url: String,
+
+    /// Product catalog, `id:price_fen:name;id:price_fen:name` (may be empty).
+    #[arg(long, env = "PAY_PRODUCTS", default_value = "")]
+    pub products: Catalog,
+
+    /// Lifetime of an unpaid order; sent to WeChat as time_expire.
+    #[arg(long, env = "PAY_ORDER_TTL_SECS", default_value_t = 1800)]
+    pub order_ttl_secs: u64,
+
+    /// How often the reconciler runs.
+    #[arg(long, env = "PAY_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
+    pub reconcile_interval_secs: u64,
+
+    /// How long a PAYING order waits for its notify before the reconciler asks WeChat.
+    #[arg(long, env = "PAY_RECONCILE_AFTER_SECS", default_value_t = 60)]
+    pub reconcile_after_secs: u64,
+
+    /// The merchant id (mch_id).
+    #[arg(long, env = "WXMP_PAY_MCH_ID")]
+    pub mch_id: String,
+
+    /// The merchant's API v2 key.
+    #[arg(long, env = "WXMP_PAY_KEY", hide_env_values = true)]
+    pub pay_key: Secret,
+
+    /// MD5 or HMAC-SHA256.
+    #[arg(long, env = "WXMP_PAY_SIGN_TYPE", default_value = "MD5")]
+    pub sign_type: String,
+
+    /// WeChat Pay's base URL (the sandbox's in development).
+    #[arg(long, env = "WXMP_WECHAT_PAY_BASE", default_value = wechat::config::DEFAULT_PAY_BASE)]
+    pub wechat_pay_base: String,
+
+    /// Timeout of one WeChat Pay request.
+    #[arg(long, env = "WXMP_WECHAT_TIMEOUT_MS", default_value_t = 5000)]
+    pub wechat_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    #[command(flatten)]
+    pub internal: InternalAuthConfig,
+}
+
+impl Config {
+    /// Checks what clap cannot, naming the variable at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.database_url.expose().trim().is_empty() {
+            return Err("PAY_DATABASE_URL must not be empty".into());
+        }
+        if self.db_pool_size == 0 {
+            return Err("PAY_DB_POOL_SIZE must be > 0".into());
+        }
+        validate_notify_url(&self.notify_url)?;
+        // WeChat wants time_expire at least 5 minutes ahead when the order is placed.
+        if !(360..=30 * 86_400).contains(&self.order_ttl_secs) {
+            return Err("PAY_ORDER_TTL_SECS must be between 360 and 2592000".into());
+        }
+        if self.reconcile_interval_secs == 0 {
+            return Err("PAY_RECONCILE_INTERVAL_SECS must be > 0".into());
+        }
+        if self.reconcile_after_secs > 86_400 {
+            return Err("PAY_RECONCILE_AFTER_SECS must be at most 86400".into());
+        }
+        if self.mch_id.trim().is_empty() {
+            return Err("WXMP_PAY_MCH_ID must not be empty".into());
+        }
+        if self.pay_key.is_empty() {
+            return Err("WXMP_PAY_KEY must not be empty".into());
+        }
+        self.sign_type()?;
+        if !(self.wechat_pay_base.starts_with("http://")
+            || self.wechat_pay_base.starts_with("https://"))
+        {
+            return Err("WXMP_WECHAT_PAY_BASE must be an http(s) URL".into());
+        }
+        if self.wechat_timeout_ms == 0 {
+            return Err("WXMP_WECHAT_TIMEOUT_MS must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The parsed `WXMP_PAY_SIGN_TYPE`.
+    pub fn sign_type(&self) -> Result<SignType, String> {
+        self.sign_type.parse().map_err(|_| {
+            format!(
+                "WXMP_PAY_SIGN_TYPE must be MD5 or HMAC-SHA256, not {:?}",
+                self.sign_type
+            )
+        })
+    }
+
+    pub fn wechat_timeout(&self) -> Duration {
+        Duration::from_millis(self.wechat_timeout_ms)
+    }
+}
+
+fn validate_notify_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    // WeChat calls the URL as given and refuses one with a query string.
+    match rest {
+        Some(rest) if !rest.is_empty() && !url.contains('?') && url.len() <= 256 => Ok(()),
+        _ => Err(format!(
+            "PAY_NOTIFY_URL must be an http(s) URL of at most 256 characters without a query, not {url:?}"
+        )),
+    }
+}
+
+/// A product of the catalog: the server decides its price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub id: String,
+    pub price_fen: i64,
+    /// Shown on the payment sheet (WeChat's `body`).
+    pub name: String,
+}
+
+/// The configured products, in configuration order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog(pub Vec<Product>);
+
+impl Catalog {
+    pub fn get(&self, id: &str) -> Option<&Product> {
+        self.0.iter().find(|p| p.id == id)
+    }
+}
+
+/// Longest product id; ids are `[0-9A-Za-z_-]`.
+pub const MAX_PRODUCT_ID_LEN: usize = 32;
+
+pub fn valid_product_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_PRODUCT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl FromStr for Catalog {
+    type Err = String;
+
+    /// `id:price_fen:name;...`; the name may contain `:` but not `;`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut products: Vec<Product> = Vec::new();
+        for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let mut parts = entry.splitn(3, ':');
+            let (Some(id), Some(price), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!(
+                    "PAY_PRODUCTS: {entry:?} is not id:price_fen:name (entries separated by ';')"
+                ));
+            };
+            let (id, price, name) = (id.trim(), price.trim(), name.trim());
+            if !valid_product_id(id) {
+                return Err(format!(
+                    "PAY_PRODUCTS: product id {id:?} must be 1..={MAX_PRODUCT_ID_LEN} characters of [0-9A-Za-z_-]"
+                ));
+            }
+            let price_fen = price
+                .parse::<i64>()
+                .ok()
+                .filter(|p| (1..=MAX_AMOUNT_FEN).contains(p))
+                .ok_or_else(|| {
+                    format!(
+                        "PAY_PRODUCTS: price of {id} must be an integer number of fen in 1..={MAX_AMOUNT_FEN}, not {price:?}"
+                    )
+                })?;
+            if name.is_empty() || name.len() > MAX_DESCRIPTION_BYTES {
+                return Err(format!(
+                    "PAY_PRODUCTS: name of {id} must be 1..={MAX_DESCRIPTION_BYTES} bytes"
+                ));
+            }
+            if products.iter().any(|p| p.id == id) {
+                return Err(format!("PAY_PRODUCTS: product {id} is listed twice"));
+            }
+            products.push(Product {
+                id: id.to_owned(),
+                price_fen,
+                name: name.to_owned(),
+            });
+        }
+        Ok(Self(products))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_parses() {
+        let c: Catalog = "vip:100:VIP 1 month; coins_10 : 1000 : 10 coins: bonus"
+            .parse()
+            .unwrap();
+        assert_eq!(c.0.len(), 2);
+        assert_eq!(c.get("vip").map(|p| p.price_fen), Some(100));
+        assert_eq!(
+            c.get("coins_10").map(|p| p.name.as_str()),
+            Some("10 coins: bonus")
+        );
+        assert_eq!("".parse::<Catalog>().unwrap(), Catalog::default());
+    }
+
+    #[test]
+    fn catalog_rejects_and_names_the_variable() {
+        for bad in [
+            "vip",
+            "vip:100",
+            "vip:0:x",
+            "vip:-5:x",
+            "vip:1.5:x",
+            "vip:100:",
+            "v ip:100:x",
+            "vip:100:x;vip:200:y",
+            "vip:99999999999:x",
+        ] {
+            let err = bad.parse::<Catalog>().unwrap_err();
+            assert!(err.starts_with("PAY_PRODUCTS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn notify_url_rules() {
+        assert!(validate_notify_url("https://example.com/pay/notify").is_ok());
+        assert!(validate_notify_url("http://127.0.0.1:8080/pay/notify").is_ok());
+        for bad in ["", "ftp://x", "https://", "https://x/n?a=1"] {
+            assert!(
+                validate_notify_url(bad)
+                    .unwrap_err()
+                    .contains("PAY_NOTIFY_URL")
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! wxmp pay-service: `wxmp.pay.v1.PayService`.
+//!
+//! Orders live in `orders` (PostgreSQL or SQLite through [`service_kit::db::Database`]); every
+//! payment notify is kept in `pay_notifications` with its verdict (see [`notify`]).
+//!
+//! Order states: `CREATED → PAYING (prepay_id held) → PAID`, `CREATED|PAYING → CLOSED`. Each
+//! transition is one conditional UPDATE (see [`store`]), so a notify, the reconciler and
+//! CloseOrder racing on the same order change it at most once.
+//!
+//! Decisions worth knowing:
+//! - Another user's order is NOT_FOUND (not PERMISSION_DENIED), so order numbers cannot be
+//!   probed for existence.
+//! - The first PrepareJsapiPayment binds the payer (appid, openid, client IP) to the order;
+//!   every later unifiedorder of that order is the identical request, for which WeChat answers
+//!   the same prepay_id. The prepay_id is stored and reused for 2 h minus 5 min.
+//! - A genuine payment of a CLOSED order (the user paid while it was being closed) is
+//!   answered SUCCESS so WeChat stops retrying, kept on the order (transaction_id, state stays
+//!   CLOSED) with the notify verdict `paid_after_close`: refund it manually.
+//! - The reconciler ([`reconciler`]) repairs lost notifies with orderquery and closes expired
+//!   orders; it is safe with several replicas.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod notify;
+pub mod orders;
+pub mod payments;
+pub mod reconciler;
+pub mod schema;
+pub mod store;
+pub mod wxpay;
+
+use diesel_migrations::embed_migrations;
+use service_kit::{
+    Shutdown,
+    db::{Database, Migrations, PoolOptions},
+    grpc::RequireToken,
+};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
+
+pub use clock::Clock;
+pub use config::{Catalog, Config, Product};
+pub use error::Error;
+pub use notify::NotifyReply;
+pub use orders::{Order, OrderState};
+pub use payments::{CreateOrder, PayTarget, Payer, Payments};
+pub use reconciler::ReconcileReport;
+
+/// The migrations of pay-service, one set per back end. Their versions
+/// (`2026-11-25-0002xx_*`) do not collide with user-service's when both share a database.
+pub static MIGRATIONS: Migrations = Migrations {
+    postgres: embed_migrations!("migrations/postgres"),
+    sqlite: embed_migrations!("migrations/sqlite"),
+};
+
+fn pool_options(config: &Config) -> PoolOptions {
+    PoolOptions {
+        max_size: config.db_pool_size,
+        ..PoolOptions::default()
+    }
+}
+
+/// Runs the pending migrations of `database_url` (`wxmp migrate`).
+pub async fn migrate(database_url: &str) -> Result<(), Error> {
+    let db = Database::connect(
+        database_url,
+        PoolOptions {
+            max_size: 1,
+            ..PoolOptions::default()
+        },
+    )?;
+    db.migrate(database_url, &MIGRATIONS).await?;
+    Ok(())
+}
+
+/// Connects, migrates and builds the core from `config` (what [`serve`] does before serving).
+pub async fn connect(config: &Config, clock: Clock) -> Result<Payments, Error> {
+    config.validate().map_err(Error::Config)?;
+    let url = config.database_url.expose();
+    let db = Database::connect(url, pool_options(config))?;
+    db.migrate(url, &MIGRATIONS).await?;
+    Payments::new(config, db, clock)
+}
+
+/// Serves PayService (plus gRPC health) on `listener` and runs the reconciler, until
+/// `shutdown`.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    let payments = connect(&config, Clock::system()).await?;
+    serve_payments(payments, &config, listener, shutdown).await
+}
+
+/// [`serve`] with a core built by the caller (tests use a manual clock).
+pub async fn serve_payments(
+    payments: Payments,
+    config: &Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    // The reconciler stops with the server: on shutdown, or when the server fails.
+    let stop_reconciler = Shutdown::new();
+    let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
+    let service = PayServiceServer::with_interceptor(
+        payments,
+        RequireToken::new(config.internal.internal_token.clone()),
+    );
+    tracing::info!(addr = ?listener.local_addr().ok(), "pay-service listening");
+    let served = service_kit::grpc::serve(
+        listener,
+        Routes::new(service),
+        &[grpc::SERVICE_NAME],
+        shutdown,
+    )
+    .await;
+    stop_reconciler.trigger();
+    if let Err(e) = reconciler.await {
+        tracing::warn!(error = %e, "reconciler task ended abnormally");
+    }
+    served?;
+    Ok(())
+}

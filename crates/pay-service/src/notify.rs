@@ -1,0 +1,213 @@
+//! WeChat's payment notify: authenticate, check against the order, apply exactly once, and
+//! keep every notify with its verdict in `pay_notifications`.
+//!
+//! Verdicts (`HandlePayNotifyResponse.verdict`, `wxmp_pay_notifies_total{verdict}`):
+//!
+//! | verdict | reply | meaning |
+//! |---|---|---|
+//! | `applied` | SUCCESS | this notify moved the order to PAID |
+//! | `duplicate` | SUCCESS | the order is already PAID by this transaction; nothing changed |
+//! | `paid_after_close` | SUCCESS | a genuine payment of a CLOSED order: the order stays CLOSED, the transaction_id is kept on it; **refund it manually** (WeChat must stop retrying, the money is ours to return) |
+//! | `conflicting_transaction` | SUCCESS | the order is PAID by another transaction: nothing changed; needs manual review |
+//! | `unexpected_state` | SUCCESS | a genuine payment of an order in another state; nothing changed; manual review |
+//! | `payment_failed` | SUCCESS | a verified notify whose result_code is not SUCCESS; nothing changed |
+//! | `malformed` | FAIL | not WeChat's XML, too large, or a required field missing or malformed |
+//! | `return_fail` | FAIL | return_code FAIL (carries no payment) |
+//! | `bad_signature` | FAIL | the signature does not verify with the merchant key |
+//! | `unknown_order` | FAIL | no such out_trade_no here |
+//! | `appid_mismatch` | FAIL | appid is not the one the order was placed through |
+//! | `mch_id_mismatch` | FAIL | mch_id is not ours |
+//! | `amount_mismatch` | FAIL | total_fee differs from the order's amount |
+//! | `internal_error` | FAIL | the database failed; WeChat will retry |
+//!
+//! A FAIL reply changes nothing about the order.
+
+use wechat::pay::{
+    NotifyError, notify_reply_fail, notify_reply_success, verify_notify,
+    xml::{self, Fields},
+};
+
+use crate::{
+    clock,
+    error::Error,
+    orders::valid_order_no,
+    payments::{Payments, log_paid_outcome},
+    store::{self, NewNotification, PaidOutcome},
+};
+
+/// Most bytes of a notify body kept in `pay_notifications` (WeChat's are about 1 KiB).
+pub const MAX_STORED_BODY_BYTES: usize = 8 * 1024;
+/// Most characters of out_trade_no / transaction_id kept from an unverified notify.
+const MAX_STORED_ID_CHARS: usize = 64;
+
+/// The answer to one notify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyReply {
+    /// The XML for WeChat.
+    pub reply_xml: String,
+    /// True when the reply is SUCCESS.
+    pub accepted: bool,
+    pub verdict: &'static str,
+}
+
+fn verdict_of(outcome: &PaidOutcome) -> (&'static str, bool) {
+    match outcome {
+        PaidOutcome::Applied(_) => ("applied", true),
+        PaidOutcome::Duplicate(_) => ("duplicate", true),
+        PaidOutcome::PaidAfterClose(_) => ("paid_after_close", true),
+        PaidOutcome::OtherTransaction(_) => ("conflicting_transaction", true),
+        PaidOutcome::Unexpected(_) => ("unexpected_state", true),
+    }
+}
+
+fn verdict_of_error(e: &NotifyError) -> &'static str {
+    match e {
+        NotifyError::Xml(_) | NotifyError::MissingField(_) | NotifyError::BadAmount => "malformed",
+        NotifyError::BadSignature => "bad_signature",
+        NotifyError::AppIdMismatch => "appid_mismatch",
+        NotifyError::MchIdMismatch => "mch_id_mismatch",
+        NotifyError::ReturnFail(_) => "return_fail",
+    }
+}
+
+fn bounded(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// What judging a notify decided, and whether the record is already stored.
+struct Judgement {
+    verdict: &'static str,
+    accepted: bool,
+    stored: bool,
+}
+
+impl Judgement {
+    fn reject(verdict: &'static str) -> Self {
+        Self {
+            verdict,
+            accepted: false,
+            stored: false,
+        }
+    }
+}
+
+impl Payments {
+    /// Handles one notify body exactly as received. Never fails: errors become a FAIL reply
+    /// (WeChat retries later) with the verdict `internal_error`.
+    pub async fn handle_pay_notify(&self, raw_body: &[u8]) -> NotifyReply {
+        let now = self.now();
+        let stored_len = raw_body.len().min(MAX_STORED_BODY_BYTES);
+        let mut record = NewNotification {
+            received_at: now,
+            out_trade_no: String::new(),
+            transaction_id: String::new(),
+            raw_body: String::from_utf8_lossy(&raw_body[..stored_len]).into_owned(),
+            verdict: String::new(),
+            accepted: false,
+        };
+        let judgement = match self.judge(raw_body, now, &mut record).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "notify could not be processed; WeChat will retry");
+                Judgement::reject("internal_error")
+            }
+        };
+        let mut verdict = judgement.verdict;
+        let mut accepted = judgement.accepted;
+        if !judgement.stored {
+            record.verdict = verdict.to_owned();
+            record.accepted = accepted;
+            if let Err(e) = store::insert_notification(self.database(), &record).await {
+                // Every notify must be on record: let WeChat send it again.
+                tracing::error!(error = %e, verdict, "could not store a notify");
+                if accepted {
+                    verdict = "internal_error";
+                    accepted = false;
+                }
+            }
+        }
+        metrics::counter!("wxmp_pay_notifies_total", "verdict" => verdict).increment(1);
+        if accepted {
+            tracing::info!(out_trade_no = %record.out_trade_no, verdict, "notify accepted");
+        } else {
+            tracing::warn!(out_trade_no = %record.out_trade_no, verdict, "notify refused");
+        }
+        NotifyReply {
+            reply_xml: if accepted {
+                notify_reply_success()
+            } else {
+                notify_reply_fail(verdict)
+            },
+            accepted,
+            verdict,
+        }
+    }
+
+    async fn judge(
+        &self,
+        raw_body: &[u8],
+        now: i64,
+        record: &mut NewNotification,
+    ) -> Result<Judgement, Error> {
+        let fields: Fields = match xml::parse(raw_body) {
+            Ok(f) => f,
+            Err(_) => return Ok(Judgement::reject("malformed")),
+        };
+        let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
+        record.out_trade_no = bounded(field("out_trade_no"), MAX_STORED_ID_CHARS);
+        record.transaction_id = bounded(field("transaction_id"), MAX_STORED_ID_CHARS);
+
+        // The order decides which appid the notify must carry. An unknown order still gets
+        // its signature checked (against the notify's own appid) so the verdict says which
+        // check failed first.
+        let out_trade_no = field("out_trade_no");
+        let order = if valid_order_no(out_trade_no) {
+            store::find_order(self.database(), out_trade_no).await?
+        } else {
+            None
+        };
+        let appid = order.as_ref().map_or(field("appid"), |o| o.app_id.as_str());
+        let pay = self.inner.wechat.config_for(appid);
+        let notify = match verify_notify(raw_body, &pay) {
+            Ok(n) => n,
+            Err(e) => return Ok(Judgement::reject(verdict_of_error(&e))),
+        };
+        let Some(order) = order else {
+            return Ok(Judgement::reject("unknown_order"));
+        };
+        if !notify.is_success() {
+            return Ok(Judgement {
+                verdict: "payment_failed",
+                accepted: true,
+                stored: false,
+            });
+        }
+        if notify.total_fee != order.amount_fen {
+            tracing::error!(
+                order_no = %order.order_no,
+                amount_fen = order.amount_fen,
+                total_fee = notify.total_fee,
+                "verified notify with the wrong amount"
+            );
+            return Ok(Judgement::reject("amount_mismatch"));
+        }
+        let paid_at = clock::parse_wechat_time(&notify.time_end).unwrap_or(now);
+        let outcome = store::mark_paid(
+            self.database(),
+            &order.order_no,
+            &notify.transaction_id,
+            paid_at,
+            now,
+            Some(record.clone()),
+            verdict_of,
+        )
+        .await?;
+        log_paid_outcome(&outcome, "notify");
+        let (verdict, accepted) = verdict_of(&outcome);
+        Ok(Judgement {
+            verdict,
+            accepted,
+            stored: true,
+        })
+    }
+}

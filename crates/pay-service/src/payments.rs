@@ -1,0 +1,585 @@
+//! The business of pay-service: orders, JSAPI payment, closing, syncing with WeChat.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use service_kit::db::Database;
+use wechat::{
+    WechatClient, WechatConfig,
+    pay::{
+        RequestPaymentParams, TradeState, UnifiedOrderRequest, nonce_str, request_payment_params,
+    },
+};
+
+use crate::{
+    clock::{self, Clock},
+    config::{Catalog, Config, Product, valid_product_id},
+    error::Error,
+    orders::{
+        MAX_AMOUNT_FEN, MAX_ATTACH_BYTES, MAX_DESCRIPTION_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, Order,
+        OrderState, new_order_no, valid_order_no,
+    },
+    store::{self, NewOrder, PaidOutcome},
+    wxpay::{WechatPay, is_err_code, map_error},
+};
+
+/// A prepay_id is valid for 2 hours at WeChat; stop reusing it 5 minutes early so the user
+/// never gets one that dies on the payment sheet.
+pub const PREPAY_REUSE_SECS: i64 = 2 * 3600 - 300;
+
+/// WeChat refuses a JSAPI unifiedorder whose time_expire is less than 5 minutes away; keep a
+/// few seconds for clock differences.
+pub const MIN_PAY_WINDOW_SECS: i64 = 5 * 60 + 10;
+
+/// How often a request retries after losing a race with a concurrent change of the same order.
+const RACE_RETRIES: usize = 4;
+
+/// What `CreateOrder` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateOrder {
+    pub user_id: i64,
+    pub amount_fen: i64,
+    pub description: String,
+    pub attach: String,
+    pub idempotency_key: String,
+}
+
+/// The authenticated buyer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payer {
+    pub user_id: i64,
+    pub app_id: String,
+    pub openid: String,
+}
+
+/// What to pay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayTarget {
+    Order(String),
+    Product(String),
+}
+
+/// Settings of [`Payments`], from [`Config`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub catalog: Catalog,
+    pub order_ttl_secs: i64,
+    pub reconcile_after_secs: i64,
+    pub reconcile_interval: Duration,
+}
+
+/// The pay-service core. Cheap to clone; clones share everything.
+#[derive(Clone, Debug)]
+pub struct Payments {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    pub(crate) wechat: WechatPay,
+    pub(crate) settings: Settings,
+    pub(crate) clock: Clock,
+}
+
+fn check_text(name: &'static str, value: &str, max: usize, required: bool) -> Result<(), Error> {
+    if required && value.is_empty() {
+        return Err(Error::MissingParameter(name));
+    }
+    if value.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is longer than {max} bytes"
+        )));
+    }
+    // Control characters cannot travel in WeChat's XML.
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "{name} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_order_no(order_no: &str) -> Result<(), Error> {
+    if order_no.is_empty() {
+        return Err(Error::MissingParameter("order_no"));
+    }
+    if !valid_order_no(order_no) {
+        return Err(Error::InvalidArgument("order_no is malformed".into()));
+    }
+    Ok(())
+}
+
+/// spbill_create_ip: the buyer's IP as the gateway saw it; "127.0.0.1" only when none is known.
+fn check_client_ip(ip: &str) -> Result<String, Error> {
+    let ip = ip.trim();
+    if ip.is_empty() {
+        return Ok("127.0.0.1".into());
+    }
+    ip.parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| Error::InvalidArgument("client_ip is not an IP address".into()))
+}
+
+/// The error for an order that can no longer be paid or closed.
+fn state_error(order: &Order, now: i64) -> Option<Error> {
+    let message = match order.state() {
+        Some(OrderState::Paid) => "order is already paid",
+        Some(OrderState::Closed) => "order is closed",
+        Some(OrderState::Refunding | OrderState::Refunded) => "order is refunded",
+        None => "order is in an unknown state",
+        Some(OrderState::Created | OrderState::Paying) if order.is_expired(now) => {
+            "order has expired"
+        }
+        Some(OrderState::Created | OrderState::Paying) => return None,
+    };
+    Some(Error::OrderState(message.into()))
+}
+
+pub(crate) fn count_transition(state: OrderState) {
+    metrics::counter!("wxmp_pay_orders_total", "state" => state.as_str()).increment(1);
+}
+
+impl Payments {
+    /// Builds the core from a validated config (see [`Config::validate`]).
+    pub fn new(config: &Config, db: Database, clock: Clock) -> Result<Self, Error> {
+        let sign_type = config.sign_type().map_err(Error::Config)?;
+        let client = WechatClient::new(WechatConfig {
+            pay_base: config.wechat_pay_base.clone(),
+            request_timeout: config.wechat_timeout(),
+            connect_timeout: config.wechat_timeout().min(Duration::from_secs(2)),
+            ..WechatConfig::default()
+        })
+        .map_err(|e| Error::Config(e.to_string()))?;
+        let wechat = WechatPay::new(
+            client,
+            config.mch_id.trim().to_owned(),
+            config.pay_key.clone(),
+            sign_type,
+            config.notify_url.clone(),
+        );
+        let settings = Settings {
+            catalog: config.products.clone(),
+            order_ttl_secs: i64::try_from(config.order_ttl_secs)
+                .map_err(|_| Error::Config("PAY_ORDER_TTL_SECS is too large".into()))?,
+            reconcile_after_secs: i64::try_from(config.reconcile_after_secs)
+                .map_err(|_| Error::Config("PAY_RECONCILE_AFTER_SECS is too large".into()))?,
+            reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                wechat,
+                settings,
+                clock,
+            }),
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn products(&self) -> &[Product] {
+        &self.inner.settings.catalog.0
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// Creates an order for an internal caller. With an idempotency key, a repeat answers the
+    /// first order; the same key with other parameters is IDEMPOTENCY_CONFLICT. The unique
+    /// index on (user_id, idempotency_key) decides between concurrent first calls.
+    pub async fn create_order(&self, req: CreateOrder) -> Result<Order, Error> {
+        if req.user_id <= 0 {
+            return Err(Error::MissingParameter("user_id"));
+        }
+        if !(1..=MAX_AMOUNT_FEN).contains(&req.amount_fen) {
+            return Err(Error::InvalidArgument(format!(
+                "amount_fen must be in 1..={MAX_AMOUNT_FEN}"
+            )));
+        }
+        check_text("description", &req.description, MAX_DESCRIPTION_BYTES, true)?;
+        check_text("attach", &req.attach, MAX_ATTACH_BYTES, false)?;
+        check_text(
+            "idempotency_key",
+            &req.idempotency_key,
+            MAX_IDEMPOTENCY_KEY_BYTES,
+            false,
+        )?;
+        let key = (!req.idempotency_key.is_empty()).then(|| req.idempotency_key.clone());
+        let same = |o: &Order| {
+            o.amount_fen == req.amount_fen
+                && o.description == req.description
+                && o.attach == req.attach
+                && o.product_id.is_empty()
+        };
+        if let Some(key) = &key
+            && let Some(existing) =
+                store::find_by_idempotency_key(self.database(), req.user_id, key).await?
+        {
+            return if same(&existing) {
+                Ok(existing)
+            } else {
+                Err(Error::IdempotencyConflict)
+            };
+        }
+        for _ in 0..RACE_RETRIES {
+            let now = self.now();
+            let new = NewOrder {
+                order_no: new_order_no(now),
+                user_id: req.user_id,
+                amount_fen: req.amount_fen,
+                description: req.description.clone(),
+                attach: req.attach.clone(),
+                product_id: String::new(),
+                state: OrderState::Created.as_str().into(),
+                idempotency_key: key.clone(),
+                created_at: now,
+                updated_at: now,
+                expires_at: now + self.inner.settings.order_ttl_secs,
+            };
+            match store::insert_order(self.database(), &new).await {
+                Ok(order) => {
+                    count_transition(OrderState::Created);
+                    return Ok(order);
+                }
+                Err(Error::Db(e)) if e.is_unique_violation() => {
+                    // Either a concurrent call with the same key won, or (astronomically
+                    // unlikely) the order number collided: then try another number.
+                    if let Some(key) = &key
+                        && let Some(existing) =
+                            store::find_by_idempotency_key(self.database(), req.user_id, key)
+                                .await?
+                    {
+                        return if same(&existing) {
+                            Ok(existing)
+                        } else {
+                            Err(Error::IdempotencyConflict)
+                        };
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Internal("could not allocate an order number".into()))
+    }
+
+    /// A new order of a catalog product: the price is the server's, never the client's.
+    async fn create_product_order(&self, user_id: i64, product_id: &str) -> Result<Order, Error> {
+        if !valid_product_id(product_id) {
+            return Err(Error::NotFound("product"));
+        }
+        let product = self
+            .inner
+            .settings
+            .catalog
+            .get(product_id)
+            .ok_or(Error::NotFound("product"))?
+            .clone();
+        for _ in 0..RACE_RETRIES {
+            let now = self.now();
+            let new = NewOrder {
+                order_no: new_order_no(now),
+                user_id,
+                amount_fen: product.price_fen,
+                description: product.name.clone(),
+                attach: String::new(),
+                product_id: product.id.clone(),
+                state: OrderState::Created.as_str().into(),
+                idempotency_key: None,
+                created_at: now,
+                updated_at: now,
+                expires_at: now + self.inner.settings.order_ttl_secs,
+            };
+            match store::insert_order(self.database(), &new).await {
+                Ok(order) => {
+                    count_transition(OrderState::Created);
+                    return Ok(order);
+                }
+                Err(Error::Db(e)) if e.is_unique_violation() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Internal("could not allocate an order number".into()))
+    }
+
+    /// The order `order_no`; with `user_id` non-zero, only that user's order is found. Another
+    /// user's order is NOT_FOUND rather than PERMISSION_DENIED, so order numbers cannot be
+    /// probed for existence.
+    pub async fn get_order(&self, order_no: &str, user_id: i64) -> Result<Order, Error> {
+        check_order_no(order_no)?;
+        match store::find_order(self.database(), order_no).await? {
+            Some(order) if user_id == 0 || order.user_id == user_id => Ok(order),
+            _ => Err(Error::NotFound("order")),
+        }
+    }
+
+    async fn reload(&self, order_no: &str) -> Result<Order, Error> {
+        store::find_order(self.database(), order_no)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("order {order_no} vanished")))
+    }
+
+    /// Prepares `wx.requestPayment` for an order of `payer` (or a new order of a product).
+    ///
+    /// Every unifiedorder of an order is the same request: the payer (appid, openid, IP) is
+    /// bound to the order by the first prepare with a conditional UPDATE, and the rest comes
+    /// from the order row. WeChat answers an identical repeat with the same prepay_id, so
+    /// concurrent prepares of one order are harmless; the prepay_id is stored and reused while
+    /// it is valid.
+    pub async fn prepare_jsapi_payment(
+        &self,
+        payer: &Payer,
+        target: PayTarget,
+        client_ip: &str,
+    ) -> Result<(Order, RequestPaymentParams), Error> {
+        if payer.user_id <= 0 {
+            return Err(Error::MissingParameter("principal.user_id"));
+        }
+        if payer.app_id.is_empty() {
+            return Err(Error::MissingParameter("principal.app_id"));
+        }
+        if payer.openid.is_empty() {
+            return Err(Error::MissingParameter("principal.openid"));
+        }
+        let client_ip = check_client_ip(client_ip)?;
+        let mut order = match target {
+            PayTarget::Product(id) if id.is_empty() => {
+                return Err(Error::MissingParameter("product_id"));
+            }
+            PayTarget::Product(id) => self.create_product_order(payer.user_id, &id).await?,
+            PayTarget::Order(no) => self.get_order(&no, payer.user_id).await?,
+        };
+        for _ in 0..RACE_RETRIES {
+            let now = self.now();
+            if let Some(e) = state_error(&order, now) {
+                return Err(e);
+            }
+            // Too late for a new unifiedorder (a live prepay_id is still handed out below).
+            if order.live_prepay_id(now).is_none() && order.expires_at - now < MIN_PAY_WINDOW_SECS {
+                return Err(Error::OrderState(
+                    "order expires too soon to be paid; create a new one".into(),
+                ));
+            }
+            if order.app_id.is_empty() {
+                store::bind_payer(
+                    self.database(),
+                    &order.order_no,
+                    &payer.app_id,
+                    &payer.openid,
+                    &client_ip,
+                    now,
+                )
+                .await?;
+                // Whoever won the binding, the row now says who pays (or why nobody can).
+                order = self.reload(&order.order_no).await?;
+                continue;
+            }
+            if order.app_id != payer.app_id || order.openid != payer.openid {
+                return Err(Error::OrderState(
+                    "order is being paid from another mini program".into(),
+                ));
+            }
+            if let Some(prepay_id) = order.live_prepay_id(now) {
+                let params = self.payment_params(&order.app_id, prepay_id);
+                return Ok((order, params));
+            }
+            let prepay_id = match self.place_unified_order(&order).await {
+                Ok(id) => id,
+                Err(e) if is_err_code(&e, "ORDERPAID") => {
+                    self.sync_from_wechat(&order).await?;
+                    return Err(Error::OrderState("order is already paid".into()));
+                }
+                Err(e) if is_err_code(&e, "ORDERCLOSED") => {
+                    // Closed at WeChat but not here (a close that failed half way): finish it.
+                    if store::close_if_unchanged(self.database(), &order, now).await? {
+                        count_transition(OrderState::Closed);
+                    }
+                    return Err(Error::OrderState("order is closed".into()));
+                }
+                Err(e) => return Err(map_error(e)),
+            };
+            let prepay_expires_at = now + PREPAY_REUSE_SECS;
+            if store::set_prepay(
+                self.database(),
+                &order.order_no,
+                &prepay_id,
+                prepay_expires_at,
+                now,
+            )
+            .await?
+            {
+                if order.state() == Some(OrderState::Created) {
+                    count_transition(OrderState::Paying);
+                }
+                let order = self.reload(&order.order_no).await?;
+                let params = self.payment_params(&order.app_id, &prepay_id);
+                return Ok((order, params));
+            }
+            // Paid or closed meanwhile. A close that raced our unifiedorder may have missed
+            // the order at WeChat: close it there too, so the prepay_id is dead everywhere.
+            order = self.reload(&order.order_no).await?;
+            if order.state() == Some(OrderState::Closed)
+                && let Err(e) = self
+                    .inner
+                    .wechat
+                    .close_order(&order.app_id, &order.order_no)
+                    .await
+                && !is_err_code(&e, "ORDERCLOSED")
+            {
+                tracing::warn!(order_no = %order.order_no, error = %e, "closing a raced unifiedorder failed");
+            }
+        }
+        Err(Error::OrderState("order is changing; retry".into()))
+    }
+
+    async fn place_unified_order(&self, order: &Order) -> Result<String, wechat::PayError> {
+        let req = UnifiedOrderRequest {
+            body: order.description.clone(),
+            out_trade_no: order.order_no.clone(),
+            total_fee: order.amount_fen,
+            spbill_create_ip: order.client_ip.clone(),
+            notify_url: self.inner.wechat.notify_url().to_owned(),
+            openid: order.openid.clone(),
+            attach: (!order.attach.is_empty()).then(|| order.attach.clone()),
+            time_expire: Some(clock::china_time(order.expires_at, "%Y%m%d%H%M%S")),
+        };
+        let resp = self.inner.wechat.unified_order(&order.app_id, &req).await?;
+        tracing::info!(order_no = %order.order_no, "unifiedorder placed");
+        Ok(resp.prepay_id)
+    }
+
+    fn payment_params(&self, app_id: &str, prepay_id: &str) -> RequestPaymentParams {
+        let pay = self.inner.wechat.config_for(app_id);
+        request_payment_params(&pay, prepay_id, self.now(), &nonce_str())
+    }
+
+    /// Asks WeChat about a placed order and applies a confirmed payment (same conditional
+    /// UPDATE as the notify). Answers the outcome when WeChat says the order is paid.
+    pub(crate) async fn sync_from_wechat(
+        &self,
+        order: &Order,
+    ) -> Result<Option<PaidOutcome>, Error> {
+        if order.app_id.is_empty() {
+            return Ok(None);
+        }
+        let query = self
+            .inner
+            .wechat
+            .order_query(&order.app_id, &order.order_no)
+            .await
+            .map_err(map_error)?;
+        if query.trade_state != TradeState::Success {
+            return Ok(None);
+        }
+        let transaction_id = query.transaction_id.clone().unwrap_or_default();
+        if query.total_fee != Some(order.amount_fen) || transaction_id.is_empty() {
+            tracing::error!(
+                order_no = %order.order_no,
+                amount_fen = order.amount_fen,
+                total_fee = ?query.total_fee,
+                "orderquery reports a payment that does not match the order; not applied"
+            );
+            return Err(Error::Internal(
+                "WeChat's payment does not match the order".into(),
+            ));
+        }
+        let now = self.now();
+        let paid_at = query
+            .time_end
+            .as_deref()
+            .and_then(clock::parse_wechat_time)
+            .unwrap_or(now);
+        let outcome = store::mark_paid(
+            self.database(),
+            &order.order_no,
+            &transaction_id,
+            paid_at,
+            now,
+            None,
+            |_| ("", false),
+        )
+        .await?;
+        log_paid_outcome(&outcome, "orderquery");
+        Ok(Some(outcome))
+    }
+
+    /// Closes an order here and at WeChat. CLOSED is idempotent; PAID is ORDER_STATE. When
+    /// WeChat says the order was paid meanwhile, the payment is applied and the close refused.
+    pub async fn close_order(&self, order_no: &str, user_id: i64) -> Result<Order, Error> {
+        let order = self.get_order(order_no, user_id).await?;
+        Ok(self.close(order).await?.0)
+    }
+
+    /// Closes `order`; the flag says whether this call closed it.
+    pub(crate) async fn close(&self, mut order: Order) -> Result<(Order, bool), Error> {
+        for _ in 0..RACE_RETRIES {
+            match order.state() {
+                Some(OrderState::Closed) => return Ok((order, false)),
+                Some(OrderState::Created | OrderState::Paying) => {}
+                _ => {
+                    return Err(state_error(&order, self.now())
+                        .unwrap_or_else(|| Error::OrderState("order cannot be closed".into())));
+                }
+            }
+            // A bound order may have been placed at WeChat (even if we never stored a
+            // prepay_id: a unifiedorder may be in flight or its answer lost), so close it
+            // there first; only then here.
+            if !order.app_id.is_empty() {
+                match self
+                    .inner
+                    .wechat
+                    .close_order(&order.app_id, &order.order_no)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e)
+                        if is_err_code(&e, "ORDERCLOSED") || is_err_code(&e, "ORDERNOTEXIST") => {}
+                    Err(e) if is_err_code(&e, "ORDERPAID") => {
+                        self.sync_from_wechat(&order).await?;
+                        return Err(Error::OrderState("order is already paid".into()));
+                    }
+                    Err(e) => return Err(map_error(e)),
+                }
+            }
+            let now = self.now();
+            if store::close_if_unchanged(self.database(), &order, now).await? {
+                count_transition(OrderState::Closed);
+                tracing::info!(order_no = %order.order_no, "order closed");
+                return Ok((self.reload(&order.order_no).await?, true));
+            }
+            // Paid, closed, bound or given a prepay_id meanwhile: look again.
+            order = self.reload(&order.order_no).await?;
+        }
+        Err(Error::OrderState("order is changing; retry".into()))
+    }
+}
+
+pub(crate) fn log_paid_outcome(outcome: &PaidOutcome, source: &'static str) {
+    match outcome {
+        PaidOutcome::Applied(o) => {
+            count_transition(OrderState::Paid);
+            tracing::info!(order_no = %o.order_no, source, "order paid");
+        }
+        PaidOutcome::Duplicate(o) => {
+            tracing::debug!(order_no = %o.order_no, source, "payment already applied");
+        }
+        PaidOutcome::OtherTransaction(o) => tracing::error!(
+            order_no = %o.order_no, source,
+            "order already paid by another transaction: needs manual review"
+        ),
+        PaidOutcome::PaidAfterClose(o) => tracing::error!(
+            order_no = %o.order_no, source,
+            "payment for a closed order: refund it manually"
+        ),
+        PaidOutcome::Unexpected(o) => tracing::error!(
+            order_no = %o.order_no, state = %o.state, source,
+            "payment for an order in an unexpected state: needs manual review"
+        ),
+    }
+}

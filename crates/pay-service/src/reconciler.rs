@@ -1,0 +1,144 @@
+//! The reconciler: asks WeChat about PAYING orders whose notify never came, and closes
+//! expired unpaid orders.
+//!
+//! Several replicas may run it at once. Each order is claimed with a conditional UPDATE of
+//! `reconcile_lease_until` (`... WHERE lease <= now`), so normally one replica handles it and
+//! WeChat is asked once. Correctness does not rest on the lease, though: the changes it makes
+//! are the same conditional transitions as everywhere else (`... WHERE state IN
+//! ('CREATED','PAYING')`), so a replica whose lease ran out mid-way, or a notify arriving at the
+//! same moment, still changes an order at most once.
+//!
+//! After an orderquery that found the order unpaid, `next_query_at` keeps it from being asked
+//! about again before another `PAY_RECONCILE_AFTER_SECS`; expiry is checked regardless.
+
+use std::time::Duration;
+
+use service_kit::Shutdown;
+
+use crate::{
+    error::Error,
+    orders::OrderState,
+    payments::Payments,
+    store::{self, PaidOutcome},
+};
+
+/// Orders looked at per scan and pass.
+const BATCH: i64 = 100;
+/// How long a claim holds an order: longer than a WeChat call or two can take.
+const LEASE_SECS: i64 = 120;
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// PAYING orders asked about at WeChat.
+    pub queried: usize,
+    /// Orders this pass moved to PAID.
+    pub paid: usize,
+    /// Orders this pass moved to CLOSED.
+    pub closed: usize,
+    /// Orders that failed (WeChat or database errors); retried on a later pass.
+    pub errors: usize,
+}
+
+impl Payments {
+    /// One reconciliation pass: the work of one tick of the background task.
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport, Error> {
+        let mut report = ReconcileReport::default();
+        let now = self.now();
+        let after = self.inner.settings.reconcile_after_secs;
+        let db = self.database();
+
+        // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
+        // for a paid one, whose payment is then applied instead).
+        for order_no in store::expired_open(db, now, BATCH).await? {
+            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+                continue; // another replica has it, or it is no longer open
+            }
+            let Some(order) = store::find_order(db, &order_no).await? else {
+                continue;
+            };
+            match self.close(order).await {
+                Ok((_, true)) => report.closed += 1,
+                Ok((_, false)) => {}
+                Err(Error::OrderState(_)) => {
+                    // Paid after all (applied while closing), or changing under us.
+                    if let Some(o) = store::find_order(db, &order_no).await?
+                        && o.state() == Some(OrderState::Paid)
+                    {
+                        report.paid += 1;
+                    }
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(order_no, error = %e, "closing an expired order failed");
+                }
+            }
+            store::release(db, &order_no, None).await?;
+        }
+
+        for order_no in store::paying_due(db, now - after, now, BATCH).await? {
+            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+                continue;
+            }
+            report.queried += 1;
+            match self.query_paying(&order_no).await {
+                Ok(true) => report.paid += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(order_no, error = %e, "reconcile query failed");
+                }
+            }
+            // Not asked again before another reconcile_after has passed.
+            store::release(db, &order_no, Some(now + after)).await?;
+        }
+
+        if report != ReconcileReport::default() {
+            tracing::info!(?report, "reconcile pass");
+        }
+        Ok(report)
+    }
+
+    /// Asks WeChat about one PAYING order; true when this call applied its payment.
+    async fn query_paying(&self, order_no: &str) -> Result<bool, Error> {
+        let Some(order) = store::find_order(self.database(), order_no).await? else {
+            return Ok(false);
+        };
+        if order.state() != Some(OrderState::Paying) {
+            return Ok(false);
+        }
+        match self.sync_from_wechat(&order).await {
+            Ok(Some(PaidOutcome::Applied(_))) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs [`Payments::reconcile_once`] every interval until `shutdown`.
+pub async fn run(payments: Payments, shutdown: Shutdown) {
+    let interval = payments
+        .inner
+        .settings
+        .reconcile_interval
+        .max(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = ticker.tick() => {}
+        }
+        // A pass cut short by shutdown leaves nothing half-done: every step is one atomic
+        // UPDATE, and an unfinished claim simply expires.
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            result = payments.reconcile_once() => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "reconcile pass failed");
+                }
+            }
+        }
+    }
+    tracing::debug!("reconciler stopped");
+}

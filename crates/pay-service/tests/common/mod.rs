@@ -1,0 +1,440 @@
+//! Test harness: a pay-service core on a fresh PostgreSQL database or SQLite file, the real
+//! sandbox as WeChat, and a tiny HTTP receiver standing in for the gateway's notify endpoint.
+
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use pay_service::{Catalog, Clock, Config, Payments};
+use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY, SandboxHandle};
+use service_kit::{
+    Secret,
+    db::testing::{fresh_postgres_url, fresh_sqlite_url},
+    grpc::InternalAuthConfig,
+    telemetry::{LogFormat, TelemetryConfig},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tonic::{Request, Status};
+use wxmp_proto::{
+    auth::v1::Principal,
+    pay::v1::{self as pb, pay_service_server::PayService, prepare_jsapi_payment_request::Target},
+};
+
+pub const PRODUCTS: &str = "vip:990:VIP one month;coins:100:100 coins";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs each named `async fn(Backend)` of the enclosing file on both back ends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+/// A stand-in for the gateway's `POST /pay/notify`: records every body, and (when forwarding)
+/// passes it to HandlePayNotify and answers with its XML; otherwise answers HTTP 503, so the
+/// sandbox keeps the notify for a later retry.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub forward: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn start(payments: Payments) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let receiver = Self {
+            url: format!("http://{addr}/pay/notify"),
+            bodies: Arc::default(),
+            forward: Arc::new(AtomicBool::new(true)),
+        };
+        let r = receiver.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (r, payments) = (r.clone(), payments.clone());
+                tokio::spawn(async move {
+                    let _ = r.serve_one(stream, payments).await;
+                });
+            }
+        });
+        receiver
+    }
+
+    async fn serve_one(
+        &self,
+        mut stream: tokio::net::TcpStream,
+        payments: Payments,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < header_end + length {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = buf[header_end..].to_vec();
+        self.bodies.lock().unwrap().push(body.clone());
+        let (status, reply) = if self.forward.load(Ordering::SeqCst) {
+            let reply = PayService::handle_pay_notify(
+                &payments,
+                Request::new(pb::HandlePayNotifyRequest { raw_body: body }),
+            )
+            .await
+            .map(|r| r.into_inner().reply_xml)
+            .unwrap_or_default();
+            ("200 OK", reply)
+        } else {
+            ("503 Service Unavailable", String::new())
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    }
+
+    pub fn captured(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+pub struct Env {
+    pub pay: Payments,
+    pub config: Config,
+    pub sandbox: SandboxHandle,
+    pub receiver: Receiver,
+    pub clock: Clock,
+    pub http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
+    Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: Secret::new(database_url),
+        db_pool_size: 4,
+        notify_url: "http://127.0.0.1:9/pay/notify".into(),
+        products: PRODUCTS.parse::<Catalog>().unwrap(),
+        order_ttl_secs: 1800,
+        reconcile_interval_secs: 30,
+        reconcile_after_secs: 0,
+        mch_id: DEV_MCH_ID.into(),
+        pay_key: Secret::new(DEV_PAY_KEY),
+        sign_type: "MD5".into(),
+        wechat_pay_base: sandbox.base_url.clone(),
+        wechat_timeout_ms: 5000,
+        telemetry: TelemetryConfig {
+            log_format: LogFormat::Pretty,
+            metrics_addr: None,
+        },
+        internal: InternalAuthConfig {
+            internal_token: None,
+        },
+    }
+}
+
+pub async fn database_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Postgres => (fresh_postgres_url("wxmp_pay").await.unwrap(), None),
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (fresh_sqlite_url(dir.path(), "pay"), Some(dir))
+        }
+    }
+}
+
+impl Env {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with(backend, |_| {}).await
+    }
+
+    pub async fn with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        service_kit::telemetry::init_tracing(LogFormat::Pretty);
+        let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+        let (url, dir) = database_url(backend).await;
+        let mut config = config(url, &sandbox);
+        tweak(&mut config);
+        let clock = Clock::system();
+        // The receiver hands notifies to a core that only needs the database; the core under
+        // test then gets the receiver's URL as its notify_url.
+        let notified = pay_service::connect(&config, clock.clone()).await.unwrap();
+        let receiver = Receiver::start(notified.clone()).await;
+        config.notify_url = receiver.url.clone();
+        let pay = Payments::new(&config, notified.database().clone(), clock.clone()).unwrap();
+        Self {
+            pay,
+            config,
+            sandbox,
+            receiver,
+            clock,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Another core on the same database (another replica).
+    pub fn replica(&self) -> Payments {
+        Payments::new(
+            &self.config,
+            self.pay.database().clone(),
+            self.clock.clone(),
+        )
+        .unwrap()
+    }
+
+    pub async fn prepare(
+        &self,
+        principal: &Principal,
+        target: Target,
+    ) -> Result<pb::PrepareJsapiPaymentResponse, Status> {
+        PayService::prepare_jsapi_payment(
+            &self.pay,
+            Request::new(pb::PrepareJsapiPaymentRequest {
+                principal: Some(principal.clone()),
+                target: Some(target),
+                client_ip: "203.0.113.7".into(),
+            }),
+        )
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    pub async fn get(&self, order_no: &str, user_id: i64) -> Result<pb::Order, Status> {
+        PayService::get_order(
+            &self.pay,
+            Request::new(pb::GetOrderRequest {
+                order_no: order_no.into(),
+                user_id,
+            }),
+        )
+        .await
+        .map(|r| r.into_inner().order.unwrap())
+    }
+
+    pub async fn close(&self, order_no: &str, user_id: i64) -> Result<pb::Order, Status> {
+        PayService::close_order(
+            &self.pay,
+            Request::new(pb::CloseOrderRequest {
+                order_no: order_no.into(),
+                user_id,
+            }),
+        )
+        .await
+        .map(|r| r.into_inner().order.unwrap())
+    }
+
+    pub async fn create(
+        &self,
+        user_id: i64,
+        amount_fen: i64,
+        description: &str,
+        key: &str,
+    ) -> Result<pb::Order, Status> {
+        PayService::create_order(
+            &self.pay,
+            Request::new(pb::CreateOrderRequest {
+                user_id,
+                amount_fen,
+                description: description.into(),
+                attach: String::new(),
+                idempotency_key: key.into(),
+            }),
+        )
+        .await
+        .map(|r| r.into_inner().order.unwrap())
+    }
+
+    pub async fn notify(&self, body: &[u8]) -> pb::HandlePayNotifyResponse {
+        PayService::handle_pay_notify(
+            &self.pay,
+            Request::new(pb::HandlePayNotifyRequest {
+                raw_body: body.to_vec(),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
+    /// `POST /sandbox/pay`: the user pays (with per-order notify faults, if any).
+    pub async fn sandbox_pay(
+        &self,
+        prepay_id: &str,
+        faults: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut body = serde_json::json!({ "prepay_id": prepay_id });
+        if let Some(f) = faults {
+            body["faults"] = f;
+        }
+        let resp = self
+            .http
+            .post(self.sandbox.url("/sandbox/pay"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "sandbox pay: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    pub async fn sandbox_order(&self, out_trade_no: &str) -> serde_json::Value {
+        self.http
+            .get(self.sandbox.url(&format!("/sandbox/orders/{out_trade_no}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn verdicts(&self, order_no: &str) -> Vec<(String, bool)> {
+        pay_service::store::notification_verdicts(self.pay.database(), order_no)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (generously) until the receiver has captured `n` notify bodies.
+    pub async fn captured_notify(&self, n: usize) -> Vec<u8> {
+        let receiver = self.receiver.clone();
+        eventually(|| {
+            let receiver = receiver.clone();
+            async move { receiver.captured().len() >= n }
+        })
+        .await;
+        self.receiver.captured()[n - 1].clone()
+    }
+}
+
+pub fn principal(user_id: i64) -> Principal {
+    Principal {
+        user_id,
+        app_id: DEV_APP_ID.into(),
+        openid: format!("o{user_id:027}"),
+        unionid: String::new(),
+    }
+}
+
+/// The prepay_id inside `package` ("prepay_id=...").
+pub fn prepay_id(resp: &pb::PrepareJsapiPaymentResponse) -> String {
+    resp.params
+        .as_ref()
+        .unwrap()
+        .package
+        .strip_prefix("prepay_id=")
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls `check` until true; panics after a generous timeout (only to avoid hanging).
+pub async fn eventually<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn reason(status: &Status) -> service_kit::ErrorReason {
+    service_kit::reason::reason_of(status)
+}
+
+/// A notify signed with `key` (MD5), fields as given.
+pub fn signed_notify(fields: &[(&str, &str)], key: &str) -> Vec<u8> {
+    let signature = wechat::pay::sign(fields.iter().copied(), key, wechat::SignType::Md5);
+    let mut all: Vec<(&str, &str)> = fields.to_vec();
+    all.push(("sign", &signature));
+    wechat::pay::xml::to_xml(all).into_bytes()
+}
+
+/// A genuine-looking notify for `order_no`, with fields overridable.
+pub fn notify_fields<'a>(
+    order_no: &'a str,
+    total_fee: &'a str,
+    overrides: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut fields = vec![
+        ("return_code", "SUCCESS"),
+        ("return_msg", "OK"),
+        ("appid", DEV_APP_ID),
+        ("mch_id", DEV_MCH_ID),
+        ("nonce_str", "abcdefghijklmnop"),
+        ("result_code", "SUCCESS"),
+        ("openid", "o000000000000000000000000001"),
+        ("trade_type", "JSAPI"),
+        ("bank_type", "OTHERS"),
+        ("total_fee", total_fee),
+        ("fee_type", "CNY"),
+        ("cash_fee", total_fee),
+        ("transaction_id", "4200000000202611250000000001"),
+        ("out_trade_no", order_no),
+        ("time_end", "20261125120000"),
+    ];
+    for (k, v) in overrides {
+        if let Some(f) = fields.iter_mut().find(|(name, _)| name == k) {
+            f.1 = v;
+        } else {
+            fields.push((k, v));
+        }
+    }
+    fields
+}

@@ -1,0 +1,171 @@
+//! The binary's path: `serve` on a real listener, gRPC with the internal token, the reconciler
+//! running in the background, graceful shutdown. On PostgreSQL and SQLite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use service_kit::{
+    Secret, Shutdown,
+    grpc::{AttachToken, InternalAuthConfig},
+};
+use tonic::{Code, transport::Channel};
+use wxmp_proto::pay::v1::{
+    self as pb, OrderState, pay_service_client::PayServiceClient,
+    prepare_jsapi_payment_request::Target,
+};
+
+on_both_backends!(
+    serve_runs_the_api_and_the_reconciler,
+    config_errors_name_the_variable
+);
+
+async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
+    service_kit::telemetry::init_tracing(service_kit::telemetry::LogFormat::Pretty);
+    let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+    let (url, _dir) = database_url(backend).await;
+    // `wxmp migrate` first: serve must cope with an up-to-date schema.
+    pay_service::migrate(&url).await.unwrap();
+    let mut config = config(url, &sandbox);
+    config.reconcile_interval_secs = 1;
+    config.reconcile_after_secs = 0;
+    config.internal = InternalAuthConfig {
+        internal_token: Some(Secret::new("internal-s3cret")),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(pay_service::serve(config, listener, shutdown.clone()));
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut anonymous = PayServiceClient::new(channel.clone());
+    let mut client = PayServiceClient::with_interceptor(
+        channel,
+        AttachToken::new(Some(&Secret::new("internal-s3cret"))),
+    );
+
+    // Retry until the server has migrated and is listening.
+    let mut products = None;
+    for _ in 0..200 {
+        match client.list_products(pb::ListProductsRequest {}).await {
+            Ok(r) => {
+                products = Some(r.into_inner().products);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(products.expect("server answers").len(), 2);
+    let err = anonymous
+        .list_products(pb::ListProductsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A payment whose notify is lost is found by the background reconciler.
+    let prepared = client
+        .prepare_jsapi_payment(pb::PrepareJsapiPaymentRequest {
+            principal: Some(principal(5)),
+            target: Some(Target::ProductId("vip".into())),
+            client_ip: "198.51.100.4".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let no = prepared.order.clone().unwrap().order_no;
+    let resp = reqwest::Client::new()
+        .post(sandbox.url("/sandbox/pay"))
+        .json(&serde_json::json!({"prepay_id": prepay_id(&prepared), "faults": {"drop_notify": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let get = |client: PayServiceClient<_>| {
+        let no = no.clone();
+        async move {
+            let mut client = client;
+            client
+                .get_order(pb::GetOrderRequest {
+                    order_no: no,
+                    user_id: 5,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap()
+        }
+    };
+    eventually(|| {
+        let c = client.clone();
+        let get = &get;
+        async move { get(c).await.state == OrderState::Paid as i32 }
+    })
+    .await;
+
+    // Errors carry their reason across the wire.
+    let err = client
+        .get_order(pb::GetOrderRequest {
+            order_no: no.clone(),
+            user_id: 6,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), service_kit::ErrorReason::NotFound);
+
+    shutdown.trigger();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve stops on shutdown")
+        .unwrap();
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
+
+type Breaker = Box<dyn Fn(&mut pay_service::Config)>;
+
+async fn config_errors_name_the_variable(backend: Backend) {
+    let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+    let (url, _dir) = database_url(backend).await;
+    let good = config(url, &sandbox);
+    assert!(good.validate().is_ok());
+    let cases: Vec<(Breaker, &str)> = vec![
+        (
+            Box::new(|c| c.notify_url = "ftp://x".into()),
+            "PAY_NOTIFY_URL",
+        ),
+        (
+            Box::new(|c| c.sign_type = "SHA1".into()),
+            "WXMP_PAY_SIGN_TYPE",
+        ),
+        (Box::new(|c| c.mch_id = " ".into()), "WXMP_PAY_MCH_ID"),
+        (Box::new(|c| c.pay_key = Secret::new("")), "WXMP_PAY_KEY"),
+        (Box::new(|c| c.order_ttl_secs = 10), "PAY_ORDER_TTL_SECS"),
+        (
+            Box::new(|c| c.reconcile_interval_secs = 0),
+            "PAY_RECONCILE_INTERVAL_SECS",
+        ),
+        (
+            Box::new(|c| c.database_url = Secret::new("")),
+            "PAY_DATABASE_URL",
+        ),
+    ];
+    for (breaks, variable) in cases {
+        let mut config = good.clone();
+        breaks(&mut config);
+        let err = config.validate().unwrap_err();
+        assert!(err.contains(variable), "{variable}: {err}");
+        // serve refuses it before touching anything.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = pay_service::serve(config, listener, Shutdown::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(variable), "{variable}: {err}");
+    }
+    // Secrets never show.
+    let printed = format!("{good:?}");
+    assert!(!printed.contains(sandbox::DEV_PAY_KEY));
+    assert!(!printed.contains(good.database_url.expose()));
+}
