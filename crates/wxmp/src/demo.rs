@@ -1,0 +1,273 @@
+//! `wxmp demo`: plays a mini program against a running gateway and sandbox, step by step,
+//! exactly as a phone would: wx.login → /login/ → getUserProfile → /userinfo/ → /pay/ →
+//! wx.requestPayment (the sandbox pays) → poll the order until PAID.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Where the demo points.
+#[derive(Clone, Debug)]
+pub struct DemoTarget {
+    pub gateway: String,
+    pub sandbox: String,
+    /// Product to buy; the first of the catalog when `None`.
+    pub product_id: Option<String>,
+    /// How long to wait for the order to become PAID.
+    pub pay_timeout: Duration,
+}
+
+/// What the demo did, for callers that check it (the end-to-end tests).
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    pub openid: String,
+    pub token: String,
+    pub nickname: String,
+    pub order_no: String,
+    pub amount_fen: i64,
+    pub final_state: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{step}: {source}")]
+    Http {
+        step: &'static str,
+        source: reqwest::Error,
+    },
+    #[error("{step}: unexpected answer {body}")]
+    Unexpected { step: &'static str, body: String },
+    #[error("the order {order_no} was still {state} after {waited:?}")]
+    NotPaid {
+        order_no: String,
+        state: String,
+        waited: Duration,
+    },
+}
+
+/// Runs the whole journey, calling `say` with one line per step.
+pub async fn run(
+    target: &DemoTarget,
+    mut say: impl FnMut(String),
+) -> Result<DemoReport, DemoError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|source| DemoError::Http {
+            step: "client",
+            source,
+        })?;
+    let gw = target.gateway.trim_end_matches('/');
+    let sb = target.sandbox.trim_end_matches('/');
+
+    let login_code = post(
+        &http,
+        &format!("{sb}/sandbox/login-code"),
+        json!({}),
+        "sandbox login code",
+    )
+    .await?;
+    let code = field(&login_code, "/code", "sandbox login code")?;
+    let openid = field(&login_code, "/openid", "sandbox login code")?;
+    say(format!(
+        "1. wx.login() in the sandbox gave code {code} for openid {openid}"
+    ));
+
+    let login = envelope(
+        post(
+            &http,
+            &format!("{gw}/login/"),
+            json!({ "code": code }),
+            "POST /login/",
+        )
+        .await?,
+        "POST /login/",
+    )?;
+    let token = field(&login, "/token", "POST /login/")?;
+    say(format!(
+        "2. POST /login/ answered a token (expires in {}s)",
+        login["expires_in"]
+    ));
+
+    let profile = json!({
+        "nickName": "微信用户🐼",
+        "gender": 1,
+        "language": "zh_CN",
+        "city": "Shenzhen",
+        "province": "Guangdong",
+        "country": "China",
+        "avatarUrl": "https://thirdwx.qlogo.cn/mmopen/vi_32/demo/132"
+    });
+    let user_data = post(
+        &http,
+        &format!("{sb}/sandbox/user-data"),
+        json!({ "openid": openid, "profile": profile }),
+        "sandbox user data",
+    )
+    .await?;
+    say("3. the sandbox encrypted a profile with the user's session_key".to_owned());
+
+    let stored = envelope(
+        post(
+            &http,
+            &format!("{gw}/userinfo/"),
+            json!({
+                "token": token,
+                "encryptedData": user_data["encryptedData"],
+                "iv": user_data["iv"],
+                "rawData": user_data["rawData"],
+                "signature": user_data["signature"],
+            }),
+            "POST /userinfo/",
+        )
+        .await?,
+        "POST /userinfo/",
+    )?;
+    let nickname = field(&stored, "/nickname", "POST /userinfo/")?;
+    say(format!(
+        "4. POST /userinfo/ decrypted and stored the profile of {nickname}"
+    ));
+
+    let product_id = match &target.product_id {
+        Some(id) => id.clone(),
+        None => {
+            let products = envelope(
+                get(&http, &format!("{gw}/products"), &token, "GET /products").await?,
+                "GET /products",
+            )?;
+            field(&products, "/products/0/id", "GET /products")?
+        }
+    };
+    let pay = envelope(
+        post(
+            &http,
+            &format!("{gw}/pay/"),
+            json!({ "token": token, "product_id": product_id }),
+            "POST /pay/",
+        )
+        .await?,
+        "POST /pay/",
+    )?;
+    let order_no = field(&pay, "/order_no", "POST /pay/")?;
+    let package = field(&pay, "/package", "POST /pay/")?;
+    let prepay_id = package
+        .strip_prefix("prepay_id=")
+        .ok_or_else(|| DemoError::Unexpected {
+            step: "POST /pay/",
+            body: pay.to_string(),
+        })?
+        .to_owned();
+    say(format!(
+        "5. POST /pay/ placed order {order_no} for {product_id}: wx.requestPayment({{package: {package}, signType: {}}})",
+        pay["signType"]
+    ));
+
+    post(
+        &http,
+        &format!("{sb}/sandbox/pay"),
+        json!({ "prepay_id": prepay_id }),
+        "sandbox pay",
+    )
+    .await?;
+    say("6. the user paid in the sandbox; WeChat's notify is on its way".to_owned());
+
+    let started = Instant::now();
+    let mut state;
+    loop {
+        let order = envelope(
+            get(
+                &http,
+                &format!("{gw}/orders/{order_no}"),
+                &token,
+                "GET /orders",
+            )
+            .await?,
+            "GET /orders",
+        )?;
+        state = field(&order, "/state", "GET /orders")?;
+        if state == "PAID" {
+            let amount_fen = order["amount_fen"].as_i64().unwrap_or_default();
+            say(format!(
+                "7. GET /orders/{order_no}: PAID ({}.{:02} yuan, transaction {})",
+                amount_fen / 100,
+                amount_fen % 100,
+                order["transaction_id"].as_str().unwrap_or("?")
+            ));
+            return Ok(DemoReport {
+                openid,
+                token,
+                nickname,
+                order_no,
+                amount_fen,
+                final_state: state,
+            });
+        }
+        if started.elapsed() > target.pay_timeout {
+            return Err(DemoError::NotPaid {
+                order_no,
+                state,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Value,
+    step: &'static str,
+) -> Result<Value, DemoError> {
+    let response = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|source| DemoError::Http { step, source })?;
+    response
+        .json()
+        .await
+        .map_err(|source| DemoError::Http { step, source })
+}
+
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    step: &'static str,
+) -> Result<Value, DemoError> {
+    let response = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|source| DemoError::Http { step, source })?;
+    response
+        .json()
+        .await
+        .map_err(|source| DemoError::Http { step, source })
+}
+
+/// The `data` of a `{"code":200,"msg":"suc","data":...}` envelope.
+fn envelope(body: Value, step: &'static str) -> Result<Value, DemoError> {
+    if body["code"] == 200 {
+        Ok(body["data"].clone())
+    } else {
+        Err(DemoError::Unexpected {
+            step,
+            body: body.to_string(),
+        })
+    }
+}
+
+fn field(value: &Value, pointer: &str, step: &'static str) -> Result<String, DemoError> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| DemoError::Unexpected {
+            step,
+            body: value.to_string(),
+        })
+}

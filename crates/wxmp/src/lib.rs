@@ -1,0 +1,7 @@
+//! The `wxmp` command line, as a library so the end-to-end tests start the same stack.
+//!
+//! - [`stack`]: every service (and the WeChat sandbox) in one process.
+//! - [`demo`]: a scripted mini program that logs in, sends its profile and pays.
+
+pub mod demo;
+pub mod stack;

@@ -1,0 +1,226 @@
+//! `wxmp`: run the whole stack in one process, play the demo, or run migrations.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use service_kit::telemetry::{self, TelemetryConfig};
+use wxmp::{
+    demo::{self, DemoTarget},
+    stack::{DEMO_PRODUCTS, Stack, StackOptions, WechatTarget},
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "wxmp", version, about = "The backend of a WeChat Mini Program")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryConfig,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every service and the WeChat sandbox in one process. Embedded default: SQLite files in
+    /// --data-dir and in-memory sessions; DATABASE_URL (or USER_/PAY_DATABASE_URL) and
+    /// REDIS_URL (or AUTH_REDIS_URL) switch to PostgreSQL and Redis.
+    Up(UpArgs),
+    /// Play a mini program against a running gateway and sandbox.
+    Demo {
+        #[arg(
+            long,
+            env = "WXMP_DEMO_GATEWAY",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        gateway: String,
+        #[arg(
+            long,
+            env = "WXMP_DEMO_SANDBOX",
+            default_value = "http://127.0.0.1:9000"
+        )]
+        sandbox: String,
+        /// Product to buy (default: the first of the catalog).
+        #[arg(long)]
+        product: Option<String>,
+    },
+    /// Run user-service's and pay-service's migrations, then exit.
+    Migrate,
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    /// Where the embedded SQLite files live.
+    #[arg(long, env = "WXMP_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Address every service listens on.
+    #[arg(long, env = "WXMP_HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    gateway_port: u16,
+    #[arg(long, default_value_t = 50051)]
+    auth_port: u16,
+    #[arg(long, default_value_t = 50052)]
+    user_port: u16,
+    #[arg(long, default_value_t = 50053)]
+    pay_port: u16,
+    #[arg(long, default_value_t = 9000)]
+    sandbox_port: u16,
+    /// Product catalog (PAY_PRODUCTS format).
+    #[arg(long, env = "PAY_PRODUCTS", default_value = DEMO_PRODUCTS)]
+    products: String,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn database_url(specific: &str, data_dir: &std::path::Path, file: &str) -> String {
+    env(specific)
+        .or_else(|| env("DATABASE_URL"))
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join(file).display()))
+}
+
+async fn up(args: UpArgs) -> Result<(), String> {
+    let user_database_url = database_url("USER_DATABASE_URL", &args.data_dir, "users.db");
+    let pay_database_url = database_url("PAY_DATABASE_URL", &args.data_dir, "pay.db");
+    let redis_url = env("AUTH_REDIS_URL").or_else(|| env("REDIS_URL"));
+    let wechat = match env("WXMP_WECHAT_API_BASE") {
+        Some(api_base) => WechatTarget::External {
+            pay_base: env("WXMP_WECHAT_PAY_BASE").unwrap_or_else(|| api_base.clone()),
+            api_base,
+        },
+        None => {
+            // The sandbox's own env-driven config (dev app and merchant unless overridden).
+            let config =
+                sandbox::Config::try_parse_from(["wxmp-sandbox"]).map_err(|e| e.to_string())?;
+            WechatTarget::Sandbox(Box::new(config))
+        }
+    };
+    let sandbox_in_process = matches!(wechat, WechatTarget::Sandbox(_));
+    let storage = format!(
+        "{} + {}",
+        if user_database_url.starts_with("sqlite:") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        },
+        if redis_url.is_some() {
+            "Redis sessions"
+        } else {
+            "in-memory sessions"
+        },
+    );
+    let options = StackOptions {
+        host: args.host,
+        gateway_port: args.gateway_port,
+        auth_port: args.auth_port,
+        user_port: args.user_port,
+        pay_port: args.pay_port,
+        sandbox_port: args.sandbox_port,
+        user_database_url,
+        pay_database_url,
+        redis_url,
+        redis_prefix: None,
+        wechat,
+        products: args.products,
+        auth_args: Vec::new(),
+        user_args: Vec::new(),
+        pay_args: Vec::new(),
+        gateway_args: Vec::new(),
+        wait_ready: true,
+    };
+    let stack = Stack::start(options).await.map_err(|e| e.to_string())?;
+    let signals = service_kit::Shutdown::on_signals();
+    let stop = stack.shutdown_handle();
+    tokio::spawn(async move {
+        signals.wait().await;
+        stop.trigger();
+    });
+    println!();
+    println!("wxmp is up ({storage}).");
+    println!(
+        "  gateway  {}   ← point the mini program here",
+        stack.gateway_url
+    );
+    if let Some(sandbox) = &stack.sandbox_url {
+        println!(
+            "  sandbox  {sandbox}   (offline WeChat: app {}, merchant {})",
+            sandbox::DEV_APP_ID,
+            sandbox::DEV_MCH_ID
+        );
+    }
+    println!(
+        "  gRPC     auth {}  user {}  pay {}",
+        stack.auth_url, stack.user_url, stack.pay_url
+    );
+    println!();
+    if sandbox_in_process {
+        println!("Try it: `make demo` (or `cargo run -p wxmp -- demo`) in another terminal,");
+        println!("or by hand:");
+        println!(
+            "  curl -s -XPOST {}/sandbox/login-code -H 'content-type: application/json' -d '{{}}'",
+            stack.sandbox_url.as_deref().unwrap_or("")
+        );
+        println!(
+            "  curl -s -XPOST {}/login/ -H 'content-type: application/json' -d '{{\"code\":\"<code>\"}}'",
+            stack.gateway_url
+        );
+    }
+    println!("Ctrl-C stops everything gracefully.");
+    stack.run_until_stopped().await.map_err(|e| e.to_string())
+}
+
+async fn migrate() -> Result<(), String> {
+    let data = PathBuf::from(env("WXMP_DATA_DIR").unwrap_or_else(|| "data".to_owned()));
+    let user = database_url("USER_DATABASE_URL", &data, "users.db");
+    let pay = database_url("PAY_DATABASE_URL", &data, "pay.db");
+    user_service::migrate(&user)
+        .await
+        .map_err(|e| format!("user-service: {e}"))?;
+    println!("user-service migrations applied");
+    pay_service::migrate(&pay)
+        .await
+        .map_err(|e| format!("pay-service: {e}"))?;
+    println!("pay-service migrations applied");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = telemetry::init(&cli.telemetry) {
+        eprintln!("wxmp: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Migrate => migrate().await,
+        Command::Demo {
+            gateway,
+            sandbox,
+            product,
+        } => {
+            let target = DemoTarget {
+                gateway,
+                sandbox,
+                product_id: product,
+                pay_timeout: Duration::from_secs(60),
+            };
+            demo::run(&target, |line| println!("{line}"))
+                .await
+                .map(|report| {
+                    println!(
+                        "demo done: order {} is {}",
+                        report.order_no, report.final_state
+                    )
+                })
+                .map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wxmp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Every wxmp service in one process: what `wxmp up` runs, and what the end-to-end tests
+//! start on free ports. Each service gets the same `Config` and `serve` its own binary uses;
+//! only the listeners and the addresses between them are decided here.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use clap::Parser;
+use service_kit::Shutdown;
+use tokio::task::JoinSet;
+
+/// Where WeChat is for this stack.
+#[derive(Clone, Debug)]
+pub enum WechatTarget {
+    /// Start the sandbox in-process and use its dev app and merchant.
+    Sandbox(Box<sandbox::Config>),
+    /// Real WeChat (or a sandbox elsewhere): apps and merchant come from the environment
+    /// (`WXMP_APPS`, `WXMP_PAY_MCH_ID`, `WXMP_PAY_KEY`).
+    External { api_base: String, pay_base: String },
+}
+
+/// How to assemble the stack. Ports of 0 pick free ones.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub host: IpAddr,
+    pub gateway_port: u16,
+    pub auth_port: u16,
+    pub user_port: u16,
+    pub pay_port: u16,
+    pub sandbox_port: u16,
+    pub user_database_url: String,
+    pub pay_database_url: String,
+    /// `None` keeps sessions in memory.
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub wechat: WechatTarget,
+    /// `PAY_PRODUCTS` format: `id:price_fen:name;...`.
+    pub products: String,
+    /// Extra command-line arguments per service, e.g. `["--session-ttl-secs", "1"]`.
+    pub auth_args: Vec<String>,
+    pub user_args: Vec<String>,
+    pub pay_args: Vec<String>,
+    pub gateway_args: Vec<String>,
+    /// Wait for `/readyz` (every upstream and its storage serving) before answering; when
+    /// false only `/healthz` is awaited, for stacks started with a dependency down on purpose.
+    pub wait_ready: bool,
+}
+
+/// The catalog `wxmp up` starts with.
+pub const DEMO_PRODUCTS: &str = "coffee:1800:Coffee (sandbox);tea:1200:Tea (sandbox)";
+
+impl StackOptions {
+    /// Everything on 127.0.0.1 free ports, the sandbox in-process, the given databases.
+    pub fn ephemeral(user_database_url: String, pay_database_url: String) -> Self {
+        let mut sandbox = sandbox::Config::dev();
+        // Notify retries in milliseconds instead of minutes.
+        sandbox.notify_time_scale = 0.001;
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            gateway_port: 0,
+            auth_port: 0,
+            user_port: 0,
+            pay_port: 0,
+            sandbox_port: 0,
+            user_database_url,
+            pay_database_url,
+            redis_url: None,
+            redis_prefix: None,
+            wechat: WechatTarget::Sandbox(Box::new(sandbox)),
+            products: DEMO_PRODUCTS.to_owned(),
+            auth_args: Vec::new(),
+            user_args: Vec::new(),
+            pay_args: Vec::new(),
+            gateway_args: Vec::new(),
+            wait_ready: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("{service} configuration: {message}")]
+    Config {
+        service: &'static str,
+        message: String,
+    },
+    #[error("{service} stopped: {message}")]
+    Service {
+        service: &'static str,
+        message: String,
+    },
+}
+
+/// A running stack. Dropping it stops every service.
+#[derive(Debug)]
+pub struct Stack {
+    pub gateway_url: String,
+    pub auth_url: String,
+    pub user_url: String,
+    pub pay_url: String,
+    /// The sandbox's base URL when it runs in-process.
+    pub sandbox_url: Option<String>,
+    shutdown: Shutdown,
+    tasks: JoinSet<Result<(), StackError>>,
+}
+
+fn bind_std(host: IpAddr, port: u16) -> Result<std::net::TcpListener, StackError> {
+    let addr = SocketAddr::new(host, port);
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| StackError::Bind { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| StackError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+fn bind_tokio(host: IpAddr, port: u16) -> Result<tokio::net::TcpListener, StackError> {
+    let listener = bind_std(host, port)?;
+    let addr = SocketAddr::new(host, port);
+    tokio::net::TcpListener::from_std(listener).map_err(|source| StackError::Bind { addr, source })
+}
+
+fn url_of(listener_addr: io::Result<SocketAddr>) -> String {
+    match listener_addr {
+        Ok(addr) => format!("http://{addr}"),
+        Err(_) => "http://127.0.0.1:0".to_owned(),
+    }
+}
+
+/// Parses a service's config from `args`, with the environment filling in everything else,
+/// exactly as the service's own binary would.
+fn parse<C: Parser>(service: &'static str, args: Vec<String>) -> Result<C, StackError> {
+    C::try_parse_from(std::iter::once(service.to_owned()).chain(args)).map_err(|e| {
+        StackError::Config {
+            service,
+            message: e.to_string(),
+        }
+    })
+}
+
+fn arg(args: &mut Vec<String>, flag: &str, value: impl Into<String>) {
+    args.push(flag.to_owned());
+    args.push(value.into());
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Result<Self, StackError> {
+        let shutdown = Shutdown::new();
+        let mut tasks = JoinSet::new();
+
+        let gateway_listener = bind_std(options.host, options.gateway_port)?;
+        let auth_listener = bind_tokio(options.host, options.auth_port)?;
+        let user_listener = bind_tokio(options.host, options.user_port)?;
+        let pay_listener = bind_tokio(options.host, options.pay_port)?;
+        let gateway_url = url_of(gateway_listener.local_addr());
+        let auth_url = url_of(auth_listener.local_addr());
+        let user_url = url_of(user_listener.local_addr());
+        let pay_url = url_of(pay_listener.local_addr());
+
+        let mut auth_args = Vec::new();
+        let mut pay_args = Vec::new();
+        let mut sandbox_url = None;
+        let (api_base, pay_base) = match &options.wechat {
+            WechatTarget::Sandbox(config) => {
+                let listener = bind_std(options.host, options.sandbox_port)?;
+                let url = url_of(listener.local_addr());
+                let apps = config
+                    .apps
+                    .0
+                    .iter()
+                    .map(|a| format!("{}:{}", a.appid, a.secret.expose()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                arg(&mut auth_args, "--apps", apps);
+                arg(&mut pay_args, "--mch-id", config.mch_id.clone());
+                arg(&mut pay_args, "--pay-key", config.pay_key.expose());
+                let config = (**config).clone();
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    sandbox::serve(config, listener, stop)
+                        .await
+                        .map_err(|e| StackError::Service {
+                            service: "sandbox",
+                            message: e.to_string(),
+                        })
+                });
+                sandbox_url = Some(url.clone());
+                (url.clone(), url)
+            }
+            WechatTarget::External { api_base, pay_base } => (api_base.clone(), pay_base.clone()),
+        };
+
+        arg(&mut auth_args, "--user-service-url", &*user_url);
+        arg(&mut auth_args, "--wechat-api-base", api_base);
+        if let Some(redis) = &options.redis_url {
+            arg(&mut auth_args, "--redis-url", &**redis);
+        }
+        if let Some(prefix) = &options.redis_prefix {
+            arg(&mut auth_args, "--redis-prefix", &**prefix);
+        }
+        auth_args.extend(options.auth_args.iter().cloned());
+        let auth_config: auth_service::Config = parse("wxmp-auth", auth_args)?;
+
+        let mut user_args = Vec::new();
+        arg(
+            &mut user_args,
+            "--database-url",
+            &*options.user_database_url,
+        );
+        arg(&mut user_args, "--auth-service-url", &*auth_url);
+        user_args.extend(options.user_args.iter().cloned());
+        let user_config: user_service::Config = parse("wxmp-user", user_args)?;
+
+        arg(&mut pay_args, "--database-url", &*options.pay_database_url);
+        arg(&mut pay_args, "--wechat-pay-base", pay_base);
+        arg(
+            &mut pay_args,
+            "--notify-url",
+            format!("{gateway_url}/pay/notify"),
+        );
+        arg(&mut pay_args, "--products", &*options.products);
+        pay_args.extend(options.pay_args.iter().cloned());
+        let pay_config: pay_service::Config = parse("wxmp-pay", pay_args)?;
+
+        let mut gateway_args = Vec::new();
+        arg(&mut gateway_args, "--auth-url", &*auth_url);
+        arg(&mut gateway_args, "--user-url", &*user_url);
+        arg(&mut gateway_args, "--pay-url", &*pay_url);
+        gateway_args.extend(options.gateway_args.iter().cloned());
+        let gateway_config: gateway::Config = parse("wxmp-gateway", gateway_args)?;
+
+        // user-service first: it runs its migrations before serving, and auth calls it.
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            user_service::serve(user_config, user_listener, stop)
+                .await
+                .map_err(|e| StackError::Service {
+                    service: "user-service",
+                    message: e.to_string(),
+                })
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            pay_service::serve(pay_config, pay_listener, stop)
+                .await
+                .map_err(|e| StackError::Service {
+                    service: "pay-service",
+                    message: e.to_string(),
+                })
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            auth_service::serve(auth_config, auth_listener, stop)
+                .await
+                .map_err(|e| StackError::Service {
+                    service: "auth-service",
+                    message: e.to_string(),
+                })
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            gateway::serve(gateway_config, gateway_listener, stop)
+                .await
+                .map_err(|e| StackError::Service {
+                    service: "gateway",
+                    message: e.to_string(),
+                })
+        });
+
+        let stack = Self {
+            gateway_url,
+            auth_url,
+            user_url,
+            pay_url,
+            sandbox_url,
+            shutdown,
+            tasks,
+        };
+        stack
+            .wait_for(if options.wait_ready {
+                "/readyz"
+            } else {
+                "/healthz"
+            })
+            .await?;
+        Ok(stack)
+    }
+
+    /// Waits until the gateway's `path` answers 200; `/readyz` means every upstream serves,
+    /// so callers never race the migrations.
+    async fn wait_for(&self, path: &str) -> Result<(), StackError> {
+        let http = reqwest::Client::new();
+        let url = format!("{}{path}", self.gateway_url);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(StackError::Service {
+                    service: "gateway",
+                    message: format!("{path} not 200 after 30 s (see the logs above)"),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The handle that stops every service.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shutdown is triggered or a service fails; then stops the rest, draining.
+    pub async fn run_until_stopped(mut self) -> Result<(), StackError> {
+        let mut first_error = None;
+        tokio::select! {
+            _ = self.shutdown.wait() => {}
+            Some(done) = self.tasks.join_next() => {
+                first_error = flatten(done).err();
+                self.shutdown.trigger();
+            }
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = flatten(done)
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn stop(self) -> Result<(), StackError> {
+        self.shutdown.trigger();
+        self.run_until_stopped().await
+    }
+}
+
+fn flatten(done: Result<Result<(), StackError>, tokio::task::JoinError>) -> Result<(), StackError> {
+    done.map_err(|e| StackError::Service {
+        service: "task",
+        message: e.to_string(),
+    })?
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}

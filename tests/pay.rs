@@ -1,0 +1,381 @@
+//! WeChat Pay end to end: /pay/ → unifiedorder at the sandbox → the user pays → the signed
+//! notify reaches /pay/notify → the order is PAID exactly once, whatever WeChat repeats or drops.
+
+use std::time::Duration;
+
+use diesel::{ExpressionMethods, QueryDsl};
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use service_kit::db::{Database, DbError, PoolOptions};
+use wechat::pay::sign::{SignType, sign, verify};
+use wxmp_tests::{Backend, TestStack, on_both_backends};
+
+diesel::table! {
+    pay_notifications (id) {
+        id -> BigInt,
+        out_trade_no -> Text,
+        raw_body -> Text,
+        verdict -> Text,
+    }
+}
+
+/// (verdict, raw_body) of every notify pay-service received for `order_no`, oldest first.
+async fn notifications(t: &TestStack, order_no: &str) -> Vec<(String, String)> {
+    async fn query(url: &str, order_no: &str) -> Result<Vec<(String, String)>, DbError> {
+        let db = Database::connect(url, PoolOptions::default())?;
+        let order_no = order_no.to_owned();
+        Ok(service_kit::with_conn!(&db, |conn| {
+            pay_notifications::table
+                .filter(pay_notifications::out_trade_no.eq(&order_no))
+                .order(pay_notifications::id)
+                .select((pay_notifications::verdict, pay_notifications::raw_body))
+                .load::<(String, String)>(conn)
+                .await
+        })?)
+    }
+    query(&t.pay_database_url, order_no)
+        .await
+        .expect("read pay_notifications")
+}
+
+async fn pay_for(t: &TestStack, token: &str, target: Value) -> (StatusCode, Value) {
+    let mut body = target;
+    body["token"] = json!(token);
+    t.post(&t.gateway("/pay/"), body).await
+}
+
+fn prepay_id(params: &Value) -> String {
+    params["package"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("prepay_id=")
+        .unwrap()
+        .to_owned()
+}
+
+async fn sandbox_pays(t: &TestStack, params: &Value) {
+    let (status, answer) = t
+        .post(
+            &t.sandbox("/sandbox/pay"),
+            json!({ "prepay_id": prepay_id(params) }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+const PAID_WITHIN: Duration = Duration::from_secs(20);
+
+async fn buy_a_product(backend: Backend) {
+    let t = TestStack::start(backend).await;
+    let (token, _) = t.login(None).await;
+    // The client's amount is never used: the product's price is.
+    let (status, answer) = pay_for(
+        &t,
+        &token,
+        json!({ "product_id": "coffee", "total_fee": 1, "amount_fen": 1 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["code"], 200);
+    let params = &answer["data"];
+    for key in [
+        "timeStamp",
+        "nonceStr",
+        "package",
+        "signType",
+        "paySign",
+        "order_no",
+    ] {
+        assert!(
+            params[key].as_str().is_some_and(|v| !v.is_empty()),
+            "{key} in {params}"
+        );
+    }
+    // The second signature verifies with the merchant key, as WeChat's client checks it.
+    let fields = [
+        ("appId", sandbox::DEV_APP_ID),
+        ("timeStamp", params["timeStamp"].as_str().unwrap()),
+        ("nonceStr", params["nonceStr"].as_str().unwrap()),
+        ("package", params["package"].as_str().unwrap()),
+        ("signType", params["signType"].as_str().unwrap()),
+    ];
+    let sign_type: SignType = params["signType"].as_str().unwrap().parse().unwrap();
+    assert!(verify(
+        fields,
+        sandbox::DEV_PAY_KEY,
+        sign_type,
+        params["paySign"].as_str().unwrap()
+    ));
+
+    let order_no = params["order_no"].as_str().unwrap();
+    let order = t
+        .wait_for_order_state(&token, order_no, "PAYING", Duration::ZERO)
+        .await;
+    assert_eq!(order["amount_fen"], 1800, "{order}");
+
+    sandbox_pays(&t, params).await;
+    let order = t
+        .wait_for_order_state(&token, order_no, "PAID", PAID_WITHIN)
+        .await;
+    assert_eq!(order["state"], "PAID", "{order}");
+    assert!(
+        order["transaction_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{order}"
+    );
+    let verdicts: Vec<String> = notifications(&t, order_no)
+        .await
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(verdicts, ["applied"]);
+}
+on_both_backends!(a_product_is_paid_and_the_notify_applied, buy_a_product);
+
+async fn duplicate_notifies(backend: Backend) {
+    let t = TestStack::start(backend).await;
+    let (token, _) = t.login(None).await;
+    t.faults(json!({ "duplicate_notify": 5 })).await;
+    let (_, answer) = pay_for(&t, &token, json!({ "product_id": "tea" })).await;
+    let params = answer["data"].clone();
+    let order_no = params["order_no"].as_str().unwrap().to_owned();
+    sandbox_pays(&t, &params).await;
+    let paid = t
+        .wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
+        .await;
+    assert_eq!(paid["state"], "PAID");
+
+    // Wait until all five concurrent copies are in, then replay one five times more at once.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = notifications(&t, &order_no).await;
+        if seen.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raw = seen.into_iter().next().expect("a stored notify").1;
+    let replays = (0..5).map(|_| {
+        t.http
+            .post(t.gateway("/pay/notify"))
+            .header("content-type", "text/xml")
+            .body(raw.clone())
+            .send()
+    });
+    for reply in futures::future::join_all(replays).await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert!(
+            reply
+                .text()
+                .await
+                .unwrap()
+                .contains("<return_code><![CDATA[SUCCESS]]>")
+        );
+    }
+
+    let verdicts: Vec<String> = notifications(&t, &order_no)
+        .await
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(
+        verdicts.iter().filter(|v| *v == "applied").count(),
+        1,
+        "{verdicts:?}"
+    );
+    assert_eq!(
+        verdicts.iter().filter(|v| *v == "duplicate").count(),
+        verdicts.len() - 1,
+        "{verdicts:?}"
+    );
+    assert!(verdicts.len() >= 10, "{verdicts:?}");
+    let again = t
+        .wait_for_order_state(&token, &order_no, "PAID", Duration::ZERO)
+        .await;
+    assert_eq!(again["paid_at"], paid["paid_at"]);
+    assert_eq!(again["transaction_id"], paid["transaction_id"]);
+}
+on_both_backends!(duplicate_notifies_make_one_transition, duplicate_notifies);
+
+/// A notify for `order_no` as WeChat would send it, with `tweak` applied before signing.
+fn notify_xml(
+    order_no: &str,
+    total_fee: &str,
+    key: &str,
+    tweak: impl FnOnce(&mut Vec<(&'static str, String)>),
+) -> String {
+    let mut fields: Vec<(&'static str, String)> = vec![
+        ("appid", sandbox::DEV_APP_ID.to_owned()),
+        ("mch_id", sandbox::DEV_MCH_ID.to_owned()),
+        ("nonce_str", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS".to_owned()),
+        ("result_code", "SUCCESS".to_owned()),
+        ("return_code", "SUCCESS".to_owned()),
+        ("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".to_owned()),
+        ("trade_type", "JSAPI".to_owned()),
+        ("bank_type", "CMC".to_owned()),
+        ("total_fee", total_fee.to_owned()),
+        ("cash_fee", total_fee.to_owned()),
+        ("fee_type", "CNY".to_owned()),
+        ("transaction_id", "4200000000000000000000000001".to_owned()),
+        ("out_trade_no", order_no.to_owned()),
+        ("time_end", "20261125120000".to_owned()),
+    ];
+    tweak(&mut fields);
+    let signature = sign(
+        fields.iter().map(|(k, v)| (*k, v.as_str())),
+        key,
+        SignType::Md5,
+    );
+    fields.push(("sign", signature));
+    wechat::pay::xml::to_xml(fields.iter().map(|(k, v)| (*k, v.as_str())))
+}
+
+async fn forged_notifies(backend: Backend) {
+    let t = TestStack::start(backend).await;
+    let (token, _) = t.login(None).await;
+    let (_, answer) = pay_for(&t, &token, json!({ "product_id": "coffee" })).await;
+    let order_no = answer["data"]["order_no"].as_str().unwrap().to_owned();
+    let key = sandbox::DEV_PAY_KEY;
+    let forged = [
+        (
+            "forged signature",
+            notify_xml(
+                &order_no,
+                "1800",
+                "not-the-merchant-key-000000000000",
+                |_| {},
+            ),
+        ),
+        ("wrong amount", notify_xml(&order_no, "1", key, |_| {})),
+        (
+            "wrong mch_id",
+            notify_xml(&order_no, "1800", key, |f| {
+                f.iter_mut()
+                    .filter(|(k, _)| *k == "mch_id")
+                    .for_each(|(_, v)| *v = "1234567890".into())
+            }),
+        ),
+        (
+            "unknown order",
+            notify_xml("NOSUCHORDER000000000000000001", "1800", key, |_| {}),
+        ),
+        ("not xml", "{\"return_code\":\"SUCCESS\"}".to_owned()),
+        (
+            "doctype",
+            format!(
+                "<!DOCTYPE x [<!ENTITY e \"e\">]>{}",
+                notify_xml(&order_no, "1800", key, |_| {})
+            ),
+        ),
+    ];
+    for (what, body) in forged {
+        let reply = t
+            .http
+            .post(t.gateway("/pay/notify"))
+            .header("content-type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let text = reply.text().await.unwrap();
+        assert!(
+            text.contains("<return_code><![CDATA[FAIL]]>"),
+            "{what}: {text}"
+        );
+    }
+    let order = t
+        .wait_for_order_state(&token, &order_no, "PAYING", Duration::ZERO)
+        .await;
+    assert_eq!(order["state"], "PAYING", "nothing changed: {order}");
+    // A genuine notify still applies afterwards.
+    let genuine = notify_xml(&order_no, "1800", key, |_| {});
+    let reply = t
+        .http
+        .post(t.gateway("/pay/notify"))
+        .body(genuine)
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.text().await.unwrap().contains("SUCCESS"));
+    let order = t
+        .wait_for_order_state(&token, &order_no, "PAID", Duration::ZERO)
+        .await;
+    assert_eq!(order["state"], "PAID");
+}
+on_both_backends!(forged_notifies_fail_and_change_nothing, forged_notifies);
+
+async fn dropped_notify(backend: Backend) {
+    let t = TestStack::start_with(backend, |o| {
+        o.pay_args.extend(
+            [
+                "--reconcile-interval-secs",
+                "1",
+                "--reconcile-after-secs",
+                "0",
+            ]
+            .map(String::from),
+        );
+    })
+    .await;
+    let (token, _) = t.login(None).await;
+    t.faults(json!({ "drop_notify": true })).await;
+    let (_, answer) = pay_for(&t, &token, json!({ "product_id": "coffee" })).await;
+    let params = answer["data"].clone();
+    let order_no = params["order_no"].as_str().unwrap().to_owned();
+    sandbox_pays(&t, &params).await;
+    let order = t
+        .wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
+        .await;
+    assert_eq!(
+        order["state"], "PAID",
+        "the reconciler applied the missed payment: {order}"
+    );
+    assert!(
+        notifications(&t, &order_no).await.is_empty(),
+        "no notify ever came"
+    );
+}
+on_both_backends!(
+    a_dropped_notify_is_repaired_by_the_reconciler,
+    dropped_notify
+);
+
+async fn prepay_reuse_and_ownership(backend: Backend) {
+    let t = TestStack::start(backend).await;
+    let (alice, _) = t.login(None).await;
+    let (bob, _) = t.login(None).await;
+    let (_, first) = pay_for(&t, &alice, json!({ "product_id": "coffee" })).await;
+    let order_no = first["data"]["order_no"].as_str().unwrap().to_owned();
+    let (status, second) = pay_for(&t, &alice, json!({ "order_no": order_no })).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(
+        second["data"]["package"], first["data"]["package"],
+        "the prepay_id is reused"
+    );
+
+    let (status, stolen) = pay_for(&t, &bob, json!({ "order_no": order_no })).await;
+    assert!(
+        matches!(stolen["code"].as_i64(), Some(206 | 207)),
+        "{stolen}"
+    );
+    assert!(status.is_client_error());
+    let (status, peek) = t
+        .get(&t.gateway(&format!("/orders/{order_no}")), &bob)
+        .await;
+    assert_eq!(
+        (status, peek["code"].clone()),
+        (StatusCode::NOT_FOUND, json!(207)),
+        "{peek}"
+    );
+    let (status, traversal) = t
+        .get(&t.gateway("/orders/..%2F..%2Fetc%2Fpasswd"), &alice)
+        .await;
+    assert!(status.is_client_error(), "{traversal}");
+}
+on_both_backends!(
+    a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays,
+    prepay_reuse_and_ownership
+);
