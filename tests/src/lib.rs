@@ -202,3 +202,233 @@ impl TestStack {
         }
     }
 }
+
+// ---- Helpers of the fault, bad-input and security suites ----------------------------------
+
+/// The out_trade_no and prepay_id of `POST /pay/`'s answer.
+pub fn order_and_prepay(pay_answer: &Value) -> Option<(String, String)> {
+    let data = &pay_answer["data"];
+    let order_no = data["order_no"].as_str()?.to_owned();
+    let prepay = data["package"]
+        .as_str()?
+        .strip_prefix("prepay_id=")?
+        .to_owned();
+    Some((order_no, prepay))
+}
+
+impl TestStack {
+    /// POST /pay/ for `product_id` with `token`; answers (HTTP status, envelope).
+    pub async fn pay_product(&self, token: &str, product_id: &str) -> (StatusCode, Value) {
+        self.post(
+            &self.gateway("/pay/"),
+            json!({ "token": token, "product_id": product_id }),
+        )
+        .await
+    }
+
+    /// The phone pays `prepay_id` at the sandbox (`outcome` success|fail|cancel|paying), with
+    /// this order's notify faults when given.
+    pub async fn sandbox_pay(&self, prepay_id: &str, outcome: &str, faults: Option<Value>) {
+        let mut body = json!({ "prepay_id": prepay_id, "outcome": outcome });
+        if let Some(faults) = faults {
+            body["faults"] = faults;
+        }
+        let (status, answer) = self.post(&self.sandbox("/sandbox/pay"), body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    /// Sends raw bytes to a gateway path; answers (HTTP status, body text). Never panics on
+    /// the answer's shape, so callers can assert on anything.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        let mut request = self.http.request(method, self.gateway(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// The orders in the pay database: order_no → (state, transaction_id).
+    pub async fn db_orders(&self) -> std::collections::HashMap<String, (String, String)> {
+        async fn query(
+            url: &str,
+        ) -> Result<Vec<(String, String, String)>, service_kit::db::DbError> {
+            use diesel::QueryDsl;
+            use diesel_async::RunQueryDsl;
+            let db = pay_db(url)?;
+            Ok(service_kit::with_conn!(&db, |conn| {
+                pay_tables::orders::table
+                    .select((
+                        pay_tables::orders::order_no,
+                        pay_tables::orders::state,
+                        pay_tables::orders::transaction_id,
+                    ))
+                    .load::<(String, String, String)>(conn)
+                    .await
+            })?)
+        }
+        let rows = query(&self.pay_database_url).await.expect("read orders");
+        rows.into_iter().map(|(no, s, t)| (no, (s, t))).collect()
+    }
+
+    /// Every (out_trade_no, verdict) in pay_notifications, oldest first.
+    pub async fn db_verdicts(&self) -> Vec<(String, String)> {
+        async fn query(url: &str) -> Result<Vec<(String, String)>, service_kit::db::DbError> {
+            use diesel::QueryDsl;
+            use diesel_async::RunQueryDsl;
+            let db = pay_db(url)?;
+            Ok(service_kit::with_conn!(&db, |conn| {
+                pay_tables::pay_notifications::table
+                    .order(pay_tables::pay_notifications::id)
+                    .select((
+                        pay_tables::pay_notifications::out_trade_no,
+                        pay_tables::pay_notifications::verdict,
+                    ))
+                    .load::<(String, String)>(conn)
+                    .await
+            })?)
+        }
+        query(&self.pay_database_url)
+            .await
+            .expect("read pay_notifications")
+    }
+
+    /// The sandbox's view of every order it holds in `trade_state`.
+    pub async fn sandbox_orders(&self, trade_state: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.sandbox("/sandbox/orders"))
+            .query(&[("trade_state", trade_state)])
+            .send()
+            .await
+            .expect("sandbox orders");
+        assert_eq!(response.status(), StatusCode::OK);
+        let listed: Value = response.json().await.expect("JSON");
+        match listed {
+            Value::Array(orders) => orders,
+            other => other["orders"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+fn pay_db(url: &str) -> Result<service_kit::db::Database, service_kit::db::DbError> {
+    service_kit::db::Database::connect(
+        url,
+        service_kit::db::PoolOptions {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+}
+
+/// The pay-service tables the suites read (columns they need only).
+pub mod pay_tables {
+    diesel::table! {
+        orders (id) {
+            id -> BigInt,
+            order_no -> Text,
+            state -> Text,
+            transaction_id -> Text,
+        }
+    }
+    diesel::table! {
+        pay_notifications (id) {
+            id -> BigInt,
+            out_trade_no -> Text,
+            verdict -> Text,
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A private `redis-server` (no persistence) that a test may stop and start at will; the shared
+/// Redis on 6379 is never touched. Killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the server (nothing is saved) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `f` until it answers `Some`, every 200 ms, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = f().await {
+            return Some(value);
+        }
+        if started.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

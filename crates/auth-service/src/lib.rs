@@ -108,6 +108,18 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         RequireToken::new(config.internal.internal_token.clone()),
     );
     let name = <AuthServiceServer<Auth<AnyStore>> as NamedService>::NAME;
-    service_kit::grpc::serve(listener, Routes::new(server), &[name], shutdown).await?;
+    // Health follows the session store: NOT_SERVING while Redis is unreachable.
+    let ready = move || {
+        let store = store.clone();
+        async move { store.ping().await.is_ok() }
+    };
+    service_kit::grpc::serve_with_readiness(
+        listener,
+        Routes::new(server),
+        &[name],
+        shutdown,
+        ready,
+    )
+    .await?;
     Ok(())
 }

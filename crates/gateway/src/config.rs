@@ -46,6 +46,18 @@ pub struct Config {
     /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or CIDRs.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: TrustedProxies,
+    /// `/login/` attempts allowed per client IP per minute (over it: envelope 208, HTTP 429);
+    /// 0 turns the limit off.
+    #[arg(long, env = "GATEWAY_LOGIN_RATE_PER_MIN", default_value_t = 60)]
+    pub login_rate_per_min: u32,
+    /// FAIL verdicts on `/pay/notify` allowed per client IP per window; beyond it the gateway
+    /// answers FAIL without asking pay-service. 0 turns the limit off.
+    #[arg(long, env = "GATEWAY_NOTIFY_FAIL_LIMIT", default_value_t = 20)]
+    pub notify_fail_limit: u32,
+    /// The window of `GATEWAY_NOTIFY_FAIL_LIMIT`, in seconds.
+    #[arg(long, env = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub notify_fail_window_secs: u64,
     /// HTTP worker threads; default: the number of cores.
     #[arg(long, env = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
     pub workers: Option<u64>,
@@ -67,6 +79,9 @@ impl Config {
             rpc_timeout_ms: 5000,
             body_limit: 65536,
             trusted_proxies: TrustedProxies::default(),
+            login_rate_per_min: 60,
+            notify_fail_limit: 20,
+            notify_fail_window_secs: 60,
             workers: None,
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
@@ -80,6 +95,10 @@ impl Config {
 
     pub fn rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn notify_fail_window(&self) -> Duration {
+        Duration::from_secs(self.notify_fail_window_secs)
     }
 
     pub fn body_limit(&self) -> usize {
@@ -214,6 +233,9 @@ mod tests {
         assert_eq!(c.rpc_timeout(), Duration::from_millis(5000));
         assert_eq!(c.body_limit(), 65536);
         assert!(c.workers() >= 1);
+        assert_eq!(c.login_rate_per_min, 60);
+        assert_eq!(c.notify_fail_limit, 20);
+        assert_eq!(c.notify_fail_window(), Duration::from_secs(60));
         let bad = Config::try_parse_from(["wxmp-gateway", "--trusted-proxies", "nope"]);
         assert!(bad.is_err());
     }

@@ -56,12 +56,20 @@
 //! `x-request-id` metadata on every upstream call. Every upstream call has the deadline
 //! `GATEWAY_RPC_TIMEOUT_MS`. Metrics: `wxmp_http_requests_total{route,code}` (code = HTTP
 //! status), `wxmp_http_request_duration_seconds{route}`, `wxmp_pay_notify_total{verdict}`.
-//! The client IP sent to WeChat is the socket peer, or the last `X-Forwarded-For` hop when the
-//! peer is in `GATEWAY_TRUSTED_PROXIES`.
+//!
+//! Rate limits (in memory, per replica, per client IP; IPv6 per /64): `/login/` attempts
+//! `GATEWAY_LOGIN_RATE_PER_MIN` (default 60; over it envelope 208 / HTTP 429) and FAIL
+//! verdicts on `/pay/notify` `GATEWAY_NOTIFY_FAIL_LIMIT` per `GATEWAY_NOTIFY_FAIL_WINDOW_SECS`
+//! (default 20 per 60 s; over it a FAIL reply with HTTP 429, pay-service is not called).
+//! 0 turns either off.
+//!
+//! The client IP (for the rate limits, and sent to WeChat) is the socket peer, or the last
+//! `X-Forwarded-For` hop when the peer is in `GATEWAY_TRUSTED_PROXIES`.
 
 pub mod config;
 pub mod envelope;
 pub mod extract;
+pub mod limit;
 mod observe;
 pub mod request_id;
 pub mod routes;

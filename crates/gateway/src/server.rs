@@ -1,6 +1,6 @@
 //! Building the actix app and running the HTTP server.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use actix_web::{
     App, HttpServer,
@@ -11,7 +11,10 @@ use actix_web::{
 };
 use service_kit::Shutdown;
 
-use crate::{Config, Error, config::TrustedProxies, extract, observe, routes, upstream::Upstreams};
+use crate::{
+    Config, Error, config::TrustedProxies, extract, limit::RateLimiter, observe, routes,
+    upstream::Upstreams,
+};
 
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,6 +25,10 @@ pub struct AppState {
     pub upstreams: Upstreams,
     pub trusted_proxies: TrustedProxies,
     pub body_limit: usize,
+    /// `/login/` attempts per client IP per minute; `None` when off.
+    pub login_limit: Option<Arc<RateLimiter>>,
+    /// `/pay/notify` FAIL verdicts per client IP per window; `None` when off.
+    pub notify_fail_limit: Option<Arc<RateLimiter>>,
 }
 
 impl AppState {
@@ -31,6 +38,13 @@ impl AppState {
             upstreams: Upstreams::new(config)?,
             trusted_proxies: config.trusted_proxies.clone(),
             body_limit: config.body_limit(),
+            login_limit: RateLimiter::new(config.login_rate_per_min, Duration::from_secs(60))
+                .map(Arc::new),
+            notify_fail_limit: RateLimiter::new(
+                config.notify_fail_limit,
+                config.notify_fail_window(),
+            )
+            .map(Arc::new),
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct InternalAuthConfig {
     pub internal_token: Option<Secret>,
 }
 
+/// How often [`serve_with_readiness`] asks its probe.
+pub const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Serves `routes` plus `grpc.health.v1.Health` on `listener` until `shutdown`, then drains
 /// in-flight calls. `names` are the fully qualified service names reported as SERVING.
 pub async fn serve(
@@ -42,15 +45,74 @@ pub async fn serve(
     names: &[&str],
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_readiness(listener, routes, names, shutdown, || async { true }).await
+}
+
+/// [`serve`], with health following `ready`: it is polled every [`READINESS_INTERVAL`] (and
+/// before serving), and `""` and every name report SERVING while it answers true, NOT_SERVING
+/// while false — say, while the service's database or session store is down. Calls are still
+/// served either way; health only tells load balancers and the gateway's `/readyz`.
+pub async fn serve_with_readiness<P, F>(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: Shutdown,
+    ready: P,
+) -> Result<(), tonic::transport::Error>
+where
+    P: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = bool> + Send,
+{
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    for name in names {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
+    let names: Vec<String> = std::iter::once(String::new())
+        .chain(names.iter().map(|n| (*n).to_owned()))
+        .collect();
+    let report = {
+        let reporter = reporter.clone();
+        move |serving: bool| {
+            let reporter = reporter.clone();
+            let names = names.clone();
+            async move {
+                let status = if serving {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                for name in &names {
+                    reporter.set_service_status(name, status).await;
+                }
+            }
+        }
+    };
+    // A probe that hangs counts as not ready, and never delays serving for long.
+    let probe = move || {
+        let check = ready();
+        async move {
+            tokio::time::timeout(READINESS_INTERVAL, check)
+                .await
+                .unwrap_or(false)
+        }
+    };
+    let mut serving = probe().await;
+    report(serving).await;
+    let _prober = AbortOnDrop({
+        let shutdown = shutdown.clone();
+        let report = report.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(READINESS_INTERVAL) => {}
+                }
+                let now = probe().await;
+                if now != serving {
+                    tracing::warn!(serving = now, "readiness changed");
+                    serving = now;
+                    report(now).await;
+                }
+            }
+        })
+    });
     let routes = routes.add_service(health);
     let stop = {
         let shutdown = shutdown.clone();
@@ -72,21 +134,17 @@ pub async fn serve(
             tracing::info_span!("grpc", path = %req.uri().path(), request_id = %request_id)
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), stop)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
 }
 
-/// Accepted connections with Nagle's algorithm off: a gRPC answer is several small writes
-/// (headers, data, trailers), and Nagle plus delayed ACKs would hold the last one ~40 ms.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+/// Stops the readiness prober with the server, even when the server future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Server-side interceptor: requires the internal token when one is configured. Compares in

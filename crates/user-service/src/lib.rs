@@ -70,6 +70,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         timeout,
         config.internal.internal_token.as_ref(),
     )?;
+    let probe_db = db.clone();
     let service = Service::new(Users::new(db), keys);
     let server = UserServiceServer::with_interceptor(
         service,
@@ -77,6 +78,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     );
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = ?listener.local_addr().ok(), "user-service listening");
-    service_kit::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown).await?;
+    // Health follows the database: NOT_SERVING while it is unreachable.
+    let ready = move || {
+        let db = probe_db.clone();
+        async move { db.ping().await.is_ok() }
+    };
+    service_kit::grpc::serve_with_readiness(listener, routes, &[SERVICE_NAME], shutdown, ready)
+        .await?;
     Ok(())
 }

@@ -3,13 +3,16 @@
 //! only the listeners and the addresses between them are decided here.
 
 use std::{
+    collections::HashMap,
+    fmt::Display,
+    future::Future,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use clap::Parser;
 use service_kit::Shutdown;
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 
 /// Where WeChat is for this stack.
 #[derive(Clone, Debug)]
@@ -106,6 +109,94 @@ pub struct Stack {
     pub sandbox_url: Option<String>,
     shutdown: Shutdown,
     tasks: JoinSet<Result<(), StackError>>,
+    /// Per gRPC service ("auth-service", "user-service", "pay-service"): what it should be
+    /// doing, and whether it is listening.
+    controls: HashMap<&'static str, (watch::Sender<Wanted>, watch::Receiver<bool>)>,
+}
+
+/// How [`Stack::stop_service`] stops a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Like SIGTERM: stop accepting, drain in-flight calls, stop background work.
+    Graceful,
+    /// Like SIGKILL: drop the server at once, cutting in-flight calls mid-way. Background
+    /// tasks the service spawned itself (pay-service's reconciler) are not reached and keep
+    /// running, as a surviving replica's would.
+    Kill,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wanted {
+    Up,
+    Down(StopMode),
+}
+
+/// The first value of `rx` that satisfies `f`; `None` once the sender is gone.
+async fn wait_for<T: Copy>(rx: &mut watch::Receiver<T>, f: impl FnMut(&T) -> bool) -> Option<T> {
+    rx.wait_for(f).await.ok().map(|v| *v)
+}
+
+/// Runs one gRPC service, and runs it again on the same address whenever [`Stack`] asks, until
+/// the stack stops or the service fails on its own.
+async fn supervise<C, F, Fut, E>(
+    service: &'static str,
+    first: tokio::net::TcpListener,
+    config: C,
+    run: F,
+    stack: Shutdown,
+    mut wanted: watch::Receiver<Wanted>,
+    listening: watch::Sender<bool>,
+) -> Result<(), StackError>
+where
+    C: Clone,
+    F: Fn(C, tokio::net::TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let failed = |e: E| StackError::Service {
+        service,
+        message: e.to_string(),
+    };
+    let addr = first.local_addr().map_err(|source| StackError::Bind {
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        source,
+    })?;
+    let mut listener = Some(first);
+    loop {
+        let socket = match listener.take() {
+            Some(l) => l,
+            None => bind_tokio(addr.ip(), addr.port())?,
+        };
+        let own = Shutdown::new();
+        let mut served = Box::pin(run(config.clone(), socket, own.clone()));
+        listening.send_replace(true);
+        let mode = tokio::select! {
+            result = &mut served => return result.map_err(failed),
+            _ = stack.wait() => {
+                own.trigger();
+                return served.await.map_err(failed);
+            }
+            w = wait_for(&mut wanted, |w| *w != Wanted::Up) => match w {
+                Some(Wanted::Down(mode)) => mode,
+                _ => StopMode::Graceful,
+            },
+        };
+        if mode == StopMode::Graceful {
+            own.trigger();
+            if let Err(e) = (&mut served).await {
+                tracing::warn!(service, error = %e, "stopped with an error");
+            }
+        }
+        // Dropping the server closes its port (and, when killed, every connection it held).
+        drop(served);
+        listening.send_replace(false);
+        tracing::info!(service, ?mode, "service stopped on request");
+        tokio::select! {
+            _ = stack.wait() => return Ok(()),
+            up = wait_for(&mut wanted, |w| *w == Wanted::Up) => if up.is_none() { return Ok(()) },
+        }
+        tracing::info!(service, %addr, "service starting again");
+    }
 }
 
 fn bind_std(host: IpAddr, port: u16) -> Result<std::net::TcpListener, StackError> {
@@ -234,33 +325,43 @@ impl Stack {
         let gateway_config: gateway::Config = parse("wxmp-gateway", gateway_args)?;
 
         // user-service first: it runs its migrations before serving, and auth calls it.
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            user_service::serve(user_config, user_listener, stop)
-                .await
-                .map_err(|e| StackError::Service {
-                    service: "user-service",
-                    message: e.to_string(),
-                })
-        });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            pay_service::serve(pay_config, pay_listener, stop)
-                .await
-                .map_err(|e| StackError::Service {
-                    service: "pay-service",
-                    message: e.to_string(),
-                })
-        });
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            auth_service::serve(auth_config, auth_listener, stop)
-                .await
-                .map_err(|e| StackError::Service {
-                    service: "auth-service",
-                    message: e.to_string(),
-                })
-        });
+        let mut controls = HashMap::new();
+        let mut control = |name: &'static str| {
+            let (wanted_tx, wanted_rx) = watch::channel(Wanted::Up);
+            let (listening_tx, listening_rx) = watch::channel(false);
+            controls.insert(name, (wanted_tx, listening_rx));
+            (wanted_rx, listening_tx)
+        };
+        let (wanted, listening) = control("user-service");
+        tasks.spawn(supervise(
+            "user-service",
+            user_listener,
+            user_config,
+            user_service::serve,
+            shutdown.clone(),
+            wanted,
+            listening,
+        ));
+        let (wanted, listening) = control("pay-service");
+        tasks.spawn(supervise(
+            "pay-service",
+            pay_listener,
+            pay_config,
+            pay_service::serve,
+            shutdown.clone(),
+            wanted,
+            listening,
+        ));
+        let (wanted, listening) = control("auth-service");
+        tasks.spawn(supervise(
+            "auth-service",
+            auth_listener,
+            auth_config,
+            auth_service::serve,
+            shutdown.clone(),
+            wanted,
+            listening,
+        ));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             gateway::serve(gateway_config, gateway_listener, stop)
@@ -279,6 +380,7 @@ impl Stack {
             sandbox_url,
             shutdown,
             tasks,
+            controls,
         };
         stack
             .wait_for(if options.wait_ready {
@@ -309,6 +411,46 @@ impl Stack {
                 });
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops one gRPC service ("auth-service", "user-service" or "pay-service") and answers
+    /// once its port is closed; the rest of the stack keeps running. For fault tests.
+    pub async fn stop_service(&self, service: &str, mode: StopMode) -> Result<(), StackError> {
+        self.control(service, Wanted::Down(mode), false).await
+    }
+
+    /// Starts a service stopped by [`Stack::stop_service`] again on the same address, with the
+    /// same configuration, and answers once it listens.
+    pub async fn start_service(&self, service: &str) -> Result<(), StackError> {
+        self.control(service, Wanted::Up, true).await
+    }
+
+    async fn control(
+        &self,
+        service: &str,
+        wanted: Wanted,
+        listening: bool,
+    ) -> Result<(), StackError> {
+        let Some((tx, rx)) = self.controls.get(service) else {
+            return Err(StackError::Config {
+                service: "stack",
+                message: format!("no restartable service {service:?}"),
+            });
+        };
+        tx.send_replace(wanted);
+        let mut rx = rx.clone();
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            rx.wait_for(|l| *l == listening),
+        )
+        .await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StackError::Service {
+                service: "stack",
+                message: format!("{service} did not reach listening={listening}"),
+            }),
         }
     }
 

@@ -1,12 +1,14 @@
 //! `POST /pay/notify`: WeChat Pay's payment notify. XML in, XML out, no token: pay-service
-//! verifies the signature. The gateway only bounds the body and relays the reply.
+//! verifies the signature. The gateway only bounds the body, relays the reply, and stops
+//! listening to a client IP after `GATEWAY_NOTIFY_FAIL_LIMIT` FAIL verdicts in
+//! `GATEWAY_NOTIFY_FAIL_WINDOW_SECS` (HTTP 429 with a FAIL reply, pay-service not called).
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures::StreamExt;
 use service_kit::ErrorReason;
 use wxmp_proto::pay::v1::HandlePayNotifyRequest;
 
-use crate::{envelope::Formatted, request_id::RequestId, server::AppState};
+use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppState};
 
 /// Real notifies are about 1 KiB; anything this big is not one.
 pub const NOTIFY_BODY_LIMIT: usize = 64 * 1024;
@@ -36,21 +38,39 @@ pub async fn pay_notify(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> HttpResponse {
+    let client_ip = extract::client_ip(&req, &state.trusted_proxies);
+    let limit = state.notify_fail_limit.as_deref().zip(client_ip);
+    // A sender that keeps failing verification is not WeChat: stop spending pay-service's
+    // signature checks and database writes on it for the rest of the window.
+    if let Some((limit, ip)) = limit
+        && limit.exhausted(ip)
+    {
+        tracing::warn!(client_ip = %ip, "pay notify refused: too many failed notifies");
+        metrics::counter!("wxmp_pay_notify_total", "verdict" => "rate_limited").increment(1);
+        return fail(StatusCode::TOO_MANY_REQUESTS, "too many failed notifies");
+    }
+    // The sender's own failures count against it; an outage of ours does not.
+    let refuse = |status: StatusCode, msg: &str| {
+        if let Some((limit, ip)) = limit {
+            limit.record(ip);
+        }
+        fail(status, msg)
+    };
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > NOTIFY_BODY_LIMIT as u64) {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
-            return fail(StatusCode::BAD_REQUEST, "unreadable body");
+            return refuse(StatusCode::BAD_REQUEST, "unreadable body");
         };
         if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
-            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
         body.extend_from_slice(&chunk);
     }
@@ -70,6 +90,12 @@ pub async fn pay_notify(
             tracing::info!(verdict = %response.verdict, accepted = response.accepted, "pay notify");
             metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
                 .increment(1);
+            if !response.accepted
+                && response.verdict != "internal_error"
+                && let Some((limit, ip)) = limit
+            {
+                limit.record(ip);
+            }
             xml(StatusCode::OK, response.reply_xml)
         }
         Err(status) => {

@@ -6,7 +6,7 @@ use wxmp_proto::auth::v1::{LoginRequest, LogoutRequest};
 
 use super::required;
 use crate::{
-    envelope::{ApiError, ok},
+    envelope::{ApiError, Code, ok},
     extract::{self, JsonBody},
     request_id::RequestId,
     server::AppState,
@@ -32,8 +32,18 @@ struct LoginData {
 pub async fn login(
     state: web::Data<AppState>,
     request_id: RequestId,
+    req: HttpRequest,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
+    // Every attempt counts, good or bad: each one costs a code2Session against WeChat's quota.
+    if let (Some(limit), Some(ip)) = (
+        &state.login_limit,
+        extract::client_ip(&req, &state.trusted_proxies),
+    ) && !limit.allow(ip)
+    {
+        tracing::warn!(client_ip = %ip, "login rate limit reached");
+        return Err(Code::RateLimited.into());
+    }
     let code = required(&body.code, "code")?;
     if code.len() > MAX_CODE_LEN {
         return Err(ApiError::from_reason(service_kit::ErrorReason::InvalidCode));
