@@ -102,16 +102,23 @@ pub async fn serve_payments(
     // The reconciler stops with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
+    let probe_db = payments.inner.db.clone();
     let service = PayServiceServer::with_interceptor(
         payments,
         RequireToken::new(config.internal.internal_token.clone()),
     );
     tracing::info!(addr = ?listener.local_addr().ok(), "pay-service listening");
-    let served = service_kit::grpc::serve(
+    // Health follows the database: NOT_SERVING while it is unreachable.
+    let ready = move || {
+        let db = probe_db.clone();
+        async move { db.ping().await.is_ok() }
+    };
+    let served = service_kit::grpc::serve_with_readiness(
         listener,
         Routes::new(service),
         &[grpc::SERVICE_NAME],
         shutdown,
+        ready,
     )
     .await;
     stop_reconciler.trigger();
