@@ -12,12 +12,18 @@ use service_kit::{grpc::InternalAuthConfig, telemetry::TelemetryConfig};
 )]
 pub struct Config {
     /// Address the HTTP API listens on.
-    #[arg(long, env = "GATEWAY_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "GATEWAY_LISTEN_ADDR",
+        value_name = "GATEWAY_LISTEN_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen_addr: String,
     /// auth-service gRPC URL.
     #[arg(
         long,
         env = "GATEWAY_AUTH_URL",
+        value_name = "GATEWAY_AUTH_URL",
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_url: String,
@@ -25,6 +31,7 @@ pub struct Config {
     #[arg(
         long,
         env = "GATEWAY_USER_URL",
+        value_name = "GATEWAY_USER_URL",
         default_value = "http://127.0.0.1:50052"
     )]
     pub user_url: String,
@@ -32,34 +39,50 @@ pub struct Config {
     #[arg(
         long,
         env = "GATEWAY_PAY_URL",
+        value_name = "GATEWAY_PAY_URL",
         default_value = "http://127.0.0.1:50053"
     )]
     pub pay_url: String,
     /// Deadline of every upstream gRPC call, in milliseconds.
-    #[arg(long, env = "GATEWAY_RPC_TIMEOUT_MS", default_value_t = 5000,
+    #[arg(long, env = "GATEWAY_RPC_TIMEOUT_MS", value_name = "GATEWAY_RPC_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub rpc_timeout_ms: u64,
     /// Largest accepted JSON body, in bytes (larger: envelope code 204).
-    #[arg(long, env = "GATEWAY_BODY_LIMIT", default_value_t = 65536,
+    #[arg(long, env = "GATEWAY_BODY_LIMIT", value_name = "GATEWAY_BODY_LIMIT", default_value_t = 65536,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub body_limit: u64,
     /// Proxies whose X-Forwarded-For is believed: comma-separated IPs or CIDRs.
-    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", default_value = "")]
+    #[arg(
+        long,
+        env = "GATEWAY_TRUSTED_PROXIES",
+        value_name = "GATEWAY_TRUSTED_PROXIES",
+        default_value = ""
+    )]
     pub trusted_proxies: TrustedProxies,
     /// `/login/` attempts allowed per client IP per minute (over it: envelope 208, HTTP 429);
     /// 0 turns the limit off.
-    #[arg(long, env = "GATEWAY_LOGIN_RATE_PER_MIN", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "GATEWAY_LOGIN_RATE_PER_MIN",
+        value_name = "GATEWAY_LOGIN_RATE_PER_MIN",
+        default_value_t = 60
+    )]
     pub login_rate_per_min: u32,
     /// FAIL verdicts on `/pay/notify` allowed per client IP per window; beyond it the gateway
     /// answers FAIL without asking pay-service. 0 turns the limit off.
-    #[arg(long, env = "GATEWAY_NOTIFY_FAIL_LIMIT", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "GATEWAY_NOTIFY_FAIL_LIMIT",
+        value_name = "GATEWAY_NOTIFY_FAIL_LIMIT",
+        default_value_t = 20
+    )]
     pub notify_fail_limit: u32,
     /// The window of `GATEWAY_NOTIFY_FAIL_LIMIT`, in seconds.
-    #[arg(long, env = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", default_value_t = 60,
+    #[arg(long, env = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", value_name = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub notify_fail_window_secs: u64,
     /// HTTP worker threads; default: the number of cores.
-    #[arg(long, env = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
+    #[arg(long, env = "GATEWAY_WORKERS", value_name = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
     pub workers: Option<u64>,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,

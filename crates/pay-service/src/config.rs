@@ -15,55 +15,105 @@ use crate::orders::{MAX_AMOUNT_FEN, MAX_DESCRIPTION_BYTES};
 )]
 pub struct Config {
     /// gRPC listen address.
-    #[arg(long, env = "PAY_LISTEN_ADDR", default_value = "0.0.0.0:50053")]
+    #[arg(
+        long,
+        env = "PAY_LISTEN_ADDR",
+        value_name = "PAY_LISTEN_ADDR",
+        default_value = "0.0.0.0:50053"
+    )]
     pub listen_addr: SocketAddr,
 
     /// postgres://... or sqlite://path (the URL may hold a password: never logged).
-    #[arg(long, env = "PAY_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PAY_DATABASE_URL",
+        value_name = "PAY_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Secret,
 
     /// Most database connections held open.
-    #[arg(long, env = "PAY_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "PAY_DB_POOL_SIZE",
+        value_name = "PAY_DB_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub db_pool_size: usize,
 
     /// Where WeChat posts payment notifies (the gateway's /pay/notify), http(s) without a query.
-    #[arg(long, env = "PAY_NOTIFY_URL")]
+    #[arg(long, env = "PAY_NOTIFY_URL", value_name = "PAY_NOTIFY_URL")]
     pub notify_url: String,
 
     /// Product catalog, `id:price_fen:name;id:price_fen:name` (may be empty).
-    #[arg(long, env = "PAY_PRODUCTS", default_value = "")]
+    #[arg(
+        long,
+        env = "PAY_PRODUCTS",
+        value_name = "PAY_PRODUCTS",
+        default_value = ""
+    )]
     pub products: Catalog,
 
     /// Lifetime of an unpaid order; sent to WeChat as time_expire.
-    #[arg(long, env = "PAY_ORDER_TTL_SECS", default_value_t = 1800)]
+    #[arg(
+        long,
+        env = "PAY_ORDER_TTL_SECS",
+        value_name = "PAY_ORDER_TTL_SECS",
+        default_value_t = 1800
+    )]
     pub order_ttl_secs: u64,
 
     /// How often the reconciler runs.
-    #[arg(long, env = "PAY_RECONCILE_INTERVAL_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "PAY_RECONCILE_INTERVAL_SECS",
+        value_name = "PAY_RECONCILE_INTERVAL_SECS",
+        default_value_t = 30
+    )]
     pub reconcile_interval_secs: u64,
 
     /// How long a PAYING order waits for its notify before the reconciler asks WeChat.
-    #[arg(long, env = "PAY_RECONCILE_AFTER_SECS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "PAY_RECONCILE_AFTER_SECS",
+        value_name = "PAY_RECONCILE_AFTER_SECS",
+        default_value_t = 60
+    )]
     pub reconcile_after_secs: u64,
 
     /// The merchant id (mch_id).
-    #[arg(long, env = "WXMP_PAY_MCH_ID")]
+    #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID")]
     pub mch_id: String,
 
     /// The merchant's API v2 key.
-    #[arg(long, env = "WXMP_PAY_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WXMP_PAY_KEY",
+        value_name = "WXMP_PAY_KEY",
+        hide_env_values = true
+    )]
     pub pay_key: Secret,
 
     /// MD5 or HMAC-SHA256.
-    #[arg(long, env = "WXMP_PAY_SIGN_TYPE", default_value = "MD5")]
+    #[arg(
+        long,
+        env = "WXMP_PAY_SIGN_TYPE",
+        value_name = "WXMP_PAY_SIGN_TYPE",
+        default_value = "MD5"
+    )]
     pub sign_type: String,
 
     /// WeChat Pay's base URL (the sandbox's in development).
-    #[arg(long, env = "WXMP_WECHAT_PAY_BASE", default_value = wechat::config::DEFAULT_PAY_BASE)]
+    #[arg(long, env = "WXMP_WECHAT_PAY_BASE", value_name = "WXMP_WECHAT_PAY_BASE", default_value = wechat::config::DEFAULT_PAY_BASE)]
     pub wechat_pay_base: String,
 
     /// Timeout of one WeChat Pay request.
-    #[arg(long, env = "WXMP_WECHAT_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "WXMP_WECHAT_TIMEOUT_MS",
+        value_name = "WXMP_WECHAT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub wechat_timeout_ms: u64,
 
     #[command(flatten)]

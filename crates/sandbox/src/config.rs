@@ -61,43 +61,78 @@ impl FromStr for AppList {
 )]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "SANDBOX_LISTEN_ADDR", default_value = "0.0.0.0:9000")]
+    #[arg(
+        long,
+        env = "SANDBOX_LISTEN_ADDR",
+        value_name = "SANDBOX_LISTEN_ADDR",
+        default_value = "0.0.0.0:9000"
+    )]
     pub listen_addr: SocketAddr,
 
     /// Registered mini programs, `appid:secret[,appid:secret...]`; the first is the default app.
-    #[arg(long, env = "WXMP_APPS", default_value = DEV_APPS)]
+    #[arg(long, env = "WXMP_APPS", value_name = "WXMP_APPS", default_value = DEV_APPS)]
     pub apps: AppList,
 
     /// The merchant (mch_id), bound to every configured app.
-    #[arg(long, env = "WXMP_PAY_MCH_ID", default_value = DEV_MCH_ID)]
+    #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID", default_value = DEV_MCH_ID)]
     pub mch_id: String,
 
     /// The merchant's API key (v2), used to verify requests and sign answers and notifies.
-    #[arg(long, env = "WXMP_PAY_KEY", default_value = DEV_PAY_KEY, hide_default_value = true)]
+    #[arg(long, env = "WXMP_PAY_KEY", value_name = "WXMP_PAY_KEY", default_value = DEV_PAY_KEY, hide_default_value = true)]
     pub pay_key: Secret,
 
     /// Multiplies WeChat's notify retry schedule (15s, 15s, 30s, 3m, ...): 0.001 in tests.
-    #[arg(long, env = "SANDBOX_NOTIFY_TIME_SCALE", default_value_t = 1.0)]
+    #[arg(
+        long,
+        env = "SANDBOX_NOTIFY_TIME_SCALE",
+        value_name = "SANDBOX_NOTIFY_TIME_SCALE",
+        default_value_t = 1.0
+    )]
     pub notify_time_scale: f64,
 
     /// How long one notify request may take before it counts as failed.
-    #[arg(long, env = "SANDBOX_NOTIFY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "SANDBOX_NOTIFY_TIMEOUT_MS",
+        value_name = "SANDBOX_NOTIFY_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub notify_timeout_ms: u64,
 
     /// Lifetime of a login code (WeChat: 5 minutes).
-    #[arg(long, env = "SANDBOX_CODE_TTL_SECS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "SANDBOX_CODE_TTL_SECS",
+        value_name = "SANDBOX_CODE_TTL_SECS",
+        default_value_t = 300
+    )]
     pub code_ttl_secs: u64,
 
     /// jscode2session calls allowed per minute with one code before 45011 (0 = unlimited).
-    #[arg(long, env = "SANDBOX_CODE_RATE_PER_MIN", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SANDBOX_CODE_RATE_PER_MIN",
+        value_name = "SANDBOX_CODE_RATE_PER_MIN",
+        default_value_t = 10
+    )]
     pub code_rate_per_min: u32,
 
     /// jscode2session calls allowed per minute for one appid before 45011 (0 = unlimited).
-    #[arg(long, env = "SANDBOX_APP_RATE_PER_MIN", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SANDBOX_APP_RATE_PER_MIN",
+        value_name = "SANDBOX_APP_RATE_PER_MIN",
+        default_value_t = 10_000
+    )]
     pub app_rate_per_min: u32,
 
     /// HTTP worker threads.
-    #[arg(long, env = "SANDBOX_WORKERS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "SANDBOX_WORKERS",
+        value_name = "SANDBOX_WORKERS",
+        default_value_t = 2
+    )]
     pub workers: usize,
 
     #[command(flatten)]

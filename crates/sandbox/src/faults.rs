@@ -26,33 +26,39 @@ pub struct Faults {
     #[arg(
         long = "fault-latency-ms",
         env = "SANDBOX_FAULT_LATENCY_MS",
+        value_name = "SANDBOX_FAULT_LATENCY_MS",
         default_value_t = 0
     )]
     pub latency_ms: u64,
     /// Answer WeChat paths with this HTTP status (500..=599) and no WeChat body.
-    #[arg(long = "fault-http-status", env = "SANDBOX_FAULT_HTTP_STATUS")]
+    #[arg(
+        long = "fault-http-status",
+        env = "SANDBOX_FAULT_HTTP_STATUS",
+        value_name = "SANDBOX_FAULT_HTTP_STATUS"
+    )]
     pub http_status: Option<u16>,
     /// Pay calls answer result_code FAIL, err_code SYSTEMERROR (nothing changes).
-    #[arg(long = "fault-pay-system-error", env = "SANDBOX_FAULT_PAY_SYSTEM_ERROR", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "fault-pay-system-error", env = "SANDBOX_FAULT_PAY_SYSTEM_ERROR", value_name = "SANDBOX_FAULT_PAY_SYSTEM_ERROR", default_value_t = false, action = clap::ArgAction::Set)]
     pub pay_system_error: bool,
     /// jscode2session and the token calls answer errcode 45011.
-    #[arg(long = "fault-quota-exceeded", env = "SANDBOX_FAULT_QUOTA_EXCEEDED", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "fault-quota-exceeded", env = "SANDBOX_FAULT_QUOTA_EXCEEDED", value_name = "SANDBOX_FAULT_QUOTA_EXCEEDED", default_value_t = false, action = clap::ArgAction::Set)]
     pub quota_exceeded: bool,
     /// A payment succeeds but no notify is ever sent.
-    #[arg(long = "fault-drop-notify", env = "SANDBOX_FAULT_DROP_NOTIFY", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "fault-drop-notify", env = "SANDBOX_FAULT_DROP_NOTIFY", value_name = "SANDBOX_FAULT_DROP_NOTIFY", default_value_t = false, action = clap::ArgAction::Set)]
     pub drop_notify: bool,
     /// Each notify attempt is sent this many times at once (0 and 1 mean once).
     #[arg(
         long = "fault-duplicate-notify",
         env = "SANDBOX_FAULT_DUPLICATE_NOTIFY",
+        value_name = "SANDBOX_FAULT_DUPLICATE_NOTIFY",
         default_value_t = 0
     )]
     pub duplicate_notify: u32,
     /// Notifies carry total_fee + 1 (correctly signed).
-    #[arg(long = "fault-notify-wrong-total-fee", env = "SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "fault-notify-wrong-total-fee", env = "SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE", value_name = "SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE", default_value_t = false, action = clap::ArgAction::Set)]
     pub notify_wrong_total_fee: bool,
     /// Notifies carry a signature made with the wrong key.
-    #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", value_name = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
     pub notify_bad_signature: bool,
     /// Run time only: the set applies to the next N WeChat-path requests, then clears itself.
     #[arg(skip)]

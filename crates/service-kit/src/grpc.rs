@@ -30,7 +30,12 @@ pub const INTERNAL_TOKEN: &str = "x-wxmp-internal-token";
 pub struct InternalAuthConfig {
     /// Shared token every internal gRPC call must carry (metadata x-wxmp-internal-token).
     /// Unset disables the check: then keep the gRPC ports unreachable from outside.
-    #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WXMP_INTERNAL_TOKEN",
+        value_name = "WXMP_INTERNAL_TOKEN",
+        hide_env_values = true
+    )]
     pub internal_token: Option<Secret>,
 }
 

@@ -27,10 +27,16 @@ impl FromStr for LogFormat {
 #[derive(Clone, Debug, clap::Args)]
 pub struct TelemetryConfig {
     /// Log format: pretty or json. The level comes from RUST_LOG (default info).
-    #[arg(long, env = "WXMP_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(
+        long,
+        env = "WXMP_LOG_FORMAT",
+        value_name = "WXMP_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
     pub log_format: LogFormat,
     /// Where to serve Prometheus metrics (`/metrics`); unset disables the listener.
-    #[arg(long, env = "WXMP_METRICS_ADDR")]
+    #[arg(long, env = "WXMP_METRICS_ADDR", value_name = "WXMP_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
 

@@ -12,15 +12,25 @@ use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
 )]
 pub struct Config {
     /// gRPC listen address.
-    #[arg(long, env = "USER_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        long,
+        env = "USER_LISTEN_ADDR",
+        value_name = "USER_LISTEN_ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
     pub listen_addr: SocketAddr,
 
     /// The users database: postgres://user:pass@host/db or sqlite://path/to/users.db.
-    #[arg(long, env = "USER_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "USER_DATABASE_URL",
+        value_name = "USER_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Secret,
 
     /// Most database connections held open (SQLite always uses one).
-    #[arg(long, env = "USER_DB_POOL_SIZE", default_value_t = 16,
+    #[arg(long, env = "USER_DB_POOL_SIZE", value_name = "USER_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub db_pool_size: u32,
 
@@ -28,12 +38,13 @@ pub struct Config {
     #[arg(
         long,
         env = "USER_AUTH_SERVICE_URL",
+        value_name = "USER_AUTH_SERVICE_URL",
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_service_url: String,
 
     /// Time allowed for one call to auth-service (and to connect to it), in milliseconds.
-    #[arg(long, env = "USER_RPC_TIMEOUT_MS", default_value_t = 3000,
+    #[arg(long, env = "USER_RPC_TIMEOUT_MS", value_name = "USER_RPC_TIMEOUT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(1..=120_000))]
     pub rpc_timeout_ms: u64,
 
