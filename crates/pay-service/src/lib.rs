@@ -65,14 +65,7 @@ fn pool_options(config: &Config) -> PoolOptions {
 
 /// Runs the pending migrations of `database_url` (`wxmp migrate`).
 pub async fn migrate(database_url: &str) -> Result<(), Error> {
-    let db = Database::connect(
-        database_url,
-        PoolOptions {
-            max_size: 1,
-            ..PoolOptions::default()
-        },
-    )?;
-    db.migrate(database_url, &MIGRATIONS).await?;
+    service_kit::db::migrate(database_url, &MIGRATIONS).await?;
     Ok(())
 }
 

@@ -228,6 +228,19 @@ impl Database {
     }
 }
 
+/// Connects to `url`, runs its pending migrations and lets go: what `wxmp migrate` (or a
+/// Kubernetes migration Job) does for each service.
+pub async fn migrate(url: &str, migrations: &'static Migrations) -> Result<(), DbError> {
+    let db = Database::connect(
+        url,
+        PoolOptions {
+            max_size: 1,
+            ..PoolOptions::default()
+        },
+    )?;
+    db.migrate(url, migrations).await
+}
+
 fn deadpool_runtime() -> deadpool::Runtime {
     // Timeouts in the pool need a runtime to measure them.
     deadpool::Runtime::Tokio1

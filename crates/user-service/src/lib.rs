@@ -40,14 +40,7 @@ pub const SERVICE_NAME: &str = "wxmp.user.v1.UserService";
 
 /// Runs the pending migrations of the database at `database_url` (`wxmp migrate`).
 pub async fn migrate(database_url: &str) -> Result<(), Error> {
-    let db = Database::connect(
-        database_url,
-        PoolOptions {
-            max_size: 1,
-            ..PoolOptions::default()
-        },
-    )?;
-    db.migrate(database_url, &MIGRATIONS).await?;
+    service_kit::db::migrate(database_url, &MIGRATIONS).await?;
     Ok(())
 }
 
