@@ -139,8 +139,21 @@ where
             tracing::info_span!("grpc", path = %req.uri().path(), request_id = %request_id)
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(incoming(listener), stop)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: a gRPC answer is several small writes
+/// (headers, data, trailers), and Nagle plus delayed ACKs would hold the last one ~40 ms.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Stops the readiness prober with the server, even when the server future is dropped.
