@@ -85,32 +85,29 @@ impl<S: SessionStore> Auth<S> {
         meter::code2session(session.as_ref().map(drop), started.elapsed());
         let session = session?;
 
-        // Stored before anything else can fail: WeChat has just rotated the key, so from now
-        // on only this one decrypts what the phone sends, whether or not the login completes.
-        self.store
-            .put_session_key(
-                &app.app_id,
-                &session.openid,
-                &session.session_key,
-                self.session_ttl,
-            )
-            .await?;
-
+        // WeChat has just rotated the key, so from now on only this one decrypts what the phone
+        // sends, whether or not the login completes: it is stored in any case, while
+        // user-service is asked for the user at the same time (the two are independent; doing
+        // them one after the other only added a Redis round trip to every login).
         let unionid = session.unionid.unwrap_or_default();
-        let ensured = self
-            .users
-            .clone()
-            .ensure_user(forward(
-                metadata,
-                EnsureUserRequest {
-                    app_id: app.app_id.clone(),
-                    openid: session.openid.clone(),
-                    unionid: unionid.clone(),
-                },
-            ))
-            .await
-            .map_err(Error::UserService)?
-            .into_inner();
+        let store_key = self.store.put_session_key(
+            &app.app_id,
+            &session.openid,
+            &session.session_key,
+            self.session_ttl,
+        );
+        let mut users = self.users.clone();
+        let ensure = users.ensure_user(forward(
+            metadata,
+            EnsureUserRequest {
+                app_id: app.app_id.clone(),
+                openid: session.openid.clone(),
+                unionid: unionid.clone(),
+            },
+        ));
+        let (stored, ensured) = tokio::join!(store_key, ensure);
+        stored?;
+        let ensured = ensured.map_err(Error::UserService)?.into_inner();
         let user = ensured
             .user
             .ok_or_else(|| Error::Internal("EnsureUser answered without a user".into()))?;

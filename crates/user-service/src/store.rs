@@ -117,8 +117,10 @@ impl Users {
 
     /// The user of (app_id, openid), created when absent; `true` when this call created it.
     ///
-    /// `INSERT ... ON CONFLICT DO NOTHING` lets the unique key decide between concurrent
-    /// first logins: exactly one insert returns a row, the others read the winner's row.
+    /// Returning users are the common case, so the row is read first: one round trip. A new
+    /// user costs an `INSERT ... ON CONFLICT DO NOTHING` more, which lets the unique key decide
+    /// between concurrent first logins: exactly one insert returns a row, the others read the
+    /// winner's row.
     pub async fn ensure(
         &self,
         app_id: &str,
@@ -126,6 +128,9 @@ impl Users {
         unionid: &str,
     ) -> Result<(User, bool), DbError> {
         let ts = now();
+        if let Some(existing) = self.find(app_id, openid).await? {
+            return Ok((self.learn_unionid(existing, unionid, ts).await?, false));
+        }
         let new = NewUser {
             app_id,
             openid,
@@ -146,20 +151,32 @@ impl Users {
         if let Some(user) = inserted {
             return Ok((user, true));
         }
+        // A concurrent first login of the same user inserted the row between our two queries.
+        let existing = self
+            .find(app_id, openid)
+            .await?
+            .ok_or(DbError::Query(diesel::result::Error::NotFound))?;
+        Ok((self.learn_unionid(existing, unionid, ts).await?, false))
+    }
 
-        let existing: User = service_kit::with_conn!(&self.db, |conn| {
+    async fn find(&self, app_id: &str, openid: &str) -> Result<Option<User>, DbError> {
+        Ok(service_kit::with_conn!(&self.db, |conn| {
             users::table
                 .filter(users::app_id.eq(app_id))
                 .filter(users::openid.eq(openid))
                 .select(User::as_select())
                 .first(conn)
                 .await
-        })?;
+                .optional()
+        })?)
+    }
+
+    /// WeChat sent a unionid we did not know yet (the app was bound to an open platform
+    /// account after the user's first login): store it. Otherwise the row is answered as is.
+    async fn learn_unionid(&self, existing: User, unionid: &str, ts: i64) -> Result<User, DbError> {
         if unionid.is_empty() || existing.unionid == unionid {
-            return Ok((existing, false));
+            return Ok(existing);
         }
-        // WeChat sent a unionid we did not know yet (the app was bound to an open platform
-        // account after the user's first login): store it.
         let updated: Option<User> = service_kit::with_conn!(&self.db, |conn| {
             diesel::update(users::table.filter(users::id.eq(existing.id)))
                 .set((users::unionid.eq(unionid), users::updated_at.eq(ts)))
@@ -168,7 +185,7 @@ impl Users {
                 .await
                 .optional()
         })?;
-        Ok((updated.unwrap_or(existing), false))
+        Ok(updated.unwrap_or(existing))
     }
 
     /// The user with this id, if any.

@@ -3,13 +3,17 @@
 //! Keys: `<prefix>session:<sha256hex>` → the record as JSON, and
 //! `<prefix>skey:<app_id>:<openid>` → the newest session_key. Every key is written with
 //! `SET .. EX`, so Redis itself forgets expired sessions.
+//!
+//! All calls share ONE multiplexed connection (cloned per call; commands of concurrent calls
+//! are pipelined on it). A pool would add nothing but cost: deadpool-redis checks every
+//! connection it hands out with an `UNWATCH` + `PING` round trip, which doubled the Redis
+//! round trips of every call. A connection that fails at the transport level is dropped and
+//! the next call opens a new one.
 
 use std::time::Duration;
 
-use deadpool_redis::{
-    Manager, Pool, Runtime,
-    redis::{self, AsyncConnectionConfig},
-};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, aio::MultiplexedConnection};
+use tokio::sync::Mutex;
 
 use super::{SessionRecord, SessionStore, StoreError};
 
@@ -17,9 +21,7 @@ use super::{SessionRecord, SessionStore, StoreError};
 /// within a second or two instead of holding the caller until its own deadline.
 #[derive(Clone, Copy, Debug)]
 pub struct RedisOptions {
-    /// Most pooled connections (each is multiplexed, so few are needed).
-    pub max_size: usize,
-    /// Waiting for a free pooled connection.
+    /// Waiting while another call (re)connects.
     pub wait_timeout: Duration,
     /// Opening a new connection (TCP connect + handshake).
     pub connect_timeout: Duration,
@@ -30,7 +32,6 @@ pub struct RedisOptions {
 impl Default for RedisOptions {
     fn default() -> Self {
         Self {
-            max_size: 16,
             wait_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
@@ -38,38 +39,35 @@ impl Default for RedisOptions {
     }
 }
 
-/// A [`SessionStore`] on a deadpool of multiplexed Redis connections.
+/// A [`SessionStore`] on one shared, multiplexed Redis connection.
 pub struct RedisStore {
-    pool: Pool,
+    /// Boxed: only used to (re)connect, and large next to the memory store.
+    connector: Box<(redis::Client, AsyncConnectionConfig)>,
+    options: RedisOptions,
+    /// `None` until the first call, and again after the connection failed.
+    conn: Mutex<Option<MultiplexedConnection>>,
     prefix: String,
 }
 
 impl RedisStore {
-    /// Builds the pool without connecting: the service starts while Redis is still coming up,
+    /// Checks the URL without connecting: the service starts while Redis is still coming up,
     /// and each call reports Redis's state on its own.
     pub fn new(
         url: &str,
         prefix: impl Into<String>,
         options: RedisOptions,
     ) -> Result<Self, StoreError> {
-        let connection = AsyncConnectionConfig::new()
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout));
         // redis's URL errors do not echo the URL (which may hold a password).
-        let manager = Manager::new_with_config(url, connection).map_err(|e| {
+        let client = redis::Client::open(url).map_err(|e| {
             StoreError::Unavailable(format!("invalid AUTH_REDIS_URL: {}", e.category()))
         })?;
-        let pool = Pool::builder(manager)
-            .max_size(options.max_size)
-            .wait_timeout(Some(options.wait_timeout))
-            // Creation is connect + (with a password) AUTH: one connect and one response.
-            .create_timeout(Some(options.connect_timeout + options.response_timeout))
-            .recycle_timeout(Some(options.response_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
-            pool,
+            connector: Box::new((client, config)),
+            options,
+            conn: Mutex::new(None),
             prefix: prefix.into(),
         })
     }
@@ -83,11 +81,47 @@ impl RedisStore {
         format!("{}skey:{app_id}:{openid}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool
-            .get()
+    /// The shared connection, opened on first use or after a failure.
+    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut slot = tokio::time::timeout(self.options.wait_timeout, self.conn.lock())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(|_| StoreError::Unavailable("timed out waiting for a connection".into()))?;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        // Creation is connect + (with a password) AUTH: one connect and one response.
+        let setup = self.options.connect_timeout + self.options.response_timeout;
+        let conn = tokio::time::timeout(
+            setup,
+            self.connector
+                .0
+                .get_multiplexed_async_connection_with_config(&self.connector.1),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("timed out connecting".into()))?
+        .map_err(unavailable)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Maps a command's error; a broken connection is forgotten so the next call reconnects.
+    async fn failed(&self, e: redis::RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            *self.conn.lock().await = None;
+        }
+        unavailable(e)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e).await),
+        }
     }
 }
 
@@ -109,15 +143,12 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut conn = self.conn().await?;
-        redis::cmd("SET")
-            .arg(self.session_key(token_hash))
+        let mut set = redis::cmd("SET");
+        set.arg(self.session_key(token_hash))
             .arg(json)
             .arg("EX")
-            .arg(ttl_secs(ttl))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+            .arg(ttl_secs(ttl));
+        self.query::<()>(&set).await
     }
 
     async fn get_session(
@@ -127,13 +158,16 @@ impl SessionStore for RedisStore {
         let key = self.session_key(token_hash);
         let mut conn = self.conn().await?;
         // MULTI/EXEC: the value and its TTL from the same instant.
-        let (json, pttl): (Option<String>, i64) = redis::pipe()
+        let answer: Result<(Option<String>, i64), _> = redis::pipe()
             .atomic()
             .get(&key)
             .pttl(&key)
             .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .await;
+        let (json, pttl) = match answer {
+            Ok(a) => a,
+            Err(e) => return Err(self.failed(e).await),
+        };
         let Some(json) = json else { return Ok(None) };
         // PTTL: -2 missing (raced with expiry), -1 no TTL (not ours: we always set one).
         if pttl == -2 {
@@ -146,12 +180,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_session(&self, token_hash: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let removed: i64 = redis::cmd("DEL")
-            .arg(self.session_key(token_hash))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut del = redis::cmd("DEL");
+        del.arg(self.session_key(token_hash));
+        let removed: i64 = self.query(&del).await?;
         Ok(removed > 0)
     }
 
@@ -162,15 +193,12 @@ impl SessionStore for RedisStore {
         session_key: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("SET")
-            .arg(self.skey_key(app_id, openid))
+        let mut set = redis::cmd("SET");
+        set.arg(self.skey_key(app_id, openid))
             .arg(session_key)
             .arg("EX")
-            .arg(ttl_secs(ttl))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+            .arg(ttl_secs(ttl));
+        self.query::<()>(&set).await
     }
 
     async fn get_session_key(
@@ -178,21 +206,13 @@ impl SessionStore for RedisStore {
         app_id: &str,
         openid: &str,
     ) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("GET")
-            .arg(self.skey_key(app_id, openid))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)
+        let mut get = redis::cmd("GET");
+        get.arg(self.skey_key(app_id, openid));
+        self.query(&get).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 }
 
