@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# `make bench`: builds the services (profile bench-release = release without LTO), starts each
+# one as its own process on PostgreSQL (a fresh database per service) + Redis (a fresh key
+# prefix) with the WeChat sandbox, loads every user-facing path through the gateway with
+# bench/loadgen, and writes the table into bench/results.md. Everything it starts it stops.
+#
+# Knobs (environment):
+#   BENCH_CONNECTIONS (32)   open connections per path
+#   BENCH_DURATION_SECS (10) seconds per path
+#   BENCH_PATHS              subset of healthz,me,userinfo,pay,notify,notify-dup,login
+#   BENCH_USERS (200)        users logged in during setup
+#   BENCH_LOGIN_CODES        login codes made before the /login/ window (3000 per second)
+#   BENCH_LOADGEN_THREADS (1) generator threads (it shares the machine with the services)
+#   BENCH_PROFILE (bench-release)  cargo profile; `release` for the LTO build
+#   BENCH_RUST_LOG (info), BENCH_LOG_FORMAT (json)  what the services log, as in production
+#   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_USER (postgres)
+#   BENCH_REDIS_URL (redis://127.0.0.1:6379)
+#   BENCH_PORT_BASE (18000)  gateway +80, auth +51, user +52, pay +53, sandbox +90
+#   BENCH_OUT (bench/results.md), BENCH_JSON (target/bench/last-run.json)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started_at=$(date +%s)
+
+profile=${BENCH_PROFILE:-bench-release}
+pg_host=${BENCH_PG_HOST:-127.0.0.1}
+pg_port=${BENCH_PG_PORT:-5432}
+pg_user=${BENCH_PG_USER:-postgres}
+redis_url=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
+base=${BENCH_PORT_BASE:-18000}
+gw_port=$((base + 80)) auth_port=$((base + 51)) user_port=$((base + 52))
+pay_port=$((base + 53)) sandbox_port=$((base + 90))
+out=${BENCH_OUT:-bench/results.md}
+json=${BENCH_JSON:-target/bench/last-run.json}
+logs=target/bench/logs
+mkdir -p "$logs" "$(dirname "$json")"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+for tool in psql curl; do
+  command -v "$tool" >/dev/null || { say "needs $tool (apt-get install -y postgresql-client curl)"; exit 1; }
+done
+psql_admin() { psql -h "$pg_host" -p "$pg_port" -U "$pg_user" -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+psql_admin -c 'SELECT 1' >/dev/null || { say "PostgreSQL is not reachable at $pg_host:$pg_port as $pg_user"; exit 1; }
+for port in $gw_port $auth_port $user_port $pay_port $sandbox_port; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    say "port $port is taken; set BENCH_PORT_BASE"; exit 1
+  fi
+done
+
+say "building (cargo profile $profile) ..."
+build_started=$(date +%s)
+${CARGO:-cargo} build --profile "$profile" --locked \
+  -p sandbox -p auth-service -p user-service -p pay-service -p gateway -p wxmp-loadgen --bins
+build_secs=$(( $(date +%s) - build_started ))
+say "build took ${build_secs}s"
+bin=target/$profile
+
+run_id="$(date +%Y%m%d%H%M%S)_$$"
+user_db="wxmp_bench_user_$run_id"
+pay_db="wxmp_bench_pay_$run_id"
+redis_prefix="wxmp-bench:$run_id:"
+pids=()
+
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [ "${BENCH_KEEP_DATA:-0}" != 1 ]; then
+    psql_admin -c "DROP DATABASE IF EXISTS \"$user_db\"" -c "DROP DATABASE IF EXISTS \"$pay_db\"" >/dev/null 2>&1 || true
+    if command -v redis-cli >/dev/null; then
+      redis-cli -u "$redis_url" --scan --pattern "${redis_prefix}*" 2>/dev/null \
+        | xargs -r -n 500 redis-cli -u "$redis_url" DEL >/dev/null 2>&1 || true
+    fi
+  fi
+  say "done in $(( $(date +%s) - started_at ))s (build ${build_secs:-?}s); logs in $logs"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+psql_admin -c "CREATE DATABASE \"$user_db\"" -c "CREATE DATABASE \"$pay_db\""
+pg_base="postgres://$pg_user@$pg_host:$pg_port"
+
+export RUST_LOG=${BENCH_RUST_LOG:-info}
+export WXMP_LOG_FORMAT=${BENCH_LOG_FORMAT:-json}
+# The sandbox's dev app and merchant, and no quotas: the bench makes thousands of codes.
+export WXMP_APPS=wx00000000000dev01:devsecret000000000000000000000ff
+export WXMP_PAY_MCH_ID=1900000109
+export WXMP_PAY_KEY=devpaykey00000000000000000000key
+export WXMP_WECHAT_API_BASE=http://127.0.0.1:$sandbox_port
+export WXMP_WECHAT_PAY_BASE=http://127.0.0.1:$sandbox_port
+
+start() { # name binary VAR=value...
+  local name=$1 binary=$2; shift 2
+  env "$@" "$bin/$binary" >"$logs/$name.log" 2>&1 &
+  pids+=("$!")
+  eval "${name}_pid=$!"
+}
+
+start sandbox wxmp-sandbox SANDBOX_LISTEN_ADDR=127.0.0.1:$sandbox_port \
+  SANDBOX_CODE_RATE_PER_MIN=0 SANDBOX_APP_RATE_PER_MIN=0
+start user wxmp-user USER_LISTEN_ADDR=127.0.0.1:$user_port \
+  USER_DATABASE_URL="$pg_base/$user_db" USER_AUTH_SERVICE_URL=http://127.0.0.1:$auth_port
+start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
+  AUTH_REDIS_URL="$redis_url" AUTH_REDIS_PREFIX="$redis_prefix" AUTH_SESSION_TTL_SECS=3600 \
+  AUTH_USER_SERVICE_URL=http://127.0.0.1:$user_port
+# The reconciler would query WeChat about the bench's unpaid orders: keep it out of the window.
+start pay wxmp-pay PAY_LISTEN_ADDR=127.0.0.1:$pay_port \
+  PAY_DATABASE_URL="$pg_base/$pay_db" PAY_NOTIFY_URL=http://127.0.0.1:$gw_port/pay/notify \
+  "PAY_PRODUCTS=coffee:1800:Coffee;tea:1200:Tea" \
+  PAY_RECONCILE_AFTER_SECS=3600 PAY_RECONCILE_INTERVAL_SECS=600
+# All load comes from one address: the per-client limits would measure only the limiter.
+start gateway wxmp-gateway GATEWAY_LISTEN_ADDR=127.0.0.1:$gw_port \
+  GATEWAY_AUTH_URL=http://127.0.0.1:$auth_port GATEWAY_USER_URL=http://127.0.0.1:$user_port \
+  GATEWAY_PAY_URL=http://127.0.0.1:$pay_port \
+  GATEWAY_LOGIN_RATE_PER_MIN=0 GATEWAY_NOTIFY_FAIL_LIMIT=0
+
+say "waiting for /readyz ..."
+ready=0
+for _ in $(seq 300); do
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { say "a service exited at start; see $logs"; tail -n 5 "$logs"/*.log >&2; exit 1; }
+  done
+  if curl -fsS "http://127.0.0.1:$gw_port/readyz" >/dev/null 2>&1 \
+     && curl -fsS "http://127.0.0.1:$sandbox_port/healthz" >/dev/null 2>&1; then
+    ready=1; break
+  fi
+  sleep 0.1
+done
+[ "$ready" = 1 ] || { say "the stack did not get ready in 30 s; see $logs"; exit 1; }
+sleep 1 # let start-up allocations settle before reading idle RSS
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit+dirty"; fi
+
+"$bin/wxmp-loadgen" \
+  --gateway "http://127.0.0.1:$gw_port" --sandbox "http://127.0.0.1:$sandbox_port" \
+  --procs "gateway=$gateway_pid,auth=$auth_pid,user=$user_pid,pay=$pay_pid,sandbox=$sandbox_pid" \
+  --commit "$commit" --profile "$profile" --out "$out" --json "$json" \
+  --storage "PostgreSQL $(psql_admin -c 'SHOW server_version' | cut -d' ' -f1) (a fresh database per service) + Redis (a fresh key prefix); services log RUST_LOG=$RUST_LOG as $WXMP_LOG_FORMAT to files"
