@@ -74,10 +74,13 @@ def sandbox_dev_values(repo: Path) -> dict[str, str]:
 
 
 def workspace_binaries(repo: Path) -> set[str]:
-    """Every binary `cargo build --bins` produces: explicit [[bin]]s and src/main.rs."""
+    """Every binary the image ships: explicit [[bin]]s and src/main.rs of the workspace's
+    members, except the developer tools under bench/ (the load generator)."""
     root = tomllib.loads((repo / "Cargo.toml").read_text())
     bins = set()
     for member in root["workspace"].get("default-members", root["workspace"]["members"]):
+        if member.startswith("bench/"):
+            continue
         manifest = tomllib.loads((repo / member / "Cargo.toml").read_text())
         explicit = manifest.get("bin", [])
         bins.update(b["name"] for b in explicit)
