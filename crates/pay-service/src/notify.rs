@@ -32,7 +32,7 @@ use crate::{
     error::Error,
     orders::valid_order_no,
     payments::{Payments, log_paid_outcome},
-    store::{self, NewNotification, PaidOutcome},
+    store::{self, NewNotification, PaidOutcome, Payment},
 };
 
 /// Most bytes of a notify body kept in `pay_notifications` (WeChat's are about 1 KiB).
@@ -159,49 +159,52 @@ impl Payments {
 
         // The order decides which appid the notify must carry. An unknown order still gets
         // its signature checked (against the notify's own appid) so the verdict says which
-        // check failed first.
+        // check failed first. The lookup and the payment share one database connection.
         let out_trade_no = field("out_trade_no");
-        let order = if valid_order_no(out_trade_no) {
-            store::find_order(self.database(), out_trade_no).await?
-        } else {
-            None
-        };
-        let appid = order.as_ref().map_or(field("appid"), |o| o.app_id.as_str());
-        let pay = self.inner.wechat.config_for(appid);
-        let notify = match verify_notify(raw_body, &pay) {
-            Ok(n) => n,
-            Err(e) => return Ok(Judgement::reject(verdict_of_error(&e))),
-        };
-        let Some(order) = order else {
-            return Ok(Judgement::reject("unknown_order"));
-        };
-        if !notify.is_success() {
-            return Ok(Judgement {
-                verdict: "payment_failed",
-                accepted: true,
-                stored: false,
-            });
-        }
-        if notify.total_fee != order.amount_fen {
-            tracing::error!(
-                order_no = %order.order_no,
-                amount_fen = order.amount_fen,
-                total_fee = notify.total_fee,
-                "verified notify with the wrong amount"
-            );
-            return Ok(Judgement::reject("amount_mismatch"));
-        }
-        let paid_at = clock::parse_wechat_time(&notify.time_end).unwrap_or(now);
-        let outcome = store::mark_paid(
+        let lookup = valid_order_no(out_trade_no).then_some(out_trade_no);
+        let judged = store::settle_notify(
             self.database(),
-            &order.order_no,
-            &notify.transaction_id,
-            paid_at,
+            lookup,
             now,
-            Some(record.clone()),
+            record.clone(),
             verdict_of,
+            |order| {
+                let appid = order.map_or(field("appid"), |o| o.app_id.as_str());
+                let pay = self.inner.wechat.config_for(appid);
+                let notify = match verify_notify(raw_body, &pay) {
+                    Ok(n) => n,
+                    Err(e) => return Err(Judgement::reject(verdict_of_error(&e))),
+                };
+                let Some(order) = order else {
+                    return Err(Judgement::reject("unknown_order"));
+                };
+                if !notify.is_success() {
+                    return Err(Judgement {
+                        verdict: "payment_failed",
+                        accepted: true,
+                        stored: false,
+                    });
+                }
+                if notify.total_fee != order.amount_fen {
+                    tracing::error!(
+                        order_no = %order.order_no,
+                        amount_fen = order.amount_fen,
+                        total_fee = notify.total_fee,
+                        "verified notify with the wrong amount"
+                    );
+                    return Err(Judgement::reject("amount_mismatch"));
+                }
+                Ok(Payment {
+                    paid_at: clock::parse_wechat_time(&notify.time_end).unwrap_or(now),
+                    transaction_id: notify.transaction_id,
+                })
+            },
         )
         .await?;
+        let outcome = match judged {
+            Ok(outcome) => outcome,
+            Err(judgement) => return Ok(judgement),
+        };
         log_paid_outcome(&outcome, "notify");
         let (verdict, accepted) = verdict_of(&outcome);
         Ok(Judgement {

@@ -233,6 +233,9 @@ impl Payments {
             let new = NewOrder {
                 order_no: new_order_no(now),
                 user_id: req.user_id,
+                app_id: String::new(),
+                openid: String::new(),
+                client_ip: String::new(),
                 amount_fen: req.amount_fen,
                 description: req.description.clone(),
                 attach: req.attach.clone(),
@@ -269,8 +272,15 @@ impl Payments {
         Err(Error::Internal("could not allocate an order number".into()))
     }
 
-    /// A new order of a catalog product: the price is the server's, never the client's.
-    async fn create_product_order(&self, user_id: i64, product_id: &str) -> Result<Order, Error> {
+    /// A new order of a catalog product for `payer`: the price is the server's, never the
+    /// client's. Nobody else knows the order yet, so the payer is bound by the INSERT itself
+    /// (what the conditional bind of an existing order would do), saving that round trip.
+    async fn create_product_order(
+        &self,
+        payer: &Payer,
+        product_id: &str,
+        client_ip: &str,
+    ) -> Result<Order, Error> {
         if !valid_product_id(product_id) {
             return Err(Error::NotFound("product"));
         }
@@ -285,7 +295,10 @@ impl Payments {
             let now = self.now();
             let new = NewOrder {
                 order_no: new_order_no(now),
-                user_id,
+                user_id: payer.user_id,
+                app_id: payer.app_id.clone(),
+                openid: payer.openid.clone(),
+                client_ip: client_ip.to_owned(),
                 amount_fen: product.price_fen,
                 description: product.name.clone(),
                 attach: String::new(),
@@ -352,7 +365,7 @@ impl Payments {
             PayTarget::Product(id) if id.is_empty() => {
                 return Err(Error::MissingParameter("product_id"));
             }
-            PayTarget::Product(id) => self.create_product_order(payer.user_id, &id).await?,
+            PayTarget::Product(id) => self.create_product_order(payer, &id, &client_ip).await?,
             PayTarget::Order(no) => self.get_order(&no, payer.user_id).await?,
         };
         for _ in 0..RACE_RETRIES {
@@ -367,7 +380,7 @@ impl Payments {
                 ));
             }
             if order.app_id.is_empty() {
-                store::bind_payer(
+                order = match store::bind_payer(
                     self.database(),
                     &order.order_no,
                     &payer.app_id,
@@ -375,9 +388,13 @@ impl Payments {
                     &client_ip,
                     now,
                 )
-                .await?;
-                // Whoever won the binding, the row now says who pays (or why nobody can).
-                order = self.reload(&order.order_no).await?;
+                .await?
+                {
+                    Some(bound) => bound,
+                    // Someone else bound it (or it closed): the row says who pays, or why
+                    // nobody can.
+                    None => self.reload(&order.order_no).await?,
+                };
                 continue;
             }
             if order.app_id != payer.app_id || order.openid != payer.openid {
@@ -405,7 +422,7 @@ impl Payments {
                 Err(e) => return Err(map_error(e)),
             };
             let prepay_expires_at = now + PREPAY_REUSE_SECS;
-            if store::set_prepay(
+            if let Some(prepared) = store::set_prepay(
                 self.database(),
                 &order.order_no,
                 &prepay_id,
@@ -417,9 +434,8 @@ impl Payments {
                 if order.state() == Some(OrderState::Created) {
                     count_transition(OrderState::Paying);
                 }
-                let order = self.reload(&order.order_no).await?;
-                let params = self.payment_params(&order.app_id, &prepay_id);
-                return Ok((order, params));
+                let params = self.payment_params(&prepared.app_id, &prepay_id);
+                return Ok((prepared, params));
             }
             // Paid or closed meanwhile. A close that raced our unifiedorder may have missed
             // the order at WeChat: close it there too, so the prepay_id is dead everywhere.

@@ -6,6 +6,10 @@
 //! atomic and idempotent on both back ends without explicit locks: on PostgreSQL a second
 //! writer waits for the first one's row lock and then re-checks the WHERE clause against the
 //! committed row (READ COMMITTED), on SQLite writers are serialised.
+//!
+//! Every pool checkout costs a round trip of its own (the pool verifies the connection), so
+//! a request's queries that belong together run on one checkout, and UPDATEs answer the row
+//! with RETURNING instead of a second SELECT.
 
 use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -17,12 +21,16 @@ use crate::{
     schema::{orders, pay_notifications},
 };
 
-/// A new order.
+/// A new order. The payer (`app_id`, `openid`, `client_ip`) is empty for an unbound order, or
+/// already bound when the order is made by the PrepareJsapiPayment that pays it.
 #[derive(Clone, Debug, Insertable)]
 #[diesel(table_name = orders)]
 pub struct NewOrder {
     pub order_no: String,
     pub user_id: i64,
+    pub app_id: String,
+    pub openid: String,
+    pub client_ip: String,
     pub amount_fen: i64,
     pub description: String,
     pub attach: String,
@@ -111,7 +119,8 @@ pub async fn find_by_idempotency_key(
 }
 
 /// Binds the payer (app, openid, IP) to an open, unbound order, so that every unifiedorder of
-/// the order is the same request. True when this call bound it.
+/// the order is the same request. The bound row when this call bound it; None when the order
+/// was bound already, or is no longer open (the caller reads it again to see why).
 pub async fn bind_payer(
     db: &Database,
     order_no: &str,
@@ -119,8 +128,8 @@ pub async fn bind_payer(
     openid: &str,
     client_ip: &str,
     now: i64,
-) -> Result<bool, Error> {
-    let rows = service_kit::with_conn!(db, |conn| {
+) -> Result<Option<Order>, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
         diesel::update(
             orders::table
                 .filter(orders::order_no.eq(order_no))
@@ -133,21 +142,23 @@ pub async fn bind_payer(
             orders::client_ip.eq(client_ip),
             orders::updated_at.eq(now),
         ))
-        .execute(conn)
+        .returning(Order::as_returning())
+        .get_result(conn)
         .await
-    })?;
-    Ok(rows == 1)
+        .optional()
+    })?)
 }
 
-/// CREATED|PAYING → PAYING holding `prepay_id`. True when the order was open.
+/// CREATED|PAYING → PAYING holding `prepay_id`. The updated row when the order was open;
+/// None when it was not (paid or closed meanwhile).
 pub async fn set_prepay(
     db: &Database,
     order_no: &str,
     prepay_id: &str,
     prepay_expires_at: i64,
     now: i64,
-) -> Result<bool, Error> {
-    let rows = service_kit::with_conn!(db, |conn| {
+) -> Result<Option<Order>, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
         diesel::update(
             orders::table
                 .filter(orders::order_no.eq(order_no))
@@ -160,10 +171,11 @@ pub async fn set_prepay(
             orders::prepared_at.eq(now),
             orders::updated_at.eq(now),
         ))
-        .execute(conn)
+        .returning(Order::as_returning())
+        .get_result(conn)
         .await
-    })?;
-    Ok(rows == 1)
+        .optional()
+    })?)
 }
 
 /// CREATED|PAYING → CLOSED, only if the order is still as the caller saw it (same payer
@@ -189,6 +201,102 @@ pub async fn close_if_unchanged(db: &Database, seen: &Order, now: i64) -> Result
     Ok(rows == 1)
 }
 
+/// The outcome of a payment for an order that is PAID or later (REFUNDING, REFUNDED), or in a
+/// state nobody expects: nothing can change it any more.
+fn settled_outcome(current: Order, transaction_id: &str) -> PaidOutcome {
+    match current.state() {
+        // PAID, or later (REFUNDING, REFUNDED) by this very transaction.
+        _ if current.transaction_id == transaction_id => PaidOutcome::Duplicate(current),
+        Some(OrderState::Paid) => PaidOutcome::OtherTransaction(current),
+        _ => PaidOutcome::Unexpected(current),
+    }
+}
+
+/// States an order never leaves for an open one (and never for CLOSED): a payment of such an
+/// order changes nothing, so judging it needs no transaction.
+fn is_settled(order: &Order) -> bool {
+    matches!(
+        order.state(),
+        Some(OrderState::Paid | OrderState::Refunding | OrderState::Refunded)
+    )
+}
+
+/// The body of [`mark_paid`] on a checked-out connection `$conn` (expanded once per back end,
+/// like [`service_kit::with_conn!`]): one transaction with the conditional UPDATE, the
+/// closed-order bookkeeping and the notify record; evaluates to `Result<PaidOutcome, Error>`.
+macro_rules! mark_paid_on {
+    ($conn:ident, $order_no:expr, $transaction_id:expr, $paid_at:expr, $now:expr,
+     $notification:expr, $verdict_of:expr) => {{
+        let (order_no, transaction_id, paid_at, now): (&str, &str, i64, i64) =
+            ($order_no, $transaction_id, $paid_at, $now);
+        let notification: Option<NewNotification> = $notification;
+        let verdict_of: fn(&PaidOutcome) -> (&'static str, bool) = $verdict_of;
+        $conn
+            .transaction::<_, Error, _>(async |conn| {
+                let applied: Option<Order> = diesel::update(
+                    orders::table
+                        .filter(orders::order_no.eq(order_no))
+                        .filter(orders::state.eq_any(OPEN_STATES)),
+                )
+                .set((
+                    orders::state.eq(OrderState::Paid.as_str()),
+                    orders::transaction_id.eq(transaction_id),
+                    orders::paid_at.eq(Some(paid_at)),
+                    orders::updated_at.eq(now),
+                ))
+                .returning(Order::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                let outcome = match applied {
+                    Some(order) => PaidOutcome::Applied(order),
+                    // The UPDATE touched no row: the current row says why.
+                    None => {
+                        let mut current: Order = orders::table
+                            .filter(orders::order_no.eq(order_no))
+                            .select(Order::as_select())
+                            .first(conn)
+                            .await?;
+                        if current.state() == Some(OrderState::Closed) {
+                            // Keep the transaction on the closed order for the refund; only
+                            // the first one (a closed order is paid at most once at WeChat).
+                            let recorded = diesel::update(
+                                orders::table
+                                    .filter(orders::order_no.eq(order_no))
+                                    .filter(orders::state.eq(OrderState::Closed.as_str()))
+                                    .filter(orders::transaction_id.eq("")),
+                            )
+                            .set((
+                                orders::transaction_id.eq(transaction_id),
+                                orders::updated_at.eq(now),
+                            ))
+                            .execute(conn)
+                            .await?;
+                            if recorded == 1 {
+                                current.transaction_id = transaction_id.to_owned();
+                                current.updated_at = now;
+                            }
+                            PaidOutcome::PaidAfterClose(current)
+                        } else {
+                            settled_outcome(current, transaction_id)
+                        }
+                    }
+                };
+                if let Some(mut record) = notification {
+                    let (verdict, accepted) = verdict_of(&outcome);
+                    record.verdict = verdict.to_owned();
+                    record.accepted = accepted;
+                    diesel::insert_into(pay_notifications::table)
+                        .values(&record)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(outcome)
+            })
+            .await
+    }};
+}
+
 /// CREATED|PAYING → PAID with `transaction_id`, in one conditional UPDATE, and — in the same
 /// transaction — the notify that caused it with the verdict `verdict_of` gives the outcome.
 /// When the UPDATE touched no row, the current row says why (duplicate, closed, ...).
@@ -202,59 +310,55 @@ pub async fn mark_paid(
     verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
 ) -> Result<PaidOutcome, Error> {
     service_kit::with_conn!(db, |conn| {
-        conn.transaction::<_, Error, _>(async |conn| {
-            let rows = diesel::update(
-                orders::table
-                    .filter(orders::order_no.eq(order_no))
-                    .filter(orders::state.eq_any(OPEN_STATES)),
-            )
-            .set((
-                orders::state.eq(OrderState::Paid.as_str()),
-                orders::transaction_id.eq(transaction_id),
-                orders::paid_at.eq(Some(paid_at)),
-                orders::updated_at.eq(now),
-            ))
-            .execute(conn)
-            .await?;
-            let mut current: Order = orders::table
+        mark_paid_on!(
+            conn,
+            order_no,
+            transaction_id,
+            paid_at,
+            now,
+            notification,
+            verdict_of
+        )
+    })
+}
+
+/// A payment to apply: what [`settle_notify`]'s judge answers for a notify it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub transaction_id: String,
+    pub paid_at: i64,
+}
+
+/// A notify, on one connection: reads the order `order_no` (when given), lets `judge` decide
+/// from it, and when the judge answers a [`Payment`], applies it as [`mark_paid`] does with
+/// `record` stored in the same transaction. An order already PAID (or later) cannot change
+/// any more: its outcome is read off the row and `record` is stored by a lone INSERT, with no
+/// transaction. A rejection is answered as is and stores nothing (the caller stores it).
+pub async fn settle_notify<R>(
+    db: &Database,
+    order_no: Option<&str>,
+    now: i64,
+    mut record: NewNotification,
+    verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
+    judge: impl FnOnce(Option<&Order>) -> Result<Payment, R>,
+) -> Result<Result<PaidOutcome, R>, Error> {
+    service_kit::with_conn!(db, |conn| {
+        let seen: Option<Order> = match order_no {
+            Some(order_no) => orders::table
                 .filter(orders::order_no.eq(order_no))
                 .select(Order::as_select())
                 .first(conn)
-                .await?;
-            let outcome = if rows == 1 {
-                PaidOutcome::Applied(current)
-            } else {
-                match current.state() {
-                    Some(OrderState::Closed) => {
-                        // Keep the transaction on the closed order for the refund; only the
-                        // first one (a closed order is paid at most once at WeChat).
-                        let recorded = diesel::update(
-                            orders::table
-                                .filter(orders::order_no.eq(order_no))
-                                .filter(orders::state.eq(OrderState::Closed.as_str()))
-                                .filter(orders::transaction_id.eq("")),
-                        )
-                        .set((
-                            orders::transaction_id.eq(transaction_id),
-                            orders::updated_at.eq(now),
-                        ))
-                        .execute(conn)
-                        .await?;
-                        if recorded == 1 {
-                            current.transaction_id = transaction_id.to_owned();
-                            current.updated_at = now;
-                        }
-                        PaidOutcome::PaidAfterClose(current)
-                    }
-                    // PAID, or later (REFUNDING, REFUNDED) by this very transaction.
-                    _ if current.transaction_id == transaction_id => {
-                        PaidOutcome::Duplicate(current)
-                    }
-                    Some(OrderState::Paid) => PaidOutcome::OtherTransaction(current),
-                    _ => PaidOutcome::Unexpected(current),
-                }
-            };
-            if let Some(mut record) = notification {
+                .await
+                .optional()?,
+            None => None,
+        };
+        let payment = match judge(seen.as_ref()) {
+            Ok(payment) => payment,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        match seen {
+            Some(current) if is_settled(&current) => {
+                let outcome = settled_outcome(current, &payment.transaction_id);
                 let (verdict, accepted) = verdict_of(&outcome);
                 record.verdict = verdict.to_owned();
                 record.accepted = accepted;
@@ -262,10 +366,24 @@ pub async fn mark_paid(
                     .values(&record)
                     .execute(conn)
                     .await?;
+                Ok(Ok(outcome))
             }
-            Ok(outcome)
-        })
-        .await
+            seen => {
+                let order_no = seen
+                    .as_ref()
+                    .map_or(order_no.unwrap_or_default(), |o| o.order_no.as_str());
+                mark_paid_on!(
+                    conn,
+                    order_no,
+                    &payment.transaction_id,
+                    payment.paid_at,
+                    now,
+                    Some(record),
+                    verdict_of
+                )
+                .map(Ok)
+            }
+        }
     })
 }
 

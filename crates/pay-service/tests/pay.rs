@@ -28,6 +28,7 @@ on_both_backends!(
     concurrent_reconcilers_apply_a_payment_once,
     wechat_failures_are_mapped,
     hmac_sha256_merchant_pays_end_to_end,
+    another_transaction_for_a_paid_order_changes_nothing,
 );
 
 fn state(o: &pb::Order) -> PbState {
@@ -782,4 +783,56 @@ async fn hmac_sha256_merchant_pays_end_to_end(backend: Backend) {
     env.sandbox_pay(&prepay_id(&prepared), None).await;
     eventually(|| async { state(&env.get(&no, 1).await.unwrap()) == PbState::Paid }).await;
     assert_eq!(env.verdicts(&no).await, vec![("applied".to_owned(), true)]);
+}
+
+/// A genuine notify of another transaction for an order already PAID: answered SUCCESS (WeChat
+/// must stop), recorded as `conflicting_transaction`, and the order keeps its payment.
+async fn another_transaction_for_a_paid_order_changes_nothing(backend: Backend) {
+    let env = Env::new(backend).await;
+    let prepared = env
+        .prepare(&principal(1), Target::ProductId("coins".into()))
+        .await
+        .unwrap();
+    let no = prepared.order.unwrap().order_no;
+    let first = signed_notify(&notify_fields(&no, "100", &[]), DEV_PAY_KEY);
+    let reply = env.notify(&first).await;
+    assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
+    let paid = env.get(&no, 0).await.unwrap();
+    assert_eq!(state(&paid), PbState::Paid);
+    assert_eq!(paid.transaction_id, "4200000000202611250000000001");
+
+    let other = signed_notify(
+        &notify_fields(
+            &no,
+            "100",
+            &[
+                ("transaction_id", "4200000000202611259999999999"),
+                ("time_end", "20261125130000"),
+            ],
+        ),
+        DEV_PAY_KEY,
+    );
+    let reply = env.notify(&other).await;
+    assert_eq!(
+        (reply.verdict.as_str(), reply.accepted),
+        ("conflicting_transaction", true)
+    );
+    assert!(reply.reply_xml.contains("SUCCESS"));
+    // The first transaction is still a duplicate, not a conflict.
+    let reply = env.notify(&first).await;
+    assert_eq!(
+        (reply.verdict.as_str(), reply.accepted),
+        ("duplicate", true)
+    );
+
+    let after = env.get(&no, 0).await.unwrap();
+    assert_eq!(after, paid);
+    assert_eq!(
+        env.verdicts(&no).await,
+        vec![
+            ("applied".to_owned(), true),
+            ("conflicting_transaction".to_owned(), true),
+            ("duplicate".to_owned(), true),
+        ]
+    );
 }
