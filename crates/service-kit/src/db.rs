@@ -11,7 +11,9 @@ use diesel::{Connection, SqliteConnection, connection::SimpleConnection};
 use diesel_async::{
     AsyncPgConnection,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, deadpool::Pool},
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool,
+    },
     sync_connection_wrapper::SyncConnectionWrapper,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
@@ -133,7 +135,12 @@ impl Database {
     pub fn connect(url: &str, options: PoolOptions) -> Result<Self, DbError> {
         match Backend::of(url)? {
             Backend::Postgres => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                // Fast recycling: the default check costs a `SELECT 1` round trip per checkout;
+                // a connection that broke meanwhile fails its query and is then discarded.
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                let manager =
+                    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
                 let pool = Pool::builder(manager)
                     .max_size(options.max_size)
                     .wait_timeout(Some(options.timeout))
