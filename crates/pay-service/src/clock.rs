@@ -1,11 +1,9 @@
-//! Time, in unix seconds, and its China-time (UTC+8) renderings for WeChat.
+//! Time, in unix seconds; WeChat's China-time renderings are `wechat::pay::time`.
 
 use std::sync::{
     Arc,
     atomic::{AtomicI64, Ordering},
 };
-
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone as _};
 
 /// The service's clock: the system clock plus an offset that only tests move (to expire orders
 /// without waiting). Cheap to clone; clones share the offset.
@@ -30,24 +28,11 @@ impl Clock {
     }
 }
 
-fn china() -> FixedOffset {
-    // UTC+8 all year (no daylight saving); 8 h is always a valid offset.
-    FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
-}
-
-/// `unix` rendered in China time with a chrono format, e.g. `%Y%m%d%H%M%S` for time_expire.
-pub fn china_time(unix: i64, format: &str) -> String {
-    let utc = DateTime::from_timestamp(unix, 0).unwrap_or_default();
-    utc.with_timezone(&china()).format(format).to_string()
-}
-
-/// WeChat's `yyyyMMddHHmmss` (China time) as unix seconds.
-pub fn parse_wechat_time(s: &str) -> Option<i64> {
-    let naive = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
-    china()
-        .from_local_datetime(&naive)
-        .single()
-        .map(|t| t.timestamp())
+/// `unix` as a China-time calendar day `yyyyMMdd` (the order number's prefix).
+pub fn china_date(unix: i64) -> String {
+    let mut day = wechat::pay::time::format(unix);
+    day.truncate(8);
+    day
 }
 
 #[cfg(test)]
@@ -58,9 +43,7 @@ mod tests {
     fn china_time_is_utc_plus_8() {
         // 2026-11-25T16:30:05Z
         let t = 1_795_624_205;
-        assert_eq!(china_time(t, "%Y%m%d%H%M%S"), "20261126003005");
-        assert_eq!(parse_wechat_time("20261126003005"), Some(t));
-        assert_eq!(parse_wechat_time("2026-11-26"), None);
+        assert_eq!(china_date(t), "20261126");
     }
 
     #[test]

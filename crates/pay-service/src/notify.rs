@@ -28,7 +28,6 @@ use wechat::pay::{
 };
 
 use crate::{
-    clock,
     error::Error,
     orders::valid_order_no,
     payments::{Payments, log_paid_outcome},
@@ -195,7 +194,7 @@ impl Payments {
                     return Err(Judgement::reject("amount_mismatch"));
                 }
                 Ok(Payment {
-                    paid_at: clock::parse_wechat_time(&notify.time_end).unwrap_or(now),
+                    paid_at: wechat::pay::time::parse(&notify.time_end).unwrap_or(now),
                     transaction_id: notify.transaction_id,
                 })
             },

@@ -143,7 +143,7 @@ impl Order {
 /// characters of `[0-9A-Za-z]` from the thread-local CSPRNG, so numbers are neither sequential
 /// nor guessable.
 pub fn new_order_no(now: i64) -> String {
-    let mut no = clock::china_time(now, "%Y%m%d");
+    let mut no = clock::china_date(now);
     no.extend(
         rand::rng()
             .sample_iter(&Alphanumeric)

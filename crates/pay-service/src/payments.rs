@@ -11,7 +11,7 @@ use wechat::{
 };
 
 use crate::{
-    clock::{self, Clock},
+    clock::Clock,
     config::{Catalog, Config, Product, valid_product_id},
     error::Error,
     orders::{
@@ -463,7 +463,7 @@ impl Payments {
             notify_url: self.inner.wechat.notify_url().to_owned(),
             openid: order.openid.clone(),
             attach: (!order.attach.is_empty()).then(|| order.attach.clone()),
-            time_expire: Some(clock::china_time(order.expires_at, "%Y%m%d%H%M%S")),
+            time_expire: Some(wechat::pay::time::format(order.expires_at)),
         };
         let resp = self.inner.wechat.unified_order(&order.app_id, &req).await?;
         tracing::info!(order_no = %order.order_no, "unifiedorder placed");
@@ -509,7 +509,7 @@ impl Payments {
         let paid_at = query
             .time_end
             .as_deref()
-            .and_then(clock::parse_wechat_time)
+            .and_then(wechat::pay::time::parse)
             .unwrap_or(now);
         let outcome = store::mark_paid(
             self.database(),

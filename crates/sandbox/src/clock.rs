@@ -12,18 +12,13 @@ pub fn now() -> DateTime<FixedOffset> {
 
 /// yyyyMMddHHmmss, as in time_end.
 pub fn wx_time(t: &DateTime<FixedOffset>) -> String {
-    t.format("%Y%m%d%H%M%S").to_string()
+    wechat::pay::time::format(t.timestamp())
 }
 
 /// Reads yyyyMMddHHmmss as Beijing time.
 pub fn parse_wx_time(s: &str) -> Option<DateTime<FixedOffset>> {
-    if s.len() != 14 {
-        return None;
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S")
-        .ok()?
-        .and_local_timezone(beijing())
-        .single()
+    let unix = wechat::pay::time::parse(s)?;
+    Some(DateTime::from_timestamp(unix, 0)?.with_timezone(&beijing()))
 }
 
 pub fn unix_secs() -> i64 {

@@ -4,12 +4,14 @@
 //! * [`xml`]: the flat `<xml><field>…</field></xml>` codec,
 //! * [`api`]: `unifiedorder`, `orderquery`, `closeorder` on [`WechatClient`](crate::WechatClient),
 //! * [`notify`]: verifying payment notifications and answering them,
-//! * [`jsapi`]: the parameters of `wx.requestPayment`.
+//! * [`jsapi`]: the parameters of `wx.requestPayment`,
+//! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps.
 
 pub mod api;
 pub mod jsapi;
 pub mod notify;
 pub mod sign;
+pub mod time;
 pub mod xml;
 
 pub use api::{
