@@ -7,7 +7,9 @@ use wxmp_proto::pay::v1::{
 
 use crate::{
     error::Error,
+    events::EventKind,
     payments::{CreateOrder, PayTarget, Payer, Payments},
+    webhooks,
 };
 
 /// The fully qualified service name, as reported by gRPC health.
@@ -116,6 +118,58 @@ impl PayService for Payments {
                     price_fen: p.price_fen,
                 })
                 .collect(),
+        }))
+    }
+
+    type WatchOrderEventsStream = crate::watch::EventStream;
+
+    #[tracing::instrument(skip_all, fields(after_id))]
+    async fn watch_order_events(
+        &self,
+        request: Request<pb::WatchOrderEventsRequest>,
+    ) -> Result<Response<Self::WatchOrderEventsStream>, Status> {
+        let r = request.into_inner();
+        tracing::Span::current().record("after_id", r.after_id);
+        if r.after_id < 0 {
+            return Err(Error::InvalidArgument("after_id must not be negative".into()).into());
+        }
+        let kinds = r
+            .kinds
+            .iter()
+            .map(|&k| {
+                pb::OrderEventKind::try_from(k)
+                    .ok()
+                    .and_then(EventKind::from_proto)
+                    .ok_or_else(|| Error::InvalidArgument(format!("unknown event kind {k}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(self.watch_events(r.after_id, kinds)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let r = request.into_inner();
+        let state = match r.state.as_str() {
+            "" => webhooks::DEAD,
+            s @ (webhooks::PENDING | webhooks::DELIVERED | webhooks::DEAD) => s,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "state must be PENDING, DELIVERED or DEAD".into(),
+                )
+                .into());
+            }
+        };
+        let limit = match r.limit {
+            0 => 100,
+            n @ 1..=1000 => i64::from(n),
+            _ => return Err(Error::InvalidArgument("limit must be 1..=1000".into()).into()),
+        };
+        let deliveries = webhooks::list(self.database(), state, limit).await?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries,
         }))
     }
 }

@@ -22,6 +22,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod notify;
 pub mod orders;
@@ -29,6 +30,8 @@ pub mod payments;
 pub mod reconciler;
 pub mod schema;
 pub mod store;
+pub mod watch;
+pub mod webhooks;
 pub mod wxpay;
 
 use diesel_migrations::embed_migrations;
@@ -42,7 +45,7 @@ use tonic::service::Routes;
 use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 
 pub use clock::Clock;
-pub use config::{Catalog, Config, Product};
+pub use config::{Catalog, Config, EventsConfig, Product};
 pub use error::Error;
 pub use notify::NotifyReply;
 pub use orders::{Order, OrderState};
@@ -92,9 +95,33 @@ pub async fn serve_payments(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    // The reconciler stops with the server: on shutdown, or when the server fails.
+    // The background tasks stop with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
+    let mut background = vec![tokio::spawn(events::run_retention(
+        payments.database().clone(),
+        payments.clock().clone(),
+        config.events.retention(),
+        stop_reconciler.clone(),
+    ))];
+    let endpoints = config.events.webhook_endpoints();
+    if !endpoints.is_empty() {
+        let worker = webhooks::Webhooks::new(
+            payments.database().clone(),
+            payments.clock().clone(),
+            webhook_settings(config, endpoints),
+        )?;
+        worker.register().await?;
+        background.push(tokio::spawn(worker.run(stop_reconciler.clone())));
+    }
+    // Open event streams would hold the graceful drain open: end them when shutdown starts.
+    {
+        let (payments, shutdown) = (payments.clone(), shutdown.clone());
+        background.push(tokio::spawn(async move {
+            shutdown.wait().await;
+            payments.stop_event_streams();
+        }));
+    }
     let probe_db = payments.inner.db.clone();
     let service = PayServiceServer::with_interceptor(
         payments,
@@ -118,6 +145,23 @@ pub async fn serve_payments(
     if let Err(e) = reconciler.await {
         tracing::warn!(error = %e, "reconciler task ended abnormally");
     }
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
     served?;
     Ok(())
+}
+
+/// The webhook worker's settings from the config (validated: the secret is set).
+fn webhook_settings(config: &Config, endpoints: Vec<String>) -> webhooks::WebhookSettings {
+    let events = &config.events;
+    webhooks::WebhookSettings {
+        endpoints,
+        secret: events.webhook_secret.clone().unwrap_or_default(),
+        timeout: std::time::Duration::from_millis(events.webhook_timeout_ms),
+        max_age_secs: i64::try_from(events.webhook_max_age_secs).unwrap_or(i64::MAX),
+        backoff: std::time::Duration::from_secs(events.webhook_backoff_secs),
+        poll: events.poll(),
+    }
 }

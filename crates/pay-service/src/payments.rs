@@ -65,6 +65,8 @@ pub struct Settings {
     pub order_ttl_secs: i64,
     pub reconcile_after_secs: i64,
     pub reconcile_interval: Duration,
+    /// How often event streams look for other replicas' events.
+    pub event_poll: Duration,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -79,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) wechat: WechatPay,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
+    /// Ends the event streams of this core when its server shuts down.
+    pub(crate) streams_stop: service_kit::Shutdown,
 }
 
 fn check_text(name: &'static str, value: &str, max: usize, required: bool) -> Result<(), Error> {
@@ -164,6 +168,7 @@ impl Payments {
             reconcile_after_secs: i64::try_from(config.reconcile_after_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_AFTER_SECS is too large".into()))?,
             reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+            event_poll: config.events.poll(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -171,6 +176,7 @@ impl Payments {
                 wechat,
                 settings,
                 clock,
+                streams_stop: service_kit::Shutdown::new(),
             }),
         })
     }
@@ -185,6 +191,26 @@ impl Payments {
 
     pub fn products(&self) -> &[Product] {
         &self.inner.settings.catalog.0
+    }
+
+    /// Follows the outbox after `after_id` (see [`crate::watch`]).
+    pub fn watch_events(
+        &self,
+        after_id: i64,
+        kinds: Vec<crate::events::EventKind>,
+    ) -> crate::watch::EventStream {
+        crate::watch::follow(
+            self.inner.db.clone(),
+            after_id,
+            kinds,
+            self.inner.settings.event_poll,
+            self.inner.streams_stop.clone(),
+        )
+    }
+
+    /// Ends every event stream of this core (its server is shutting down).
+    pub fn stop_event_streams(&self) {
+        self.inner.streams_stop.trigger();
     }
 
     pub(crate) fn now(&self) -> i64 {

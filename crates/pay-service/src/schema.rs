@@ -39,3 +39,40 @@ diesel::table! {
         accepted -> Bool,
     }
 }
+
+diesel::table! {
+    order_events (id) {
+        id -> BigInt,
+        order_no -> Text,
+        kind -> Text,
+        payload -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_cursors (endpoint) {
+        endpoint -> Text,
+        after_id -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> BigInt,
+        event_id -> BigInt,
+        endpoint -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_until -> BigInt,
+        lease_token -> Text,
+        last_error -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> order_events (event_id));
+diesel::allow_tables_to_appear_in_same_query!(order_events, webhook_deliveries);

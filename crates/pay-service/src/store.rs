@@ -17,6 +17,7 @@ use service_kit::db::Database;
 
 use crate::{
     error::Error,
+    events::{self, EventKind, NewEvent},
     orders::{OPEN_STATES, Order, OrderState},
     schema::{orders, pay_notifications},
 };
@@ -180,25 +181,37 @@ pub async fn set_prepay(
 
 /// CREATED|PAYING → CLOSED, only if the order is still as the caller saw it (same payer
 /// binding and prepay_id), i.e. no unifiedorder has been placed since the caller closed it at
-/// WeChat. True when this call closed it.
+/// WeChat; with its `ORDER_CLOSED` event in the same transaction. True when this call closed it.
 pub async fn close_if_unchanged(db: &Database, seen: &Order, now: i64) -> Result<bool, Error> {
-    let rows = service_kit::with_conn!(db, |conn| {
-        diesel::update(
-            orders::table
-                .filter(orders::order_no.eq(&seen.order_no))
-                .filter(orders::state.eq_any(OPEN_STATES))
-                .filter(orders::app_id.eq(&seen.app_id))
-                .filter(orders::prepay_id.eq(&seen.prepay_id)),
-        )
-        .set((
-            orders::state.eq(OrderState::Closed.as_str()),
-            orders::closed_at.eq(Some(now)),
-            orders::updated_at.eq(now),
-        ))
-        .execute(conn)
+    let closed = service_kit::with_conn!(db, |conn| {
+        conn.transaction::<_, Error, _>(async |conn| {
+            let closed: Option<Order> = diesel::update(
+                orders::table
+                    .filter(orders::order_no.eq(&seen.order_no))
+                    .filter(orders::state.eq_any(OPEN_STATES))
+                    .filter(orders::app_id.eq(&seen.app_id))
+                    .filter(orders::prepay_id.eq(&seen.prepay_id)),
+            )
+            .set((
+                orders::state.eq(OrderState::Closed.as_str()),
+                orders::closed_at.eq(Some(now)),
+                orders::updated_at.eq(now),
+            ))
+            .returning(Order::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+            if let Some(order) = &closed {
+                crate::append_event!(conn, NewEvent::of_order(EventKind::OrderClosed, order, now))?;
+            }
+            Ok(closed.is_some())
+        })
         .await
     })?;
-    Ok(rows == 1)
+    if closed {
+        events::wake();
+    }
+    Ok(closed)
 }
 
 /// The outcome of a payment for an order that is PAID or later (REFUNDING, REFUNDED), or in a
@@ -249,7 +262,13 @@ macro_rules! mark_paid_on {
                 .await
                 .optional()?;
                 let outcome = match applied {
-                    Some(order) => PaidOutcome::Applied(order),
+                    Some(order) => {
+                        crate::append_event!(
+                            conn,
+                            NewEvent::of_order(EventKind::OrderPaid, &order, now)
+                        )?;
+                        PaidOutcome::Applied(order)
+                    }
                     // The UPDATE touched no row: the current row says why.
                     None => {
                         let mut current: Order = orders::table
@@ -275,6 +294,14 @@ macro_rules! mark_paid_on {
                             if recorded == 1 {
                                 current.transaction_id = transaction_id.to_owned();
                                 current.updated_at = now;
+                                crate::append_event!(
+                                    conn,
+                                    NewEvent::of_order(
+                                        EventKind::OrderPaidAfterClose,
+                                        &current,
+                                        now
+                                    )
+                                )?;
                             }
                             PaidOutcome::PaidAfterClose(current)
                         } else {
@@ -309,7 +336,7 @@ pub async fn mark_paid(
     notification: Option<NewNotification>,
     verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
 ) -> Result<PaidOutcome, Error> {
-    service_kit::with_conn!(db, |conn| {
+    let outcome = service_kit::with_conn!(db, |conn| {
         mark_paid_on!(
             conn,
             order_no,
@@ -319,7 +346,19 @@ pub async fn mark_paid(
             notification,
             verdict_of
         )
-    })
+    })?;
+    wake_for(&outcome);
+    Ok(outcome)
+}
+
+/// Wakes the event subscribers after a payment that appended an event has committed.
+fn wake_for(outcome: &PaidOutcome) {
+    if matches!(
+        outcome,
+        PaidOutcome::Applied(_) | PaidOutcome::PaidAfterClose(_)
+    ) {
+        events::wake();
+    }
 }
 
 /// A payment to apply: what [`settle_notify`]'s judge answers for a notify it accepts.
@@ -342,7 +381,7 @@ pub async fn settle_notify<R>(
     verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
     judge: impl FnOnce(Option<&Order>) -> Result<Payment, R>,
 ) -> Result<Result<PaidOutcome, R>, Error> {
-    service_kit::with_conn!(db, |conn| {
+    let settled = service_kit::with_conn!(db, |conn| {
         let seen: Option<Order> = match order_no {
             Some(order_no) => orders::table
                 .filter(orders::order_no.eq(order_no))
@@ -384,7 +423,11 @@ pub async fn settle_notify<R>(
                 .map(Ok)
             }
         }
-    })
+    })?;
+    if let Ok(outcome) = &settled {
+        wake_for(outcome);
+    }
+    Ok(settled)
 }
 
 pub async fn insert_notification(db: &Database, record: &NewNotification) -> Result<(), Error> {

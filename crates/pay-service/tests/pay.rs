@@ -1,6 +1,7 @@
 //! PayService against the real sandbox, every case on PostgreSQL and SQLite.
 
 mod common;
+mod events;
 
 use std::sync::atomic::Ordering;
 

@@ -15,6 +15,9 @@ pub struct DemoTarget {
     pub product_id: Option<String>,
     /// How long to wait for the order to become PAID.
     pub pay_timeout: Duration,
+    /// pay-service's gRPC address: when set, the demo also receives the order's PAID event
+    /// from `WatchOrderEvents`, as a shop service would.
+    pub pay_grpc: Option<String>,
 }
 
 /// What the demo did, for callers that check it (the end-to-end tests).
@@ -193,6 +196,26 @@ pub async fn run(
                 amount_fen % 100,
                 order["transaction_id"].as_str().unwrap_or("?")
             ));
+            if let Some(pay_grpc) = &target.pay_grpc {
+                let token = std::env::var("WXMP_INTERNAL_TOKEN")
+                    .ok()
+                    .map(service_kit::Secret::new);
+                let event = crate::events::paid_event(
+                    pay_grpc,
+                    token.as_ref(),
+                    &order_no,
+                    target.pay_timeout,
+                )
+                .await
+                .map_err(|body| DemoError::Unexpected {
+                    step: "WatchOrderEvents",
+                    body,
+                })?;
+                say(format!(
+                    "8. WatchOrderEvents: event #{} ORDER_PAID for {order_no}, as a shop service receives it",
+                    event.id
+                ));
+            }
             return Ok(DemoReport {
                 openid,
                 token,

@@ -2,6 +2,8 @@
 //!
 //! - [`stack`]: every service (and the WeChat sandbox) in one process.
 //! - [`demo`]: a scripted mini program that logs in, sends its profile and pays.
+//! - [`events`]: `wxmp events`, pay-service's order event stream and dead letters.
 
 pub mod demo;
+pub mod events;
 pub mod stack;

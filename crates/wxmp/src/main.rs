@@ -41,7 +41,13 @@ enum Command {
         /// Product to buy (default: the first of the catalog).
         #[arg(long)]
         product: Option<String>,
+        /// pay-service's gRPC address: the demo ends by receiving its order's PAID event
+        /// from the event stream there ("" skips that step).
+        #[arg(long, env = "WXMP_PAY_GRPC_URL", default_value = wxmp::events::DEFAULT_PAY_URL)]
+        pay_grpc: String,
     },
+    /// Follow pay-service's order events, or list dead-lettered webhooks (--failed).
+    Events(wxmp::events::EventsArgs),
     /// Run user-service's and pay-service's migrations, then exit.
     Migrate,
 }
@@ -194,16 +200,19 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up(args).await,
         Command::Migrate => migrate().await,
+        Command::Events(args) => wxmp::events::run(args).await,
         Command::Demo {
             gateway,
             sandbox,
             product,
+            pay_grpc,
         } => {
             let target = DemoTarget {
                 gateway,
                 sandbox,
                 product_id: product,
                 pay_timeout: Duration::from_secs(60),
+                pay_grpc: Some(pay_grpc).filter(|url| !url.is_empty()),
             };
             demo::run(&target, |line| println!("{line}"))
                 .await
