@@ -55,13 +55,25 @@ async fn login_flood(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "the code was never used");
     let _ = openid;
-    // A client cannot dodge the limit by sending its own X-Forwarded-For from an untrusted
-    // peer: here the peer is trusted, so the last hop is the client; the first is ignored.
+    // A client behind the proxy cannot dodge the limit by writing its own X-Forwarded-For:
+    // the chain is read from the right, and the proxy appended the client's real address
+    // after whatever the client sent. 203.0.113.9 used 1 attempt; 4 more use up its budget.
+    for _ in 0..4 {
+        let response = t
+            .http
+            .post(t.gateway("/login/"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .json(&json!({ "code": "bogus" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
     let (code, _) = t.login_code(None).await;
     let response = t
         .http
         .post(t.gateway("/login/"))
-        .header("x-forwarded-for", "198.51.100.1, 127.0.0.1")
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
         .json(&json!({ "code": code }))
         .send()
         .await
@@ -117,7 +129,7 @@ async fn notify_flood(backend: Backend) {
     assert_eq!(
         t.db_verdicts().await.len(),
         stored,
-        "pay-service was not called for the blocked sender"
+        "nothing was stored for the blocked sender's forgeries"
     );
     // WeChat (another address) is not affected: the real payment is applied.
     t.sandbox_pay(&prepay, "success", None).await;
@@ -130,6 +142,70 @@ async fn notify_flood(backend: Backend) {
     assert!(genuine.iter().any(|(_, v)| v == "applied"));
 }
 on_both_backends!(failed_notifies_are_rate_limited_per_client_ip, notify_flood);
+
+/// Issue 19 item 1: behind a proxy (or from WeChat's own address) garbage must never lock out
+/// WeChat. Forty bad notifies from the sandbox's own address (127.0.0.1, as every request is
+/// behind a proxy without GATEWAY_TRUSTED_PROXIES), then the sandbox's genuine notify from
+/// the same address: it is applied, not refused.
+async fn garbage_then_genuine_notify(backend: Backend) {
+    let t = TestStack::start(backend).await;
+    let (token, _) = t.login(None).await;
+    let (_, answer) = t.pay_product(&token, "coffee").await;
+    let (order_no, prepay) = order_and_prepay(&answer).unwrap();
+    let headers = [("content-type", "text/xml")];
+    // Bodies WeChat could send too (our parser may disagree with it): never counted.
+    for i in 0..10 {
+        let (status, text) = t
+            .raw(
+                Method::POST,
+                "/pay/notify",
+                &headers,
+                format!("garbage {i}"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    // Forgeries: the default budget is 20 signature failures a minute; then throttled.
+    let forged = |i: usize| {
+        format!(
+            "<xml><return_code>SUCCESS</return_code><out_trade_no>{order_no}</out_trade_no>\
+             <total_fee>1800</total_fee><sign>{i:032}</sign></xml>"
+        )
+    };
+    for i in 0..30 {
+        let (status, text) = t
+            .raw(Method::POST, "/pay/notify", &headers, forged(i))
+            .await;
+        let expected = if i < 20 {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(status, expected, "forgery {i}: {text}");
+        assert!(text.contains("FAIL"), "{text}");
+    }
+    // WeChat's genuine notify from the same address is applied.
+    t.sandbox_pay(&prepay, "success", None).await;
+    let applied = wxmp_tests::eventually(Duration::from_secs(20), || async {
+        t.db_verdicts()
+            .await
+            .iter()
+            .any(|(no, v)| *no == order_no && v == "applied")
+            .then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "{:?}", t.db_verdicts().await);
+    let verdicts = t.db_verdicts().await;
+    let bad = verdicts
+        .iter()
+        .filter(|(_, v)| v == "bad_signature")
+        .count();
+    assert_eq!(bad, 20, "throttled forgeries are not stored: {verdicts:?}");
+}
+on_both_backends!(
+    genuine_notifies_pass_an_address_throttled_for_forgeries,
+    garbage_then_genuine_notify
+);
 
 const INTERNAL_TOKEN: &str = "internal-token-for-the-e2e-test-0123456789";
 

@@ -200,6 +200,7 @@ impl Config {
             },
             internal: InternalAuthConfig {
                 internal_token: None,
+                ..Default::default()
             },
         }
     }

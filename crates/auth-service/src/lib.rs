@@ -13,10 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use service_kit::{
-    Shutdown,
-    grpc::{AttachToken, RequireToken},
-};
+use service_kit::{Shutdown, grpc::AttachToken};
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, service::Routes};
 use wxmp_proto::{
@@ -68,10 +65,15 @@ pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>,
         ..wechat::WechatConfig::default()
     })
     .map_err(|e| Error::Config(e.to_string()))?;
-    let channel = service_kit::grpc::channel(
+    let tls = config
+        .internal
+        .grpc_tls()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let channel = service_kit::grpc::channel_tls(
         &config.user_service_url,
         USER_SERVICE_CONNECT_TIMEOUT,
         USER_SERVICE_CALL_TIMEOUT,
+        tls.as_ref(),
     )
     .map_err(|e| Error::Config(format!("AUTH_USER_SERVICE_URL: {e}")))?;
     let users = UserServiceClient::with_interceptor(
@@ -103,22 +105,25 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         // Not fatal: the pool reconnects, and every call reports the outage meanwhile.
         tracing::warn!(error = %e, "session store not reachable at start");
     }
-    let server = AuthServiceServer::with_interceptor(
-        auth,
-        RequireToken::new(config.internal.internal_token.clone()),
-    );
+    let tls = config
+        .internal
+        .grpc_tls()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let server =
+        AuthServiceServer::with_interceptor(auth, config.internal.require_token(&listener));
     let name = <AuthServiceServer<Auth<AnyStore>> as NamedService>::NAME;
     // Health follows the session store: NOT_SERVING while Redis is unreachable.
     let ready = move || {
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness(
+    service_kit::grpc::serve_with_readiness_tls(
         listener,
         Routes::new(server),
         &[name],
         shutdown,
         ready,
+        tls.as_ref(),
     )
     .await?;
     Ok(())

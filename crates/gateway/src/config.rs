@@ -2,7 +2,12 @@
 
 use std::{net::IpAddr, str::FromStr, time::Duration};
 
-use service_kit::{grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+
+/// Default of `GATEWAY_REDIS_PREFIX`.
+pub const DEFAULT_REDIS_PREFIX: &str = "wxmp:";
+/// Default of `GATEWAY_UPSTREAM_CHECK_MS`.
+pub const DEFAULT_UPSTREAM_CHECK_MS: u64 = 1000;
 
 /// Every setting of the gateway. Parse with `Config::parse()` (environment and flags).
 #[derive(Clone, Debug, clap::Parser)]
@@ -68,8 +73,10 @@ pub struct Config {
         default_value_t = 60
     )]
     pub login_rate_per_min: u32,
-    /// FAIL verdicts on `/pay/notify` allowed per client IP per window; beyond it the gateway
-    /// answers FAIL without asking pay-service. 0 turns the limit off.
+    /// Notifies failing their signature check allowed per client IP per window on
+    /// `/pay/notify`; beyond it the sender's notifies are authenticated before anything else
+    /// and dropped unrecorded (HTTP 429, FAIL) unless they verify, so a genuine notify always
+    /// passes. 0 turns the limit off.
     #[arg(
         long,
         env = "GATEWAY_NOTIFY_FAIL_LIMIT",
@@ -81,6 +88,30 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", value_name = "GATEWAY_NOTIFY_FAIL_WINDOW_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub notify_fail_window_secs: u64,
+    /// Redis holding the `/login/` and `/pay/notify` rate-limit windows, shared by every
+    /// replica (e.g. redis://127.0.0.1:6379/0). Unset: each replica limits in its own memory.
+    /// While Redis fails, each replica falls back to its memory (gauge
+    /// `wxmp_rate_limit_shared` 0).
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_URL",
+        value_name = "GATEWAY_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Secret>,
+    /// Prefix of the gateway's Redis keys (`<prefix>ratelimit:<limit>:<client>`).
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_PREFIX",
+        value_name = "GATEWAY_REDIS_PREFIX",
+        default_value = DEFAULT_REDIS_PREFIX
+    )]
+    pub redis_prefix: String,
+    /// How often each upstream's gRPC health is checked, in milliseconds. The calls of an
+    /// upstream found down fail fast (envelope 213) until a check finds it serving again.
+    #[arg(long, env = "GATEWAY_UPSTREAM_CHECK_MS", value_name = "GATEWAY_UPSTREAM_CHECK_MS", default_value_t = DEFAULT_UPSTREAM_CHECK_MS,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub upstream_check_ms: u64,
     /// HTTP worker threads; default: the number of cores.
     #[arg(long, env = "GATEWAY_WORKERS", value_name = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
     pub workers: Option<u64>,
@@ -105,6 +136,9 @@ impl Config {
             login_rate_per_min: 60,
             notify_fail_limit: 20,
             notify_fail_window_secs: 60,
+            redis_url: None,
+            redis_prefix: DEFAULT_REDIS_PREFIX.into(),
+            upstream_check_ms: DEFAULT_UPSTREAM_CHECK_MS,
             workers: None,
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
@@ -112,6 +146,7 @@ impl Config {
             },
             internal: InternalAuthConfig {
                 internal_token: None,
+                ..Default::default()
             },
         }
     }
@@ -122,6 +157,10 @@ impl Config {
 
     pub fn notify_fail_window(&self) -> Duration {
         Duration::from_secs(self.notify_fail_window_secs)
+    }
+
+    pub fn upstream_check_interval(&self) -> Duration {
+        Duration::from_millis(self.upstream_check_ms)
     }
 
     pub fn body_limit(&self) -> usize {
@@ -259,6 +298,9 @@ mod tests {
         assert_eq!(c.login_rate_per_min, 60);
         assert_eq!(c.notify_fail_limit, 20);
         assert_eq!(c.notify_fail_window(), Duration::from_secs(60));
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.redis_prefix, "wxmp:");
+        assert_eq!(c.upstream_check_interval(), Duration::from_secs(1));
         let bad = Config::try_parse_from(["wxmp-gateway", "--trusted-proxies", "nope"]);
         assert!(bad.is_err());
     }

@@ -85,23 +85,47 @@ pub fn token(req: &HttpRequest, body_token: Option<&str>) -> Result<String, ApiE
         .ok_or_else(|| ApiError::missing("token"))
 }
 
-/// The client's address for WeChat's `spbill_create_ip`: the socket peer, or the last hop of
-/// `X-Forwarded-For` when the peer is a trusted proxy. Only the last hop is used because it is
-/// the one the trusted proxy wrote; anything before it the client can forge.
+/// The client's address (for the rate limits and WeChat's `spbill_create_ip`).
+///
+/// Without a trusted peer it is the socket peer. When the peer is a trusted proxy, the
+/// `X-Forwarded-For` chain (every such header, in order, comma-separated) is walked from the
+/// right: each trusted hop is a proxy of ours that appended the address it saw, so the first
+/// untrusted hop is the client (CDN → load balancer → gateway gives the user's address).
+/// Anything left of it was written by the client and may be forged, so it is never read. A
+/// hop that is not an address stops the walk at the last trusted address; a chain of trusted
+/// hops only answers its left-most one.
 pub fn client_ip(req: &HttpRequest, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip().to_canonical();
     if trusted.is_empty() || !trusted.contains(peer) {
         return Some(peer);
     }
-    let forwarded = req
+    let hops: Vec<&str> = req
         .headers()
         .get_all("x-forwarded-for")
-        .last()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical());
-    Some(forwarded.unwrap_or(peer))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            break;
+        };
+        client = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port (`1.2.3.4:5`,
+/// `[2001:db8::1]:5`), as some proxies write it.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
 }
 
 /// Validates an id that goes into a path or an upstream lookup: 1..=`max` of `[0-9A-Za-z_-]`.
@@ -166,6 +190,81 @@ mod tests {
         assert_eq!(
             client_ip(&req("10.1.1.1:5", "1.2.3.4"), &TrustedProxies::default()),
             Some(ip("10.1.1.1"))
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_walked_from_the_right_past_trusted_proxies() {
+        // The CDN (198.18.0.0/15 here) and the load balancer (10.0.0.0/8) are ours.
+        let trusted: TrustedProxies = "10.0.0.0/8, 198.18.0.0/15, fd00::/8".parse().unwrap();
+        let req = |peer: &str, xffs: &[&str]| {
+            let mut r = TestRequest::default().peer_addr(peer.parse().unwrap());
+            for xff in xffs {
+                r = r.append_header(("x-forwarded-for", *xff));
+            }
+            r.to_http_request()
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // user → CDN → LB → gateway: the LB appended the CDN, the CDN appended the user.
+        assert_eq!(
+            client_ip(&req("10.0.0.5:1", &["203.0.113.7, 198.18.0.9"]), &trusted),
+            ip("203.0.113.7")
+        );
+        // The user's own spoofed entries on the left are never read.
+        assert_eq!(
+            client_ip(
+                &req(
+                    "10.0.0.5:1",
+                    &["1.1.1.1, 10.9.9.9, 203.0.113.7, 198.18.0.9"]
+                ),
+                &trusted
+            ),
+            ip("203.0.113.7")
+        );
+        // A spoofed trusted-looking entry left of the real client does not help either.
+        assert_eq!(
+            client_ip(&req("10.0.0.5:1", &["10.0.0.1, 203.0.113.7"]), &trusted),
+            ip("203.0.113.7")
+        );
+        // Several headers are one list, in order.
+        assert_eq!(
+            client_ip(
+                &req("10.0.0.5:1", &["6.6.6.6, 203.0.113.7", "198.18.0.9"]),
+                &trusted
+            ),
+            ip("203.0.113.7")
+        );
+        // Ports and IPv6 hops; v4-mapped hops count as v4.
+        assert_eq!(
+            client_ip(
+                &req("[fd00::2]:1", &["[2001:db8::7]:443, ::ffff:198.18.0.9"]),
+                &trusted
+            ),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client_ip(&req("10.0.0.5:1", &["203.0.113.7:5555"]), &trusted),
+            ip("203.0.113.7")
+        );
+        // Garbage stops the walk at the last trusted address seen.
+        assert_eq!(
+            client_ip(
+                &req("10.0.0.5:1", &["203.0.113.7, bogus, 198.18.0.9"]),
+                &trusted
+            ),
+            ip("198.18.0.9")
+        );
+        // Only proxies of ours: the left-most one.
+        assert_eq!(
+            client_ip(&req("10.0.0.5:1", &["10.1.1.1, 198.18.0.9"]), &trusted),
+            ip("10.1.1.1")
+        );
+        // No header: the trusted peer itself.
+        assert_eq!(client_ip(&req("10.0.0.5:1", &[]), &trusted), ip("10.0.0.5"));
+        // An untrusted peer's header is ignored whatever it says.
+        assert_eq!(
+            client_ip(&req("203.0.113.50:1", &["198.18.0.9"]), &trusted),
+            ip("203.0.113.50")
         );
     }
 

@@ -16,7 +16,7 @@
 //! | `GET /products` | pay.ListProducts | `{products: [{id, name, price_fen}]}` |
 //! | `POST /pay/notify` | pay.HandlePayNotify | XML in, XML out (not enveloped, no token) |
 //! | `GET /healthz` | none | `{status: "ok"}` |
-//! | `GET /readyz` | gRPC health of all three | `{auth, user, pay}` states; 503 when one is not serving |
+//! | `GET /readyz` | gRPC health of all three | `{auth, user, pay}` states; 503 only when auth is not serving |
 //!
 //! Authenticated routes take the token from `Authorization: Bearer <token>` or, for the seed's
 //! clients, from a `token` field in the JSON body (the header wins). JSON bodies must be
@@ -57,14 +57,19 @@
 //! `GATEWAY_RPC_TIMEOUT_MS`. Metrics: `wxmp_http_requests_total{route,code}` (code = HTTP
 //! status), `wxmp_http_request_duration_seconds{route}`, `wxmp_pay_notify_total{verdict}`.
 //!
-//! Rate limits (in memory, per replica, per client IP; IPv6 per /64): `/login/` attempts
-//! `GATEWAY_LOGIN_RATE_PER_MIN` (default 60; over it envelope 208 / HTTP 429) and FAIL
-//! verdicts on `/pay/notify` `GATEWAY_NOTIFY_FAIL_LIMIT` per `GATEWAY_NOTIFY_FAIL_WINDOW_SECS`
-//! (default 20 per 60 s; over it a FAIL reply with HTTP 429, pay-service is not called).
-//! 0 turns either off.
+//! Rate limits (per client IP, IPv6 per /64; in Redis and shared by the replicas with
+//! `GATEWAY_REDIS_URL`, else in each replica's memory, see [`limit`]): `/login/` attempts
+//! `GATEWAY_LOGIN_RATE_PER_MIN` (default 60; over it envelope 208 / HTTP 429) and signature
+//! failures on `/pay/notify` `GATEWAY_NOTIFY_FAIL_LIMIT` per `GATEWAY_NOTIFY_FAIL_WINDOW_SECS`
+//! (default 20 per 60 s; over it the sender's notifies are verified first and dropped unless
+//! they verify, see [`routes::notify`]). 0 turns either off.
 //!
-//! The client IP (for the rate limits, and sent to WeChat) is the socket peer, or the last
-//! `X-Forwarded-For` hop when the peer is in `GATEWAY_TRUSTED_PROXIES`.
+//! The client IP (for the rate limits, and sent to WeChat) is the socket peer, or, when the
+//! peer is in `GATEWAY_TRUSTED_PROXIES`, the first `X-Forwarded-For` hop from the right that is
+//! not a trusted proxy ([`extract::client_ip`]).
+//!
+//! Each upstream's health is checked every `GATEWAY_UPSTREAM_CHECK_MS`; while one is down its
+//! routes answer 213 at once ([`upstream`]).
 
 pub mod config;
 pub mod envelope;
@@ -89,4 +94,8 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(transparent)]
+    Redis(#[from] limit::shared::InvalidUrl),
+    #[error(transparent)]
+    Tls(#[from] service_kit::grpc::TlsError),
 }

@@ -1,15 +1,21 @@
-//! Per-client rate limits, in memory: a fixed window of events per client address.
+//! Per-client rate limits: a fixed window of events per client address.
 //!
 //! Used for `/login/` attempts (each one costs a `code2Session` call against WeChat's quota)
-//! and for `/pay/notify` FAIL verdicts (someone sending forged or garbage notifies). The state
-//! is per gateway replica: with N replicas a client gets N times the budget at most.
+//! and for `/pay/notify` signature failures (someone sending forged notifies). Without
+//! `GATEWAY_REDIS_URL` the windows are in memory, per gateway replica (with N replicas a
+//! client gets N times the budget at most); with it they live in Redis, shared by every
+//! replica ([`shared`]), and each replica falls back to its own memory while Redis fails.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+pub mod shared;
+
+pub use shared::SharedWindows;
 
 /// Most client keys tracked at once; beyond it, expired windows are dropped first and then
 /// new clients pass unlimited (fail open) rather than the map growing without bound.
@@ -24,6 +30,71 @@ fn key_of(ip: IpAddr) -> IpAddr {
             IpAddr::V6(bits.into())
         }
         v4 => v4,
+    }
+}
+
+/// A named limit: shared in Redis when configured, else (and whenever Redis fails) in this
+/// replica's memory. The local windows count every event even while Redis decides, so a
+/// fallback starts from recent history rather than from zero.
+#[derive(Debug)]
+pub struct Limiter {
+    /// The limit's name in Redis keys, logs and metrics (`login`, `notify_sig`).
+    name: &'static str,
+    limit: u32,
+    window: Duration,
+    local: RateLimiter,
+    shared: Option<Arc<SharedWindows>>,
+}
+
+impl Limiter {
+    /// `None` when `limit` is 0 (the limit is off).
+    pub fn new(
+        name: &'static str,
+        limit: u32,
+        window: Duration,
+        shared: Option<Arc<SharedWindows>>,
+    ) -> Option<Self> {
+        Some(Self {
+            name,
+            limit,
+            window,
+            local: RateLimiter::new(limit, window)?,
+            shared,
+        })
+    }
+
+    /// Counts one event of `ip`; answers false when that event is over the limit.
+    pub async fn allow(&self, ip: IpAddr) -> bool {
+        let local = self.local.allow(ip);
+        match self.shared_events(ip, true).await {
+            Some(n) => n <= u64::from(self.limit),
+            None => local,
+        }
+    }
+
+    /// Whether `ip` has used up its budget in the current window (counts nothing).
+    pub async fn exhausted(&self, ip: IpAddr) -> bool {
+        match self.shared_events(ip, false).await {
+            Some(n) => n >= u64::from(self.limit),
+            None => self.local.exhausted(ip),
+        }
+    }
+
+    /// Counts one event of `ip`, whatever the budget says.
+    pub async fn record(&self, ip: IpAddr) {
+        self.local.record(ip);
+        self.shared_events(ip, true).await;
+    }
+
+    async fn shared_events(&self, ip: IpAddr, count: bool) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let n = shared
+            .events(self.name, &key_of(ip).to_string(), self.window, count)
+            .await;
+        if n.is_none() {
+            metrics::counter!("wxmp_rate_limit_fallback_total", "limit" => self.name).increment(1);
+        }
+        n
     }
 }
 

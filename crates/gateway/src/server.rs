@@ -12,7 +12,11 @@ use actix_web::{
 use service_kit::Shutdown;
 
 use crate::{
-    Config, Error, config::TrustedProxies, extract, limit::RateLimiter, observe, routes,
+    Config, Error,
+    config::TrustedProxies,
+    extract,
+    limit::{Limiter, SharedWindows},
+    observe, routes,
     upstream::Upstreams,
 };
 
@@ -26,23 +30,36 @@ pub struct AppState {
     pub trusted_proxies: TrustedProxies,
     pub body_limit: usize,
     /// `/login/` attempts per client IP per minute; `None` when off.
-    pub login_limit: Option<Arc<RateLimiter>>,
-    /// `/pay/notify` FAIL verdicts per client IP per window; `None` when off.
-    pub notify_fail_limit: Option<Arc<RateLimiter>>,
+    pub login_limit: Option<Arc<Limiter>>,
+    /// `/pay/notify` signature failures per client IP per window; `None` when off.
+    pub notify_fail_limit: Option<Arc<Limiter>>,
 }
 
 impl AppState {
     /// Creates the upstream channels (once; lazily connected). Call inside a tokio runtime.
     pub fn new(config: &Config) -> Result<Self, Error> {
+        let shared = match &config.redis_url {
+            Some(url) => Some(Arc::new(
+                SharedWindows::new(url, &config.redis_prefix).map_err(Error::Redis)?,
+            )),
+            None => None,
+        };
         Ok(Self {
             upstreams: Upstreams::new(config)?,
             trusted_proxies: config.trusted_proxies.clone(),
             body_limit: config.body_limit(),
-            login_limit: RateLimiter::new(config.login_rate_per_min, Duration::from_secs(60))
-                .map(Arc::new),
-            notify_fail_limit: RateLimiter::new(
+            login_limit: Limiter::new(
+                "login",
+                config.login_rate_per_min,
+                Duration::from_secs(60),
+                shared.clone(),
+            )
+            .map(Arc::new),
+            notify_fail_limit: Limiter::new(
+                "notify_sig",
                 config.notify_fail_limit,
                 config.notify_fail_window(),
+                shared,
             )
             .map(Arc::new),
         })
@@ -95,6 +112,11 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let state = AppState::new(&config).map_err(std::io::Error::other)?;
+    let _watch = AbortOnDrop(
+        state
+            .upstreams
+            .watch(config.upstream_check_interval(), shutdown.clone()),
+    );
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let workers = config.workers();
@@ -115,4 +137,13 @@ pub async fn serve(
     stopper.abort();
     tracing::info!("gateway stopped");
     result
+}
+
+/// Stops the upstream watcher with the server, even when the server future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -1,9 +1,27 @@
 //! The three gRPC services behind the gateway: channels made once, clients cloned per call.
+//!
+//! Each upstream's health is watched in the background ([`Upstreams::watch`]): while the last
+//! check found an upstream not serving, calls to it fail at once with DEPENDENCY_UNAVAILABLE
+//! (envelope 213) instead of each waiting for a connect timeout or the call's deadline, and
+//! the other upstreams' routes are unaffected.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
-use service_kit::grpc::{AttachToken, REQUEST_ID, channel};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use service_kit::{
+    ErrorReason, Shutdown,
+    grpc::{AttachToken, REQUEST_ID, channel_tls},
+};
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -15,7 +33,61 @@ use wxmp_proto::{
 
 use crate::{Config, request_id::RequestId};
 
-type Svc = InterceptedService<Channel, AttachToken>;
+/// What the API clients call through: the upstream's health gate, then the internal token.
+type Svc = InterceptedService<Channel, Gate>;
+/// What the health checks call through: never gated, so a down upstream is seen coming back.
+type HealthSvc = InterceptedService<Channel, AttachToken>;
+
+/// The upstreams, in the order of [`Upstreams::readiness`].
+const NAMES: [&str; 3] = ["auth", "user", "pay"];
+
+/// Consecutive failed checks after which an upstream counts as down: one check that times out
+/// on a busy machine must not turn a route away.
+const DOWN_AFTER: u32 = 2;
+
+/// Consecutive failed health checks of each upstream (0 until first checked: calls go through).
+#[derive(Debug, Default)]
+struct HealthBoard([AtomicU32; 3]);
+
+impl HealthBoard {
+    fn set(&self, index: usize, serving: bool) {
+        let name = NAMES[index];
+        if serving {
+            if self.0[index].swap(0, Ordering::Relaxed) >= DOWN_AFTER {
+                tracing::info!(upstream = name, "upstream serving again");
+            }
+            metrics::gauge!("wxmp_upstream_up", "upstream" => name).set(1.0);
+        } else if self.0[index].fetch_add(1, Ordering::Relaxed) + 1 == DOWN_AFTER {
+            tracing::warn!(upstream = name, "upstream down: its routes fail fast (213)");
+            metrics::gauge!("wxmp_upstream_up", "upstream" => name).set(0.0);
+        }
+    }
+
+    fn is_down(&self, index: usize) -> bool {
+        self.0[index].load(Ordering::Relaxed) >= DOWN_AFTER
+    }
+}
+
+/// Client-side interceptor of the API calls: refuses at once while the upstream is known to
+/// be down, else attaches the internal token.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    index: usize,
+    board: Arc<HealthBoard>,
+    token: AttachToken,
+}
+
+impl Interceptor for Gate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.board.is_down(self.index) {
+            return Err(service_kit::reason::status(
+                ErrorReason::DependencyUnavailable,
+                format!("{}-service is down", NAMES[self.index]),
+            ));
+        }
+        self.token.call(request)
+    }
+}
 
 /// How long a readiness probe waits for each upstream's health answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,7 +98,8 @@ pub struct Upstreams {
     auth: AuthServiceClient<Svc>,
     user: UserServiceClient<Svc>,
     pay: PayServiceClient<Svc>,
-    health: [(&'static str, HealthClient<Svc>); 3],
+    health: [(&'static str, HealthClient<HealthSvc>); 3],
+    board: Arc<HealthBoard>,
     rpc_timeout: Duration,
 }
 
@@ -38,28 +111,41 @@ impl Upstreams {
         // A refused or silent connect must fail well inside the call's deadline.
         let connect_timeout = rpc_timeout.min(Duration::from_secs(2));
         let token = AttachToken::new(config.internal.internal_token.as_ref());
-        let make = |name: &'static str, url: &str| -> Result<Svc, crate::Error> {
-            let ch = channel(url, connect_timeout, rpc_timeout).map_err(|source| {
-                crate::Error::Upstream {
-                    name,
-                    url: url.to_owned(),
-                    source,
-                }
-            })?;
-            Ok(InterceptedService::new(ch, token.clone()))
+        let tls = config.internal.grpc_tls()?;
+        let board = Arc::new(HealthBoard::default());
+        let make = |index: usize, url: &str| -> Result<(Svc, HealthSvc), crate::Error> {
+            let name = NAMES[index];
+            let ch =
+                channel_tls(url, connect_timeout, rpc_timeout, tls.as_ref()).map_err(|source| {
+                    crate::Error::Upstream {
+                        name,
+                        url: url.to_owned(),
+                        source,
+                    }
+                })?;
+            let gate = Gate {
+                index,
+                board: board.clone(),
+                token: token.clone(),
+            };
+            Ok((
+                InterceptedService::new(ch.clone(), gate),
+                InterceptedService::new(ch, token.clone()),
+            ))
         };
-        let auth = make("auth", &config.auth_url)?;
-        let user = make("user", &config.user_url)?;
-        let pay = make("pay", &config.pay_url)?;
+        let (auth, auth_health) = make(0, &config.auth_url)?;
+        let (user, user_health) = make(1, &config.user_url)?;
+        let (pay, pay_health) = make(2, &config.pay_url)?;
         Ok(Self {
             health: [
-                ("auth", HealthClient::new(auth.clone())),
-                ("user", HealthClient::new(user.clone())),
-                ("pay", HealthClient::new(pay.clone())),
+                (NAMES[0], HealthClient::new(auth_health)),
+                (NAMES[1], HealthClient::new(user_health)),
+                (NAMES[2], HealthClient::new(pay_health)),
             ],
             auth: AuthServiceClient::new(auth),
             user: UserServiceClient::new(user),
             pay: PayServiceClient::new(pay),
+            board,
             rpc_timeout,
         })
     }
@@ -87,8 +173,26 @@ impl Upstreams {
         request
     }
 
-    /// Asks each upstream's standard health service, concurrently, with a short deadline.
-    /// Answers (name, Ok(()) when SERVING or Err(why)).
+    /// Checks every upstream every `interval` until `shutdown`, so the calls of a down one
+    /// fail fast. Spawned by [`crate::serve`]; without it (say under `init_service`) every
+    /// call is attempted.
+    pub fn watch(&self, interval: Duration, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let upstreams = self.clone();
+        tokio::spawn(async move {
+            let request_id = RequestId::from_incoming(Some(b"upstream-watch"));
+            loop {
+                upstreams.readiness(&request_id).await;
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        })
+    }
+
+    /// Asks each upstream's standard health service, concurrently, with a short deadline, and
+    /// records what it found for the fail-fast gate. Answers (name, Ok(()) when SERVING or
+    /// Err(why)), in the order auth, user, pay.
     pub async fn readiness(
         &self,
         request_id: &RequestId,
@@ -115,6 +219,10 @@ impl Upstreams {
                 (*name, outcome)
             }
         });
-        futures::future::join_all(checks).await
+        let checked = futures::future::join_all(checks).await;
+        for (index, (_, outcome)) in checked.iter().enumerate() {
+            self.board.set(index, outcome.is_ok());
+        }
+        checked
     }
 }

@@ -1,6 +1,7 @@
 //! The gateway over real HTTP in front of fake gRPC services.
 
 mod common;
+mod hardening;
 
 use common::{GOOD_TOKEN, NOTIFY_REPLY, Options, Stack, assert_failure, start};
 use serde_json::json;
@@ -538,6 +539,9 @@ async fn forwarded_for_only_from_trusted_proxies() {
     assert_eq!(client_ip(&trusted), "1.2.3.4");
     assert_eq!(pay(&trusted, "not-an-ip").await.0, 200);
     assert_eq!(client_ip(&trusted), "127.0.0.1");
+    // user → CDN → load balancer → gateway: the first hop from the right that is not ours.
+    assert_eq!(pay(&trusted, "9.9.9.9, 1.2.3.4, 10.0.0.9").await.0, 200);
+    assert_eq!(client_ip(&trusted), "1.2.3.4");
     trusted.stop().await;
 
     let untrusted = start(Options {
@@ -649,8 +653,9 @@ async fn health_and_readiness() {
     let (status, body) = s.get_auth("/healthz", None).await;
     assert_eq!(status, 200, "liveness ignores upstreams");
     assert_eq!(body["code"], 200);
+    // A down user-service keeps the gateway ready (auth serves), and says which is down.
     let (status, body) = s.get_auth("/readyz", None).await;
-    assert_eq!((status, body["code"].as_u64()), (503, Some(213)), "{body}");
+    assert_eq!((status, body["code"].as_u64()), (200, Some(200)), "{body}");
     assert_eq!(body["data"]["auth"], "serving");
     assert_eq!(body["data"]["pay"], "serving");
     assert_ne!(body["data"]["user"], "serving");

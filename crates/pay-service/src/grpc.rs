@@ -74,7 +74,16 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandlePayNotifyRequest>,
     ) -> Result<Response<pb::HandlePayNotifyResponse>, Status> {
-        let reply = self.handle_pay_notify(&request.into_inner().raw_body).await;
+        // The gateway marks notifies of a sender over its budget of failed signatures.
+        let throttled = request
+            .metadata()
+            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        let body = request.into_inner().raw_body;
+        let reply = if throttled {
+            self.handle_throttled_pay_notify(&body).await
+        } else {
+            self.handle_pay_notify(&body).await
+        };
         Ok(Response::new(pb::HandlePayNotifyResponse {
             reply_xml: reply.reply_xml,
             accepted: reply.accepted,

@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod notify;
+pub mod notify_throttle;
 pub mod orders;
 pub mod payments;
 pub mod reconciler;
@@ -38,7 +39,6 @@ use diesel_migrations::embed_migrations;
 use service_kit::{
     Shutdown,
     db::{Database, Migrations, PoolOptions},
-    grpc::RequireToken,
 };
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -123,22 +123,25 @@ pub async fn serve_payments(
         }));
     }
     let probe_db = payments.inner.db.clone();
-    let service = PayServiceServer::with_interceptor(
-        payments,
-        RequireToken::new(config.internal.internal_token.clone()),
-    );
+    let tls = config
+        .internal
+        .grpc_tls()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let service =
+        PayServiceServer::with_interceptor(payments, config.internal.require_token(&listener));
     tracing::info!(addr = ?listener.local_addr().ok(), "pay-service listening");
     // Health follows the database: NOT_SERVING while it is unreachable.
     let ready = move || {
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
-    let served = service_kit::grpc::serve_with_readiness(
+    let served = service_kit::grpc::serve_with_readiness_tls(
         listener,
         Routes::new(service),
         &[grpc::SERVICE_NAME],
         shutdown,
         ready,
+        tls.as_ref(),
     )
     .await;
     stop_reconciler.trigger();

@@ -32,6 +32,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
     config.reconcile_after_secs = 0;
     config.internal = InternalAuthConfig {
         internal_token: Some(Secret::new("internal-s3cret")),
+        ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

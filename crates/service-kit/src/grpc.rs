@@ -4,8 +4,14 @@
 //! `x-request-id`, graceful shutdown, and (when configured) a shared internal token that
 //! every non-health call must present. Clients get lazily connected channels with connect
 //! and per-call timeouts, created once and cloned per call.
+//!
+//! Optional mutual TLS (`WXMP_GRPC_TLS_CERT`, `WXMP_GRPC_TLS_KEY`, `WXMP_GRPC_TLS_CA`): a
+//! server then accepts only clients presenting a certificate signed by the CA, and a client
+//! presents its own and accepts only servers signed by the same CA (the server's certificate
+//! must name the host of the URL, e.g. `auth` or `wxmp-auth`). Plain `http://` URLs are then
+//! dialled over TLS, so the URLs need not change.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -14,7 +20,9 @@ use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, MetadataMap},
     service::{Interceptor, Routes},
-    transport::{Channel, Endpoint, Server},
+    transport::{
+        Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+    },
 };
 use tonic_health::ServingStatus;
 
@@ -24,9 +32,13 @@ use crate::{Secret, Shutdown};
 pub const REQUEST_ID: &str = "x-request-id";
 /// The metadata key carrying the internal service token.
 pub const INTERNAL_TOKEN: &str = "x-wxmp-internal-token";
+/// Metadata the gateway puts on a pay notify whose sender is over its budget of failed
+/// signatures: the service authenticates it before doing anything else, and drops it
+/// unrecorded (verdict `rate_limited`) unless it verifies.
+pub const NOTIFY_SENDER_THROTTLED: &str = "x-wxmp-notify-sender-throttled";
 
 /// Settings of a gRPC server.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct InternalAuthConfig {
     /// Shared token every internal gRPC call must carry (metadata x-wxmp-internal-token).
     /// Unset disables the check: then keep the gRPC ports unreachable from outside.
@@ -37,6 +49,114 @@ pub struct InternalAuthConfig {
         hide_env_values = true
     )]
     pub internal_token: Option<Secret>,
+    #[command(flatten)]
+    pub tls: GrpcTlsConfig,
+}
+
+/// Mutual TLS on internal gRPC: all three files, or none (plaintext).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct GrpcTlsConfig {
+    /// PEM certificate (chain) this process presents, as a server and as a client.
+    #[arg(long, env = "WXMP_GRPC_TLS_CERT", value_name = "WXMP_GRPC_TLS_CERT",
+          requires_all = ["grpc_tls_key", "grpc_tls_ca"])]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of `WXMP_GRPC_TLS_CERT`.
+    #[arg(long, env = "WXMP_GRPC_TLS_KEY", value_name = "WXMP_GRPC_TLS_KEY",
+          requires_all = ["grpc_tls_cert", "grpc_tls_ca"])]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM CA that signs every service's certificate: peers must present one it signed.
+    #[arg(long, env = "WXMP_GRPC_TLS_CA", value_name = "WXMP_GRPC_TLS_CA",
+          requires_all = ["grpc_tls_cert", "grpc_tls_key"])]
+    pub grpc_tls_ca: Option<PathBuf>,
+}
+
+/// A TLS file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {var} ({path}): {source}")]
+pub struct TlsError {
+    pub var: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The loaded mutual-TLS material: this process's identity and the CA of its peers.
+#[derive(Clone, Debug)]
+pub struct GrpcTls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+impl GrpcTls {
+    /// Reads the three files; `None` when TLS is not configured.
+    pub fn load(config: &GrpcTlsConfig) -> Result<Option<Self>, TlsError> {
+        let (Some(cert), Some(key), Some(ca)) = (
+            &config.grpc_tls_cert,
+            &config.grpc_tls_key,
+            &config.grpc_tls_ca,
+        ) else {
+            return Ok(None);
+        };
+        let read = |var: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| TlsError {
+                var,
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok(Some(Self {
+            identity: Identity::from_pem(
+                read("WXMP_GRPC_TLS_CERT", cert)?,
+                read("WXMP_GRPC_TLS_KEY", key)?,
+            ),
+            ca: Certificate::from_pem(read("WXMP_GRPC_TLS_CA", ca)?),
+        }))
+    }
+
+    /// Server side: present the identity, require a client certificate signed by the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+            .client_auth_optional(false)
+    }
+
+    /// Client side: trust only the CA, present the identity.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+    }
+}
+
+impl InternalAuthConfig {
+    /// The mutual-TLS material, when `WXMP_GRPC_TLS_*` are set.
+    pub fn grpc_tls(&self) -> Result<Option<GrpcTls>, TlsError> {
+        GrpcTls::load(&self.tls)
+    }
+
+    /// The server-side token check for a service listening on `listener`; warns when the
+    /// service accepts any caller on an address other hosts can reach.
+    pub fn require_token(&self, listener: &TcpListener) -> RequireToken {
+        if let Ok(addr) = listener.local_addr() {
+            warn_if_open(self.internal_token.as_ref(), addr);
+        }
+        RequireToken::new(self.internal_token.clone())
+    }
+}
+
+/// Logs a warning when no internal token is set and `addr` is not a loopback address: then
+/// anyone who reaches the port can call every RPC (issue session keys, mark orders paid).
+pub fn warn_if_open(token: Option<&Secret>, addr: std::net::SocketAddr) {
+    let open = token.is_none_or(Secret::is_empty);
+    if open && !addr.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "WXMP_INTERNAL_TOKEN is unset and the gRPC listener is not on loopback: any host \
+             that reaches this port can call every RPC; set WXMP_INTERNAL_TOKEN (the same on \
+             every service) or bind to 127.0.0.1"
+        );
+    }
 }
 
 /// How often [`serve_with_readiness`] asks its probe.
@@ -63,6 +183,23 @@ pub async fn serve_with_readiness<P, F>(
     names: &[&str],
     shutdown: Shutdown,
     ready: P,
+) -> Result<(), tonic::transport::Error>
+where
+    P: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = bool> + Send,
+{
+    serve_with_readiness_tls(listener, routes, names, shutdown, ready, None).await
+}
+
+/// [`serve_with_readiness`], over mutual TLS when `tls` is given (clients must present a
+/// certificate signed by its CA).
+pub async fn serve_with_readiness_tls<P, F>(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&str],
+    shutdown: Shutdown,
+    ready: P,
+    tls: Option<&GrpcTls>,
 ) -> Result<(), tonic::transport::Error>
 where
     P: Fn() -> F + Send + 'static,
@@ -129,7 +266,11 @@ where
                 .await;
         }
     };
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    builder
         .trace_fn(|req| {
             let request_id = req
                 .headers()
@@ -224,7 +365,25 @@ pub fn channel(
     connect_timeout: Duration,
     call_timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+    channel_tls(url, connect_timeout, call_timeout, None)
+}
+
+/// [`channel`], over mutual TLS when `tls` is given (an `http://` URL is dialled as
+/// `https://`).
+pub fn channel_tls(
+    url: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    tls: Option<&GrpcTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = match (tls, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => Endpoint::from_shared(format!("https://{rest}"))?,
+        _ => Endpoint::from_shared(url.to_owned())?,
+    };
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client())?;
+    }
+    Ok(endpoint
         .connect_timeout(connect_timeout)
         .timeout(call_timeout)
         .tcp_nodelay(true)
@@ -276,6 +435,74 @@ mod tests {
             .call(Request::new(()))
             .unwrap();
         assert!(RequireToken::new(Some(secret)).call(request).is_ok());
+    }
+
+    /// Runs `f` with a subscriber that writes into a buffer; answers what was logged.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_open_listener_off_loopback_is_warned_about() {
+        let warning = "WXMP_INTERNAL_TOKEN is unset";
+        let public = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let loopback = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let no_token = InternalAuthConfig {
+            internal_token: None,
+            ..Default::default()
+        };
+        let token = InternalAuthConfig {
+            internal_token: Some(Secret::new("s3cret-token")),
+            ..Default::default()
+        };
+        let logged = logs_of(|| {
+            no_token.require_token(&public);
+        });
+        assert!(logged.contains("WARN"), "{logged}");
+        assert!(logged.contains(warning), "{logged}");
+        assert!(logged.contains("0.0.0.0:"), "names the address: {logged}");
+        let empty = InternalAuthConfig {
+            internal_token: Some(Secret::new("")),
+            ..Default::default()
+        };
+        assert!(
+            logs_of(|| {
+                empty.require_token(&public);
+            })
+            .contains(warning)
+        );
+        for (config, listener) in [
+            (&no_token, &loopback),
+            (&token, &public),
+            (&token, &loopback),
+        ] {
+            let logged = logs_of(|| {
+                config.require_token(listener);
+            });
+            assert!(!logged.contains(warning), "{logged}");
+        }
+        let logged = logs_of(|| {
+            token.require_token(&public);
+        });
+        assert!(!logged.contains("s3cret-token"), "{logged}");
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Config {
             },
             internal: InternalAuthConfig {
                 internal_token: None,
+                ..Default::default()
             },
         }
     }

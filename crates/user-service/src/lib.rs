@@ -17,7 +17,6 @@ use std::time::Duration;
 use service_kit::{
     Shutdown,
     db::{Database, Migrations, PoolOptions},
-    grpc::RequireToken,
 };
 use tokio::net::TcpListener;
 use wxmp_proto::user::v1::user_service_server::UserServiceServer;
@@ -58,17 +57,20 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     tracing::info!(backend = ?db.backend(), "users database migrated");
 
     let timeout = Duration::from_millis(config.rpc_timeout_ms);
-    let keys = AuthSessionKeys::new(
+    let tls = config
+        .internal
+        .grpc_tls()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let keys = AuthSessionKeys::new_tls(
         &config.auth_service_url,
         timeout,
         config.internal.internal_token.as_ref(),
+        tls.as_ref(),
     )?;
     let probe_db = db.clone();
     let service = Service::new(Users::new(db), keys);
-    let server = UserServiceServer::with_interceptor(
-        service,
-        RequireToken::new(config.internal.internal_token.clone()),
-    );
+    let server =
+        UserServiceServer::with_interceptor(service, config.internal.require_token(&listener));
     let routes = tonic::service::Routes::new(server);
     tracing::info!(addr = ?listener.local_addr().ok(), "user-service listening");
     // Health follows the database: NOT_SERVING while it is unreachable.
@@ -76,7 +78,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness(listener, routes, &[SERVICE_NAME], shutdown, ready)
-        .await?;
+    service_kit::grpc::serve_with_readiness_tls(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        shutdown,
+        ready,
+        tls.as_ref(),
+    )
+    .await?;
     Ok(())
 }

@@ -36,7 +36,17 @@ pub struct AuthSessionKeys {
 impl AuthSessionKeys {
     /// A client of auth-service at `url`; nothing is connected until the first call.
     pub fn new(url: &str, timeout: Duration, token: Option<&Secret>) -> Result<Self, Error> {
-        let channel = service_kit::grpc::channel(url, timeout, timeout)
+        Self::new_tls(url, timeout, token, None)
+    }
+
+    /// [`AuthSessionKeys::new`], over mutual TLS when `tls` is given.
+    pub fn new_tls(
+        url: &str,
+        timeout: Duration,
+        token: Option<&Secret>,
+        tls: Option<&service_kit::grpc::GrpcTls>,
+    ) -> Result<Self, Error> {
+        let channel = service_kit::grpc::channel_tls(url, timeout, timeout, tls)
             .map_err(|e| Error::Config(format!("USER_AUTH_SERVICE_URL {url:?}: {e}")))?;
         Ok(Self {
             client: AuthServiceClient::with_interceptor(channel, AttachToken::new(token)),

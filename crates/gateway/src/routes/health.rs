@@ -1,4 +1,4 @@
-//! Probes: `/healthz` says the process serves HTTP; `/readyz` that its upstreams serve too.
+//! Probes: `/healthz` says the process serves HTTP; `/readyz` whether it should get traffic.
 
 use std::collections::BTreeMap;
 
@@ -21,10 +21,18 @@ pub async fn healthz() -> HttpResponse {
     ok(Alive { status: "ok" })
 }
 
-/// Readiness: every upstream answers its gRPC health check as SERVING, else 503 naming which.
+/// The upstream the gateway cannot do without: login (and every authenticated route) goes
+/// through auth-service.
+const REQUIRED: &str = "auth";
+
+/// Readiness: 200 while auth-service answers SERVING, 503 otherwise; `data` names every
+/// upstream's state either way. A down user- or pay-service keeps the gateway in rotation
+/// (taking every replica out would stop logins too): their routes answer 213 at once.
 pub async fn readyz(state: web::Data<AppState>, request_id: RequestId) -> HttpResponse {
     let checks = state.upstreams.readiness(&request_id).await;
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let ready = checks
+        .iter()
+        .any(|(name, r)| *name == REQUIRED && r.is_ok());
     let data: BTreeMap<&str, String> = checks
         .into_iter()
         .map(|(name, r)| (name, r.map_or_else(|why| why, |()| "serving".to_owned())))

@@ -1,7 +1,16 @@
 //! `POST /pay/notify`: WeChat Pay's payment notify. XML in, XML out, no token: pay-service
-//! verifies the signature. The gateway only bounds the body, relays the reply, and stops
-//! listening to a client IP after `GATEWAY_NOTIFY_FAIL_LIMIT` FAIL verdicts in
-//! `GATEWAY_NOTIFY_FAIL_WINDOW_SECS` (HTTP 429 with a FAIL reply, pay-service not called).
+//! verifies the signature. The gateway only bounds the body, relays the reply, and throttles
+//! senders of forged notifies.
+//!
+//! The limiter counts only notifies whose signature failed (`bad_signature`): an unknown
+//! order, a wrong amount or a body our parser rejects can come from WeChat itself, and must
+//! never lock WeChat out. After `GATEWAY_NOTIFY_FAIL_LIMIT` signature failures from a client
+//! IP in `GATEWAY_NOTIFY_FAIL_WINDOW_SECS`, its notifies still reach pay-service, marked
+//! throttled ([`service_kit::grpc::NOTIFY_SENDER_THROTTLED`]): pay-service then checks the
+//! signature before anything else and drops a notify that does not verify, unrecorded
+//! (verdict `rate_limited`, HTTP 429 with a FAIL reply), while a verified one is handled as
+//! usual. So the throttle costs a forger's notify one signature check and no database work,
+//! and a genuine notify is never refused, whoever shares its address (a proxy, a NAT).
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures::StreamExt;
@@ -40,61 +49,65 @@ pub async fn pay_notify(
 ) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
-    // A sender that keeps failing verification is not WeChat: stop spending pay-service's
-    // signature checks and database writes on it for the rest of the window.
-    if let Some((limit, ip)) = limit
-        && limit.exhausted(ip)
-    {
-        tracing::warn!(client_ip = %ip, "pay notify refused: too many failed notifies");
-        metrics::counter!("wxmp_pay_notify_total", "verdict" => "rate_limited").increment(1);
-        return fail(StatusCode::TOO_MANY_REQUESTS, "too many failed notifies");
-    }
-    // The sender's own failures count against it; an outage of ours does not.
-    let refuse = |status: StatusCode, msg: &str| {
-        if let Some((limit, ip)) = limit {
-            limit.record(ip);
-        }
-        fail(status, msg)
+    let throttled = match limit {
+        Some((limit, ip)) => limit.exhausted(ip).await,
+        None => false,
     };
+    if let (true, Some(ip)) = (throttled, client_ip) {
+        tracing::info!(client_ip = %ip, "pay notify from a throttled sender: verify first");
+    }
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > NOTIFY_BODY_LIMIT as u64) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
-            return refuse(StatusCode::BAD_REQUEST, "unreadable body");
+            return fail(StatusCode::BAD_REQUEST, "unreadable body");
         };
         if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
         body.extend_from_slice(&chunk);
     }
     let upstreams = &state.upstreams;
-    let outcome = upstreams
-        .pay()
-        .handle_pay_notify(upstreams.request(
-            &request_id,
-            HandlePayNotifyRequest {
-                raw_body: body.freeze().to_vec(),
-            },
-        ))
-        .await;
+    let mut request = upstreams.request(
+        &request_id,
+        HandlePayNotifyRequest {
+            raw_body: body.freeze().to_vec(),
+        },
+    );
+    if throttled {
+        request.metadata_mut().insert(
+            service_kit::grpc::NOTIFY_SENDER_THROTTLED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    let outcome = upstreams.pay().handle_pay_notify(request).await;
     match outcome {
         Ok(response) => {
             let response = response.into_inner();
             tracing::info!(verdict = %response.verdict, accepted = response.accepted, "pay notify");
             metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
                 .increment(1);
-            if !response.accepted
-                && response.verdict != "internal_error"
-                && let Some((limit, ip)) = limit
-            {
-                limit.record(ip);
+            match response.verdict.as_str() {
+                // Forged (or signed with another key): the one failure a sender is counted for.
+                "bad_signature" => {
+                    if let Some((limit, ip)) = limit {
+                        limit.record(ip).await;
+                    }
+                }
+                "rate_limited" => {
+                    if let Some(ip) = client_ip {
+                        tracing::warn!(client_ip = %ip, "pay notify refused: too many failed signatures");
+                    }
+                    return xml(StatusCode::TOO_MANY_REQUESTS, response.reply_xml);
+                }
+                _ => {}
             }
             xml(StatusCode::OK, response.reply_xml)
         }

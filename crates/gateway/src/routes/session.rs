@@ -39,7 +39,7 @@ pub async fn login(
     if let (Some(limit), Some(ip)) = (
         &state.login_limit,
         extract::client_ip(&req, &state.trusted_proxies),
-    ) && !limit.allow(ip)
+    ) && !limit.allow(ip).await
     {
         tracing::warn!(client_ip = %ip, "login rate limit reached");
         return Err(Code::RateLimited.into());

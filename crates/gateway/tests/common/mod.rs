@@ -296,11 +296,44 @@ impl PayService for FakePay {
         req: Request<HandlePayNotifyRequest>,
     ) -> Result<Response<HandlePayNotifyResponse>, Status> {
         let body = String::from_utf8_lossy(&req.get_ref().raw_body).into_owned();
-        self.0.record("handle_pay_notify", &req, body);
+        let throttled = req
+            .metadata()
+            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        self.0.record(
+            if throttled {
+                "handle_pay_notify_throttled"
+            } else {
+                "handle_pay_notify"
+            },
+            &req,
+            body.clone(),
+        );
+        // Plays pay-service's verdicts: a body saying `forged` fails its signature, one
+        // naming a verdict gets it, anything else is applied.
+        let verdict = if body.contains("forged") {
+            if throttled {
+                "rate_limited"
+            } else {
+                "bad_signature"
+            }
+        } else if let Some(v) = ["unknown_order", "amount_mismatch", "malformed"]
+            .into_iter()
+            .find(|v| body.contains(v))
+        {
+            v
+        } else {
+            return Ok(Response::new(HandlePayNotifyResponse {
+                reply_xml: NOTIFY_REPLY.into(),
+                accepted: true,
+                verdict: "applied".into(),
+            }));
+        };
         Ok(Response::new(HandlePayNotifyResponse {
-            reply_xml: NOTIFY_REPLY.into(),
-            accepted: true,
-            verdict: "applied".into(),
+            reply_xml: format!(
+                "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[{verdict}]]></return_msg></xml>"
+            ),
+            accepted: false,
+            verdict: verdict.into(),
         }))
     }
 
@@ -351,14 +384,23 @@ pub struct Options {
     pub auth_down: bool,
     pub user_down: bool,
     pub pay_down: bool,
+    /// pay-service accepts connections and never answers (a hung process, a black hole).
+    pub pay_hung: bool,
     pub trusted_proxies: Option<String>,
     pub rpc_timeout_ms: Option<u64>,
     pub body_limit: Option<u64>,
     pub internal_token: Option<String>,
+    pub login_rate_per_min: Option<u32>,
+    pub notify_fail_limit: Option<u32>,
+    /// GATEWAY_REDIS_URL and a key prefix (fresh per test).
+    pub redis: Option<(String, String)>,
+    pub upstream_check_ms: Option<u64>,
 }
 
 pub struct Stack {
     pub base: String,
+    /// The gateway's configuration (to start more replicas in front of the same fakes).
+    pub config: gateway::Config,
     pub calls: Recorder,
     pub shutdown: Shutdown,
     pub gateway: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -409,6 +451,8 @@ pub async fn start(options: Options) -> Stack {
     };
     let pay_url = if options.pay_down {
         closed_url()
+    } else if options.pay_hung {
+        hung_url().await
     } else {
         start_fake(
             Routes::new(PayServiceServer::new(FakePay(calls.clone()))),
@@ -429,9 +473,20 @@ pub async fn start(options: Options) -> Stack {
         config.body_limit = limit;
     }
     config.internal.internal_token = options.internal_token.as_deref().map(Into::into);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let gateway = tokio::spawn(gateway::serve(config, listener, shutdown.clone()));
+    if let Some(n) = options.login_rate_per_min {
+        config.login_rate_per_min = n;
+    }
+    if let Some(n) = options.notify_fail_limit {
+        config.notify_fail_limit = n;
+    }
+    if let Some((url, prefix)) = &options.redis {
+        config.redis_url = Some(url.as_str().into());
+        config.redis_prefix = prefix.clone();
+    }
+    if let Some(ms) = options.upstream_check_ms {
+        config.upstream_check_ms = ms;
+    }
+    let (base, gateway) = start_gateway(config.clone(), shutdown.clone());
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -439,11 +494,38 @@ pub async fn start(options: Options) -> Stack {
         .unwrap();
     Stack {
         base,
+        config,
         calls,
         shutdown,
         gateway,
         http,
     }
+}
+
+/// Serves a gateway with `config` on a free port until `shutdown`; answers its base URL.
+pub fn start_gateway(
+    config: gateway::Config,
+    shutdown: Shutdown,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (
+        base,
+        tokio::spawn(gateway::serve(config, listener, shutdown)),
+    )
+}
+
+/// A URL that accepts TCP connections and never answers a byte (kept open for the test).
+async fn hung_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("http://{addr}")
 }
 
 impl Stack {
@@ -499,6 +581,91 @@ impl Stack {
     }
 }
 
+/// A private `redis-server` (no persistence) on a free port, that a test may stop; the shared
+/// Redis on 6379 is never touched. Killed when dropped.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The shared Redis of the tests (`WXMP_TEST_REDIS_URL`, default 127.0.0.1:6379) and a fresh
+/// key prefix.
+pub fn shared_redis() -> (String, String) {
+    let url = std::env::var("WXMP_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    (
+        url,
+        format!("wxmp-gw-test:{}:", uuid::Uuid::new_v4().simple()),
+    )
+}
+
+/// Polls `f` every 50 ms until it answers true or `timeout` passes; answers the last result.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if f().await {
+            return true;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts the envelope of a failure: code, HTTP status, data null, msg present.
 pub fn assert_failure(got: &(u16, serde_json::Value), code: u64, http: u16) {
     let (status, body) = got;
@@ -509,4 +676,15 @@ pub fn assert_failure(got: &(u16, serde_json::Value), code: u64, http: u16) {
         body["msg"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+/// The process's metrics recorder (installed on first use), to read what the gateway reported.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("a metrics recorder")
+    })
 }

@@ -1,0 +1,75 @@
+//! Notifies from a sender the gateway throttles (metadata
+//! `x-wxmp-notify-sender-throttled`: the sender's address failed too many signature checks).
+//!
+//! Such a notify is authenticated before anything else, with no database work: one that
+//! verifies (WeChat sharing an address with a forger, behind a proxy or a NAT) is handled as
+//! any other, so WeChat is never locked out; one that does not is dropped unrecorded with the
+//! verdict `rate_limited`, so a flood of forgeries costs one signature check each.
+
+use wechat::pay::{NotifyError, notify_reply_fail, verify_notify, xml};
+
+use crate::{notify::NotifyReply, payments::Payments};
+
+/// The verdict of a throttled sender's notify that did not verify.
+pub const RATE_LIMITED: &str = "rate_limited";
+
+impl Payments {
+    /// [`Payments::handle_pay_notify`] for a throttled sender.
+    pub async fn handle_throttled_pay_notify(&self, raw_body: &[u8]) -> NotifyReply {
+        if self.notify_signature_verifies(raw_body) {
+            return self.handle_pay_notify(raw_body).await;
+        }
+        metrics::counter!("wxmp_pay_notifies_total", "verdict" => RATE_LIMITED).increment(1);
+        NotifyReply {
+            reply_xml: notify_reply_fail(RATE_LIMITED),
+            accepted: false,
+            verdict: RATE_LIMITED,
+        }
+    }
+
+    /// Whether the notify's signature verifies with the key of the merchant of its own appid
+    /// (the full handling then checks it against the order as usual).
+    fn notify_signature_verifies(&self, raw_body: &[u8]) -> bool {
+        let Ok(fields) = xml::parse(raw_body) else {
+            return false;
+        };
+        let appid = fields.get("appid").map(String::as_str).unwrap_or_default();
+        let pay = self.inner.wechat.config_for(appid);
+        signature_verified(&verify_notify(raw_body, &pay))
+    }
+}
+
+/// Whether `verify_notify` got past the signature check: it checks the signature before
+/// trusting any field, so these later failures all come from a correctly signed notify.
+fn signature_verified<T>(outcome: &Result<T, NotifyError>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(NotifyError::MissingField(field)) => !matches!(*field, "sign" | "return_code"),
+        Err(NotifyError::AppIdMismatch | NotifyError::MchIdMismatch | NotifyError::BadAmount) => {
+            true
+        }
+        Err(NotifyError::Xml(_) | NotifyError::BadSignature | NotifyError::ReturnFail(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_before_the_signature_check_count_as_unverified() {
+        let ok: Result<(), NotifyError> = Ok(());
+        assert!(signature_verified(&ok));
+        assert!(!signature_verified::<()>(&Err(NotifyError::BadSignature)));
+        assert!(!signature_verified::<()>(&Err(NotifyError::MissingField(
+            "sign"
+        ))));
+        assert!(!signature_verified::<()>(&Err(NotifyError::ReturnFail(
+            String::new()
+        ))));
+        assert!(signature_verified::<()>(&Err(NotifyError::MissingField(
+            "transaction_id"
+        ))));
+        assert!(signature_verified::<()>(&Err(NotifyError::AppIdMismatch)));
+    }
+}
