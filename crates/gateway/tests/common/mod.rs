@@ -97,6 +97,7 @@ fn user(id: i64) -> User {
         country: "China".into(),
         phone: String::new(),
         phone_country_code: String::new(),
+        phone_number: String::new(),
         created_at: 1,
         updated_at: 2,
     }
@@ -165,6 +166,13 @@ impl AuthService for FakeAuth {
         &self,
         _: Request<GetSessionKeyRequest>,
     ) -> Result<Response<GetSessionKeyResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn get_access_token(
+        &self,
+        _: Request<wxmp_proto::auth::v1::GetAccessTokenRequest>,
+    ) -> Result<Response<wxmp_proto::auth::v1::GetAccessTokenResponse>, Status> {
         Err(Status::unimplemented("not for the gateway"))
     }
 }
