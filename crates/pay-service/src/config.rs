@@ -117,6 +117,9 @@ pub struct Config {
     pub wechat_timeout_ms: u64,
 
     #[command(flatten)]
+    pub paid_message: crate::subscribe::PaidMessageConfig,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 
     #[command(flatten)]

@@ -29,6 +29,7 @@ pub mod payments;
 pub mod reconciler;
 pub mod schema;
 pub mod store;
+pub mod subscribe;
 pub mod wxpay;
 
 use diesel_migrations::embed_migrations;
@@ -95,6 +96,7 @@ pub async fn serve_payments(
     // The reconciler stops with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
+    let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
     let probe_db = payments.inner.db.clone();
     let service = PayServiceServer::with_interceptor(
         payments,
@@ -117,6 +119,9 @@ pub async fn serve_payments(
     stop_reconciler.trigger();
     if let Err(e) = reconciler.await {
         tracing::warn!(error = %e, "reconciler task ended abnormally");
+    }
+    if let Err(e) = sender.await {
+        tracing::warn!(error = %e, "paid message sender ended abnormally");
     }
     served?;
     Ok(())

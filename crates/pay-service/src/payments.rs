@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) db: Database,
     pub(crate) wechat: WechatPay,
     pub(crate) settings: Settings,
+    /// The "order paid" subscribe message (subscribe.rs); None when not configured.
+    pub(crate) paid_messages: Option<Arc<crate::subscribe::PaidMessages>>,
     pub(crate) clock: Clock,
 }
 
@@ -171,6 +173,8 @@ impl Payments {
                 wechat,
                 settings,
                 clock,
+                paid_messages: crate::subscribe::PaidMessages::from_config(config)
+                    .map_err(Error::Config)?,
             }),
         })
     }
@@ -522,6 +526,7 @@ impl Payments {
         )
         .await?;
         log_paid_outcome(&outcome, "orderquery");
+        crate::subscribe::on_paid(self, &outcome).await;
         Ok(Some(outcome))
     }
 

@@ -39,3 +39,20 @@ diesel::table! {
         accepted -> Bool,
     }
 }
+
+diesel::table! {
+    paid_messages (order_no) {
+        order_no -> Text,
+        app_id -> Text,
+        openid -> Text,
+        template_id -> Text,
+        data -> Text,
+        page -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_error -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

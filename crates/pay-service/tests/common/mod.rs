@@ -175,6 +175,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         sign_type: "MD5".into(),
         wechat_pay_base: sandbox.base_url.clone(),
         wechat_timeout_ms: 5000,
+        paid_message: Default::default(),
         telemetry: TelemetryConfig {
             log_format: LogFormat::Pretty,
             metrics_addr: None,
