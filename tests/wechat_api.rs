@@ -17,8 +17,11 @@ async fn phone_code(t: &TestStack, body: Value) -> String {
 }
 
 async fn phone(t: &TestStack, token: &str, code: &str) -> (StatusCode, Value) {
-    t.post(&t.gateway("/phone/"), json!({ "token": token, "code": code }))
-        .await
+    t.post(
+        &t.gateway("/phone/"),
+        json!({ "token": token, "code": code }),
+    )
+    .await
 }
 
 async fn phone_by_code(backend: Backend) {
@@ -30,16 +33,28 @@ async fn phone_by_code(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let data = &answer["data"];
     assert_eq!(
-        (&data["phone"], &data["phone_number"], &data["phone_country_code"]),
+        (
+            &data["phone"],
+            &data["phone_number"],
+            &data["phone_country_code"]
+        ),
         (&json!("13800138000"), &json!("13800138000"), &json!("86")),
         "{answer}"
     );
 
     // A used code and a made-up one: 221, and nothing changes.
     let (status, answer) = phone(&t, &token, &code).await;
-    assert_eq!((status, answer["code"].clone()), (StatusCode::BAD_REQUEST, json!(221)), "{answer}");
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(221)),
+        "{answer}"
+    );
     let (status, answer) = phone(&t, &token, "not-a-real-code").await;
-    assert_eq!((status, answer["code"].clone()), (StatusCode::BAD_REQUEST, json!(221)), "{answer}");
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(221)),
+        "{answer}"
+    );
 
     // WeChat busy (-1): 222, nothing stored, and the same code works on a retry.
     let foreign = phone_code(
@@ -74,7 +89,10 @@ async fn phone_by_code(backend: Backend) {
     let (status, answer) = t
         .post(&t.gateway("/phone/"), json!({ "token": token }))
         .await;
-    assert_eq!((status, answer["code"].clone()), (StatusCode::BAD_REQUEST, json!(201)));
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(201))
+    );
 
     // A WeChat that rejects the shared token (another party refreshed it): one forced refresh,
     // one retry, and the caller never notices.
@@ -97,7 +115,10 @@ async fn phone_by_code(backend: Backend) {
         .json::<Value>()
         .await
         .unwrap();
-    assert_eq!(stats["stable_fetches"], 2, "one fetch, one refresh after the rejection: {stats}");
+    assert_eq!(
+        stats["stable_fetches"], 2,
+        "one fetch, one refresh after the rejection: {stats}"
+    );
     assert_eq!(stats["rejected_uses"], 1, "{stats}");
 }
 on_both_backends!(phone_number_by_code, phone_by_code);
@@ -132,7 +153,9 @@ async fn paid_messages(t: &TestStack) -> Vec<(String, String, i32)> {
                 .await
         })?)
     }
-    query(&t.pay_database_url).await.expect("read paid_messages")
+    query(&t.pay_database_url)
+        .await
+        .expect("read paid_messages")
 }
 
 async fn sent_messages(t: &TestStack, openid: &str) -> Vec<Value> {
@@ -229,7 +252,11 @@ async fn paid_message_once(backend: Backend) {
             .iter()
             .filter(|m| m["data"]["character_string2"] == **order_no)
             .collect();
-        assert_eq!(for_order.len(), 1, "exactly one message for {order_no}: {messages:?}");
+        assert_eq!(
+            for_order.len(),
+            1,
+            "exactly one message for {order_no}: {messages:?}"
+        );
         assert_eq!(for_order[0]["template_id"], TEMPLATE);
         assert_eq!(for_order[0]["data"]["amount1"], "12.00");
     }

@@ -64,7 +64,9 @@ impl FromStr for TokenApi {
         match s {
             "stable" => Ok(Self::Stable),
             "legacy" => Ok(Self::Legacy),
-            _ => Err(format!("WXMP_ACCESS_TOKEN_API must be stable or legacy, not {s:?}")),
+            _ => Err(format!(
+                "WXMP_ACCESS_TOKEN_API must be stable or legacy, not {s:?}"
+            )),
         }
     }
 }
@@ -228,7 +230,9 @@ impl<C: TokenCache> AccessTokens<C> {
                     // The previous holder may have stored a fresh token between our read and
                     // our lock: look again before fetching (one fetch per refresh window).
                     let latest = self.cache.get(app_id).await?;
-                    if latest.as_ref().map(|c| c.generation) != cached.as_ref().map(|c| c.generation) {
+                    if latest.as_ref().map(|c| c.generation)
+                        != cached.as_ref().map(|c| c.generation)
+                    {
                         self.cache.unlock(app_id, fence).await?;
                         continue;
                     }
@@ -280,11 +284,12 @@ impl<C: TokenCache> AccessTokens<C> {
         }
         if want.force_refresh {
             // Only a token newer than the rejected one helps.
-            return (want.stale_generation > 0 && c.generation > want.stale_generation)
-                .then(|| {
+            return (want.stale_generation > 0 && c.generation > want.stale_generation).then(
+                || {
                     meter::access_token_forced("already_newer");
                     token(app_id, c)
-                });
+                },
+            );
         }
         (now < c.refresh_at_ms).then(|| token(app_id, c))
     }
@@ -343,9 +348,19 @@ impl<C: TokenCache> AccessTokens<C> {
         if !self.cache.store(app_id, fence, &record, lifetime).await? {
             // Our lock ran out while WeChat answered: whoever holds it now decides what is
             // cached. The token we got is still valid at WeChat.
-            tracing::warn!(app_id, fence, "access_token lock lost before storing; not cached");
+            tracing::warn!(
+                app_id,
+                fence,
+                "access_token lock lost before storing; not cached"
+            );
         } else {
-            tracing::info!(app_id, generation = fence, reason = why.label(), expires_in = fetched.expires_in, "access_token refreshed");
+            tracing::info!(
+                app_id,
+                generation = fence,
+                reason = why.label(),
+                expires_in = fetched.expires_in,
+                "access_token refreshed"
+            );
         }
         Ok(token(app_id, &record))
     }

@@ -172,7 +172,12 @@ pub struct Config {
 
     /// Which WeChat endpoint issues access_tokens: `stable` (`/cgi-bin/stable_token`, a fetch
     /// does not invalidate the token others hold) or `legacy` (`/cgi-bin/token`).
-    #[arg(long, env = "WXMP_ACCESS_TOKEN_API", value_name = "WXMP_ACCESS_TOKEN_API", default_value = "stable")]
+    #[arg(
+        long,
+        env = "WXMP_ACCESS_TOKEN_API",
+        value_name = "WXMP_ACCESS_TOKEN_API",
+        default_value = "stable"
+    )]
     pub access_token_api: crate::access_token::TokenApi,
 
     /// Refresh the access_token this long before WeChat expires it (at most a fifth of its

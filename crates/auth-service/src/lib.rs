@@ -61,13 +61,13 @@ pub fn open_store(config: &Config) -> Result<AnyStore, Error> {
 /// `AUTH_REDIS_URL` is set, else memory.
 pub fn open_token_cache(config: &Config) -> Result<access_token::AnyTokenCache, Error> {
     Ok(match &config.redis_url {
-        Some(url) => access_token::AnyTokenCache::Redis(access_token::RedisTokenCache::new(
-            RedisStore::new(
+        Some(url) => {
+            access_token::AnyTokenCache::Redis(access_token::RedisTokenCache::new(RedisStore::new(
                 url.expose(),
                 config.redis_prefix.clone(),
                 RedisOptions::default(),
-            )?,
-        )),
+            )?))
+        }
         None => access_token::AnyTokenCache::Memory(access_token::MemoryTokenCache::default()),
     })
 }

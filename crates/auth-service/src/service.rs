@@ -14,8 +14,8 @@ use wechat::WechatClient;
 use wxmp_proto::{
     auth::v1::{
         AuthenticateRequest, AuthenticateResponse, GetAccessTokenRequest, GetAccessTokenResponse,
-        GetSessionKeyRequest, GetSessionKeyResponse,
-        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, Principal, auth_service_server,
+        GetSessionKeyRequest, GetSessionKeyResponse, LoginRequest, LoginResponse, LogoutRequest,
+        LogoutResponse, Principal, auth_service_server,
     },
     user::v1::{EnsureUserRequest, user_service_client::UserServiceClient},
 };

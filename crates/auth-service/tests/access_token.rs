@@ -118,7 +118,10 @@ async fn hammer_across_expiries(api: TokenApi) {
         t.await.unwrap();
     }
     let rejected = rejected.lock().unwrap().clone();
-    assert!(rejected.is_empty(), "{api:?}: WeChat rejected tokens: {rejected:?}");
+    assert!(
+        rejected.is_empty(),
+        "{api:?}: WeChat rejected tokens: {rejected:?}"
+    );
     let stats = stats(&sandbox).await;
     let fetches = match api {
         TokenApi::Stable => stats.stable_fetches,
@@ -199,7 +202,10 @@ async fn a_storm_of_rejections_causes_one_refresh() {
         1,
         "one refresh for 100 reports: {after:?}"
     );
-    assert_eq!(after.stable_forced, 0, "a normal fetch already got the new token");
+    assert_eq!(
+        after.stable_forced, 0,
+        "a normal fetch already got the new token"
+    );
 
     // The same reports again, now stale: answered from the cache, no fetch at all.
     for replica in &replicas {
@@ -227,7 +233,11 @@ async fn redis_down_is_a_clear_error_and_fetches_nothing() {
         .unwrap()
         .port();
     // Nothing listens there any more.
-    let config = config(&sandbox, &prefix(), Some(format!("redis://127.0.0.1:{port}")));
+    let config = config(
+        &sandbox,
+        &prefix(),
+        Some(format!("redis://127.0.0.1:{port}")),
+    );
     let replica = Arc::new(replica(&config));
     let started = Instant::now();
     let calls: Vec<_> = (0..20)
@@ -291,14 +301,22 @@ async fn a_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl() {
 
     let successor = replica(&config);
     let started = Instant::now();
-    let token = bounded(successor.get("", NO_FORCE)).await.expect("taken over");
+    let token = bounded(successor.get("", NO_FORCE))
+        .await
+        .expect("taken over");
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(500),
         "the successor waited for the dead holder's lock ({waited:?})"
     );
-    assert!(waited < Duration::from_secs(5), "and no longer ({waited:?})");
-    assert!(token.generation >= 2, "a later fencing value than the dead holder's");
+    assert!(
+        waited < Duration::from_secs(5),
+        "and no longer ({waited:?})"
+    );
+    assert!(
+        token.generation >= 2,
+        "a later fencing value than the dead holder's"
+    );
     assert!(accepted(&http, &sandbox, &token.access_token).await);
     // A third replica reads the successor's token (same generation) from Redis.
     let third = replica(&config).get("", NO_FORCE).await.unwrap();
@@ -322,20 +340,39 @@ async fn get_access_token_over_grpc_in_memory() {
         .unwrap()
         .into_inner();
     assert_eq!(a.app_id, DEV_APP);
-    assert!(a.expires_in > 7000 && a.expires_in <= 7200, "{}", a.expires_in);
-    let b = auth.get_access_token(get(false, 0)).await.unwrap().into_inner();
-    assert_eq!((a.access_token.as_str(), a.generation), (b.access_token.as_str(), b.generation));
+    assert!(
+        a.expires_in > 7000 && a.expires_in <= 7200,
+        "{}",
+        a.expires_in
+    );
+    let b = auth
+        .get_access_token(get(false, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (a.access_token.as_str(), a.generation),
+        (b.access_token.as_str(), b.generation)
+    );
     let http = reqwest::Client::new();
     assert!(accepted(&http, &stack.sandbox, &a.access_token).await);
     // A forced refresh with the current generation makes a new token; the old one is dead.
-    let c = auth.get_access_token(get(true, a.generation)).await.unwrap().into_inner();
+    let c = auth
+        .get_access_token(get(true, a.generation))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(c.generation > a.generation);
     assert_ne!(c.access_token, a.access_token);
     assert!(accepted(&http, &stack.sandbox, &c.access_token).await);
     assert!(!accepted(&http, &stack.sandbox, &a.access_token).await);
     // Within the force interval a second force answers the fresh token without a fetch.
     let fetches = stats(&stack.sandbox).await.stable_fetches;
-    let d = auth.get_access_token(get(true, 0)).await.unwrap().into_inner();
+    let d = auth
+        .get_access_token(get(true, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.access_token, c.access_token);
     assert_eq!(stats(&stack.sandbox).await.stable_fetches, fetches);
     let unknown = auth

@@ -63,7 +63,11 @@ const PLACEHOLDERS: [&str; 6] = [
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PaidMessageConfig {
     /// Subscribe message template id sent when an order is paid; unset = no message.
-    #[arg(long, env = "PAY_PAID_TEMPLATE_ID", value_name = "PAY_PAID_TEMPLATE_ID")]
+    #[arg(
+        long,
+        env = "PAY_PAID_TEMPLATE_ID",
+        value_name = "PAY_PAID_TEMPLATE_ID"
+    )]
     pub paid_template_id: Option<String>,
 
     /// The template's keywords, `key=value;key=value`; values may use {order_no}, {amount}
@@ -143,7 +147,9 @@ fn check_placeholders(value: &str) -> Result<(), String> {
             .ok_or_else(|| format!("unclosed {{ in {value:?}"))?;
         let name = &rest[start + 1..start + end];
         if !PLACEHOLDERS.contains(&name) {
-            return Err(format!("unknown placeholder {{{name}}} (known: {PLACEHOLDERS:?})"));
+            return Err(format!(
+                "unknown placeholder {{{name}}} (known: {PLACEHOLDERS:?})"
+            ));
         }
         rest = &rest[start + end + 1..];
     }
@@ -190,8 +196,7 @@ impl PaidMessages {
     /// `None` when `PAY_PAID_TEMPLATE_ID` is unset.
     pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, String> {
         let c = &config.paid_message;
-        let Some(template_id) = c.paid_template_id.clone().filter(|t| !t.trim().is_empty())
-        else {
+        let Some(template_id) = c.paid_template_id.clone().filter(|t| !t.trim().is_empty()) else {
             return Ok(None);
         };
         let fields = parse_data(&c.paid_template_data)?;
@@ -333,7 +338,10 @@ async fn repair(payments: &Payments, messages: &PaidMessages) -> Result<usize, D
         }
     }
     if made > 0 {
-        tracing::warn!(made, "repair scan queued paid messages the PAID hook missed");
+        tracing::warn!(
+            made,
+            "repair scan queued paid messages the PAID hook missed"
+        );
     }
     Ok(made)
 }
@@ -535,8 +543,14 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
             Ok(rows) => {
                 for row in &rows {
                     let verdict = verdict_of(messages.send(row).await);
-                    if let Err(e) =
-                        finish(payments.database(), &messages, row, &verdict, payments.now()).await
+                    if let Err(e) = finish(
+                        payments.database(),
+                        &messages,
+                        row,
+                        &verdict,
+                        payments.now(),
+                    )
+                    .await
                     {
                         tracing::error!(order_no = %row.order_no, error = %e, "could not record a paid message's outcome");
                     }

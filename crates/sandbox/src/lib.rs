@@ -134,11 +134,11 @@ mod wx_error;
 pub use config::{App, AppList, Config};
 pub use faults::{FAULT_HEADER, Faults};
 pub use login::{LoginCode, LoginCodeRequest};
-pub use openapi::SentMessage;
-pub use token::TokenStats;
 pub use notify::{NotifyRecord, PayOutcome, PayRequest, RETRY_SCHEDULE_SECS};
+pub use openapi::SentMessage;
 pub use order::{NotifyState, OrderView, TradeState};
 pub use server::{SandboxHandle, serve, spawn};
+pub use token::TokenStats;
 pub use user_data::{Profile, UserData, UserDataKind, UserDataRequest};
 
 /// The default app's appid (18 characters like a real one).

@@ -116,7 +116,9 @@ pub async fn phone_code(
         .pure_phone_number
         .unwrap_or_else(|| format!("138{:08}", rand::random::<u32>() % 100_000_000));
     if pure.is_empty() || !pure.bytes().all(|b| b.is_ascii_digit()) || pure.len() > 20 {
-        return Err(DevError::BadRequest("purePhoneNumber must be digits".into()));
+        return Err(DevError::BadRequest(
+            "purePhoneNumber must be digits".into(),
+        ));
     }
     // phoneNumber carries the country code for foreign numbers only (WeChat's own example).
     let phone_number = if country_code == "86" {
@@ -156,7 +158,10 @@ pub async fn get_phone_number(
 ) -> Result<HttpResponse, WxError> {
     let appid = authorize(&sandbox, &req)?;
     let body: CodeBody = serde_json::from_slice(&body).map_err(|_| WxError::DataFormat)?;
-    let code = body.code.filter(|c| !c.is_empty()).ok_or(WxError::InvalidCode)?;
+    let code = body
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or(WxError::InvalidCode)?;
     let mut state = sandbox.state();
     let entry = state
         .openapi
@@ -202,7 +207,9 @@ pub async fn subscribe(
 ) -> Result<HttpResponse, DevError> {
     let req: SubscribeRequest = parse_body(&body)?;
     if req.openid.is_empty() || req.template_id.is_empty() {
-        return Err(DevError::BadRequest("openid and template_id are required".into()));
+        return Err(DevError::BadRequest(
+            "openid and template_id are required".into(),
+        ));
     }
     let appid = app_of(&sandbox, req.appid.as_deref())?;
     let mut state = sandbox.state();
@@ -238,7 +245,10 @@ pub async fn send(
 ) -> Result<HttpResponse, WxError> {
     let appid = authorize(&sandbox, &req)?;
     let body: SendBody = serde_json::from_slice(&body).map_err(|_| WxError::DataFormat)?;
-    let touser = body.touser.filter(|t| !t.is_empty()).ok_or(WxError::ArgumentInvalid)?;
+    let touser = body
+        .touser
+        .filter(|t| !t.is_empty())
+        .ok_or(WxError::ArgumentInvalid)?;
     let template_id = body
         .template_id
         .filter(|t| !t.is_empty())
@@ -272,7 +282,9 @@ pub async fn send(
         data: body.data.into_iter().map(|(k, v)| (k, v.value)).collect(),
         at_ms: clock::unix_ms(),
     });
-    Ok(wx_ok(json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid })))
+    Ok(wx_ok(
+        json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -292,7 +304,12 @@ pub async fn messages(
         .messages
         .iter()
         .filter(|m| query.touser.as_ref().is_none_or(|t| *t == m.touser))
-        .filter(|m| query.template_id.as_ref().is_none_or(|t| *t == m.template_id))
+        .filter(|m| {
+            query
+                .template_id
+                .as_ref()
+                .is_none_or(|t| *t == m.template_id)
+        })
         .collect();
     HttpResponse::Ok().json(list)
 }

@@ -120,8 +120,7 @@ impl Tokens {
                 invalid_from: None,
             },
         );
-        self.current
-            .insert((api, appid.to_owned()), token.clone());
+        self.current.insert((api, appid.to_owned()), token.clone());
         self.stats(appid).tokens_issued += 1;
         token
     }
@@ -132,7 +131,12 @@ impl Tokens {
     }
 
     /// A new legacy token; the previous one works for `grace` more.
-    fn legacy(&mut self, appid: &str, rules: &TokenRules, now: Instant) -> Result<(String, u64), WxError> {
+    fn legacy(
+        &mut self,
+        appid: &str,
+        rules: &TokenRules,
+        now: Instant,
+    ) -> Result<(String, u64), WxError> {
         let calls = self.legacy_calls.entry(appid.to_owned()).or_default();
         if within_day(calls, now) >= rules.daily_quota {
             self.stats(appid).refused += 1;
@@ -207,7 +211,9 @@ impl Tokens {
 
     /// The app a token belongs to, or WeChat's error for it at `now`.
     pub fn check(&mut self, token: Option<&str>, now: Instant) -> Result<String, WxError> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(WxError::TokenMissing)?;
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(WxError::TokenMissing)?;
         let verdict = match self.issued.get(token) {
             None => Err((WxError::InvalidCredential, None)),
             Some(t) if t.invalid_from.is_some_and(|from| now >= from) => {
@@ -326,10 +332,10 @@ pub async fn stable_token(
 pub fn authorize(sandbox: &Sandbox, req: &HttpRequest) -> Result<String, WxError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map_err(|_| WxError::TokenMissing)?;
-    sandbox
-        .state()
-        .tokens
-        .check(query.get("access_token").map(String::as_str), Instant::now())
+    sandbox.state().tokens.check(
+        query.get("access_token").map(String::as_str),
+        Instant::now(),
+    )
 }
 
 /// `GET /cgi-bin/getcallbackip?access_token=`: WeChat's cheapest call that checks a token.
@@ -418,7 +424,10 @@ mod tests {
             .unwrap();
         assert_ne!(c, d);
         assert_eq!(ttl, 7200);
-        assert_eq!(tokens.check(Some(&c), t0 + secs(100 + 7000)).as_deref(), Ok("wx1"));
+        assert_eq!(
+            tokens.check(Some(&c), t0 + secs(100 + 7000)).as_deref(),
+            Ok("wx1")
+        );
         assert_eq!(
             tokens.check(Some(&c), t0 + secs(100 + 7200)),
             Err(WxError::TokenExpired)
@@ -445,7 +454,10 @@ mod tests {
             Err(WxError::DailyQuota)
         );
         assert!(tokens.legacy("wx1", &RULES, t0 + DAY + secs(1)).is_ok());
-        assert_eq!(tokens.check(Some("nope"), t0), Err(WxError::InvalidCredential));
+        assert_eq!(
+            tokens.check(Some("nope"), t0),
+            Err(WxError::InvalidCredential)
+        );
         assert_eq!(tokens.check(None, t0), Err(WxError::TokenMissing));
         let stats = tokens.stats("wx1").clone();
         assert_eq!((stats.legacy_fetches, stats.refused), (4, 1));

@@ -130,7 +130,8 @@ impl WechatClient {
             "secret": secret,
             "force_refresh": force_refresh,
         });
-        let body: TokenAnswer = parse_json(&self.post_json("/cgi-bin/stable_token", None, &body).await?)?;
+        let body: TokenAnswer =
+            parse_json(&self.post_json("/cgi-bin/stable_token", None, &body).await?)?;
         if body.errcode != 0 {
             return Err(ApiError::from_errcode(body.errcode, body.errmsg));
         }
@@ -150,14 +151,22 @@ impl WechatClient {
 
     /// `POST {api_base}/wxa/business/getuserphonenumber?access_token=` with the code of a
     /// getPhoneNumber button. 40029 (invalid or used code) is [`ApiError::InvalidCode`].
-    pub async fn phone_number(&self, access_token: &str, code: &str) -> Result<PhoneInfo, ApiError> {
+    pub async fn phone_number(
+        &self,
+        access_token: &str,
+        code: &str,
+    ) -> Result<PhoneInfo, ApiError> {
         if code.is_empty() {
             return Err(ApiError::InvalidCode);
         }
         let body = serde_json::json!({ "code": code });
         let body: PhoneAnswer = parse_json(
             &self
-                .post_json("/wxa/business/getuserphonenumber", Some(access_token), &body)
+                .post_json(
+                    "/wxa/business/getuserphonenumber",
+                    Some(access_token),
+                    &body,
+                )
                 .await?,
         )?;
         if body.errcode != 0 {
@@ -177,7 +186,11 @@ impl WechatClient {
     ) -> Result<(), ApiError> {
         let body: Errcode = parse_json(
             &self
-                .post_json("/cgi-bin/message/subscribe/send", Some(access_token), message)
+                .post_json(
+                    "/cgi-bin/message/subscribe/send",
+                    Some(access_token),
+                    message,
+                )
                 .await?,
         )?;
         if body.errcode != 0 {

@@ -64,8 +64,11 @@ pub trait TokenCache: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Releases the lock if it still holds `fence`.
-    fn unlock(&self, app_id: &str, fence: i64)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn unlock(
+        &self,
+        app_id: &str,
+        fence: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Claims the right to force a refresh, at most once per `interval` per app.
     fn claim_force(
