@@ -170,12 +170,50 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=120_000))]
     pub wechat_timeout_ms: u64,
 
+    /// Which WeChat endpoint issues access_tokens: `stable` (`/cgi-bin/stable_token`, a fetch
+    /// does not invalidate the token others hold) or `legacy` (`/cgi-bin/token`).
+    #[arg(
+        long,
+        env = "WXMP_ACCESS_TOKEN_API",
+        value_name = "WXMP_ACCESS_TOKEN_API",
+        default_value = "stable"
+    )]
+    pub access_token_api: crate::access_token::TokenApi,
+
+    /// Refresh the access_token this long before WeChat expires it (at most a fifth of its
+    /// lifetime). Under 300: stable_token renews only in a token's last 5 minutes.
+    #[arg(long, env = "AUTH_ACCESS_TOKEN_REFRESH_BEFORE_SECS", value_name = "AUTH_ACCESS_TOKEN_REFRESH_BEFORE_SECS",
+          default_value_t = DEFAULT_REFRESH_BEFORE_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub access_token_refresh_before_secs: u64,
+
+    /// TTL of the Redis lock one replica holds while it refreshes the access_token: a replica
+    /// that dies mid-refresh blocks the others this long at most.
+    #[arg(long, env = "AUTH_ACCESS_TOKEN_LOCK_TTL_MS", value_name = "AUTH_ACCESS_TOKEN_LOCK_TTL_MS",
+          default_value_t = DEFAULT_LOCK_TTL_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub access_token_lock_ttl_ms: u64,
+
+    /// How long GetAccessToken waits for another replica's refresh before failing.
+    #[arg(long, env = "AUTH_ACCESS_TOKEN_WAIT_MS", value_name = "AUTH_ACCESS_TOKEN_WAIT_MS",
+          default_value_t = DEFAULT_WAIT_MS, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub access_token_wait_ms: u64,
+
+    /// At most one forced access_token refresh per app per this many seconds (WeChat allows a
+    /// forced stable_token every 30 s, 20 a day).
+    #[arg(long, env = "AUTH_ACCESS_TOKEN_FORCE_INTERVAL_SECS", value_name = "AUTH_ACCESS_TOKEN_FORCE_INTERVAL_SECS",
+          default_value_t = DEFAULT_FORCE_INTERVAL_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub access_token_force_interval_secs: u64,
+
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
 }
+
+const DEFAULT_REFRESH_BEFORE_SECS: u64 = 240;
+const DEFAULT_LOCK_TTL_MS: u64 = 10_000;
+const DEFAULT_WAIT_MS: u64 = 15_000;
+const DEFAULT_FORCE_INTERVAL_SECS: u64 = 30;
 
 impl Config {
     /// The defaults clap would give with only `WXMP_APPS` set, pointed at the given WeChat
@@ -194,6 +232,11 @@ impl Config {
             apps,
             wechat_api_base: wechat_api_base.into(),
             wechat_timeout_ms: 5000,
+            access_token_api: crate::access_token::TokenApi::Stable,
+            access_token_refresh_before_secs: DEFAULT_REFRESH_BEFORE_SECS,
+            access_token_lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
+            access_token_wait_ms: DEFAULT_WAIT_MS,
+            access_token_force_interval_secs: DEFAULT_FORCE_INTERVAL_SECS,
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
                 metrics_addr: None,
@@ -223,6 +266,11 @@ impl Config {
         {
             return Err("WXMP_WECHAT_API_BASE must start with http:// or https://".into());
         }
+        if self.access_token_wait_ms <= self.access_token_lock_ttl_ms {
+            return Err(
+                "AUTH_ACCESS_TOKEN_WAIT_MS must exceed AUTH_ACCESS_TOKEN_LOCK_TTL_MS (a waiter must outlive a dead holder's lock)".into(),
+            );
+        }
         if let Some(url) = &self.redis_url
             && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
         {
@@ -237,6 +285,17 @@ impl Config {
 
     pub fn wechat_timeout(&self) -> Duration {
         Duration::from_millis(self.wechat_timeout_ms)
+    }
+
+    /// The access_token refresh protocol's knobs.
+    pub fn token_options(&self) -> crate::access_token::TokenOptions {
+        crate::access_token::TokenOptions {
+            api: self.access_token_api,
+            refresh_before: Duration::from_secs(self.access_token_refresh_before_secs),
+            lock_ttl: Duration::from_millis(self.access_token_lock_ttl_ms),
+            wait: Duration::from_millis(self.access_token_wait_ms),
+            force_interval: Duration::from_secs(self.access_token_force_interval_secs),
+        }
     }
 }
 

@@ -27,6 +27,12 @@ pub enum Error {
     /// WeChat could not be reached, timed out, or said it is busy.
     #[error("WeChat is unavailable: {0}")]
     WechatUnavailable(wechat::ApiError),
+    /// WeChat refused the app's own credentials (appid, secret, IP whitelist).
+    #[error("WeChat rejected the app's credentials: {0}")]
+    AppMisconfigured(wechat::ApiError),
+    /// Another replica's access_token refresh did not finish within the wait.
+    #[error("timed out waiting for the access_token refresh")]
+    TokenRefreshTimeout,
     #[error(transparent)]
     Store(#[from] StoreError),
     /// user-service failed; `Unavailable` is kept apart from its other failures.
@@ -57,6 +63,21 @@ impl From<wechat::ApiError> for Error {
 }
 
 impl Error {
+    /// A failed access_token fetch: the app's own credentials are an operator's problem,
+    /// quotas are rate limits (45009 daily, 45011 per minute), the rest as for login.
+    pub fn from_token_fetch(e: wechat::ApiError) -> Self {
+        use wechat::ApiError as W;
+        match e.errcode() {
+            // 40013 appid, 40125 secret, 40164 IP not whitelisted, 41002/41004 missing.
+            Some(40013 | 40125 | 40164 | 41002 | 41004 | 40001) => Self::AppMisconfigured(e),
+            Some(45009 | 45011) => Self::RateLimited,
+            _ => match e {
+                W::Transport(_) | W::SystemBusy => Self::WechatUnavailable(e),
+                _ => Self::Wechat(e),
+            },
+        }
+    }
+
     /// The reason callers see; also the `result` label of the login counter.
     pub fn reason(&self) -> ErrorReason {
         use ErrorReason as R;
@@ -69,6 +90,8 @@ impl Error {
             Self::RateLimited => R::RateLimited,
             Self::Wechat(_) => R::WechatError,
             Self::WechatUnavailable(_) => R::WechatUnavailable,
+            Self::AppMisconfigured(_) => R::AppMisconfigured,
+            Self::TokenRefreshTimeout => R::DependencyUnavailable,
             Self::Store(StoreError::Unavailable(_)) => R::DependencyUnavailable,
             Self::Store(StoreError::Corrupt(_)) => R::Internal,
             Self::UserService(s) => match service_kit::reason::reason_of(s) {
@@ -92,7 +115,8 @@ impl From<Error> for Status {
             ErrorReason::DependencyUnavailable
             | ErrorReason::WechatError
             | ErrorReason::WechatUnavailable
-            | ErrorReason::RateLimited => {
+            | ErrorReason::RateLimited
+            | ErrorReason::AppMisconfigured => {
                 tracing::warn!(error = %e, "dependency failed");
                 e.to_string()
             }
@@ -136,6 +160,34 @@ mod tests {
             let got = Status::from(Error::from(e));
             assert_eq!(service_kit::reason::reason_of(&got), want);
         }
+    }
+
+    #[test]
+    fn token_fetch_errors_map_to_reasons() {
+        use wechat::ApiError as W;
+        let other = |errcode| W::Other {
+            errcode,
+            errmsg: "x".into(),
+        };
+        let cases = [
+            (W::InvalidAppId, ErrorReason::AppMisconfigured),
+            (W::InvalidAppSecret, ErrorReason::AppMisconfigured),
+            (other(40164), ErrorReason::AppMisconfigured),
+            (other(45009), ErrorReason::RateLimited),
+            (W::RateLimited, ErrorReason::RateLimited),
+            (W::SystemBusy, ErrorReason::WechatUnavailable),
+            (W::Transport("t".into()), ErrorReason::WechatUnavailable),
+            (other(48001), ErrorReason::WechatError),
+        ];
+        for (e, want) in cases {
+            let got = Status::from(Error::from_token_fetch(e));
+            assert_eq!(service_kit::reason::reason_of(&got), want);
+        }
+        let s = Status::from(Error::TokenRefreshTimeout);
+        assert_eq!(
+            service_kit::reason::reason_of(&s),
+            ErrorReason::DependencyUnavailable
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use wxmp_proto::{
     user::v1::user_service_client::UserServiceClient,
 };
 
+pub mod access_token;
 pub mod config;
 pub mod error;
 mod meter;
@@ -53,6 +54,45 @@ pub fn open_store(config: &Config) -> Result<AnyStore, Error> {
     }
 }
 
+/// The access_token cache `config` selects: Redis (its own connection, same prefix) when
+/// `AUTH_REDIS_URL` is set, else memory.
+pub fn open_token_cache(config: &Config) -> Result<access_token::AnyTokenCache, Error> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            access_token::AnyTokenCache::Redis(access_token::RedisTokenCache::new(RedisStore::new(
+                url.expose(),
+                config.redis_prefix.clone(),
+                RedisOptions::default(),
+            )?))
+        }
+        None => access_token::AnyTokenCache::Memory(access_token::MemoryTokenCache::default()),
+    })
+}
+
+/// The shared access tokens of `config`'s apps on `cache`.
+pub fn access_tokens<C: access_token::TokenCache>(
+    config: &Config,
+    cache: C,
+) -> Result<access_token::AccessTokens<C>, Error> {
+    Ok(access_token::AccessTokens::new(
+        config.apps.clone(),
+        wechat_client(config)?,
+        cache,
+        config.token_options(),
+    ))
+}
+
+fn wechat_client(config: &Config) -> Result<wechat::WechatClient, Error> {
+    let timeout = config.wechat_timeout();
+    wechat::WechatClient::new(wechat::WechatConfig {
+        api_base: config.wechat_api_base.clone(),
+        connect_timeout: timeout.min(Duration::from_secs(2)),
+        request_timeout: timeout,
+        ..wechat::WechatConfig::default()
+    })
+    .map_err(|e| Error::Config(e.to_string()))
+}
+
 /// Builds the service from `config` with `store`: the WeChat client and the user-service
 /// channel are made here, once.
 pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>, Error> {
@@ -80,13 +120,15 @@ pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>,
         channel,
         AttachToken::new(config.internal.internal_token.as_ref()),
     );
+    let tokens = access_tokens(config, open_token_cache(config)?)?;
     Ok(Auth::new(
         config.apps.clone(),
         wechat,
         users,
         store,
         config.session_ttl(),
-    ))
+    )
+    .with_access_tokens(Arc::new(tokens)))
 }
 
 /// Serves `AuthService` (and gRPC health) on `listener` until `shutdown`.

@@ -13,13 +13,15 @@ use tonic::{
 use wechat::WechatClient;
 use wxmp_proto::{
     auth::v1::{
-        AuthenticateRequest, AuthenticateResponse, GetSessionKeyRequest, GetSessionKeyResponse,
-        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, Principal, auth_service_server,
+        AuthenticateRequest, AuthenticateResponse, GetAccessTokenRequest, GetAccessTokenResponse,
+        GetSessionKeyRequest, GetSessionKeyResponse, LoginRequest, LoginResponse, LogoutRequest,
+        LogoutResponse, Principal, auth_service_server,
     },
     user::v1::{EnsureUserRequest, user_service_client::UserServiceClient},
 };
 
 use crate::{
+    access_token::{AccessTokens, AnyTokenCache, Want},
     config::Apps,
     error::Error,
     meter,
@@ -42,6 +44,7 @@ pub struct Auth<S> {
     users: UserClient,
     store: Arc<S>,
     session_ttl: Duration,
+    access_tokens: Option<Arc<AccessTokens<AnyTokenCache>>>,
 }
 
 impl<S: SessionStore> Auth<S> {
@@ -58,7 +61,42 @@ impl<S: SessionStore> Auth<S> {
             users,
             store,
             session_ttl,
+            access_tokens: None,
         }
+    }
+
+    /// Serves GetAccessToken from `tokens` (without them it answers INTERNAL).
+    pub fn with_access_tokens(mut self, tokens: Arc<AccessTokens<AnyTokenCache>>) -> Self {
+        self.access_tokens = Some(tokens);
+        self
+    }
+
+    async fn get_access_token(
+        &self,
+        req: GetAccessTokenRequest,
+    ) -> Result<GetAccessTokenResponse, Error> {
+        if req.app_id.len() > MAX_ID_LEN {
+            return Err(Error::UnknownApp(shorten(&req.app_id)));
+        }
+        let tokens = self
+            .access_tokens
+            .as_ref()
+            .ok_or_else(|| Error::Internal("access tokens are not configured".into()))?;
+        let token = tokens
+            .get(
+                &req.app_id,
+                Want {
+                    force_refresh: req.force_refresh,
+                    stale_generation: req.stale_generation,
+                },
+            )
+            .await?;
+        Ok(GetAccessTokenResponse {
+            access_token: token.access_token,
+            expires_in: secs(token.expires_in),
+            generation: token.generation,
+            app_id: token.app_id,
+        })
     }
 
     async fn login(
@@ -239,6 +277,16 @@ impl<S: SessionStore> auth_service_server::AuthService for Auth<S> {
     ) -> Result<Response<GetSessionKeyResponse>, Status> {
         Ok(Response::new(
             Auth::get_session_key(self, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(app_id = %request.get_ref().app_id, force = request.get_ref().force_refresh))]
+    async fn get_access_token(
+        &self,
+        request: Request<GetAccessTokenRequest>,
+    ) -> Result<Response<GetAccessTokenResponse>, Status> {
+        Ok(Response::new(
+            Auth::get_access_token(self, request.into_inner()).await?,
         ))
     }
 }

@@ -32,6 +32,9 @@ pub enum Code {
     WechatError,
     WechatUnavailable,
     ServiceUnavailable,
+    PhoneCodeInvalid,
+    WechatBusy,
+    AppMisconfigured,
     Internal,
 }
 
@@ -55,6 +58,9 @@ impl Code {
             Code::ServiceUnavailable => {
                 (213, StatusCode::SERVICE_UNAVAILABLE, "service unavailable")
             }
+            Code::PhoneCodeInvalid => (221, StatusCode::BAD_REQUEST, "invalid phone code"),
+            Code::WechatBusy => (222, StatusCode::SERVICE_UNAVAILABLE, "wechat busy, retry"),
+            Code::AppMisconfigured => (223, StatusCode::BAD_GATEWAY, "app misconfigured"),
             Code::Internal => (500, StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         }
     }
@@ -89,6 +95,9 @@ impl Code {
             R::WechatError => (Code::WechatError, "wechat error"),
             R::WechatUnavailable => (Code::WechatUnavailable, "wechat unavailable"),
             R::DependencyUnavailable => (Code::ServiceUnavailable, "service unavailable"),
+            R::PhoneCodeInvalid => (Code::PhoneCodeInvalid, "invalid phone code"),
+            R::WechatBusy => (Code::WechatBusy, "wechat busy, retry"),
+            R::AppMisconfigured => (Code::AppMisconfigured, "app misconfigured"),
             R::Internal | R::Unspecified => (Code::Internal, "internal error"),
         }
     }
@@ -237,7 +246,7 @@ mod tests {
 
     #[test]
     fn every_reason_has_an_entry_and_no_reason_is_a_success() {
-        for value in 0..=15 {
+        for value in (0..=15).chain(30..=32) {
             let reason = ErrorReason::try_from(value).expect("reason");
             let (code, msg) = Code::for_reason(reason);
             assert_ne!(code, Code::Suc);
@@ -263,6 +272,9 @@ mod tests {
             (ErrorReason::WechatUnavailable, 212, 503),
             (ErrorReason::DependencyUnavailable, 213, 503),
             (ErrorReason::Internal, 500, 500),
+            (ErrorReason::PhoneCodeInvalid, 221, 400),
+            (ErrorReason::WechatBusy, 222, 503),
+            (ErrorReason::AppMisconfigured, 223, 502),
         ];
         for (reason, code, http) in expected {
             let (c, _) = Code::for_reason(reason);

@@ -120,6 +120,9 @@ pub struct Config {
     pub events: EventsConfig,
 
     #[command(flatten)]
+    pub paid_message: crate::subscribe::PaidMessageConfig,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 
     #[command(flatten)]

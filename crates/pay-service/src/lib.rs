@@ -33,6 +33,7 @@ pub mod schema;
 pub mod store;
 pub mod watch;
 pub mod webhooks;
+pub mod subscribe;
 pub mod wxpay;
 
 use diesel_migrations::embed_migrations;
@@ -95,6 +96,20 @@ pub async fn serve_payments(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    // Webhook endpoints are registered before anything runs (see webhooks::register).
+    let endpoints = config.events.webhook_endpoints();
+    let webhook_worker = match endpoints.is_empty() {
+        true => None,
+        false => {
+            let worker = webhooks::Webhooks::new(
+                payments.database().clone(),
+                payments.clock().clone(),
+                webhook_settings(config, endpoints),
+            )?;
+            worker.register().await?;
+            Some(worker)
+        }
+    };
     // The background tasks stop with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
@@ -104,14 +119,7 @@ pub async fn serve_payments(
         config.events.retention(),
         stop_reconciler.clone(),
     ))];
-    let endpoints = config.events.webhook_endpoints();
-    if !endpoints.is_empty() {
-        let worker = webhooks::Webhooks::new(
-            payments.database().clone(),
-            payments.clock().clone(),
-            webhook_settings(config, endpoints),
-        )?;
-        worker.register().await?;
+    if let Some(worker) = webhook_worker {
         background.push(tokio::spawn(worker.run(stop_reconciler.clone())));
     }
     // Open event streams would hold the graceful drain open: end them when shutdown starts.
@@ -122,6 +130,7 @@ pub async fn serve_payments(
             payments.stop_event_streams();
         }));
     }
+    let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
     let probe_db = payments.inner.db.clone();
     let tls = config
         .internal
@@ -147,6 +156,9 @@ pub async fn serve_payments(
     stop_reconciler.trigger();
     if let Err(e) = reconciler.await {
         tracing::warn!(error = %e, "reconciler task ended abnormally");
+    }
+    if let Err(e) = sender.await {
+        tracing::warn!(error = %e, "paid message sender ended abnormally");
     }
     for task in background {
         task.abort();

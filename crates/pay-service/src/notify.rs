@@ -205,6 +205,7 @@ impl Payments {
             Err(judgement) => return Ok(judgement),
         };
         log_paid_outcome(&outcome, "notify");
+        crate::subscribe::on_paid(self, &outcome).await;
         let (verdict, accepted) = verdict_of(&outcome);
         Ok(Judgement {
             verdict,

@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) db: Database,
     pub(crate) wechat: WechatPay,
     pub(crate) settings: Settings,
+    /// The "order paid" subscribe message (subscribe.rs); None when not configured.
+    pub(crate) paid_messages: Option<Arc<crate::subscribe::PaidMessages>>,
     pub(crate) clock: Clock,
     /// Ends the event streams of this core when its server shuts down.
     pub(crate) streams_stop: service_kit::Shutdown,
@@ -177,6 +179,8 @@ impl Payments {
                 settings,
                 clock,
                 streams_stop: service_kit::Shutdown::new(),
+                paid_messages: crate::subscribe::PaidMessages::from_config(config)
+                    .map_err(Error::Config)?,
             }),
         })
     }
@@ -548,6 +552,7 @@ impl Payments {
         )
         .await?;
         log_paid_outcome(&outcome, "orderquery");
+        crate::subscribe::on_paid(self, &outcome).await;
         Ok(Some(outcome))
     }
 

@@ -76,3 +76,20 @@ diesel::table! {
 
 diesel::joinable!(webhook_deliveries -> order_events (event_id));
 diesel::allow_tables_to_appear_in_same_query!(order_events, webhook_deliveries);
+
+diesel::table! {
+    paid_messages (order_no) {
+        order_no -> Text,
+        app_id -> Text,
+        openid -> Text,
+        template_id -> Text,
+        data -> Text,
+        page -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_error -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

@@ -126,6 +126,30 @@ pub struct Config {
     )]
     pub app_rate_per_min: u32,
 
+    /// Lifetime of an access_token in seconds (WeChat: 7200); short in tests.
+    #[arg(long, env = "SANDBOX_TOKEN_EXPIRES_IN_SECS", value_name = "SANDBOX_TOKEN_EXPIRES_IN_SECS", default_value_t = 7200,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub token_expires_in_secs: u64,
+
+    /// How long a replaced /cgi-bin/token token keeps working, and how early stable_token
+    /// renews (WeChat: 5 minutes).
+    #[arg(
+        long,
+        env = "SANDBOX_TOKEN_GRACE_MS",
+        value_name = "SANDBOX_TOKEN_GRACE_MS",
+        default_value_t = 300_000
+    )]
+    pub token_grace_ms: u64,
+
+    /// /cgi-bin/token calls allowed per app per day before 45009 (WeChat: 2000).
+    #[arg(
+        long,
+        env = "SANDBOX_TOKEN_DAILY_QUOTA",
+        value_name = "SANDBOX_TOKEN_DAILY_QUOTA",
+        default_value_t = 2000
+    )]
+    pub token_daily_quota: u32,
+
     /// HTTP worker threads.
     #[arg(
         long,
@@ -159,6 +183,9 @@ impl Config {
             code_rate_per_min: 10,
             app_rate_per_min: 10_000,
             workers: 2,
+            token_expires_in_secs: 7200,
+            token_grace_ms: 300_000,
+            token_daily_quota: 2000,
             faults: Faults::default(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
@@ -180,6 +207,11 @@ impl Config {
         }
         if self.notify_timeout_ms == 0 {
             return Err("SANDBOX_NOTIFY_TIMEOUT_MS must be > 0".into());
+        }
+        if self.token_grace_ms >= self.token_expires_in_secs.saturating_mul(1000) {
+            return Err(
+                "SANDBOX_TOKEN_GRACE_MS must be shorter than SANDBOX_TOKEN_EXPIRES_IN_SECS".into(),
+            );
         }
         if self.workers == 0 {
             return Err("SANDBOX_WORKERS must be > 0".into());

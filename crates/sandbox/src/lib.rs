@@ -15,8 +15,11 @@
 //! | path | answers |
 //! |---|---|
 //! | `GET /sns/jscode2session?appid&secret&js_code&grant_type=authorization_code` | `{"session_key","openid","unionid"}`; errcodes 41002 appid missing, 41004 appsecret missing, 40013 invalid appid, 40125 invalid appsecret, 40002 invalid grant_type, 41008 missing code, 40029 invalid code (unknown, expired after `SANDBOX_CODE_TTL_SECS`, or of another app), 40163 code been used, 45011 minute quota (`SANDBOX_CODE_RATE_PER_MIN` per code, `SANDBOX_APP_RATE_PER_MIN` per appid). Each success rotates the user's session_key. |
-//! | `GET /cgi-bin/token?grant_type=client_credential&appid&secret` | `{"access_token","expires_in":7200}`, a new token per call |
-//! | `POST /cgi-bin/stable_token` `{grant_type, appid, secret, force_refresh}` | the same token while it has more than 5 minutes left (`expires_in` = what is left); `force_refresh` renews it, at most 20 a day and 30 s apart (else 45009); 47001 for a body that is not JSON |
+//! | `GET /cgi-bin/token?grant_type=client_credential&appid&secret` (legacy) | a new token per call; the previous one keeps working `SANDBOX_TOKEN_GRACE_MS` (5 min), then 40001; `SANDBOX_TOKEN_DAILY_QUOTA` calls a day (45009) |
+//! | `POST /cgi-bin/stable_token` `{grant_type, appid, secret, force_refresh}` | the same token until its last `SANDBOX_TOKEN_GRACE_MS` (`expires_in` = what is left), then a new one (the old lives to its expiry); `force_refresh` kills the old one at once, at most 20 a day (45009), a second force within 30 s does not refresh; 47001 for a body that is not JSON. Semantics and sources: `src/token.rs` |
+//! | `GET /cgi-bin/getcallbackip?access_token` | `{"ip_list"}`; 40001 replaced/unknown token, 42001 expired, 41001 missing (every access_token API checks alike) |
+//! | `POST /wxa/business/getuserphonenumber?access_token` `{code}` | `phone_info` for a code from `/sandbox/phone-code`; 40029 invalid/used/expired code (5 min) |
+//! | `POST /cgi-bin/message/subscribe/send?access_token` | records the message (`/sandbox/messages`); 43101 without an accepted subscription (`/sandbox/subscribe`), 40003 unknown openid, 47003 missing touser/template_id |
 //! | `POST /pay/unifiedorder` | JSAPI only: `trade_type`, `prepay_id`; the same prepay_id for an identical repeat (all fields but nonce_str/sign/sign_type) within 2 h |
 //! | `POST /pay/orderquery` | by `transaction_id` or `out_trade_no`; SUCCESS orders carry openid, is_subscribe, trade_type, bank_type, total_fee, fee_type, cash_fee, transaction_id, out_trade_no, attach, time_end; other states total_fee, out_trade_no, attach; always trade_state + trade_state_desc |
 //! | `POST /pay/closeorder` | `result_msg` OK; ORDERPAID, ORDERCLOSED, ORDERNOTEXIST |
@@ -62,6 +65,14 @@
 //!   "trade_state_desc","transaction_id","time_end","created_at_ms","notify_state"
 //!   (none|pending|accepted|dropped|gave_up),"notify_attempts"}`;
 //!   `GET /sandbox/orders?trade_state=SUCCESS` lists them.
+//! - `POST /sandbox/phone-code` `{"appid"?, "purePhoneNumber"?, "countryCode"?, "errcode"?}` →
+//!   `{"code","appid","phoneNumber","purePhoneNumber","countryCode"}` (a getPhoneNumber code;
+//!   `errcode` -1 makes getuserphonenumber answer busy once without using the code).
+//! - `POST /sandbox/subscribe` `{"appid"?, "openid", "template_id", "times"?}`: the user accepts
+//!   one-off subscriptions; `GET /sandbox/messages?touser=&template_id=` → the messages sent.
+//! - `GET /sandbox/access-tokens?appid=` → fetch counters (`legacy_fetches`, `stable_fetches`,
+//!   `stable_forced`, `tokens_issued`, `refused`, `rejected_uses`);
+//!   `POST /sandbox/access-tokens/invalidate?appid=` makes the current tokens answer 40001.
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
@@ -109,6 +120,7 @@ pub mod faults;
 mod ids;
 mod login;
 pub mod notify;
+mod openapi;
 pub mod order;
 mod pay;
 mod rate;
@@ -123,8 +135,10 @@ pub use config::{App, AppList, Config};
 pub use faults::{FAULT_HEADER, Faults};
 pub use login::{LoginCode, LoginCodeRequest};
 pub use notify::{NotifyRecord, PayOutcome, PayRequest, RETRY_SCHEDULE_SECS};
+pub use openapi::SentMessage;
 pub use order::{NotifyState, OrderView, TradeState};
 pub use server::{SandboxHandle, serve, spawn};
+pub use token::TokenStats;
 pub use user_data::{Profile, UserData, UserDataKind, UserDataRequest};
 
 /// The default app's appid (18 characters like a real one).

@@ -7,7 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::Config, faults, login, notify, order, pay, state::Sandbox, token, user_data, wx,
+    config::Config, faults, login, notify, openapi, order, pay, state::Sandbox, token, user_data,
+    wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -35,6 +36,14 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/notifies", web::get().to(notify::list))
             .route("/orders", web::get().to(order::list))
             .route("/orders/{out_trade_no}", web::get().to(order::get))
+            .route("/access-tokens", web::get().to(token::stats))
+            .route(
+                "/access-tokens/invalidate",
+                web::post().to(token::invalidate),
+            )
+            .route("/phone-code", web::post().to(openapi::phone_code))
+            .route("/subscribe", web::post().to(openapi::subscribe))
+            .route("/messages", web::get().to(openapi::messages))
             .service(
                 web::resource("/faults")
                     .route(web::get().to(faults::get))
@@ -52,7 +61,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/cgi-bin")
             .wrap(from_fn(faults::wechat_paths))
             .route("/token", web::get().to(token::get_token))
-            .route("/stable_token", web::post().to(token::stable_token)),
+            .route("/stable_token", web::post().to(token::stable_token))
+            .route("/getcallbackip", web::get().to(token::callback_ip))
+            .route("/message/subscribe/send", web::post().to(openapi::send)),
+    )
+    .service(
+        web::scope("/wxa")
+            .wrap(from_fn(faults::wechat_paths))
+            .route(
+                "/business/getuserphonenumber",
+                web::post().to(openapi::get_phone_number),
+            ),
     )
     .service(
         web::scope("/pay")

@@ -13,9 +13,10 @@ use crate::{
     config::{App, Config},
     faults::Faults,
     notify::NotifyRecord,
+    openapi::OpenApi,
     order::{Order, OrderKey},
     rate::RateLimiter,
-    token::Tokens,
+    token::{TokenRules, Tokens},
 };
 
 /// Most notify records kept; the oldest go first.
@@ -36,6 +37,7 @@ pub struct Settings {
     pub app_rate_per_min: u32,
     pub notify_time_scale: f64,
     pub notify_timeout: Duration,
+    pub tokens: TokenRules,
 }
 
 /// Shared by every worker (actix `Data`) and every notify task.
@@ -77,6 +79,11 @@ impl Sandbox {
                 app_rate_per_min: config.app_rate_per_min,
                 notify_time_scale: config.notify_time_scale,
                 notify_timeout: Duration::from_millis(config.notify_timeout_ms),
+                tokens: TokenRules {
+                    lifetime: Duration::from_secs(config.token_expires_in_secs),
+                    grace: Duration::from_millis(config.token_grace_ms),
+                    daily_quota: config.token_daily_quota as usize,
+                },
             },
             state: Mutex::new(State::default()),
             faults: Mutex::new(config.faults.clone()),
@@ -133,6 +140,7 @@ pub struct State {
     pub orders: HashMap<OrderKey, Order>,
     pub prepay_ids: HashMap<String, OrderKey>,
     pub notifies: VecDeque<NotifyRecord>,
+    pub openapi: OpenApi,
 }
 
 impl State {

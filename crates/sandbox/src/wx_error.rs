@@ -33,6 +33,19 @@ pub enum WxError {
     MinuteQuota,
     #[error("data format error")]
     DataFormat,
+    /// A replaced or unknown access_token (WeChat's text for 40001).
+    #[error("invalid credential, access_token is invalid or not latest")]
+    InvalidCredential,
+    #[error("access_token expired")]
+    TokenExpired,
+    #[error("access_token missing")]
+    TokenMissing,
+    #[error("invalid openid")]
+    InvalidOpenid,
+    #[error("user refuse to accept the msg")]
+    UserRefused,
+    #[error("argument invalid!")]
+    ArgumentInvalid,
 }
 
 impl WxError {
@@ -50,6 +63,12 @@ impl WxError {
             Self::DailyQuota => 45009,
             Self::MinuteQuota => 45011,
             Self::DataFormat => 47001,
+            Self::InvalidCredential => 40001,
+            Self::TokenExpired => 42001,
+            Self::TokenMissing => 41001,
+            Self::InvalidOpenid => 40003,
+            Self::UserRefused => 43101,
+            Self::ArgumentInvalid => 47003,
         }
     }
 }

@@ -22,6 +22,9 @@ pub fn code_of(reason: ErrorReason) -> Code {
         R::OrderState => Code::FailedPrecondition,
         R::IdempotencyConflict => Code::AlreadyExists,
         R::WechatError | R::WechatUnavailable | R::DependencyUnavailable => Code::Unavailable,
+        R::PhoneCodeInvalid => Code::InvalidArgument,
+        R::WechatBusy => Code::Unavailable,
+        R::AppMisconfigured => Code::FailedPrecondition,
         R::Internal | R::Unspecified => Code::Internal,
     }
 }

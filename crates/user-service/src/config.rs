@@ -48,6 +48,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=120_000))]
     pub rpc_timeout_ms: u64,
 
+    /// Base URL of WeChat's API (or the sandbox), for getuserphonenumber.
+    #[arg(long, env = "WXMP_WECHAT_API_BASE", value_name = "WXMP_WECHAT_API_BASE", default_value = wechat::config::DEFAULT_API_BASE)]
+    pub wechat_api_base: String,
+
+    /// Time allowed for one WeChat call, in milliseconds.
+    #[arg(long, env = "WXMP_WECHAT_TIMEOUT_MS", value_name = "WXMP_WECHAT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=120_000))]
+    pub wechat_timeout_ms: u64,
+
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 
@@ -65,6 +74,8 @@ impl Config {
             db_pool_size: 16,
             auth_service_url: auth_service_url.into(),
             rpc_timeout_ms: 3000,
+            wechat_api_base: wechat::config::DEFAULT_API_BASE.to_owned(),
+            wechat_timeout_ms: 5000,
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
                 metrics_addr: None,

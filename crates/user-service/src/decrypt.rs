@@ -121,6 +121,7 @@ pub fn open_phone(
     Ok(PhoneChanges {
         phone: phone.pure_phone_number,
         phone_country_code: phone.country_code,
+        phone_number: phone.phone_number,
     })
 }
 

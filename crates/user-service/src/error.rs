@@ -31,6 +31,25 @@ pub enum Error {
     DecryptFailed(#[from] DecryptCause),
     #[error("auth-service call failed: {0}")]
     AuthService(tonic::Status),
+    /// 40029: the getPhoneNumber code is invalid, expired or used.
+    #[error("invalid or used phone code")]
+    PhoneCodeInvalid,
+    /// -1: WeChat is busy; the code was not used, retry shortly.
+    #[error("WeChat is busy, retry shortly")]
+    WechatBusy,
+    /// WeChat rejected the app's own credentials (40013 and alike).
+    #[error("WeChat rejected the app's credentials: {0}")]
+    AppMisconfigured(wechat::ApiError),
+    #[error("WeChat error: {0}")]
+    Wechat(wechat::ApiError),
+    #[error("WeChat unavailable: {0}")]
+    WechatUnavailable(wechat::ApiError),
+    /// auth-service could not give an access_token; its reason is passed on.
+    #[error("access_token: {}", .0.message())]
+    AccessToken(tonic::Status),
+    /// Phone numbers by code are not configured on this instance.
+    #[error("phone number by code is not configured")]
+    PhoneCodesOff,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("configuration: {0}")]
@@ -40,6 +59,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed getuserphonenumber call.
+    pub fn from_phone_api(e: wechat::ApiError) -> Self {
+        use wechat::ApiError as W;
+        match e {
+            W::InvalidCode | W::CodeUsed => Self::PhoneCodeInvalid,
+            W::SystemBusy => Self::WechatBusy,
+            W::InvalidAppId | W::InvalidAppSecret => Self::AppMisconfigured(e),
+            W::Transport(_) => Self::WechatUnavailable(e),
+            _ => Self::Wechat(e),
+        }
+    }
+
     /// The reason reported to callers (and used as a metrics label).
     pub fn reason(&self) -> ErrorReason {
         match self {
@@ -48,6 +79,20 @@ impl Error {
             Self::NotFound => ErrorReason::NotFound,
             Self::DecryptFailed(_) => ErrorReason::DecryptFailed,
             Self::AuthService(_) => ErrorReason::DependencyUnavailable,
+            Self::PhoneCodeInvalid => ErrorReason::PhoneCodeInvalid,
+            Self::WechatBusy => ErrorReason::WechatBusy,
+            Self::AppMisconfigured(_) => ErrorReason::AppMisconfigured,
+            Self::Wechat(_) => ErrorReason::WechatError,
+            Self::WechatUnavailable(_) => ErrorReason::WechatUnavailable,
+            Self::AccessToken(s) => match service_kit::reason::reason_of(s) {
+                r @ (ErrorReason::RateLimited
+                | ErrorReason::AppMisconfigured
+                | ErrorReason::WechatError
+                | ErrorReason::WechatUnavailable
+                | ErrorReason::DependencyUnavailable) => r,
+                _ => ErrorReason::Internal,
+            },
+            Self::PhoneCodesOff => ErrorReason::Internal,
             Self::Db(DbError::Unavailable(_)) => ErrorReason::DependencyUnavailable,
             Self::Db(e) if e.is_not_found() => ErrorReason::NotFound,
             Self::Db(_) | Self::Config(_) | Self::Server(_) => ErrorReason::Internal,
@@ -71,6 +116,25 @@ impl From<Error> for tonic::Status {
             Error::AuthService(s) => {
                 tracing::warn!(code = ?s.code(), message = s.message(), "auth-service GetSessionKey failed");
                 status(reason, "auth-service unavailable")
+            }
+            Error::PhoneCodeInvalid | Error::WechatBusy => status(reason, error.to_string()),
+            Error::AppMisconfigured(_)
+            | Error::Wechat(_)
+            | Error::WechatUnavailable(_)
+            | Error::AccessToken(_)
+            | Error::PhoneCodesOff => {
+                tracing::warn!(error = %error, "phone number by code failed");
+                status(
+                    reason,
+                    match reason {
+                        ErrorReason::AppMisconfigured => "WeChat rejected the app's credentials",
+                        ErrorReason::WechatUnavailable => "WeChat unavailable",
+                        ErrorReason::RateLimited => "WeChat rate limit reached",
+                        ErrorReason::DependencyUnavailable => "auth-service unavailable",
+                        ErrorReason::Internal => "internal error",
+                        _ => "WeChat error",
+                    },
+                )
             }
             Error::Db(e) if reason == ErrorReason::NotFound => {
                 tracing::debug!(error = %e, "row not found");

@@ -7,6 +7,7 @@
 mod config;
 mod decrypt;
 mod error;
+mod phone_code;
 mod schema;
 mod service;
 mod session_keys;
@@ -24,6 +25,7 @@ use wxmp_proto::user::v1::user_service_server::UserServiceServer;
 pub use config::Config;
 pub use decrypt::{MAX_ENCRYPTED_DATA, MAX_IV, MAX_RAW_DATA, MAX_SIGNATURE};
 pub use error::{DECRYPT_FAILED_MESSAGE, DecryptCause, Error};
+pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
 pub use service::Service;
 pub use session_keys::{AuthSessionKeys, SessionKeys};
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
@@ -67,8 +69,15 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         config.internal.internal_token.as_ref(),
         tls.as_ref(),
     )?;
+    let phones = PhoneCodes::new(
+        &config.auth_service_url,
+        timeout,
+        config.internal.internal_token.as_ref(),
+        &config.wechat_api_base,
+        Duration::from_millis(config.wechat_timeout_ms),
+    )?;
     let probe_db = db.clone();
-    let service = Service::new(Users::new(db), keys);
+    let service = Service::new(Users::new(db), keys).with_phone_codes(phones);
     let server =
         UserServiceServer::with_interceptor(service, config.internal.require_token(&listener));
     let routes = tonic::service::Routes::new(server);

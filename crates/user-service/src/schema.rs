@@ -17,5 +17,6 @@ diesel::table! {
         phone_country_code -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        phone_number -> Text,
     }
 }

@@ -8,6 +8,7 @@ use crate::{
     Error,
     decrypt::{Sealed, Signed, open_phone, open_profile},
     error::DecryptCause,
+    phone_code::PhoneCodes,
     session_keys::SessionKeys,
     store::{Owner, Users},
 };
@@ -20,11 +21,22 @@ const MAX_ID: usize = 128;
 pub struct Service<K> {
     users: Users,
     keys: K,
+    phones: Option<PhoneCodes>,
 }
 
 impl<K: SessionKeys> Service<K> {
     pub fn new(users: Users, keys: K) -> Self {
-        Self { users, keys }
+        Self {
+            users,
+            keys,
+            phones: None,
+        }
+    }
+
+    /// Enables UpdatePhoneNumber with a `code` (without, such calls answer INTERNAL).
+    pub fn with_phone_codes(mut self, phones: PhoneCodes) -> Self {
+        self.phones = Some(phones);
+        self
     }
 
     /// The tonic server for this service.
@@ -61,13 +73,21 @@ impl<K: SessionKeys> Service<K> {
     ) -> Result<pb::User, Error> {
         let (metadata, _, body) = request.into_parts();
         let principal = principal(body.principal.as_ref())?;
-        let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
-        let key = self
-            .keys
-            .session_key(&metadata, &principal.app_id, &principal.openid)
-            .await?
-            .ok_or(DecryptCause::NoSessionKey)?;
-        let changes = open_phone(&key, sealed, &principal.app_id)?;
+        let changes = if body.code.is_empty() {
+            let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
+            let key = self
+                .keys
+                .session_key(&metadata, &principal.app_id, &principal.openid)
+                .await?
+                .ok_or(DecryptCause::NoSessionKey)?;
+            open_phone(&key, sealed, &principal.app_id)?
+        } else {
+            self.phones
+                .as_ref()
+                .ok_or(Error::PhoneCodesOff)?
+                .exchange(&metadata, &principal.app_id, &body.code)
+                .await?
+        };
         let user = self
             .users
             .update_phone(owner(principal), &changes)
@@ -170,6 +190,7 @@ impl<K: SessionKeys> pb::user_service_server::UserService for Service<K> {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(by_code = !request.get_ref().code.is_empty()))]
     async fn update_phone_number(
         &self,
         request: Request<pb::UpdatePhoneNumberRequest>,

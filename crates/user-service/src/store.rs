@@ -30,6 +30,7 @@ pub struct User {
     pub phone_country_code: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub phone_number: String,
 }
 
 impl From<User> for pb::User {
@@ -50,6 +51,7 @@ impl From<User> for pb::User {
             phone_country_code: u.phone_country_code,
             created_at: u.created_at,
             updated_at: u.updated_at,
+            phone_number: u.phone_number,
         }
     }
 }
@@ -83,8 +85,11 @@ pub struct ProfileChanges {
 #[derive(Clone, Debug, Default, PartialEq, Eq, AsChangeset)]
 #[diesel(table_name = users)]
 pub struct PhoneChanges {
+    /// purePhoneNumber.
     pub phone: String,
     pub phone_country_code: String,
+    /// phoneNumber (with the country code for foreign numbers).
+    pub phone_number: String,
 }
 
 /// Who an update is for: the authenticated principal. The row must match all three, so a

@@ -396,6 +396,7 @@ async fn bad_requests_are_refused_before_decrypting(backend: Backend) {
             principal: Some(principal_of(&user)),
             encrypted_data: String::new(),
             iv: iv(1),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -430,6 +431,7 @@ async fn phone_number_is_stored(backend: Backend) {
             principal: Some(principal_of(&user)),
             encrypted_data: data,
             iv: iv(4),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -449,6 +451,7 @@ async fn phone_failures_change_nothing(backend: Backend) {
         principal: Some(principal_of(&user)),
         encrypted_data,
         iv,
+        ..Default::default()
     };
     let cases = [
         phone(

@@ -159,6 +159,7 @@ async fn profile_and_phone_over_the_wire(backend: Backend) {
             principal: Some(principal_of(&user)),
             encrypted_data: seal(&key(3), &iv(5), &phone_json(APP, "2025550123", "1")),
             iv: iv(5),
+            ..Default::default()
         })
         .await
         .unwrap()

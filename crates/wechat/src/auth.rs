@@ -98,7 +98,7 @@ pub enum ApiError {
 pub type Code2SessionError = ApiError;
 
 impl ApiError {
-    fn from_errcode(errcode: i64, errmsg: String) -> Self {
+    pub(crate) fn from_errcode(errcode: i64, errmsg: String) -> Self {
         match errcode {
             40029 => ApiError::InvalidCode,
             40163 => ApiError::CodeUsed,
@@ -139,6 +139,20 @@ impl ApiError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ApiError::Transport(_) | ApiError::SystemBusy)
     }
+
+    /// True when WeChat rejected the access_token itself: 40001 (invalid or not the latest:
+    /// another holder refreshed it), 42001 (expired) or 40014 (malformed). The cure is one
+    /// forced refresh and one retry.
+    ///
+    /// ```
+    /// use wechat::ApiError;
+    /// let e = ApiError::Other { errcode: 42001, errmsg: "access_token expired".into() };
+    /// assert!(e.is_token_rejected());
+    /// assert!(!ApiError::SystemBusy.is_token_rejected());
+    /// ```
+    pub fn is_token_rejected(&self) -> bool {
+        matches!(self.errcode(), Some(40001 | 42001 | 40014))
+    }
 }
 
 impl From<BodyError> for ApiError {
@@ -172,7 +186,7 @@ struct TokenBody {
     expires_in: Option<i64>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // serde_json's messages can quote input values; keep only the position.
     serde_json::from_slice(body).map_err(|e| {
         ApiError::BadResponse(format!(

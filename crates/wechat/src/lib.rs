@@ -1,6 +1,8 @@
 //! Everything in wxmp that speaks WeChat.
 //!
 //! * [`auth`]: `code2Session` and `access_token` over HTTPS,
+//! * [`openapi`]: `stable_token` and the server APIs that take an access_token (phone number
+//!   by code, subscribe messages),
 //! * [`crypto`]: the mini program's encrypted user data (AES-128-CBC, watermark, `rawData` signature),
 //! * [`pay`]: WeChat Pay v2 (signatures, the flat XML codec, `unifiedorder`, `orderquery`,
 //!   `closeorder`, payment notifications and `wx.requestPayment` parameters).
@@ -27,10 +29,12 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 mod http;
+pub mod openapi;
 pub mod pay;
 
 pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
 pub use client::{ClientBuildError, WechatClient};
 pub use config::WechatConfig;
 pub use crypto::DecryptError;
+pub use openapi::{PhoneInfo, SubscribeMessage};
 pub use pay::{PayConfig, PayError, SignType};

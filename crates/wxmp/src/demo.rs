@@ -1,6 +1,7 @@
 //! `wxmp demo`: plays a mini program against a running gateway and sandbox, step by step,
 //! exactly as a phone would: wx.login → /login/ → getUserProfile → /userinfo/ → /pay/ →
-//! wx.requestPayment (the sandbox pays) → poll the order until PAID.
+//! getPhoneNumber (a code) → /phone/ → wx.requestSubscribeMessage → /pay/ → wx.requestPayment
+//! (the sandbox pays) → poll the order until PAID → the "order paid" message in the sandbox.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub struct DemoTarget {
     /// pay-service's gRPC address: when set, the demo also receives the order's PAID event
     /// from `WatchOrderEvents`, as a shop service would.
     pub pay_grpc: Option<String>,
+    /// The subscribe message template the user accepts (PAY_PAID_TEMPLATE_ID of the stack).
+    pub paid_template_id: String,
 }
 
 /// What the demo did, for callers that check it (the end-to-end tests).
@@ -29,6 +32,10 @@ pub struct DemoReport {
     pub order_no: String,
     pub amount_fen: i64,
     pub final_state: String,
+    /// The phone number stored from the getPhoneNumber code.
+    pub phone_number: String,
+    /// The "order paid" message the sandbox recorded, if it arrived.
+    pub paid_message: Option<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +138,40 @@ pub async fn run(
         "4. POST /userinfo/ decrypted and stored the profile of {nickname}"
     ));
 
+    let phone_code = post(
+        &http,
+        &format!("{sb}/sandbox/phone-code"),
+        json!({ "purePhoneNumber": "13800138000" }),
+        "sandbox phone code",
+    )
+    .await?;
+    let phone = envelope(
+        post(
+            &http,
+            &format!("{gw}/phone/"),
+            json!({ "token": token, "code": phone_code["code"] }),
+            "POST /phone/",
+        )
+        .await?,
+        "POST /phone/",
+    )?;
+    let phone_number = field(&phone, "/phone_number", "POST /phone/")?;
+    say(format!(
+        "4b. getPhoneNumber gave a code; POST /phone/ exchanged it at getuserphonenumber (with the shared access_token) for {phone_number}"
+    ));
+
+    post(
+        &http,
+        &format!("{sb}/sandbox/subscribe"),
+        json!({ "openid": openid, "template_id": target.paid_template_id }),
+        "sandbox subscribe",
+    )
+    .await?;
+    say(format!(
+        "4c. wx.requestSubscribeMessage: the user accepted template {}",
+        target.paid_template_id
+    ));
+
     let product_id = match &target.product_id {
         Some(id) => id.clone(),
         None => {
@@ -196,6 +237,17 @@ pub async fn run(
                 amount_fen % 100,
                 order["transaction_id"].as_str().unwrap_or("?")
             ));
+            let paid_message = wait_for_message(&http, sb, &openid, &order_no).await?;
+            match &paid_message {
+                Some(m) => say(format!(
+                    "8. the \"order paid\" subscribe message arrived in the sandbox: {}",
+                    m["data"]
+                )),
+                None => say(
+                    "8. no \"order paid\" message arrived (is PAY_PAID_TEMPLATE_ID set on the stack?)"
+                        .to_owned(),
+                ),
+            }
             if let Some(pay_grpc) = &target.pay_grpc {
                 let token = std::env::var("WXMP_INTERNAL_TOKEN")
                     .ok()
@@ -212,7 +264,7 @@ pub async fn run(
                     body,
                 })?;
                 say(format!(
-                    "8. WatchOrderEvents: event #{} ORDER_PAID for {order_no}, as a shop service receives it",
+                    "9. WatchOrderEvents: event #{} ORDER_PAID for {order_no}, as a shop service receives it",
                     event.id
                 ));
             }
@@ -223,6 +275,8 @@ pub async fn run(
                 order_no,
                 amount_fen,
                 final_state: state,
+                phone_number,
+                paid_message,
             });
         }
         if started.elapsed() > target.pay_timeout {
@@ -234,6 +288,41 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Polls `/sandbox/messages` for a message about `order_no` for a few seconds.
+async fn wait_for_message(
+    http: &reqwest::Client,
+    sb: &str,
+    openid: &str,
+    order_no: &str,
+) -> Result<Option<Value>, DemoError> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let response = http
+            .get(format!("{sb}/sandbox/messages"))
+            .query(&[("touser", openid)])
+            .send()
+            .await
+            .map_err(|source| DemoError::Http {
+                step: "sandbox messages",
+                source,
+            })?;
+        let messages: Vec<Value> = response.json().await.map_err(|source| DemoError::Http {
+            step: "sandbox messages",
+            source,
+        })?;
+        let about_order = messages.into_iter().find(|m| {
+            m["data"]
+                .as_object()
+                .is_some_and(|d| d.values().any(|v| v == order_no))
+        });
+        if about_order.is_some() {
+            return Ok(about_order);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(None)
 }
 
 async fn post(

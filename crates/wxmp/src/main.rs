@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use service_kit::telemetry::{self, TelemetryConfig};
 use wxmp::{
     demo::{self, DemoTarget},
-    stack::{DEMO_PRODUCTS, Stack, StackOptions, WechatTarget},
+    stack::{
+        DEMO_PAID_TEMPLATE_DATA, DEMO_PAID_TEMPLATE_ID, DEMO_PRODUCTS, Stack, StackOptions,
+        WechatTarget,
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -45,6 +48,9 @@ enum Command {
         /// from the event stream there ("" skips that step).
         #[arg(long, env = "WXMP_PAY_GRPC_URL", default_value = wxmp::events::DEFAULT_PAY_URL)]
         pay_grpc: String,
+        /// The subscribe message template the user accepts before paying.
+        #[arg(long, env = "PAY_PAID_TEMPLATE_ID", default_value = DEMO_PAID_TEMPLATE_ID)]
+        paid_template: String,
     },
     /// Follow pay-service's order events, or list dead-lettered webhooks (--failed).
     Events(wxmp::events::EventsArgs),
@@ -73,6 +79,10 @@ struct UpArgs {
     /// Product catalog (PAY_PRODUCTS format).
     #[arg(long, env = "PAY_PRODUCTS", default_value = DEMO_PRODUCTS)]
     products: String,
+    /// The "order paid" subscribe message; with the in-process sandbox and none given, the
+    /// demo's.
+    #[arg(long, env = "PAY_PAID_TEMPLATE_ID")]
+    paid_template_id: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -130,7 +140,19 @@ async fn up(args: UpArgs) -> Result<(), String> {
         products: args.products,
         auth_args: Vec::new(),
         user_args: Vec::new(),
-        pay_args: Vec::new(),
+        // PAY_PAID_TEMPLATE_DATA etc. are read from the environment by pay-service itself.
+        pay_args: match (args.paid_template_id, sandbox_in_process) {
+            (Some(id), _) => vec!["--paid-template-id".to_owned(), id],
+            (None, true) => [
+                "--paid-template-id",
+                DEMO_PAID_TEMPLATE_ID,
+                "--paid-template-data",
+                DEMO_PAID_TEMPLATE_DATA,
+            ]
+            .map(String::from)
+            .to_vec(),
+            (None, false) => Vec::new(),
+        },
         gateway_args: Vec::new(),
         wait_ready: true,
     };
@@ -206,11 +228,13 @@ async fn main() -> ExitCode {
             sandbox,
             product,
             pay_grpc,
+            paid_template,
         } => {
             let target = DemoTarget {
                 gateway,
                 sandbox,
                 product_id: product,
+                paid_template_id: paid_template,
                 pay_timeout: Duration::from_secs(60),
                 pay_grpc: Some(pay_grpc).filter(|url| !url.is_empty()),
             };

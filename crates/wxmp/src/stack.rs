@@ -53,6 +53,11 @@ pub struct StackOptions {
 
 /// The catalog `wxmp up` starts with.
 pub const DEMO_PRODUCTS: &str = "coffee:1800:Coffee (sandbox);tea:1200:Tea (sandbox)";
+/// The "order paid" subscribe message `wxmp up` sends when it runs the sandbox.
+pub const DEMO_PAID_TEMPLATE_ID: &str = "wxmp-demo-order-paid";
+/// Its keywords (`PAY_PAID_TEMPLATE_DATA` format).
+pub const DEMO_PAID_TEMPLATE_DATA: &str =
+    "character_string1={order_no};amount2={amount};thing3={description};time4={paid_at}";
 
 impl StackOptions {
     /// Everything on 127.0.0.1 free ports, the sandbox in-process, the given databases.
@@ -286,7 +291,7 @@ impl Stack {
         };
 
         arg(&mut auth_args, "--user-service-url", &*user_url);
-        arg(&mut auth_args, "--wechat-api-base", api_base);
+        arg(&mut auth_args, "--wechat-api-base", &*api_base);
         if let Some(redis) = &options.redis_url {
             arg(&mut auth_args, "--redis-url", &**redis);
         }
@@ -303,6 +308,7 @@ impl Stack {
             &*options.user_database_url,
         );
         arg(&mut user_args, "--auth-service-url", &*auth_url);
+        arg(&mut user_args, "--wechat-api-base", &*api_base);
         user_args.extend(options.user_args.iter().cloned());
         let user_config: user_service::Config = parse("wxmp-user", user_args)?;
 
@@ -314,6 +320,8 @@ impl Stack {
             format!("{gateway_url}/pay/notify"),
         );
         arg(&mut pay_args, "--products", &*options.products);
+        arg(&mut pay_args, "--auth-service-url", &*auth_url);
+        arg(&mut pay_args, "--wechat-api-base", &*api_base);
         pay_args.extend(options.pay_args.iter().cloned());
         let pay_config: pay_service::Config = parse("wxmp-pay", pay_args)?;
 

@@ -72,6 +72,11 @@ impl RedisStore {
         })
     }
 
+    /// The prefix of every key this store writes.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn session_key(&self, token_hash: &str) -> String {
         format!("{}session:{token_hash}", self.prefix)
     }
@@ -116,7 +121,11 @@ impl RedisStore {
         unavailable(e)
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+    /// One command on the shared connection (also used by the access_token cache).
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
         match cmd.query_async(&mut conn).await {
             Ok(v) => Ok(v),

@@ -28,6 +28,7 @@ pub struct Profile {
     country: String,
     phone: String,
     phone_country_code: String,
+    phone_number: String,
 }
 
 impl From<User> for Profile {
@@ -45,6 +46,7 @@ impl From<User> for Profile {
             country: u.country,
             phone: u.phone,
             phone_country_code: u.phone_country_code,
+            phone_number: u.phone_number,
         }
     }
 }
@@ -120,27 +122,43 @@ pub async fn userinfo(
     profile(response.user)
 }
 
-/// `POST /phone/ {token, encryptedData, iv}` → the profile with the phone number.
+/// The body of `/phone/`: the getPhoneNumber button's `code` (base library 2.21.2+), or the
+/// old `encryptedData` + `iv`.
+#[derive(Debug, Deserialize)]
+pub struct PhoneBody {
+    token: Option<String>,
+    code: Option<String>,
+    #[serde(rename = "encryptedData", alias = "encrypted_data")]
+    encrypted_data: Option<String>,
+    iv: Option<String>,
+}
+
+/// `POST /phone/ {token, code}` or `{token, encryptedData, iv}` → the profile with the phone
+/// number.
 pub async fn phone(
     state: web::Data<AppState>,
     request_id: RequestId,
     req: HttpRequest,
-    JsonBody(body): JsonBody<EncryptedBody>,
+    JsonBody(body): JsonBody<PhoneBody>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request_id, &req, body.token.as_deref()).await?;
-    let encrypted_data = required(&body.encrypted_data, "encryptedData")?.to_owned();
-    let iv = required(&body.iv, "iv")?.to_owned();
+    let request = match body.code.as_deref().filter(|c| !c.is_empty()) {
+        Some(code) => UpdatePhoneNumberRequest {
+            principal: Some(principal),
+            code: code.to_owned(),
+            ..Default::default()
+        },
+        None => UpdatePhoneNumberRequest {
+            principal: Some(principal),
+            encrypted_data: required(&body.encrypted_data, "code or encryptedData")?.to_owned(),
+            iv: required(&body.iv, "iv")?.to_owned(),
+            code: String::new(),
+        },
+    };
     let upstreams = &state.upstreams;
     let response = upstreams
         .user()
-        .update_phone_number(upstreams.request(
-            &request_id,
-            UpdatePhoneNumberRequest {
-                principal: Some(principal),
-                encrypted_data,
-                iv,
-            },
-        ))
+        .update_phone_number(upstreams.request(&request_id, request))
         .await?
         .into_inner();
     profile(response.user)

@@ -97,6 +97,7 @@ fn user(id: i64) -> User {
         country: "China".into(),
         phone: String::new(),
         phone_country_code: String::new(),
+        phone_number: String::new(),
         created_at: 1,
         updated_at: 2,
     }
@@ -165,6 +166,13 @@ impl AuthService for FakeAuth {
         &self,
         _: Request<GetSessionKeyRequest>,
     ) -> Result<Response<GetSessionKeyResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn get_access_token(
+        &self,
+        _: Request<wxmp_proto::auth::v1::GetAccessTokenRequest>,
+    ) -> Result<Response<wxmp_proto::auth::v1::GetAccessTokenResponse>, Status> {
         Err(Status::unimplemented("not for the gateway"))
     }
 }
@@ -375,6 +383,27 @@ impl PayService for FakePay {
                 price_fen: 100,
             }],
         }))
+    }
+
+    type WatchOrderEventsStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = Result<wxmp_proto::pay::v1::OrderEvent, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn watch_order_events(
+        &self,
+        _: Request<wxmp_proto::pay::v1::WatchOrderEventsRequest>,
+    ) -> Result<Response<Self::WatchOrderEventsStream>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        _: Request<wxmp_proto::pay::v1::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::ListWebhookDeliveriesResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
     }
 }
 

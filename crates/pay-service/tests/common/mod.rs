@@ -176,6 +176,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         wechat_pay_base: sandbox.base_url.clone(),
         wechat_timeout_ms: 5000,
         events: pay_service::EventsConfig::default(),
+        paid_message: Default::default(),
         telemetry: TelemetryConfig {
             log_format: LogFormat::Pretty,
             metrics_addr: None,

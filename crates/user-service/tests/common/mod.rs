@@ -262,6 +262,13 @@ impl AuthService for FakeAuth {
             None => Err(status(ErrorReason::NotFound, "no live session")),
         }
     }
+
+    async fn get_access_token(
+        &self,
+        _: Request<auth::GetAccessTokenRequest>,
+    ) -> Result<Response<auth::GetAccessTokenResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Serves `fake` on 127.0.0.1:0 until the test ends; answers its URL.
