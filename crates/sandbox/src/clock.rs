@@ -62,6 +62,13 @@ mod tests {
         assert_eq!(parse_wx_time("2024020104050x"), None);
         assert_eq!(parse_wx_time("+2024020104050"), None);
         // Whatever offset a time carries, it is written in Beijing time.
-        assert_eq!(wx_time(&Utc.with_ymd_and_hms(2024, 1, 31, 20, 5, 9).unwrap().fixed_offset()), "20240201040509");
+        assert_eq!(
+            wx_time(
+                &Utc.with_ymd_and_hms(2024, 1, 31, 20, 5, 9)
+                    .unwrap()
+                    .fixed_offset()
+            ),
+            "20240201040509"
+        );
     }
 }

@@ -186,7 +186,8 @@ async fn full_flow(sign_type: SignType, out_trade_no: &str) {
 
     // The phone pays with the parameters the library signed: the sandbox checks its paySign
     // with its own code.
-    let (status, answer) = post_json(&sb, "/sandbox/pay", serde_json::to_value(&params).unwrap()).await;
+    let (status, answer) =
+        post_json(&sb, "/sandbox/pay", serde_json::to_value(&params).unwrap()).await;
     assert_eq!(status, 200, "{answer}");
     let notify = receiver.wait_verified().await;
     assert!(notify.is_success());

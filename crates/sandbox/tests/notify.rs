@@ -32,9 +32,21 @@ async fn notify_content_matches_the_document() {
     let bodies = receiver.wait_for(1).await;
     // As WeChat writes it: total_fee plain, every other value in CDATA, fields in name order
     // (the 支付结果通知 sample; WxJava issue 1585's capture).
-    assert!(bodies[0].starts_with("<xml><appid><![CDATA["), "{}", bodies[0]);
-    assert!(bodies[0].contains("<total_fee>888</total_fee>"), "{}", bodies[0]);
-    assert!(bodies[0].contains("<cash_fee><![CDATA[888]]></cash_fee>"), "{}", bodies[0]);
+    assert!(
+        bodies[0].starts_with("<xml><appid><![CDATA["),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[0].contains("<total_fee>888</total_fee>"),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[0].contains("<cash_fee><![CDATA[888]]></cash_fee>"),
+        "{}",
+        bodies[0]
+    );
     let notify = xml_fields(&bodies[0]);
     let in_order: Vec<&str> = bodies[0]
         .split("></")
@@ -263,7 +275,10 @@ async fn outcomes_fail_cancel_paying() {
     // The success notify is the first and only one the merchant got: none for the failure.
     let received = receiver.received();
     assert_eq!(received.len(), 1, "no notify for a failed payment");
-    assert_eq!(xml_fields(&received[0])["transaction_id"], order["transaction_id"].as_str().unwrap());
+    assert_eq!(
+        xml_fields(&received[0])["transaction_id"],
+        order["transaction_id"].as_str().unwrap()
+    );
     let (status, v) = post_json(
         &sb,
         "/sandbox/pay",
@@ -452,7 +467,12 @@ async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
     let refused = [
         (
             "signed with another key",
-            request_payment(&prepay, "another-key-00000000000000000000", false, json!({})),
+            request_payment(
+                &prepay,
+                "another-key-00000000000000000000",
+                false,
+                json!({}),
+            ),
         ),
         (
             "lower-case paySign",
@@ -461,7 +481,10 @@ async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
                 json!(good["paySign"].as_str().unwrap().to_lowercase()),
             ),
         ),
-        ("timeStamp changed after signing", with("timeStamp", json!("1700000001"))),
+        (
+            "timeStamp changed after signing",
+            with("timeStamp", json!("1700000001")),
+        ),
         (
             "HMAC-SHA256 for an MD5 order",
             request_payment(&prepay, DEV_PAY_KEY, true, json!({})),
@@ -484,13 +507,13 @@ async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
             "{what}: {answer}"
         );
     }
-    let (status, answer) = post_json(
-        &sb,
-        "/sandbox/pay",
-        with("package", json!(prepay.clone())),
-    )
-    .await;
-    assert_eq!((status, answer["error"].as_str()), (400, Some("request_payment_fail")), "{answer}");
+    let (status, answer) =
+        post_json(&sb, "/sandbox/pay", with("package", json!(prepay.clone()))).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("request_payment_fail")),
+        "{answer}"
+    );
     // The old shape (a bare prepay_id) is not the phone's and is refused.
     let (status, _) = post_json(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
     assert_eq!(status, 400);
@@ -498,7 +521,10 @@ async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
     // Nothing happened: the order is unpaid and nothing was (or will be) notified.
     let (_, order) = get_json(&sb, "/sandbox/orders/PAYSIGN-01").await;
     assert_eq!(
-        (order["trade_state"].as_str(), order["notify_state"].as_str()),
+        (
+            order["trade_state"].as_str(),
+            order["notify_state"].as_str()
+        ),
         (Some("NOTPAY"), Some("none")),
         "{order}"
     );
@@ -506,6 +532,10 @@ async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
 
     // The genuine parameters pay.
     let (status, order) = post_json(&sb, "/sandbox/pay", good).await;
-    assert_eq!((status, order["trade_state"].as_str()), (200, Some("SUCCESS")), "{order}");
+    assert_eq!(
+        (status, order["trade_state"].as_str()),
+        (200, Some("SUCCESS")),
+        "{order}"
+    );
     receiver.wait_for(1).await;
 }
