@@ -289,7 +289,7 @@ fn plans(n: usize) -> Vec<Plan> {
 
 /// POST /pay/ until it succeeds (pay-service may be down): 213 is the only failure allowed,
 /// and it comes fast.
-async fn pay_with_retries(t: &TestStack, token: &str) -> (String, String, usize) {
+async fn pay_with_retries(t: &TestStack, token: &str) -> (String, Value, usize) {
     let started = Instant::now();
     let mut refused = 0;
     loop {

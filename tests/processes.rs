@@ -295,15 +295,13 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
             p.pay.kill();
             // Payments made while pay-service is down: their notifies fail and are retried.
             for params in &placed {
-                let prepay_id = params["package"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches("prepay_id=");
-                p.post(
-                    format!("{}/sandbox/pay", p.sandbox),
-                    json!({ "prepay_id": prepay_id }),
-                )
-                .await;
+                let (status, paid) = p
+                    .post(
+                        format!("{}/sandbox/pay", p.sandbox),
+                        wxmp_tests::request_payment(params).expect("wx.requestPayment params"),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{paid}");
             }
             p.pay.spawn();
             p.wait_ready().await;
@@ -318,15 +316,13 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
         placed.push(answer["data"].clone());
     }
     for params in &placed[5..] {
-        let prepay_id = params["package"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("prepay_id=");
-        p.post(
-            format!("{}/sandbox/pay", p.sandbox),
-            json!({ "prepay_id": prepay_id }),
-        )
-        .await;
+        let (status, paid) = p
+            .post(
+                format!("{}/sandbox/pay", p.sandbox),
+                wxmp_tests::request_payment(params).expect("wx.requestPayment params"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{paid}");
     }
 
     // Every order the sandbox charged ends PAID with the sandbox's transaction id; the rest

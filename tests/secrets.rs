@@ -213,8 +213,13 @@ async fn full_flow_leaks_nothing(backend: Backend) {
         session_keys.push(latest.into_inner().session_key);
     }
 
-    // Give in-flight log lines (notify retries, the reconciler) a moment, then scan.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Scan once both copies of WeChat's notify were answered: their log lines are written by
+    // then (the sandbox records a notify only after the answer came back).
+    let answered = wxmp_tests::eventually(Duration::from_secs(20), || async {
+        (t.sandbox_notifies(&order_no).await.len() >= 2).then_some(())
+    })
+    .await;
+    assert!(answered.is_some(), "both notify copies answered");
     let text = logs.text();
     assert!(
         text.contains("pay notify") && text.contains(&order_no),

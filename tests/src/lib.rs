@@ -205,15 +205,40 @@ impl TestStack {
 
 // ---- Helpers of the fault, bad-input and security suites ----------------------------------
 
-/// The out_trade_no and prepay_id of `POST /pay/`'s answer.
-pub fn order_and_prepay(pay_answer: &Value) -> Option<(String, String)> {
-    let data = &pay_answer["data"];
-    let order_no = data["order_no"].as_str()?.to_owned();
-    let prepay = data["package"]
+/// The six parameters the mini program passes to `wx.requestPayment` (appId, timeStamp,
+/// nonceStr, package, signType, paySign), taken from `POST /pay/`'s `data` (or its envelope).
+pub fn request_payment(pay_answer: &Value) -> Option<Value> {
+    let data = if pay_answer["data"].is_object() {
+        &pay_answer["data"]
+    } else {
+        pay_answer
+    };
+    let mut params = serde_json::Map::new();
+    for name in [
+        "appId",
+        "timeStamp",
+        "nonceStr",
+        "package",
+        "signType",
+        "paySign",
+    ] {
+        params.insert(name.to_owned(), json!(data[name].as_str()?));
+    }
+    Some(Value::Object(params))
+}
+
+/// The out_trade_no of `POST /pay/`'s answer and the `wx.requestPayment` parameters the phone
+/// pays with ([`request_payment`]).
+pub fn order_and_prepay(pay_answer: &Value) -> Option<(String, Value)> {
+    let order_no = pay_answer["data"]["order_no"].as_str()?.to_owned();
+    Some((order_no, request_payment(pay_answer)?))
+}
+
+/// The prepay_id inside the `package` of `wx.requestPayment` parameters.
+pub fn prepay_id(request_payment: &Value) -> Option<&str> {
+    request_payment["package"]
         .as_str()?
-        .strip_prefix("prepay_id=")?
-        .to_owned();
-    Some((order_no, prepay))
+        .strip_prefix("prepay_id=")
 }
 
 impl TestStack {
@@ -226,15 +251,30 @@ impl TestStack {
         .await
     }
 
-    /// The phone pays `prepay_id` at the sandbox (`outcome` success|fail|cancel|paying), with
-    /// this order's notify faults when given.
-    pub async fn sandbox_pay(&self, prepay_id: &str, outcome: &str, faults: Option<Value>) {
-        let mut body = json!({ "prepay_id": prepay_id, "outcome": outcome });
+    /// The phone pays at the sandbox with `request_payment` (the `wx.requestPayment`
+    /// parameters of a `POST /pay/` answer, see [`order_and_prepay`]): `outcome`
+    /// success|fail|cancel|paying, with this order's notify faults when given.
+    pub async fn sandbox_pay(&self, request_payment: &Value, outcome: &str, faults: Option<Value>) {
+        let (status, answer) = self
+            .sandbox_pay_answer(request_payment, outcome, faults)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    /// `POST /sandbox/pay` as [`Self::sandbox_pay`], answering the sandbox's status and body
+    /// (400 `request_payment_fail` when the phone would refuse the parameters).
+    pub async fn sandbox_pay_answer(
+        &self,
+        request_payment: &Value,
+        outcome: &str,
+        faults: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut body = request_payment.clone();
+        body["outcome"] = json!(outcome);
         if let Some(faults) = faults {
             body["faults"] = faults;
         }
-        let (status, answer) = self.post(&self.sandbox("/sandbox/pay"), body).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
+        self.post(&self.sandbox("/sandbox/pay"), body).await
     }
 
     /// Sends raw bytes to a gateway path; answers (HTTP status, body text). Never panics on
@@ -298,6 +338,33 @@ impl TestStack {
         query(&self.pay_database_url)
             .await
             .expect("read pay_notifications")
+    }
+
+    /// The sandbox's (WeChat's) view of one order: trade_state, notify_state,
+    /// unifiedorder_calls...
+    pub async fn sandbox_order(&self, out_trade_no: &str) -> Value {
+        let response = self
+            .http
+            .get(self.sandbox(&format!("/sandbox/orders/{out_trade_no}")))
+            .send()
+            .await
+            .expect("sandbox order");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON")
+    }
+
+    /// Every notify request the sandbox sent for `out_trade_no`, oldest first (with the XML
+    /// sent, the merchant's answer and whether it was accepted).
+    pub async fn sandbox_notifies(&self, out_trade_no: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.sandbox("/sandbox/notifies"))
+            .query(&[("out_trade_no", out_trade_no)])
+            .send()
+            .await
+            .expect("sandbox notifies");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("JSON")
     }
 
     /// The sandbox's view of every order it holds in `trade_state`.

@@ -194,7 +194,13 @@ async fn expired_session_is_refused(store: Store) {
     let stack = start(options).await;
     let login = stack.login("", &stack.new_code().await.code).await.unwrap();
     assert_eq!(login.expires_in, 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Polled until refused (bounded): the 1 s session must not live for seconds.
+    let mut polls = 0;
+    while stack.authenticate(&login.token).await.is_ok() {
+        polls += 1;
+        assert!(polls < 100, "the session outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         reason(stack.authenticate(&login.token).await),
         ErrorReason::InvalidToken

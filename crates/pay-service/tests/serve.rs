@@ -77,9 +77,11 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
         .unwrap()
         .into_inner();
     let no = prepared.order.clone().unwrap().order_no;
+    let mut phone = common::request_payment(&prepared);
+    phone["faults"] = serde_json::json!({"drop_notify": true});
     let resp = reqwest::Client::new()
         .post(sandbox.url("/sandbox/pay"))
-        .json(&serde_json::json!({"prepay_id": prepay_id(&prepared), "faults": {"drop_notify": true}}))
+        .json(&phone)
         .send()
         .await
         .unwrap();

@@ -1,6 +1,13 @@
-//! WeChat Pay's clock: times are Beijing time (UTC+8) written yyyyMMddHHmmss.
+//! WeChat Pay's clock: times are Beijing time (UTC+8) written yyyyMMddHHmmss ("时间规则":
+//! "标准北京时间，时区为东八区；如果商户的系统时间为非标准北京时间。参数值必须根据商户系统所在
+//! 时区先换算成标准北京时间", e.g. time_end 20091225091010, 参数规定,
+//! https://pay.weixin.qq.com/wiki/doc/api/wxa/wxa_api.php?chapter=4_2). The sandbox's own
+//! code, not `crates/wechat`'s.
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+
+/// The layout of time_start / time_expire / time_end.
+const WX_TIME_FORMAT: &str = "%Y%m%d%H%M%S";
 
 fn beijing() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
@@ -12,13 +19,20 @@ pub fn now() -> DateTime<FixedOffset> {
 
 /// yyyyMMddHHmmss, as in time_end.
 pub fn wx_time(t: &DateTime<FixedOffset>) -> String {
-    wechat::pay::time::format(t.timestamp())
+    t.with_timezone(&beijing())
+        .format(WX_TIME_FORMAT)
+        .to_string()
 }
 
-/// Reads yyyyMMddHHmmss as Beijing time.
+/// Reads yyyyMMddHHmmss (exactly 14 digits) as Beijing time.
 pub fn parse_wx_time(s: &str) -> Option<DateTime<FixedOffset>> {
-    let unix = wechat::pay::time::parse(s)?;
-    Some(DateTime::from_timestamp(unix, 0)?.with_timezone(&beijing()))
+    if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(s, WX_TIME_FORMAT)
+        .ok()?
+        .and_local_timezone(beijing())
+        .single()
 }
 
 pub fn unix_secs() -> i64 {
@@ -45,5 +59,16 @@ mod tests {
         assert_eq!(parse_wx_time("20240201040509"), Some(t));
         assert_eq!(parse_wx_time("2024020104050"), None);
         assert_eq!(parse_wx_time("20241301040509"), None);
+        assert_eq!(parse_wx_time("2024020104050x"), None);
+        assert_eq!(parse_wx_time("+2024020104050"), None);
+        // Whatever offset a time carries, it is written in Beijing time.
+        assert_eq!(
+            wx_time(
+                &Utc.with_ymd_and_hms(2024, 1, 31, 20, 5, 9)
+                    .unwrap()
+                    .fixed_offset()
+            ),
+            "20240201040509"
+        );
     }
 }

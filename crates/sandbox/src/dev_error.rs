@@ -19,6 +19,9 @@ pub enum DevError {
     UnknownOrder(String),
     #[error("{0}")]
     Conflict(String),
+    /// What `wx.requestPayment`'s fail callback would say (`requestPayment:fail ...`).
+    #[error("{0}")]
+    RequestPaymentFail(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -33,6 +36,7 @@ impl DevError {
             Self::UnknownPrepay(_) => "unknown_prepay_id",
             Self::UnknownOrder(_) => "unknown_order",
             Self::Conflict(_) => "conflict",
+            Self::RequestPaymentFail(_) => "request_payment_fail",
             Self::Internal(_) => "internal",
         }
     }
@@ -41,7 +45,7 @@ impl DevError {
 impl ResponseError for DevError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::RequestPaymentFail(_) => StatusCode::BAD_REQUEST,
             Self::UnknownApp(_)
             | Self::UnknownUser { .. }
             | Self::NotLoggedIn { .. }

@@ -51,19 +51,28 @@
 //!   watermark: {timestamp, appid}}`, rawData is the profile alone and
 //!   `signature = sha1(rawData + session_key)`. phone decrypts to `{phoneNumber, purePhoneNumber,
 //!   countryCode, watermark}` and has no rawData/signature (as in WeChat).
-//! - `POST /sandbox/pay` `{"prepay_id", "outcome"?: "success"|"fail"|"cancel"|"paying",
-//!   "faults"?: {...}}` → the order view. success: SUCCESS + transaction_id + time_end, and a signed
-//!   notify to notify_url, retried after 15s, 15s, 30s, 3m, 10m, 20m, 30m, 30m, 30m, 60m, 3h, 3h, 3h,
-//!   6h, 6h (times `SANDBOX_NOTIFY_TIME_SCALE`) until an answer is HTTP 200 with XML return_code
-//!   SUCCESS; fail: PAYERROR, no notify; cancel: stays NOTPAY; paying: USERPAYING. `faults` (or
-//!   the `X-Sandbox-Faults` header) fixes the notify faults of this order; without it the global
-//!   faults are read at each attempt.
+//! - `POST /sandbox/pay` `{"appId", "timeStamp", "nonceStr", "package", "signType", "paySign",
+//!   "outcome"?: "success"|"fail"|"cancel"|"paying", "faults"?: {...}}` → the order view. The
+//!   phone's `wx.requestPayment`: the five signed parameters exactly as the merchant's server
+//!   handed them (`package` = `prepay_id=...`). As WeChat does before it shows the payment sheet,
+//!   the sandbox checks that `signType` is the order's, `appId` the order's app and `paySign` the
+//!   merchant-key signature of appId, nonceStr, package, signType and timeStamp; otherwise HTTP
+//!   400 `{"error": "request_payment_fail", "message": "requestPayment:fail 支付验证签名失败"}`
+//!   (the fail callback) and nothing changes. success: SUCCESS + transaction_id + time_end, and
+//!   a signed notify to notify_url, retried after 15s, 15s, 30s, 3m, 10m, 20m, 30m, 30m, 30m,
+//!   60m, 3h, 3h, 3h, 6h, 6h (times `SANDBOX_NOTIFY_TIME_SCALE`) until an answer is HTTP 200 with
+//!   XML return_code SUCCESS; fail: PAYERROR, no notify; cancel: stays NOTPAY; paying:
+//!   USERPAYING. `faults` (or the `X-Sandbox-Faults` header) fixes the notify faults of this
+//!   order; without it the global faults are read at each attempt. The notify is signed with
+//!   the order's sign type and, like WeChat's, carries no `sign_type` field even for
+//!   HMAC-SHA256 (WxJava issue 1585, easy-swoole/pay issue 38).
 //! - `GET /sandbox/notifies?out_trade_no=&mch_id=` → `[{"mch_id","out_trade_no","attempt","copy",
 //!   "at_ms","url","request","status","response","error","accepted","faults"}]`.
 //! - `GET /sandbox/orders/{out_trade_no}` → `{"appid","mch_id","out_trade_no","prepay_id","body",
 //!   "attach","total_fee","openid","notify_url","trade_type","sign_type","trade_state",
 //!   "trade_state_desc","transaction_id","time_end","created_at_ms","notify_state"
-//!   (none|pending|accepted|dropped|gave_up),"notify_attempts"}`;
+//!   (none|pending|accepted|dropped|gave_up),"notify_attempts","unifiedorder_calls"}`
+//!   (`unifiedorder_calls`: authenticated unifiedorder calls naming the order, answered or not);
 //!   `GET /sandbox/orders?trade_state=SUCCESS` lists them.
 //! - `POST /sandbox/phone-code` `{"appid"?, "purePhoneNumber"?, "countryCode"?, "errcode"?}` →
 //!   `{"code","appid","phoneNumber","purePhoneNumber","countryCode"}` (a getPhoneNumber code;
@@ -104,6 +113,16 @@
 //! - Per request: header `X-Sandbox-Faults: <the JSON>` on a WeChat path (used instead of the
 //!   global set for that request), or on `/sandbox/pay` (fixes that order's notify faults).
 //!
+//! # WeChat, not a mirror of `crates/wechat`
+//!
+//! The sandbox signs, verifies, writes and reads WeChat's formats with its own code ([`wx`]:
+//! Pay v2 signatures, the Pay XML, nonces, user-data encryption and the rawData signature;
+//! `clock`: yyyyMMddHHmmss China time), written from WeChat's documents and merchants' reports
+//! (cited where they are used) on md-5, hmac, sha1, sha2, aes, cbc and quick-xml. It never
+//! calls the `wechat` library it plays WeChat for (that is only a dev-dependency, for tests that
+//! cross-check the two), so where the library misreads WeChat the end-to-end tests fail instead
+//! of agreeing with it. Its XML is WeChat's: CDATA values with `total_fee` written plain.
+//!
 //! # Configuration
 //!
 //! [`Config`]: `WXMP_APPS` (`appid:secret[,...]`, first = default app), `WXMP_PAY_MCH_ID`,
@@ -128,7 +147,7 @@ mod server;
 mod state;
 mod token;
 pub mod user_data;
-mod wx;
+pub mod wx;
 mod wx_error;
 
 pub use config::{App, AppList, Config};

@@ -14,7 +14,7 @@ use crate::{
     order::{NotifyState, Order, OrderKey, OrderView, PREPAY_LIFETIME, TradeState},
     pay::pairs,
     state::Sandbox,
-    wx::{self, SignType},
+    wx,
 };
 
 /// WeChat's documented delays between notify attempts, in seconds (16 attempts in all).
@@ -40,14 +40,86 @@ pub enum PayOutcome {
     Paying,
 }
 
-/// Body of `POST /sandbox/pay`.
+/// Body of `POST /sandbox/pay`: the parameters the mini program passes to
+/// `wx.requestPayment` (plus the `appId` they were signed with, the mini program's own), and
+/// what the user then does with the payment sheet.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PayRequest {
-    pub prepay_id: String,
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    /// Unix seconds, as a string.
+    #[serde(rename = "timeStamp")]
+    pub time_stamp: String,
+    #[serde(rename = "nonceStr")]
+    pub nonce_str: String,
+    /// `prepay_id=<the unifiedorder's prepay_id>`.
+    pub package: String,
+    /// `MD5` or `HMAC-SHA256`: the unifiedorder's sign type.
+    #[serde(rename = "signType")]
+    pub sign_type: String,
+    #[serde(rename = "paySign")]
+    pub pay_sign: String,
     pub outcome: PayOutcome,
     /// Notify faults fixed for this order (else the global faults are read at each attempt).
     pub faults: Option<Faults>,
+}
+
+impl PayRequest {
+    /// The prepay_id in `package`.
+    fn prepay_id(&self) -> Result<&str, DevError> {
+        self.package
+            .strip_prefix("prepay_id=")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| fail("package参数格式错误, 应为prepay_id=***"))
+    }
+}
+
+fn fail(reason: &str) -> DevError {
+    DevError::RequestPaymentFail(format!("requestPayment:fail {reason}"))
+}
+
+/// What WeChat checks before it shows the payment sheet (小程序调起支付API,
+/// https://pay.weixin.qq.com/wiki/doc/api/wxa/wxa_api.php?chapter=7_7): all five signed
+/// fields present; `signType` the one the order was placed with ("注意此处需与统一下单的签名
+/// 类型一致"); `appId` the app of the order; `paySign` = sign(appId, nonceStr, package,
+/// signType, timeStamp) with the merchant key, else the phone's fail callback with
+/// "支付验证签名失败".
+fn check_request_payment(req: &PayRequest, order: &Order, key: &str) -> Result<(), DevError> {
+    for (name, value) in [
+        ("appId", &req.app_id),
+        ("timeStamp", &req.time_stamp),
+        ("nonceStr", &req.nonce_str),
+        ("signType", &req.sign_type),
+        ("paySign", &req.pay_sign),
+    ] {
+        if value.is_empty() {
+            return Err(fail(&format!("调用支付JSAPI缺少参数: {name}")));
+        }
+    }
+    if req.time_stamp.len() > 32 || !req.time_stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail("timeStamp参数格式错误"));
+    }
+    if req.nonce_str.len() > 32 {
+        return Err(fail("nonceStr参数长度有误"));
+    }
+    let sign_type = wx::parse_sign_type(&req.sign_type)
+        .filter(|t| *t == order.sign_type)
+        .ok_or_else(|| fail("signType与统一下单的签名类型不一致"))?;
+    if req.app_id != order.appid {
+        return Err(fail("appId与下单的appid不一致"));
+    }
+    let signed = pairs([
+        ("appId", req.app_id.as_str()),
+        ("timeStamp", &req.time_stamp),
+        ("nonceStr", &req.nonce_str),
+        ("package", &req.package),
+        ("signType", &req.sign_type),
+    ]);
+    if !wx::verify(&signed, key, sign_type, &req.pay_sign) {
+        return Err(fail("支付验证签名失败"));
+    }
+    Ok(())
 }
 
 /// One HTTP request of a notify (`GET /sandbox/notifies`).
@@ -82,28 +154,32 @@ pub async fn pay(
     sandbox: web::Data<Sandbox>,
     body: web::Bytes,
 ) -> Result<HttpResponse, DevError> {
-    let body: PayRequest = parse_body(&body)?;
-    let fixed_faults = match body.faults {
+    let mut body: PayRequest = parse_body(&body)?;
+    let fixed_faults = match body.faults.take() {
         Some(f) => Some(f),
         None => faults::from_header(&req)?,
     };
     if let Some(f) = &fixed_faults {
         f.validate().map_err(DevError::BadRequest)?;
     }
+    let prepay_id = body.prepay_id()?.to_owned();
     let mut state = sandbox.state();
     let key = state
         .prepay_ids
-        .get(&body.prepay_id)
+        .get(&prepay_id)
         .cloned()
-        .ok_or_else(|| DevError::UnknownPrepay(body.prepay_id.clone()))?;
+        .ok_or_else(|| DevError::UnknownPrepay(prepay_id.clone()))?;
     let order = state
         .orders
         .get_mut(&key)
-        .ok_or_else(|| DevError::UnknownPrepay(body.prepay_id.clone()))?;
+        .ok_or_else(|| DevError::UnknownPrepay(prepay_id.clone()))?;
+    let merchant = sandbox
+        .merchant(&order.mch_id)
+        .ok_or_else(|| DevError::Internal(format!("no merchant {}", order.mch_id)))?;
+    check_request_payment(&body, order, merchant.key.expose())?;
     if order.prepay_issued.elapsed() >= PREPAY_LIFETIME {
         return Err(DevError::Conflict(format!(
-            "prepay_id {} has expired",
-            body.prepay_id
+            "prepay_id {prepay_id} has expired"
         )));
     }
     if order.time_expire.is_some_and(|t| clock::now() > t) {
@@ -183,6 +259,17 @@ pub async fn list(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>)
 }
 
 /// The notify XML for `order`, with the faults that change its content.
+///
+/// As WeChat sends it: fields in name order with `sign` among them (the 支付结果通知
+/// document's sample, https://pay.weixin.qq.com/wiki/doc/api/wxa/wxa_api.php?chapter=9_7, and
+/// merchants' captures), `total_fee` plain and the rest in CDATA (see [`wx::to_xml`]), signed
+/// with the order's sign type — and with NO `sign_type` field even when that is HMAC-SHA256,
+/// although the document lists one. Merchants found this the hard way: WxJava issue 1585
+/// (https://github.com/binarywang/WxJava/issues/1585, a 64-hex-digit `sign` and no
+/// `sign_type` in a captured notify), easy-swoole/pay issue 38
+/// (https://github.com/easy-swoole/pay/issues/38, "并没有携带签名类型sign_type的字段"),
+/// WxJava 1633 and WXPay-SDK-Java issue 1: an SDK that falls back to MD5 when the field is
+/// absent rejects every genuine notify of an HMAC merchant.
 fn notify_xml(order: &Order, key: &str, faults: &Faults) -> (String, Vec<String>) {
     let mut applied = Vec::new();
     let mut total_fee = order.total_fee;
@@ -197,11 +284,6 @@ fn notify_xml(order: &Order, key: &str, faults: &Faults) -> (String, Vec<String>
         ("appid", &order.appid),
         ("mch_id", &order.mch_id),
         ("nonce_str", &wx::nonce_str()),
-    ]);
-    if order.sign_type != SignType::Md5 {
-        out.push(("sign_type".into(), order.sign_type.as_str().into()));
-    }
-    out.extend(pairs([
         ("result_code", "SUCCESS"),
         ("openid", &order.openid),
         ("is_subscribe", "N"),
@@ -215,14 +297,11 @@ fn notify_xml(order: &Order, key: &str, faults: &Faults) -> (String, Vec<String>
             order.transaction_id.as_deref().unwrap_or_default(),
         ),
         ("out_trade_no", &order.out_trade_no),
-    ]));
+        ("time_end", order.time_end.as_deref().unwrap_or_default()),
+    ]);
     if let Some(attach) = &order.attach {
         out.push(("attach".into(), attach.clone()));
     }
-    out.push((
-        "time_end".into(),
-        order.time_end.clone().unwrap_or_default(),
-    ));
     let sign = if faults.notify_bad_signature {
         applied.push("bad_signature".to_owned());
         // A well-formed signature made with another key.
@@ -230,7 +309,8 @@ fn notify_xml(order: &Order, key: &str, faults: &Faults) -> (String, Vec<String>
     } else {
         wx::sign(&out, key, order.sign_type)
     };
-    out.insert(5, ("sign".into(), sign));
+    out.push(("sign".into(), sign));
+    out.sort();
     (wx::to_xml(&out), applied)
 }
 

@@ -100,6 +100,9 @@ pub struct Order {
     pub notify_attempts: u32,
     /// Notify faults fixed for this order by `/sandbox/pay` (else the global ones apply).
     pub notify_faults: Option<Faults>,
+    /// Authenticated unifiedorder calls naming this out_trade_no (the first included), so
+    /// tests can count what a merchant asked WeChat.
+    pub unifiedorder_calls: u32,
 }
 
 /// The sandbox's view of an order (`GET /sandbox/orders/{out_trade_no}`).
@@ -125,6 +128,9 @@ pub struct OrderView {
     pub created_at_ms: i64,
     pub notify_state: NotifyState,
     pub notify_attempts: u32,
+    /// Authenticated unifiedorder calls naming this out_trade_no, answered or refused.
+    #[serde(default)]
+    pub unifiedorder_calls: u32,
 }
 
 impl From<&Order> for OrderView {
@@ -149,6 +155,7 @@ impl From<&Order> for OrderView {
             created_at_ms: o.created_at_ms,
             notify_state: o.notify_state,
             notify_attempts: o.notify_attempts,
+            unifiedorder_calls: o.unifiedorder_calls,
         }
     }
 }

@@ -328,6 +328,7 @@ fn place_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     }
     let now = Instant::now();
     let prepay_id = if let Some(order) = state.orders.get_mut(&key) {
+        order.unifiedorder_calls += 1;
         match order.trade_state {
             TradeState::Success => return Err(business(ErrCode::OrderPaid, "该订单已支付")),
             TradeState::Closed => return Err(business(ErrCode::OrderClosed, "该订单已关闭")),
@@ -375,6 +376,7 @@ fn place_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
             notify_state: NotifyState::None,
             notify_attempts: 0,
             notify_faults: None,
+            unifiedorder_calls: 1,
         };
         state.prepay_ids.insert(prepay_id.clone(), key.clone());
         state.orders.insert(key, order);

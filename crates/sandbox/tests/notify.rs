@@ -10,11 +10,9 @@ use serde_json::{Value, json};
 
 const OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
 
+/// The phone pays an MD5 order with correctly signed wx.requestPayment parameters.
 async fn pay(sb: &sandbox::SandboxHandle, prepay_id: &str, extra: Value) -> Value {
-    let mut body = json!({ "prepay_id": prepay_id });
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    let body = request_payment(prepay_id, DEV_PAY_KEY, false, extra);
     let (status, order) = post_json(sb, "/sandbox/pay", body).await;
     assert_eq!(status, 200, "{order}");
     order
@@ -32,7 +30,31 @@ async fn notify_content_matches_the_document() {
     assert_eq!(order["transaction_id"].as_str().unwrap().len(), 28);
 
     let bodies = receiver.wait_for(1).await;
+    // As WeChat writes it: total_fee plain, every other value in CDATA, fields in name order
+    // (the 支付结果通知 sample; WxJava issue 1585's capture).
+    assert!(
+        bodies[0].starts_with("<xml><appid><![CDATA["),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[0].contains("<total_fee>888</total_fee>"),
+        "{}",
+        bodies[0]
+    );
+    assert!(
+        bodies[0].contains("<cash_fee><![CDATA[888]]></cash_fee>"),
+        "{}",
+        bodies[0]
+    );
     let notify = xml_fields(&bodies[0]);
+    let in_order: Vec<&str> = bodies[0]
+        .split("></")
+        .filter_map(|s| s.split('>').next())
+        .collect();
+    let mut sorted = in_order.clone();
+    sorted.sort();
+    assert_eq!(in_order, sorted, "fields in name order");
     let names: Vec<&str> = notify.keys().map(String::as_str).collect();
     assert_eq!(
         names,
@@ -99,8 +121,8 @@ async fn notify_content_matches_the_document() {
     assert_eq!(r["url"], receiver.url.as_str());
     assert!(r["at_ms"].as_i64().unwrap() > 1_600_000_000_000);
 
-    // No more notifies once accepted.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No more notifies once accepted: `accepted` is final (the delivery task has returned), and
+    // by then exactly one request was made.
     assert_eq!(receiver.received().len(), 1);
 }
 
@@ -111,10 +133,17 @@ async fn hmac_orders_get_hmac_notifies() {
     let mut fields = order_fields("NOTIFY-HMAC", "1", OPENID, &receiver.url);
     fields.insert("sign_type".into(), "HMAC-SHA256".into());
     let answer = pay_call(&sb, "/pay/unifiedorder", signed_xml(fields, DEV_PAY_KEY)).await;
-    pay(&sb, &answer["prepay_id"], json!({ "outcome": "success" })).await;
-    let notify = xml_fields(&receiver.wait_for(1).await[0]);
-    assert_eq!(notify["sign_type"], "HMAC-SHA256");
+    let body = request_payment(&answer["prepay_id"], DEV_PAY_KEY, true, json!({}));
+    let (status, order) = post_json(&sb, "/sandbox/pay", body).await;
+    assert_eq!(status, 200, "{order}");
+    let raw = receiver.wait_for(1).await[0].clone();
+    let notify = xml_fields(&raw);
+    // WeChat signs an HMAC order's notify with HMAC-SHA256 but sends no sign_type (WxJava
+    // issue 1585, easy-swoole/pay issue 38): the merchant must know its own sign type.
+    assert!(!notify.contains_key("sign_type"), "{raw}");
+    assert_eq!(notify["sign"].len(), 64, "{raw}");
     assert!(signature_ok(&notify, DEV_PAY_KEY, true));
+    assert!(!signature_ok(&notify, DEV_PAY_KEY, false));
 }
 
 #[tokio::test]
@@ -239,22 +268,34 @@ async fn outcomes_fail_cancel_paying() {
     assert_eq!(order["trade_state"], "PAYERROR");
     assert_eq!(order["notify_state"], "none");
     assert_eq!(order["transaction_id"], Value::Null);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        receiver.received().is_empty(),
-        "no notify for a failed payment"
-    );
     // The user tries again and pays.
     let order = pay(&sb, &prepay, json!({ "outcome": "success" })).await;
     assert_eq!(order["trade_state"], "SUCCESS");
-    receiver.wait_for(1).await;
-    let (status, v) = post_json(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    wait_notify_state(&sb, "OUTCOME-0001", "accepted").await;
+    // The success notify is the first and only one the merchant got: none for the failure.
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "no notify for a failed payment");
+    assert_eq!(
+        xml_fields(&received[0])["transaction_id"],
+        order["transaction_id"].as_str().unwrap()
+    );
+    let (status, v) = post_json(
+        &sb,
+        "/sandbox/pay",
+        request_payment(&prepay, DEV_PAY_KEY, false, json!({})),
+    )
+    .await;
     assert_eq!(
         (status, v["error"].as_str()),
         (409, Some("conflict")),
         "already paid"
     );
-    let (status, v) = post_json(&sb, "/sandbox/pay", json!({ "prepay_id": "wx-unknown" })).await;
+    let (status, v) = post_json(
+        &sb,
+        "/sandbox/pay",
+        request_payment("wx-unknown", DEV_PAY_KEY, false, json!({})),
+    )
+    .await;
     assert_eq!(
         (status, v["error"].as_str()),
         (404, Some("unknown_prepay_id"))
@@ -262,7 +303,7 @@ async fn outcomes_fail_cancel_paying() {
     let (status, _) = post_json(
         &sb,
         "/sandbox/pay",
-        json!({ "prepay_id": prepay, "outcome": "refund" }),
+        request_payment(&prepay, DEV_PAY_KEY, false, json!({ "outcome": "refund" })),
     )
     .await;
     assert_eq!(status, 400);
@@ -286,8 +327,15 @@ async fn drop_notify_fault() {
     let order = pay(&sb, &prepay, json!({})).await;
     assert_eq!(order["trade_state"], "SUCCESS");
     assert_eq!(order["notify_state"], "dropped");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(receiver.received().is_empty());
+    // A later order's notify to the same merchant is the first one it gets: none was sent for
+    // the dropped one in the meantime.
+    post_json(&sb, "/sandbox/faults", json!({})).await;
+    let later = place_order(&sb, "DROP-0002", 1, OPENID, &receiver.url).await;
+    pay(&sb, &later, json!({})).await;
+    wait_notify_state(&sb, "DROP-0002", "accepted").await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(xml_fields(&received[0])["out_trade_no"], "DROP-0002");
     // The payment is still visible to orderquery.
     let q = signed_xml(
         map(&[
@@ -391,7 +439,7 @@ async fn wrong_total_fee_and_bad_signature_faults() {
     let res = http()
         .post(sb.url("/sandbox/pay"))
         .header("X-Sandbox-Faults", r#"{"notify_bad_signature":true}"#)
-        .json(&json!({ "prepay_id": prepay }))
+        .json(&request_payment(&prepay, DEV_PAY_KEY, false, json!({})))
         .send()
         .await
         .unwrap();
@@ -400,4 +448,94 @@ async fn wrong_total_fee_and_bad_signature_faults() {
     assert!(!signature_ok(&notify, DEV_PAY_KEY, false));
     assert_eq!(notify["sign"].len(), 32);
     assert_eq!(notify["total_fee"], "100");
+}
+
+/// `/sandbox/pay` is the phone's `wx.requestPayment`: WeChat checks the paySign (and that
+/// signType and appId match the order) before it shows the sheet, and a mismatch ends in the
+/// fail callback — no payment, no notify.
+#[tokio::test]
+async fn a_wrong_pay_sign_is_refused_like_request_payment_fail() {
+    let sb = start().await;
+    let receiver = Receiver::start(vec![ok()]).await;
+    let prepay = place_order(&sb, "PAYSIGN-01", 100, OPENID, &receiver.url).await;
+    let good = request_payment(&prepay, DEV_PAY_KEY, false, json!({}));
+    let with = |name: &str, value: Value| {
+        let mut body = good.clone();
+        body[name] = value;
+        body
+    };
+    let refused = [
+        (
+            "signed with another key",
+            request_payment(
+                &prepay,
+                "another-key-00000000000000000000",
+                false,
+                json!({}),
+            ),
+        ),
+        (
+            "lower-case paySign",
+            with(
+                "paySign",
+                json!(good["paySign"].as_str().unwrap().to_lowercase()),
+            ),
+        ),
+        (
+            "timeStamp changed after signing",
+            with("timeStamp", json!("1700000001")),
+        ),
+        (
+            "HMAC-SHA256 for an MD5 order",
+            request_payment(&prepay, DEV_PAY_KEY, true, json!({})),
+        ),
+        ("appId of another app", with("appId", json!(APP2_ID))),
+        ("no paySign", with("paySign", json!(""))),
+        ("no signType", with("signType", json!(""))),
+    ];
+    for (what, body) in refused {
+        let (status, answer) = post_json(&sb, "/sandbox/pay", body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("request_payment_fail")),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("requestPayment:fail")),
+            "{what}: {answer}"
+        );
+    }
+    let (status, answer) =
+        post_json(&sb, "/sandbox/pay", with("package", json!(prepay.clone()))).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("request_payment_fail")),
+        "{answer}"
+    );
+    // The old shape (a bare prepay_id) is not the phone's and is refused.
+    let (status, _) = post_json(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    assert_eq!(status, 400);
+
+    // Nothing happened: the order is unpaid and nothing was (or will be) notified.
+    let (_, order) = get_json(&sb, "/sandbox/orders/PAYSIGN-01").await;
+    assert_eq!(
+        (
+            order["trade_state"].as_str(),
+            order["notify_state"].as_str()
+        ),
+        (Some("NOTPAY"), Some("none")),
+        "{order}"
+    );
+    assert!(receiver.received().is_empty());
+
+    // The genuine parameters pay.
+    let (status, order) = post_json(&sb, "/sandbox/pay", good).await;
+    assert_eq!(
+        (status, order["trade_state"].as_str()),
+        (200, Some("SUCCESS")),
+        "{order}"
+    );
+    receiver.wait_for(1).await;
 }

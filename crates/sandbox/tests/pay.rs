@@ -83,6 +83,10 @@ async fn unifiedorder_md5_sample() {
     assert_eq!(dup["err_code_des"], "201 商户订单号重复");
     assert!(!dup.contains_key("prepay_id"));
     assert!(signature_ok(&dup, DEV_PAY_KEY, false));
+
+    // The developer API counts every call naming the order, answered or refused.
+    let (_, order) = get_json(&sb, &format!("/sandbox/orders/{}", fields["out_trade_no"])).await;
+    assert_eq!(order["unifiedorder_calls"], 4, "{order}");
 }
 
 #[tokio::test]
@@ -340,7 +344,7 @@ async fn orderquery_and_closeorder_lifecycle() {
     let (status, v) = post_json(
         &sb,
         "/sandbox/pay",
-        json!({ "prepay_id": placed["prepay_id"] }),
+        request_payment(&placed["prepay_id"], DEV_PAY_KEY, false, json!({})),
     )
     .await;
     assert_eq!((status, v["error"].as_str()), (409, Some("conflict")));
@@ -360,7 +364,7 @@ async fn paid_orders_refuse_reorder_and_close() {
     let (status, order) = post_json(
         &sb,
         "/sandbox/pay",
-        json!({ "prepay_id": placed["prepay_id"] }),
+        request_payment(&placed["prepay_id"], DEV_PAY_KEY, false, json!({})),
     )
     .await;
     assert_eq!(status, 200, "{order}");

@@ -194,25 +194,41 @@ pub async fn run(
     )?;
     let order_no = field(&pay, "/order_no", "POST /pay/")?;
     let package = field(&pay, "/package", "POST /pay/")?;
-    let prepay_id = package
-        .strip_prefix("prepay_id=")
-        .ok_or_else(|| DemoError::Unexpected {
-            step: "POST /pay/",
-            body: pay.to_string(),
-        })?
-        .to_owned();
     say(format!(
         "5. POST /pay/ placed order {order_no} for {product_id}: wx.requestPayment({{package: {package}, signType: {}}})",
         pay["signType"]
     ));
 
-    post(
+    // The phone: wx.requestPayment with exactly what /pay/ answered; the sandbox checks
+    // paySign as WeChat does.
+    let mut request_payment = serde_json::Map::new();
+    for name in [
+        "appId",
+        "timeStamp",
+        "nonceStr",
+        "package",
+        "signType",
+        "paySign",
+    ] {
+        request_payment.insert(
+            name.to_owned(),
+            json!(field(&pay, &format!("/{name}"), "POST /pay/")?),
+        );
+    }
+    let paid = post(
         &http,
         &format!("{sb}/sandbox/pay"),
-        json!({ "prepay_id": prepay_id }),
+        Value::Object(request_payment),
         "sandbox pay",
     )
     .await?;
+    if paid.get("error").is_some() {
+        // wx.requestPayment's fail callback: the stack signed something the phone refuses.
+        return Err(DemoError::Unexpected {
+            step: "sandbox pay",
+            body: paid.to_string(),
+        });
+    }
     say("6. the user paid in the sandbox; WeChat's notify is on its way".to_owned());
 
     let started = Instant::now();

@@ -311,13 +311,14 @@ impl Env {
         .into_inner()
     }
 
-    /// `POST /sandbox/pay`: the user pays (with per-order notify faults, if any).
+    /// `POST /sandbox/pay`: the user pays with the `wx.requestPayment` parameters `prepared`
+    /// carries (the sandbox checks their paySign), with per-order notify faults, if any.
     pub async fn sandbox_pay(
         &self,
-        prepay_id: &str,
+        prepared: &pb::PrepareJsapiPaymentResponse,
         faults: Option<serde_json::Value>,
     ) -> serde_json::Value {
-        let mut body = serde_json::json!({ "prepay_id": prepay_id });
+        let mut body = request_payment(prepared);
         if let Some(f) = faults {
             body["faults"] = f;
         }
@@ -371,6 +372,20 @@ pub fn principal(user_id: i64) -> Principal {
 }
 
 /// The prepay_id inside `package` ("prepay_id=...").
+/// The `POST /sandbox/pay` body of the phone: `wx.requestPayment`'s parameters as
+/// PrepareJsapiPayment answered them.
+pub fn request_payment(resp: &pb::PrepareJsapiPaymentResponse) -> serde_json::Value {
+    let p = resp.params.as_ref().expect("JSAPI params");
+    serde_json::json!({
+        "appId": p.app_id,
+        "timeStamp": p.time_stamp,
+        "nonceStr": p.nonce_str,
+        "package": p.package,
+        "signType": p.sign_type,
+        "paySign": p.pay_sign,
+    })
+}
+
 pub fn prepay_id(resp: &pb::PrepareJsapiPaymentResponse) -> String {
     resp.params
         .as_ref()
@@ -402,11 +417,16 @@ pub fn reason(status: &Status) -> service_kit::ErrorReason {
 }
 
 /// A notify signed with `key` (MD5), fields as given.
+/// A notify signed (MD5) and written by the sandbox's WeChat-side code, not by the library
+/// pay-service verifies it with.
 pub fn signed_notify(fields: &[(&str, &str)], key: &str) -> Vec<u8> {
-    let signature = wechat::pay::sign(fields.iter().copied(), key, wechat::SignType::Md5);
-    let mut all: Vec<(&str, &str)> = fields.to_vec();
-    all.push(("sign", &signature));
-    wechat::pay::xml::to_xml(all).into_bytes()
+    let mut all: sandbox::wx::Pairs = fields
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let signature = sandbox::wx::sign(&all, key, sandbox::wx::SignType::Md5);
+    all.push(("sign".to_owned(), signature));
+    sandbox::wx::to_xml(&all).into_bytes()
 }
 
 /// A genuine-looking notify for `order_no`, with fields overridable.

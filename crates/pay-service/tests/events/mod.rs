@@ -161,7 +161,7 @@ async fn a_thousand_payments_stream_exactly_once_across_reconnects(backend: Back
                 if i % 10 == 0 {
                     let paid = env
                         .sandbox_pay(
-                            &prepay_id(prepared),
+                            prepared,
                             Some(serde_json::json!({"drop_notify": true})),
                         )
                         .await;

@@ -349,3 +349,30 @@ pub async fn wait_notify_state(sb: &SandboxHandle, out_trade_no: &str, want: &st
     }
     panic!("order {out_trade_no} never reached notify_state {want}");
 }
+
+// ---- The phone: wx.requestPayment's parameters, signed as the merchant's server does ----
+
+/// The `POST /sandbox/pay` body for `prepay_id` of the dev app: appId, timeStamp, nonceStr,
+/// package and signType signed with `key` (小程序调起支付API), plus `extra` (outcome, faults).
+pub fn request_payment(prepay_id: &str, key: &str, hmac: bool, extra: Value) -> Value {
+    let sign_type = if hmac { "HMAC-SHA256" } else { "MD5" };
+    let package = format!("prepay_id={prepay_id}");
+    let fields = map(&[
+        ("appId", DEV_APP_ID),
+        ("timeStamp", "1700000000"),
+        ("nonceStr", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS"),
+        ("package", &package),
+        ("signType", sign_type),
+    ]);
+    let pay_sign = if hmac {
+        hmac_sign(&fields, key)
+    } else {
+        md5_sign(&fields, key)
+    };
+    let mut body = json!(fields);
+    body["paySign"] = json!(pay_sign);
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    body
+}
