@@ -107,10 +107,12 @@ start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
   AUTH_REDIS_URL="$redis_url" AUTH_REDIS_PREFIX="$redis_prefix" AUTH_SESSION_TTL_SECS=3600 \
   AUTH_USER_SERVICE_URL=http://127.0.0.1:$user_port
 # The reconciler would query WeChat about the bench's unpaid orders: keep it out of the window.
+# Every /pay/ of the load is a purchase of its own, not a double tap: no product reuse.
 start pay wxmp-pay PAY_LISTEN_ADDR=127.0.0.1:$pay_port \
   PAY_DATABASE_URL="$pg_base/$pay_db" PAY_NOTIFY_URL=http://127.0.0.1:$gw_port/pay/notify \
   "PAY_PRODUCTS=coffee:1800:Coffee;tea:1200:Tea" \
-  PAY_RECONCILE_AFTER_SECS=3600 PAY_RECONCILE_INTERVAL_SECS=600
+  PAY_RECONCILE_AFTER_SECS=3600 PAY_RECONCILE_INTERVAL_SECS=600 \
+  PAY_PRODUCT_REUSE_SECS=0
 # All load comes from one address: the per-client limits would measure only the limiter.
 start gateway wxmp-gateway GATEWAY_LISTEN_ADDR=127.0.0.1:$gw_port \
   GATEWAY_AUTH_URL=http://127.0.0.1:$auth_port GATEWAY_USER_URL=http://127.0.0.1:$user_port \

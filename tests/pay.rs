@@ -480,8 +480,8 @@ on_both_backends!(
 /// Item 0 of issue 19: with `WXMP_PAY_SIGN_TYPE=HMAC-SHA256` WeChat signs the payment notify
 /// with HMAC-SHA256 and sends NO `sign_type` (WxJava issue 1585, easy-swoole/pay issue 38;
 /// the sandbox does the same). WeChat's first notify must be answered SUCCESS with the
-/// verdict `applied` — not repaired by the reconciler, kept away here. Fails until the
-/// h19-pay notify fix (verify with the order's / merchant's sign type) is merged.
+/// verdict `applied` — not repaired by the reconciler, kept away here. Failed while the
+/// library fell back to MD5 for a notify without `sign_type`.
 async fn hmac_merchant_notify(backend: Backend) {
     let t = TestStack::start_with(backend, |o| {
         o.pay_args.extend(
@@ -529,12 +529,10 @@ async fn hmac_merchant_notify(backend: Backend) {
 
 mod an_hmac_sha256_merchant_notify_is_applied {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs the h19-pay notify fix"]
     async fn postgres_redis() {
         super::hmac_merchant_notify(wxmp_tests::Backend::Postgres).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs the h19-pay notify fix"]
     async fn sqlite_memory() {
         super::hmac_merchant_notify(wxmp_tests::Backend::Sqlite).await
     }

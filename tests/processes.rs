@@ -306,10 +306,12 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
             p.pay.spawn();
             p.wait_ready().await;
         }
+        // Each is a purchase of its own: a new idempotency key (else the open order of the
+        // same product would be answered again, as for a double tap).
         let (status, answer) = p
             .post(
                 format!("{}/pay/", p.gateway),
-                json!({ "token": token, "product_id": "coffee" }),
+                json!({ "token": token, "product_id": "coffee", "idempotency_key": format!("purchase-{i}") }),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{answer}");

@@ -21,6 +21,10 @@ pub enum Error {
     NotFound,
     #[error("WeChat rate limit reached, retry later")]
     RateLimited,
+    /// code2Session errcode 40226: WeChat blocks this user's login as high-risk. The answer is
+    /// about the user, not a WeChat failure: refused (403), never retried as a 502.
+    #[error("WeChat refuses to log this user in (high-risk user)")]
+    RiskyUser,
     /// WeChat answered with an error that is not the caller's fault.
     #[error("WeChat refused the login: {0}")]
     Wechat(wechat::ApiError),
@@ -52,12 +56,11 @@ impl From<wechat::ApiError> for Error {
         match e {
             W::InvalidCode | W::CodeUsed => Self::InvalidCode,
             W::RateLimited => Self::RateLimited,
+            W::HighRiskUser => Self::RiskyUser,
             W::Transport(_) | W::SystemBusy => Self::WechatUnavailable(e),
-            W::HighRiskUser
-            | W::InvalidAppSecret
-            | W::InvalidAppId
-            | W::Other { .. }
-            | W::BadResponse(_) => Self::Wechat(e),
+            W::InvalidAppSecret | W::InvalidAppId | W::Other { .. } | W::BadResponse(_) => {
+                Self::Wechat(e)
+            }
         }
     }
 }
@@ -88,6 +91,7 @@ impl Error {
             Self::InvalidToken => R::InvalidToken,
             Self::NotFound => R::NotFound,
             Self::RateLimited => R::RateLimited,
+            Self::RiskyUser => R::PermissionDenied,
             Self::Wechat(_) => R::WechatError,
             Self::WechatUnavailable(_) => R::WechatUnavailable,
             Self::AppMisconfigured(_) => R::AppMisconfigured,
@@ -146,7 +150,7 @@ mod tests {
                 ErrorReason::WechatUnavailable,
             ),
             (W::InvalidAppSecret, ErrorReason::WechatError),
-            (W::HighRiskUser, ErrorReason::WechatError),
+            (W::HighRiskUser, ErrorReason::PermissionDenied),
             (W::BadResponse("x".into()), ErrorReason::WechatError),
             (
                 W::Other {

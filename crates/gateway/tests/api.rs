@@ -508,6 +508,89 @@ async fn bad_input_is_enveloped_never_500() {
     s.stop().await;
 }
 
+/// `POST /pay/` passes the `Idempotency-Key` header or the body's `idempotency_key` to
+/// pay-service; a key that is malformed, or differs between the two, is 203 before any call.
+#[tokio::test]
+async fn pay_forwards_the_idempotency_key() {
+    let s = start(Options::default()).await;
+    let key_of = |s: &Stack| {
+        let calls = s.calls.of("prepare_jsapi_payment");
+        calls
+            .last()
+            .unwrap()
+            .detail
+            .split('|')
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    let with_header = |key: &'static str, body: serde_json::Value| {
+        let req = s
+            .http
+            .post(s.url("/pay/"))
+            .header("idempotency-key", key)
+            .json(&body);
+        async move { Stack::read(req.send().await.unwrap()).await }
+    };
+    let (status, body) = with_header(
+        "tap-7f3a",
+        json!({"token": GOOD_TOKEN, "product_id": "coffee"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(key_of(&s), "tap-7f3a");
+
+    let (status, _) = s
+        .post_json(
+            "/pay/",
+            json!({"token": GOOD_TOKEN, "product_id": "coffee", "idempotency_key": "body-1"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(key_of(&s), "body-1");
+
+    let (status, _) = s
+        .post_json(
+            "/pay/",
+            json!({"token": GOOD_TOKEN, "product_id": "coffee"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(key_of(&s), "");
+
+    let calls = s.calls.of("prepare_jsapi_payment").len();
+    assert_failure(
+        &with_header(
+            "a",
+            json!({"token": GOOD_TOKEN, "product_id": "coffee", "idempotency_key": "b"}),
+        )
+        .await,
+        203,
+        400,
+    );
+    assert_failure(
+        &with_header(
+            "has space/and slash",
+            json!({"token": GOOD_TOKEN, "product_id": "coffee"}),
+        )
+        .await,
+        203,
+        400,
+    );
+    let long = "k".repeat(129);
+    assert_failure(
+        &s.post_json(
+            "/pay/",
+            json!({"token": GOOD_TOKEN, "product_id": "coffee", "idempotency_key": long}),
+        )
+        .await,
+        203,
+        400,
+    );
+    assert_eq!(s.calls.of("prepare_jsapi_payment").len(), calls);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn forwarded_for_only_from_trusted_proxies() {
     let pay = |s: &Stack, xff: &'static str| {

@@ -7,6 +7,11 @@ use wechat::SignType;
 
 use crate::orders::{MAX_AMOUNT_FEN, MAX_DESCRIPTION_BYTES};
 
+/// Default of `PAY_PRODUCT_REUSE_SECS`.
+pub const DEFAULT_PRODUCT_REUSE_SECS: u64 = 60;
+/// Default of `PAY_NOTIFY_RETENTION_DAYS`.
+pub const DEFAULT_NOTIFY_RETENTION_DAYS: u64 = 90;
+
 /// Everything `wxmp-pay` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -81,6 +86,26 @@ pub struct Config {
     )]
     pub reconcile_after_secs: u64,
 
+    /// POST /pay/ of a product without an idempotency key answers the caller's open order of
+    /// the same product made within this many seconds, instead of a new order (a double tap
+    /// buys once). 0 turns the reuse off.
+    #[arg(
+        long,
+        env = "PAY_PRODUCT_REUSE_SECS",
+        value_name = "PAY_PRODUCT_REUSE_SECS",
+        default_value_t = DEFAULT_PRODUCT_REUSE_SECS
+    )]
+    pub product_reuse_secs: u64,
+
+    /// Stored notifies older than this many days are deleted by the reconciler. 0 keeps them.
+    #[arg(
+        long,
+        env = "PAY_NOTIFY_RETENTION_DAYS",
+        value_name = "PAY_NOTIFY_RETENTION_DAYS",
+        default_value_t = DEFAULT_NOTIFY_RETENTION_DAYS
+    )]
+    pub notify_retention_days: u64,
+
     /// The merchant id (mch_id).
     #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID")]
     pub mch_id: String,
@@ -148,6 +173,12 @@ impl Config {
         }
         if self.reconcile_after_secs > 86_400 {
             return Err("PAY_RECONCILE_AFTER_SECS must be at most 86400".into());
+        }
+        if self.product_reuse_secs > 3600 {
+            return Err("PAY_PRODUCT_REUSE_SECS must be at most 3600".into());
+        }
+        if self.notify_retention_days > 36_500 {
+            return Err("PAY_NOTIFY_RETENTION_DAYS must be at most 36500".into());
         }
         if self.mch_id.trim().is_empty() {
             return Err("WXMP_PAY_MCH_ID must not be empty".into());

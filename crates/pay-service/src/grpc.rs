@@ -15,6 +15,21 @@ use crate::{
 /// The fully qualified service name, as reported by gRPC health.
 pub const SERVICE_NAME: &str = "wxmp.pay.v1.PayService";
 
+/// Whose orders a GetOrder/CloseOrder may touch: one user's (Some), or with `internal_admin`
+/// anyone's (None). A user id of 0 without the flag is a missing parameter, never "any user";
+/// both at once is contradictory.
+fn scope(user_id: i64, internal_admin: bool) -> Result<Option<i64>, Error> {
+    match (user_id, internal_admin) {
+        (0, true) => Ok(None),
+        (_, true) => Err(Error::InvalidArgument(
+            "internal_admin reads take no user_id".into(),
+        )),
+        (id, false) if id > 0 => Ok(Some(id)),
+        (0, false) => Err(Error::MissingParameter("user_id")),
+        (_, false) => Err(Error::InvalidArgument("user_id must be positive".into())),
+    }
+}
+
 #[tonic::async_trait]
 impl PayService for Payments {
     async fn create_order(
@@ -55,7 +70,7 @@ impl PayService for Payments {
             openid: principal.openid,
         };
         let (order, params) = self
-            .prepare_jsapi_payment(&payer, target, &r.client_ip)
+            .prepare_jsapi_payment(&payer, target, &r.client_ip, &r.idempotency_key)
             .await?;
         Ok(Response::new(pb::PrepareJsapiPaymentResponse {
             order: Some(order.to_proto()),
@@ -96,7 +111,10 @@ impl PayService for Payments {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let r = request.into_inner();
-        let order = Payments::get_order(self, &r.order_no, r.user_id).await?;
+        let order = match scope(r.user_id, r.internal_admin)? {
+            Some(user_id) => Payments::get_order(self, &r.order_no, user_id).await?,
+            None => self.get_order_as_admin(&r.order_no).await?,
+        };
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order.to_proto()),
         }))
@@ -107,7 +125,10 @@ impl PayService for Payments {
         request: Request<pb::CloseOrderRequest>,
     ) -> Result<Response<pb::CloseOrderResponse>, Status> {
         let r = request.into_inner();
-        let order = Payments::close_order(self, &r.order_no, r.user_id).await?;
+        let order = match scope(r.user_id, r.internal_admin)? {
+            Some(user_id) => Payments::close_order(self, &r.order_no, user_id).await?,
+            None => self.close_order_as_admin(&r.order_no).await?,
+        };
         Ok(Response::new(pb::CloseOrderResponse {
             order: Some(order.to_proto()),
         }))

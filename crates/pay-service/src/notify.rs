@@ -10,9 +10,9 @@
 //! | `paid_after_close` | SUCCESS | a genuine payment of a CLOSED order: the order stays CLOSED, the transaction_id is kept on it; **refund it manually** (WeChat must stop retrying, the money is ours to return) |
 //! | `conflicting_transaction` | SUCCESS | the order is PAID by another transaction: nothing changed; needs manual review |
 //! | `unexpected_state` | SUCCESS | a genuine payment of an order in another state; nothing changed; manual review |
-//! | `payment_failed` | SUCCESS | a verified notify whose result_code is not SUCCESS; nothing changed |
+//! | `payment_failed` | SUCCESS | a verified notify whose result_code is not SUCCESS (a failed payment: no transaction_id, total_fee or time_end); nothing changed |
+//! | `return_fail` | SUCCESS | return_code FAIL: an unsigned transport-level message that carries no payment; acknowledged (a retry would bring nothing), nothing changed |
 //! | `malformed` | FAIL | not WeChat's XML, too large, or a required field missing or malformed |
-//! | `return_fail` | FAIL | return_code FAIL (carries no payment) |
 //! | `bad_signature` | FAIL | the signature does not verify with the merchant key |
 //! | `unknown_order` | FAIL | no such out_trade_no here |
 //! | `appid_mismatch` | FAIL | appid is not the one the order was placed through |
@@ -21,7 +21,17 @@
 //! | `internal_error` | FAIL | the database failed; WeChat will retry |
 //!
 //! A FAIL reply changes nothing about the order.
+//!
+//! The signature is checked with the sign_type the order was placed with (kept on the order
+//! at its first prepare), else the configured `WXMP_PAY_SIGN_TYPE`: WeChat's notify carries no
+//! `sign_type` of its own (see `wechat::pay::verify_notify`).
+//!
+//! Storage: anyone can post to the notify URL, so only a notify whose signature verified is
+//! kept whole in `pay_notifications.raw_body`; any other keeps the first
+//! [`UNVERIFIED_PREFIX_BYTES`] bytes, with the SHA-256 and length of the whole body (as every
+//! row does). Rows older than `PAY_NOTIFY_RETENTION_DAYS` are deleted by the reconciler.
 
+use sha2::{Digest as _, Sha256};
 use wechat::pay::{
     NotifyError, notify_reply_fail, notify_reply_success, verify_notify,
     xml::{self, Fields},
@@ -34,8 +44,10 @@ use crate::{
     store::{self, NewNotification, PaidOutcome, Payment},
 };
 
-/// Most bytes of a notify body kept in `pay_notifications` (WeChat's are about 1 KiB).
+/// Most bytes of a verified notify body kept in `pay_notifications` (WeChat's are about 1 KiB).
 pub const MAX_STORED_BODY_BYTES: usize = 8 * 1024;
+/// Bytes of an unverified notify body kept (enough to see what it was).
+pub const UNVERIFIED_PREFIX_BYTES: usize = 64;
 /// Most characters of out_trade_no / transaction_id kept from an unverified notify.
 const MAX_STORED_ID_CHARS: usize = 64;
 
@@ -73,10 +85,12 @@ fn bounded(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
-/// What judging a notify decided, and whether the record is already stored.
+/// What judging a notify decided, whether its signature verified, and whether the record is
+/// already stored.
 struct Judgement {
     verdict: &'static str,
     accepted: bool,
+    verified: bool,
     stored: bool,
 }
 
@@ -85,9 +99,24 @@ impl Judgement {
         Self {
             verdict,
             accepted: false,
+            verified: false,
             stored: false,
         }
     }
+
+    /// A verified notify refused or answered without a payment to apply.
+    fn verified(verdict: &'static str, accepted: bool) -> Self {
+        Self {
+            verdict,
+            accepted,
+            verified: true,
+            stored: false,
+        }
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Payments {
@@ -95,14 +124,15 @@ impl Payments {
     /// (WeChat retries later) with the verdict `internal_error`.
     pub async fn handle_pay_notify(&self, raw_body: &[u8]) -> NotifyReply {
         let now = self.now();
-        let stored_len = raw_body.len().min(MAX_STORED_BODY_BYTES);
         let mut record = NewNotification {
             received_at: now,
             out_trade_no: String::new(),
             transaction_id: String::new(),
-            raw_body: String::from_utf8_lossy(&raw_body[..stored_len]).into_owned(),
+            raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
             verdict: String::new(),
             accepted: false,
+            body_sha256: hex::encode(Sha256::digest(raw_body)),
+            body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
         };
         let judgement = match self.judge(raw_body, now, &mut record).await {
             Ok(j) => j,
@@ -114,6 +144,9 @@ impl Payments {
         let mut verdict = judgement.verdict;
         let mut accepted = judgement.accepted;
         if !judgement.stored {
+            if judgement.verified {
+                record.raw_body = lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)]);
+            }
             record.verdict = verdict.to_owned();
             record.accepted = accepted;
             if let Err(e) = store::insert_notification(self.database(), &record).await {
@@ -152,6 +185,15 @@ impl Payments {
             Ok(f) => f,
             Err(_) => return Ok(Judgement::reject("malformed")),
         };
+        // return_code FAIL first: unsigned, no payment, nothing to verify or to retry.
+        if fields.get("return_code").is_some_and(|c| c != "SUCCESS") {
+            return Ok(Judgement {
+                verdict: "return_fail",
+                accepted: true,
+                verified: false,
+                stored: false,
+            });
+        }
         let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or_default();
         record.out_trade_no = bounded(field("out_trade_no"), MAX_STORED_ID_CHARS);
         record.transaction_id = bounded(field("transaction_id"), MAX_STORED_ID_CHARS);
@@ -161,28 +203,35 @@ impl Payments {
         // check failed first. The lookup and the payment share one database connection.
         let out_trade_no = field("out_trade_no");
         let lookup = valid_order_no(out_trade_no).then_some(out_trade_no);
+        // Stored only with a payment, i.e. after the signature verified: the whole body.
+        let mut verified_record = record.clone();
+        verified_record.raw_body = lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)]);
         let judged = store::settle_notify(
             self.database(),
             lookup,
             now,
-            record.clone(),
+            verified_record,
             verdict_of,
             |order| {
-                let appid = order.map_or(field("appid"), |o| o.app_id.as_str());
-                let pay = self.inner.wechat.config_for(appid);
+                // The order's appid and sign_type; the configured ones for an unknown order.
+                let pay = match order {
+                    Some(o) => self.pay_config_of(o),
+                    None => self.inner.wechat.config_for(field("appid")),
+                };
                 let notify = match verify_notify(raw_body, &pay) {
                     Ok(n) => n,
+                    // A signature that verified with a wrong appid or mch_id is still ours
+                    // to keep whole.
+                    Err(e @ (NotifyError::AppIdMismatch | NotifyError::MchIdMismatch)) => {
+                        return Err(Judgement::verified(verdict_of_error(&e), false));
+                    }
                     Err(e) => return Err(Judgement::reject(verdict_of_error(&e))),
                 };
                 let Some(order) = order else {
-                    return Err(Judgement::reject("unknown_order"));
+                    return Err(Judgement::verified("unknown_order", false));
                 };
                 if !notify.is_success() {
-                    return Err(Judgement {
-                        verdict: "payment_failed",
-                        accepted: true,
-                        stored: false,
-                    });
+                    return Err(Judgement::verified("payment_failed", true));
                 }
                 if notify.total_fee != order.amount_fen {
                     tracing::error!(
@@ -191,7 +240,7 @@ impl Payments {
                         total_fee = notify.total_fee,
                         "verified notify with the wrong amount"
                     );
-                    return Err(Judgement::reject("amount_mismatch"));
+                    return Err(Judgement::verified("amount_mismatch", false));
                 }
                 Ok(Payment {
                     paid_at: wechat::pay::time::parse(&notify.time_end).unwrap_or(now),
@@ -210,6 +259,7 @@ impl Payments {
         Ok(Judgement {
             verdict,
             accepted,
+            verified: true,
             stored: true,
         })
     }

@@ -96,6 +96,12 @@ pub struct Order {
     pub closed_at: Option<i64>,
     pub reconcile_lease_until: i64,
     pub next_query_at: i64,
+    /// The notify_url of the first unifiedorder ('' for orders placed before it was kept).
+    pub notify_url: String,
+    /// The sign_type of the first unifiedorder, `MD5` or `HMAC-SHA256` ('' as above).
+    pub sign_type: String,
+    /// The random value of the current reconcile claim ('' when none).
+    pub reconcile_lease_owner: String,
 }
 
 impl Order {
@@ -151,6 +157,16 @@ pub fn new_order_no(now: i64) -> String {
             .map(char::from),
     );
     no
+}
+
+/// A fresh random value for a reconcile claim (see `store::claim`): two claims never share one,
+/// so a replica can tell its own lease from the one that replaced it.
+pub fn new_lease_owner() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(ORDER_NO_RANDOM_CHARS)
+        .map(char::from)
+        .collect()
 }
 
 /// The shape of every order number we issue: at most 32 characters of `[0-9A-Za-z]`.

@@ -19,7 +19,7 @@ use crate::{
         OrderState, new_order_no, valid_order_no,
     },
     store::{self, NewOrder, PaidOutcome},
-    wxpay::{WechatPay, is_err_code, map_error},
+    wxpay::{WechatPay, is_duplicate_order, is_err_code, map_error},
 };
 
 /// A prepay_id is valid for 2 hours at WeChat; stop reusing it 5 minutes early so the user
@@ -67,6 +67,10 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     /// How often event streams look for other replicas' events.
     pub event_poll: Duration,
+    /// See `PAY_PRODUCT_REUSE_SECS` (0 = off).
+    pub product_reuse_secs: i64,
+    /// See `PAY_NOTIFY_RETENTION_DAYS`, in seconds (0 = keep forever).
+    pub notify_retention_secs: i64,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -171,6 +175,12 @@ impl Payments {
                 .map_err(|_| Error::Config("PAY_RECONCILE_AFTER_SECS is too large".into()))?,
             reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
             event_poll: config.events.poll(),
+            product_reuse_secs: i64::try_from(config.product_reuse_secs)
+                .map_err(|_| Error::Config("PAY_PRODUCT_REUSE_SECS is too large".into()))?,
+            notify_retention_secs: i64::try_from(config.notify_retention_days)
+                .ok()
+                .and_then(|days| days.checked_mul(86_400))
+                .ok_or_else(|| Error::Config("PAY_NOTIFY_RETENTION_DAYS is too large".into()))?,
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -275,6 +285,9 @@ impl Payments {
                 created_at: now,
                 updated_at: now,
                 expires_at: now + self.inner.settings.order_ttl_secs,
+                // Bound with the payer by the first PrepareJsapiPayment.
+                notify_url: String::new(),
+                sign_type: String::new(),
             };
             match store::insert_order(self.database(), &new).await {
                 Ok(order) => {
@@ -302,18 +315,33 @@ impl Payments {
         Err(Error::Internal("could not allocate an order number".into()))
     }
 
-    /// A new order of a catalog product for `payer`: the price is the server's, never the
-    /// client's. Nobody else knows the order yet, so the payer is bound by the INSERT itself
-    /// (what the conditional bind of an existing order would do), saving that round trip.
-    async fn create_product_order(
+    /// The order a `POST /pay/` of a catalog product pays: the price is the server's, never
+    /// the client's.
+    ///
+    /// - With an idempotency key: the order first made with that key (the same key for another
+    ///   product is IDEMPOTENCY_CONFLICT); the unique (user_id, idempotency_key) index decides
+    ///   between concurrent first calls.
+    /// - Without one: the caller's newest open order of the same product made within
+    ///   `PAY_PRODUCT_REUSE_SECS` (and still payable), so a double tap buys once.
+    /// - Otherwise a new order. Nobody else knows it yet, so the payer (and what its
+    ///   unifiedorder is placed with) is bound by the INSERT itself, saving the conditional
+    ///   bind's round trip.
+    async fn product_order(
         &self,
         payer: &Payer,
         product_id: &str,
         client_ip: &str,
+        idempotency_key: &str,
     ) -> Result<Order, Error> {
         if !valid_product_id(product_id) {
             return Err(Error::NotFound("product"));
         }
+        check_text(
+            "idempotency_key",
+            idempotency_key,
+            MAX_IDEMPOTENCY_KEY_BYTES,
+            false,
+        )?;
         let product = self
             .inner
             .settings
@@ -321,6 +349,37 @@ impl Payments {
             .get(product_id)
             .ok_or(Error::NotFound("product"))?
             .clone();
+        let key = (!idempotency_key.is_empty()).then(|| idempotency_key.to_owned());
+        let keyed = |existing: Order| {
+            if existing.product_id == product.id {
+                Ok(existing)
+            } else {
+                Err(Error::IdempotencyConflict)
+            }
+        };
+        if let Some(key) = &key {
+            if let Some(existing) =
+                store::find_by_idempotency_key(self.database(), payer.user_id, key).await?
+            {
+                return keyed(existing);
+            }
+        } else if self.inner.settings.product_reuse_secs > 0 {
+            let now = self.now();
+            if let Some(open) = store::recent_product_order(
+                self.database(),
+                payer.user_id,
+                &product.id,
+                &payer.app_id,
+                &payer.openid,
+                now - self.inner.settings.product_reuse_secs,
+                now + MIN_PAY_WINDOW_SECS,
+            )
+            .await?
+            {
+                tracing::info!(order_no = %open.order_no, "reusing the caller's recent order of the product");
+                return Ok(open);
+            }
+        }
         for _ in 0..RACE_RETRIES {
             let now = self.now();
             let new = NewOrder {
@@ -334,30 +393,55 @@ impl Payments {
                 attach: String::new(),
                 product_id: product.id.clone(),
                 state: OrderState::Created.as_str().into(),
-                idempotency_key: None,
+                idempotency_key: key.clone(),
                 created_at: now,
                 updated_at: now,
                 expires_at: now + self.inner.settings.order_ttl_secs,
+                notify_url: self.inner.wechat.notify_url().to_owned(),
+                sign_type: self.inner.wechat.sign_type().as_str().to_owned(),
             };
             match store::insert_order(self.database(), &new).await {
                 Ok(order) => {
                     count_transition(OrderState::Created);
                     return Ok(order);
                 }
-                Err(Error::Db(e)) if e.is_unique_violation() => continue,
+                Err(Error::Db(e)) if e.is_unique_violation() => {
+                    // A concurrent first call with the same key won (or the order number
+                    // collided: then try another number).
+                    if let Some(key) = &key
+                        && let Some(existing) =
+                            store::find_by_idempotency_key(self.database(), payer.user_id, key)
+                                .await?
+                    {
+                        return keyed(existing);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(Error::Internal("could not allocate an order number".into()))
     }
 
-    /// The order `order_no`; with `user_id` non-zero, only that user's order is found. Another
-    /// user's order is NOT_FOUND rather than PERMISSION_DENIED, so order numbers cannot be
-    /// probed for existence.
+    /// The order `order_no` of the user `user_id`. Another user's order is NOT_FOUND rather
+    /// than PERMISSION_DENIED, so order numbers cannot be probed for existence. A user id is
+    /// required: 0 never means "any user" (that is [`Payments::get_order_as_admin`]).
     pub async fn get_order(&self, order_no: &str, user_id: i64) -> Result<Order, Error> {
+        if user_id <= 0 {
+            return Err(Error::MissingParameter("user_id"));
+        }
+        self.find_order(order_no, Some(user_id)).await
+    }
+
+    /// The order `order_no` whoever owns it: for internal admin callers only (the gRPC field
+    /// `internal_admin`; the gateway never sets it).
+    pub async fn get_order_as_admin(&self, order_no: &str) -> Result<Order, Error> {
+        self.find_order(order_no, None).await
+    }
+
+    async fn find_order(&self, order_no: &str, owner: Option<i64>) -> Result<Order, Error> {
         check_order_no(order_no)?;
         match store::find_order(self.database(), order_no).await? {
-            Some(order) if user_id == 0 || order.user_id == user_id => Ok(order),
+            Some(order) if owner.is_none_or(|user_id| order.user_id == user_id) => Ok(order),
             _ => Err(Error::NotFound("order")),
         }
     }
@@ -375,11 +459,15 @@ impl Payments {
     /// from the order row. WeChat answers an identical repeat with the same prepay_id, so
     /// concurrent prepares of one order are harmless; the prepay_id is stored and reused while
     /// it is valid.
+    ///
+    /// `idempotency_key` applies to products (see `product_order`); an existing
+    /// order is its own key.
     pub async fn prepare_jsapi_payment(
         &self,
         payer: &Payer,
         target: PayTarget,
         client_ip: &str,
+        idempotency_key: &str,
     ) -> Result<(Order, RequestPaymentParams), Error> {
         if payer.user_id <= 0 {
             return Err(Error::MissingParameter("principal.user_id"));
@@ -395,7 +483,10 @@ impl Payments {
             PayTarget::Product(id) if id.is_empty() => {
                 return Err(Error::MissingParameter("product_id"));
             }
-            PayTarget::Product(id) => self.create_product_order(payer, &id, &client_ip).await?,
+            PayTarget::Product(id) => {
+                self.product_order(payer, &id, &client_ip, idempotency_key)
+                    .await?
+            }
             PayTarget::Order(no) => self.get_order(&no, payer.user_id).await?,
         };
         for _ in 0..RACE_RETRIES {
@@ -416,6 +507,8 @@ impl Payments {
                     &payer.app_id,
                     &payer.openid,
                     &client_ip,
+                    self.inner.wechat.notify_url(),
+                    self.inner.wechat.sign_type().as_str(),
                     now,
                 )
                 .await?
@@ -433,7 +526,7 @@ impl Payments {
                 ));
             }
             if let Some(prepay_id) = order.live_prepay_id(now) {
-                let params = self.payment_params(&order.app_id, prepay_id);
+                let params = self.payment_params(&order, prepay_id);
                 return Ok((order, params));
             }
             let prepay_id = match self.place_unified_order(&order).await {
@@ -448,6 +541,15 @@ impl Payments {
                         count_transition(OrderState::Closed);
                     }
                     return Err(Error::OrderState("order is closed".into()));
+                }
+                Err(e) if is_duplicate_order(&e) => {
+                    // WeChat holds this out_trade_no with other parameters: no retry of ours
+                    // can pay it (it is the caller's cue to start a new order), and it is not
+                    // WeChat failing.
+                    tracing::error!(order_no = %order.order_no, error = %e, "WeChat refuses the order number as a duplicate");
+                    return Err(Error::OrderState(
+                        "order number is already used at WeChat with other parameters; create a new order".into(),
+                    ));
                 }
                 Err(e) => return Err(map_error(e)),
             };
@@ -464,7 +566,7 @@ impl Payments {
                 if order.state() == Some(OrderState::Created) {
                     count_transition(OrderState::Paying);
                 }
-                let params = self.payment_params(&prepared.app_id, &prepay_id);
+                let params = self.payment_params(&prepared, &prepay_id);
                 return Ok((prepared, params));
             }
             // Paid or closed meanwhile. A close that raced our unifiedorder may have missed
@@ -484,25 +586,46 @@ impl Payments {
         Err(Error::OrderState("order is changing; retry".into()))
     }
 
+    /// Every unifiedorder of an order is byte-identical but for nonce_str and sign: its fields
+    /// come from the row, including the notify_url and sign_type bound at the first prepare
+    /// (the live configuration only for orders bound before those were kept).
     async fn place_unified_order(&self, order: &Order) -> Result<String, wechat::PayError> {
+        let notify_url = if order.notify_url.is_empty() {
+            self.inner.wechat.notify_url()
+        } else {
+            &order.notify_url
+        };
         let req = UnifiedOrderRequest {
             body: order.description.clone(),
             out_trade_no: order.order_no.clone(),
             total_fee: order.amount_fen,
             spbill_create_ip: order.client_ip.clone(),
-            notify_url: self.inner.wechat.notify_url().to_owned(),
+            notify_url: notify_url.to_owned(),
             openid: order.openid.clone(),
             attach: (!order.attach.is_empty()).then(|| order.attach.clone()),
             time_expire: Some(wechat::pay::time::format(order.expires_at)),
         };
-        let resp = self.inner.wechat.unified_order(&order.app_id, &req).await?;
+        let pay = self.pay_config_of(order);
+        let resp = self.inner.wechat.unified_order_with(&pay, &req).await?;
         tracing::info!(order_no = %order.order_no, "unifiedorder placed");
         Ok(resp.prepay_id)
     }
 
-    fn payment_params(&self, app_id: &str, prepay_id: &str) -> RequestPaymentParams {
-        let pay = self.inner.wechat.config_for(app_id);
+    /// `wx.requestPayment`'s signType must be the unifiedorder's: the order's.
+    fn payment_params(&self, order: &Order, prepay_id: &str) -> RequestPaymentParams {
+        let pay = self.pay_config_of(order);
         request_payment_params(&pay, prepay_id, self.now(), &nonce_str())
+    }
+
+    /// The merchant as the order was placed: its appid and the sign_type of its first
+    /// unifiedorder (the configured one for an order not bound yet, or bound before the
+    /// sign_type was kept).
+    pub(crate) fn pay_config_of(&self, order: &Order) -> wechat::PayConfig {
+        let mut pay = self.inner.wechat.config_for(&order.app_id);
+        if let Ok(sign_type) = order.sign_type.parse() {
+            pay.sign_type = sign_type;
+        }
+        pay
     }
 
     /// Asks WeChat about a placed order and applies a confirmed payment (same conditional
@@ -556,10 +679,17 @@ impl Payments {
         Ok(Some(outcome))
     }
 
-    /// Closes an order here and at WeChat. CLOSED is idempotent; PAID is ORDER_STATE. When
-    /// WeChat says the order was paid meanwhile, the payment is applied and the close refused.
+    /// Closes an order of `user_id` here and at WeChat. CLOSED is idempotent; PAID is
+    /// ORDER_STATE. When WeChat says the order was paid meanwhile, the payment is applied and
+    /// the close refused.
     pub async fn close_order(&self, order_no: &str, user_id: i64) -> Result<Order, Error> {
         let order = self.get_order(order_no, user_id).await?;
+        Ok(self.close(order).await?.0)
+    }
+
+    /// [`Payments::close_order`] for an internal admin caller: whoever owns the order.
+    pub async fn close_order_as_admin(&self, order_no: &str) -> Result<Order, Error> {
+        let order = self.get_order_as_admin(order_no).await?;
         Ok(self.close(order).await?.0)
     }
 

@@ -10,6 +10,13 @@
 //!
 //! After an orderquery that found the order unpaid, `next_query_at` keeps it from being asked
 //! about again before another `PAY_RECONCILE_AFTER_SECS`; expiry is checked regardless.
+//!
+//! A pass can be long (a slow WeChat, many orders), so the clock is read again for every
+//! order: a claim made late in the pass runs `LEASE_SECS` from when it is made, not from the
+//! start of the pass (else it would be born expired and another replica would take the same
+//! order at once). Each claim carries a random owner value, and a replica releases only a
+//! lease that still carries its value: when its lease ran out mid-call and another replica
+//! claimed the order, the late release leaves the other replica's lease alone.
 
 use std::time::Duration;
 
@@ -38,22 +45,24 @@ pub struct ReconcileReport {
     pub closed: usize,
     /// Orders that failed (WeChat or database errors); retried on a later pass.
     pub errors: usize,
+    /// Stored notifies deleted for being older than `PAY_NOTIFY_RETENTION_DAYS`.
+    pub pruned_notifies: usize,
 }
 
 impl Payments {
     /// One reconciliation pass: the work of one tick of the background task.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, Error> {
         let mut report = ReconcileReport::default();
-        let now = self.now();
         let after = self.inner.settings.reconcile_after_secs;
         let db = self.database();
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
-        for order_no in store::expired_open(db, now, BATCH).await? {
-            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+        for order_no in store::expired_open(db, self.now(), BATCH).await? {
+            let now = self.now();
+            let Some(lease) = store::claim(db, &order_no, now, now + LEASE_SECS).await? else {
                 continue; // another replica has it, or it is no longer open
-            }
+            };
             let Some(order) = store::find_order(db, &order_no).await? else {
                 continue;
             };
@@ -73,13 +82,14 @@ impl Payments {
                     tracing::warn!(order_no, error = %e, "closing an expired order failed");
                 }
             }
-            store::release(db, &order_no, None).await?;
+            release(self, &order_no, &lease, None).await?;
         }
 
-        for order_no in store::paying_due(db, now - after, now, BATCH).await? {
-            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+        for order_no in store::paying_due(db, self.now() - after, self.now(), BATCH).await? {
+            let now = self.now();
+            let Some(lease) = store::claim(db, &order_no, now, now + LEASE_SECS).await? else {
                 continue;
-            }
+            };
             report.queried += 1;
             match self.query_paying(&order_no).await {
                 Ok(true) => report.paid += 1,
@@ -89,8 +99,14 @@ impl Payments {
                     tracing::warn!(order_no, error = %e, "reconcile query failed");
                 }
             }
-            // Not asked again before another reconcile_after has passed.
-            store::release(db, &order_no, Some(now + after)).await?;
+            // Not asked again before another reconcile_after has passed since the answer.
+            let next_query_at = self.now() + after;
+            release(self, &order_no, &lease, Some(next_query_at)).await?;
+        }
+
+        let retention = self.inner.settings.notify_retention_secs;
+        if retention > 0 {
+            report.pruned_notifies = store::prune_notifications(db, self.now() - retention).await?;
         }
 
         if report != ReconcileReport::default() {
@@ -113,6 +129,21 @@ impl Payments {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Releases `lease`; a lease another replica took over after ours ran out is left alone (and
+/// counted: it means WeChat was slower than `LEASE_SECS`).
+async fn release(
+    payments: &Payments,
+    order_no: &str,
+    lease: &store::Lease,
+    next_query_at: Option<i64>,
+) -> Result<(), Error> {
+    if !store::release(payments.database(), order_no, lease, next_query_at).await? {
+        metrics::counter!("wxmp_pay_reconcile_lease_lost_total").increment(1);
+        tracing::warn!(order_no, "reconcile lease ran out before the work was done");
+    }
+    Ok(())
 }
 
 /// Runs [`Payments::reconcile_once`] every interval until `shutdown`.

@@ -25,6 +25,9 @@ diesel::table! {
         closed_at -> Nullable<BigInt>,
         reconcile_lease_until -> BigInt,
         next_query_at -> BigInt,
+        notify_url -> Text,
+        sign_type -> Text,
+        reconcile_lease_owner -> Text,
     }
 }
 
@@ -37,6 +40,8 @@ diesel::table! {
         raw_body -> Text,
         verdict -> Text,
         accepted -> Bool,
+        body_sha256 -> Text,
+        body_len -> BigInt,
     }
 }
 

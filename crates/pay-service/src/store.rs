@@ -41,9 +41,14 @@ pub struct NewOrder {
     pub created_at: i64,
     pub updated_at: i64,
     pub expires_at: i64,
+    /// What the first unifiedorder is placed with ('' until the payer is bound).
+    pub notify_url: String,
+    pub sign_type: String,
 }
 
-/// A received notify, as stored.
+/// A received notify, as stored: `raw_body` is the whole body of a verified notify, only a
+/// short prefix of any other (see `notify.rs`); `body_sha256` and `body_len` are always of the
+/// whole body as received.
 #[derive(Clone, Debug, Insertable)]
 #[diesel(table_name = pay_notifications)]
 pub struct NewNotification {
@@ -53,6 +58,8 @@ pub struct NewNotification {
     pub raw_body: String,
     pub verdict: String,
     pub accepted: bool,
+    pub body_sha256: String,
+    pub body_len: i64,
 }
 
 /// What an attempt to mark an order PAID found.
@@ -119,15 +126,19 @@ pub async fn find_by_idempotency_key(
     })?)
 }
 
-/// Binds the payer (app, openid, IP) to an open, unbound order, so that every unifiedorder of
-/// the order is the same request. The bound row when this call bound it; None when the order
-/// was bound already, or is no longer open (the caller reads it again to see why).
+/// Binds the payer (app, openid, IP) and the merchant's current notify_url and sign_type to an
+/// open, unbound order, so that every unifiedorder of the order is the same request. The bound
+/// row when this call bound it; None when the order was bound already, or is no longer open
+/// (the caller reads it again to see why).
+#[allow(clippy::too_many_arguments)]
 pub async fn bind_payer(
     db: &Database,
     order_no: &str,
     app_id: &str,
     openid: &str,
     client_ip: &str,
+    notify_url: &str,
+    sign_type: &str,
     now: i64,
 ) -> Result<Option<Order>, Error> {
     Ok(service_kit::with_conn!(db, |conn| {
@@ -141,6 +152,8 @@ pub async fn bind_payer(
             orders::app_id.eq(app_id),
             orders::openid.eq(openid),
             orders::client_ip.eq(client_ip),
+            orders::notify_url.eq(notify_url),
+            orders::sign_type.eq(sign_type),
             orders::updated_at.eq(now),
         ))
         .returning(Order::as_returning())
@@ -493,9 +506,23 @@ pub async fn expired_open(db: &Database, now: i64, limit: i64) -> Result<Vec<Str
     })?)
 }
 
-/// Takes the reconcile lease of an open order until `until`. True when this caller got it:
-/// of several replicas racing for the same row, exactly one UPDATE matches.
-pub async fn claim(db: &Database, order_no: &str, now: i64, until: i64) -> Result<bool, Error> {
+/// A reconcile claim: the lease's end and the random value that proves whose it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub until: i64,
+    pub owner: String,
+}
+
+/// Takes the reconcile lease of an open order until `until`, under a fresh random owner value.
+/// The lease when this caller got it: of several replicas racing for the same row, exactly one
+/// UPDATE matches.
+pub async fn claim(
+    db: &Database,
+    order_no: &str,
+    now: i64,
+    until: i64,
+) -> Result<Option<Lease>, Error> {
+    let owner = crate::orders::new_lease_owner();
     let rows = service_kit::with_conn!(db, |conn| {
         diesel::update(
             orders::table
@@ -503,26 +530,35 @@ pub async fn claim(db: &Database, order_no: &str, now: i64, until: i64) -> Resul
                 .filter(orders::state.eq_any(OPEN_STATES))
                 .filter(orders::reconcile_lease_until.le(now)),
         )
-        .set(orders::reconcile_lease_until.eq(until))
+        .set((
+            orders::reconcile_lease_until.eq(until),
+            orders::reconcile_lease_owner.eq(&owner),
+        ))
         .execute(conn)
         .await
     })?;
-    Ok(rows == 1)
+    Ok((rows == 1).then_some(Lease { until, owner }))
 }
 
-/// Gives up the reconcile lease; `next_query_at` (when given) is the earliest next orderquery.
+/// Gives up `lease` if it is still this caller's (a lease that ran out may have been claimed by
+/// another replica since: that one is left alone); `next_query_at` (when given) is the earliest
+/// next orderquery. True when the lease was still ours.
 pub async fn release(
     db: &Database,
     order_no: &str,
+    lease: &Lease,
     next_query_at: Option<i64>,
-) -> Result<(), Error> {
-    service_kit::with_conn!(db, |conn| {
-        let target = orders::table.filter(orders::order_no.eq(order_no));
+) -> Result<bool, Error> {
+    let rows = service_kit::with_conn!(db, |conn| {
+        let target = orders::table
+            .filter(orders::order_no.eq(order_no))
+            .filter(orders::reconcile_lease_owner.eq(&lease.owner));
         match next_query_at {
             Some(at) => {
                 diesel::update(target)
                     .set((
                         orders::reconcile_lease_until.eq(0),
+                        orders::reconcile_lease_owner.eq(""),
                         orders::next_query_at.eq(at),
                     ))
                     .execute(conn)
@@ -530,11 +566,53 @@ pub async fn release(
             }
             None => {
                 diesel::update(target)
-                    .set(orders::reconcile_lease_until.eq(0))
+                    .set((
+                        orders::reconcile_lease_until.eq(0),
+                        orders::reconcile_lease_owner.eq(""),
+                    ))
                     .execute(conn)
                     .await
             }
         }
     })?;
-    Ok(())
+    Ok(rows == 1)
+}
+
+/// The caller's newest open order of `product_id`, placed for the same payer at or after
+/// `since` and still payable after `payable_until` (what a double tap on "buy" should pay
+/// instead of a new order).
+pub async fn recent_product_order(
+    db: &Database,
+    user_id: i64,
+    product_id: &str,
+    app_id: &str,
+    openid: &str,
+    since: i64,
+    payable_until: i64,
+) -> Result<Option<Order>, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        orders::table
+            .filter(orders::user_id.eq(user_id))
+            .filter(orders::product_id.eq(product_id))
+            .filter(orders::app_id.eq(app_id))
+            .filter(orders::openid.eq(openid))
+            .filter(orders::state.eq_any(OPEN_STATES))
+            .filter(orders::idempotency_key.is_null())
+            .filter(orders::created_at.ge(since))
+            .filter(orders::expires_at.gt(payable_until))
+            .order((orders::created_at.desc(), orders::id.desc()))
+            .select(Order::as_select())
+            .first(conn)
+            .await
+            .optional()
+    })?)
+}
+
+/// Deletes the notifies received before `before`; the number deleted.
+pub async fn prune_notifications(db: &Database, before: i64) -> Result<usize, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        diesel::delete(pay_notifications::table.filter(pay_notifications::received_at.lt(before)))
+            .execute(conn)
+            .await
+    })?)
 }

@@ -44,6 +44,11 @@ impl WechatPay {
         &self.notify_url
     }
 
+    /// The configured sign type (`WXMP_PAY_SIGN_TYPE`): what new orders are placed with.
+    pub fn sign_type(&self) -> SignType {
+        self.sign_type
+    }
+
     /// The merchant as seen through one mini program (orders are placed per appid).
     pub fn config_for(&self, appid: &str) -> PayConfig {
         PayConfig {
@@ -63,6 +68,18 @@ impl WechatPay {
             .client
             .unified_order(&self.config_for(appid), req)
             .await;
+        count("unifiedorder", &result);
+        result
+    }
+
+    /// [`WechatPay::unified_order`] with the merchant settings `pay` (an order's own
+    /// sign_type, see `Payments::pay_config_of`).
+    pub async fn unified_order_with(
+        &self,
+        pay: &PayConfig,
+        req: &UnifiedOrderRequest,
+    ) -> Result<UnifiedOrderResponse, PayError> {
+        let result = self.client.unified_order(pay, req).await;
         count("unifiedorder", &result);
         result
     }
@@ -119,6 +136,14 @@ fn count<T>(api: &'static str, result: &Result<T, PayError>) {
 /// True for WeChat's `err_code` `code`.
 pub fn is_err_code(e: &PayError, code: &str) -> bool {
     e.err_code() == Some(code)
+}
+
+/// WeChat's answers to a unifiedorder whose out_trade_no it already holds with other
+/// parameters: `INVALID_REQUEST` ("201 商户订单号重复"; WeChat's unifiedorder document lists it for
+/// a re-entered order whose parameters differ) and `OUT_TRADE_NO_USED` (the same number used
+/// for another trade). ORDERPAID and ORDERCLOSED are handled on their own.
+pub fn is_duplicate_order(e: &PayError) -> bool {
+    matches!(e.err_code(), Some("INVALID_REQUEST" | "OUT_TRADE_NO_USED"))
 }
 
 /// WeChat's failure as the service's error: unreachable or SYSTEMERROR → WECHAT_UNAVAILABLE

@@ -72,6 +72,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
             principal: Some(principal(5)),
             target: Some(Target::ProductId("vip".into())),
             client_ip: "198.51.100.4".into(),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -94,6 +95,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
                 .get_order(pb::GetOrderRequest {
                     order_no: no,
                     user_id: 5,
+                    internal_admin: false,
                 })
                 .await
                 .unwrap()
@@ -114,6 +116,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
         .get_order(pb::GetOrderRequest {
             order_no: no.clone(),
             user_id: 6,
+            internal_admin: false,
         })
         .await
         .unwrap_err();

@@ -216,7 +216,6 @@ async fn wechat_client_md5_flow() {
 /// The sandbox's HMAC-SHA256 notify carries no `sign_type`, as WeChat's (WxJava issue 1585,
 /// easy-swoole/pay issue 38); the library must verify it with the merchant's sign type.
 #[tokio::test]
-#[ignore = "needs the h19-pay notify fix"]
 async fn wechat_client_hmac_flow() {
     full_flow(SignType::HmacSha256, "CLIENT-HMAC-0001").await;
 }

@@ -70,19 +70,124 @@ fn valid_notify_is_accepted() {
     assert_eq!(n.fields["bank_type"], "CFT");
 }
 
+fn pay_with(sign_type: SignType) -> PayConfig {
+    PayConfig { sign_type, ..pay() }
+}
+
+/// A genuine HMAC-SHA256 notify as WeChat sends it: **no `sign_type` field**, a 64-hex `sign`,
+/// plain and CDATA values mixed. Shape from the notify merchants posted in
+/// <https://github.com/binarywang/WxJava/issues/1585> (also
+/// <https://github.com/easy-swoole/pay/issues/38>), with our test appid, mch_id and KEY. The
+/// signature was made outside this crate, over the documented string-to-sign (non-empty fields
+/// but `sign`, sorted, `k=v&…&key=KEY`):
+///
+/// ```sh
+/// printf '%s' 'appid=wx2421b1c4370ec43b&bank_type=OTHERS&cash_fee=1&fee_type=CNY&is_subscribe=N&mch_id=10000100&nonce_str=1590477937689&openid=oUpF8uMEb4qRXf22hE3X68TekukE&out_trade_no=20052615250005&result_code=SUCCESS&return_code=SUCCESS&time_end=20200526152550&total_fee=1&trade_type=JSAPI&transaction_id=4200000540202005267407409907&key=192006250b4c09247ec02edce69f6a2d' \
+///   | openssl dgst -sha256 -hmac 192006250b4c09247ec02edce69f6a2d | tr a-f A-F
+/// ```
+const HMAC_NOTIFY_WITHOUT_SIGN_TYPE: &str = "<xml><appid><![CDATA[wx2421b1c4370ec43b]]></appid>
+<bank_type><![CDATA[OTHERS]]></bank_type>
+<cash_fee><![CDATA[1]]></cash_fee>
+<fee_type><![CDATA[CNY]]></fee_type>
+<is_subscribe><![CDATA[N]]></is_subscribe>
+<mch_id><![CDATA[10000100]]></mch_id>
+<nonce_str><![CDATA[1590477937689]]></nonce_str>
+<openid><![CDATA[oUpF8uMEb4qRXf22hE3X68TekukE]]></openid>
+<out_trade_no><![CDATA[20052615250005]]></out_trade_no>
+<result_code><![CDATA[SUCCESS]]></result_code>
+<return_code><![CDATA[SUCCESS]]></return_code>
+<sign><![CDATA[823FD7964C579F9FAC2D645169FBBEC821DAC770AEBFBEE31C45A7A76A51C8F6]]></sign>
+<time_end><![CDATA[20200526152550]]></time_end>
+<total_fee>1</total_fee>
+<trade_type><![CDATA[JSAPI]]></trade_type>
+<transaction_id><![CDATA[4200000540202005267407409907]]></transaction_id>
+</xml>";
+
 #[test]
-fn hmac_notify_uses_its_own_sign_type() {
-    let fields = with(&sample(), "sign_type", "HMAC-SHA256");
-    let n = verify_notify(body(&fields, KEY, SignType::HmacSha256).as_bytes(), &pay()).unwrap();
+fn hmac_notify_without_sign_type_verifies_with_the_orders_algorithm() {
+    let n = verify_notify(
+        HMAC_NOTIFY_WITHOUT_SIGN_TYPE.as_bytes(),
+        &pay_with(SignType::HmacSha256),
+    )
+    .unwrap();
+    assert_eq!(n.transaction_id, "4200000540202005267407409907");
     assert_eq!(n.total_fee, 1);
-    // Declaring HMAC but signing MD5 fails, and so does an unknown algorithm.
+    assert!(n.is_success());
+    // The same bytes are not an MD5 notify: the absent field must not mean MD5 for an HMAC
+    // order, nor HMAC for an MD5 one.
     assert_eq!(
-        verify_notify(body(&fields, KEY, SignType::Md5).as_bytes(), &pay()),
+        verify_notify(HMAC_NOTIFY_WITHOUT_SIGN_TYPE.as_bytes(), &pay()),
         Err(NotifyError::BadSignature)
     );
+}
+
+#[test]
+fn the_notify_cannot_choose_the_algorithm() {
+    // An MD5-signed notify declaring MD5, for an order placed with HMAC-SHA256: a downgrade.
+    let md5 = with(&sample(), "sign_type", "MD5");
+    let body_md5 = body(&md5, KEY, SignType::Md5);
+    assert!(verify_notify(body_md5.as_bytes(), &pay()).is_ok());
+    assert_eq!(
+        verify_notify(body_md5.as_bytes(), &pay_with(SignType::HmacSha256)),
+        Err(NotifyError::BadSignature)
+    );
+    // An undeclared MD5 signature for an HMAC order, too.
+    assert_eq!(
+        verify_notify(
+            body(&sample(), KEY, SignType::Md5).as_bytes(),
+            &pay_with(SignType::HmacSha256)
+        ),
+        Err(NotifyError::BadSignature)
+    );
+    // A declared HMAC-SHA256 that matches the order verifies; declaring it on an MD5 order
+    // does not switch the check.
+    let hmac = with(&sample(), "sign_type", "HMAC-SHA256");
+    let body_hmac = body(&hmac, KEY, SignType::HmacSha256);
+    assert!(verify_notify(body_hmac.as_bytes(), &pay_with(SignType::HmacSha256)).is_ok());
+    assert_eq!(
+        verify_notify(body_hmac.as_bytes(), &pay()),
+        Err(NotifyError::BadSignature)
+    );
+    // An unknown algorithm.
     let unknown = with(&sample(), "sign_type", "SHA1");
     assert_eq!(
         verify_notify(body(&unknown, KEY, SignType::Md5).as_bytes(), &pay()),
+        Err(NotifyError::BadSignature)
+    );
+}
+
+/// A payment that failed (`result_code` FAIL, `err_code` NOTENOUGH): signed, but without
+/// transaction_id, total_fee, openid or time_end (the notify document marks them required,
+/// WeChat leaves them out when nothing was paid). Signature made outside this crate:
+///
+/// ```sh
+/// printf '%s' 'appid=wx2421b1c4370ec43b&err_code=NOTENOUGH&err_code_des=余额不足&mch_id=10000100&nonce_str=5d2b6c2a8db53831f7eda20af46e531c&out_trade_no=1409811653&result_code=FAIL&return_code=SUCCESS&trade_type=JSAPI&key=192006250b4c09247ec02edce69f6a2d' \
+///   | openssl dgst -md5 | tr a-f A-F
+/// ```
+const FAILED_PAYMENT_NOTIFY: &str = "<xml><appid><![CDATA[wx2421b1c4370ec43b]]></appid>
+<err_code><![CDATA[NOTENOUGH]]></err_code>
+<err_code_des><![CDATA[余额不足]]></err_code_des>
+<mch_id>10000100</mch_id>
+<nonce_str><![CDATA[5d2b6c2a8db53831f7eda20af46e531c]]></nonce_str>
+<out_trade_no><![CDATA[1409811653]]></out_trade_no>
+<result_code><![CDATA[FAIL]]></result_code>
+<return_code><![CDATA[SUCCESS]]></return_code>
+<sign><![CDATA[433FB5331B34D300448A4BDED8DFDCE6]]></sign>
+<trade_type><![CDATA[JSAPI]]></trade_type>
+</xml>";
+
+#[test]
+fn failed_payment_notify_is_read_not_judged_malformed() {
+    let n = verify_notify(FAILED_PAYMENT_NOTIFY.as_bytes(), &pay()).unwrap();
+    assert!(!n.is_success());
+    assert_eq!(n.result_code, "FAIL");
+    assert_eq!(n.out_trade_no, "1409811653");
+    assert_eq!((n.transaction_id.as_str(), n.total_fee), ("", 0));
+    assert_eq!(n.fields["err_code"], "NOTENOUGH");
+    // Still authenticated: a tampered one fails.
+    let forged = FAILED_PAYMENT_NOTIFY.replace("NOTENOUGH", "USERPAYING");
+    assert_eq!(
+        verify_notify(forged.as_bytes(), &pay()),
         Err(NotifyError::BadSignature)
     );
 }

@@ -18,6 +18,10 @@ use crate::{
 /// WeChat's limit for out_trade_no.
 const MAX_ORDER_NO: usize = 32;
 const MAX_PRODUCT_ID: usize = 64;
+/// pay-service's limit for idempotency keys.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// The header a client retrying `POST /pay/` may send (the body's `idempotency_key` also works).
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// The body of `POST /pay/`. There is deliberately no amount: the price always comes from the
 /// server (the order or the catalog); amount fields a client sends are ignored.
@@ -28,6 +32,8 @@ pub struct PayBody {
     order_no: Option<String>,
     #[serde(alias = "productId")]
     product_id: Option<String>,
+    #[serde(alias = "idempotencyKey")]
+    idempotency_key: Option<String>,
 }
 
 /// Exactly the keys `wx.requestPayment` takes, plus the order to poll afterwards.
@@ -48,7 +54,34 @@ fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// `POST /pay/ {token, order_no | product_id}` → wx.requestPayment parameters.
+/// The `Idempotency-Key` header or the body's `idempotency_key` ('' when neither); both must
+/// agree when both are sent.
+fn idempotency_key(req: &HttpRequest, body: &PayBody) -> Result<String, ApiError> {
+    let header = match req.headers().get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid("invalid idempotency key"))?
+                .trim(),
+        ),
+    };
+    let key = match (
+        header.filter(|h| !h.is_empty()),
+        non_blank(&body.idempotency_key),
+    ) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::invalid(
+                "Idempotency-Key and idempotency_key differ",
+            ));
+        }
+        (Some(key), _) | (None, Some(key)) => key,
+        (None, None) => return Ok(String::new()),
+    };
+    Ok(extract::checked_id(key, "idempotency key", MAX_IDEMPOTENCY_KEY)?.to_owned())
+}
+
+/// `POST /pay/ {token, order_no | product_id, idempotency_key?}` (or header `Idempotency-Key`)
+/// → wx.requestPayment parameters.
 pub async fn pay(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -67,6 +100,7 @@ pub async fn pay(
             Target::ProductId(extract::checked_id(id, "product_id", MAX_PRODUCT_ID)?.to_owned())
         }
     };
+    let idempotency_key = idempotency_key(&req, &body)?;
     let principal = authenticate(&state, &request_id, &req, body.token.as_deref()).await?;
     let client_ip = extract::client_ip(&req, &state.trusted_proxies)
         .map(|ip| ip.to_string())
@@ -80,6 +114,7 @@ pub async fn pay(
                 principal: Some(principal),
                 target: Some(target),
                 client_ip,
+                idempotency_key,
             },
         ))
         .await?
@@ -151,6 +186,7 @@ pub async fn order(
                 order_no,
                 // Scopes the lookup to the caller: someone else's order is NOT_FOUND.
                 user_id: principal.user_id,
+                internal_admin: false,
             },
         ))
         .await?

@@ -281,7 +281,7 @@ impl PayService for FakePay {
         self.0.record(
             "prepare_jsapi_payment",
             &req,
-            format!("{uid}|{:?}|{}", r.target, r.client_ip),
+            format!("{uid}|{:?}|{}|{}", r.target, r.idempotency_key, r.client_ip),
         );
         if order_no == "PAID1" {
             return Err(status(ErrorReason::OrderState, "already paid"));

@@ -170,6 +170,8 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         order_ttl_secs: 1800,
         reconcile_interval_secs: 30,
         reconcile_after_secs: 0,
+        product_reuse_secs: pay_service::config::DEFAULT_PRODUCT_REUSE_SECS,
+        notify_retention_days: pay_service::config::DEFAULT_NOTIFY_RETENTION_DAYS,
         mch_id: DEV_MCH_ID.into(),
         pay_key: Secret::new(DEV_PAY_KEY),
         sign_type: "MD5".into(),
@@ -242,36 +244,51 @@ impl Env {
         principal: &Principal,
         target: Target,
     ) -> Result<pb::PrepareJsapiPaymentResponse, Status> {
+        self.prepare_keyed(principal, target, "").await
+    }
+
+    /// PrepareJsapiPayment with an idempotency key ("" for none).
+    pub async fn prepare_keyed(
+        &self,
+        principal: &Principal,
+        target: Target,
+        idempotency_key: &str,
+    ) -> Result<pb::PrepareJsapiPaymentResponse, Status> {
         PayService::prepare_jsapi_payment(
             &self.pay,
             Request::new(pb::PrepareJsapiPaymentRequest {
                 principal: Some(principal.clone()),
                 target: Some(target),
                 client_ip: "203.0.113.7".into(),
+                idempotency_key: idempotency_key.into(),
             }),
         )
         .await
         .map(|r| r.into_inner())
     }
 
+    /// GetOrder as `user_id`; 0 is an internal admin read (`internal_admin`).
     pub async fn get(&self, order_no: &str, user_id: i64) -> Result<pb::Order, Status> {
         PayService::get_order(
             &self.pay,
             Request::new(pb::GetOrderRequest {
                 order_no: order_no.into(),
                 user_id,
+                internal_admin: user_id == 0,
             }),
         )
         .await
         .map(|r| r.into_inner().order.unwrap())
     }
 
+    /// CloseOrder as `user_id`; 0 is an internal admin close (`internal_admin`).
     pub async fn close(&self, order_no: &str, user_id: i64) -> Result<pb::Order, Status> {
         PayService::close_order(
             &self.pay,
             Request::new(pb::CloseOrderRequest {
                 order_no: order_no.into(),
                 user_id,
+                internal_admin: user_id == 0,
             }),
         )
         .await

@@ -32,8 +32,9 @@ pub struct PayNotify {
     pub appid: String,
     pub mch_id: String,
     pub out_trade_no: String,
+    /// Empty in a failed payment (`result_code` FAIL).
     pub transaction_id: String,
-    /// Amount paid in fen; compare with the order's amount.
+    /// Amount paid in fen; compare with the order's amount. 0 in a failed payment without it.
     pub total_fee: i64,
     pub openid: String,
     /// `yyyyMMddHHmmss` payment time.
@@ -59,7 +60,8 @@ pub enum NotifyError {
     Xml(#[from] XmlError),
     #[error("notify is missing {0}")]
     MissingField(&'static str),
-    /// Forged, corrupted, signed with another key, or an unsupported `sign_type`.
+    /// Forged, corrupted, signed with another key or algorithm, or a `sign_type` other than
+    /// the expected one.
     #[error("notify signature does not verify")]
     BadSignature,
     #[error("notify appid does not match")]
@@ -83,8 +85,19 @@ fn required(fields: &Fields, name: &'static str) -> Result<String, NotifyError> 
 
 /// Parses and authenticates a notification body.
 ///
-/// The signature is checked with the notification's own `sign_type` (MD5 when absent) before
-/// any other field is trusted; appid and mch_id must be ours.
+/// The signature is checked with `pay.sign_type` — the algorithm the order was placed with —
+/// before any other field is trusted; the notify never chooses it. WeChat signs a notify with
+/// the algorithm of the unifiedorder but sends **no `sign_type`** field in it (a 64-hex `sign`
+/// and nothing else, as merchants report in <https://github.com/binarywang/WxJava/issues/1585>
+/// and <https://github.com/easy-swoole/pay/issues/38>), so falling back to MD5 when the field
+/// is absent would refuse every genuine notify of an HMAC-SHA256 merchant. A `sign_type` that
+/// is present must name the expected algorithm: a notify cannot downgrade the check.
+///
+/// `return_code` is read first: FAIL is a transport-level message, unsigned and carrying no
+/// payment ([`NotifyError::ReturnFail`]). Then `result_code`: a verified payment FAIL (e.g.
+/// `PAYERROR`) has no `transaction_id`, `total_fee` or `time_end` to require; its payment
+/// fields are empty (and `total_fee` 0) unless WeChat sent them. Only a SUCCESS result must
+/// carry them all; appid and mch_id must be ours either way.
 pub fn verify_notify(body: &[u8], pay: &PayConfig) -> Result<PayNotify, NotifyError> {
     let fields = xml::parse(body)?;
     let return_code = required(&fields, "return_code")?;
@@ -93,13 +106,15 @@ pub fn verify_notify(body: &[u8], pay: &PayConfig) -> Result<PayNotify, NotifyEr
             fields.get("return_msg").cloned().unwrap_or_default(),
         ));
     }
-    let sign_type = match fields.get("sign_type").filter(|v| !v.is_empty()) {
-        None => SignType::Md5,
-        Some(v) => v.parse().map_err(|_| NotifyError::BadSignature)?,
-    };
+    let result_code = required(&fields, "result_code")?;
+    if let Some(declared) = fields.get("sign_type").filter(|v| !v.is_empty())
+        && declared.parse::<SignType>() != Ok(pay.sign_type)
+    {
+        return Err(NotifyError::BadSignature);
+    }
     let signature = required(&fields, "sign")?;
     let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    if !verify(pairs, &pay.key, sign_type, &signature) {
+    if !verify(pairs, &pay.key, pay.sign_type, &signature) {
         return Err(NotifyError::BadSignature);
     }
     let appid = required(&fields, "appid")?;
@@ -110,19 +125,29 @@ pub fn verify_notify(body: &[u8], pay: &PayConfig) -> Result<PayNotify, NotifyEr
     if mch_id != pay.mch_id {
         return Err(NotifyError::MchIdMismatch);
     }
-    let total_fee = match required(&fields, "total_fee")?.parse::<i64>() {
-        Ok(fee) if fee > 0 => fee,
-        _ => return Err(NotifyError::BadAmount),
+    let paid = result_code == "SUCCESS";
+    // A failed payment's fields are informational: empty when absent, never refused.
+    let payment_field = |name: &'static str| -> Result<String, NotifyError> {
+        if paid {
+            required(&fields, name)
+        } else {
+            Ok(fields.get(name).cloned().unwrap_or_default())
+        }
+    };
+    let total_fee = match (paid, payment_field("total_fee")?.parse::<i64>()) {
+        (_, Ok(fee)) if fee > 0 => fee,
+        (true, _) => return Err(NotifyError::BadAmount),
+        (false, _) => 0,
     };
     Ok(PayNotify {
         appid,
         mch_id,
         out_trade_no: required(&fields, "out_trade_no")?,
-        transaction_id: required(&fields, "transaction_id")?,
+        transaction_id: payment_field("transaction_id")?,
         total_fee,
-        openid: required(&fields, "openid")?,
-        time_end: required(&fields, "time_end")?,
-        result_code: required(&fields, "result_code")?,
+        openid: payment_field("openid")?,
+        time_end: payment_field("time_end")?,
+        result_code,
         attach: fields.get("attach").filter(|v| !v.is_empty()).cloned(),
         fields,
     })
