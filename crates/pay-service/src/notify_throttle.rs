@@ -6,7 +6,7 @@
 //! any other, so WeChat is never locked out; one that does not is dropped unrecorded with the
 //! verdict `rate_limited`, so a flood of forgeries costs one signature check each.
 
-use wechat::pay::{NotifyError, notify_reply_fail, verify_notify, xml};
+use wechat::pay::{NotifyError, SignType, notify_reply_fail, verify_notify, xml};
 
 use crate::{notify::NotifyReply, payments::Payments};
 
@@ -27,24 +27,34 @@ impl Payments {
         }
     }
 
-    /// Whether the notify's signature verifies with the key of the merchant of its own appid
-    /// (the full handling then checks it against the order as usual).
+    /// Whether the notify's signature verifies with the key of the merchant of its own appid,
+    /// under either algorithm (an order may have been placed before the merchant switched;
+    /// the full handling then checks it against the order as usual).
     fn notify_signature_verifies(&self, raw_body: &[u8]) -> bool {
         let Ok(fields) = xml::parse(raw_body) else {
             return false;
         };
         let appid = fields.get("appid").map(String::as_str).unwrap_or_default();
-        let pay = self.inner.wechat.config_for(appid);
-        signature_verified(&verify_notify(raw_body, &pay))
+        let mut pay = self.inner.wechat.config_for(appid);
+        [SignType::Md5, SignType::HmacSha256]
+            .into_iter()
+            .any(|sign_type| {
+                pay.sign_type = sign_type;
+                signature_verified(&verify_notify(raw_body, &pay))
+            })
     }
 }
 
 /// Whether `verify_notify` got past the signature check: it checks the signature before
-/// trusting any field, so these later failures all come from a correctly signed notify.
+/// trusting any field, so these later failures all come from a correctly signed notify. The
+/// fields it may require before the signature (`return_code`, `result_code`, `sign`) say
+/// nothing about it.
 fn signature_verified<T>(outcome: &Result<T, NotifyError>) -> bool {
     match outcome {
         Ok(_) => true,
-        Err(NotifyError::MissingField(field)) => !matches!(*field, "sign" | "return_code"),
+        Err(NotifyError::MissingField(field)) => {
+            !matches!(*field, "sign" | "return_code" | "result_code")
+        }
         Err(NotifyError::AppIdMismatch | NotifyError::MchIdMismatch | NotifyError::BadAmount) => {
             true
         }
@@ -71,5 +81,10 @@ mod tests {
             "transaction_id"
         ))));
         assert!(signature_verified::<()>(&Err(NotifyError::AppIdMismatch)));
+        for before_the_signature in ["sign", "return_code", "result_code"] {
+            assert!(!signature_verified::<()>(&Err(NotifyError::MissingField(
+                before_the_signature
+            ))));
+        }
     }
 }
