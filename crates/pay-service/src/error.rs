@@ -34,7 +34,7 @@ pub enum Error {
 
 impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Self {
-        Self::Db(DbError::Query(e))
+        Self::Db(DbError::from(e))
     }
 }
 

@@ -48,7 +48,40 @@ pub enum DbError {
     #[error("migration failed: {0}")]
     Migration(String),
     #[error(transparent)]
-    Query(#[from] diesel::result::Error),
+    Query(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for DbError {
+    /// A query that failed because its connection died (the server was restarted, or
+    /// terminated the backend) is the database being unavailable, not a bug: callers answer
+    /// "try again" instead of "internal error", and the pool drops the broken connection.
+    fn from(e: diesel::result::Error) -> Self {
+        if connection_lost(&e) {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Query(e)
+        }
+    }
+}
+
+/// True for the errors of a connection that is gone: closed by the server (SQLSTATE 57P01
+/// `admin_shutdown`, 57P02 `crash_shutdown`, 57P03 `cannot_connect_now` carry these messages),
+/// or broken mid-transaction.
+fn connection_lost(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::BrokenTransactionManager => true,
+        Error::DatabaseError(_, info) => {
+            let message = info.message();
+            message.contains("terminating connection")
+                || message.contains("connection closed")
+                || message.contains("server closed the connection")
+                || message.contains("the database system is shutting down")
+                || message.contains("the database system is starting up")
+        }
+        _ => false,
+    }
 }
 
 impl DbError {
@@ -331,6 +364,8 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
     use super::*;
 
     #[test]
@@ -341,5 +376,29 @@ mod tests {
         assert!(Backend::of("mysql://x").is_err());
         assert_eq!(sqlite_path("sqlite://data/a.db"), "data/a.db");
         assert_eq!(sqlite_path("sqlite::memory:"), ":memory:");
+    }
+
+    fn db_error(kind: DatabaseErrorKind, message: &str) -> Error {
+        Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn a_lost_connection_is_unavailable_not_a_query_error() {
+        for lost in [
+            db_error(
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            db_error(DatabaseErrorKind::ClosedConnection, "connection closed"),
+            Error::BrokenTransactionManager,
+        ] {
+            assert!(matches!(DbError::from(lost), DbError::Unavailable(_)));
+        }
+        for query in [
+            Error::NotFound,
+            db_error(DatabaseErrorKind::UniqueViolation, "duplicate key value"),
+        ] {
+            assert!(matches!(DbError::from(query), DbError::Query(_)));
+        }
     }
 }
