@@ -4,7 +4,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use service_kit::{
     Secret,
-    grpc::InternalAuthConfig,
+    grpc::{DrainConfig, InternalAuthConfig},
     telemetry::{LogFormat, TelemetryConfig},
 };
 
@@ -175,6 +175,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub drain: DrainConfig,
 }
 
 impl Config {
@@ -201,6 +204,7 @@ impl Config {
             internal: InternalAuthConfig {
                 internal_token: None,
             },
+            drain: DrainConfig::none(),
         }
     }
 

@@ -113,12 +113,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness(
+    service_kit::grpc::serve_draining(
         listener,
         Routes::new(server),
         &[name],
         shutdown,
         ready,
+        config.drain,
     )
     .await?;
     Ok(())

@@ -2,7 +2,11 @@
 
 use std::net::SocketAddr;
 
-use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+use service_kit::{
+    Secret,
+    grpc::{DrainConfig, InternalAuthConfig},
+    telemetry::TelemetryConfig,
+};
 
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -53,6 +57,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub drain: DrainConfig,
 }
 
 impl Config {
@@ -72,6 +79,7 @@ impl Config {
             internal: InternalAuthConfig {
                 internal_token: None,
             },
+            drain: DrainConfig::none(),
         }
     }
 }

@@ -76,7 +76,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness(listener, routes, &[SERVICE_NAME], shutdown, ready)
-        .await?;
+    service_kit::grpc::serve_draining(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        shutdown,
+        ready,
+        config.drain,
+    )
+    .await?;
     Ok(())
 }
