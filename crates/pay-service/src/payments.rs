@@ -65,6 +65,8 @@ pub struct Settings {
     pub order_ttl_secs: i64,
     pub reconcile_after_secs: i64,
     pub reconcile_interval: Duration,
+    /// How long a reconciler's claim on an order lasts (`PAY_RECONCILE_LEASE_SECS`).
+    pub reconcile_lease_secs: i64,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -164,6 +166,8 @@ impl Payments {
             reconcile_after_secs: i64::try_from(config.reconcile_after_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_AFTER_SECS is too large".into()))?,
             reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+            reconcile_lease_secs: i64::try_from(config.reconcile_lease_secs)
+                .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
         };
         Ok(Self {
             inner: Arc::new(Inner {

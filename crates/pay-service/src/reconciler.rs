@@ -24,8 +24,6 @@ use crate::{
 
 /// Orders looked at per scan and pass.
 const BATCH: i64 = 100;
-/// How long a claim holds an order: longer than a WeChat call or two can take.
-const LEASE_SECS: i64 = 120;
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,12 +44,13 @@ impl Payments {
         let mut report = ReconcileReport::default();
         let now = self.now();
         let after = self.inner.settings.reconcile_after_secs;
+        let lease = self.inner.settings.reconcile_lease_secs;
         let db = self.database();
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
         for order_no in store::expired_open(db, now, BATCH).await? {
-            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+            if !store::claim(db, &order_no, now, now + lease).await? {
                 continue; // another replica has it, or it is no longer open
             }
             let Some(order) = store::find_order(db, &order_no).await? else {
@@ -77,7 +76,7 @@ impl Payments {
         }
 
         for order_no in store::paying_due(db, now - after, now, BATCH).await? {
-            if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
+            if !store::claim(db, &order_no, now, now + lease).await? {
                 continue;
             }
             report.queried += 1;

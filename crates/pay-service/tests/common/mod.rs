@@ -18,7 +18,7 @@ use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY, SandboxHandle};
 use service_kit::{
     Secret,
     db::testing::{fresh_postgres_url, fresh_sqlite_url},
-    grpc::InternalAuthConfig,
+    grpc::{DrainConfig, InternalAuthConfig},
     telemetry::{LogFormat, TelemetryConfig},
 };
 use tokio::{
@@ -170,6 +170,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         order_ttl_secs: 1800,
         reconcile_interval_secs: 30,
         reconcile_after_secs: 0,
+        reconcile_lease_secs: pay_service::config::DEFAULT_RECONCILE_LEASE_SECS,
         mch_id: DEV_MCH_ID.into(),
         pay_key: Secret::new(DEV_PAY_KEY),
         sign_type: "MD5".into(),
@@ -182,6 +183,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         internal: InternalAuthConfig {
             internal_token: None,
         },
+        drain: DrainConfig::none(),
     }
 }
 
