@@ -62,6 +62,9 @@
 //!   "trade_state_desc","transaction_id","time_end","created_at_ms","notify_state"
 //!   (none|pending|accepted|dropped|gave_up),"notify_attempts"}`;
 //!   `GET /sandbox/orders?trade_state=SUCCESS` lists them.
+//! - `GET /sandbox/calls?out_trade_no=` → `[{"out_trade_no","unifiedorder","orderquery",
+//!   "closeorder","max_in_flight"}]`: WeChat Pay calls per order, and the most orderquery +
+//!   closeorder about one order in progress at once (see [`calls`]).
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
@@ -102,6 +105,7 @@
 //! (10000), `SANDBOX_WORKERS` (2). Unset, it is the dev app [`DEV_APP_ID`] and the dev merchant
 //! [`DEV_MCH_ID`].
 
+pub mod calls;
 mod clock;
 pub mod config;
 mod dev_error;
