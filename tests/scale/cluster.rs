@@ -277,6 +277,14 @@ impl Cluster {
         let status = replica.service.terminate().await;
         assert!(status.success(), "{name} exit status {status}");
         replica.service.spawn();
+        // Back into the endpoints once its readiness probe passes, as in Kubernetes.
+        let ready = format!("{}/readyz", url(replica.port));
+        let up = wxmp_tests::eventually(Duration::from_secs(30), || async {
+            let answer = self.http.get(&ready).send().await.ok()?;
+            answer.status().is_success().then_some(())
+        })
+        .await;
+        assert!(up.is_some(), "{name} never became ready");
         self.haproxy.enable(&name).await;
     }
 

@@ -166,7 +166,7 @@ async fn discover(
         if changes.is_closed() {
             return;
         }
-        if tick % RESOLVE_EVERY == 0 {
+        if tick.is_multiple_of(RESOLVE_EVERY) {
             let mut resolved = BTreeMap::new();
             let mut complete = true;
             for target in &targets {
