@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test demo bench lint fmt check-deploy build release clean
+.PHONY: run test scale-test demo bench lint fmt check-deploy build release clean
 
 ## run: the whole stack in one process (SQLite + in-memory sessions + the WeChat sandbox)
 run:
@@ -11,6 +11,12 @@ run:
 ## test: every test (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; see README)
 test:
 	$(CARGO) test --workspace --no-fail-fast
+
+## scale-test: 3 gateways behind HAProxy and 2 replicas of each service as real processes:
+## rolling restart and SIGKILL under load, two reconcilers, concurrent migrations (needs haproxy)
+scale-test:
+	$(CARGO) build -p gateway -p auth-service -p user-service -p pay-service -p sandbox --bins
+	$(CARGO) test -p wxmp-tests --test scale -- --nocapture
 
 ## demo: plays a mini program against a running `make run`
 demo:

@@ -3,110 +3,11 @@
 //! pay-service killed with SIGKILL under load and started again loses and doubles nothing,
 //! and SIGTERM drains and exits cleanly.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wxmp_tests::{eventually, free_port, redis_url};
-
-/// Where cargo put the workspace's binaries: next to this test's `deps/` folder. Builds them
-/// when missing (e.g. `cargo test -p wxmp-tests --test processes` alone).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args(["build", "--bin", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building {name}");
-    }
-    path
-}
-
-/// One service process, killed when dropped; its output goes to a log file in the test's dir.
-struct Service {
-    name: &'static str,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Service {
-    fn start(name: &'static str, env: Vec<(&str, String)>, dir: &std::path::Path) -> Self {
-        let mut service = Self {
-            name,
-            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            log: dir.join(format!("{name}.log")),
-            child: None,
-        };
-        service.spawn();
-        service
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(binary(self.name))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn service");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no drain, no goodbye, as when a node dies.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then the exit status once the process has drained.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{} did not exit on SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use wxmp_tests::{eventually, free_port, process::Service, redis_url};
 
 struct Processes {
     http: reqwest::Client,
@@ -368,7 +269,7 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
     );
 
     // SIGTERM drains and exits 0, for each kind of process.
-    assert!(p.pay.terminate().success(), "pay-service exit status");
+    assert!(p.pay.terminate().await.success(), "pay-service exit status");
     let gateway = p.others.last_mut().expect("gateway");
-    assert!(gateway.terminate().success(), "gateway exit status");
+    assert!(gateway.terminate().await.success(), "gateway exit status");
 }

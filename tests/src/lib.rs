@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wxmp::stack::{Stack, StackOptions};
 
+pub mod process;
+
 /// Which storage the stack runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -297,47 +299,12 @@ impl TestStack {
 
     /// The orders in the pay database: order_no → (state, transaction_id).
     pub async fn db_orders(&self) -> std::collections::HashMap<String, (String, String)> {
-        async fn query(
-            url: &str,
-        ) -> Result<Vec<(String, String, String)>, service_kit::db::DbError> {
-            use diesel::QueryDsl;
-            use diesel_async::RunQueryDsl;
-            let db = pay_db(url)?;
-            Ok(service_kit::with_conn!(&db, |conn| {
-                pay_tables::orders::table
-                    .select((
-                        pay_tables::orders::order_no,
-                        pay_tables::orders::state,
-                        pay_tables::orders::transaction_id,
-                    ))
-                    .load::<(String, String, String)>(conn)
-                    .await
-            })?)
-        }
-        let rows = query(&self.pay_database_url).await.expect("read orders");
-        rows.into_iter().map(|(no, s, t)| (no, (s, t))).collect()
+        db_orders_at(&self.pay_database_url).await
     }
 
     /// Every (out_trade_no, verdict) in pay_notifications, oldest first.
     pub async fn db_verdicts(&self) -> Vec<(String, String)> {
-        async fn query(url: &str) -> Result<Vec<(String, String)>, service_kit::db::DbError> {
-            use diesel::QueryDsl;
-            use diesel_async::RunQueryDsl;
-            let db = pay_db(url)?;
-            Ok(service_kit::with_conn!(&db, |conn| {
-                pay_tables::pay_notifications::table
-                    .order(pay_tables::pay_notifications::id)
-                    .select((
-                        pay_tables::pay_notifications::out_trade_no,
-                        pay_tables::pay_notifications::verdict,
-                    ))
-                    .load::<(String, String)>(conn)
-                    .await
-            })?)
-        }
-        query(&self.pay_database_url)
-            .await
-            .expect("read pay_notifications")
+        db_verdicts_at(&self.pay_database_url).await
     }
 
     /// The sandbox's (WeChat's) view of one order: trade_state, notify_state,
@@ -383,6 +350,47 @@ impl TestStack {
             other => other["orders"].as_array().cloned().unwrap_or_default(),
         }
     }
+}
+
+/// The orders in the pay database at `url`: order_no → (state, transaction_id).
+pub async fn db_orders_at(url: &str) -> std::collections::HashMap<String, (String, String)> {
+    async fn query(url: &str) -> Result<Vec<(String, String, String)>, service_kit::db::DbError> {
+        use diesel::QueryDsl;
+        use diesel_async::RunQueryDsl;
+        let db = pay_db(url)?;
+        Ok(service_kit::with_conn!(&db, |conn| {
+            pay_tables::orders::table
+                .select((
+                    pay_tables::orders::order_no,
+                    pay_tables::orders::state,
+                    pay_tables::orders::transaction_id,
+                ))
+                .load::<(String, String, String)>(conn)
+                .await
+        })?)
+    }
+    let rows = query(url).await.expect("read orders");
+    rows.into_iter().map(|(no, s, t)| (no, (s, t))).collect()
+}
+
+/// Every (out_trade_no, verdict) in pay_notifications of the pay database at `url`.
+pub async fn db_verdicts_at(url: &str) -> Vec<(String, String)> {
+    async fn query(url: &str) -> Result<Vec<(String, String)>, service_kit::db::DbError> {
+        use diesel::QueryDsl;
+        use diesel_async::RunQueryDsl;
+        let db = pay_db(url)?;
+        Ok(service_kit::with_conn!(&db, |conn| {
+            pay_tables::pay_notifications::table
+                .order(pay_tables::pay_notifications::id)
+                .select((
+                    pay_tables::pay_notifications::out_trade_no,
+                    pay_tables::pay_notifications::verdict,
+                ))
+                .load::<(String, String)>(conn)
+                .await
+        })?)
+    }
+    query(url).await.expect("read pay_notifications")
 }
 
 fn pay_db(url: &str) -> Result<service_kit::db::Database, service_kit::db::DbError> {

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use service_kit::{
     Secret,
-    grpc::InternalAuthConfig,
+    grpc::{DrainConfig, InternalAuthConfig},
     telemetry::{LogFormat, TelemetryConfig},
 };
 
@@ -208,6 +208,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub drain: DrainConfig,
 }
 
 const DEFAULT_REFRESH_BEFORE_SECS: u64 = 240;
@@ -245,6 +248,7 @@ impl Config {
                 internal_token: None,
                 ..Default::default()
             },
+            drain: DrainConfig::none(),
         }
     }
 

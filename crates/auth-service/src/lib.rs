@@ -159,13 +159,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness_tls(
+    service_kit::grpc::serve_draining(
         listener,
         Routes::new(server),
         &[name],
         shutdown,
         ready,
         tls.as_ref(),
+        config.drain,
     )
     .await?;
     Ok(())

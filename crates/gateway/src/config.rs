@@ -24,7 +24,8 @@ pub struct Config {
         default_value = "0.0.0.0:8080"
     )]
     pub listen_addr: String,
-    /// auth-service gRPC URL.
+    /// auth-service gRPC URL; a comma-separated list of replicas (or a host with several
+    /// addresses) is balanced per call over the healthy ones.
     #[arg(
         long,
         env = "GATEWAY_AUTH_URL",
@@ -32,7 +33,8 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_url: String,
-    /// user-service gRPC URL.
+    /// user-service gRPC URL; a comma-separated list of replicas (or a host with several
+    /// addresses) is balanced per call over the healthy ones.
     #[arg(
         long,
         env = "GATEWAY_USER_URL",
@@ -40,7 +42,8 @@ pub struct Config {
         default_value = "http://127.0.0.1:50052"
     )]
     pub user_url: String,
-    /// pay-service gRPC URL.
+    /// pay-service gRPC URL; a comma-separated list of replicas (or a host with several
+    /// addresses) is balanced per call over the healthy ones.
     #[arg(
         long,
         env = "GATEWAY_PAY_URL",

@@ -2,7 +2,11 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
-use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+use service_kit::{
+    Secret,
+    grpc::{DrainConfig, InternalAuthConfig},
+    telemetry::TelemetryConfig,
+};
 use wechat::SignType;
 
 use crate::orders::{MAX_AMOUNT_FEN, MAX_DESCRIPTION_BYTES};
@@ -11,6 +15,8 @@ use crate::orders::{MAX_AMOUNT_FEN, MAX_DESCRIPTION_BYTES};
 pub const DEFAULT_PRODUCT_REUSE_SECS: u64 = 60;
 /// Default of `PAY_NOTIFY_RETENTION_DAYS`.
 pub const DEFAULT_NOTIFY_RETENTION_DAYS: u64 = 90;
+/// Default of `PAY_RECONCILE_LEASE_SECS`.
+pub const DEFAULT_RECONCILE_LEASE_SECS: u64 = 120;
 
 /// Everything `wxmp-pay` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -105,6 +111,11 @@ pub struct Config {
         default_value_t = DEFAULT_NOTIFY_RETENTION_DAYS
     )]
     pub notify_retention_days: u64,
+    /// How long a reconciler replica's claim on an order lasts: longer than a WeChat call or
+    /// two can take. A replica that dies mid-way leaves its orders to the others after this.
+    #[arg(long, env = "PAY_RECONCILE_LEASE_SECS", value_name = "PAY_RECONCILE_LEASE_SECS", default_value_t = DEFAULT_RECONCILE_LEASE_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reconcile_lease_secs: u64,
 
     /// The merchant id (mch_id).
     #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID")]
@@ -152,6 +163,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub drain: DrainConfig,
 }
 
 impl Config {
@@ -336,6 +350,39 @@ mod tests {
         ] {
             let err = bad.parse::<Catalog>().unwrap_err();
             assert!(err.starts_with("PAY_PRODUCTS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn lease_and_drain_parse_with_defaults_and_bounds() {
+        use clap::Parser;
+        let base = [
+            "wxmp-pay",
+            "--database-url",
+            "sqlite::memory:",
+            "--notify-url",
+            "http://127.0.0.1/pay/notify",
+            "--mch-id",
+            "1900000109",
+            "--pay-key",
+            "k",
+        ];
+        let c = Config::try_parse_from(base).unwrap();
+        assert_eq!(c.reconcile_lease_secs, DEFAULT_RECONCILE_LEASE_SECS);
+        let c = Config::try_parse_from(base.iter().copied().chain([
+            "--reconcile-lease-secs",
+            "5",
+            "--drain-delay-ms",
+            "1500",
+        ]))
+        .unwrap();
+        assert_eq!(c.reconcile_lease_secs, 5);
+        assert_eq!(c.drain.delay(), Duration::from_millis(1500));
+        for bad in [
+            ["--reconcile-lease-secs", "0"],
+            ["--drain-delay-ms", "600000"],
+        ] {
+            assert!(Config::try_parse_from(base.iter().copied().chain(bad)).is_err());
         }
     }
 

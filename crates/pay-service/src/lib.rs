@@ -144,13 +144,14 @@ pub async fn serve_payments(
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
-    let served = service_kit::grpc::serve_with_readiness_tls(
+    let served = service_kit::grpc::serve_draining(
         listener,
         Routes::new(service),
         &[grpc::SERVICE_NAME],
         shutdown,
         ready,
         tls.as_ref(),
+        config.drain,
     )
     .await;
     stop_reconciler.trigger();

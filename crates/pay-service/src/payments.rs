@@ -71,6 +71,8 @@ pub struct Settings {
     pub product_reuse_secs: i64,
     /// See `PAY_NOTIFY_RETENTION_DAYS`, in seconds (0 = keep forever).
     pub notify_retention_secs: i64,
+    /// How long a reconciler's claim on an order lasts (`PAY_RECONCILE_LEASE_SECS`).
+    pub reconcile_lease_secs: i64,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -181,6 +183,8 @@ impl Payments {
                 .ok()
                 .and_then(|days| days.checked_mul(86_400))
                 .ok_or_else(|| Error::Config("PAY_NOTIFY_RETENTION_DAYS is too large".into()))?,
+            reconcile_lease_secs: i64::try_from(config.reconcile_lease_secs)
+                .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
         };
         Ok(Self {
             inner: Arc::new(Inner {

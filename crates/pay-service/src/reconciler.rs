@@ -12,7 +12,7 @@
 //! about again before another `PAY_RECONCILE_AFTER_SECS`; expiry is checked regardless.
 //!
 //! A pass can be long (a slow WeChat, many orders), so the clock is read again for every
-//! order: a claim made late in the pass runs `LEASE_SECS` from when it is made, not from the
+//! order: a claim made late in the pass runs `PAY_RECONCILE_LEASE_SECS` from when it is made, not from the
 //! start of the pass (else it would be born expired and another replica would take the same
 //! order at once). Each claim carries a random owner value, and a replica releases only a
 //! lease that still carries its value: when its lease ran out mid-call and another replica
@@ -31,8 +31,6 @@ use crate::{
 
 /// Orders looked at per scan and pass.
 const BATCH: i64 = 100;
-/// How long a claim holds an order: longer than a WeChat call or two can take.
-const LEASE_SECS: i64 = 120;
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,13 +52,14 @@ impl Payments {
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, Error> {
         let mut report = ReconcileReport::default();
         let after = self.inner.settings.reconcile_after_secs;
+        let lease_secs = self.inner.settings.reconcile_lease_secs;
         let db = self.database();
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
         for order_no in store::expired_open(db, self.now(), BATCH).await? {
             let now = self.now();
-            let Some(lease) = store::claim(db, &order_no, now, now + LEASE_SECS).await? else {
+            let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
                 continue; // another replica has it, or it is no longer open
             };
             let Some(order) = store::find_order(db, &order_no).await? else {
@@ -87,7 +86,7 @@ impl Payments {
 
         for order_no in store::paying_due(db, self.now() - after, self.now(), BATCH).await? {
             let now = self.now();
-            let Some(lease) = store::claim(db, &order_no, now, now + LEASE_SECS).await? else {
+            let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
                 continue;
             };
             report.queried += 1;
@@ -132,7 +131,7 @@ impl Payments {
 }
 
 /// Releases `lease`; a lease another replica took over after ours ran out is left alone (and
-/// counted: it means WeChat was slower than `LEASE_SECS`).
+/// counted: it means WeChat was slower than `PAY_RECONCILE_LEASE_SECS`).
 async fn release(
     payments: &Payments,
     order_no: &str,

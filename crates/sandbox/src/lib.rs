@@ -82,6 +82,9 @@
 //! - `GET /sandbox/access-tokens?appid=` → fetch counters (`legacy_fetches`, `stable_fetches`,
 //!   `stable_forced`, `tokens_issued`, `refused`, `rejected_uses`);
 //!   `POST /sandbox/access-tokens/invalidate?appid=` makes the current tokens answer 40001.
+//! - `GET /sandbox/calls?out_trade_no=` → `[{"out_trade_no","unifiedorder","orderquery",
+//!   "closeorder","max_in_flight"}]`: WeChat Pay calls per order, and the most orderquery +
+//!   closeorder about one order in progress at once (see [`calls`]).
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
@@ -132,6 +135,7 @@
 //! (10000), `SANDBOX_WORKERS` (2). Unset, it is the dev app [`DEV_APP_ID`] and the dev merchant
 //! [`DEV_MCH_ID`].
 
+pub mod calls;
 mod clock;
 pub mod config;
 mod dev_error;

@@ -7,8 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::Config, faults, login, notify, openapi, order, pay, state::Sandbox, token, user_data,
-    wx,
+    calls, config::Config, faults, login, notify, openapi, order, pay, state::Sandbox, token,
+    user_data, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -34,6 +34,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/user-data", web::post().to(user_data::user_data))
             .route("/pay", web::post().to(notify::pay))
             .route("/notifies", web::get().to(notify::list))
+            .route("/calls", web::get().to(calls::list))
             .route("/orders", web::get().to(order::list))
             .route("/orders/{out_trade_no}", web::get().to(order::get))
             .route("/access-tokens", web::get().to(token::stats))
@@ -76,6 +77,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/pay")
             .wrap(from_fn(faults::wechat_paths))
+            .wrap(from_fn(calls::track))
             .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
             .service(pay_path("/unifiedorder", pay::unifiedorder))
             .service(pay_path("/orderquery", pay::orderquery))
@@ -104,14 +106,20 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         "WeChat sandbox listening"
     );
     let stop = shutdown.clone();
+    let calls = web::Data::new(calls::Calls::default());
     // Built in its own statement: the builder is not Send and must not live across the await.
-    let server = HttpServer::new(move || App::new().app_data(sandbox.clone()).configure(routes))
-        .workers(config.workers)
-        .shutdown_timeout(5)
-        // Our Shutdown replaces actix's own signal handling.
-        .shutdown_signal(async move { stop.wait().await })
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(sandbox.clone())
+            .app_data(calls.clone())
+            .configure(routes)
+    })
+    .workers(config.workers)
+    .shutdown_timeout(5)
+    // Our Shutdown replaces actix's own signal handling.
+    .shutdown_signal(async move { stop.wait().await })
+    .listen(listener)?
+    .run();
     server.await?;
     tracing::info!(%addr, "WeChat sandbox stopped");
     Ok(())

@@ -159,6 +159,39 @@ pub fn warn_if_open(token: Option<&Secret>, addr: std::net::SocketAddr) {
     }
 }
 
+/// How a gRPC server stops: how long it keeps serving after reporting NOT_SERVING.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct DrainConfig {
+    /// On SIGTERM, milliseconds to keep serving while health reports NOT_SERVING, so that
+    /// balancing clients (which probe every 0.5 s) stop sending new calls before the listener
+    /// closes; in-flight calls are then drained. 0 stops at once.
+    #[arg(
+        long,
+        env = "WXMP_DRAIN_DELAY_MS",
+        value_name = "WXMP_DRAIN_DELAY_MS",
+        default_value_t = DEFAULT_DRAIN_DELAY_MS,
+        value_parser = clap::value_parser!(u64).range(0..=60_000)
+    )]
+    pub drain_delay_ms: u64,
+}
+
+/// Default of `WXMP_DRAIN_DELAY_MS`: off, right for one replica (`wxmp up`, compose); the
+/// Kubernetes manifests set 2000 (four client probe intervals).
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+
+impl DrainConfig {
+    /// No delay: for `wxmp up` (one process, no balancer in front) and tests.
+    pub fn none() -> Self {
+        Self {
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+        }
+    }
+
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+}
+
 /// How often [`serve_with_readiness`] asks its probe.
 pub const READINESS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -188,18 +221,31 @@ where
     P: Fn() -> F + Send + 'static,
     F: std::future::Future<Output = bool> + Send,
 {
-    serve_with_readiness_tls(listener, routes, names, shutdown, ready, None).await
+    serve_draining(
+        listener,
+        routes,
+        names,
+        shutdown,
+        ready,
+        None,
+        DrainConfig::none(),
+    )
+    .await
 }
 
 /// [`serve_with_readiness`], over mutual TLS when `tls` is given (clients must present a
-/// certificate signed by its CA).
-pub async fn serve_with_readiness_tls<P, F>(
+/// certificate signed by its CA), and, on shutdown, reporting NOT_SERVING for every name and
+/// serving on for `drain.delay()` before it stops accepting and drains in-flight calls: the
+/// window in which balancing clients ([`crate::balance`]) and Kubernetes readiness take the
+/// replica out, so a rolling restart fails no call.
+pub async fn serve_draining<P, F>(
     listener: TcpListener,
     routes: Routes,
     names: &[&str],
     shutdown: Shutdown,
     ready: P,
     tls: Option<&GrpcTls>,
+    drain: DrainConfig,
 ) -> Result<(), tonic::transport::Error>
 where
     P: Fn() -> F + Send + 'static,
@@ -260,10 +306,14 @@ where
         let shutdown = shutdown.clone();
         async move {
             shutdown.wait().await;
-            // Report NOT_SERVING first so load balancers stop sending new calls.
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            // Report NOT_SERVING first so load balancers stop sending new calls, and keep
+            // serving while they notice.
+            report(false).await;
+            let delay = drain.delay();
+            if !delay.is_zero() {
+                tracing::info!(delay_ms = drain.drain_delay_ms, "NOT_SERVING; draining");
+                tokio::time::sleep(delay).await;
+            }
         }
     };
     let mut builder = Server::builder();
@@ -360,6 +410,10 @@ impl Interceptor for AttachToken {
 
 /// A lazily connecting channel: created once at start-up and cloned per call, so no call pays
 /// for a connection and a dependency that starts later is still reached.
+///
+/// `url` may be a comma-separated list of URLs and/or name hosts with several addresses (a
+/// Kubernetes headless Service): calls are then balanced per call over the healthy replicas
+/// ([`crate::balance`]). One URL with an IP address is a plain channel to it.
 pub fn channel(
     url: &str,
     connect_timeout: Duration,
@@ -369,8 +423,38 @@ pub fn channel(
 }
 
 /// [`channel`], over mutual TLS when `tls` is given (an `http://` URL is dialled as
-/// `https://`).
+/// `https://`). A comma-separated list (or a name with several addresses) is balanced per
+/// call over its healthy members ([`crate::balance`]).
 pub fn channel_tls(
+    url: &str,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    tls: Option<&GrpcTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let urls = crate::balance::split_urls(url);
+    if urls.is_empty() || crate::balance::is_single_address(url) {
+        let one = urls.first().copied().unwrap_or(url);
+        return single_channel(one, connect_timeout, call_timeout, tls);
+    }
+    // Every URL must be valid, with the same error as a single one.
+    for one in &urls {
+        Endpoint::from_shared((*one).to_owned())?;
+    }
+    match crate::balance::balanced_channel(
+        url,
+        connect_timeout,
+        call_timeout,
+        tls.map(GrpcTls::client),
+    ) {
+        Ok(channel) => Ok(channel),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot balance; using the first URL alone");
+            single_channel(urls[0], connect_timeout, call_timeout, tls)
+        }
+    }
+}
+
+fn single_channel(
     url: &str,
     connect_timeout: Duration,
     call_timeout: Duration,

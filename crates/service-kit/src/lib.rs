@@ -2,11 +2,13 @@
 //!
 //! - [`telemetry`]: tracing (pretty or JSON) and the Prometheus exporter.
 //! - [`shutdown`]: one signal that stops every server of a process gracefully.
-//! - [`grpc`]: serving with health + request ids + internal auth, and client channels.
+//! - [`grpc`]: serving with health + request ids + internal auth + drain, and client channels.
+//! - [`balance`]: per-call client-side balancing over a service's replicas.
 //! - [`reason`]: the `wxmp-error-reason` metadata that carries an [`ErrorReason`] across gRPC.
 //! - [`db`]: PostgreSQL or SQLite behind one pool type, with embedded migrations.
 //! - [`secret`]: a string that never shows in `Debug` output or logs.
 
+pub mod balance;
 pub mod db;
 pub mod grpc;
 pub mod reason;

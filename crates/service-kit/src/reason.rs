@@ -55,6 +55,12 @@ pub fn reason_of(status: &Status) -> ErrorReason {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             ErrorReason::DependencyUnavailable
         }
+        // Made on this side from a transport failure (the connection to a replica broke
+        // mid-call, say it was killed): tonic keeps the error as the status's source. A
+        // server's own UNKNOWN has none.
+        Code::Unknown if std::error::Error::source(status).is_some() => {
+            ErrorReason::DependencyUnavailable
+        }
         Code::Unauthenticated => ErrorReason::InvalidToken,
         Code::NotFound => ErrorReason::NotFound,
         Code::PermissionDenied => ErrorReason::PermissionDenied,
@@ -82,5 +88,9 @@ mod tests {
             ErrorReason::DependencyUnavailable
         );
         assert_eq!(reason_of(&Status::unknown("?")), ErrorReason::Internal);
+        // What tonic makes of a transport failure it cannot classify.
+        let broken = Status::from_error(Box::new(std::fmt::Error));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(reason_of(&broken), ErrorReason::DependencyUnavailable);
     }
 }

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use service_kit::{
     Shutdown,
-    grpc::{GrpcTls, GrpcTlsConfig, channel, channel_tls, serve_with_readiness_tls},
+    grpc::{DrainConfig, GrpcTls, GrpcTlsConfig, channel, channel_tls, serve_draining},
 };
 use tonic::service::Routes;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -136,13 +136,14 @@ async fn mutual_tls_admits_only_clients_signed_by_the_ca() {
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            serve_with_readiness_tls(
+            serve_draining(
                 listener,
                 Routes::default(),
                 &[],
                 shutdown,
                 || async { true },
                 Some(&server_tls),
+                DrainConfig::none(),
             )
             .await
         }

@@ -2,7 +2,11 @@
 
 use std::net::SocketAddr;
 
-use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
+use service_kit::{
+    Secret,
+    grpc::{DrainConfig, InternalAuthConfig},
+    telemetry::TelemetryConfig,
+};
 
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -62,6 +66,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub drain: DrainConfig,
 }
 
 impl Config {
@@ -84,6 +91,7 @@ impl Config {
                 internal_token: None,
                 ..Default::default()
             },
+            drain: DrainConfig::none(),
         }
     }
 }

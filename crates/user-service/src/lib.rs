@@ -87,13 +87,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness_tls(
+    service_kit::grpc::serve_draining(
         listener,
         routes,
         &[SERVICE_NAME],
         shutdown,
         ready,
         tls.as_ref(),
+        config.drain,
     )
     .await?;
     Ok(())

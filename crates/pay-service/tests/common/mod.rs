@@ -18,7 +18,7 @@ use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY, SandboxHandle};
 use service_kit::{
     Secret,
     db::testing::{fresh_postgres_url, fresh_sqlite_url},
-    grpc::InternalAuthConfig,
+    grpc::{DrainConfig, InternalAuthConfig},
     telemetry::{LogFormat, TelemetryConfig},
 };
 use tokio::{
@@ -172,6 +172,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         reconcile_after_secs: 0,
         product_reuse_secs: pay_service::config::DEFAULT_PRODUCT_REUSE_SECS,
         notify_retention_days: pay_service::config::DEFAULT_NOTIFY_RETENTION_DAYS,
+        reconcile_lease_secs: pay_service::config::DEFAULT_RECONCILE_LEASE_SECS,
         mch_id: DEV_MCH_ID.into(),
         pay_key: Secret::new(DEV_PAY_KEY),
         sign_type: "MD5".into(),
@@ -187,6 +188,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
             internal_token: None,
             ..Default::default()
         },
+        drain: DrainConfig::none(),
     }
 }
 
