@@ -12,7 +12,7 @@ use actix_web::{
 use service_kit::Shutdown;
 
 use crate::{
-    Config, Error, config::TrustedProxies, extract, limit::RateLimiter, observe, routes,
+    Config, Error, config::TrustedProxies, extract, limit::RateLimiter, observe, openapi, routes,
     upstream::Upstreams,
 };
 
@@ -72,6 +72,7 @@ pub fn app(
         )
         .app_data(web::PayloadConfig::new(limit))
         .configure(routes::configure)
+        .configure(openapi::configure)
         .default_service(web::to(not_found))
         .wrap(from_fn(observe::observe))
 }

@@ -11,17 +11,27 @@ use crate::{
     server::AppState,
 };
 
-#[derive(Serialize)]
-struct Alive {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Alive {
+    #[schema(value_type = String, example = "ok")]
     status: &'static str,
 }
 
 /// Liveness: no upstream calls, so a slow dependency never gets the gateway restarted.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "code 200", body = Envelope<Alive>)))]
 pub async fn healthz() -> HttpResponse {
     ok(Alive { status: "ok" })
 }
 
 /// Readiness: every upstream answers its gRPC health check as SERVING, else 503 naming which.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: auth, user and pay answer gRPC health SERVING",
+    responses(
+        (status = 200, description = "code 200, data `{auth, user, pay}` = \"serving\"", body = Envelope<BTreeMap<String, String>>),
+        (status = 503, description = "code 213, data names what is not serving", body = Envelope<BTreeMap<String, String>>),
+    ))]
 pub async fn readyz(state: web::Data<AppState>, request_id: RequestId) -> HttpResponse {
     let checks = state.upstreams.readiness(&request_id).await;
     let ready = checks.iter().all(|(_, r)| r.is_ok());

@@ -8,6 +8,7 @@ use wxmp_proto::pay::v1::{
 };
 
 use super::authenticate;
+use crate::{envelope::Envelope, openapi::ErrorEnvelope};
 use crate::{
     envelope::{ApiError, Code, ok},
     extract::{self, JsonBody},
@@ -21,19 +22,22 @@ const MAX_PRODUCT_ID: usize = 64;
 
 /// The body of `POST /pay/`. There is deliberately no amount: the price always comes from the
 /// server (the order or the catalog); amount fields a client sends are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PayBody {
+    /// The session token, when not sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// An existing order of the caller (`orderNo` accepted); or give `product_id`.
     #[serde(alias = "orderNo")]
     order_no: Option<String>,
+    /// A catalog product (`productId` accepted): a new order at the catalog price.
     #[serde(alias = "productId")]
     product_id: Option<String>,
 }
 
 /// Exactly the keys `wx.requestPayment` takes, plus the order to poll afterwards.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PayData {
+pub(crate) struct PayData {
     app_id: String,
     time_stamp: String,
     nonce_str: String,
@@ -49,6 +53,22 @@ fn non_blank(value: &Option<String>) -> Option<&str> {
 }
 
 /// `POST /pay/ {token, order_no | product_id}` → wx.requestPayment parameters.
+#[utoipa::path(post, path = "/pay/", tag = "pay",
+    summary = "wx.requestPayment parameters for an order or a product (pay.PrepareJsapiPayment)",
+    description = "Also served as `/pay`. Never takes an amount: the price is the order's or the catalog's.",
+    request_body(content = PayBody, content_type = "application/json"),
+    security(("bearer" = []), ("body_token" = [])),
+    responses(
+        (status = 200, description = "code 200: pass everything but order_no to wx.requestPayment", body = Envelope<PayData>),
+        (status = 400, description = "201 missing order_no/product_id or token, 203 both given or malformed", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 403, description = "206 not the caller's order", body = ErrorEnvelope),
+        (status = 404, description = "207 no such order or product", body = ErrorEnvelope),
+        (status = 409, description = "209 the order is paid, closed or expired", body = ErrorEnvelope),
+        (status = 413, description = "204 body too large", body = ErrorEnvelope),
+        (status = 502, description = "211 WeChat answered an error", body = ErrorEnvelope),
+        (status = 503, description = "212 WeChat unavailable, 213 a service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn pay(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -100,9 +120,11 @@ pub async fn pay(
 }
 
 /// An order as its owner sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     order_no: String,
+    /// CREATED, PAYING, PAID or CLOSED (later states may be added: treat unknown ones as pending).
+    #[schema(value_type = String, example = "PAID")]
     state: &'static str,
     amount_fen: i64,
     description: String,
@@ -134,6 +156,17 @@ impl From<Order> for OrderView {
 }
 
 /// `GET /orders/{order_no}` (token in `Authorization: Bearer`): the caller's own order only.
+#[utoipa::path(get, path = "/orders/{order_no}", tag = "pay",
+    summary = "The caller's order (pay.GetOrder); poll it after wx.requestPayment",
+    params(("order_no" = String, Path, description = "1-32 of [0-9A-Za-z_-]")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "code 200", body = Envelope<OrderView>),
+        (status = 400, description = "201 token missing, 203 invalid order_no", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 404, description = "207 no such order of the caller", body = ErrorEnvelope),
+        (status = 503, description = "213 pay-service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn order(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -163,19 +196,26 @@ pub async fn order(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ProductView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProductView {
     id: String,
     name: String,
     price_fen: i64,
 }
 
-#[derive(Debug, Serialize)]
-struct ProductsData {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProductsData {
     products: Vec<ProductView>,
 }
 
 /// `GET /products`: the catalog (public, no token).
+#[utoipa::path(get, path = "/products", tag = "pay",
+    summary = "The product catalog (pay.ListProducts)",
+    description = "Also served as `/products/`. Public: no token.",
+    responses(
+        (status = 200, description = "code 200", body = Envelope<ProductsData>),
+        (status = 503, description = "213 pay-service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn products(
     state: web::Data<AppState>,
     request_id: RequestId,
