@@ -104,6 +104,8 @@
 
 mod clock;
 pub mod config;
+mod console;
+mod console_actions;
 mod dev_error;
 pub mod faults;
 mod ids;

@@ -7,7 +7,7 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::Config, faults, login, notify, order, pay, state::Sandbox, token, user_data, wx,
+    config::Config, console, faults, login, notify, order, pay, state::Sandbox, token, user_data, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -23,7 +23,7 @@ where
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+    cfg.configure(console::routes).route(
         "/healthz",
         web::get().to(|| async { HttpResponse::Ok().body("ok") }),
     )

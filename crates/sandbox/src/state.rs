@@ -133,6 +133,8 @@ pub struct State {
     pub orders: HashMap<OrderKey, Order>,
     pub prepay_ids: HashMap<String, OrderKey>,
     pub notifies: VecDeque<NotifyRecord>,
+    /// (appid, openid) → when its session_key was last rotated (the console shows the age).
+    pub session_key_issued: HashMap<(String, String), Instant>,
 }
 
 impl State {
