@@ -113,13 +113,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     };
-    service_kit::grpc::serve_with_readiness(
-        listener,
+    let routes = service_kit::grpc::with_reflection(
         Routes::new(server),
         &[name],
-        shutdown,
-        ready,
-    )
-    .await?;
+        config.internal.internal_token.clone(),
+    );
+    service_kit::grpc::serve_with_readiness(listener, routes, &[name], shutdown, ready).await?;
     Ok(())
 }

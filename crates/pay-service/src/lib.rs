@@ -106,9 +106,14 @@ pub async fn serve_payments(
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
+    let routes = service_kit::grpc::with_reflection(
+        Routes::new(service),
+        &[grpc::SERVICE_NAME],
+        config.internal.internal_token.clone(),
+    );
     let served = service_kit::grpc::serve_with_readiness(
         listener,
-        Routes::new(service),
+        routes,
         &[grpc::SERVICE_NAME],
         shutdown,
         ready,

@@ -69,7 +69,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         service,
         RequireToken::new(config.internal.internal_token.clone()),
     );
-    let routes = tonic::service::Routes::new(server);
+    let routes = service_kit::grpc::with_reflection(
+        tonic::service::Routes::new(server),
+        &[SERVICE_NAME],
+        config.internal.internal_token.clone(),
+    );
     tracing::info!(addr = ?listener.local_addr().ok(), "user-service listening");
     // Health follows the database: NOT_SERVING while it is unreachable.
     let ready = move || {
