@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod meter;
 pub mod notify;
 pub mod orders;
 pub mod payments;

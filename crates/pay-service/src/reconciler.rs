@@ -38,6 +38,8 @@ pub struct ReconcileReport {
     pub closed: usize,
     /// Orders that failed (WeChat or database errors); retried on a later pass.
     pub errors: usize,
+    /// Open orders past their expiry found at the start of the pass (at most one batch).
+    pub overdue: usize,
 }
 
 impl Payments {
@@ -50,7 +52,9 @@ impl Payments {
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
-        for order_no in store::expired_open(db, now, BATCH).await? {
+        let expired = store::expired_open(db, now, BATCH).await?;
+        report.overdue = expired.len();
+        for order_no in expired {
             if !store::claim(db, &order_no, now, now + LEASE_SECS).await? {
                 continue; // another replica has it, or it is no longer open
             }
@@ -134,6 +138,7 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.wait() => break,
             result = payments.reconcile_once() => {
+                crate::meter::reconcile_pass(&result);
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "reconcile pass failed");
                 }
