@@ -85,7 +85,7 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The token from POST /login/ (64 hex characters), valid \
+                        "The token from POST /login/ (43 base64url characters), valid \
                          AUTH_SESSION_TTL_SECS. An unknown or expired token is envelope 202: log in again.",
                     ))
                     .build(),

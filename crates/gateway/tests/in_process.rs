@@ -71,7 +71,10 @@ fn registered_patterns(rmap: &actix_web::dev::ResourceMap) -> Vec<String> {
         } else if rest.starts_with("List(") {
             rest.find("])").expect("end of List")
         } else {
-            panic!("unexpected Patterns format: {}", &rest[..rest.len().min(60)]);
+            panic!(
+                "unexpected Patterns format: {}",
+                &rest[..rest.len().min(60)]
+            );
         };
         let mut item = &rest[..end];
         while let Some(open) = item.find('"') {
@@ -189,10 +192,7 @@ async fn openapi_covers_every_registered_route() {
     );
     let covered: BTreeSet<_> = registered.iter().filter_map(canonical).collect();
     let phantom: Vec<_> = documented.difference(&covered).collect();
-    assert!(
-        phantom.is_empty(),
-        "documented but not served: {phantom:?}"
-    );
+    assert!(phantom.is_empty(), "documented but not served: {phantom:?}");
 }
 
 /// Tests that need a tool outside cargo skip with a loud note when it is missing, except in CI
@@ -234,7 +234,9 @@ async fn openapi_document_and_docs_are_served_offline() {
         "bearer"
     );
     let codes = &spec["components"]["schemas"]["ErrorEnvelope"]["properties"]["code"]["enum"];
-    for code in [201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 500] {
+    for code in [
+        201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 500,
+    ] {
         assert!(
             codes.as_array().unwrap().contains(&code.into()),
             "{code} in {codes}"

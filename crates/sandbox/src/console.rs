@@ -27,8 +27,11 @@ pub struct View<'a> {
     pub now: Instant,
 }
 
+/// Renders one section's body from the state.
+type Section = fn(&View) -> String;
+
 /// The page's sections, in order. Add new ones here.
-const SECTIONS: &[(&str, fn(&View) -> String)] = &[
+const SECTIONS: &[(&str, Section)] = &[
     ("Apps and merchant", apps),
     ("Users", users),
     ("Orders", orders),
@@ -57,7 +60,12 @@ pub async fn page(sandbox: web::Data<Sandbox>, query: web::Query<PageQuery>) -> 
     };
     let mut body = String::new();
     for (title, render) in SECTIONS {
-        let _ = write!(body, "<section><h2>{}</h2>{}</section>", esc(title), render(&view));
+        let _ = write!(
+            body,
+            "<section><h2>{}</h2>{}</section>",
+            esc(title),
+            render(&view)
+        );
     }
     drop(state);
     let flash = query
@@ -252,12 +260,7 @@ fn orders(view: &View) -> String {
                 TradeState::NotPay | TradeState::UserPaying | TradeState::PayError
             ) {
                 let pay = [("prepay_id", o.prepay_id.as_str()), ("outcome", "success")];
-                actions.push_str(&button(
-                    console_actions::PAY,
-                    "pay",
-                    &pay,
-                    &o.out_trade_no,
-                ));
+                actions.push_str(&button(console_actions::PAY, "pay", &pay, &o.out_trade_no));
                 if o.trade_state != TradeState::PayError {
                     let fail = [("prepay_id", o.prepay_id.as_str()), ("outcome", "fail")];
                     actions.push_str(&button(
@@ -285,10 +288,7 @@ fn orders(view: &View) -> String {
                 }
             }
             vec![
-                format!(
-                    r#"<code data-order="{0}">{0}</code>"#,
-                    esc(&o.out_trade_no)
-                ),
+                format!(r#"<code data-order="{0}">{0}</code>"#, esc(&o.out_trade_no)),
                 format!("<code>{}</code>", esc(&o.openid)),
                 format!("{} fen", o.total_fee),
                 esc(&o.body),

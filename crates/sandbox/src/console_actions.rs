@@ -87,7 +87,10 @@ pub struct OrderForm {
 }
 
 /// `POST /console/notify/resend`: a paid order's notify, sent again from attempt 1.
-pub async fn resend_notify(sandbox: web::Data<Sandbox>, form: web::Form<OrderForm>) -> HttpResponse {
+pub async fn resend_notify(
+    sandbox: web::Data<Sandbox>,
+    form: web::Form<OrderForm>,
+) -> HttpResponse {
     let key = (form.mch_id.clone(), form.out_trade_no.clone());
     {
         let mut state = sandbox.state();
@@ -115,7 +118,10 @@ pub async fn drop_notify(sandbox: web::Data<Sandbox>, form: web::Form<OrderForm>
         return back(&format!("unknown order {}", form.out_trade_no));
     };
     if order.notify_state != NotifyState::Pending {
-        return back(&format!("order {} has no pending notify", form.out_trade_no));
+        return back(&format!(
+            "order {} has no pending notify",
+            form.out_trade_no
+        ));
     }
     order.notify_state = NotifyState::Dropped;
     back(&format!("notify of {} dropped", form.out_trade_no))

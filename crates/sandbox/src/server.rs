@@ -7,7 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    config::Config, console, faults, login, notify, order, pay, state::Sandbox, token, user_data, wx,
+    config::Config, console, faults, login, notify, order, pay, state::Sandbox, token, user_data,
+    wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -23,45 +24,46 @@ where
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(console::routes).route(
-        "/healthz",
-        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-    )
-    .service(
-        web::scope("/sandbox")
-            .route("/login-code", web::post().to(login::login_code))
-            .route("/user-data", web::post().to(user_data::user_data))
-            .route("/pay", web::post().to(notify::pay))
-            .route("/notifies", web::get().to(notify::list))
-            .route("/orders", web::get().to(order::list))
-            .route("/orders/{out_trade_no}", web::get().to(order::get))
-            .service(
-                web::resource("/faults")
-                    .route(web::get().to(faults::get))
-                    .route(web::post().to(faults::set))
-                    .route(web::delete().to(faults::clear)),
-            ),
-    )
-    // The WeChat paths, each scope behind the fault middleware.
-    .service(
-        web::scope("/sns")
-            .wrap(from_fn(faults::wechat_paths))
-            .route("/jscode2session", web::get().to(login::jscode2session)),
-    )
-    .service(
-        web::scope("/cgi-bin")
-            .wrap(from_fn(faults::wechat_paths))
-            .route("/token", web::get().to(token::get_token))
-            .route("/stable_token", web::post().to(token::stable_token)),
-    )
-    .service(
-        web::scope("/pay")
-            .wrap(from_fn(faults::wechat_paths))
-            .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
-            .service(pay_path("/unifiedorder", pay::unifiedorder))
-            .service(pay_path("/orderquery", pay::orderquery))
-            .service(pay_path("/closeorder", pay::closeorder)),
-    );
+    cfg.configure(console::routes)
+        .route(
+            "/healthz",
+            web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+        )
+        .service(
+            web::scope("/sandbox")
+                .route("/login-code", web::post().to(login::login_code))
+                .route("/user-data", web::post().to(user_data::user_data))
+                .route("/pay", web::post().to(notify::pay))
+                .route("/notifies", web::get().to(notify::list))
+                .route("/orders", web::get().to(order::list))
+                .route("/orders/{out_trade_no}", web::get().to(order::get))
+                .service(
+                    web::resource("/faults")
+                        .route(web::get().to(faults::get))
+                        .route(web::post().to(faults::set))
+                        .route(web::delete().to(faults::clear)),
+                ),
+        )
+        // The WeChat paths, each scope behind the fault middleware.
+        .service(
+            web::scope("/sns")
+                .wrap(from_fn(faults::wechat_paths))
+                .route("/jscode2session", web::get().to(login::jscode2session)),
+        )
+        .service(
+            web::scope("/cgi-bin")
+                .wrap(from_fn(faults::wechat_paths))
+                .route("/token", web::get().to(token::get_token))
+                .route("/stable_token", web::post().to(token::stable_token)),
+        )
+        .service(
+            web::scope("/pay")
+                .wrap(from_fn(faults::wechat_paths))
+                .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
+                .service(pay_path("/unifiedorder", pay::unifiedorder))
+                .service(pay_path("/orderquery", pay::orderquery))
+                .service(pay_path("/closeorder", pay::closeorder)),
+        );
 }
 
 /// Serves the sandbox on `listener` until `shutdown` triggers. Runs on any tokio runtime

@@ -151,6 +151,35 @@ pub async fn stable_token(
     Ok(token_response(&token, expires_in))
 }
 
+/// What the sandbox console (console.rs) shows and does with the tokens.
+impl Tokens {
+    /// Each app's stable token (a short prefix only) and its remaining lifetime in seconds.
+    pub(crate) fn stable_for_console(&self, now: Instant) -> Vec<(String, String, u64)> {
+        let mut rows: Vec<_> = self
+            .stable
+            .iter()
+            .map(|(appid, t)| {
+                let prefix: String = t.token.chars().take(8).collect();
+                let left = t.expires_at.saturating_duration_since(now).as_secs();
+                (appid.clone(), prefix, left)
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Expires `appid`'s stable token now: the next call gets a new one. False when none.
+    pub(crate) fn expire_stable(&mut self, appid: &str, now: Instant) -> bool {
+        match self.stable.get_mut(appid) {
+            Some(t) => {
+                t.expires_at = now;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,34 +208,5 @@ mod tests {
             .unwrap();
         assert_ne!(c, d);
         assert_eq!(ttl, 7200);
-    }
-}
-
-/// What the sandbox console (console.rs) shows and does with the tokens.
-impl Tokens {
-    /// Each app's stable token (a short prefix only) and its remaining lifetime in seconds.
-    pub(crate) fn stable_for_console(&self, now: Instant) -> Vec<(String, String, u64)> {
-        let mut rows: Vec<_> = self
-            .stable
-            .iter()
-            .map(|(appid, t)| {
-                let prefix: String = t.token.chars().take(8).collect();
-                let left = t.expires_at.saturating_duration_since(now).as_secs();
-                (appid.clone(), prefix, left)
-            })
-            .collect();
-        rows.sort();
-        rows
-    }
-
-    /// Expires `appid`'s stable token now: the next call gets a new one. False when none.
-    pub(crate) fn expire_stable(&mut self, appid: &str, now: Instant) -> bool {
-        match self.stable.get_mut(appid) {
-            Some(t) => {
-                t.expires_at = now;
-                true
-            }
-            None => false,
-        }
     }
 }

@@ -72,7 +72,9 @@ fn javascript_suites_pass_under_node_test() {
         "node --test failed:\n{stdout}\n{stderr}"
     );
     assert!(
-        summary.iter().any(|l| l.starts_with("pass ") && l != &"pass 0"),
+        summary
+            .iter()
+            .any(|l| l.starts_with("pass ") && l != &"pass 0"),
         "node ran no test:\n{stdout}\n{stderr}"
     );
 }
