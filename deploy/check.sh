@@ -8,7 +8,9 @@
 #     published ports, required variables, the sandbox's dev values);
 #   - deploy/k8s: `kubectl kustomize` renders each overlay, the result validates (strict)
 #     against the Kubernetes schemas of each version in K8S_VERSIONS, and wxmp's rules hold
-#     (securityContext, probes, resources, references, NetworkPolicies, overlay specifics).
+#     (securityContext, probes, resources, references, NetworkPolicies, overlay specifics);
+#   - deploy/observability: `promtool check rules` and `promtool test rules` on the alert
+#     rules, and the Grafana dashboard's JSON shape.
 #
 # Usage: bash deploy/check.sh   (from anywhere; about 5-10 s, about 45 s the first time)
 # Environment:
@@ -134,6 +136,25 @@ if ((${#RENDER[@]})); then
     py_checks "$overlay rules" manifests "$REPO" "$overlay" "$out"
   done
 fi
+
+# ------------------------------------------------------------------------------------------
+step "deploy/observability"
+if command -v promtool >/dev/null; then
+  run "alerts.yml passes promtool check rules" promtool check rules deploy/observability/alerts.yml
+  run "alerts fire (and stay quiet) as alerts.test.yml expects" \
+    promtool test rules deploy/observability/alerts.test.yml
+elif [[ -n ${CI:-} ]]; then
+  fail "promtool missing (Debian package prometheus; .ci/run installs it)"
+else
+  printf '  SKIP  promtool not installed (apt-get install prometheus): alert rules not checked\n'
+fi
+run "grafana-dashboard.json is a dashboard whose panels all query Prometheus" python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["uid"] and d["panels"], "uid and panels"
+for p in d["panels"]:
+    assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
+' deploy/observability/grafana-dashboard.json
 
 # ------------------------------------------------------------------------------------------
 step "result ($((SECONDS - START)) s)"

@@ -290,3 +290,84 @@ async fn internal_token(backend: Backend) {
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
 on_both_backends!(internal_grpc_requires_the_service_token, internal_token);
+
+/// Lists the services of one gRPC server through reflection (`grpcurl list`), with `token` as
+/// the internal token if given.
+async fn reflected_services(url: &str, token: Option<&str>) -> Result<Vec<String>, tonic::Status> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("gRPC URL")
+        .connect()
+        .await
+        .expect("connect for reflection");
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut request = tonic::Request::new(tokio_stream::iter([ask]));
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            service_kit::grpc::INTERNAL_TOKEN,
+            MetadataValue::try_from(token).unwrap(),
+        );
+    }
+    let mut answers = client.server_reflection_info(request).await?.into_inner();
+    let answer = answers
+        .message()
+        .await?
+        .expect("one answer to ListServices");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            Ok(names)
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// `grpcurl -plaintext <addr> list` works against auth, user and pay with no `.proto` files,
+/// lists exactly what each serves, and is refused without the internal token.
+async fn reflection(backend: Backend) {
+    let t = TestStack::start_with(backend, |o| {
+        for args in [
+            &mut o.auth_args,
+            &mut o.user_args,
+            &mut o.pay_args,
+            &mut o.gateway_args,
+        ] {
+            args.extend(["--internal-token", INTERNAL_TOKEN].map(String::from));
+        }
+    })
+    .await;
+    for (url, service) in [
+        (&t.stack.auth_url, "wxmp.auth.v1.AuthService"),
+        (&t.stack.user_url, "wxmp.user.v1.UserService"),
+        (&t.stack.pay_url, "wxmp.pay.v1.PayService"),
+    ] {
+        let listed = reflected_services(url, Some(INTERNAL_TOKEN))
+            .await
+            .unwrap_or_else(|e| panic!("reflection on {service}: {e}"));
+        let mut expected = vec![
+            service.to_owned(),
+            service_kit::grpc::HEALTH_SERVICE.to_owned(),
+            service_kit::grpc::REFLECTION_SERVICE.to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(listed, expected, "{url}");
+        let refused = reflected_services(url, None)
+            .await
+            .expect_err("reflection without the internal token");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{service}");
+    }
+}
+mod grpc_reflection_lists_each_service_behind_the_token {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_memory() {
+        super::reflection(wxmp_tests::Backend::Sqlite).await
+    }
+}

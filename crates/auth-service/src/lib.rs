@@ -159,9 +159,14 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         let store = store.clone();
         async move { store.ping().await.is_ok() }
     };
+    let routes = service_kit::grpc::with_reflection(
+        Routes::new(server),
+        &[name],
+        config.internal.internal_token.clone(),
+    );
     service_kit::grpc::serve_draining(
         listener,
-        Routes::new(server),
+        routes,
         &[name],
         shutdown,
         ready,

@@ -39,6 +39,26 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in the order of the table (the OpenAPI document lists them from here; a
+    /// test checks every reason and HTTP status maps to one of these).
+    pub const ALL: [Code; 15] = [
+        Code::Suc,
+        Code::MissingParameter,
+        Code::InvalidCredential,
+        Code::InvalidRequest,
+        Code::BodyTooLarge,
+        Code::DecryptFailed,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::RateLimited,
+        Code::OrderState,
+        Code::IdempotencyConflict,
+        Code::WechatError,
+        Code::WechatUnavailable,
+        Code::ServiceUnavailable,
+        Code::Internal,
+    ];
+
     /// The whole table: (envelope code, HTTP status, default msg).
     pub const fn entry(self) -> (u16, StatusCode, &'static str) {
         match self {
@@ -118,9 +138,11 @@ impl Code {
 }
 
 /// The envelope itself.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Envelope<T: Serialize> {
+    /// 200 on success; see the envelope code table.
     pub code: u16,
+    /// `suc` on success, else a short reason.
     pub msg: String,
     pub data: Option<T>,
 }
@@ -286,6 +308,21 @@ mod tests {
         }
         assert_eq!(Code::BodyTooLarge.value(), 204);
         assert_eq!(Code::BodyTooLarge.http_status().as_u16(), 413);
+    }
+
+    #[test]
+    fn all_lists_every_code_once() {
+        use std::collections::HashSet;
+        let all: HashSet<Code> = Code::ALL.into_iter().collect();
+        assert_eq!(all.len(), Code::ALL.len());
+        for value in 0..=15 {
+            let reason = ErrorReason::try_from(value).expect("reason");
+            assert!(all.contains(&Code::for_reason(reason).0), "{reason:?}");
+        }
+        for status in 400..=599 {
+            let status = StatusCode::from_u16(status).expect("status");
+            assert!(all.contains(&Code::for_http_status(status)), "{status}");
+        }
     }
 
     #[test]

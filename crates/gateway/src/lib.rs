@@ -76,6 +76,7 @@ pub mod envelope;
 pub mod extract;
 pub mod limit;
 mod observe;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod server;

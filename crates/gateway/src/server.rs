@@ -16,7 +16,7 @@ use crate::{
     config::TrustedProxies,
     extract,
     limit::{Limiter, SharedWindows},
-    observe, routes,
+    observe, openapi, routes,
     upstream::Upstreams,
 };
 
@@ -89,6 +89,7 @@ pub fn app(
         )
         .app_data(web::PayloadConfig::new(limit))
         .configure(routes::configure)
+        .configure(openapi::configure)
         .default_service(web::to(not_found))
         .wrap(from_fn(observe::observe))
 }

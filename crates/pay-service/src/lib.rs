@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod meter;
 pub mod notify;
 pub mod notify_throttle;
 pub mod orders;
@@ -144,9 +145,14 @@ pub async fn serve_payments(
         let db = probe_db.clone();
         async move { db.ping().await.is_ok() }
     };
+    let routes = service_kit::grpc::with_reflection(
+        Routes::new(service),
+        &[grpc::SERVICE_NAME],
+        config.internal.internal_token.clone(),
+    );
     let served = service_kit::grpc::serve_draining(
         listener,
-        Routes::new(service),
+        routes,
         &[grpc::SERVICE_NAME],
         shutdown,
         ready,

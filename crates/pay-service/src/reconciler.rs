@@ -45,6 +45,8 @@ pub struct ReconcileReport {
     pub errors: usize,
     /// Stored notifies deleted for being older than `PAY_NOTIFY_RETENTION_DAYS`.
     pub pruned_notifies: usize,
+    /// Open orders past their expiry found at the start of the pass (at most one batch).
+    pub overdue: usize,
 }
 
 impl Payments {
@@ -57,7 +59,9 @@ impl Payments {
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
-        for order_no in store::expired_open(db, self.now(), BATCH).await? {
+        let expired = store::expired_open(db, self.now(), BATCH).await?;
+        report.overdue = expired.len();
+        for order_no in expired {
             let now = self.now();
             let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
                 continue; // another replica has it, or it is no longer open
@@ -164,6 +168,7 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.wait() => break,
             result = payments.reconcile_once() => {
+                crate::meter::reconcile_pass(&result);
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "reconcile pass failed");
                 }

@@ -138,6 +138,8 @@
 pub mod calls;
 mod clock;
 pub mod config;
+mod console;
+mod console_actions;
 mod dev_error;
 pub mod faults;
 mod ids;

@@ -192,6 +192,9 @@ pub async fn jscode2session(
     let session_key = ids::session_key();
     user.session_key = Some(session_key.clone());
     let unionid = user.unionid.clone();
+    state
+        .session_key_issued
+        .insert((appid.to_owned(), openid.clone()), now);
     drop(state);
 
     tracing::debug!(appid, openid, "jscode2session ok");

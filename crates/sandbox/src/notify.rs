@@ -315,7 +315,7 @@ fn notify_xml(order: &Order, key: &str, faults: &Faults) -> (String, Vec<String>
 }
 
 /// Sends the notify until an answer accepts it or the schedule runs out; stops on shutdown.
-async fn deliver_notify(sandbox: Arc<Sandbox>, key: OrderKey) {
+pub(crate) async fn deliver_notify(sandbox: Arc<Sandbox>, key: OrderKey) {
     let shutdown = sandbox.shutdown.clone();
     tokio::select! {
         _ = deliver_attempts(&sandbox, &key) => {}
@@ -333,6 +333,10 @@ async fn deliver_attempts(sandbox: &Sandbox, key: &OrderKey) {
         let Some(order) = sandbox.state().orders.get(key).cloned() else {
             return;
         };
+        // Dropped meanwhile (the console's "drop notify"): WeChat stops sending.
+        if order.notify_state == NotifyState::Dropped {
+            return;
+        }
         let Some(merchant) = sandbox.merchant(&order.mch_id) else {
             return;
         };

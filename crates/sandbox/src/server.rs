@@ -7,8 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    calls, config::Config, faults, login, notify, openapi, order, pay, state::Sandbox, token,
-    user_data, wx,
+    calls, config::Config, console, faults, login, notify, openapi, order, pay, state::Sandbox,
+    token, user_data, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -24,7 +24,8 @@ where
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+    cfg.configure(console::routes)
+        .route(
         "/healthz",
         web::get().to(|| async { HttpResponse::Ok().body("ok") }),
     )

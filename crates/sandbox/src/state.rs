@@ -141,6 +141,8 @@ pub struct State {
     pub prepay_ids: HashMap<String, OrderKey>,
     pub notifies: VecDeque<NotifyRecord>,
     pub openapi: OpenApi,
+    /// (appid, openid) → when its session_key was last rotated (the console shows the age).
+    pub session_key_issued: HashMap<(String, String), Instant>,
 }
 
 impl State {

@@ -385,6 +385,47 @@ pub async fn invalidate(
     Ok(HttpResponse::Ok().json(json!({ "invalidated": n })))
 }
 
+/// What the sandbox console (console.rs) shows and does with the tokens.
+impl Tokens {
+    /// Each app's current tokens (the issuing API and a short prefix only) and their
+    /// remaining lifetime in seconds.
+    pub(crate) fn stable_for_console(&self, now: Instant) -> Vec<(String, String, u64)> {
+        let mut rows: Vec<_> = self
+            .current
+            .iter()
+            .filter_map(|((api, appid), token)| {
+                let issued = self.issued.get(token)?;
+                let api = match api {
+                    Api::Legacy => "token",
+                    Api::Stable => "stable_token",
+                };
+                let prefix: String = token.chars().take(8).collect();
+                let left = issued.expires_at.saturating_duration_since(now).as_secs();
+                Some((appid.clone(), format!("{api}: {prefix}"), left))
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Expires `appid`'s current tokens now (42001 from now on; the next fetch gets a new
+    /// one). False when it has none.
+    pub(crate) fn expire_stable(&mut self, appid: &str, now: Instant) -> bool {
+        let tokens: Vec<String> = self
+            .current
+            .iter()
+            .filter(|((_, a), _)| a == appid)
+            .map(|(_, token)| token.clone())
+            .collect();
+        for token in &tokens {
+            if let Some(issued) = self.issued.get_mut(token) {
+                issued.expires_at = now;
+            }
+        }
+        !tokens.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

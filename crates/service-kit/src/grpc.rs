@@ -408,6 +408,39 @@ impl Interceptor for AttachToken {
     }
 }
 
+/// The fully qualified name of the gRPC reflection service (v1) that [`with_reflection`] adds.
+pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+
+/// Adds gRPC server reflection (`grpc.reflection.v1`) to `routes`, so `grpcurl` and friends
+/// work without the `.proto` files. It advertises only `names` (the services this server
+/// serves), gRPC health and itself, from the descriptor set compiled into `wxmp-proto`, and
+/// sits behind the same internal token as every other call: the schema is not for outsiders.
+/// The descriptor set is compiled in (and checked by tests), so a failure here is a bug: it is
+/// logged and the service is served without reflection rather than not at all.
+pub fn with_reflection(routes: Routes, names: &[&str], token: Option<Secret>) -> Routes {
+    let builder = names.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wxmp_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE)
+            .with_service_name(REFLECTION_SERVICE),
+        |builder, name| builder.with_service_name(*name),
+    );
+    match builder.build_v1() {
+        Ok(reflection) => routes.add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection,
+            RequireToken::new(token),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC reflection unavailable: bad descriptor set");
+            routes
+        }
+    }
+}
+
+/// The standard health service's name, served by [`serve`] next to every service.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
 /// A lazily connecting channel: created once at start-up and cloned per call, so no call pays
 /// for a connection and a dependency that starts later is still reached.
 ///

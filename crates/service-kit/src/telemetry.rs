@@ -60,6 +60,11 @@ pub fn init_tracing(format: LogFormat) {
 
 static METRICS: OnceLock<Result<(), String>> = OnceLock::new();
 
+/// Bucket bounds (seconds) of every `*_seconds` histogram: 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Installs the Prometheus recorder and its HTTP listener once per process.
 pub fn init_metrics(addr: Option<SocketAddr>) -> Result<(), String> {
     let Some(addr) = addr else { return Ok(()) };
@@ -67,6 +72,13 @@ pub fn init_metrics(addr: Option<SocketAddr>) -> Result<(), String> {
         .get_or_init(|| {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
+                // Histograms, not summaries: buckets aggregate across replicas
+                // (histogram_quantile in deploy/observability's dashboard and alerts).
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()),
+                    LATENCY_BUCKETS,
+                )
+                .map_err(|e| format!("metrics buckets: {e}"))?
                 .install()
                 .map_err(|e| format!("metrics listener on {addr}: {e}"))
         })

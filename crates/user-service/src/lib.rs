@@ -80,7 +80,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     let service = Service::new(Users::new(db), keys).with_phone_codes(phones);
     let server =
         UserServiceServer::with_interceptor(service, config.internal.require_token(&listener));
-    let routes = tonic::service::Routes::new(server);
+    let routes = service_kit::grpc::with_reflection(
+        tonic::service::Routes::new(server),
+        &[SERVICE_NAME],
+        config.internal.internal_token.clone(),
+    );
     tracing::info!(addr = ?listener.local_addr().ok(), "user-service listening");
     // Health follows the database: NOT_SERVING while it is unreachable.
     let ready = move || {

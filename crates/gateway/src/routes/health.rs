@@ -11,12 +11,16 @@ use crate::{
     server::AppState,
 };
 
-#[derive(Serialize)]
-struct Alive {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Alive {
+    #[schema(value_type = String, example = "ok")]
     status: &'static str,
 }
 
 /// Liveness: no upstream calls, so a slow dependency never gets the gateway restarted.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "code 200", body = Envelope<Alive>)))]
 pub async fn healthz() -> HttpResponse {
     ok(Alive { status: "ok" })
 }
@@ -28,6 +32,12 @@ const REQUIRED: &str = "auth";
 /// Readiness: 200 while auth-service answers SERVING, 503 otherwise; `data` names every
 /// upstream's state either way. A down user- or pay-service keeps the gateway in rotation
 /// (taking every replica out would stop logins too): their routes answer 213 at once.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: 200 while auth-service serves; data names every upstream's state",
+    responses(
+        (status = 200, description = "code 200, data `{auth, user, pay}`: \"serving\" or why not (a down user or pay keeps the gateway ready)", body = Envelope<BTreeMap<String, String>>),
+        (status = 503, description = "code 213: auth-service is not serving", body = Envelope<BTreeMap<String, String>>),
+    ))]
 pub async fn readyz(state: web::Data<AppState>, request_id: RequestId) -> HttpResponse {
     let checks = state.upstreams.readiness(&request_id).await;
     let ready = checks

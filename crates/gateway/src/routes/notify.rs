@@ -41,6 +41,19 @@ fn fail(status: StatusCode, msg: &str) -> HttpResponse {
     )
 }
 
+/// WeChat Pay's payment notify: XML in, XML out.
+#[utoipa::path(post, path = "/pay/notify", tag = "wechat",
+    summary = "WeChat Pay v2 payment notify (pay.HandlePayNotify); WeChat's, not the mini program's",
+    description = "Point `PAY_NOTIFY_URL` here. Signed XML, at most 64 KiB; no token: the signature is the credential. Not enveloped.",
+    request_body(content = String, content_type = "text/xml", description = "WeChat's notify XML"),
+    responses(
+        (status = 200, description = "return_code SUCCESS (handled, or already handled) or FAIL (refused: bad signature, amount, appid...)", body = String, content_type = "text/xml"),
+        (status = 400, description = "FAIL: unreadable body", body = String, content_type = "text/xml"),
+        (status = 413, description = "FAIL: body too large", body = String, content_type = "text/xml"),
+        (status = 429, description = "FAIL: too many failed notifies from this IP", body = String, content_type = "text/xml"),
+        (status = 500, description = "FAIL: internal error; WeChat retries", body = String, content_type = "text/xml"),
+        (status = 503, description = "FAIL: pay-service unavailable; WeChat retries", body = String, content_type = "text/xml"),
+    ))]
 pub async fn pay_notify(
     state: web::Data<AppState>,
     request_id: RequestId,

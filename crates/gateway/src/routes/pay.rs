@@ -8,6 +8,7 @@ use wxmp_proto::pay::v1::{
 };
 
 use super::authenticate;
+use crate::{envelope::Envelope, openapi::ErrorEnvelope};
 use crate::{
     envelope::{ApiError, Code, ok},
     extract::{self, JsonBody},
@@ -25,21 +26,26 @@ const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// The body of `POST /pay/`. There is deliberately no amount: the price always comes from the
 /// server (the order or the catalog); amount fields a client sends are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PayBody {
+    /// The session token, when not sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// An existing order of the caller (`orderNo` accepted); or give `product_id`.
     #[serde(alias = "orderNo")]
     order_no: Option<String>,
+    /// A catalog product (`productId` accepted): a new order at the catalog price.
     #[serde(alias = "productId")]
     product_id: Option<String>,
+    /// One per purchase (`idempotencyKey` accepted; or the `Idempotency-Key` header): a retry
+    /// with the same key answers the same order.
     #[serde(alias = "idempotencyKey")]
     idempotency_key: Option<String>,
 }
 
 /// Exactly the keys `wx.requestPayment` takes, plus the order to poll afterwards.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PayData {
+pub(crate) struct PayData {
     app_id: String,
     time_stamp: String,
     nonce_str: String,
@@ -82,6 +88,23 @@ fn idempotency_key(req: &HttpRequest, body: &PayBody) -> Result<String, ApiError
 
 /// `POST /pay/ {token, order_no | product_id, idempotency_key?}` (or header `Idempotency-Key`)
 /// → wx.requestPayment parameters.
+#[utoipa::path(post, path = "/pay/", tag = "pay",
+    summary = "wx.requestPayment parameters for an order or a product (pay.PrepareJsapiPayment)",
+    description = "Also served as `/pay`. Never takes an amount: the price is the order's or the catalog's. A product bought with the same `Idempotency-Key` header (or `idempotency_key` field), or again within PAY_PRODUCT_REUSE_SECS without one, answers the same order.",
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-128 characters of [0-9A-Za-z_-]; one per purchase")),
+    request_body(content = PayBody, content_type = "application/json"),
+    security(("bearer" = []), ("body_token" = [])),
+    responses(
+        (status = 200, description = "code 200: pass everything but order_no to wx.requestPayment", body = Envelope<PayData>),
+        (status = 400, description = "201 missing order_no/product_id or token, 203 both given or malformed", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 403, description = "206 not the caller's order", body = ErrorEnvelope),
+        (status = 404, description = "207 no such order or product", body = ErrorEnvelope),
+        (status = 409, description = "209 the order is paid, closed or expired; 210 the idempotency key was used for another product", body = ErrorEnvelope),
+        (status = 413, description = "204 body too large", body = ErrorEnvelope),
+        (status = 502, description = "211 WeChat answered an error", body = ErrorEnvelope),
+        (status = 503, description = "212 WeChat unavailable, 213 a service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn pay(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -135,9 +158,11 @@ pub async fn pay(
 }
 
 /// An order as its owner sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     order_no: String,
+    /// CREATED, PAYING, PAID or CLOSED (later states may be added: treat unknown ones as pending).
+    #[schema(value_type = String, example = "PAID")]
     state: &'static str,
     amount_fen: i64,
     description: String,
@@ -169,6 +194,17 @@ impl From<Order> for OrderView {
 }
 
 /// `GET /orders/{order_no}` (token in `Authorization: Bearer`): the caller's own order only.
+#[utoipa::path(get, path = "/orders/{order_no}", tag = "pay",
+    summary = "The caller's order (pay.GetOrder); poll it after wx.requestPayment",
+    params(("order_no" = String, Path, description = "1-32 of [0-9A-Za-z_-]")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "code 200", body = Envelope<OrderView>),
+        (status = 400, description = "201 token missing, 203 invalid order_no", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 404, description = "207 no such order of the caller", body = ErrorEnvelope),
+        (status = 503, description = "213 pay-service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn order(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -199,19 +235,26 @@ pub async fn order(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ProductView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProductView {
     id: String,
     name: String,
     price_fen: i64,
 }
 
-#[derive(Debug, Serialize)]
-struct ProductsData {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProductsData {
     products: Vec<ProductView>,
 }
 
 /// `GET /products`: the catalog (public, no token).
+#[utoipa::path(get, path = "/products", tag = "pay",
+    summary = "The product catalog (pay.ListProducts)",
+    description = "Also served as `/products/`. Public: no token.",
+    responses(
+        (status = 200, description = "code 200", body = Envelope<ProductsData>),
+        (status = 503, description = "213 pay-service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn products(
     state: web::Data<AppState>,
     request_id: RequestId,

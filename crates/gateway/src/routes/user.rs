@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use wxmp_proto::user::v1::{GetUserRequest, UpdatePhoneNumberRequest, UpdateProfileRequest, User};
 
 use super::{authenticate, required};
+use crate::{envelope::Envelope, openapi::ErrorEnvelope};
 use crate::{
     envelope::{ApiError, Code, ok},
     extract::JsonBody,
@@ -14,7 +15,7 @@ use crate::{
 
 /// What the mini program may see of its user. Built field by field from the service's `User`,
 /// so nothing new in that message (or a session_key) can leak by accident.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Profile {
     user_id: i64,
     openid: String,
@@ -62,6 +63,17 @@ fn profile(user: Option<User>) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /me` (token in `Authorization: Bearer`).
+#[utoipa::path(get, path = "/me", tag = "user",
+    summary = "The caller's profile (user.GetUser)",
+    description = "Also served as `/me/`.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "code 200", body = Envelope<Profile>),
+        (status = 400, description = "201 token missing", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 404, description = "207 no such user", body = ErrorEnvelope),
+        (status = 503, description = "213 a service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn me(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -83,18 +95,35 @@ pub async fn me(
 }
 
 /// The body of `/userinfo/` and `/phone/`, in the mini program's own field names.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EncryptedBody {
+    /// The session token, when not sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// From wx.getUserProfile / getPhoneNumber (`encrypted_data` accepted).
+    #[schema(required = true)]
     #[serde(rename = "encryptedData", alias = "encrypted_data")]
     encrypted_data: Option<String>,
+    #[schema(required = true)]
     iv: Option<String>,
+    /// /userinfo/ only: checked as sha1(rawData + session_key) with `signature`.
     #[serde(rename = "rawData", alias = "raw_data")]
     raw_data: Option<String>,
     signature: Option<String>,
 }
 
 /// `POST /userinfo/ {token, encryptedData, iv, rawData?, signature?}` → the stored profile.
+#[utoipa::path(post, path = "/userinfo/", tag = "user",
+    summary = "Store the decrypted wx.getUserProfile data (user.UpdateProfile)",
+    description = "Also served as `/userinfo`. Decrypted with the user's newest session_key.",
+    request_body(content = EncryptedBody, content_type = "application/json"),
+    security(("bearer" = []), ("body_token" = [])),
+    responses(
+        (status = 200, description = "code 200", body = Envelope<Profile>),
+        (status = 400, description = "201 missing field or token, 203 malformed body, 205 decryption failed", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 413, description = "204 body too large", body = ErrorEnvelope),
+        (status = 503, description = "213 a service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn userinfo(
     state: web::Data<AppState>,
     request_id: RequestId,
@@ -124,10 +153,13 @@ pub async fn userinfo(
 
 /// The body of `/phone/`: the getPhoneNumber button's `code` (base library 2.21.2+), or the
 /// old `encryptedData` + `iv`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PhoneBody {
+    /// The session token, when not sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// The getPhoneNumber button's code (exchanged at WeChat's getuserphonenumber).
     code: Option<String>,
+    /// The old form: getPhoneNumber's encryptedData (base64), with `iv`.
     #[serde(rename = "encryptedData", alias = "encrypted_data")]
     encrypted_data: Option<String>,
     iv: Option<String>,
@@ -135,6 +167,19 @@ pub struct PhoneBody {
 
 /// `POST /phone/ {token, code}` or `{token, encryptedData, iv}` → the profile with the phone
 /// number.
+#[utoipa::path(post, path = "/phone/", tag = "user",
+    summary = "Store the user's phone number from a getPhoneNumber code or its encrypted data (user.UpdatePhoneNumber)",
+    description = "Also served as `/phone`.",
+    request_body(content = PhoneBody, content_type = "application/json"),
+    security(("bearer" = []), ("body_token" = [])),
+    responses(
+        (status = 200, description = "code 200", body = Envelope<Profile>),
+        (status = 400, description = "201 missing field or token, 203 malformed body, 205 decryption failed, 221 invalid or used phone code", body = ErrorEnvelope),
+        (status = 401, description = "202 invalid token", body = ErrorEnvelope),
+        (status = 413, description = "204 body too large", body = ErrorEnvelope),
+        (status = 502, description = "211 WeChat answered an error, 223 the app's credentials are misconfigured", body = ErrorEnvelope),
+        (status = 503, description = "212 WeChat unavailable, 222 WeChat busy (retry the code), 213 a service unavailable", body = ErrorEnvelope),
+    ))]
 pub async fn phone(
     state: web::Data<AppState>,
     request_id: RequestId,

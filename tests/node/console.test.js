@@ -1,0 +1,160 @@
+// The sandbox console in a real headless Chromium (Debian's `chromium`), driven over the
+// DevTools protocol on a pipe (--remote-debugging-pipe: no websocket library, no npm): a
+// pending order is paid by clicking its "pay" button, and the gateway then answers PAID.
+'use strict'
+
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const { spawn, spawnSync } = require('node:child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+
+const { startStack, sandboxPost, eventually } = require('./stack.js')
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
+
+/** A Chromium with CDP on fds 3 (commands in) and 4 (answers and events out). */
+function launchChromium () {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'wxmp-chromium-'))
+  const child = spawn(CHROMIUM, [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run',
+    '--disable-dev-shm-usage', `--user-data-dir=${profile}`, '--remote-debugging-pipe',
+    'about:blank'
+  ], { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => { stderr += d })
+  const toChrome = child.stdio[3]
+  const fromChrome = child.stdio[4]
+  let nextId = 1
+  const pending = new Map()
+  const listeners = []
+  let buffer = Buffer.alloc(0)
+  fromChrome.on('data', (chunk) => {
+    buffer = Buffer.concat([buffer, chunk])
+    let end
+    while ((end = buffer.indexOf(0)) >= 0) {
+      const message = JSON.parse(buffer.subarray(0, end).toString('utf8'))
+      buffer = buffer.subarray(end + 1)
+      if (message.id && pending.has(message.id)) {
+        const { resolve, reject } = pending.get(message.id)
+        pending.delete(message.id)
+        if (message.error) reject(new Error(JSON.stringify(message.error)))
+        else resolve(message.result)
+      } else if (message.method) {
+        for (const l of listeners.slice()) l(message)
+      }
+    }
+  })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  exited.then(() => {
+    for (const { reject } of pending.values()) reject(new Error(`chromium exited:\n${stderr}`))
+  })
+
+  /** Sends one CDP command (to a page when sessionId is given). */
+  function send (method, params = {}, sessionId) {
+    const id = nextId++
+    const message = { id, method, params }
+    if (sessionId) message.sessionId = sessionId
+    return new Promise((resolve, reject) => {
+      pending.set(id, { resolve, reject })
+      toChrome.write(JSON.stringify(message) + '\0')
+    })
+  }
+
+  /** The next event `method` of `sessionId`, within `ms`. */
+  function nextEvent (method, sessionId, ms = 15000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${method} in ${ms} ms`)), ms)
+      const l = (m) => {
+        if (m.method === method && m.sessionId === sessionId) {
+          clearTimeout(timer)
+          listeners.splice(listeners.indexOf(l), 1)
+          resolve(m.params)
+        }
+      }
+      listeners.push(l)
+    })
+  }
+
+  async function close () {
+    await send('Browser.close').catch(() => {})
+    await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5000))])
+    if (child.exitCode === null) child.kill('SIGKILL')
+    fs.rmSync(profile, { recursive: true, force: true })
+  }
+
+  return { send, nextEvent, close }
+}
+
+let stack
+before(async () => { stack = await startStack() })
+after(async () => { if (stack) await stack.stop() })
+
+const chromiumMissing = !fs.existsSync(CHROMIUM) || spawnSync(CHROMIUM, ['--version']).status !== 0
+if (chromiumMissing && process.env.CI) {
+  throw new Error(`${CHROMIUM} is required in CI (.ci/run installs Debian's chromium)`)
+}
+
+test('clicking "pay" on a pending order in the console makes it PAID through the gateway',
+  { skip: chromiumMissing && `SKIPPED: no ${CHROMIUM} (apt-get install chromium; .ci/run does)` },
+  async () => {
+    // A mini program user with a pending order: logged in, POST /pay/ answered, not paid.
+    const { code } = await sandboxPost(stack.sandbox, '/sandbox/login-code', {})
+    const gw = async (p, init) => (await fetch(stack.gateway + p, init)).json()
+    const login = await gw('/login/', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ code }) })
+    const token = login.data.token
+    const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
+    const pay = await gw('/pay/', { method: 'POST', headers: auth, body: JSON.stringify({ product_id: 'coffee' }) })
+    assert.equal(pay.code, 200, JSON.stringify(pay))
+    const orderNo = pay.data.order_no
+    assert.equal((await gw(`/orders/${orderNo}`, { headers: auth })).data.state, 'PAYING')
+
+    const chrome = launchChromium()
+    try {
+      const { targetId } = await chrome.send('Target.createTarget', { url: 'about:blank' })
+      const { sessionId } = await chrome.send('Target.attachToTarget', { targetId, flatten: true })
+      await chrome.send('Page.enable', {}, sessionId)
+      const evaluate = async (expression) => {
+        const r = await chrome.send('Runtime.evaluate', { expression, returnByValue: true }, sessionId)
+        if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails))
+        return r.result.value
+      }
+      const loaded = chrome.nextEvent('Page.loadEventFired', sessionId)
+      await chrome.send('Page.navigate', { url: stack.sandbox + '/' }, sessionId)
+      await loaded
+
+      const stateOf = `document.querySelector('.trade-state[data-order="${orderNo}"]')?.textContent`
+      assert.equal(await evaluate(stateOf), 'NOTPAY', 'the console lists the pending order')
+      assert.ok(await evaluate(`document.body.innerText.includes('session_key age')`))
+
+      // The click posts the button's form; the console redirects back to itself.
+      const reloaded = chrome.nextEvent('Page.loadEventFired', sessionId)
+      const clicked = await evaluate(`(() => {
+        const b = document.querySelector('button[data-action="pay"][data-key="${orderNo}"]')
+        if (!b) return false
+        b.click()
+        return true
+      })()`)
+      assert.equal(clicked, true, 'a pay button for the order')
+      await reloaded
+      assert.match(await evaluate(`document.getElementById('flash')?.textContent || ''`), /^paid /)
+      assert.equal(await evaluate(stateOf), 'SUCCESS')
+
+      // WeChat's notify reaches the gateway: the mini program sees PAID.
+      const paid = await eventually(async () => {
+        const o = await gw(`/orders/${orderNo}`, { headers: auth })
+        return o.data && o.data.state === 'PAID' && o.data
+      }, 20000, `order ${orderNo} PAID`)
+      assert.ok(paid.transaction_id)
+
+      // The console shows the accepted notify once the page is loaded again.
+      const again = chrome.nextEvent('Page.loadEventFired', sessionId)
+      await chrome.send('Page.reload', {}, sessionId)
+      await again
+      assert.match(await evaluate(`document.querySelector('.trade-state[data-order="${orderNo}"]').closest('tr').innerText`), /accepted/)
+    } finally {
+      await chrome.close()
+    }
+  })
