@@ -96,6 +96,10 @@ pub struct Order {
     pub closed_at: Option<i64>,
     pub reconcile_lease_until: i64,
     pub next_query_at: i64,
+    /// Fen of refunds in flight (PENDING, PROCESSING).
+    pub refunding_fen: i64,
+    /// Fen refunded (SUCCESS).
+    pub refunded_fen: i64,
 }
 
 impl Order {
@@ -135,6 +139,8 @@ impl Order {
             created_at: self.created_at,
             paid_at: self.paid_at.unwrap_or(0),
             expires_at: self.expires_at,
+            refunded_fen: self.refunded_fen,
+            refunding_fen: self.refunding_fen,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Settings {
     pub order_ttl_secs: i64,
     pub reconcile_after_secs: i64,
     pub reconcile_interval: Duration,
+    /// Where WeChat posts refund notifies (set when refunds are on).
+    pub refund_notify_url: Option<String>,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -150,6 +152,14 @@ impl Payments {
             ..WechatConfig::default()
         })
         .map_err(|e| Error::Config(e.to_string()))?;
+        // Refunds need the merchant certificate: unreadable files stop the start naming
+        // their variable.
+        let client = match config.refunds.merchant_cert().map_err(Error::Config)? {
+            Some(cert) => client.with_merchant_cert(&cert).map_err(|e| {
+                Error::Config(format!("WXMP_PAY_CERT_PATH / WXMP_PAY_CERT_KEY_PATH: {e}"))
+            })?,
+            None => client,
+        };
         let wechat = WechatPay::new(
             client,
             config.mch_id.trim().to_owned(),
@@ -164,6 +174,7 @@ impl Payments {
             reconcile_after_secs: i64::try_from(config.reconcile_after_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_AFTER_SECS is too large".into()))?,
             reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+            refund_notify_url: config.refunds.refund_notify_url.clone(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -490,7 +501,9 @@ impl Payments {
             .order_query(&order.app_id, &order.order_no)
             .await
             .map_err(map_error)?;
-        if query.trade_state != TradeState::Success {
+        // REFUND: paid, then (partly) refunded; the payment is recorded first, then the
+        // refunds WeChat knows of (see refunding.rs).
+        if !matches!(query.trade_state, TradeState::Success | TradeState::Refund) {
             return Ok(None);
         }
         let transaction_id = query.transaction_id.clone().unwrap_or_default();
@@ -522,6 +535,9 @@ impl Payments {
         )
         .await?;
         log_paid_outcome(&outcome, "orderquery");
+        if query.trade_state == TradeState::Refund {
+            self.sync_refunds_from_wechat(outcome.order()).await?;
+        }
         Ok(Some(outcome))
     }
 

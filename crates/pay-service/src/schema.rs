@@ -25,6 +25,8 @@ diesel::table! {
         closed_at -> Nullable<BigInt>,
         reconcile_lease_until -> BigInt,
         next_query_at -> BigInt,
+        refunding_fen -> BigInt,
+        refunded_fen -> BigInt,
     }
 }
 
@@ -34,6 +36,35 @@ diesel::table! {
         received_at -> BigInt,
         out_trade_no -> Text,
         transaction_id -> Text,
+        raw_body -> Text,
+        verdict -> Text,
+        accepted -> Bool,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> BigInt,
+        out_refund_no -> Text,
+        order_no -> Text,
+        amount_fen -> BigInt,
+        reason -> Text,
+        state -> Text,
+        api -> Text,
+        refund_id -> Text,
+        failure -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        settled_at -> Nullable<BigInt>,
+        next_check_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    refund_notifications (id) {
+        id -> BigInt,
+        received_at -> BigInt,
+        out_refund_no -> Text,
         raw_body -> Text,
         verdict -> Text,
         accepted -> Bool,

@@ -36,6 +36,8 @@ pub struct Settings {
     pub app_rate_per_min: u32,
     pub notify_time_scale: f64,
     pub notify_timeout: Duration,
+    /// How long an accepted refund takes to settle.
+    pub refund_delay: Duration,
 }
 
 /// Shared by every worker (actix `Data`) and every notify task.
@@ -77,6 +79,7 @@ impl Sandbox {
                 app_rate_per_min: config.app_rate_per_min,
                 notify_time_scale: config.notify_time_scale,
                 notify_timeout: Duration::from_millis(config.notify_timeout_ms),
+                refund_delay: Duration::from_millis(config.refund_delay_ms),
             },
             state: Mutex::new(State::default()),
             faults: Mutex::new(config.faults.clone()),
@@ -133,6 +136,7 @@ pub struct State {
     pub orders: HashMap<OrderKey, Order>,
     pub prepay_ids: HashMap<String, OrderKey>,
     pub notifies: VecDeque<NotifyRecord>,
+    pub refunds: crate::refund::Refunds,
 }
 
 impl State {

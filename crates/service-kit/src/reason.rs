@@ -19,8 +19,8 @@ pub fn code_of(reason: ErrorReason) -> Code {
         R::PermissionDenied => Code::PermissionDenied,
         R::NotFound => Code::NotFound,
         R::RateLimited => Code::ResourceExhausted,
-        R::OrderState => Code::FailedPrecondition,
-        R::IdempotencyConflict => Code::AlreadyExists,
+        R::OrderState | R::RefundExceedsPaid | R::RefundsDisabled => Code::FailedPrecondition,
+        R::IdempotencyConflict | R::RefundConflict => Code::AlreadyExists,
         R::WechatError | R::WechatUnavailable | R::DependencyUnavailable => Code::Unavailable,
         R::Internal | R::Unspecified => Code::Internal,
     }

@@ -3,7 +3,8 @@
 //! * [`auth`]: `code2Session` and `access_token` over HTTPS,
 //! * [`crypto`]: the mini program's encrypted user data (AES-128-CBC, watermark, `rawData` signature),
 //! * [`pay`]: WeChat Pay v2 (signatures, the flat XML codec, `unifiedorder`, `orderquery`,
-//!   `closeorder`, payment notifications and `wx.requestPayment` parameters).
+//!   `closeorder`, payment notifications, `wx.requestPayment` parameters, and refunds: the
+//!   mutual-TLS `secapi/pay/refund`, `refundquery` and the encrypted refund notify).
 //!
 //! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
 //! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.
@@ -30,7 +31,7 @@ mod http;
 pub mod pay;
 
 pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
-pub use client::{ClientBuildError, WechatClient};
+pub use client::{ClientBuildError, MerchantCert, WechatClient};
 pub use config::WechatConfig;
 pub use crypto::DecryptError;
 pub use pay::{PayConfig, PayError, SignType};

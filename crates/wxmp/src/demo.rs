@@ -1,6 +1,8 @@
 //! `wxmp demo`: plays a mini program against a running gateway and sandbox, step by step,
 //! exactly as a phone would: wx.login → /login/ → getUserProfile → /userinfo/ → /pay/ →
-//! wx.requestPayment (the sandbox pays) → poll the order until PAID.
+//! wx.requestPayment (the sandbox pays) → poll the order until PAID; then, when pay-service's
+//! gRPC address is given, the shop refunds part of it and the demo waits for WeChat to settle
+//! the refund.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,10 @@ pub struct DemoTarget {
     pub sandbox: String,
     /// Product to buy; the first of the catalog when `None`.
     pub product_id: Option<String>,
-    /// How long to wait for the order to become PAID.
+    /// How long to wait for the order to become PAID (and the refund to settle).
     pub pay_timeout: Duration,
+    /// pay-service's gRPC address for the closing partial refund; `None` skips it.
+    pub pay: Option<crate::operator::PayTarget>,
 }
 
 /// What the demo did, for callers that check it (the end-to-end tests).
@@ -26,6 +30,8 @@ pub struct DemoReport {
     pub order_no: String,
     pub amount_fen: i64,
     pub final_state: String,
+    /// The closing partial refund: out_refund_no, its final state, the order's refunded_fen.
+    pub refund: Option<(String, String, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ pub enum DemoError {
     },
     #[error("{step}: unexpected answer {body}")]
     Unexpected { step: &'static str, body: String },
+    #[error("refund: {0}")]
+    Refund(#[from] crate::operator::OperatorError),
     #[error("the order {order_no} was still {state} after {waited:?}")]
     NotPaid {
         order_no: String,
@@ -193,14 +201,19 @@ pub async fn run(
                 amount_fen % 100,
                 order["transaction_id"].as_str().unwrap_or("?")
             ));
-            return Ok(DemoReport {
+            let mut report = DemoReport {
                 openid,
                 token,
                 nickname,
                 order_no,
                 amount_fen,
                 final_state: state,
-            });
+                refund: None,
+            };
+            if let Some(pay) = &target.pay {
+                partial_refund(pay, target.pay_timeout, &mut report, &mut say).await?;
+            }
+            return Ok(report);
         }
         if started.elapsed() > target.pay_timeout {
             return Err(DemoError::NotPaid {
@@ -211,6 +224,48 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The shop gives a third of the money back (pay-service's Refund) and waits until WeChat (the
+/// sandbox) settles it and its encrypted notify reaches the gateway.
+async fn partial_refund(
+    pay: &crate::operator::PayTarget,
+    timeout: Duration,
+    report: &mut DemoReport,
+    say: &mut impl FnMut(String),
+) -> Result<(), DemoError> {
+    use crate::operator::{Pay, describe_order, describe_refund, order_state, refund_state};
+    let mut client = Pay::connect(pay).await?;
+    let amount = (report.amount_fen / 3).max(1);
+    let answer = client
+        .refund(&report.order_no, amount, "wxmp demo: partial refund", "")
+        .await?;
+    let mut refund = answer.refund.unwrap_or_default();
+    say(format!("8. Refund (gRPC): {}", describe_refund(&refund)));
+    let started = Instant::now();
+    while matches!(refund_state(&refund), "PENDING" | "PROCESSING") {
+        if started.elapsed() > timeout {
+            return Err(DemoError::Unexpected {
+                step: "GetRefund",
+                body: describe_refund(&refund),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        refund = client.get_refund(&refund.out_refund_no).await?;
+    }
+    let (order, _) = client.order(&report.order_no).await?;
+    say(format!(
+        "9. WeChat settled it: {}",
+        describe_refund(&refund)
+    ));
+    say(format!("   {}", describe_order(&order)));
+    report.final_state = order_state(&order).to_owned();
+    report.refund = Some((
+        refund.out_refund_no.clone(),
+        refund_state(&refund).to_owned(),
+        order.refunded_fen,
+    ));
+    Ok(())
 }
 
 async fn post(

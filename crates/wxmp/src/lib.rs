@@ -2,6 +2,8 @@
 //!
 //! - [`stack`]: every service (and the WeChat sandbox) in one process.
 //! - [`demo`]: a scripted mini program that logs in, sends its profile and pays.
+//! - [`operator`]: `wxmp refund` / `wxmp order` against a running pay-service.
 
 pub mod demo;
+pub mod operator;
 pub mod stack;
