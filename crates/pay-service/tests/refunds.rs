@@ -304,9 +304,9 @@ async fn notify(env: &Env, body: Vec<u8>) -> pb::HandleRefundNotifyResponse {
 
 async fn forged_and_mismatched_notifies_change_nothing(backend: Backend) {
     let env = Env::refunding(backend).await;
-    // WeChat's own notifies never come: only ours below.
-    set_faults(&env, json!({ "drop_notify": true })).await;
     let order = paid_order(&env, 7).await;
+    // WeChat's own refund notifies never come: only ours below.
+    set_faults(&env, json!({ "drop_notify": true })).await;
     refund(&env, &order.order_no, 100, "forge-me")
         .await
         .unwrap();
@@ -432,8 +432,8 @@ async fn duplicate_wechat_notifies_settle_once(backend: Backend) {
 
 async fn lost_notify_is_repaired_by_the_reconciler(backend: Backend) {
     let env = Env::refunding(backend).await;
-    set_faults(&env, json!({ "drop_notify": true })).await;
     let order = paid_order(&env, 9).await;
+    set_faults(&env, json!({ "drop_notify": true })).await;
     refund(&env, &order.order_no, 250, "lost-1").await.unwrap();
     // WeChat settles it, but its notify never comes.
     eventually(|| async {
