@@ -415,7 +415,11 @@ async fn refund_notify_is_relayed_as_xml() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 413);
     assert!(res.text().await.unwrap().contains("FAIL"));
-    assert_eq!(s.calls.of("handle_refund_notify").len(), 1, "oversize never forwarded");
+    assert_eq!(
+        s.calls.of("handle_refund_notify").len(),
+        1,
+        "oversize never forwarded"
+    );
     s.stop().await;
 }
 

@@ -21,10 +21,9 @@ use wxmp_proto::{
         CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
         GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
         HandlePayNotifyRequest, HandlePayNotifyResponse, HandleRefundNotifyRequest,
-        HandleRefundNotifyResponse, ListRefundsRequest, ListRefundsResponse, RefundRequest,
-        RefundResponse,
-        JsapiParams, ListProductsRequest, ListProductsResponse, Order, OrderState,
-        PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
+        HandleRefundNotifyResponse, JsapiParams, ListProductsRequest, ListProductsResponse,
+        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -256,8 +255,7 @@ fn order(no: &str, user_id: i64, state: OrderState) -> Order {
 }
 
 /// What the fake pay-service answers to a refund notify.
-pub const REFUND_NOTIFY_REPLY: &str =
-    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+pub const REFUND_NOTIFY_REPLY: &str = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
 
 #[tonic::async_trait]
 impl PayService for FakePay {

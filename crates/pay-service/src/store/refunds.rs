@@ -49,7 +49,9 @@ pub struct NewRefundNotification {
     pub accepted: bool,
 }
 
-/// What [`create`] did.
+/// What [`create`] did. (Answered once per call, never held in bulk: the variants' sizes do
+/// not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Created {
     /// Reserved and written: the new row and the order after the reservation.
@@ -75,7 +77,8 @@ pub struct Change {
     pub next_check_at: i64,
 }
 
-/// What [`transition`] found.
+/// What [`transition`] found (answered once per call, like [`Created`]).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transition {
     /// This call changed the refund (and, when it left flight, the order).
