@@ -194,7 +194,8 @@ impl Config {
             code_rate_per_min: 10,
             app_rate_per_min: 10_000,
             workers: 2,
-            secapi_listen_addr: SocketAddr::from(([0, 0, 0, 0], 9001)),
+            // A free port: several dev sandboxes (tests) run side by side.
+            secapi_listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             cert_dir: None,
             secapi_hosts: Vec::new(),
             refund_delay_ms: 2000,
