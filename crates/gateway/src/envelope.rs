@@ -111,7 +111,11 @@ impl Code {
             R::NotFound => (Code::NotFound, "not found"),
             R::RateLimited => (Code::RateLimited, "rate limited"),
             R::OrderState => (Code::OrderState, "order state conflict"),
+            // Refunds are internal (gRPC only); should one surface here, it reads as the
+            // order-state / idempotency conflicts they are.
+            R::RefundExceedsPaid | R::RefundsDisabled => (Code::OrderState, "order state conflict"),
             R::IdempotencyConflict => (Code::IdempotencyConflict, "idempotency conflict"),
+            R::RefundConflict => (Code::IdempotencyConflict, "idempotency conflict"),
             R::WechatError => (Code::WechatError, "wechat error"),
             R::WechatUnavailable => (Code::WechatUnavailable, "wechat unavailable"),
             R::DependencyUnavailable => (Code::ServiceUnavailable, "service unavailable"),

@@ -381,6 +381,50 @@ async fn notify_is_relayed_as_xml() {
 }
 
 #[tokio::test]
+async fn refund_notify_is_relayed_as_xml() {
+    let s = start(Options::default()).await;
+    let xml = "<xml><return_code>SUCCESS</return_code><mch_id>1900000109</mch_id><req_info>AAAA</req_info></xml>";
+    let res = s
+        .http
+        .post(s.url("/pay/refund-notify"))
+        .header("content-type", "text/xml")
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/xml")
+    );
+    assert_eq!(res.text().await.unwrap(), common::REFUND_NOTIFY_REPLY);
+    let calls = s.calls.of("handle_refund_notify");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].detail, xml);
+    // Not the payment notify's handler.
+    assert!(s.calls.of("handle_pay_notify").is_empty());
+
+    let huge = format!("<xml>{}</xml>", "a".repeat(70 * 1024));
+    let res = s
+        .http
+        .post(s.url("/pay/refund-notify"))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    assert!(res.text().await.unwrap().contains("FAIL"));
+    assert_eq!(
+        s.calls.of("handle_refund_notify").len(),
+        1,
+        "oversize never forwarded"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn notify_fails_with_503_when_pay_is_down() {
     let s = start(Options {
         pay_down: true,

@@ -16,6 +16,15 @@ pub enum Error {
     OrderState(String),
     #[error("idempotency key reused with different parameters")]
     IdempotencyConflict,
+    /// A refund would take the order's refunds past the amount paid.
+    #[error("refund exceeds what is left to refund ({left_fen} fen)")]
+    RefundExceedsPaid { left_fen: i64 },
+    /// An out_refund_no reused with another order, amount or reason.
+    #[error("out_refund_no reused with different parameters")]
+    RefundConflict,
+    /// No merchant certificate is configured.
+    #[error("refunds are not configured (WXMP_PAY_CERT_PATH)")]
+    RefundsDisabled,
     /// WeChat refused or failed the call in a way retrying will not fix.
     #[error("WeChat Pay error: {0}")]
     Wechat(String),
@@ -47,6 +56,9 @@ impl Error {
             Self::NotFound(_) => ErrorReason::NotFound,
             Self::OrderState(_) => ErrorReason::OrderState,
             Self::IdempotencyConflict => ErrorReason::IdempotencyConflict,
+            Self::RefundExceedsPaid { .. } => ErrorReason::RefundExceedsPaid,
+            Self::RefundConflict => ErrorReason::RefundConflict,
+            Self::RefundsDisabled => ErrorReason::RefundsDisabled,
             Self::Wechat(_) => ErrorReason::WechatError,
             Self::WechatUnavailable(_) => ErrorReason::WechatUnavailable,
             Self::Db(DbError::Unavailable(_)) => ErrorReason::DependencyUnavailable,
@@ -75,6 +87,37 @@ impl From<Error> for tonic::Status {
                 status(reason, error.to_string())
             }
             _ => status(reason, error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refund_errors_map_to_their_reasons_and_codes() {
+        for (error, reason, code) in [
+            (
+                Error::RefundExceedsPaid { left_fen: 3 },
+                ErrorReason::RefundExceedsPaid,
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                Error::RefundConflict,
+                ErrorReason::RefundConflict,
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                Error::RefundsDisabled,
+                ErrorReason::RefundsDisabled,
+                tonic::Code::FailedPrecondition,
+            ),
+        ] {
+            assert_eq!(error.reason(), reason);
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code);
+            assert_eq!(service_kit::reason::reason_of(&status), reason);
         }
     }
 }

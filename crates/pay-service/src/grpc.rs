@@ -9,6 +9,7 @@ use crate::{
     error::Error,
     events::EventKind,
     payments::{CreateOrder, PayTarget, Payer, Payments},
+    refunding::RefundOrder,
     webhooks,
 };
 
@@ -200,6 +201,63 @@ impl PayService for Payments {
         let deliveries = webhooks::list(self.database(), state, limit).await?;
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             deliveries,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_no = %request.get_ref().order_no))]
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let r = request.into_inner();
+        let (refund, order) = Payments::refund(
+            self,
+            RefundOrder {
+                order_no: r.order_no,
+                refund_fen: r.refund_fen,
+                reason: r.reason,
+                out_refund_no: r.out_refund_no,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::RefundResponse {
+            refund: Some(refund.to_proto()),
+            order: Some(order.to_proto()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(out_refund_no = %request.get_ref().out_refund_no))]
+    async fn get_refund(
+        &self,
+        request: Request<pb::GetRefundRequest>,
+    ) -> Result<Response<pb::GetRefundResponse>, Status> {
+        let refund = Payments::get_refund(self, &request.into_inner().out_refund_no).await?;
+        Ok(Response::new(pb::GetRefundResponse {
+            refund: Some(refund.to_proto()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_no = %request.get_ref().order_no))]
+    async fn list_refunds(
+        &self,
+        request: Request<pb::ListRefundsRequest>,
+    ) -> Result<Response<pb::ListRefundsResponse>, Status> {
+        let refunds = Payments::list_refunds(self, &request.into_inner().order_no).await?;
+        Ok(Response::new(pb::ListRefundsResponse {
+            refunds: refunds.iter().map(|r| r.to_proto()).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn handle_refund_notify(
+        &self,
+        request: Request<pb::HandleRefundNotifyRequest>,
+    ) -> Result<Response<pb::HandleRefundNotifyResponse>, Status> {
+        let reply = Payments::handle_refund_notify(self, &request.into_inner().raw_body).await;
+        Ok(Response::new(pb::HandleRefundNotifyResponse {
+            reply_xml: reply.reply_xml,
+            accepted: reply.accepted,
+            verdict: reply.verdict.to_owned(),
         }))
     }
 }

@@ -18,6 +18,9 @@
 //!   CLOSED) with the notify verdict `paid_after_close`: refund it manually.
 //! - The reconciler ([`reconciler`]) repairs lost notifies with orderquery and closes expired
 //!   orders; it is safe with several replicas.
+//! - Refunds ([`refunds`] for the rules, [`refunding`] for the flow, [`refund_notify`]) are
+//!   rows of their own, written PENDING before WeChat is called; the order's refund totals
+//!   move in the same transaction as the refund's state.
 
 pub mod clock;
 pub mod config;
@@ -30,6 +33,9 @@ pub mod notify_throttle;
 pub mod orders;
 pub mod payments;
 pub mod reconciler;
+pub mod refund_notify;
+pub mod refunding;
+pub mod refunds;
 pub mod schema;
 pub mod store;
 pub mod watch;
@@ -47,12 +53,14 @@ use tonic::service::Routes;
 use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 
 pub use clock::Clock;
-pub use config::{Catalog, Config, EventsConfig, Product};
+pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
 pub use error::Error;
 pub use notify::NotifyReply;
 pub use orders::{Order, OrderState};
 pub use payments::{CreateOrder, PayTarget, Payer, Payments};
 pub use reconciler::ReconcileReport;
+pub use refunding::{RefundOrder, RefundReconcileReport};
+pub use refunds::{Refund, RefundState};
 
 /// The migrations of pay-service, one set per back end. Their versions
 /// (`2026-11-25-0002xx_*`) do not collide with user-service's when both share a database.

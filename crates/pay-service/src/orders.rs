@@ -102,6 +102,10 @@ pub struct Order {
     pub sign_type: String,
     /// The random value of the current reconcile claim ('' when none).
     pub reconcile_lease_owner: String,
+    /// Fen of refunds in flight (PENDING, PROCESSING).
+    pub refunding_fen: i64,
+    /// Fen refunded (SUCCESS).
+    pub refunded_fen: i64,
 }
 
 impl Order {
@@ -141,6 +145,8 @@ impl Order {
             created_at: self.created_at,
             paid_at: self.paid_at.unwrap_or(0),
             expires_at: self.expires_at,
+            refunded_fen: self.refunded_fen,
+            refunding_fen: self.refunding_fen,
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Settings {
     pub notify_retention_secs: i64,
     /// How long a reconciler's claim on an order lasts (`PAY_RECONCILE_LEASE_SECS`).
     pub reconcile_lease_secs: i64,
+    /// Where WeChat posts refund notifies (set when refunds are on).
+    pub refund_notify_url: Option<String>,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -162,6 +164,14 @@ impl Payments {
             ..WechatConfig::default()
         })
         .map_err(|e| Error::Config(e.to_string()))?;
+        // Refunds need the merchant certificate: unreadable files stop the start naming
+        // their variable.
+        let client = match config.refunds.merchant_cert().map_err(Error::Config)? {
+            Some(cert) => client.with_merchant_cert(&cert).map_err(|e| {
+                Error::Config(format!("WXMP_PAY_CERT_PATH / WXMP_PAY_CERT_KEY_PATH: {e}"))
+            })?,
+            None => client,
+        };
         let wechat = WechatPay::new(
             client,
             config.mch_id.trim().to_owned(),
@@ -185,6 +195,7 @@ impl Payments {
                 .ok_or_else(|| Error::Config("PAY_NOTIFY_RETENTION_DAYS is too large".into()))?,
             reconcile_lease_secs: i64::try_from(config.reconcile_lease_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
+            refund_notify_url: config.refunds.refund_notify_url.clone(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -647,7 +658,9 @@ impl Payments {
             .order_query(&order.app_id, &order.order_no)
             .await
             .map_err(map_error)?;
-        if query.trade_state != TradeState::Success {
+        // REFUND: paid, then (partly) refunded; the payment is recorded first, then the
+        // refunds WeChat knows of (see refunding.rs).
+        if !matches!(query.trade_state, TradeState::Success | TradeState::Refund) {
             return Ok(None);
         }
         let transaction_id = query.transaction_id.clone().unwrap_or_default();
@@ -680,6 +693,9 @@ impl Payments {
         .await?;
         log_paid_outcome(&outcome, "orderquery");
         crate::subscribe::on_paid(self, &outcome).await;
+        if query.trade_state == TradeState::Refund {
+            self.sync_refunds_from_wechat(outcome.order()).await?;
+        }
         Ok(Some(outcome))
     }
 

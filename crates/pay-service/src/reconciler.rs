@@ -174,6 +174,15 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
                 }
             }
         }
+        // Refunds in flight (refunding.rs): resend PENDING ones, query PROCESSING ones.
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            result = payments.reconcile_refunds_once() => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "refund reconcile pass failed");
+                }
+            }
+        }
     }
     tracing::debug!("reconciler stopped");
 }

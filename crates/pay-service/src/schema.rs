@@ -28,6 +28,8 @@ diesel::table! {
         notify_url -> Text,
         sign_type -> Text,
         reconcile_lease_owner -> Text,
+        refunding_fen -> BigInt,
+        refunded_fen -> BigInt,
     }
 }
 
@@ -96,5 +98,34 @@ diesel::table! {
         last_error -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> BigInt,
+        out_refund_no -> Text,
+        order_no -> Text,
+        amount_fen -> BigInt,
+        reason -> Text,
+        state -> Text,
+        api -> Text,
+        refund_id -> Text,
+        failure -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        settled_at -> Nullable<BigInt>,
+        next_check_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    refund_notifications (id) {
+        id -> BigInt,
+        received_at -> BigInt,
+        out_refund_no -> Text,
+        raw_body -> Text,
+        verdict -> Text,
+        accepted -> Bool,
     }
 }

@@ -11,6 +11,8 @@
 //! a request's queries that belong together run on one checkout, and UPDATEs answer the row
 //! with RETURNING instead of a second SELECT.
 
+pub mod refunds;
+
 use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use service_kit::db::Database;

@@ -4,7 +4,10 @@
 use service_kit::Secret;
 use wechat::{
     PayConfig, PayError, SignType, WechatClient,
-    pay::{OrderQueryResponse, UnifiedOrderRequest, UnifiedOrderResponse},
+    pay::{
+        OrderQueryResponse, RefundQueryBy, RefundQueryResponse, RefundRequest, RefundResponse,
+        UnifiedOrderRequest, UnifiedOrderResponse,
+    },
 };
 
 use crate::error::Error;
@@ -97,6 +100,31 @@ impl WechatPay {
         result
     }
 
+    /// True when a merchant certificate is configured: refunds can be sent.
+    pub fn can_refund(&self) -> bool {
+        self.client.has_merchant_cert()
+    }
+
+    pub async fn refund(
+        &self,
+        appid: &str,
+        req: &RefundRequest,
+    ) -> Result<RefundResponse, PayError> {
+        let result = self.client.refund(&self.config_for(appid), req).await;
+        count("refund", &result);
+        result
+    }
+
+    pub async fn refund_query(
+        &self,
+        appid: &str,
+        by: &RefundQueryBy,
+    ) -> Result<RefundQueryResponse, PayError> {
+        let result = self.client.refund_query(&self.config_for(appid), by).await;
+        count("refundquery", &result);
+        result
+    }
+
     pub async fn close_order(&self, appid: &str, out_trade_no: &str) -> Result<(), PayError> {
         let result = self
             .client
@@ -129,6 +157,7 @@ fn count<T>(api: &'static str, result: &Result<T, PayError>) {
         Err(PayError::BadSignature) => "bad_signature".into(),
         Err(PayError::Mismatch(_)) => "mismatch".into(),
         Err(PayError::Xml(_) | PayError::BadResponse(_)) => "bad_response".into(),
+        Err(PayError::NoCertificate) => "no_certificate".into(),
     };
     metrics::counter!("wxmp_wechat_requests_total", "api" => api, "result" => label).increment(1);
 }

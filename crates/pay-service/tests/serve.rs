@@ -175,3 +175,70 @@ async fn config_errors_name_the_variable(backend: Backend) {
     assert!(!printed.contains(sandbox::DEV_PAY_KEY));
     assert!(!printed.contains(good.database_url.expose()));
 }
+
+/// Refunds on (a certificate configured) but the certificate, its key or the refund notify URL
+/// missing or unreadable: the start fails naming the variable; with everything in place the
+/// same config serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_certificate_stops_the_start() {
+    let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+    let (url, _dir) = database_url(Backend::Sqlite).await;
+    let certs = tempfile::tempdir().unwrap();
+    sandbox.pki.write_to(certs.path()).unwrap();
+    std::fs::write(certs.path().join("junk.pem"), "not a certificate").unwrap();
+    let mut good = config(url, &sandbox);
+    good.refunds = refund_config(certs.path(), &sandbox);
+    let missing = certs.path().join("absent.pem");
+    let junk = certs.path().join("junk.pem");
+    let cases: Vec<(Breaker, &str)> = vec![
+        (
+            Box::new({
+                let missing = missing.clone();
+                move |c| c.refunds.cert_path = Some(missing.clone())
+            }),
+            "WXMP_PAY_CERT_PATH",
+        ),
+        (
+            Box::new(move |c| c.refunds.cert_key_path = Some(missing.clone())),
+            "WXMP_PAY_CERT_KEY_PATH",
+        ),
+        (
+            Box::new(move |c| c.refunds.cert_path = Some(junk.clone())),
+            "WXMP_PAY_CERT_PATH",
+        ),
+        (
+            Box::new(|c| c.refunds.cert_key_path = None),
+            "WXMP_PAY_CERT_KEY_PATH",
+        ),
+        (
+            Box::new(|c| c.refunds.refund_notify_url = None),
+            "PAY_REFUND_NOTIFY_URL",
+        ),
+        (
+            Box::new(|c| c.refunds.refund_notify_url = Some("https://x/r?a=1".into())),
+            "PAY_REFUND_NOTIFY_URL",
+        ),
+    ];
+    for (breaks, variable) in cases {
+        let mut config = good.clone();
+        breaks(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = pay_service::serve(config, listener, Shutdown::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(variable), "{variable}: {err}");
+    }
+    // The key's content never shows in the config's Debug or the errors above.
+    assert!(!format!("{good:?}").contains("PRIVATE KEY"));
+    // The intact config starts and serves.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(pay_service::serve(good, listener, shutdown.clone()));
+    tokio::task::yield_now().await;
+    shutdown.trigger();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve stops on shutdown")
+        .unwrap();
+    assert!(stopped.is_ok(), "{stopped:?}");
+}

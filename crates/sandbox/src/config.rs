@@ -149,6 +149,40 @@ pub struct Config {
         default_value_t = 2000
     )]
     pub token_daily_quota: u32,
+    /// Address of the HTTPS port serving `/secapi/pay/refund`; it requires a client
+    /// certificate signed by the sandbox's dev CA.
+    #[arg(
+        long,
+        env = "SANDBOX_SECAPI_LISTEN_ADDR",
+        value_name = "SANDBOX_SECAPI_LISTEN_ADDR",
+        default_value = "0.0.0.0:9001"
+    )]
+    pub secapi_listen_addr: SocketAddr,
+
+    /// Where the dev CA (`ca.pem`) and the merchant certificate (`apiclient_cert.pem`,
+    /// `apiclient_key.pem`) are written at start, for services in other processes.
+    #[arg(long, env = "SANDBOX_CERT_DIR", value_name = "SANDBOX_CERT_DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
+
+    /// Extra host names / IPs for the secapi port's certificate (comma separated), e.g. the
+    /// compose service name.
+    #[arg(
+        long,
+        env = "SANDBOX_SECAPI_HOSTS",
+        value_name = "SANDBOX_SECAPI_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub secapi_hosts: Vec<String>,
+
+    /// How long an accepted refund takes to settle (then its notify is sent).
+    #[arg(
+        long,
+        env = "SANDBOX_REFUND_DELAY_MS",
+        value_name = "SANDBOX_REFUND_DELAY_MS",
+        default_value_t = 2000
+    )]
+    pub refund_delay_ms: u64,
 
     /// HTTP worker threads.
     #[arg(
@@ -186,6 +220,11 @@ impl Config {
             token_expires_in_secs: 7200,
             token_grace_ms: 300_000,
             token_daily_quota: 2000,
+            // A free port: several dev sandboxes (tests) run side by side.
+            secapi_listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert_dir: None,
+            secapi_hosts: Vec::new(),
+            refund_delay_ms: 2000,
             faults: Faults::default(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
@@ -215,6 +254,9 @@ impl Config {
         }
         if self.workers == 0 {
             return Err("SANDBOX_WORKERS must be > 0".into());
+        }
+        if self.refund_delay_ms > 3_600_000 {
+            return Err("SANDBOX_REFUND_DELAY_MS must be at most 3600000".into());
         }
         self.faults
             .validate()

@@ -60,6 +60,17 @@ pub struct Faults {
     /// Notifies carry a signature made with the wrong key.
     #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", value_name = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
     pub notify_bad_signature: bool,
+    /// Run time only: refunds are accepted, then settle as CHANGE (failed; the money stays
+    /// with the merchant).
+    #[arg(skip)]
+    pub refund_change: bool,
+    /// Run time only: refunds are refused with err_code NOTENOUGH (balance too low).
+    #[arg(skip)]
+    pub refund_not_enough: bool,
+    /// Run time only: a refund is recorded, then its answer is held back this long (plays an
+    /// answer lost to a crash or a timeout).
+    #[arg(skip)]
+    pub refund_reply_delay_ms: u64,
     /// Run time only: the set applies to the next N WeChat-path requests, then clears itself.
     #[arg(skip)]
     pub times: Option<u32>,
@@ -83,6 +94,9 @@ impl Faults {
         }
         if self.latency_ms > 120_000 {
             return Err("latency_ms is at most 120000".into());
+        }
+        if self.refund_reply_delay_ms > 120_000 {
+            return Err("refund_reply_delay_ms is at most 120000".into());
         }
         Ok(())
     }
@@ -122,7 +136,7 @@ pub fn from_header(req: &actix_web::HttpRequest) -> Result<Option<Faults>, DevEr
 impl Sandbox {
     /// The faults for one WeChat-path request: the header's, else the global set (consuming
     /// one of its `times`).
-    fn faults_for_request(&self, path: &str, header: Option<Faults>) -> Faults {
+    pub(crate) fn faults_for_request(&self, path: &str, header: Option<Faults>) -> Faults {
         if let Some(faults) = header {
             return faults;
         }

@@ -72,6 +72,12 @@ pub fn transaction_id() -> String {
     format!("4200{}{date}{}", digits(6), digits(10))
 }
 
+/// 29 digits like a real refund_id (`5000` + digits + the date + digits).
+pub fn refund_id() -> String {
+    let date = clock::now().format("%Y%m%d").to_string();
+    format!("5000{}{date}{}", digits(7), digits(10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,8 @@
 //! | `POST /pay/unifiedorder` | JSAPI only: `trade_type`, `prepay_id`; the same prepay_id for an identical repeat (all fields but nonce_str/sign/sign_type) within 2 h |
 //! | `POST /pay/orderquery` | by `transaction_id` or `out_trade_no`; SUCCESS orders carry openid, is_subscribe, trade_type, bank_type, total_fee, fee_type, cash_fee, transaction_id, out_trade_no, attach, time_end; other states total_fee, out_trade_no, attach; always trade_state + trade_state_desc |
 //! | `POST /pay/closeorder` | `result_msg` OK; ORDERPAID, ORDERCLOSED, ORDERNOTEXIST |
+//! | `POST /secapi/pay/refund` | **HTTPS port `SANDBOX_SECAPI_LISTEN_ADDR` only, client certificate from the dev CA required** (the plain port answers return_code FAIL). transaction_id, out_trade_no, out_refund_no, refund_id, refund_fee, total_fee, cash_fee; the same out_refund_no answers the same refund (other amounts: ERROR); ERROR (unpaid order, more than paid), PARAM_ERROR (total_fee not the order's), NOTENOUGH (fault), SYSTEMERROR (fault, nothing recorded). Settles after `SANDBOX_REFUND_DELAY_MS` to SUCCESS (or CHANGE) and posts the refund notify to notify_url: `return_code, appid, mch_id, nonce_str, req_info` (no sign), req_info = base64(AES-256-ECB(md5hex(key), `<root>…</root>`)), retried on the pay notify schedule |
+//! | `POST /pay/refundquery` | by out_refund_no, refund_id, out_trade_no or transaction_id: refund_count, `out_refund_no_$n`, `refund_id_$n`, `refund_fee_$n`, `refund_status_$n` (PROCESSING, SUCCESS, CHANGE), `refund_success_time_$n`; REFUNDNOTEXIST. orderquery answers trade_state REFUND for a paid order with a refund |
 //!
 //! Errors of the login and token paths are HTTP 200 `{"errcode": n, "errmsg": "<text>, rid: <id>"}`
 //! (WeChat appends a request id: match on errcode). Pay answers are XML. A request that cannot be
@@ -85,6 +87,9 @@
 //! - `GET /sandbox/calls?out_trade_no=` → `[{"out_trade_no","unifiedorder","orderquery",
 //!   "closeorder","max_in_flight"}]`: WeChat Pay calls per order, and the most orderquery +
 //!   closeorder about one order in progress at once (see [`calls`]).
+//! - `GET /sandbox/refunds[?out_trade_no=]`, `GET /sandbox/refunds/{out_refund_no}` → the
+//!   refunds as WeChat holds them (refund_status, requests, notify_state, notify_attempts);
+//!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request.
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
@@ -102,6 +107,10 @@
 //!   "duplicate_notify": 3,          // each notify attempt is sent 3 times at once
 //!   "notify_wrong_total_fee": true, // notifies say total_fee + 1 (validly signed)
 //!   "notify_bad_signature": true,   // notifies are signed with a wrong key
+//!   "refund_change": true,          // refunds settle as CHANGE (failed) instead of SUCCESS
+//!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH
+//!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
+//!   (drop_notify also drops refund notifies; pay_system_error also fails refunds)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear
 //!   "path_prefix": "/pay/"          // only WeChat paths starting with this (and only they count)
 //! }
@@ -131,6 +140,9 @@
 //! [`Config`]: `WXMP_APPS` (`appid:secret[,...]`, first = default app), `WXMP_PAY_MCH_ID`,
 //! `WXMP_PAY_KEY` (the merchant is bound to every app), `SANDBOX_LISTEN_ADDR` (0.0.0.0:9000),
 //! `SANDBOX_NOTIFY_TIME_SCALE` (1.0), `SANDBOX_NOTIFY_TIMEOUT_MS` (5000),
+//! `SANDBOX_SECAPI_LISTEN_ADDR` (0.0.0.0:9001), `SANDBOX_CERT_DIR` (unset: certificates only in
+//! memory), `SANDBOX_SECAPI_HOSTS` (extra names for the secapi certificate),
+//! `SANDBOX_REFUND_DELAY_MS` (2000),
 //! `SANDBOX_CODE_TTL_SECS` (300), `SANDBOX_CODE_RATE_PER_MIN` (10), `SANDBOX_APP_RATE_PER_MIN`
 //! (10000), `SANDBOX_WORKERS` (2). Unset, it is the dev app [`DEV_APP_ID`] and the dev merchant
 //! [`DEV_MCH_ID`].
@@ -141,6 +153,7 @@ pub mod config;
 mod console;
 mod console_actions;
 mod dev_error;
+pub mod devca;
 pub mod faults;
 mod ids;
 mod login;
@@ -149,6 +162,7 @@ mod openapi;
 pub mod order;
 mod pay;
 mod rate;
+pub mod refund;
 mod server;
 mod state;
 mod token;
@@ -157,12 +171,13 @@ pub mod wx;
 mod wx_error;
 
 pub use config::{App, AppList, Config};
+pub use devca::DevPki;
 pub use faults::{FAULT_HEADER, Faults};
 pub use login::{LoginCode, LoginCodeRequest};
 pub use notify::{NotifyRecord, PayOutcome, PayRequest, RETRY_SCHEDULE_SECS};
 pub use openapi::SentMessage;
 pub use order::{NotifyState, OrderView, TradeState};
-pub use server::{SandboxHandle, serve, spawn};
+pub use server::{SandboxHandle, serve, serve_with, spawn};
 pub use token::TokenStats;
 pub use user_data::{Profile, UserData, UserDataKind, UserDataRequest};
 

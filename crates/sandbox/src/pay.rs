@@ -28,6 +28,9 @@ pub enum ErrCode {
     OrderClosed,
     OrderNotExist,
     SystemError,
+    NotEnough,
+    RefundNotExist,
+    Error,
 }
 
 impl ErrCode {
@@ -40,6 +43,9 @@ impl ErrCode {
             Self::OrderClosed => "ORDERCLOSED",
             Self::OrderNotExist => "ORDERNOTEXIST",
             Self::SystemError => "SYSTEMERROR",
+            Self::NotEnough => "NOTENOUGH",
+            Self::RefundNotExist => "REFUNDNOTEXIST",
+            Self::Error => "ERROR",
         }
     }
 }
@@ -55,7 +61,7 @@ pub enum PayError {
     Business { code: ErrCode, des: String },
 }
 
-fn business(code: ErrCode, des: impl Into<String>) -> PayError {
+pub(crate) fn business(code: ErrCode, des: impl Into<String>) -> PayError {
     PayError::Business {
         code,
         des: des.into(),
@@ -63,22 +69,22 @@ fn business(code: ErrCode, des: impl Into<String>) -> PayError {
 }
 
 /// A request whose merchant and signature checked out.
-struct Authed {
-    fields: BTreeMap<String, String>,
-    merchant: Merchant,
-    appid: String,
-    sign_type: SignType,
+pub(crate) struct Authed {
+    pub(crate) fields: BTreeMap<String, String>,
+    pub(crate) merchant: Merchant,
+    pub(crate) appid: String,
+    pub(crate) sign_type: SignType,
 }
 
 impl Authed {
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.fields
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
     }
 
-    fn require(&self, name: &str) -> Result<&str, PayError> {
+    pub(crate) fn require(&self, name: &str) -> Result<&str, PayError> {
         self.get(name)
             .ok_or_else(|| business(ErrCode::LackParams, format!("缺少参数{name}")))
     }
@@ -131,7 +137,7 @@ fn authenticate(sandbox: &Sandbox, body: &[u8]) -> Result<Authed, PayError> {
     })
 }
 
-fn xml_response(xml: String) -> HttpResponse {
+pub(crate) fn xml_response(xml: String) -> HttpResponse {
     HttpResponse::Ok().content_type(XML_CONTENT_TYPE).body(xml)
 }
 
@@ -181,7 +187,7 @@ pub fn pairs<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Pairs {
 }
 
 /// Authenticates, applies the SYSTEMERROR fault, runs `f`, answers.
-fn handle(
+pub(crate) fn handle(
     req: &HttpRequest,
     sandbox: &Sandbox,
     body: &[u8],
@@ -388,7 +394,7 @@ fn place_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
 }
 
 /// The order `a` names by transaction_id or out_trade_no, within its merchant and app.
-fn find_order(sandbox: &Sandbox, a: &Authed) -> Result<Order, PayError> {
+pub(crate) fn find_order(sandbox: &Sandbox, a: &Authed) -> Result<Order, PayError> {
     let transaction_id = a.get("transaction_id");
     let out_trade_no = a.get("out_trade_no");
     if transaction_id.is_none() && out_trade_no.is_none() {
@@ -442,9 +448,17 @@ fn query_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     if let (TradeState::Success, Some(time_end)) = (o.trade_state, &o.time_end) {
         out.push(("time_end".into(), time_end.clone()));
     }
+    // A paid order with a refund answers REFUND ("转入退款"), as WeChat's orderquery does.
+    let (trade_state, desc) = if o.trade_state == TradeState::Success
+        && crate::refund::has_refunds(sandbox, &o.mch_id, &o.out_trade_no)
+    {
+        ("REFUND", "转入退款")
+    } else {
+        (o.trade_state.as_str(), o.trade_state.desc())
+    };
     out.extend(pairs([
-        ("trade_state", o.trade_state.as_str()),
-        ("trade_state_desc", o.trade_state.desc()),
+        ("trade_state", trade_state),
+        ("trade_state_desc", desc),
     ]));
     Ok(out)
 }

@@ -7,7 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    calls, config::Config, console, faults, login, notify, openapi, order, pay, state::Sandbox,
+    calls, config::Config, console, devca::DevPki, faults, login, notify, openapi, order, pay,
+    refund, state::Sandbox,
     token, user_data, wx,
 };
 
@@ -46,6 +47,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route("/phone-code", web::post().to(openapi::phone_code))
             .route("/subscribe", web::post().to(openapi::subscribe))
             .route("/messages", web::get().to(openapi::messages))
+            .route("/refunds", web::get().to(refund::list))
+            .route("/refunds/{out_refund_no}", web::get().to(refund::get))
+            .route("/refund-notifies", web::get().to(refund::notifies))
             .service(
                 web::resource("/faults")
                     .route(web::get().to(faults::get))
@@ -82,13 +86,66 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
             .service(pay_path("/unifiedorder", pay::unifiedorder))
             .service(pay_path("/orderquery", pay::orderquery))
-            .service(pay_path("/closeorder", pay::closeorder)),
+            .service(pay_path("/closeorder", pay::closeorder))
+            .service(pay_path("/refundquery", refund::refundquery)),
+    )
+    // Served here too, so a client without its certificate gets WeChat's answer for that.
+    .service(
+        web::scope("/secapi/pay")
+            .wrap(from_fn(faults::wechat_paths))
+            .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
+            .service(pay_path("/refund", no_certificate)),
     );
+}
+
+/// The mutual-TLS port: only `/secapi/pay/refund` (and `/healthz`).
+fn secapi_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+    )
+    .service(
+        web::scope("/secapi/pay")
+            .wrap(from_fn(faults::wechat_paths))
+            .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
+            .service(pay_path("/refund", refund::refund)),
+    );
+}
+
+/// `/secapi/pay/refund` on the plain port: WeChat refuses a refund without the merchant
+/// certificate ("证书错误" family); the real one lives on the TLS port.
+async fn no_certificate() -> HttpResponse {
+    pay::xml_response(wx::to_xml(&pay::pairs([
+        ("return_code", "FAIL"),
+        ("return_msg", "证书错误: 请使用商户API证书通过双向TLS调用"),
+    ])))
 }
 
 /// Serves the sandbox on `listener` until `shutdown` triggers. Runs on any tokio runtime
 /// (actix-web starts its own worker threads); notify deliveries run on the caller's runtime.
+/// The secapi (mutual TLS) port is bound at `SANDBOX_SECAPI_LISTEN_ADDR` with a fresh dev PKI,
+/// written to `SANDBOX_CERT_DIR` when set.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> io::Result<()> {
+    config
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let secapi = TcpListener::bind(config.secapi_listen_addr)?;
+    let pki = DevPki::generate(&config.mch_id, &config.secapi_hosts)?;
+    if let Some(dir) = &config.cert_dir {
+        pki.write_to(dir)?;
+        tracing::info!(dir = %dir.display(), "sandbox dev CA and merchant certificate written");
+    }
+    serve_with(config, listener, secapi, pki, shutdown).await
+}
+
+/// [`serve`] on listeners and a PKI chosen by the caller (tests, `wxmp up`).
+pub async fn serve_with(
+    config: Config,
+    listener: TcpListener,
+    secapi: TcpListener,
+    pki: DevPki,
+    shutdown: Shutdown,
+) -> io::Result<()> {
     config
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -107,6 +164,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         "WeChat sandbox listening"
     );
     let stop = shutdown.clone();
+    secapi.set_nonblocking(true)?;
+    let secapi_addr = secapi.local_addr()?;
+    let tls = pki.server_config()?;
+    let data = sandbox.clone();
     let calls = web::Data::new(calls::Calls::default());
     // Built in its own statement: the builder is not Send and must not live across the await.
     let server = HttpServer::new(move || {
@@ -121,7 +182,16 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     .shutdown_signal(async move { stop.wait().await })
     .listen(listener)?
     .run();
-    server.await?;
+    let stop = shutdown.clone();
+    let secapi_server =
+        HttpServer::new(move || App::new().app_data(data.clone()).configure(secapi_routes))
+            .workers(1)
+            .shutdown_timeout(5)
+            .shutdown_signal(async move { stop.wait().await })
+            .listen_rustls_0_23(secapi, tls)?
+            .run();
+    tracing::info!(addr = %secapi_addr, "WeChat sandbox secapi (mutual TLS) listening");
+    futures::future::try_join(server, secapi_server).await?;
     tracing::info!(%addr, "WeChat sandbox stopped");
     Ok(())
 }
@@ -133,6 +203,10 @@ pub struct SandboxHandle {
     /// `http://127.0.0.1:PORT`, to use as both the WeChat API and pay base URL.
     pub base_url: String,
     pub addr: std::net::SocketAddr,
+    /// `https://127.0.0.1:PORT`, the mutual-TLS base URL of `/secapi/pay/refund`.
+    pub secapi_url: String,
+    /// The dev CA and the merchant certificate the secapi port accepts.
+    pub pki: DevPki,
     shutdown: Shutdown,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -166,11 +240,22 @@ pub async fn spawn(config: Config) -> io::Result<SandboxHandle> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     let addr = listener.local_addr()?;
+    let secapi = TcpListener::bind(("127.0.0.1", 0))?;
+    let secapi_addr = secapi.local_addr()?;
+    let pki = DevPki::generate(&config.mch_id, &[])?;
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(serve(config, listener, shutdown.clone()));
+    let task = tokio::spawn(serve_with(
+        config,
+        listener,
+        secapi,
+        pki.clone(),
+        shutdown.clone(),
+    ));
     Ok(SandboxHandle {
         base_url: format!("http://{addr}"),
         addr,
+        secapi_url: format!("https://{secapi_addr}"),
+        pki,
         shutdown,
         task: Some(task),
     })

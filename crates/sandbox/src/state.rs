@@ -38,6 +38,8 @@ pub struct Settings {
     pub notify_time_scale: f64,
     pub notify_timeout: Duration,
     pub tokens: TokenRules,
+    /// How long an accepted refund takes to settle.
+    pub refund_delay: Duration,
 }
 
 /// Shared by every worker (actix `Data`) and every notify task.
@@ -84,6 +86,7 @@ impl Sandbox {
                     grace: Duration::from_millis(config.token_grace_ms),
                     daily_quota: config.token_daily_quota as usize,
                 },
+                refund_delay: Duration::from_millis(config.refund_delay_ms),
             },
             state: Mutex::new(State::default()),
             faults: Mutex::new(config.faults.clone()),
@@ -143,6 +146,7 @@ pub struct State {
     pub openapi: OpenApi,
     /// (appid, openid) → when its session_key was last rotated (the console shows the age).
     pub session_key_issued: HashMap<(String, String), Instant>,
+    pub refunds: crate::refund::Refunds,
 }
 
 impl State {

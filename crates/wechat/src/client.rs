@@ -23,6 +23,36 @@ pub struct ClientBuildError(String);
 pub struct WechatClient {
     http: reqwest::Client,
     config: WechatConfig,
+    /// The mutual-TLS client for `secapi` calls and its base URL, once a merchant
+    /// certificate is set.
+    secapi: Option<(reqwest::Client, String)>,
+}
+
+/// The merchant's API certificate for the `secapi` calls (refunds), and where to send them.
+///
+/// `Debug` shows neither the key nor the certificate.
+#[derive(Clone, Default)]
+pub struct MerchantCert {
+    /// `apiclient_cert.pem`.
+    pub cert_pem: Vec<u8>,
+    /// `apiclient_key.pem` (PKCS#8 or PKCS#1).
+    pub key_pem: Vec<u8>,
+    /// Base URL of the secapi calls; `None` means [`WechatConfig::pay_base`].
+    pub secapi_base: Option<String>,
+    /// PEM roots to trust *instead of* the system's for the secapi server (the sandbox's dev
+    /// CA); `None` trusts the usual roots, as for WeChat itself.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for MerchantCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MerchantCert")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("secapi_base", &self.secapi_base)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .finish()
+    }
 }
 
 impl WechatClient {
@@ -35,7 +65,55 @@ impl WechatClient {
             .build()
             // reqwest's build errors carry no URL and no secret.
             .map_err(|e| ClientBuildError(e.to_string()))?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http,
+            config,
+            secapi: None,
+        })
+    }
+
+    /// The same client, plus a mutual-TLS client presenting `cert` for the `secapi` calls
+    /// ([`WechatClient::refund`]). Fails when the PEMs do not hold a certificate and its key.
+    pub fn with_merchant_cert(mut self, cert: &MerchantCert) -> Result<Self, ClientBuildError> {
+        let mut pem = cert.cert_pem.clone();
+        pem.push(b'\n');
+        pem.extend_from_slice(&cert.key_pem);
+        // reqwest's errors name no file content and no key.
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| ClientBuildError(format!("merchant certificate: {e}")))?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.request_timeout)
+            .user_agent(concat!("wxmp-wechat/", env!("CARGO_PKG_VERSION")))
+            .identity(identity);
+        if let Some(ca) = &cert.ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(ca)
+                .map_err(|e| ClientBuildError(format!("CA certificate: {e}")))?;
+            if roots.is_empty() {
+                return Err(ClientBuildError(
+                    "CA certificate: no certificate in the PEM".into(),
+                ));
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientBuildError(e.to_string()))?;
+        let base = cert
+            .secapi_base
+            .clone()
+            .unwrap_or_else(|| self.config.pay_base.clone());
+        self.secapi = Some((http, base));
+        Ok(self)
+    }
+
+    /// True when a merchant certificate is set (refunds can be sent).
+    pub fn has_merchant_cert(&self) -> bool {
+        self.secapi.is_some()
+    }
+
+    pub(crate) fn secapi(&self) -> Option<(&reqwest::Client, &str)> {
+        self.secapi.as_ref().map(|(c, b)| (c, b.as_str()))
     }
 
     /// The configuration this client was built with.

@@ -5,7 +5,8 @@
 //!   by code, subscribe messages),
 //! * [`crypto`]: the mini program's encrypted user data (AES-128-CBC, watermark, `rawData` signature),
 //! * [`pay`]: WeChat Pay v2 (signatures, the flat XML codec, `unifiedorder`, `orderquery`,
-//!   `closeorder`, payment notifications and `wx.requestPayment` parameters).
+//!   `closeorder`, payment notifications, `wx.requestPayment` parameters, and refunds: the
+//!   mutual-TLS `secapi/pay/refund`, `refundquery` and the encrypted refund notify).
 //!
 //! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
 //! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.
@@ -33,7 +34,7 @@ pub mod openapi;
 pub mod pay;
 
 pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
-pub use client::{ClientBuildError, WechatClient};
+pub use client::{ClientBuildError, MerchantCert, WechatClient};
 pub use config::WechatConfig;
 pub use crypto::DecryptError;
 pub use openapi::{PhoneInfo, SubscribeMessage};

@@ -4,12 +4,14 @@
 //! * [`xml`]: the flat `<xml><field>…</field></xml>` codec,
 //! * [`api`]: `unifiedorder`, `orderquery`, `closeorder` on [`WechatClient`](crate::WechatClient),
 //! * [`notify`]: verifying payment notifications and answering them,
+//! * [`refund`]: refunds (mutual TLS), refund queries and the AES-256-ECB refund notify,
 //! * [`jsapi`]: the parameters of `wx.requestPayment`,
 //! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps.
 
 pub mod api;
 pub mod jsapi;
 pub mod notify;
+pub mod refund;
 pub mod sign;
 pub mod time;
 pub mod xml;
@@ -19,5 +21,9 @@ pub use api::{
 };
 pub use jsapi::{RequestPaymentParams, nonce_str, request_payment_params};
 pub use notify::{NotifyError, PayNotify, notify_reply_fail, notify_reply_success, verify_notify};
+pub use refund::{
+    RefundNotify, RefundNotifyError, RefundQueryBy, RefundQueryItem, RefundQueryResponse,
+    RefundRequest, RefundResponse, RefundStatus, decrypt_refund_notify,
+};
 pub use sign::{SignType, UnsupportedSignType, sign, verify};
 pub use xml::{Fields, MAX_XML_BYTES, XmlError};

@@ -1,7 +1,9 @@
 //! `wxmp demo`: plays a mini program against a running gateway and sandbox, step by step,
 //! exactly as a phone would: wx.login → /login/ → getUserProfile → /userinfo/ → /pay/ →
 //! getPhoneNumber (a code) → /phone/ → wx.requestSubscribeMessage → /pay/ → wx.requestPayment
-//! (the sandbox pays) → poll the order until PAID → the "order paid" message in the sandbox.
+//! (the sandbox pays) → poll the order until PAID → the "order paid" message in the sandbox;
+//! then, when pay-service's gRPC address is given, the order's PAID event from the event
+//! stream, and the shop refunds part of it while the demo waits for WeChat to settle it.
 
 use std::time::{Duration, Instant};
 
@@ -14,13 +16,13 @@ pub struct DemoTarget {
     pub sandbox: String,
     /// Product to buy; the first of the catalog when `None`.
     pub product_id: Option<String>,
-    /// How long to wait for the order to become PAID.
+    /// How long to wait for the order to become PAID (and the refund to settle).
     pub pay_timeout: Duration,
-    /// pay-service's gRPC address: when set, the demo also receives the order's PAID event
-    /// from `WatchOrderEvents`, as a shop service would.
-    pub pay_grpc: Option<String>,
     /// The subscribe message template the user accepts (PAY_PAID_TEMPLATE_ID of the stack).
     pub paid_template_id: String,
+    /// pay-service's gRPC address for the PAID event and the closing partial refund; `None`
+    /// skips both.
+    pub pay: Option<crate::operator::PayTarget>,
 }
 
 /// What the demo did, for callers that check it (the end-to-end tests).
@@ -36,6 +38,8 @@ pub struct DemoReport {
     pub phone_number: String,
     /// The "order paid" message the sandbox recorded, if it arrived.
     pub paid_message: Option<Value>,
+    /// The closing partial refund: out_refund_no, its final state, the order's refunded_fen.
+    pub refund: Option<(String, String, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum DemoError {
     },
     #[error("{step}: unexpected answer {body}")]
     Unexpected { step: &'static str, body: String },
+    #[error("refund: {0}")]
+    Refund(#[from] crate::operator::OperatorError),
     #[error("the order {order_no} was still {state} after {waited:?}")]
     NotPaid {
         order_no: String,
@@ -264,12 +270,10 @@ pub async fn run(
                         .to_owned(),
                 ),
             }
-            if let Some(pay_grpc) = &target.pay_grpc {
-                let token = std::env::var("WXMP_INTERNAL_TOKEN")
-                    .ok()
-                    .map(service_kit::Secret::new);
+            if let Some(pay) = &target.pay {
+                let token = pay.internal_token.clone().map(service_kit::Secret::new);
                 let event = crate::events::paid_event(
-                    pay_grpc,
+                    &pay.url,
                     token.as_ref(),
                     &order_no,
                     target.pay_timeout,
@@ -284,7 +288,7 @@ pub async fn run(
                     event.id
                 ));
             }
-            return Ok(DemoReport {
+            let mut report = DemoReport {
                 openid,
                 token,
                 nickname,
@@ -293,7 +297,12 @@ pub async fn run(
                 final_state: state,
                 phone_number,
                 paid_message,
-            });
+                refund: None,
+            };
+            if let Some(pay) = &target.pay {
+                partial_refund(pay, target.pay_timeout, &mut report, &mut say).await?;
+            }
+            return Ok(report);
         }
         if started.elapsed() > target.pay_timeout {
             return Err(DemoError::NotPaid {
@@ -339,6 +348,48 @@ async fn wait_for_message(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(None)
+}
+
+/// The shop gives a third of the money back (pay-service's Refund) and waits until WeChat (the
+/// sandbox) settles it and its encrypted notify reaches the gateway.
+async fn partial_refund(
+    pay: &crate::operator::PayTarget,
+    timeout: Duration,
+    report: &mut DemoReport,
+    say: &mut impl FnMut(String),
+) -> Result<(), DemoError> {
+    use crate::operator::{Pay, describe_order, describe_refund, order_state, refund_state};
+    let mut client = Pay::connect(pay).await?;
+    let amount = (report.amount_fen / 3).max(1);
+    let answer = client
+        .refund(&report.order_no, amount, "wxmp demo: partial refund", "")
+        .await?;
+    let mut refund = answer.refund.unwrap_or_default();
+    say(format!("10. Refund (gRPC): {}", describe_refund(&refund)));
+    let started = Instant::now();
+    while matches!(refund_state(&refund), "PENDING" | "PROCESSING") {
+        if started.elapsed() > timeout {
+            return Err(DemoError::Unexpected {
+                step: "GetRefund",
+                body: describe_refund(&refund),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        refund = client.get_refund(&refund.out_refund_no).await?;
+    }
+    let (order, _) = client.order(&report.order_no).await?;
+    say(format!(
+        "11. WeChat settled it: {}",
+        describe_refund(&refund)
+    ));
+    say(format!("   {}", describe_order(&order)));
+    report.final_state = order_state(&order).to_owned();
+    report.refund = Some((
+        refund.out_refund_no.clone(),
+        refund_state(&refund).to_owned(),
+        order.refunded_fen,
+    ));
+    Ok(())
 }
 
 async fn post(

@@ -7,13 +7,13 @@ use service_kit::{Secret, grpc::AttachToken};
 use tonic::{codegen::InterceptedService, transport::Channel};
 use wxmp_proto::pay::v1::{self as pb, OrderEventKind, pay_service_client::PayServiceClient};
 
-/// Default address of pay-service's gRPC API.
+/// Default address of pay-service's gRPC API (`wxmp up`).
 pub const DEFAULT_PAY_URL: &str = "http://127.0.0.1:50053";
 
 #[derive(clap::Args, Debug)]
 pub struct EventsArgs {
     /// pay-service's gRPC address.
-    #[arg(long, env = "WXMP_PAY_GRPC_URL", default_value = DEFAULT_PAY_URL)]
+    #[arg(long, env = "WXMP_PAY_URL", default_value = DEFAULT_PAY_URL)]
     pub pay_url: String,
     /// The internal token, when the services require one.
     #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]

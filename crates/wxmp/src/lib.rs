@@ -3,7 +3,9 @@
 //! - [`stack`]: every service (and the WeChat sandbox) in one process.
 //! - [`demo`]: a scripted mini program that logs in, sends its profile and pays.
 //! - [`events`]: `wxmp events`, pay-service's order event stream and dead letters.
+//! - [`operator`]: `wxmp refund` / `wxmp order` against a running pay-service.
 
 pub mod demo;
 pub mod events;
+pub mod operator;
 pub mod stack;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use service_kit::telemetry::{self, TelemetryConfig};
 use wxmp::{
     demo::{self, DemoTarget},
+    operator::{self, Pay, PayTarget},
     stack::{
         DEMO_PAID_TEMPLATE_DATA, DEMO_PAID_TEMPLATE_ID, DEMO_PRODUCTS, Stack, StackOptions,
         WechatTarget,
@@ -44,18 +45,98 @@ enum Command {
         /// Product to buy (default: the first of the catalog).
         #[arg(long)]
         product: Option<String>,
-        /// pay-service's gRPC address: the demo ends by receiving its order's PAID event
-        /// from the event stream there ("" skips that step).
-        #[arg(long, env = "WXMP_PAY_GRPC_URL", default_value = wxmp::events::DEFAULT_PAY_URL)]
-        pay_grpc: String,
         /// The subscribe message template the user accepts before paying.
         #[arg(long, env = "PAY_PAID_TEMPLATE_ID", default_value = DEMO_PAID_TEMPLATE_ID)]
         paid_template: String,
+        /// pay-service's gRPC address: the demo ends by receiving its order's PAID event from
+        /// the event stream there and refunding part of it ("" skips both).
+        #[arg(long, env = "WXMP_PAY_URL", default_value = DEFAULT_PAY_URL)]
+        pay_url: String,
+        #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
+        internal_token: Option<String>,
+    },
+    /// Refund (part of) a paid order through a running pay-service.
+    Refund {
+        order_no: String,
+        /// Fen to give back.
+        #[arg(long)]
+        amount_fen: i64,
+        /// Shown to the payer (at most 80 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Idempotency key: repeat the command with the same key to retry safely.
+        #[arg(long, default_value = "")]
+        out_refund_no: String,
+        #[command(flatten)]
+        pay: PayArgs,
+    },
+    /// Show an order and its refunds from a running pay-service.
+    Order {
+        order_no: String,
+        #[command(flatten)]
+        pay: PayArgs,
     },
     /// Follow pay-service's order events, or list dead-lettered webhooks (--failed).
     Events(wxmp::events::EventsArgs),
     /// Run user-service's and pay-service's migrations, then exit.
     Migrate,
+}
+
+/// pay-service's default gRPC address (`wxmp up`).
+const DEFAULT_PAY_URL: &str = wxmp::events::DEFAULT_PAY_URL;
+
+#[derive(clap::Args, Debug)]
+struct PayArgs {
+    /// pay-service's gRPC address.
+    #[arg(long, env = "WXMP_PAY_URL", default_value = DEFAULT_PAY_URL)]
+    pay_url: String,
+    /// The internal token pay-service wants, if any.
+    #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
+    internal_token: Option<String>,
+}
+
+impl PayArgs {
+    fn target(self) -> PayTarget {
+        PayTarget {
+            url: self.pay_url,
+            internal_token: self.internal_token.filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+async fn refund(
+    order_no: String,
+    amount_fen: i64,
+    reason: String,
+    out_refund_no: String,
+    pay: PayArgs,
+) -> Result<(), String> {
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = client
+        .refund(&order_no, amount_fen, &reason, &out_refund_no)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(refund) = &answer.refund {
+        println!("{}", operator::describe_refund(refund));
+    }
+    if let Some(order) = &answer.order {
+        println!("{}", operator::describe_order(order));
+    }
+    Ok(())
+}
+
+async fn order(order_no: String, pay: PayArgs) -> Result<(), String> {
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (order, refunds) = client.order(&order_no).await.map_err(|e| e.to_string())?;
+    println!("{}", operator::describe_order(&order));
+    for refund in &refunds {
+        println!("  {}", operator::describe_refund(refund));
+    }
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -223,12 +304,21 @@ async fn main() -> ExitCode {
         Command::Up(args) => up(args).await,
         Command::Migrate => migrate().await,
         Command::Events(args) => wxmp::events::run(args).await,
+        Command::Refund {
+            order_no,
+            amount_fen,
+            reason,
+            out_refund_no,
+            pay,
+        } => refund(order_no, amount_fen, reason, out_refund_no, pay).await,
+        Command::Order { order_no, pay } => order(order_no, pay).await,
         Command::Demo {
             gateway,
             sandbox,
             product,
-            pay_grpc,
             paid_template,
+            pay_url,
+            internal_token,
         } => {
             let target = DemoTarget {
                 gateway,
@@ -236,15 +326,22 @@ async fn main() -> ExitCode {
                 product_id: product,
                 paid_template_id: paid_template,
                 pay_timeout: Duration::from_secs(60),
-                pay_grpc: Some(pay_grpc).filter(|url| !url.is_empty()),
+                pay: (!pay_url.is_empty()).then(|| PayTarget {
+                    url: pay_url,
+                    internal_token: internal_token.filter(|t| !t.is_empty()),
+                }),
             };
             demo::run(&target, |line| println!("{line}"))
                 .await
-                .map(|report| {
-                    println!(
+                .map(|report| match &report.refund {
+                    Some((out_refund_no, state, refunded_fen)) => println!(
+                        "demo done: order {} is {} with {refunded_fen} fen refunded (refund {out_refund_no} {state})",
+                        report.order_no, report.final_state
+                    ),
+                    None => println!(
                         "demo done: order {} is {}",
                         report.order_no, report.final_state
-                    )
+                    ),
                 })
                 .map_err(|e| e.to_string())
         }

@@ -63,8 +63,11 @@ impl StackOptions {
     /// Everything on 127.0.0.1 free ports, the sandbox in-process, the given databases.
     pub fn ephemeral(user_database_url: String, pay_database_url: String) -> Self {
         let mut sandbox = sandbox::Config::dev();
-        // Notify retries in milliseconds instead of minutes.
+        // Notify retries in milliseconds instead of minutes; refunds settle at once; the
+        // secapi port on a free one.
         sandbox.notify_time_scale = 0.001;
+        sandbox.refund_delay_ms = 50;
+        sandbox.secapi_listen_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         Self {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             gateway_port: 0,
@@ -117,6 +120,18 @@ pub struct Stack {
     /// Per gRPC service ("auth-service", "user-service", "pay-service"): what it should be
     /// doing, and whether it is listening.
     controls: HashMap<&'static str, (watch::Sender<Wanted>, watch::Receiver<bool>)>,
+    /// The sandbox's certificates when the stack wrote them to a directory of its own.
+    _cert_dir: Option<CertDir>,
+}
+
+/// A directory the stack made for the sandbox's dev certificates; removed with the stack.
+#[derive(Debug)]
+struct CertDir(std::path::PathBuf);
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How [`Stack::stop_service`] stops a service.
@@ -260,6 +275,7 @@ impl Stack {
         let mut auth_args = Vec::new();
         let mut pay_args = Vec::new();
         let mut sandbox_url = None;
+        let mut cert_dir = None;
         let (api_base, pay_base) = match &options.wechat {
             WechatTarget::Sandbox(config) => {
                 let listener = bind_std(options.host, options.sandbox_port)?;
@@ -274,10 +290,61 @@ impl Stack {
                 arg(&mut auth_args, "--apps", apps);
                 arg(&mut pay_args, "--mch-id", config.mch_id.clone());
                 arg(&mut pay_args, "--pay-key", config.pay_key.expose());
+                // Refunds work offline: the sandbox's dev CA and merchant certificate, in
+                // files as pay-service reads them (SANDBOX_CERT_DIR, else a directory of ours).
+                let secapi = bind_std(options.host, config.secapi_listen_addr.port())?;
+                let secapi_port = secapi.local_addr().map(|a| a.port()).unwrap_or_default();
+                let pki = sandbox::DevPki::generate(&config.mch_id, &[options.host.to_string()])
+                    .map_err(|e| StackError::Service {
+                        service: "sandbox",
+                        message: e.to_string(),
+                    })?;
+                let dir = match &config.cert_dir {
+                    Some(dir) => dir.clone(),
+                    None => {
+                        let dir = std::env::temp_dir().join(format!(
+                            "wxmp-sandbox-certs-{}-{secapi_port}",
+                            std::process::id()
+                        ));
+                        cert_dir = Some(CertDir(dir.clone()));
+                        dir
+                    }
+                };
+                pki.write_to(&dir).map_err(|e| StackError::Service {
+                    service: "sandbox",
+                    message: format!("writing {}: {e}", dir.display()),
+                })?;
+                let cert = |file: &str| dir.join(file).display().to_string();
+                arg(
+                    &mut pay_args,
+                    "--cert-path",
+                    cert(sandbox::devca::CLIENT_CERT_FILE),
+                );
+                arg(
+                    &mut pay_args,
+                    "--cert-key-path",
+                    cert(sandbox::devca::CLIENT_KEY_FILE),
+                );
+                arg(&mut pay_args, "--ca-path", cert(sandbox::devca::CA_FILE));
+                let secapi_host = if options.host.is_unspecified() {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    options.host
+                };
+                arg(
+                    &mut pay_args,
+                    "--secapi-base",
+                    format!("https://{}", SocketAddr::new(secapi_host, secapi_port)),
+                );
+                arg(
+                    &mut pay_args,
+                    "--refund-notify-url",
+                    format!("{gateway_url}/pay/refund-notify"),
+                );
                 let config = (**config).clone();
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
-                    sandbox::serve(config, listener, stop)
+                    sandbox::serve_with(config, listener, secapi, pki, stop)
                         .await
                         .map_err(|e| StackError::Service {
                             service: "sandbox",
@@ -389,6 +456,7 @@ impl Stack {
             shutdown,
             tasks,
             controls,
+            _cert_dir: cert_dir,
         };
         stack
             .wait_for(if options.wait_ready {

@@ -13,6 +13,7 @@ use crate::{
 pub mod health;
 pub mod notify;
 pub mod pay;
+pub mod refund_notify;
 pub mod session;
 pub mod user;
 
@@ -25,6 +26,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource(["/userinfo/", "/userinfo"]).route(web::post().to(user::userinfo)))
         .service(web::resource(["/phone/", "/phone"]).route(web::post().to(user::phone)))
         .service(web::resource("/pay/notify").route(web::post().to(notify::pay_notify)))
+        .service(
+            web::resource("/pay/refund-notify").route(web::post().to(refund_notify::refund_notify)),
+        )
         .service(web::resource(["/pay/", "/pay"]).route(web::post().to(pay::pay)))
         .service(web::resource("/orders/{order_no}").route(web::get().to(pay::order)))
         .service(web::resource(["/products", "/products/"]).route(web::get().to(pay::products)))

@@ -19,9 +19,11 @@ use wxmp_proto::{
     },
     pay::v1::{
         CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
-        GetOrderRequest, GetOrderResponse, HandlePayNotifyRequest, HandlePayNotifyResponse,
-        JsapiParams, ListProductsRequest, ListProductsResponse, Order, OrderState,
-        PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
+        GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
+        HandlePayNotifyRequest, HandlePayNotifyResponse, HandleRefundNotifyRequest,
+        HandleRefundNotifyResponse, JsapiParams, ListProductsRequest, ListProductsResponse,
+        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -255,8 +257,13 @@ fn order(no: &str, user_id: i64, state: OrderState) -> Order {
         created_at: 10,
         paid_at: 0,
         expires_at: 1810,
+        refunded_fen: 0,
+        refunding_fen: 0,
     }
 }
+
+/// What the fake pay-service answers to a refund notify.
+pub const REFUND_NOTIFY_REPLY: &str = "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
 
 #[tonic::async_trait]
 impl PayService for FakePay {
@@ -404,6 +411,36 @@ impl PayService for FakePay {
         _: Request<wxmp_proto::pay::v1::ListWebhookDeliveriesRequest>,
     ) -> Result<Response<wxmp_proto::pay::v1::ListWebhookDeliveriesResponse>, Status> {
         Err(Status::unimplemented("not for the gateway"))
+    }
+    async fn refund(&self, _: Request<RefundRequest>) -> Result<Response<RefundResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn get_refund(
+        &self,
+        _: Request<GetRefundRequest>,
+    ) -> Result<Response<GetRefundResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn list_refunds(
+        &self,
+        _: Request<ListRefundsRequest>,
+    ) -> Result<Response<ListRefundsResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn handle_refund_notify(
+        &self,
+        req: Request<HandleRefundNotifyRequest>,
+    ) -> Result<Response<HandleRefundNotifyResponse>, Status> {
+        let body = String::from_utf8_lossy(&req.get_ref().raw_body).into_owned();
+        self.0.record("handle_refund_notify", &req, body);
+        Ok(Response::new(HandleRefundNotifyResponse {
+            reply_xml: REFUND_NOTIFY_REPLY.into(),
+            accepted: true,
+            verdict: "applied".into(),
+        }))
     }
 }
 

@@ -68,6 +68,8 @@ macro_rules! on_both_backends {
 #[derive(Clone)]
 pub struct Receiver {
     pub url: String,
+    /// The same server's refund notify path (`/pay/refund-notify`).
+    pub refund_url: String,
     pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     pub forward: Arc<AtomicBool>,
 }
@@ -78,6 +80,7 @@ impl Receiver {
         let addr: SocketAddr = listener.local_addr().unwrap();
         let receiver = Self {
             url: format!("http://{addr}/pay/notify"),
+            refund_url: format!("http://{addr}/pay/refund-notify"),
             bodies: Arc::default(),
             forward: Arc::new(AtomicBool::new(true)),
         };
@@ -125,7 +128,17 @@ impl Receiver {
         }
         let body = buf[header_end..].to_vec();
         self.bodies.lock().unwrap().push(body.clone());
-        let (status, reply) = if self.forward.load(Ordering::SeqCst) {
+        let refund = head.starts_with("post /pay/refund-notify");
+        let (status, reply) = if self.forward.load(Ordering::SeqCst) && refund {
+            let reply = PayService::handle_refund_notify(
+                &payments,
+                Request::new(pb::HandleRefundNotifyRequest { raw_body: body }),
+            )
+            .await
+            .map(|r| r.into_inner().reply_xml)
+            .unwrap_or_default();
+            ("200 OK", reply)
+        } else if self.forward.load(Ordering::SeqCst) {
             let reply = PayService::handle_pay_notify(
                 &payments,
                 Request::new(pb::HandlePayNotifyRequest { raw_body: body }),
@@ -158,6 +171,19 @@ pub struct Env {
     pub clock: Clock,
     pub http: reqwest::Client,
     _dir: Option<tempfile::TempDir>,
+    _certs: tempfile::TempDir,
+}
+
+/// Refund settings pointing at the sandbox's secapi port, with its dev certificate files in
+/// `dir` (see `sandbox::DevPki::write_to`).
+pub fn refund_config(dir: &std::path::Path, sandbox: &SandboxHandle) -> pay_service::RefundConfig {
+    pay_service::RefundConfig {
+        cert_path: Some(dir.join(sandbox::devca::CLIENT_CERT_FILE)),
+        cert_key_path: Some(dir.join(sandbox::devca::CLIENT_KEY_FILE)),
+        refund_notify_url: Some("http://127.0.0.1:9/pay/refund-notify".into()),
+        secapi_base: Some(sandbox.secapi_url.clone()),
+        ca_path: Some(dir.join(sandbox::devca::CA_FILE)),
+    }
 }
 
 pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
@@ -189,6 +215,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
             ..Default::default()
         },
         drain: DrainConfig::none(),
+        refunds: pay_service::RefundConfig::default(),
     }
 }
 
@@ -208,10 +235,33 @@ impl Env {
     }
 
     pub async fn with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_sandbox(backend, sandbox::Config::dev(), false, tweak).await
+    }
+
+    /// A core with refunds on: the sandbox's dev merchant certificate in files, its secapi
+    /// port, refunds settling after 50 ms and notify retries in milliseconds.
+    pub async fn refunding(backend: Backend) -> Self {
+        let mut sandbox = sandbox::Config::dev();
+        sandbox.refund_delay_ms = 50;
+        sandbox.notify_time_scale = 0.001;
+        Self::with_sandbox(backend, sandbox, true, |_| {}).await
+    }
+
+    pub async fn with_sandbox(
+        backend: Backend,
+        sandbox_config: sandbox::Config,
+        refunds: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         service_kit::telemetry::init_tracing(LogFormat::Pretty);
-        let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+        let sandbox = sandbox::spawn(sandbox_config).await.unwrap();
         let (url, dir) = database_url(backend).await;
         let mut config = config(url, &sandbox);
+        let certs = tempfile::tempdir().unwrap();
+        if refunds {
+            sandbox.pki.write_to(certs.path()).unwrap();
+            config.refunds = refund_config(certs.path(), &sandbox);
+        }
         tweak(&mut config);
         let clock = Clock::system();
         // The receiver hands notifies to a core that only needs the database; the core under
@@ -219,6 +269,9 @@ impl Env {
         let notified = pay_service::connect(&config, clock.clone()).await.unwrap();
         let receiver = Receiver::start(notified.clone()).await;
         config.notify_url = receiver.url.clone();
+        if config.refunds.enabled() {
+            config.refunds.refund_notify_url = Some(receiver.refund_url.clone());
+        }
         let pay = Payments::new(&config, notified.database().clone(), clock.clone()).unwrap();
         Self {
             pay,
@@ -228,6 +281,7 @@ impl Env {
             clock,
             http: reqwest::Client::new(),
             _dir: dir,
+            _certs: certs,
         }
     }
 

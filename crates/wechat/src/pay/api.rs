@@ -191,6 +191,9 @@ pub enum PayError {
     /// A required field is missing or malformed, or an unexpected HTTP status.
     #[error("bad WeChat Pay response: {0}")]
     BadResponse(String),
+    /// A `secapi` call (refund) without a merchant certificate: nothing was sent.
+    #[error("no merchant API certificate configured for WeChat Pay secapi calls")]
+    NoCertificate,
 }
 
 impl PayError {
@@ -206,7 +209,12 @@ impl PayError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PayError::Transport(_) => true,
-            PayError::Business { err_code, .. } => err_code == "SYSTEMERROR",
+            // Documented retry-with-the-same-request codes (refund: BIZERR_NEED_RETRY,
+            // FREQUENCY_LIMITED).
+            PayError::Business { err_code, .. } => matches!(
+                err_code.as_str(),
+                "SYSTEMERROR" | "BIZERR_NEED_RETRY" | "FREQUENCY_LIMITED"
+            ),
             _ => false,
         }
     }

@@ -108,6 +108,12 @@ fn is_xml_whitespace(s: &str) -> bool {
 ///
 /// Work is linear in the input, which is at most [`MAX_XML_BYTES`].
 pub fn parse(xml: &[u8]) -> Result<Fields, XmlError> {
+    parse_root(xml, b"xml")
+}
+
+/// [`parse`] for a flat document whose root element is `root` (the decrypted `req_info` of a
+/// refund notify is a `<root>` document).
+pub fn parse_root(xml: &[u8], root: &[u8]) -> Result<Fields, XmlError> {
     if xml.len() > MAX_XML_BYTES {
         return Err(XmlError::TooLarge);
     }
@@ -131,13 +137,13 @@ pub fn parse(xml: &[u8]) -> Result<Fields, XmlError> {
                 return Err(XmlError::NotFlat);
             }
             Event::Start(e) if !root_seen => {
-                if e.name().as_ref() != b"xml" {
+                if e.name().as_ref() != root {
                     return Err(malformed("root element must be <xml>"));
                 }
                 root_seen = true;
             }
             Event::Empty(e) if !root_seen => {
-                if e.name().as_ref() != b"xml" {
+                if e.name().as_ref() != root {
                     return Err(malformed("root element must be <xml>"));
                 }
                 root_seen = true;

@@ -1,0 +1,87 @@
+//! `POST /pay/refund-notify`: WeChat Pay's refund notify. XML in, XML out, no token and no
+//! signature: pay-service decrypts `req_info` (AES-256-ECB under md5 of the pay key) and
+//! trusts it only when it matches a refund we asked for. The gateway bounds the body and
+//! relays the reply.
+
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use futures::StreamExt;
+use service_kit::ErrorReason;
+use wxmp_proto::pay::v1::HandleRefundNotifyRequest;
+
+use crate::{envelope::Formatted, request_id::RequestId, server::AppState};
+
+/// Real refund notifies are about 1.5 KiB; anything this big is not one.
+pub const REFUND_NOTIFY_BODY_LIMIT: usize = 64 * 1024;
+
+fn xml(status: StatusCode, body: String) -> HttpResponse {
+    let mut response = HttpResponse::build(status)
+        .content_type("text/xml; charset=utf-8")
+        .body(body);
+    // WeChat reads XML: keep the JSON envelope away from these answers.
+    response.extensions_mut().insert(Formatted);
+    response
+}
+
+/// WeChat's FAIL answer; it retries the notify later.
+fn fail(status: StatusCode, msg: &str) -> HttpResponse {
+    xml(
+        status,
+        format!(
+            "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[{msg}]]></return_msg></xml>"
+        ),
+    )
+}
+
+pub async fn refund_notify(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > REFUND_NOTIFY_BODY_LIMIT as u64) {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return fail(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        if body.len() + chunk.len() > REFUND_NOTIFY_BODY_LIMIT {
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let upstreams = &state.upstreams;
+    let outcome = upstreams
+        .pay()
+        .handle_refund_notify(upstreams.request(
+            &request_id,
+            HandleRefundNotifyRequest {
+                raw_body: body.freeze().to_vec(),
+            },
+        ))
+        .await;
+    match outcome {
+        Ok(response) => {
+            let response = response.into_inner();
+            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "refund notify");
+            metrics::counter!("wxmp_refund_notify_total", "verdict" => response.verdict.clone())
+                .increment(1);
+            xml(StatusCode::OK, response.reply_xml)
+        }
+        Err(status) => {
+            let reason = service_kit::reason::reason_of(&status);
+            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "refund notify not handled");
+            let http = match reason {
+                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            fail(http, "temporarily unavailable")
+        }
+    }
+}

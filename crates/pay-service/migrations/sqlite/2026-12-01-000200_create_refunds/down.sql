@@ -1,0 +1,4 @@
+DROP TABLE refund_notifications;
+DROP TABLE refunds;
+ALTER TABLE orders DROP COLUMN refunded_fen;
+ALTER TABLE orders DROP COLUMN refunding_fen;

@@ -1,0 +1,406 @@
+//! The refund flow: Refund / GetRefund / ListRefunds, sending refunds to WeChat, the
+//! reconciler's pass over refunds in flight, and recording refunds an `orderquery` REFUND
+//! reveals. What a refund *means* is in [`crate::refunds`]; the SQL in [`crate::store::refunds`].
+//!
+//! Exactly once: the PENDING row (with the reserved amount) is committed before WeChat is
+//! called. If the answer is lost (a crash, a timeout, SYSTEMERROR), the refund stays PENDING
+//! and is sent again with the same out_refund_no (by a retried call or by the reconciler after
+//! `PAY_RECONCILE_AFTER_SECS`); WeChat dedupes on it, so the payer is refunded once.
+
+use wechat::pay::{RefundQueryBy, RefundRequest, RefundStatus};
+
+use crate::{
+    error::Error,
+    orders::{MAX_AMOUNT_FEN, Order},
+    payments::Payments,
+    refunds::{
+        self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, check_refund,
+        new_out_refund_no, settlement_of, valid_out_refund_no,
+    },
+    store::{
+        self,
+        refunds::{Change, Created, NewRefund, Transition},
+    },
+    wxpay::{is_err_code, map_error},
+};
+
+/// Refunds looked at per reconcile pass.
+const BATCH: i64 = 100;
+/// How long the reconciler's claim holds a refund: longer than a WeChat call or two.
+const LEASE_SECS: i64 = 120;
+
+/// What `Refund` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefundOrder {
+    pub order_no: String,
+    pub refund_fen: i64,
+    pub reason: String,
+    /// Empty: generated.
+    pub out_refund_no: String,
+}
+
+/// What one reconcile pass over refunds did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefundReconcileReport {
+    /// PENDING refunds sent (again) to WeChat.
+    pub resent: usize,
+    /// PROCESSING refunds asked about (refundquery).
+    pub queried: usize,
+    /// Refunds this pass moved to a final state.
+    pub settled: usize,
+    /// Refunds that failed (WeChat or database errors); retried on a later pass.
+    pub errors: usize,
+}
+
+fn refusal_error(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::NotPaid => Error::OrderState("order is not paid".into()),
+        Refusal::ExceedsPaid { left_fen } => Error::RefundExceedsPaid { left_fen },
+    }
+}
+
+impl Payments {
+    /// Refunds (part of) a paid order; see `Refund` in pay.proto. Answers the refund and the
+    /// order as they are after this call.
+    #[tracing::instrument(skip_all, fields(order_no = %req.order_no, refund_fen = req.refund_fen))]
+    pub async fn refund(&self, req: RefundOrder) -> Result<(Refund, Order), Error> {
+        if req.order_no.is_empty() {
+            return Err(Error::MissingParameter("order_no"));
+        }
+        if !crate::orders::valid_order_no(&req.order_no) {
+            return Err(Error::InvalidArgument("order_no is malformed".into()));
+        }
+        if !(1..=MAX_AMOUNT_FEN).contains(&req.refund_fen) {
+            return Err(Error::InvalidArgument(format!(
+                "refund_fen must be in 1..={MAX_AMOUNT_FEN}"
+            )));
+        }
+        if req.reason.len() > MAX_REASON_BYTES || req.reason.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "reason must be at most {MAX_REASON_BYTES} bytes without control characters"
+            )));
+        }
+        if !req.out_refund_no.is_empty() && !valid_out_refund_no(&req.out_refund_no) {
+            return Err(Error::InvalidArgument(
+                "out_refund_no must be 1..=64 characters of [0-9A-Za-z_-|*@]".into(),
+            ));
+        }
+        if !self.inner.wechat.can_refund() {
+            return Err(Error::RefundsDisabled);
+        }
+        let now = self.now();
+        let out_refund_no = if req.out_refund_no.is_empty() {
+            new_out_refund_no(now)
+        } else {
+            req.out_refund_no.clone()
+        };
+        if let Some(existing) = store::refunds::find(self.database(), &out_refund_no).await? {
+            return self.repeat(existing, &req).await;
+        }
+        let order = store::find_order(self.database(), &req.order_no)
+            .await?
+            .ok_or(Error::NotFound("order"))?;
+        check_refund(&order, req.refund_fen).map_err(refusal_error)?;
+        let new = NewRefund {
+            out_refund_no,
+            order_no: order.order_no.clone(),
+            amount_fen: req.refund_fen,
+            reason: req.reason.clone(),
+            state: RefundState::Pending.as_str().into(),
+            api: API_V2.into(),
+            created_at: now,
+            updated_at: now,
+            // The first send is this call's; the reconciler waits before sending again.
+            next_check_at: now + self.inner.settings.reconcile_after_secs,
+        };
+        match store::refunds::create(self.database(), &new).await? {
+            Created::New(refund, order) => {
+                refunds::count("requested");
+                tracing::info!(out_refund_no = %refund.out_refund_no, "refund recorded");
+                let refund = self.send_refund(refund, &order).await?;
+                Ok((refund, self.reload_order(&order.order_no).await?))
+            }
+            Created::Existing(existing) => self.repeat(existing, &req).await,
+            // Lost a race for the amount (or the order changed): say why as of now.
+            Created::Refused(order) => Err(refusal_error(
+                check_refund(&order, req.refund_fen)
+                    .err()
+                    .unwrap_or(Refusal::ExceedsPaid {
+                        left_fen: refunds::refundable_fen(&order),
+                    }),
+            )),
+            Created::NoOrder => Err(Error::NotFound("order")),
+        }
+    }
+
+    /// A repeated out_refund_no: the same request answers the first one's refund (sent again
+    /// while PENDING); other parameters are a conflict.
+    async fn repeat(&self, existing: Refund, req: &RefundOrder) -> Result<(Refund, Order), Error> {
+        if !existing.is_same_request(&req.order_no, req.refund_fen, &req.reason) {
+            return Err(Error::RefundConflict);
+        }
+        let order = self.reload_order(&existing.order_no).await?;
+        let refund = if existing.state() == Some(RefundState::Pending) {
+            self.send_refund(existing, &order).await?
+        } else {
+            existing
+        };
+        Ok((refund, self.reload_order(&order.order_no).await?))
+    }
+
+    async fn reload_order(&self, order_no: &str) -> Result<Order, Error> {
+        store::find_order(self.database(), order_no)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("order {order_no} vanished")))
+    }
+
+    /// Sends a PENDING refund to WeChat and records the answer: accepted → PROCESSING,
+    /// refused for good → FAILED (the amount is released). No answer (or SYSTEMERROR) leaves
+    /// it PENDING and is WECHAT_UNAVAILABLE: the same request is sent again later.
+    async fn send_refund(&self, refund: Refund, order: &Order) -> Result<Refund, Error> {
+        let request = RefundRequest {
+            out_trade_no: order.order_no.clone(),
+            out_refund_no: refund.out_refund_no.clone(),
+            total_fee: order.amount_fen,
+            refund_fee: refund.amount_fen,
+            refund_desc: (!refund.reason.is_empty()).then(|| refund.reason.clone()),
+            notify_url: self.inner.settings.refund_notify_url.clone(),
+        };
+        let answer = self.inner.wechat.refund(&order.app_id, &request).await;
+        let now = self.now();
+        let after = self.inner.settings.reconcile_after_secs;
+        let change = match answer {
+            Ok(accepted) => Change {
+                to: RefundState::Processing,
+                refund_id: accepted.refund_id,
+                failure: String::new(),
+                now,
+                next_check_at: now + after,
+            },
+            Err(e)
+                if e.is_retryable()
+                    || !matches!(
+                        e,
+                        wechat::PayError::Business { .. } | wechat::PayError::Return { .. }
+                    ) =>
+            {
+                // Unanswered or unverifiable: WeChat may have it. Same request again later.
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund not confirmed; stays PENDING");
+                return Err(map_error(e));
+            }
+            Err(e) => {
+                let failure = e
+                    .err_code()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("REFUSED")
+                    .to_owned();
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund refused by WeChat");
+                if is_err_code(&e, "NOTENOUGH") {
+                    tracing::error!(out_refund_no = %refund.out_refund_no, "merchant balance too low for a refund: top it up, then refund again");
+                }
+                Change {
+                    to: RefundState::Failed,
+                    refund_id: String::new(),
+                    failure,
+                    now,
+                    next_check_at: now,
+                }
+            }
+        };
+        self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
+            .await
+    }
+
+    /// [`store::refunds::transition`] with logging and metrics; answers the refund as it is.
+    async fn apply(
+        &self,
+        out_refund_no: &str,
+        from: &[RefundState],
+        change: &Change,
+    ) -> Result<Refund, Error> {
+        match store::refunds::transition(self.database(), out_refund_no, from, change).await? {
+            Transition::Applied(refund, order) => {
+                refunds::count_settled(change.to);
+                tracing::info!(
+                    out_refund_no, state = change.to.as_str(), failure = %change.failure,
+                    order_state = %order.state, refunded_fen = order.refunded_fen,
+                    "refund changed"
+                );
+                Ok(refund)
+            }
+            // Settled meanwhile (a notify or a query overtook this answer).
+            Transition::Unchanged(refund) => Ok(refund),
+            Transition::Unknown => Err(Error::Internal(format!("refund {out_refund_no} vanished"))),
+        }
+    }
+
+    /// A refund by its out_refund_no.
+    pub async fn get_refund(&self, out_refund_no: &str) -> Result<Refund, Error> {
+        if out_refund_no.is_empty() {
+            return Err(Error::MissingParameter("out_refund_no"));
+        }
+        if !valid_out_refund_no(out_refund_no) {
+            return Err(Error::InvalidArgument("out_refund_no is malformed".into()));
+        }
+        store::refunds::find(self.database(), out_refund_no)
+            .await?
+            .ok_or(Error::NotFound("refund"))
+    }
+
+    /// The refunds of an existing order, oldest first.
+    pub async fn list_refunds(&self, order_no: &str) -> Result<Vec<Refund>, Error> {
+        let order = self.get_order(order_no, 0).await?;
+        store::refunds::list_for_order(self.database(), &order.order_no).await
+    }
+
+    /// One pass over refunds in flight whose check is due: PENDING ones are sent again (same
+    /// out_refund_no), PROCESSING ones are asked about (refundquery) and settled.
+    pub async fn reconcile_refunds_once(&self) -> Result<RefundReconcileReport, Error> {
+        let mut report = RefundReconcileReport::default();
+        let now = self.now();
+        let db = self.database();
+        for refund in store::refunds::due(db, now, BATCH).await? {
+            if !store::refunds::claim(db, &refund.out_refund_no, now, now + LEASE_SECS).await? {
+                continue; // another replica has it, or it settled
+            }
+            let result = match refund.state() {
+                Some(RefundState::Pending) => {
+                    report.resent += 1;
+                    match self.reload_order(&refund.order_no).await {
+                        Ok(order) => self.send_refund(refund.clone(), &order).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => {
+                    report.queried += 1;
+                    self.query_refund(&refund).await
+                }
+            };
+            match result {
+                Ok(r) if r.state().is_some_and(RefundState::is_final) => report.settled += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "reconciling a refund failed");
+                }
+            }
+            // Still in flight: not looked at again before another reconcile_after.
+            let after = self.inner.settings.reconcile_after_secs.max(1);
+            store::refunds::check_again_at(db, &refund.out_refund_no, now + after).await?;
+        }
+        if report != RefundReconcileReport::default() {
+            tracing::info!(?report, "refund reconcile pass");
+        }
+        Ok(report)
+    }
+
+    /// Asks WeChat about a PROCESSING refund and settles it when WeChat has.
+    async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
+        let order = self.reload_order(&refund.order_no).await?;
+        let answer = self
+            .inner
+            .wechat
+            .refund_query(
+                &order.app_id,
+                &RefundQueryBy::OutRefundNo(refund.out_refund_no.clone()),
+            )
+            .await
+            .map_err(map_error)?;
+        let Some(item) = answer
+            .refunds
+            .iter()
+            .find(|r| r.out_refund_no == refund.out_refund_no)
+        else {
+            return Err(Error::Internal(
+                "refundquery did not list the refund".into(),
+            ));
+        };
+        if item.refund_fee != refund.amount_fen || answer.out_trade_no != refund.order_no {
+            return Err(Error::Internal(
+                "refundquery reports a refund that does not match ours; not applied".into(),
+            ));
+        }
+        self.settle_from(refund, item.status, &item.refund_id).await
+    }
+
+    /// Applies WeChat's `status` of an in-flight refund (no-op while PROCESSING).
+    async fn settle_from(
+        &self,
+        refund: &Refund,
+        status: RefundStatus,
+        refund_id: &str,
+    ) -> Result<Refund, Error> {
+        let now = self.now();
+        let (to, failure) = match settlement_of(status) {
+            Some(settled) => settled,
+            None if refund.state() == Some(RefundState::Pending) => (RefundState::Processing, ""),
+            None => return Ok(refund.clone()),
+        };
+        let change = Change {
+            to,
+            refund_id: refund_id.to_owned(),
+            failure: failure.to_owned(),
+            now,
+            next_check_at: now + self.inner.settings.reconcile_after_secs,
+        };
+        self.apply(
+            &refund.out_refund_no,
+            &[RefundState::Pending, RefundState::Processing],
+            &change,
+        )
+        .await
+    }
+
+    /// `orderquery` said REFUND: record the refunds WeChat lists for the order (those made
+    /// elsewhere, e.g. in the merchant platform, become rows of their own) and settle ours.
+    pub(crate) async fn sync_refunds_from_wechat(&self, order: &Order) -> Result<(), Error> {
+        let answer = match self
+            .inner
+            .wechat
+            .refund_query(
+                &order.app_id,
+                &RefundQueryBy::OutTradeNo(order.order_no.clone()),
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) if is_err_code(&e, "REFUNDNOTEXIST") => return Ok(()),
+            Err(e) => return Err(map_error(e)),
+        };
+        for item in &answer.refunds {
+            let refund = match store::refunds::find(self.database(), &item.out_refund_no).await? {
+                Some(r) => r,
+                None => {
+                    let now = self.now();
+                    let new = NewRefund {
+                        out_refund_no: item.out_refund_no.clone(),
+                        order_no: order.order_no.clone(),
+                        amount_fen: item.refund_fee,
+                        reason: "recorded from WeChat (orderquery REFUND)".into(),
+                        state: RefundState::Pending.as_str().into(),
+                        api: API_V2.into(),
+                        created_at: now,
+                        updated_at: now,
+                        next_check_at: now + self.inner.settings.reconcile_after_secs,
+                    };
+                    match store::refunds::create(self.database(), &new).await? {
+                        Created::New(r, _) | Created::Existing(r) => r,
+                        Created::Refused(_) | Created::NoOrder => {
+                            tracing::error!(
+                                order_no = %order.order_no, out_refund_no = %item.out_refund_no,
+                                "WeChat lists a refund the order cannot hold: needs manual review"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            if refund.state().is_some_and(RefundState::is_final) {
+                continue;
+            }
+            self.settle_from(&refund, item.status, &item.refund_id)
+                .await?;
+        }
+        Ok(())
+    }
+}

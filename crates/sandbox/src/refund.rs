@@ -1,0 +1,581 @@
+//! Refunds as WeChat Pay v2 does them: `POST /secapi/pay/refund` (on the mutual-TLS port
+//! only), `POST /pay/refundquery`, settlement after `SANDBOX_REFUND_DELAY_MS`, and the
+//! encrypted refund notify, retried on WeChat's schedule until answered SUCCESS.
+//!
+//! Written from WeChat's documents, not from `crates/wechat`:
+//! - apply: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_4> (certificate
+//!   required; out_refund_no is the merchant's key: the same request answers the same refund;
+//!   NOTENOUGH when the merchant's balance is too low; SYSTEMERROR: retry with the same
+//!   out_refund_no);
+//! - query: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5> (`refund_count`,
+//!   `_$n` fields, REFUNDNOTEXIST);
+//! - notify: <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_16&index=10> —
+//!   `return_code`, `appid`, `mch_id`, `nonce_str`, `req_info`, no `sign`; `req_info` =
+//!   base64(AES-256-ECB/PKCS#7(key = lower-case hex md5(API key), plaintext = `<root>` XML)),
+//!   as merchants describe it: <https://blog.youkuaiyun.com/lkforce/article/details/96880110>.
+//!   The encryption below uses the `aes`/`ecb` block primitives directly.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use aes::cipher::{BlockEncryptMut, KeyInit, block_padding::Pkcs7};
+use base64::Engine as _;
+use md5::{Digest as _, Md5};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock,
+    dev_error::DevError,
+    faults::{self, Faults},
+    ids,
+    notify::RETRY_SCHEDULE_SECS,
+    order::{NotifyState, TradeState},
+    pay::{Authed, ErrCode, PayError, business, handle, pairs},
+    state::Sandbox,
+    wx::{self, Pairs},
+};
+
+/// (mch_id, out_refund_no): out_refund_no is unique per merchant.
+pub type RefundKey = (String, String);
+
+/// `refund_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefundStatus {
+    #[serde(rename = "PROCESSING")]
+    Processing,
+    #[serde(rename = "SUCCESS")]
+    Success,
+    #[serde(rename = "CHANGE")]
+    Change,
+    #[serde(rename = "REFUNDCLOSE")]
+    RefundClose,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processing => "PROCESSING",
+            Self::Success => "SUCCESS",
+            Self::Change => "CHANGE",
+            Self::RefundClose => "REFUNDCLOSE",
+        }
+    }
+
+    /// Counts against the order's refundable amount (a failed or closed refund does not).
+    fn holds_money(self) -> bool {
+        matches!(self, Self::Processing | Self::Success)
+    }
+}
+
+/// A refund as WeChat keeps it (`GET /sandbox/refunds/{out_refund_no}`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refund {
+    pub appid: String,
+    pub mch_id: String,
+    pub out_trade_no: String,
+    pub transaction_id: String,
+    pub out_refund_no: String,
+    pub refund_id: String,
+    pub total_fee: u64,
+    pub refund_fee: u64,
+    pub refund_desc: Option<String>,
+    pub notify_url: Option<String>,
+    pub refund_status: RefundStatus,
+    /// `yyyy-MM-dd HH:mm:ss` (Beijing time) once SUCCESS.
+    pub success_time: Option<String>,
+    pub created_at_ms: i64,
+    pub notify_state: NotifyState,
+    pub notify_attempts: u32,
+    /// How many refund requests named this out_refund_no (repeats answer the same refund).
+    pub requests: u32,
+    #[serde(skip)]
+    pub faults: Faults,
+}
+
+/// One HTTP request of a refund notify (`GET /sandbox/refund-notifies`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundNotifyRecord {
+    pub mch_id: String,
+    pub out_refund_no: String,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub url: String,
+    /// The XML sent (req_info encrypted).
+    pub request: String,
+    pub status: Option<u16>,
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub accepted: bool,
+}
+
+/// The refunds of the sandbox and their notifies.
+#[derive(Default)]
+pub struct Refunds {
+    pub by_key: HashMap<RefundKey, Refund>,
+    pub notifies: Vec<RefundNotifyRecord>,
+}
+
+/// Most refund notify records kept.
+const MAX_NOTIFY_RECORDS: usize = 50_000;
+
+/// True when the order has a refund (orderquery then answers REFUND).
+pub fn has_refunds(sandbox: &Sandbox, mch_id: &str, out_trade_no: &str) -> bool {
+    sandbox
+        .state()
+        .refunds
+        .by_key
+        .values()
+        .any(|r| r.mch_id == mch_id && r.out_trade_no == out_trade_no)
+}
+
+/// The AES-256 key of `req_info`: md5 of the API key as 32 lower-case hex characters.
+fn req_info_key(pay_key: &str) -> [u8; 32] {
+    let hex = hex::encode(Md5::digest(pay_key.as_bytes()));
+    let mut key = [0u8; 32];
+    key.copy_from_slice(hex.as_bytes());
+    key
+}
+
+/// base64(AES-256-ECB/PKCS#7(md5hex(key), plain)).
+pub fn encrypt_req_info(pay_key: &str, plain: &[u8]) -> String {
+    let cipher = ecb::Encryptor::<aes::Aes256>::new(&req_info_key(pay_key).into());
+    base64::engine::general_purpose::STANDARD.encode(cipher.encrypt_padded_vec_mut::<Pkcs7>(plain))
+}
+
+/// The `<root>` document of `req_info`, every value in CDATA as WeChat writes it.
+fn root_xml(fields: &[(&str, String)]) -> String {
+    let mut xml = String::from("<root>");
+    for (name, value) in fields {
+        xml.push_str(&format!(
+            "<{name}><![CDATA[{}]]></{name}>",
+            value.replace("]]>", "]]]]><![CDATA[>")
+        ));
+    }
+    xml.push_str("</root>");
+    xml
+}
+
+fn positive_fee(a: &Authed, name: &str) -> Result<u64, PayError> {
+    let raw = a.require(name)?;
+    raw.parse::<u64>()
+        .ok()
+        .filter(|f| *f > 0 && raw.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            business(
+                ErrCode::ParamError,
+                format!("{name}参数格式错误: 必须为正整数(分)"),
+            )
+        })
+}
+
+fn answer_of(r: &Refund) -> Pairs {
+    let total = r.total_fee.to_string();
+    let fee = r.refund_fee.to_string();
+    pairs([
+        ("transaction_id", r.transaction_id.as_str()),
+        ("out_trade_no", &r.out_trade_no),
+        ("out_refund_no", &r.out_refund_no),
+        ("refund_id", &r.refund_id),
+        ("refund_channel", ""),
+        ("refund_fee", &fee),
+        ("coupon_refund_fee", "0"),
+        ("total_fee", &total),
+        ("cash_fee", &total),
+        ("cash_refund_fee", &fee),
+        ("fee_type", "CNY"),
+    ])
+}
+
+/// The refund logic of `/secapi/pay/refund`.
+fn apply(
+    sandbox: &Sandbox,
+    a: &Authed,
+    faults: &Faults,
+) -> Result<(Pairs, Option<RefundKey>), PayError> {
+    let out_refund_no = a.require("out_refund_no")?.to_owned();
+    let total_fee = positive_fee(a, "total_fee")?;
+    let refund_fee = positive_fee(a, "refund_fee")?;
+    if out_refund_no.len() > 64
+        || !out_refund_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
+    {
+        return Err(business(ErrCode::ParamError, "out_refund_no参数格式错误"));
+    }
+    if a.get("refund_desc").is_some_and(|d| d.chars().count() > 80) {
+        return Err(business(ErrCode::ParamError, "refund_desc参数长度有误"));
+    }
+    let order = crate::pay::find_order(sandbox, a)?;
+    let key = (a.merchant.mch_id.clone(), out_refund_no.clone());
+    let mut state = sandbox.state();
+    if let Some(existing) = state.refunds.by_key.get_mut(&key) {
+        // The same out_refund_no: the same refund, or a conflicting request.
+        if existing.out_trade_no != order.out_trade_no
+            || existing.refund_fee != refund_fee
+            || existing.total_fee != total_fee
+        {
+            return Err(business(
+                ErrCode::Error,
+                "订单金额或退款金额与之前请求不一致，请核实后再试",
+            ));
+        }
+        existing.requests += 1;
+        return Ok((answer_of(existing), None));
+    }
+    if order.trade_state != TradeState::Success {
+        return Err(business(ErrCode::Error, "订单未支付，不能发起退款"));
+    }
+    if total_fee != order.total_fee {
+        return Err(business(ErrCode::ParamError, "订单金额与之前请求不一致"));
+    }
+    let held: u64 = state
+        .refunds
+        .by_key
+        .values()
+        .filter(|r| r.mch_id == order.mch_id && r.out_trade_no == order.out_trade_no)
+        .filter(|r| r.refund_status.holds_money())
+        .map(|r| r.refund_fee)
+        .sum();
+    if held + refund_fee > order.total_fee {
+        return Err(business(ErrCode::Error, "退款金额大于支付金额"));
+    }
+    if faults.refund_not_enough {
+        return Err(business(
+            ErrCode::NotEnough,
+            "基本账户余额不足，请充值后重新发起",
+        ));
+    }
+    let refund = Refund {
+        appid: a.appid.clone(),
+        mch_id: order.mch_id.clone(),
+        out_trade_no: order.out_trade_no.clone(),
+        transaction_id: order.transaction_id.clone().unwrap_or_default(),
+        out_refund_no,
+        refund_id: ids::refund_id(),
+        total_fee,
+        refund_fee,
+        refund_desc: a.get("refund_desc").map(str::to_owned),
+        notify_url: a.get("notify_url").map(str::to_owned),
+        refund_status: RefundStatus::Processing,
+        success_time: None,
+        created_at_ms: clock::unix_ms(),
+        notify_state: NotifyState::None,
+        notify_attempts: 0,
+        requests: 1,
+        faults: faults.clone(),
+    };
+    let answer = answer_of(&refund);
+    state.refunds.by_key.insert(key.clone(), refund);
+    Ok((answer, Some(key)))
+}
+
+/// `POST /secapi/pay/refund` (mutual TLS port only).
+pub async fn refund(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let faults = faults::of_request(&req);
+    let mut created = None;
+    let response = handle(&req, &sandbox, &body, |sandbox, a| {
+        let (answer, key) = apply(sandbox, a, &faults)?;
+        created = key;
+        Ok(answer)
+    });
+    if let Some(key) = created {
+        let sandbox = sandbox.clone().into_inner();
+        sandbox.runtime.clone().spawn(settle(sandbox, key));
+    }
+    if faults.refund_reply_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.refund_reply_delay_ms)).await;
+    }
+    response
+}
+
+/// `POST /pay/refundquery`: by out_refund_no, refund_id, out_trade_no or transaction_id.
+pub async fn refundquery(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> HttpResponse {
+    handle(&req, &sandbox, &body, query)
+}
+
+fn query(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
+    let mch = a.merchant.mch_id.clone();
+    let state = sandbox.state();
+    let mut found: Vec<&Refund> = state
+        .refunds
+        .by_key
+        .values()
+        .filter(|r| r.mch_id == mch && r.appid == a.appid)
+        .filter(|r| {
+            if let Some(no) = a.get("out_refund_no") {
+                r.out_refund_no == no
+            } else if let Some(id) = a.get("refund_id") {
+                r.refund_id == id
+            } else if let Some(no) = a.get("out_trade_no") {
+                r.out_trade_no == no
+            } else if let Some(id) = a.get("transaction_id") {
+                r.transaction_id == id
+            } else {
+                false
+            }
+        })
+        .collect();
+    if [
+        "out_refund_no",
+        "refund_id",
+        "out_trade_no",
+        "transaction_id",
+    ]
+    .iter()
+    .all(|f| a.get(f).is_none())
+    {
+        return Err(business(ErrCode::LackParams, "缺少参数out_refund_no"));
+    }
+    if found.is_empty() {
+        return Err(business(ErrCode::RefundNotExist, "not exist"));
+    }
+    found.sort_by_key(|r| r.created_at_ms);
+    let first = found[0];
+    let total = first.total_fee.to_string();
+    let refunded: u64 = found.iter().map(|r| r.refund_fee).sum();
+    let mut out = pairs([
+        ("transaction_id", first.transaction_id.as_str()),
+        ("out_trade_no", &first.out_trade_no),
+        ("total_fee", &total),
+        ("cash_fee", &total),
+        ("fee_type", "CNY"),
+        ("refund_fee", &refunded.to_string()),
+        ("refund_count", &found.len().to_string()),
+    ]);
+    for (n, r) in found.iter().enumerate() {
+        out.push((format!("out_refund_no_{n}"), r.out_refund_no.clone()));
+        out.push((format!("refund_id_{n}"), r.refund_id.clone()));
+        out.push((format!("refund_channel_{n}"), "ORIGINAL".into()));
+        out.push((format!("refund_fee_{n}"), r.refund_fee.to_string()));
+        out.push((
+            format!("settlement_refund_fee_{n}"),
+            r.refund_fee.to_string(),
+        ));
+        out.push((
+            format!("refund_status_{n}"),
+            r.refund_status.as_str().into(),
+        ));
+        out.push((
+            format!("refund_account_{n}"),
+            "REFUND_SOURCE_RECHARGE_FUNDS".into(),
+        ));
+        out.push((format!("refund_recv_accout_{n}"), "支付用户零钱".into()));
+        if let Some(t) = &r.success_time {
+            out.push((format!("refund_success_time_{n}"), t.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Settles a refund after the configured delay, then notifies.
+async fn settle(sandbox: Arc<Sandbox>, key: RefundKey) {
+    let shutdown = sandbox.shutdown.clone();
+    tokio::select! {
+        _ = settle_and_notify(&sandbox, &key) => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+async fn settle_and_notify(sandbox: &Sandbox, key: &RefundKey) {
+    tokio::time::sleep(sandbox.settings.refund_delay).await;
+    let deliver = {
+        let mut state = sandbox.state();
+        let Some(r) = state.refunds.by_key.get_mut(key) else {
+            return;
+        };
+        if r.faults.refund_change {
+            r.refund_status = RefundStatus::Change;
+        } else {
+            r.refund_status = RefundStatus::Success;
+            r.success_time = Some(clock::now().format("%Y-%m-%d %H:%M:%S").to_string());
+        }
+        let drop = r.faults.drop_notify || sandbox.current_faults().drop_notify;
+        match (&r.notify_url, drop) {
+            (None, _) => false,
+            (Some(_), true) => {
+                r.notify_state = NotifyState::Dropped;
+                false
+            }
+            (Some(_), false) => {
+                r.notify_state = NotifyState::Pending;
+                true
+            }
+        }
+    };
+    tracing::info!(out_refund_no = key.1, "sandbox refund settled");
+    if deliver {
+        deliver_attempts(sandbox, key).await;
+    }
+}
+
+/// The refund notify of `r`, req_info encrypted with the merchant key.
+fn notify_xml(r: &Refund, pay_key: &str) -> String {
+    let info = root_xml(&[
+        ("out_refund_no", r.out_refund_no.clone()),
+        ("out_trade_no", r.out_trade_no.clone()),
+        ("refund_account", "REFUND_SOURCE_RECHARGE_FUNDS".into()),
+        ("refund_fee", r.refund_fee.to_string()),
+        ("refund_id", r.refund_id.clone()),
+        ("refund_recv_accout", "支付用户零钱".into()),
+        ("refund_request_source", "API".into()),
+        ("refund_status", r.refund_status.as_str().into()),
+        ("settlement_refund_fee", r.refund_fee.to_string()),
+        ("settlement_total_fee", r.total_fee.to_string()),
+        ("success_time", r.success_time.clone().unwrap_or_default()),
+        ("total_fee", r.total_fee.to_string()),
+        ("transaction_id", r.transaction_id.clone()),
+    ]);
+    wx::to_xml(&pairs([
+        ("return_code", "SUCCESS"),
+        ("appid", &r.appid),
+        ("mch_id", &r.mch_id),
+        ("nonce_str", &wx::nonce_str()),
+        ("req_info", &encrypt_req_info(pay_key, info.as_bytes())),
+    ]))
+}
+
+async fn deliver_attempts(sandbox: &Sandbox, key: &RefundKey) {
+    let scale = sandbox.settings.notify_time_scale;
+    for attempt in 0..=RETRY_SCHEDULE_SECS.len() {
+        if attempt > 0 {
+            let delay = RETRY_SCHEDULE_SECS[attempt - 1] as f64 * scale;
+            tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        }
+        let Some(r) = sandbox.state().refunds.by_key.get(key).cloned() else {
+            return;
+        };
+        let (Some(url), Some(merchant)) = (r.notify_url.clone(), sandbox.merchant(&r.mch_id))
+        else {
+            return;
+        };
+        let xml = notify_xml(&r, merchant.key.expose());
+        let mut record = RefundNotifyRecord {
+            mch_id: r.mch_id.clone(),
+            out_refund_no: r.out_refund_no.clone(),
+            attempt: attempt as u32 + 1,
+            at_ms: clock::unix_ms(),
+            url: url.clone(),
+            request: xml.clone(),
+            status: None,
+            response: None,
+            error: None,
+            accepted: false,
+        };
+        match sandbox
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .body(xml)
+            .send()
+            .await
+        {
+            Err(e) => record.error = Some(e.to_string()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                record.status = Some(status);
+                match response.text().await {
+                    Err(e) => record.error = Some(e.to_string()),
+                    Ok(text) => {
+                        record.accepted = status == 200
+                            && wx::parse_xml(text.as_bytes()).is_ok_and(|f| {
+                                f.iter().any(|(k, v)| k == "return_code" && v == "SUCCESS")
+                            });
+                        record.response = Some(text.chars().take(4096).collect());
+                    }
+                }
+            }
+        }
+        let accepted = record.accepted;
+        {
+            let mut state = sandbox.state();
+            if state.refunds.notifies.len() >= MAX_NOTIFY_RECORDS {
+                state.refunds.notifies.remove(0);
+            }
+            state.refunds.notifies.push(record);
+            if let Some(r) = state.refunds.by_key.get_mut(key) {
+                r.notify_attempts += 1;
+                if accepted {
+                    r.notify_state = NotifyState::Accepted;
+                }
+            }
+        }
+        if accepted {
+            return;
+        }
+    }
+    if let Some(r) = sandbox.state().refunds.by_key.get_mut(key) {
+        r.notify_state = NotifyState::GaveUp;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefundsQuery {
+    pub out_trade_no: Option<String>,
+}
+
+/// `GET /sandbox/refunds[?out_trade_no=]`: every refund, oldest first.
+pub async fn list(sandbox: web::Data<Sandbox>, query: web::Query<RefundsQuery>) -> HttpResponse {
+    let state = sandbox.state();
+    let mut refunds: Vec<&Refund> = state
+        .refunds
+        .by_key
+        .values()
+        .filter(|r| {
+            query
+                .out_trade_no
+                .as_ref()
+                .is_none_or(|o| *o == r.out_trade_no)
+        })
+        .collect();
+    refunds.sort_by_key(|r| r.created_at_ms);
+    HttpResponse::Ok().json(refunds)
+}
+
+/// `GET /sandbox/refunds/{out_refund_no}`.
+pub async fn get(
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let no = path.into_inner();
+    let state = sandbox.state();
+    state
+        .refunds
+        .by_key
+        .values()
+        .find(|r| r.out_refund_no == no)
+        .map(|r| HttpResponse::Ok().json(r))
+        .ok_or(DevError::UnknownOrder(no))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefundNotifiesQuery {
+    pub out_refund_no: Option<String>,
+}
+
+/// `GET /sandbox/refund-notifies[?out_refund_no=]`: every refund notify request.
+pub async fn notifies(
+    sandbox: web::Data<Sandbox>,
+    query: web::Query<RefundNotifiesQuery>,
+) -> HttpResponse {
+    let state = sandbox.state();
+    let records: Vec<&RefundNotifyRecord> = state
+        .refunds
+        .notifies
+        .iter()
+        .filter(|r| {
+            query
+                .out_refund_no
+                .as_ref()
+                .is_none_or(|o| *o == r.out_refund_no)
+        })
+        .collect();
+    HttpResponse::Ok().json(records)
+}

@@ -1,0 +1,228 @@
+//! Operator commands against a running pay-service: `wxmp refund` and `wxmp order`.
+
+use std::time::Duration;
+
+use tonic::{Request, transport::Channel};
+use wxmp_proto::pay::v1::{self as pb, pay_service_client::PayServiceClient};
+
+/// Where pay-service is and the internal token it wants (if any).
+#[derive(Clone, Debug)]
+pub struct PayTarget {
+    pub url: String,
+    pub internal_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("cannot reach pay-service at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{call}: {code:?} {reason}: {message}")]
+    Call {
+        call: &'static str,
+        code: tonic::Code,
+        reason: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn call_error(call: &'static str, status: tonic::Status) -> OperatorError {
+    OperatorError::Call {
+        call,
+        code: status.code(),
+        reason: service_kit::reason::reason_of(&status).as_str_name(),
+        message: status.message().to_owned(),
+    }
+}
+
+/// A connected pay-service client.
+pub struct Pay {
+    client: PayServiceClient<Channel>,
+    token: Option<String>,
+}
+
+impl Pay {
+    pub async fn connect(target: &PayTarget) -> Result<Self, OperatorError> {
+        let channel = Channel::from_shared(target.url.clone())
+            .map_err(|e| OperatorError::Connect {
+                url: target.url.clone(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| OperatorError::Connect {
+                url: target.url.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            client: PayServiceClient::new(channel),
+            token: target.internal_token.clone(),
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Result<Request<T>, OperatorError> {
+        let mut request = Request::new(message);
+        if let Some(token) = &self.token {
+            let value = token
+                .parse()
+                .map_err(|_| OperatorError::Invalid("WXMP_INTERNAL_TOKEN is not ASCII".into()))?;
+            request
+                .metadata_mut()
+                .insert(service_kit::grpc::INTERNAL_TOKEN, value);
+        }
+        Ok(request)
+    }
+
+    pub async fn refund(
+        &mut self,
+        order_no: &str,
+        refund_fen: i64,
+        reason: &str,
+        out_refund_no: &str,
+    ) -> Result<pb::RefundResponse, OperatorError> {
+        let request = self.request(pb::RefundRequest {
+            order_no: order_no.to_owned(),
+            refund_fen,
+            reason: reason.to_owned(),
+            out_refund_no: out_refund_no.to_owned(),
+        })?;
+        self.client
+            .refund(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| call_error("Refund", s))
+    }
+
+    pub async fn get_refund(
+        &mut self,
+        out_refund_no: &str,
+    ) -> Result<pb::RefundRecord, OperatorError> {
+        let request = self.request(pb::GetRefundRequest {
+            out_refund_no: out_refund_no.to_owned(),
+        })?;
+        self.client
+            .get_refund(request)
+            .await
+            .map_err(|s| call_error("GetRefund", s))?
+            .into_inner()
+            .refund
+            .ok_or_else(|| OperatorError::Invalid("GetRefund answered no refund".into()))
+    }
+
+    /// The order and its refunds.
+    pub async fn order(
+        &mut self,
+        order_no: &str,
+    ) -> Result<(pb::Order, Vec<pb::RefundRecord>), OperatorError> {
+        let request = self.request(pb::GetOrderRequest {
+            order_no: order_no.to_owned(),
+            user_id: 0,
+        })?;
+        let order = self
+            .client
+            .get_order(request)
+            .await
+            .map_err(|s| call_error("GetOrder", s))?
+            .into_inner()
+            .order
+            .ok_or_else(|| OperatorError::Invalid("GetOrder answered no order".into()))?;
+        let request = self.request(pb::ListRefundsRequest {
+            order_no: order_no.to_owned(),
+        })?;
+        let refunds = self
+            .client
+            .list_refunds(request)
+            .await
+            .map_err(|s| call_error("ListRefunds", s))?
+            .into_inner()
+            .refunds;
+        Ok((order, refunds))
+    }
+}
+
+fn yuan(fen: i64) -> String {
+    format!("{}.{:02}", fen / 100, fen % 100)
+}
+
+pub fn order_state(order: &pb::Order) -> &'static str {
+    pb::OrderState::try_from(order.state).map_or("UNKNOWN", |s| s.as_str_name())
+}
+
+pub fn refund_state(refund: &pb::RefundRecord) -> &'static str {
+    pb::RefundState::try_from(refund.state)
+        .map_or("UNKNOWN", |s| s.as_str_name().trim_start_matches("REFUND_"))
+}
+
+/// One line for an order.
+pub fn describe_order(order: &pb::Order) -> String {
+    format!(
+        "order {} {} amount {} yuan, refunded {} yuan, refunding {} yuan, transaction {}",
+        order.order_no,
+        order_state(order),
+        yuan(order.amount_fen),
+        yuan(order.refunded_fen),
+        yuan(order.refunding_fen),
+        if order.transaction_id.is_empty() {
+            "-"
+        } else {
+            &order.transaction_id
+        }
+    )
+}
+
+/// One line for a refund.
+pub fn describe_refund(refund: &pb::RefundRecord) -> String {
+    let mut line = format!(
+        "refund {} {} {} yuan of order {} ({})",
+        refund.out_refund_no,
+        refund_state(refund),
+        yuan(refund.amount_fen),
+        refund.order_no,
+        if refund.reason.is_empty() {
+            "no reason"
+        } else {
+            &refund.reason
+        }
+    );
+    if !refund.refund_id.is_empty() {
+        line.push_str(&format!(", WeChat refund_id {}", refund.refund_id));
+    }
+    if !refund.failure.is_empty() {
+        line.push_str(&format!(", failure {}", refund.failure));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_in_yuan() {
+        let order = pb::Order {
+            order_no: "A1".into(),
+            amount_fen: 1800,
+            refunded_fen: 605,
+            state: pb::OrderState::Paid as i32,
+            ..Default::default()
+        };
+        let line = describe_order(&order);
+        assert!(
+            line.contains("PAID amount 18.00 yuan, refunded 6.05 yuan"),
+            "{line}"
+        );
+        let refund = pb::RefundRecord {
+            out_refund_no: "R1".into(),
+            amount_fen: 5,
+            state: pb::RefundState::RefundFailed as i32,
+            failure: "CHANGE".into(),
+            ..Default::default()
+        };
+        let line = describe_refund(&refund);
+        assert!(line.contains("R1 FAILED 0.05 yuan"), "{line}");
+        assert!(line.ends_with("failure CHANGE"), "{line}");
+    }
+}
