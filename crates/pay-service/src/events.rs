@@ -23,6 +23,7 @@ use wxmp_proto::pay::v1 as pb;
 use crate::{
     error::Error,
     orders::Order,
+    refunds::{Refund, RefundState},
     schema::{order_events, webhook_deliveries},
 };
 
@@ -103,7 +104,45 @@ pub struct NewEvent {
 impl NewEvent {
     /// `kind` happened to `order`; the payload is the order as the change left it.
     pub fn of_order(kind: EventKind, order: &Order, now: i64) -> Self {
-        let payload = serde_json::json!({
+        let payload = order_json(order);
+        Self {
+            order_no: order.order_no.clone(),
+            kind: kind.as_str().to_owned(),
+            payload: payload.to_string(),
+            created_at: now,
+        }
+    }
+
+    /// A refund settled: the payload is the order (with its refund totals) as the settlement
+    /// left it, and the refund under `"refund"`.
+    pub fn of_refund(refund: &Refund, order: &Order, now: i64) -> Option<Self> {
+        let kind = match refund.state()? {
+            RefundState::Success => EventKind::RefundSucceeded,
+            RefundState::Failed | RefundState::Closed => EventKind::RefundFailed,
+            RefundState::Pending | RefundState::Processing => return None,
+        };
+        let mut payload = order_json(order);
+        payload["refund"] = serde_json::json!({
+            "out_refund_no": refund.out_refund_no,
+            "refund_id": refund.refund_id,
+            "amount_fen": refund.amount_fen,
+            "reason": refund.reason,
+            "state": refund.state,
+            "failure": refund.failure,
+            "settled_at": refund.settled_at,
+        });
+        Some(Self {
+            order_no: order.order_no.clone(),
+            kind: kind.as_str().to_owned(),
+            payload: payload.to_string(),
+            created_at: now,
+        })
+    }
+}
+
+/// The order as an event payload.
+fn order_json(order: &Order) -> serde_json::Value {
+    serde_json::json!({
             "order_no": order.order_no,
             "user_id": order.user_id,
             "app_id": order.app_id,
@@ -116,14 +155,9 @@ impl NewEvent {
             "created_at": order.created_at,
             "paid_at": order.paid_at,
             "closed_at": order.closed_at,
-        });
-        Self {
-            order_no: order.order_no.clone(),
-            kind: kind.as_str().to_owned(),
-            payload: payload.to_string(),
-            created_at: now,
-        }
-    }
+            "refunded_fen": order.refunded_fen,
+            "refunding_fen": order.refunding_fen,
+    })
 }
 
 /// A row of `order_events`.

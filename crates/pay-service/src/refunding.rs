@@ -249,7 +249,7 @@ impl Payments {
 
     /// The refunds of an existing order, oldest first.
     pub async fn list_refunds(&self, order_no: &str) -> Result<Vec<Refund>, Error> {
-        let order = self.get_order(order_no, 0).await?;
+        let order = self.get_order_as_admin(order_no).await?;
         store::refunds::list_for_order(self.database(), &order.order_no).await
     }
 

@@ -145,6 +145,18 @@ async fn partial_then_full_refund(backend: Backend) {
     assert_eq!(wechat.len(), 2);
     assert!(wechat.iter().all(|r| r["requests"] == 1));
     assert_eq!(wechat[0]["refund_fee"], 300);
+    // Each settlement is one REFUND_SUCCEEDED event in the outbox, carrying the refund.
+    let settled_events = refund_events(&env).await;
+    let seen: Vec<(&str, &str)> = settled_events
+        .iter()
+        .map(|(kind, payload)| (kind.as_str(), payload["refund"]["out_refund_no"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("REFUND_SUCCEEDED", "shop-r1"), ("REFUND_SUCCEEDED", "shop-r2")]
+    );
+    assert_eq!(settled_events[1].1["refunded_fen"], PRICE);
+    assert_eq!(settled_events[1].1["state"], "REFUNDED");
     // Each settled by its encrypted notify.
     for key in ["shop-r1", "shop-r2"] {
         let verdicts = store::refunds::notification_verdicts(env.pay.database(), key)
@@ -467,6 +479,22 @@ async fn lost_notify_is_repaired_by_the_reconciler(backend: Backend) {
     assert_eq!(env.pay.reconcile_refunds_once().await.unwrap().settled, 0);
 }
 
+/// The refund events of the outbox, oldest first: (kind, payload).
+async fn refund_events(env: &Env) -> Vec<(String, Value)> {
+    use pay_service::events::{self, EventKind};
+    events::after(
+        env.pay.database(),
+        0,
+        &[EventKind::RefundSucceeded, EventKind::RefundFailed],
+        100,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| (e.kind, serde_json::from_str(&e.payload).unwrap()))
+    .collect()
+}
+
 async fn change_is_recorded_as_failed(backend: Backend) {
     let env = Env::refunding(backend).await;
     set_faults(
@@ -480,6 +508,10 @@ async fn change_is_recorded_as_failed(backend: Backend) {
         .unwrap();
     let failed = wait_refund(&env, "change-1", pb::RefundState::RefundFailed).await;
     assert_eq!(failed.failure, "CHANGE");
+    let events = refund_events(&env).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "REFUND_FAILED");
+    assert_eq!(events[0].1["refund"]["failure"], "CHANGE");
     // The money stayed with the merchant: the order is PAID with nothing refunded or held.
     let after = env.get(&order.order_no, 0).await.unwrap();
     assert_eq!(after.state, pb::OrderState::Paid as i32);

@@ -120,6 +120,7 @@ impl Pay {
         let request = self.request(pb::GetOrderRequest {
             order_no: order_no.to_owned(),
             user_id: 0,
+            internal_admin: true,
         })?;
         let order = self
             .client

@@ -6,8 +6,8 @@
 //! - [`transition`] moves a refund between states (one conditional UPDATE on its state) and,
 //!   when it leaves flight, moves the order's totals (one conditional UPDATE) and its state.
 //!
-//! Every refund state change goes through these two: the place where a transactional outbox
-//! row (issue 15) gets written beside the change.
+//! Every refund state change goes through these two; a settlement (SUCCESS, FAILED, CLOSED)
+//! writes its outbox event (`REFUND_SUCCEEDED` / `REFUND_FAILED`) in the same transaction.
 
 use diesel::{
     BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
@@ -18,6 +18,7 @@ use service_kit::db::Database;
 
 use crate::{
     error::Error,
+    events::{self, NewEvent},
     orders::{Order, OrderState},
     refunds::{self, IN_FLIGHT, REFUNDABLE_STATES, Refund, RefundState},
     schema::{orders, refund_notifications, refunds as refunds_t},
@@ -162,7 +163,7 @@ pub async fn transition(
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let to = change.to;
     let settled_at = to.is_final().then_some(change.now);
-    service_kit::with_conn!(db, |conn| {
+    let transitioned = service_kit::with_conn!(db, |conn| {
         conn.transaction::<_, Error, _>(async |conn| {
             let target = refunds_t::table
                 .filter(refunds_t::out_refund_no.eq(out_refund_no))
@@ -244,10 +245,18 @@ pub async fn transition(
             } else {
                 order
             };
+            // A settlement is one outbox event, in this transaction.
+            if let Some(event) = NewEvent::of_refund(&refund, &order, change.now) {
+                crate::append_event!(conn, event)?;
+            }
             Ok(Transition::Applied(refund, order))
         })
         .await
-    })
+    });
+    if matches!(&transitioned, Ok(Transition::Applied(..))) && to.is_final() {
+        events::wake();
+    }
+    transitioned
 }
 
 pub async fn find(db: &Database, out_refund_no: &str) -> Result<Option<Refund>, Error> {
