@@ -24,7 +24,7 @@ async fn paid_order(env: &Env, user_id: i64) -> pb::Order {
         .await
         .unwrap();
     let order_no = prepared.order.as_ref().unwrap().order_no.clone();
-    env.sandbox_pay(&common::prepay_id(&prepared), None).await;
+    env.sandbox_pay(&prepared, None).await;
     eventually(|| async {
         env.get(&order_no, 0).await.unwrap().state == pb::OrderState::Paid as i32
     })
@@ -638,10 +638,7 @@ async fn orderquery_refund_records_payment_and_refund(backend: Backend) {
         .await
         .unwrap();
     let order_no = prepared.order.as_ref().unwrap().order_no.clone();
-    env.sandbox_pay(
-        &common::prepay_id(&prepared),
-        Some(json!({ "drop_notify": true })),
-    )
+    env.sandbox_pay(&prepared, Some(json!({ "drop_notify": true })))
     .await;
     // The merchant refunds 90 fen by other means (their own client with the certificate).
     let client = wechat::WechatClient::new(wechat::WechatConfig {

@@ -47,8 +47,11 @@ fn client(url: &str, token: Option<&Secret>) -> Result<Client, String> {
     ))
 }
 
+/// The kind's short name (`ORDER_PAID`), as in payloads and webhooks.
 fn kind_name(kind: i32) -> &'static str {
-    OrderEventKind::try_from(kind).map_or("UNKNOWN", |k| k.as_str_name())
+    OrderEventKind::try_from(kind).map_or("UNKNOWN", |k| {
+        k.as_str_name().trim_start_matches("ORDER_EVENT_KIND_")
+    })
 }
 
 /// Runs `wxmp events`.
@@ -85,6 +88,7 @@ pub async fn run(args: EventsArgs) -> Result<(), String> {
         .iter()
         .map(|k| {
             OrderEventKind::from_str_name(k)
+                .or_else(|| OrderEventKind::from_str_name(&format!("ORDER_EVENT_KIND_{k}")))
                 .map(|k| k as i32)
                 .ok_or_else(|| format!("unknown event kind {k}"))
         })
