@@ -266,6 +266,9 @@ mod tests {
             closed_at: None,
             reconcile_lease_until: 0,
             next_query_at: 0,
+            notify_url: String::new(),
+            sign_type: String::new(),
+            reconcile_lease_owner: String::new(),
             refunding_fen: refunding,
             refunded_fen: refunded,
         }
