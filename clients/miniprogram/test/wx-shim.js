@@ -60,14 +60,10 @@ function createWx (sandbox, user = {}) {
       return sandboxPost(sandbox, '/sandbox/user-data', { appid: appId, openid, kind: 'userinfo', profile })
     }),
 
-    // wx.requestPayment(): the user pays in the sandbox. The full wx.requestPayment
-    // parameters are sent (so a sandbox that checks paySign can), plus the prepay_id the
-    // sandbox's /sandbox/pay takes. A sandbox that does not know those keys yet refuses
-    // unknown fields: then the prepay_id alone is sent.
+    // wx.requestPayment(): the user pays in the sandbox, which checks paySign over the
+    // parameters exactly as the phone does (a wrong one fails like requestPayment:fail).
     requestPayment: wrap('requestPayment', async (p) => {
-      const prepayId = String(p.package || '').replace(/^prepay_id=/, '')
-      const full = {
-        prepay_id: prepayId,
+      lastPayment = await sandboxPost(sandbox, '/sandbox/pay', {
         outcome: 'success',
         appId: p.appId || appId,
         timeStamp: p.timeStamp,
@@ -75,13 +71,7 @@ function createWx (sandbox, user = {}) {
         package: p.package,
         signType: p.signType,
         paySign: p.paySign
-      }
-      try {
-        lastPayment = await sandboxPost(sandbox, '/sandbox/pay', full)
-      } catch (e) {
-        if (!(e.status === 400 && /unknown field/.test(e.body))) throw e
-        lastPayment = await sandboxPost(sandbox, '/sandbox/pay', { prepay_id: prepayId, outcome: 'success' })
-      }
+      })
       return { errMsg: 'requestPayment:ok' }
     }),
 

@@ -38,9 +38,9 @@ pub mod refunding;
 pub mod refunds;
 pub mod schema;
 pub mod store;
+pub mod subscribe;
 pub mod watch;
 pub mod webhooks;
-pub mod subscribe;
 pub mod wxpay;
 
 use diesel_migrations::embed_migrations;

@@ -149,11 +149,19 @@ async fn partial_then_full_refund(backend: Backend) {
     let settled_events = refund_events(&env).await;
     let seen: Vec<(&str, &str)> = settled_events
         .iter()
-        .map(|(kind, payload)| (kind.as_str(), payload["refund"]["out_refund_no"].as_str().unwrap()))
+        .map(|(kind, payload)| {
+            (
+                kind.as_str(),
+                payload["refund"]["out_refund_no"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         seen,
-        [("REFUND_SUCCEEDED", "shop-r1"), ("REFUND_SUCCEEDED", "shop-r2")]
+        [
+            ("REFUND_SUCCEEDED", "shop-r1"),
+            ("REFUND_SUCCEEDED", "shop-r2")
+        ]
     );
     assert_eq!(settled_events[1].1["refunded_fen"], PRICE);
     assert_eq!(settled_events[1].1["state"], "REFUNDED");
@@ -639,7 +647,7 @@ async fn orderquery_refund_records_payment_and_refund(backend: Backend) {
         .unwrap();
     let order_no = prepared.order.as_ref().unwrap().order_no.clone();
     env.sandbox_pay(&prepared, Some(json!({ "drop_notify": true })))
-    .await;
+        .await;
     // The merchant refunds 90 fen by other means (their own client with the certificate).
     let client = wechat::WechatClient::new(wechat::WechatConfig {
         pay_base: env.sandbox.base_url.clone(),

@@ -2,7 +2,8 @@
 //! to `/` (303, so a reload does not repeat them) with the outcome in `?msg=`.
 //!
 //! - `POST /console/pay` `prepay_id, outcome=success|fail`: the user pays (or the payment
-//!   fails), exactly as `POST /sandbox/pay` (it is called with the same body).
+//!   fails) through `POST /sandbox/pay`, with the `wx.requestPayment` parameters the merchant
+//!   would have signed for that prepay_id (the console stands in for the mini program too).
 //! - `POST /console/notify/resend` `mch_id, out_trade_no`: WeChat sends the paid order's
 //!   notify again, from the first attempt of its schedule.
 //! - `POST /console/notify/drop` `mch_id, out_trade_no`: WeChat stops delivering the pending
@@ -54,10 +55,31 @@ pub struct PayForm {
     outcome: PayOutcome,
 }
 
-/// The body of `POST /sandbox/pay` the button sends. One place to follow that endpoint's
-/// shape when it changes.
-fn pay_body(form: &PayForm) -> serde_json::Value {
-    json!({ "prepay_id": form.prepay_id, "outcome": form.outcome })
+/// The body of `POST /sandbox/pay` the button sends: the `wx.requestPayment` parameters of
+/// `form.prepay_id`, signed with the merchant's key and the order's sign type as the merchant's
+/// backend signs them (the console plays the mini program, so it holds what the mini program
+/// would). None for an unknown prepay_id.
+fn pay_body(sandbox: &Sandbox, form: &PayForm) -> Option<serde_json::Value> {
+    let state = sandbox.state();
+    let order = state.orders.get(state.prepay_ids.get(&form.prepay_id)?)?;
+    let key = sandbox.merchant(&order.mch_id)?.key.expose().to_owned();
+    let params = [
+        ("appId", order.appid.clone()),
+        ("timeStamp", crate::clock::now().timestamp().to_string()),
+        ("nonceStr", crate::wx::nonce_str()),
+        ("package", format!("prepay_id={}", form.prepay_id)),
+        ("signType", order.sign_type.as_str().to_owned()),
+    ];
+    let pairs: crate::wx::Pairs = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let pay_sign = crate::wx::sign(&pairs, &key, order.sign_type);
+    let mut body = json!({ "outcome": form.outcome, "paySign": pay_sign });
+    for (k, v) in params {
+        body[k] = json!(v);
+    }
+    Some(body)
 }
 
 /// `POST /console/pay`: runs `/sandbox/pay` itself, so the button and the API cannot differ.
@@ -66,7 +88,10 @@ pub async fn pay(
     sandbox: web::Data<Sandbox>,
     form: web::Form<PayForm>,
 ) -> HttpResponse {
-    let body = web::Bytes::from(pay_body(&form).to_string());
+    let Some(body) = pay_body(&sandbox, &form) else {
+        return back(&format!("refused: unknown prepay_id {}", form.prepay_id));
+    };
+    let body = web::Bytes::from(body.to_string());
     match notify::pay(req, sandbox, body).await {
         Ok(_) => back(&format!(
             "{} {}",

@@ -8,8 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     calls, config::Config, console, devca::DevPki, faults, login, notify, openapi, order, pay,
-    refund, state::Sandbox,
-    token, user_data, wx,
+    refund, state::Sandbox, token, user_data, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -27,75 +26,75 @@ where
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(console::routes)
         .route(
-        "/healthz",
-        web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-    )
-    .service(
-        web::scope("/sandbox")
-            .route("/login-code", web::post().to(login::login_code))
-            .route("/user-data", web::post().to(user_data::user_data))
-            .route("/pay", web::post().to(notify::pay))
-            .route("/notifies", web::get().to(notify::list))
-            .route("/calls", web::get().to(calls::list))
-            .route("/orders", web::get().to(order::list))
-            .route("/orders/{out_trade_no}", web::get().to(order::get))
-            .route("/access-tokens", web::get().to(token::stats))
-            .route(
-                "/access-tokens/invalidate",
-                web::post().to(token::invalidate),
-            )
-            .route("/phone-code", web::post().to(openapi::phone_code))
-            .route("/subscribe", web::post().to(openapi::subscribe))
-            .route("/messages", web::get().to(openapi::messages))
-            .route("/refunds", web::get().to(refund::list))
-            .route("/refunds/{out_refund_no}", web::get().to(refund::get))
-            .route("/refund-notifies", web::get().to(refund::notifies))
-            .service(
-                web::resource("/faults")
-                    .route(web::get().to(faults::get))
-                    .route(web::post().to(faults::set))
-                    .route(web::delete().to(faults::clear)),
-            ),
-    )
-    // The WeChat paths, each scope behind the fault middleware.
-    .service(
-        web::scope("/sns")
-            .wrap(from_fn(faults::wechat_paths))
-            .route("/jscode2session", web::get().to(login::jscode2session)),
-    )
-    .service(
-        web::scope("/cgi-bin")
-            .wrap(from_fn(faults::wechat_paths))
-            .route("/token", web::get().to(token::get_token))
-            .route("/stable_token", web::post().to(token::stable_token))
-            .route("/getcallbackip", web::get().to(token::callback_ip))
-            .route("/message/subscribe/send", web::post().to(openapi::send)),
-    )
-    .service(
-        web::scope("/wxa")
-            .wrap(from_fn(faults::wechat_paths))
-            .route(
-                "/business/getuserphonenumber",
-                web::post().to(openapi::get_phone_number),
-            ),
-    )
-    .service(
-        web::scope("/pay")
-            .wrap(from_fn(faults::wechat_paths))
-            .wrap(from_fn(calls::track))
-            .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
-            .service(pay_path("/unifiedorder", pay::unifiedorder))
-            .service(pay_path("/orderquery", pay::orderquery))
-            .service(pay_path("/closeorder", pay::closeorder))
-            .service(pay_path("/refundquery", refund::refundquery)),
-    )
-    // Served here too, so a client without its certificate gets WeChat's answer for that.
-    .service(
-        web::scope("/secapi/pay")
-            .wrap(from_fn(faults::wechat_paths))
-            .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
-            .service(pay_path("/refund", no_certificate)),
-    );
+            "/healthz",
+            web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+        )
+        .service(
+            web::scope("/sandbox")
+                .route("/login-code", web::post().to(login::login_code))
+                .route("/user-data", web::post().to(user_data::user_data))
+                .route("/pay", web::post().to(notify::pay))
+                .route("/notifies", web::get().to(notify::list))
+                .route("/calls", web::get().to(calls::list))
+                .route("/orders", web::get().to(order::list))
+                .route("/orders/{out_trade_no}", web::get().to(order::get))
+                .route("/access-tokens", web::get().to(token::stats))
+                .route(
+                    "/access-tokens/invalidate",
+                    web::post().to(token::invalidate),
+                )
+                .route("/phone-code", web::post().to(openapi::phone_code))
+                .route("/subscribe", web::post().to(openapi::subscribe))
+                .route("/messages", web::get().to(openapi::messages))
+                .route("/refunds", web::get().to(refund::list))
+                .route("/refunds/{out_refund_no}", web::get().to(refund::get))
+                .route("/refund-notifies", web::get().to(refund::notifies))
+                .service(
+                    web::resource("/faults")
+                        .route(web::get().to(faults::get))
+                        .route(web::post().to(faults::set))
+                        .route(web::delete().to(faults::clear)),
+                ),
+        )
+        // The WeChat paths, each scope behind the fault middleware.
+        .service(
+            web::scope("/sns")
+                .wrap(from_fn(faults::wechat_paths))
+                .route("/jscode2session", web::get().to(login::jscode2session)),
+        )
+        .service(
+            web::scope("/cgi-bin")
+                .wrap(from_fn(faults::wechat_paths))
+                .route("/token", web::get().to(token::get_token))
+                .route("/stable_token", web::post().to(token::stable_token))
+                .route("/getcallbackip", web::get().to(token::callback_ip))
+                .route("/message/subscribe/send", web::post().to(openapi::send)),
+        )
+        .service(
+            web::scope("/wxa")
+                .wrap(from_fn(faults::wechat_paths))
+                .route(
+                    "/business/getuserphonenumber",
+                    web::post().to(openapi::get_phone_number),
+                ),
+        )
+        .service(
+            web::scope("/pay")
+                .wrap(from_fn(faults::wechat_paths))
+                .wrap(from_fn(calls::track))
+                .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
+                .service(pay_path("/unifiedorder", pay::unifiedorder))
+                .service(pay_path("/orderquery", pay::orderquery))
+                .service(pay_path("/closeorder", pay::closeorder))
+                .service(pay_path("/refundquery", refund::refundquery)),
+        )
+        // Served here too, so a client without its certificate gets WeChat's answer for that.
+        .service(
+            web::scope("/secapi/pay")
+                .wrap(from_fn(faults::wechat_paths))
+                .app_data(web::PayloadConfig::new(wx::MAX_XML_BYTES))
+                .service(pay_path("/refund", no_certificate)),
+        );
 }
 
 /// The mutual-TLS port: only `/secapi/pay/refund` (and `/healthz`).

@@ -32,6 +32,18 @@ fn fail(status: StatusCode, msg: &str) -> HttpResponse {
     )
 }
 
+/// `POST /pay/refund-notify`: WeChat's refund notify, relayed as is to pay-service.
+#[utoipa::path(post, path = "/pay/refund-notify", tag = "wechat",
+    summary = "WeChat Pay v2 refund notify (pay.HandleRefundNotify); WeChat's, not the mini program's",
+    description = "Point `PAY_REFUND_NOTIFY_URL` here. XML whose `req_info` is AES-256-ECB encrypted with md5(pay key): the encryption is the credential (no token, no sign). Not enveloped.",
+    request_body(content = String, content_type = "text/xml", description = "WeChat's refund notify XML"),
+    responses(
+        (status = 200, description = "return_code SUCCESS (settled, or already settled) or FAIL (refused: undecryptable, unknown or mismatched refund)", body = String, content_type = "text/xml"),
+        (status = 400, description = "FAIL: unreadable body", body = String, content_type = "text/xml"),
+        (status = 413, description = "FAIL: body too large", body = String, content_type = "text/xml"),
+        (status = 500, description = "FAIL: internal error; WeChat retries", body = String, content_type = "text/xml"),
+        (status = 503, description = "FAIL: pay-service unavailable; WeChat retries", body = String, content_type = "text/xml"),
+    ))]
 pub async fn refund_notify(
     state: web::Data<AppState>,
     request_id: RequestId,

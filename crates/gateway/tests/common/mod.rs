@@ -393,10 +393,7 @@ impl PayService for FakePay {
     }
 
     type WatchOrderEventsStream = std::pin::Pin<
-        Box<
-            dyn futures::Stream<Item = Result<wxmp_proto::pay::v1::OrderEvent, Status>>
-                + Send,
-        >,
+        Box<dyn futures::Stream<Item = Result<wxmp_proto::pay::v1::OrderEvent, Status>> + Send>,
     >;
 
     async fn watch_order_events(

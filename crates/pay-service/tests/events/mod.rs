@@ -160,10 +160,7 @@ async fn a_thousand_payments_stream_exactly_once_across_reconnects(backend: Back
             async move {
                 if i % 10 == 0 {
                     let paid = env
-                        .sandbox_pay(
-                            prepared,
-                            Some(serde_json::json!({"drop_notify": true})),
-                        )
+                        .sandbox_pay(prepared, Some(serde_json::json!({"drop_notify": true})))
                         .await;
                     assert_eq!(paid["notify_state"], "dropped");
                 } else {
