@@ -5,13 +5,15 @@
 //! * [`api`]: `unifiedorder`, `orderquery`, `closeorder` on [`WechatClient`](crate::WechatClient),
 //! * [`notify`]: verifying payment notifications and answering them,
 //! * [`jsapi`]: the parameters of `wx.requestPayment`,
-//! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps.
+//! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps,
+//! * [`v3`]: WeChat Pay API v3 (JSON, RSA signatures, AES-256-GCM), beside v2.
 
 pub mod api;
 pub mod jsapi;
 pub mod notify;
 pub mod sign;
 pub mod time;
+pub mod v3;
 pub mod xml;
 
 pub use api::{
