@@ -139,6 +139,9 @@ pub struct Config {
     pub faults: Faults,
 
     #[command(flatten)]
+    pub pay_v3: crate::v3::V3Config,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
 
@@ -160,6 +163,7 @@ impl Config {
             app_rate_per_min: 10_000,
             workers: 2,
             faults: Faults::default(),
+            pay_v3: crate::v3::V3Config::default(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
                 metrics_addr: None,
@@ -184,6 +188,7 @@ impl Config {
         if self.workers == 0 {
             return Err("SANDBOX_WORKERS must be > 0".into());
         }
+        self.pay_v3.validate()?;
         self.faults
             .validate()
             .map_err(|e| format!("SANDBOX_FAULT_*: {e}"))

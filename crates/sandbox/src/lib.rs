@@ -116,6 +116,7 @@ mod server;
 mod state;
 mod token;
 pub mod user_data;
+pub mod v3;
 mod wx;
 mod wx_error;
 
@@ -126,6 +127,7 @@ pub use notify::{NotifyRecord, PayOutcome, PayRequest, RETRY_SCHEDULE_SECS};
 pub use order::{NotifyState, OrderView, TradeState};
 pub use server::{SandboxHandle, serve, spawn};
 pub use user_data::{Profile, UserData, UserDataKind, UserDataRequest};
+pub use v3::{V3Config, V3Faults, V3NotifyRecord};
 
 /// The default app's appid (18 characters like a real one).
 pub const DEV_APP_ID: &str = "wx00000000000dev01";

@@ -83,6 +83,9 @@ pub async fn pay(
     body: web::Bytes,
 ) -> Result<HttpResponse, DevError> {
     let body: PayRequest = parse_body(&body)?;
+    if let Some(paid) = crate::v3::pay_v3_order(&sandbox, &body.prepay_id, body.outcome) {
+        return paid;
+    }
     let fixed_faults = match body.faults {
         Some(f) => Some(f),
         None => faults::from_header(&req)?,

@@ -1,6 +1,6 @@
 //! `wx.requestPayment` for a v3 prepay_id: `signType` `RSA`, `paySign` the merchant key's
 //! SHA256withRSA over `appId\ntimeStamp\nnonceStr\npackage\n`
-//! (JSAPI调起支付, <https://pay.weixin.qq.com/wiki/doc/apiv3/apis/chapter3_5_4.shtml>).
+//! (小程序调起支付, <https://pay.weixin.qq.com/wiki/doc/apiv3/apis/chapter7_2_9.shtml>).
 
 use crate::pay::jsapi::RequestPaymentParams;
 use crate::pay::v3::keys::MerchantKey;
