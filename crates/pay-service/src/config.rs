@@ -85,12 +85,14 @@ pub struct Config {
     #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID")]
     pub mch_id: String,
 
-    /// The merchant's API v2 key.
+    /// The merchant's API v2 key (required with `WXMP_PAY_API=v2`).
     #[arg(
         long,
         env = "WXMP_PAY_KEY",
         value_name = "WXMP_PAY_KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
     )]
     pub pay_key: Secret,
 
@@ -121,6 +123,153 @@ pub struct Config {
 
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+
+    #[command(flatten)]
+    pub v3: PayV3Config,
+}
+
+/// Which WeChat Pay API new orders are placed with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PayApi {
+    /// XML, MD5/HMAC-SHA256 with the v2 key.
+    #[default]
+    V2,
+    /// JSON, RSA signatures, AES-256-GCM notifies.
+    V3,
+}
+
+impl PayApi {
+    /// As stored in `orders.api`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V2 => "v2",
+            Self::V3 => "v3",
+        }
+    }
+}
+
+/// The Pay v3 settings (`WXMP_PAY_API=v3`). WeChat Pay's key is either the public key of
+/// public-key mode (`WXMP_PAY_PUBLIC_KEY_PATH` + `WXMP_PAY_PUBLIC_KEY_ID`) or, when neither is
+/// set, platform certificates downloaded from `/v3/certificates` (certificate mode).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PayV3Config {
+    /// `v2` or `v3`: the API new orders are placed with (orders keep the API that placed them).
+    #[arg(long = "pay-api", env = "WXMP_PAY_API", value_name = "WXMP_PAY_API", value_enum, default_value_t = PayApi::V2)]
+    pub api: PayApi,
+    /// The APIv3 key (32 characters): decrypts notifies and certificates.
+    #[arg(
+        long = "pay-v3-key",
+        env = "WXMP_PAY_V3_KEY",
+        value_name = "WXMP_PAY_V3_KEY",
+        hide_env_values = true
+    )]
+    pub v3_key: Option<Secret>,
+    /// PKCS#8 PEM of the merchant API private key (`apiclient_key.pem`).
+    #[arg(
+        long = "pay-private-key-path",
+        env = "WXMP_PAY_PRIVATE_KEY_PATH",
+        value_name = "WXMP_PAY_PRIVATE_KEY_PATH"
+    )]
+    pub private_key_path: Option<std::path::PathBuf>,
+    /// Serial number of the merchant API certificate.
+    #[arg(
+        long = "pay-cert-serial",
+        env = "WXMP_PAY_CERT_SERIAL",
+        value_name = "WXMP_PAY_CERT_SERIAL"
+    )]
+    pub cert_serial: Option<String>,
+    /// PEM of WeChat Pay's public key (public-key mode).
+    #[arg(
+        long = "pay-public-key-path",
+        env = "WXMP_PAY_PUBLIC_KEY_PATH",
+        value_name = "WXMP_PAY_PUBLIC_KEY_PATH"
+    )]
+    pub public_key_path: Option<std::path::PathBuf>,
+    /// Its id, `PUB_KEY_ID_…` (public-key mode).
+    #[arg(
+        long = "pay-public-key-id",
+        env = "WXMP_PAY_PUBLIC_KEY_ID",
+        value_name = "WXMP_PAY_PUBLIC_KEY_ID"
+    )]
+    pub public_key_id: Option<String>,
+}
+
+/// Everything v3 needs, read and checked.
+pub struct PayV3Settings {
+    pub apiv3_key: wechat::pay::v3::ApiV3Key,
+    pub merchant_key: wechat::pay::v3::MerchantKey,
+    pub cert_serial: String,
+    /// `None`: certificate mode.
+    pub public_key: Option<(String, wechat::pay::v3::PublicKey)>,
+}
+
+impl PayV3Config {
+    /// Reads the key files and checks every piece, naming the variable at fault. Never
+    /// includes key material in the message.
+    pub fn load(&self) -> Result<PayV3Settings, String> {
+        use wechat::pay::v3::{ApiV3Key, MerchantKey, PublicKey};
+        let apiv3_key = self
+            .v3_key
+            .as_ref()
+            .filter(|k| !k.is_empty())
+            .ok_or("WXMP_PAY_V3_KEY is required with WXMP_PAY_API=v3")?;
+        let apiv3_key =
+            ApiV3Key::new(apiv3_key.expose()).map_err(|e| format!("WXMP_PAY_V3_KEY: {e}"))?;
+        let path = self
+            .private_key_path
+            .as_ref()
+            .ok_or("WXMP_PAY_PRIVATE_KEY_PATH is required with WXMP_PAY_API=v3")?;
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "WXMP_PAY_PRIVATE_KEY_PATH: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let merchant_key = MerchantKey::from_pkcs8_pem(&pem)
+            .map_err(|e| format!("WXMP_PAY_PRIVATE_KEY_PATH: {e}"))?;
+        let cert_serial = self
+            .cert_serial
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or("WXMP_PAY_CERT_SERIAL is required with WXMP_PAY_API=v3")?;
+        if !cert_serial.bytes().all(|b| b.is_ascii_hexdigit()) || cert_serial.len() > 64 {
+            return Err("WXMP_PAY_CERT_SERIAL must be the certificate's hex serial".into());
+        }
+        let public_key = match (&self.public_key_path, &self.public_key_id) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(
+                    "WXMP_PAY_PUBLIC_KEY_ID is required with WXMP_PAY_PUBLIC_KEY_PATH".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "WXMP_PAY_PUBLIC_KEY_PATH is required with WXMP_PAY_PUBLIC_KEY_ID".into(),
+                );
+            }
+            (Some(path), Some(id)) => {
+                if !id.starts_with("PUB_KEY_ID_") {
+                    return Err("WXMP_PAY_PUBLIC_KEY_ID must start with PUB_KEY_ID_".into());
+                }
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "WXMP_PAY_PUBLIC_KEY_PATH: cannot read {}: {e}",
+                        path.display()
+                    )
+                })?;
+                let key = PublicKey::from_spki_pem(&pem)
+                    .map_err(|e| format!("WXMP_PAY_PUBLIC_KEY_PATH: {e}"))?;
+                Some((id.clone(), key))
+            }
+        };
+        Ok(PayV3Settings {
+            apiv3_key,
+            merchant_key,
+            cert_serial: cert_serial.to_owned(),
+            public_key,
+        })
+    }
 }
 
 impl Config {
@@ -146,8 +295,14 @@ impl Config {
         if self.mch_id.trim().is_empty() {
             return Err("WXMP_PAY_MCH_ID must not be empty".into());
         }
-        if self.pay_key.is_empty() {
-            return Err("WXMP_PAY_KEY must not be empty".into());
+        match self.v3.api {
+            PayApi::V2 if self.pay_key.is_empty() => {
+                return Err("WXMP_PAY_KEY must not be empty (WXMP_PAY_API=v2)".into());
+            }
+            PayApi::V2 => {}
+            PayApi::V3 => {
+                self.v3.load()?;
+            }
         }
         self.sign_type()?;
         if !(self.wechat_pay_base.starts_with("http://")

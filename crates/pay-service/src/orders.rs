@@ -96,12 +96,23 @@ pub struct Order {
     pub closed_at: Option<i64>,
     pub reconcile_lease_until: i64,
     pub next_query_at: i64,
+    /// `v2` or `v3`: the WeChat Pay API of this order.
+    pub api: String,
 }
 
 impl Order {
     /// The parsed state; the CHECK constraint keeps unknown names out of the table.
     pub fn state(&self) -> Option<OrderState> {
         OrderState::parse(&self.state)
+    }
+
+    /// The API this order is placed, queried and closed with (`orders.api`).
+    pub fn pay_api(&self) -> crate::config::PayApi {
+        if self.api == "v3" {
+            crate::config::PayApi::V3
+        } else {
+            crate::config::PayApi::V2
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -135,6 +146,7 @@ impl Order {
             created_at: self.created_at,
             paid_at: self.paid_at.unwrap_or(0),
             expires_at: self.expires_at,
+            pay_api: self.api.clone(),
         }
     }
 }

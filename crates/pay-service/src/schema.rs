@@ -25,6 +25,7 @@ diesel::table! {
         closed_at -> Nullable<BigInt>,
         reconcile_lease_until -> BigInt,
         next_query_at -> BigInt,
+        api -> Text,
     }
 }
 

@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource(["/userinfo/", "/userinfo"]).route(web::post().to(user::userinfo)))
         .service(web::resource(["/phone/", "/phone"]).route(web::post().to(user::phone)))
         .service(web::resource("/pay/notify").route(web::post().to(notify::pay_notify)))
+        .service(web::resource("/pay/notify/v3").route(web::post().to(notify::pay_notify_v3)))
         .service(web::resource(["/pay/", "/pay"]).route(web::post().to(pay::pay)))
         .service(web::resource("/orders/{order_no}").route(web::get().to(pay::order)))
         .service(web::resource(["/products", "/products/"]).route(web::get().to(pay::products)))

@@ -20,8 +20,9 @@ use wxmp_proto::{
     pay::v1::{
         CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
         GetOrderRequest, GetOrderResponse, HandlePayNotifyRequest, HandlePayNotifyResponse,
-        JsapiParams, ListProductsRequest, ListProductsResponse, Order, OrderState,
-        PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
+        HandlePayNotifyV3Request, HandlePayNotifyV3Response, JsapiParams, ListProductsRequest,
+        ListProductsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -247,6 +248,7 @@ fn order(no: &str, user_id: i64, state: OrderState) -> Order {
         created_at: 10,
         paid_at: 0,
         expires_at: 1810,
+        pay_api: "v2".into(),
     }
 }
 
@@ -301,6 +303,33 @@ impl PayService for FakePay {
             reply_xml: NOTIFY_REPLY.into(),
             accepted: true,
             verdict: "applied".into(),
+        }))
+    }
+
+    /// Accepts a v3 notify whose signature header is `good`; records the four headers + body.
+    async fn handle_pay_notify_v3(
+        &self,
+        req: Request<HandlePayNotifyV3Request>,
+    ) -> Result<Response<HandlePayNotifyV3Response>, Status> {
+        let r = req.get_ref().clone();
+        let body = String::from_utf8_lossy(&r.raw_body).into_owned();
+        self.0.record(
+            "handle_pay_notify_v3",
+            &req,
+            format!(
+                "{}|{}|{}|{}|{body}",
+                r.timestamp, r.nonce, r.signature, r.serial
+            ),
+        );
+        let accepted = r.signature == "good";
+        Ok(Response::new(HandlePayNotifyV3Response {
+            accepted,
+            verdict: if accepted { "applied" } else { "bad_signature" }.into(),
+            message: if accepted {
+                String::new()
+            } else {
+                "bad_signature".into()
+            },
         }))
     }
 

@@ -182,6 +182,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         internal: InternalAuthConfig {
             internal_token: None,
         },
+        v3: Default::default(),
     }
 }
 
