@@ -458,6 +458,129 @@ mod tests {
     }
 
     #[test]
+    fn v3_pieces_are_each_a_start_up_error_naming_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("merchant_key.pem");
+        std::fs::write(&key_path, sandbox::v3::dev::MERCHANT_PRIVATE_KEY).unwrap();
+        let pub_path = dir.path().join("pub.pem");
+        std::fs::write(&pub_path, sandbox::v3::dev::WECHATPAY_PUBLIC_KEY).unwrap();
+        let pkcs1_path = dir.path().join("pkcs1.pem");
+        std::fs::write(
+            &pkcs1_path,
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let good = PayV3Config {
+            api: PayApi::V3,
+            v3_key: Some(Secret::new(sandbox::v3::dev::APIV3_KEY)),
+            private_key_path: Some(key_path.clone()),
+            cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
+            public_key_path: Some(pub_path.clone()),
+            public_key_id: Some(sandbox::v3::dev::PUBLIC_KEY_ID.into()),
+        };
+        assert!(good.load().unwrap().public_key.is_some());
+        let certificate_mode = PayV3Config {
+            public_key_path: None,
+            public_key_id: None,
+            ..good.clone()
+        };
+        assert!(certificate_mode.load().unwrap().public_key.is_none());
+        let cases: Vec<(PayV3Config, &str)> = vec![
+            (
+                PayV3Config {
+                    v3_key: None,
+                    ..good.clone()
+                },
+                "WXMP_PAY_V3_KEY",
+            ),
+            (
+                PayV3Config {
+                    v3_key: Some(Secret::new("short")),
+                    ..good.clone()
+                },
+                "WXMP_PAY_V3_KEY",
+            ),
+            (
+                PayV3Config {
+                    private_key_path: None,
+                    ..good.clone()
+                },
+                "WXMP_PAY_PRIVATE_KEY_PATH",
+            ),
+            (
+                PayV3Config {
+                    private_key_path: Some(dir.path().join("missing.pem")),
+                    ..good.clone()
+                },
+                "WXMP_PAY_PRIVATE_KEY_PATH",
+            ),
+            (
+                PayV3Config {
+                    private_key_path: Some(pkcs1_path),
+                    ..good.clone()
+                },
+                "WXMP_PAY_PRIVATE_KEY_PATH",
+            ),
+            (
+                PayV3Config {
+                    private_key_path: Some(pub_path.clone()),
+                    ..good.clone()
+                },
+                "WXMP_PAY_PRIVATE_KEY_PATH",
+            ),
+            (
+                PayV3Config {
+                    cert_serial: None,
+                    ..good.clone()
+                },
+                "WXMP_PAY_CERT_SERIAL",
+            ),
+            (
+                PayV3Config {
+                    cert_serial: Some("not hex!".into()),
+                    ..good.clone()
+                },
+                "WXMP_PAY_CERT_SERIAL",
+            ),
+            (
+                PayV3Config {
+                    public_key_id: None,
+                    ..good.clone()
+                },
+                "WXMP_PAY_PUBLIC_KEY_ID",
+            ),
+            (
+                PayV3Config {
+                    public_key_path: None,
+                    ..good.clone()
+                },
+                "WXMP_PAY_PUBLIC_KEY_PATH",
+            ),
+            (
+                PayV3Config {
+                    public_key_id: Some("KEY1".into()),
+                    ..good.clone()
+                },
+                "WXMP_PAY_PUBLIC_KEY_ID",
+            ),
+            (
+                PayV3Config {
+                    public_key_path: Some(key_path),
+                    ..good.clone()
+                },
+                "WXMP_PAY_PUBLIC_KEY_PATH",
+            ),
+        ];
+        for (config, variable) in cases {
+            let Err(err) = config.load() else {
+                panic!("{variable}: accepted");
+            };
+            assert!(err.starts_with(variable), "{variable}: {err}");
+            assert!(!err.contains("MII"), "no key material: {err}");
+        }
+    }
+
+    #[test]
     fn notify_url_rules() {
         assert!(validate_notify_url("https://example.com/pay/notify").is_ok());
         assert!(validate_notify_url("http://127.0.0.1:8080/pay/notify").is_ok());
