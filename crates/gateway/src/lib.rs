@@ -15,6 +15,7 @@
 //! | `GET /orders/{order_no}` | pay.GetOrder (caller's orders only) | the order |
 //! | `GET /products` | pay.ListProducts | `{products: [{id, name, price_fen}]}` |
 //! | `POST /pay/notify` | pay.HandlePayNotify | XML in, XML out (not enveloped, no token) |
+//! | `POST /pay/notify/v3` | pay.HandlePayNotifyV3 | Pay v3 JSON notify: 204, or 4xx/5xx `{"code":"FAIL","message"}` (not enveloped, no token) |
 //! | `GET /healthz` | none | `{status: "ok"}` |
 //! | `GET /readyz` | gRPC health of all three | `{auth, user, pay}` states; 503 only when auth is not serving |
 //!

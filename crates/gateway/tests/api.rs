@@ -425,6 +425,42 @@ async fn refund_notify_is_relayed_as_xml() {
 }
 
 #[tokio::test]
+async fn v3_notify_relays_headers_and_answers_204_or_fail_json() {
+    let s = start(Options::default()).await;
+    let body = r#"{"id":"EV-1","event_type":"TRANSACTION.SUCCESS","resource":{}}"#;
+    let send = |signature: &'static str| {
+        s.http
+            .post(s.url("/pay/notify/v3"))
+            .header("content-type", "application/json")
+            .header("Wechatpay-Timestamp", "1700000000")
+            .header("Wechatpay-Nonce", "n1")
+            .header("Wechatpay-Signature", signature)
+            .header("Wechatpay-Serial", "PUB_KEY_ID_1")
+            .body(body)
+            .send()
+    };
+    let res = send("good").await.unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(
+        res.text().await.unwrap(),
+        "",
+        "no envelope on WeChat's answer"
+    );
+    assert_eq!(
+        s.calls.of("handle_pay_notify_v3")[0].detail,
+        format!("1700000000|n1|good|PUB_KEY_ID_1|{body}")
+    );
+    let res = send("forged").await.unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"code": "FAIL", "message": "bad_signature"})
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn notify_fails_with_503_when_pay_is_down() {
     let s = start(Options {
         pay_down: true,

@@ -260,4 +260,24 @@ impl PayService for Payments {
             verdict: reply.verdict.to_owned(),
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(serial = %request.get_ref().serial))]
+    async fn handle_pay_notify_v3(
+        &self,
+        request: Request<pb::HandlePayNotifyV3Request>,
+    ) -> Result<Response<pb::HandlePayNotifyV3Response>, Status> {
+        let r = request.into_inner();
+        let headers = wechat::pay::v3::SignatureHeaders {
+            timestamp: r.timestamp,
+            nonce: r.nonce,
+            signature: r.signature,
+            serial: r.serial,
+        };
+        let reply = self.handle_pay_notify_v3(&headers, &r.raw_body).await;
+        Ok(Response::new(pb::HandlePayNotifyV3Response {
+            accepted: reply.accepted,
+            verdict: reply.verdict.to_owned(),
+            message: reply.message,
+        }))
+    }
 }

@@ -55,7 +55,7 @@ use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 pub use clock::Clock;
 pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
 pub use error::Error;
-pub use notify::NotifyReply;
+pub use notify::{NotifyReply, NotifyV3Reply};
 pub use orders::{Order, OrderState};
 pub use payments::{CreateOrder, PayTarget, Payer, Payments};
 pub use reconciler::ReconcileReport;

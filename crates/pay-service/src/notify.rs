@@ -30,6 +30,10 @@
 //! kept whole in `pay_notifications.raw_body`; any other keeps the first
 //! [`UNVERIFIED_PREFIX_BYTES`] bytes, with the SHA-256 and length of the whole body (as every
 //! row does). Rows older than `PAY_NOTIFY_RETENTION_DAYS` are deleted by the reconciler.
+//! Pay v3 notifies ([`Payments::handle_pay_notify_v3`]) get the same verdicts, with v3's own
+//! checks in place of the v2 ones: `bad_signature` also covers a stale `Wechatpay-Timestamp`
+//! (±5 min) and an unknown `Wechatpay-Serial`, `malformed` a resource that does not decrypt
+//! (tampered, or another APIv3 key), and `api_mismatch` an order placed with v2.
 
 use sha2::{Digest as _, Sha256};
 use wechat::pay::{
@@ -260,6 +264,163 @@ impl Payments {
             verdict,
             accepted,
             verified: true,
+            stored: true,
+        })
+    }
+}
+
+/// The answer to one v3 notify: 204 when accepted, else `{"code":"FAIL","message"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyV3Reply {
+    pub accepted: bool,
+    pub verdict: &'static str,
+    pub message: String,
+}
+
+fn verdict_of_v3_error(e: &wechat::pay::v3::NotifyError) -> &'static str {
+    use wechat::pay::v3::NotifyError as E;
+    match e {
+        E::Verify(_) => "bad_signature",
+        E::Decrypt(_) | E::Json(_) => "malformed",
+        E::Mismatch(_) => "mch_id_mismatch",
+        E::Keys(_) => "internal_error",
+    }
+}
+
+impl Payments {
+    /// Handles one v3 notify: verify the headers (via the v3 client, which refreshes platform
+    /// certificates on an unknown serial), decrypt, then the same checks and exactly-once
+    /// update as v2. Never fails: errors become a FAIL reply.
+    pub async fn handle_pay_notify_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+    ) -> NotifyV3Reply {
+        let now = self.now();
+        let stored_len = raw_body.len().min(MAX_STORED_BODY_BYTES);
+        let mut record = NewNotification {
+            received_at: now,
+            out_trade_no: String::new(),
+            transaction_id: String::new(),
+            raw_body: String::from_utf8_lossy(&raw_body[..stored_len]).into_owned(),
+            verdict: String::new(),
+            accepted: false,
+        };
+        let judgement = match self.judge_v3(headers, raw_body, now, &mut record).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "v3 notify could not be processed; WeChat will retry");
+                Judgement::reject("internal_error")
+            }
+        };
+        let mut verdict = judgement.verdict;
+        let mut accepted = judgement.accepted;
+        if !judgement.stored {
+            record.verdict = verdict.to_owned();
+            record.accepted = accepted;
+            if let Err(e) = store::insert_notification(self.database(), &record).await {
+                tracing::error!(error = %e, verdict, "could not store a notify");
+                if accepted {
+                    verdict = "internal_error";
+                    accepted = false;
+                }
+            }
+        }
+        metrics::counter!("wxmp_pay_notifies_total", "verdict" => verdict).increment(1);
+        if accepted {
+            tracing::info!(out_trade_no = %record.out_trade_no, verdict, "v3 notify accepted");
+        } else {
+            tracing::warn!(out_trade_no = %record.out_trade_no, verdict, "v3 notify refused");
+        }
+        NotifyV3Reply {
+            accepted,
+            verdict,
+            message: if accepted {
+                String::new()
+            } else {
+                verdict.to_owned()
+            },
+        }
+    }
+
+    async fn judge_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+        now: i64,
+        record: &mut NewNotification,
+    ) -> Result<Judgement, Error> {
+        let Some(v3) = self.inner.wechat.v3() else {
+            return Ok(Judgement::reject("api_mismatch"));
+        };
+        let (opened, tx) = match v3.transaction_notify(headers, raw_body).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                // What failed (serial unknown, signature, clock, ciphertext), never a key.
+                tracing::warn!(failed = %e, "v3 notify not authenticated");
+                return Ok(Judgement::reject(verdict_of_v3_error(&e)));
+            }
+        };
+        record.out_trade_no = bounded(&tx.out_trade_no, MAX_STORED_ID_CHARS);
+        record.transaction_id = bounded(
+            tx.transaction_id.as_deref().unwrap_or_default(),
+            MAX_STORED_ID_CHARS,
+        );
+        let lookup = valid_order_no(&tx.out_trade_no).then_some(tx.out_trade_no.as_str());
+        let success =
+            opened.notification.event_type == "TRANSACTION.SUCCESS" && tx.trade_state == "SUCCESS";
+        let judged = store::settle_notify(
+            self.database(),
+            lookup,
+            now,
+            record.clone(),
+            verdict_of,
+            |order| {
+                let Some(order) = order else {
+                    return Err(Judgement::reject("unknown_order"));
+                };
+                if order.pay_api() != crate::config::PayApi::V3 {
+                    return Err(Judgement::reject("api_mismatch"));
+                }
+                if tx.appid != order.app_id {
+                    return Err(Judgement::reject("appid_mismatch"));
+                }
+                if !success {
+                    return Err(Judgement {
+                        verdict: "payment_failed",
+                        accepted: true,
+                        stored: false,
+                    });
+                }
+                let transaction_id = tx.transaction_id.clone().unwrap_or_default();
+                if transaction_id.is_empty() {
+                    return Err(Judgement::reject("malformed"));
+                }
+                if tx.total() != Some(order.amount_fen) {
+                    tracing::error!(
+                        order_no = %order.order_no,
+                        amount_fen = order.amount_fen,
+                        total = ?tx.total(),
+                        "verified v3 notify with the wrong amount"
+                    );
+                    return Err(Judgement::reject("amount_mismatch"));
+                }
+                Ok(Payment {
+                    paid_at: tx.success_unix().unwrap_or(now),
+                    transaction_id,
+                })
+            },
+        )
+        .await?;
+        let outcome = match judged {
+            Ok(outcome) => outcome,
+            Err(judgement) => return Ok(judgement),
+        };
+        log_paid_outcome(&outcome, "notify_v3");
+        let (verdict, accepted) = verdict_of(&outcome);
+        Ok(Judgement {
+            verdict,
+            accepted,
             stored: true,
         })
     }

@@ -106,12 +106,23 @@ pub struct Order {
     pub refunding_fen: i64,
     /// Fen refunded (SUCCESS).
     pub refunded_fen: i64,
+    /// `v2` or `v3`: the WeChat Pay API of this order.
+    pub api: String,
 }
 
 impl Order {
     /// The parsed state; the CHECK constraint keeps unknown names out of the table.
     pub fn state(&self) -> Option<OrderState> {
         OrderState::parse(&self.state)
+    }
+
+    /// The API this order is placed, queried and closed with (`orders.api`).
+    pub fn pay_api(&self) -> crate::config::PayApi {
+        if self.api == "v3" {
+            crate::config::PayApi::V3
+        } else {
+            crate::config::PayApi::V2
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -147,6 +158,7 @@ impl Order {
             expires_at: self.expires_at,
             refunded_fen: self.refunded_fen,
             refunding_fen: self.refunding_fen,
+            pay_api: self.api.clone(),
         }
     }
 }

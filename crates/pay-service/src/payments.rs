@@ -5,9 +5,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use service_kit::db::Database;
 use wechat::{
     WechatClient, WechatConfig,
-    pay::{
-        RequestPaymentParams, TradeState, UnifiedOrderRequest, nonce_str, request_payment_params,
-    },
+    pay::{RequestPaymentParams, TradeState},
 };
 
 use crate::{
@@ -19,7 +17,7 @@ use crate::{
         OrderState, new_order_no, valid_order_no,
     },
     store::{self, NewOrder, PaidOutcome},
-    wxpay::{WechatPay, is_duplicate_order, is_err_code, map_error},
+    wxpay::{PlaceOrder, WechatPay, WxError, map_wx_error},
 };
 
 /// A prepay_id is valid for 2 hours at WeChat; stop reusing it 5 minutes early so the user
@@ -172,13 +170,16 @@ impl Payments {
             })?,
             None => client,
         };
-        let wechat = WechatPay::new(
-            client,
+        let mut wechat = WechatPay::new(
+            client.clone(),
             config.mch_id.trim().to_owned(),
             config.pay_key.clone(),
             sign_type,
             config.notify_url.clone(),
         );
+        if config.v3.api == crate::config::PayApi::V3 {
+            wechat = wechat.with_v3(v3_client(config, client)?, config.v3.api);
+        }
         let settings = Settings {
             catalog: config.products.clone(),
             order_ttl_secs: i64::try_from(config.order_ttl_secs)
@@ -296,6 +297,7 @@ impl Payments {
                 attach: req.attach.clone(),
                 product_id: String::new(),
                 state: OrderState::Created.as_str().into(),
+                api: self.inner.wechat.api().as_str().into(),
                 idempotency_key: key.clone(),
                 created_at: now,
                 updated_at: now,
@@ -408,6 +410,7 @@ impl Payments {
                 attach: String::new(),
                 product_id: product.id.clone(),
                 state: OrderState::Created.as_str().into(),
+                api: self.inner.wechat.api().as_str().into(),
                 idempotency_key: key.clone(),
                 created_at: now,
                 updated_at: now,
@@ -541,32 +544,23 @@ impl Payments {
                 ));
             }
             if let Some(prepay_id) = order.live_prepay_id(now) {
-                let params = self.payment_params(&order, prepay_id);
+                let params = self.payment_params(&order, prepay_id)?;
                 return Ok((order, params));
             }
             let prepay_id = match self.place_unified_order(&order).await {
                 Ok(id) => id,
-                Err(e) if is_err_code(&e, "ORDERPAID") => {
+                Err(WxError::OrderPaid) => {
                     self.sync_from_wechat(&order).await?;
                     return Err(Error::OrderState("order is already paid".into()));
                 }
-                Err(e) if is_err_code(&e, "ORDERCLOSED") => {
+                Err(WxError::OrderClosed) => {
                     // Closed at WeChat but not here (a close that failed half way): finish it.
                     if store::close_if_unchanged(self.database(), &order, now).await? {
                         count_transition(OrderState::Closed);
                     }
                     return Err(Error::OrderState("order is closed".into()));
                 }
-                Err(e) if is_duplicate_order(&e) => {
-                    // WeChat holds this out_trade_no with other parameters: no retry of ours
-                    // can pay it (it is the caller's cue to start a new order), and it is not
-                    // WeChat failing.
-                    tracing::error!(order_no = %order.order_no, error = %e, "WeChat refuses the order number as a duplicate");
-                    return Err(Error::OrderState(
-                        "order number is already used at WeChat with other parameters; create a new order".into(),
-                    ));
-                }
-                Err(e) => return Err(map_error(e)),
+                Err(e) => return Err(map_wx_error(e)),
             };
             let prepay_expires_at = now + PREPAY_REUSE_SECS;
             if let Some(prepared) = store::set_prepay(
@@ -581,7 +575,7 @@ impl Payments {
                 if order.state() == Some(OrderState::Created) {
                     count_transition(OrderState::Paying);
                 }
-                let params = self.payment_params(&prepared, &prepay_id);
+                let params = self.payment_params(&prepared, &prepay_id)?;
                 return Ok((prepared, params));
             }
             // Paid or closed meanwhile. A close that raced our unifiedorder may have missed
@@ -591,9 +585,9 @@ impl Payments {
                 && let Err(e) = self
                     .inner
                     .wechat
-                    .close_order(&order.app_id, &order.order_no)
+                    .close(order.pay_api(), &order.app_id, &order.order_no)
                     .await
-                && !is_err_code(&e, "ORDERCLOSED")
+                && e != WxError::OrderClosed
             {
                 tracing::warn!(order_no = %order.order_no, error = %e, "closing a raced unifiedorder failed");
             }
@@ -604,32 +598,41 @@ impl Payments {
     /// Every unifiedorder of an order is byte-identical but for nonce_str and sign: its fields
     /// come from the row, including the notify_url and sign_type bound at the first prepare
     /// (the live configuration only for orders bound before those were kept).
-    async fn place_unified_order(&self, order: &Order) -> Result<String, wechat::PayError> {
-        let notify_url = if order.notify_url.is_empty() {
-            self.inner.wechat.notify_url()
-        } else {
-            &order.notify_url
+    async fn place_unified_order(&self, order: &Order) -> Result<String, WxError> {
+        let api = order.pay_api();
+        let place = PlaceOrder {
+            appid: &order.app_id,
+            out_trade_no: &order.order_no,
+            description: &order.description,
+            amount_fen: order.amount_fen,
+            client_ip: &order.client_ip,
+            openid: &order.openid,
+            attach: (!order.attach.is_empty()).then_some(order.attach.as_str()),
+            expires_at: order.expires_at,
+            notify_url: (!order.notify_url.is_empty()).then_some(order.notify_url.as_str()),
+            sign_type: order.sign_type.parse().ok(),
         };
-        let req = UnifiedOrderRequest {
-            body: order.description.clone(),
-            out_trade_no: order.order_no.clone(),
-            total_fee: order.amount_fen,
-            spbill_create_ip: order.client_ip.clone(),
-            notify_url: notify_url.to_owned(),
-            openid: order.openid.clone(),
-            attach: (!order.attach.is_empty()).then(|| order.attach.clone()),
-            time_expire: Some(wechat::pay::time::format(order.expires_at)),
-        };
-        let pay = self.pay_config_of(order);
-        let resp = self.inner.wechat.unified_order_with(&pay, &req).await?;
-        tracing::info!(order_no = %order.order_no, "unifiedorder placed");
-        Ok(resp.prepay_id)
+        let prepay_id = self.inner.wechat.place_order(api, &place).await?;
+        tracing::info!(order_no = %order.order_no, api = api.as_str(), "order placed at WeChat");
+        Ok(prepay_id)
     }
 
     /// `wx.requestPayment`'s signType must be the unifiedorder's: the order's.
-    fn payment_params(&self, order: &Order, prepay_id: &str) -> RequestPaymentParams {
-        let pay = self.pay_config_of(order);
-        request_payment_params(&pay, prepay_id, self.now(), &nonce_str())
+    fn payment_params(
+        &self,
+        order: &Order,
+        prepay_id: &str,
+    ) -> Result<RequestPaymentParams, Error> {
+        self.inner
+            .wechat
+            .payment_params(
+                order.pay_api(),
+                &order.app_id,
+                order.sign_type.parse().ok(),
+                prepay_id,
+                self.now(),
+            )
+            .map_err(map_wx_error)
     }
 
     /// The merchant as the order was placed: its appid and the sign_type of its first
@@ -655,20 +658,20 @@ impl Payments {
         let query = self
             .inner
             .wechat
-            .order_query(&order.app_id, &order.order_no)
+            .query(order.pay_api(), &order.app_id, &order.order_no)
             .await
-            .map_err(map_error)?;
+            .map_err(map_wx_error)?;
         // REFUND: paid, then (partly) refunded; the payment is recorded first, then the
         // refunds WeChat knows of (see refunding.rs).
-        if !matches!(query.trade_state, TradeState::Success | TradeState::Refund) {
+        if !matches!(query.state, TradeState::Success | TradeState::Refund) {
             return Ok(None);
         }
         let transaction_id = query.transaction_id.clone().unwrap_or_default();
-        if query.total_fee != Some(order.amount_fen) || transaction_id.is_empty() {
+        if query.total_fen != Some(order.amount_fen) || transaction_id.is_empty() {
             tracing::error!(
                 order_no = %order.order_no,
                 amount_fen = order.amount_fen,
-                total_fee = ?query.total_fee,
+                total_fee = ?query.total_fen,
                 "orderquery reports a payment that does not match the order; not applied"
             );
             return Err(Error::Internal(
@@ -676,11 +679,7 @@ impl Payments {
             ));
         }
         let now = self.now();
-        let paid_at = query
-            .time_end
-            .as_deref()
-            .and_then(wechat::pay::time::parse)
-            .unwrap_or(now);
+        let paid_at = query.paid_at.unwrap_or(now);
         let outcome = store::mark_paid(
             self.database(),
             &order.order_no,
@@ -731,17 +730,15 @@ impl Payments {
                 match self
                     .inner
                     .wechat
-                    .close_order(&order.app_id, &order.order_no)
+                    .close(order.pay_api(), &order.app_id, &order.order_no)
                     .await
                 {
-                    Ok(()) => {}
-                    Err(e)
-                        if is_err_code(&e, "ORDERCLOSED") || is_err_code(&e, "ORDERNOTEXIST") => {}
-                    Err(e) if is_err_code(&e, "ORDERPAID") => {
+                    Ok(()) | Err(WxError::OrderClosed | WxError::OrderNotExist) => {}
+                    Err(WxError::OrderPaid) => {
                         self.sync_from_wechat(&order).await?;
                         return Err(Error::OrderState("order is already paid".into()));
                     }
-                    Err(e) => return Err(map_error(e)),
+                    Err(e) => return Err(map_wx_error(e)),
                 }
             }
             let now = self.now();
@@ -779,4 +776,25 @@ pub(crate) fn log_paid_outcome(outcome: &PaidOutcome, source: &'static str) {
             "payment for an order in an unexpected state: needs manual review"
         ),
     }
+}
+
+/// The v3 client from `WXMP_PAY_*` (keys read and checked by [`PayV3Config::load`]).
+///
+/// [`PayV3Config::load`]: crate::config::PayV3Config::load
+fn v3_client(config: &Config, client: WechatClient) -> Result<wechat::pay::v3::V3Client, Error> {
+    use wechat::pay::v3::{Merchant, PlatformKeys, V3Client};
+    let settings = config.v3.load().map_err(Error::Config)?;
+    let platform = match settings.public_key {
+        Some((id, key)) => PlatformKeys::public_key_mode(id, key),
+        None => PlatformKeys::certificate_mode(),
+    };
+    // v3 orders carry their own appid (the order's); the merchant needs no default one.
+    let merchant = Merchant {
+        appid: String::new(),
+        mchid: config.mch_id.trim().to_owned(),
+        serial_no: settings.cert_serial,
+        key: settings.merchant_key,
+        apiv3_key: settings.apiv3_key,
+    };
+    Ok(V3Client::new(client, merchant, platform))
 }

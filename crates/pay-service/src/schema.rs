@@ -30,6 +30,7 @@ diesel::table! {
         reconcile_lease_owner -> Text,
         refunding_fen -> BigInt,
         refunded_fen -> BigInt,
+        api -> Text,
     }
 }
 

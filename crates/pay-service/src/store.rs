@@ -39,6 +39,8 @@ pub struct NewOrder {
     pub attach: String,
     pub product_id: String,
     pub state: String,
+    /// `v2` or `v3` (`WXMP_PAY_API` when created).
+    pub api: String,
     pub idempotency_key: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,

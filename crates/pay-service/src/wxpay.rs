@@ -1,18 +1,24 @@
-//! The WeChat Pay calls pay-service makes, with the merchant settings, metrics and the mapping
-//! of WeChat's failures to [`Error`].
+//! The one interface pay-service talks to WeChat Pay through: place an order, query it, close
+//! it, build the `wx.requestPayment` parameters, with a v2 (XML) and a v3 (JSON, RSA)
+//! implementation. Each order records the API that places it (`orders.api`), so switching
+//! `WXMP_PAY_API` does not strand orders in flight. Failures of both APIs become one
+//! [`WxError`]; metrics and the mapping to [`Error`] live here too.
 
 use service_kit::Secret;
 use wechat::{
     PayConfig, PayError, SignType, WechatClient,
     pay::{
         OrderQueryResponse, RefundQueryBy, RefundQueryResponse, RefundRequest, RefundResponse,
-        UnifiedOrderRequest, UnifiedOrderResponse,
+        RequestPaymentParams, TradeState, UnifiedOrderRequest, UnifiedOrderResponse, nonce_str,
+        request_payment_params,
+        v3::{JsapiOrder, OrderAmount, Payer, V3Client, V3Error},
     },
 };
 
+use crate::config::PayApi;
 use crate::error::Error;
 
-/// The merchant and the client that speaks for it.
+/// The merchant and the clients that speak for it.
 #[derive(Clone, Debug)]
 pub struct WechatPay {
     client: WechatClient,
@@ -20,6 +26,9 @@ pub struct WechatPay {
     key: Secret,
     sign_type: SignType,
     notify_url: String,
+    /// The API new orders are placed with.
+    api: PayApi,
+    v3: Option<V3Client>,
 }
 
 impl WechatPay {
@@ -36,6 +45,8 @@ impl WechatPay {
             key,
             sign_type,
             notify_url,
+            api: PayApi::V2,
+            v3: None,
         }
     }
 
@@ -183,4 +194,306 @@ pub fn map_error(e: PayError) -> Error {
     } else {
         Error::Wechat(e.to_string())
     }
+}
+
+/// Why a WeChat Pay call failed, the same for v2 and v3: what callers act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WxError {
+    /// v2 `ORDERPAID`, v3 `ORDERPAID`.
+    OrderPaid,
+    /// v2 `ORDERCLOSED`, v3 `ORDER_CLOSED`.
+    OrderClosed,
+    /// v2 `ORDERNOTEXIST`, v3 `ORDER_NOT_EXIST` (404).
+    OrderNotExist,
+    /// WeChat holds this out_trade_no with other parameters (see [`is_duplicate_order`]): no
+    /// retry can pay it; the caller must start a new order.
+    DuplicateOrder(String),
+    /// Unreachable, 5xx, `SYSTEMERROR`/`SYSTEM_ERROR`, `FREQUENCY_LIMITED`, or an answer whose
+    /// signature did not verify: retry later; nothing is known to have changed.
+    Unavailable(String),
+    /// Anything else WeChat refused.
+    Refused(String),
+}
+
+impl std::fmt::Display for WxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OrderPaid => f.write_str("WeChat Pay: order already paid"),
+            Self::OrderClosed => f.write_str("WeChat Pay: order closed"),
+            Self::OrderNotExist => f.write_str("WeChat Pay: order does not exist"),
+            Self::DuplicateOrder(m) | Self::Unavailable(m) | Self::Refused(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<PayError> for WxError {
+    fn from(e: PayError) -> Self {
+        match e.err_code() {
+            Some("ORDERPAID") => Self::OrderPaid,
+            Some("ORDERCLOSED") => Self::OrderClosed,
+            Some("ORDERNOTEXIST") => Self::OrderNotExist,
+            _ if is_duplicate_order(&e) => Self::DuplicateOrder(e.to_string()),
+            _ if e.is_retryable() => Self::Unavailable(e.to_string()),
+            _ => Self::Refused(e.to_string()),
+        }
+    }
+}
+
+impl From<V3Error> for WxError {
+    fn from(e: V3Error) -> Self {
+        use wechat::pay::v3::error::code;
+        match e.code() {
+            Some(code::ORDERPAID) => Self::OrderPaid,
+            Some(code::ORDER_CLOSED) => Self::OrderClosed,
+            Some(code::ORDER_NOT_EXIST) => Self::OrderNotExist,
+            _ if e.is_retryable() => Self::Unavailable(e.to_string()),
+            _ => Self::Refused(e.to_string()),
+        }
+    }
+}
+
+/// [`WxError`] as the service's error.
+pub fn map_wx_error(e: WxError) -> Error {
+    match e {
+        WxError::Unavailable(m) => Error::WechatUnavailable(m),
+        WxError::DuplicateOrder(m) => {
+            // Not WeChat failing, and no retry of ours can pay it: the caller's cue to start a
+            // new order.
+            tracing::error!(error = %m, "WeChat refuses the order number as a duplicate");
+            Error::OrderState(
+                "order number is already used at WeChat with other parameters; create a new order"
+                    .into(),
+            )
+        }
+        other => Error::Wechat(other.to_string()),
+    }
+}
+
+/// A JSAPI order to place, whatever the API.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder<'a> {
+    pub appid: &'a str,
+    pub out_trade_no: &'a str,
+    pub description: &'a str,
+    pub amount_fen: i64,
+    pub client_ip: &'a str,
+    pub openid: &'a str,
+    pub attach: Option<&'a str>,
+    /// Unix seconds after which the order can no longer be paid.
+    pub expires_at: i64,
+    /// v2: the notify_url and sign type bound to the order at its first prepare, so a retry is
+    /// the same request whatever the configuration says now (None: the configured ones).
+    pub notify_url: Option<&'a str>,
+    pub sign_type: Option<SignType>,
+}
+
+/// What WeChat says about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queried {
+    pub state: TradeState,
+    pub transaction_id: Option<String>,
+    pub total_fen: Option<i64>,
+    /// Unix seconds of the payment.
+    pub paid_at: Option<i64>,
+}
+
+/// A verified, decrypted v3 payment notify.
+#[derive(Debug, Clone)]
+pub struct V3Paid {
+    pub transaction: wechat::pay::v3::Transaction,
+}
+
+impl WechatPay {
+    /// Adds Pay v3; `api` is the API new orders are placed with.
+    pub fn with_v3(mut self, v3: V3Client, api: PayApi) -> Self {
+        self.v3 = Some(v3);
+        self.api = api;
+        self
+    }
+
+    /// The API new orders are placed with.
+    pub fn api(&self) -> PayApi {
+        self.api
+    }
+
+    pub fn v3(&self) -> Option<&V3Client> {
+        self.v3.as_ref()
+    }
+
+    /// Where WeChat sends the v3 notifies: `PAY_NOTIFY_URL` + `/v3`.
+    pub fn notify_url_v3(&self) -> String {
+        format!("{}/v3", self.notify_url.trim_end_matches('/'))
+    }
+
+    fn v3_or_unavailable(&self) -> Result<&V3Client, WxError> {
+        self.v3
+            .as_ref()
+            .ok_or_else(|| WxError::Refused("Pay v3 is not configured (WXMP_PAY_API)".into()))
+    }
+
+    fn v2_ready(&self) -> Result<(), WxError> {
+        if self.key.is_empty() {
+            return Err(WxError::Refused(
+                "a v2 order needs WXMP_PAY_KEY, which is not set".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// JSAPI order with `api`: the prepay_id.
+    pub async fn place_order(
+        &self,
+        api: PayApi,
+        order: &PlaceOrder<'_>,
+    ) -> Result<String, WxError> {
+        match api {
+            PayApi::V2 => {
+                self.v2_ready()?;
+                let req = UnifiedOrderRequest {
+                    body: order.description.to_owned(),
+                    out_trade_no: order.out_trade_no.to_owned(),
+                    total_fee: order.amount_fen,
+                    spbill_create_ip: order.client_ip.to_owned(),
+                    notify_url: order.notify_url.unwrap_or(&self.notify_url).to_owned(),
+                    openid: order.openid.to_owned(),
+                    attach: order.attach.map(str::to_owned),
+                    time_expire: Some(wechat::pay::time::format(order.expires_at)),
+                };
+                let mut pay = self.config_for(order.appid);
+                if let Some(sign_type) = order.sign_type {
+                    pay.sign_type = sign_type;
+                }
+                Ok(self.unified_order_with(&pay, &req).await?.prepay_id)
+            }
+            PayApi::V3 => {
+                let v3 = self.v3_or_unavailable()?;
+                let req = JsapiOrder {
+                    appid: order.appid.to_owned(),
+                    mchid: String::new(),
+                    description: order.description.to_owned(),
+                    out_trade_no: order.out_trade_no.to_owned(),
+                    time_expire: Some(wechat::pay::v3::model::unix_rfc3339(order.expires_at)),
+                    attach: order.attach.map(str::to_owned),
+                    notify_url: self.notify_url_v3(),
+                    amount: OrderAmount {
+                        total: order.amount_fen,
+                        currency: "CNY".into(),
+                    },
+                    payer: Payer {
+                        openid: order.openid.to_owned(),
+                    },
+                };
+                let result = v3.jsapi(req).await;
+                count_v3("jsapi", &result);
+                Ok(result?)
+            }
+        }
+    }
+
+    /// Asks WeChat about an order placed with `api`.
+    pub async fn query(
+        &self,
+        api: PayApi,
+        appid: &str,
+        out_trade_no: &str,
+    ) -> Result<Queried, WxError> {
+        match api {
+            PayApi::V2 => {
+                self.v2_ready()?;
+                let q = self.order_query(appid, out_trade_no).await?;
+                Ok(Queried {
+                    state: q.trade_state,
+                    transaction_id: q.transaction_id.filter(|t| !t.is_empty()),
+                    total_fen: q.total_fee,
+                    paid_at: q.time_end.as_deref().and_then(wechat::pay::time::parse),
+                })
+            }
+            PayApi::V3 => {
+                let v3 = self.v3_or_unavailable()?;
+                let result = v3.query_by_out_trade_no(out_trade_no).await;
+                count_v3("query", &result);
+                let tx = result?;
+                if tx.appid != appid {
+                    return Err(WxError::Refused(
+                        "v3 query: appid is not the order's".into(),
+                    ));
+                }
+                Ok(Queried {
+                    state: tx.state()?,
+                    transaction_id: tx.transaction_id.clone().filter(|t| !t.is_empty()),
+                    total_fen: tx.total(),
+                    paid_at: tx.success_unix(),
+                })
+            }
+        }
+    }
+
+    /// Closes an order placed with `api`.
+    pub async fn close(&self, api: PayApi, appid: &str, out_trade_no: &str) -> Result<(), WxError> {
+        match api {
+            PayApi::V2 => {
+                self.v2_ready()?;
+                Ok(self.close_order(appid, out_trade_no).await?)
+            }
+            PayApi::V3 => {
+                let v3 = self.v3_or_unavailable()?;
+                let result = v3.close(out_trade_no).await;
+                count_v3("close", &result);
+                Ok(result?)
+            }
+        }
+    }
+
+    /// `wx.requestPayment` parameters for a prepay_id of `api` (v3: `signType` RSA).
+    /// `sign_type` (v2): the order's, which `wx.requestPayment`'s signType must equal.
+    pub fn payment_params(
+        &self,
+        api: PayApi,
+        appid: &str,
+        sign_type: Option<SignType>,
+        prepay_id: &str,
+        now: i64,
+    ) -> Result<RequestPaymentParams, WxError> {
+        match api {
+            PayApi::V2 => {
+                let mut pay = self.config_for(appid);
+                if let Some(sign_type) = sign_type {
+                    pay.sign_type = sign_type;
+                }
+                Ok(request_payment_params(&pay, prepay_id, now, &nonce_str()))
+            }
+            PayApi::V3 => {
+                let v3 = self.v3_or_unavailable()?;
+                Ok(wechat::pay::v3::jsapi::request_payment_params(
+                    appid,
+                    &v3.merchant().key,
+                    prepay_id,
+                    now,
+                    &nonce_str(),
+                ))
+            }
+        }
+    }
+}
+
+fn count_v3<T>(api: &'static str, result: &Result<T, V3Error>) {
+    let label: String = match result {
+        Ok(_) => "ok".into(),
+        Err(V3Error::Transport(_)) => "transport".into(),
+        Err(V3Error::Verify(_)) => "bad_signature".into(),
+        Err(V3Error::Decrypt(_) | V3Error::BadResponse(_)) => "bad_response".into(),
+        Err(V3Error::Api { code, .. }) => {
+            if !code.is_empty()
+                && code.len() <= 32
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                code.clone()
+            } else {
+                "business".into()
+            }
+        }
+    };
+    metrics::counter!("wxmp_wechat_requests_total", "api" => api, "result" => label).increment(1);
 }

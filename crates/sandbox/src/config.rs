@@ -197,6 +197,9 @@ pub struct Config {
     pub faults: Faults,
 
     #[command(flatten)]
+    pub pay_v3: crate::v3::V3Config,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
 
@@ -226,6 +229,7 @@ impl Config {
             secapi_hosts: Vec::new(),
             refund_delay_ms: 2000,
             faults: Faults::default(),
+            pay_v3: crate::v3::V3Config::default(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
                 metrics_addr: None,
@@ -258,6 +262,7 @@ impl Config {
         if self.refund_delay_ms > 3_600_000 {
             return Err("SANDBOX_REFUND_DELAY_MS must be at most 3600000".into());
         }
+        self.pay_v3.validate()?;
         self.faults
             .validate()
             .map_err(|e| format!("SANDBOX_FAULT_*: {e}"))

@@ -167,6 +167,7 @@ mod server;
 mod state;
 mod token;
 pub mod user_data;
+pub mod v3;
 pub mod wx;
 mod wx_error;
 
@@ -180,6 +181,7 @@ pub use order::{NotifyState, OrderView, TradeState};
 pub use server::{SandboxHandle, serve, serve_with, spawn};
 pub use token::TokenStats;
 pub use user_data::{Profile, UserData, UserDataKind, UserDataRequest};
+pub use v3::{V3Config, V3Faults, V3NotifyRecord};
 
 /// The default app's appid (18 characters like a real one).
 pub const DEV_APP_ID: &str = "wx00000000000dev01";

@@ -155,6 +155,10 @@ pub async fn pay(
     body: web::Bytes,
 ) -> Result<HttpResponse, DevError> {
     let mut body: PayRequest = parse_body(&body)?;
+    // A Pay v3 order is paid by the v3 module (its paySign is RSA, not the v2 key's).
+    if let Some(paid) = crate::v3::pay_v3_order(&sandbox, body.prepay_id()?, body.outcome) {
+        return paid;
+    }
     let fixed_faults = match body.faults.take() {
         Some(f) => Some(f),
         None => faults::from_header(&req)?,

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     calls, config::Config, console, devca::DevPki, faults, login, notify, openapi, order, pay,
-    refund, state::Sandbox, token, user_data, wx,
+    refund, state::Sandbox, token, user_data, v3, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -54,8 +54,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(faults::get))
                         .route(web::post().to(faults::set))
                         .route(web::delete().to(faults::clear)),
-                ),
+                )
+                .configure(v3::dev_routes),
         )
+        .configure(v3::routes)
         // The WeChat paths, each scope behind the fault middleware.
         .service(
             web::scope("/sns")

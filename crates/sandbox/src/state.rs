@@ -53,6 +53,8 @@ pub struct Sandbox {
     /// Notify deliveries run here, not on an HTTP worker, so they outlive the request.
     pub runtime: tokio::runtime::Handle,
     pub shutdown: Shutdown,
+    /// Everything Pay v3.
+    pub v3: crate::v3::V3,
 }
 
 impl Sandbox {
@@ -93,6 +95,7 @@ impl Sandbox {
             http,
             runtime,
             shutdown,
+            v3: crate::v3::V3::new(&config.pay_v3, config.notify_time_scale)?,
         })
     }
 

@@ -6,7 +6,9 @@
 //! * [`crypto`]: the mini program's encrypted user data (AES-128-CBC, watermark, `rawData` signature),
 //! * [`pay`]: WeChat Pay v2 (signatures, the flat XML codec, `unifiedorder`, `orderquery`,
 //!   `closeorder`, payment notifications, `wx.requestPayment` parameters, and refunds: the
-//!   mutual-TLS `secapi/pay/refund`, `refundquery` and the encrypted refund notify).
+//!   mutual-TLS `secapi/pay/refund`, `refundquery` and the encrypted refund notify), and Pay v3 in
+//!   [`pay::v3`] (RSA-SHA256 signatures both ways, AES-256-GCM notifies, public-key and
+//!   certificate mode).
 //!
 //! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
 //! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.

@@ -6,7 +6,8 @@
 //! * [`notify`]: verifying payment notifications and answering them,
 //! * [`refund`]: refunds (mutual TLS), refund queries and the AES-256-ECB refund notify,
 //! * [`jsapi`]: the parameters of `wx.requestPayment`,
-//! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps.
+//! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps,
+//! * [`v3`]: WeChat Pay API v3 (JSON, RSA signatures, AES-256-GCM), beside v2.
 
 pub mod api;
 pub mod jsapi;
@@ -14,6 +15,7 @@ pub mod notify;
 pub mod refund;
 pub mod sign;
 pub mod time;
+pub mod v3;
 pub mod xml;
 
 pub use api::{

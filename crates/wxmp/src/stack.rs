@@ -258,6 +258,41 @@ fn arg(args: &mut Vec<String>, flag: &str, value: impl Into<String>) {
     args.push(value.into());
 }
 
+/// Pay v3 against the sandbox: its APIv3 key and merchant serial, the dev merchant key and (in
+/// public-key mode) WeChat Pay's public key, written to files as a merchant would have them.
+/// They are used when `WXMP_PAY_API=v3`; the keys are the sandbox's public dev keys.
+fn sandbox_v3_args(args: &mut Vec<String>, v3: &sandbox::V3Config) -> Result<(), StackError> {
+    use sandbox::v3::{Mode, dev};
+    let dir = std::env::temp_dir().join(format!("wxmp-sandbox-keys-{}", std::process::id()));
+    let write = |name: &str, pem: &str| -> Result<String, StackError> {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(name), pem))
+            .map_err(|e| StackError::Service {
+                service: "sandbox",
+                message: format!("writing its dev keys to {}: {e}", dir.display()),
+            })?;
+        Ok(dir.join(name).display().to_string())
+    };
+    arg(args, "--pay-v3-key", v3.apiv3_key.expose());
+    arg(args, "--pay-cert-serial", v3.merchant_serial.clone());
+    if v3.merchant_public_key_path.is_none() {
+        arg(
+            args,
+            "--pay-private-key-path",
+            write("merchant_key.pem", dev::MERCHANT_PRIVATE_KEY)?,
+        );
+    }
+    if v3.mode == Mode::PublicKey {
+        arg(
+            args,
+            "--pay-public-key-path",
+            write("wechatpay_pub.pem", dev::WECHATPAY_PUBLIC_KEY)?,
+        );
+        arg(args, "--pay-public-key-id", dev::PUBLIC_KEY_ID);
+    }
+    Ok(())
+}
+
 impl Stack {
     pub async fn start(options: StackOptions) -> Result<Self, StackError> {
         let shutdown = Shutdown::new();
@@ -341,6 +376,7 @@ impl Stack {
                     "--refund-notify-url",
                     format!("{gateway_url}/pay/refund-notify"),
                 );
+                sandbox_v3_args(&mut pay_args, &config.pay_v3)?;
                 let config = (**config).clone();
                 let stop = shutdown.clone();
                 tasks.spawn(async move {

@@ -15,7 +15,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures::StreamExt;
 use service_kit::ErrorReason;
-use wxmp_proto::pay::v1::HandlePayNotifyRequest;
+use wxmp_proto::pay::v1::{HandlePayNotifyRequest, HandlePayNotifyV3Request};
 
 use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppState};
 
@@ -133,6 +133,105 @@ pub async fn pay_notify(
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             fail(http, "temporarily unavailable")
+        }
+    }
+}
+
+/// Pay v3's refusal: WeChat retries on any 4xx/5xx; the body is `{"code":"FAIL","message"}`.
+fn fail_v3(status: StatusCode, message: &str) -> HttpResponse {
+    let mut response =
+        HttpResponse::build(status).json(serde_json::json!({ "code": "FAIL", "message": message }));
+    response.extensions_mut().insert(Formatted);
+    response
+}
+
+fn accepted_v3() -> HttpResponse {
+    let mut response = HttpResponse::NoContent().finish();
+    response.extensions_mut().insert(Formatted);
+    response
+}
+
+/// `POST /pay/notify/v3`: a WeChat Pay v3 notify (JSON, `Wechatpay-*` headers, encrypted
+/// resource). pay-service verifies and decrypts; the gateway bounds the body, relays the four
+/// headers, and answers 204 or `{"code":"FAIL","message"}` (with the same per-IP limit of
+/// failed notifies as `/pay/notify`).
+pub async fn pay_notify_v3(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let client_ip = extract::client_ip(&req, &state.trusted_proxies);
+    let limit = state.notify_fail_limit.as_deref().zip(client_ip);
+    if let Some((limit, ip)) = limit
+        && limit.exhausted(ip)
+    {
+        tracing::warn!(client_ip = %ip, "v3 pay notify refused: too many failed notifies");
+        metrics::counter!("wxmp_pay_notify_total", "verdict" => "rate_limited").increment(1);
+        return fail_v3(StatusCode::TOO_MANY_REQUESTS, "too many failed notifies");
+    }
+    let refuse = |status: StatusCode, msg: &str| {
+        if let Some((limit, ip)) = limit {
+            limit.record(ip);
+        }
+        fail_v3(status, msg)
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return refuse(StatusCode::BAD_REQUEST, "unreadable body");
+        };
+        if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let upstreams = &state.upstreams;
+    let outcome = upstreams
+        .pay()
+        .handle_pay_notify_v3(upstreams.request(
+            &request_id,
+            HandlePayNotifyV3Request {
+                raw_body: body.freeze().to_vec(),
+                timestamp: header("Wechatpay-Timestamp"),
+                nonce: header("Wechatpay-Nonce"),
+                signature: header("Wechatpay-Signature"),
+                serial: header("Wechatpay-Serial"),
+            },
+        ))
+        .await;
+    match outcome {
+        Ok(response) => {
+            let response = response.into_inner();
+            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "v3 pay notify");
+            metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
+                .increment(1);
+            if response.accepted {
+                return accepted_v3();
+            }
+            if response.verdict == "internal_error" {
+                return fail_v3(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+            }
+            if let Some((limit, ip)) = limit {
+                limit.record(ip);
+            }
+            fail_v3(StatusCode::BAD_REQUEST, &response.message)
+        }
+        Err(status) => {
+            let reason = service_kit::reason::reason_of(&status);
+            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "v3 pay notify not handled");
+            let http = match reason {
+                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            fail_v3(http, "temporarily unavailable")
         }
     }
 }

@@ -20,9 +20,10 @@ use wxmp_proto::{
     pay::v1::{
         CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
         GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
-        HandlePayNotifyRequest, HandlePayNotifyResponse, HandleRefundNotifyRequest,
-        HandleRefundNotifyResponse, JsapiParams, ListProductsRequest, ListProductsResponse,
-        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        HandlePayNotifyRequest, HandlePayNotifyResponse, HandlePayNotifyV3Request,
+        HandlePayNotifyV3Response, HandleRefundNotifyRequest, HandleRefundNotifyResponse,
+        JsapiParams, ListProductsRequest, ListProductsResponse, ListRefundsRequest,
+        ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
         PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
@@ -259,6 +260,7 @@ fn order(no: &str, user_id: i64, state: OrderState) -> Order {
         expires_at: 1810,
         refunded_fen: 0,
         refunding_fen: 0,
+        pay_api: "v2".into(),
     }
 }
 
@@ -349,6 +351,33 @@ impl PayService for FakePay {
             ),
             accepted: false,
             verdict: verdict.into(),
+        }))
+    }
+
+    /// Accepts a v3 notify whose signature header is `good`; records the four headers + body.
+    async fn handle_pay_notify_v3(
+        &self,
+        req: Request<HandlePayNotifyV3Request>,
+    ) -> Result<Response<HandlePayNotifyV3Response>, Status> {
+        let r = req.get_ref().clone();
+        let body = String::from_utf8_lossy(&r.raw_body).into_owned();
+        self.0.record(
+            "handle_pay_notify_v3",
+            &req,
+            format!(
+                "{}|{}|{}|{}|{body}",
+                r.timestamp, r.nonce, r.signature, r.serial
+            ),
+        );
+        let accepted = r.signature == "good";
+        Ok(Response::new(HandlePayNotifyV3Response {
+            accepted,
+            verdict: if accepted { "applied" } else { "bad_signature" }.into(),
+            message: if accepted {
+                String::new()
+            } else {
+                "bad_signature".into()
+            },
         }))
     }
 

@@ -18,7 +18,7 @@ pub struct RequestPaymentParams {
     pub nonce_str: String,
     /// `prepay_id=...`.
     pub package: String,
-    /// `MD5` or `HMAC-SHA256`: the same as used for `unifiedorder`.
+    /// `MD5` or `HMAC-SHA256`: the same as used for `unifiedorder` (`RSA` on Pay v3).
     pub sign_type: String,
     pub pay_sign: String,
 }

@@ -11,6 +11,8 @@ use wechat::{WechatClient, WechatConfig};
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
+    /// Header lines as sent (`name: value`), names lower-cased.
+    pub headers: Vec<(String, String)>,
     /// Path and query, as sent.
     pub target: String,
     pub body: Vec<u8>,
@@ -20,6 +22,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Extra response headers (e.g. Pay v3's `Wechatpay-*`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -28,7 +32,12 @@ impl Reply {
             status: 200,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
     pub fn status(mut self, status: u16) -> Self {
         self.status = status;
@@ -84,8 +93,13 @@ where
                 };
                 recorded.lock().unwrap().push(request.clone());
                 let reply = handler(&request);
+                let extra: String = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}\r\n"))
+                    .collect();
                 let head = format!(
-                    "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
                     reply.status,
                     reply.content_type,
                     reply.body.len()
@@ -130,10 +144,14 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Request> {
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_owned();
     let target = first.next()?.to_owned();
-    let length = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
         .unwrap_or(0);
     while buf.len() < header_end + length {
         let n = stream.read(&mut chunk).await.ok()?;
@@ -144,6 +162,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Request> {
     }
     Some(Request {
         method,
+        headers,
         target,
         body: buf[header_end..].to_vec(),
     })

@@ -1,0 +1,546 @@
+//! The `/v3` paths: authenticate the merchant, act like WeChat, answer signed JSON.
+//! Error codes and statuses follow WeChat's tables (公共错误码: 400 PARAM_ERROR, 400
+//! INVALID_REQUEST, 401 SIGN_ERROR, 500 SYSTEM_ERROR; 业务错误码 such as 400 ORDER_CLOSED,
+//! 403 NOT_ENOUGH, 403 OUT_TRADE_NO_USED: <https://pay.weixin.qq.com/doc/v3/merchant/4012556398>,
+//! <https://pay.weixin.qq.com/docs/partner/apis/partner-miniprogram-payment/close-order.html>).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use crate::state::Sandbox;
+use crate::v3::crypto::{self, parse_authorization, signed_lines};
+use crate::v3::keys::{self, Mode};
+use crate::v3::notify::{self, Job};
+use crate::v3::{V3, V3Order, V3Refund};
+use crate::{clock, faults, ids};
+
+/// WeChat refuses requests whose timestamp is far from its clock (签名生成: "微信支付会拒绝处理
+/// 很久之前发起的请求").
+const REQUEST_MAX_SKEW_SECS: i64 = 300;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v3")
+            .wrap(from_fn(faults::wechat_paths))
+            .route("/pay/transactions/jsapi", web::post().to(jsapi))
+            .route(
+                "/pay/transactions/out-trade-no/{out_trade_no}",
+                web::get().to(query),
+            )
+            .route(
+                "/pay/transactions/out-trade-no/{out_trade_no}/close",
+                web::post().to(close),
+            )
+            .route("/refund/domestic/refunds", web::post().to(refund))
+            .route(
+                "/refund/domestic/refunds/{out_refund_no}",
+                web::get().to(refund_query),
+            )
+            .route("/certificates", web::get().to(certificates)),
+    );
+}
+
+/// The four `Wechatpay-*` headers for `body`, with the v3 faults applied; also names them.
+pub(crate) fn signature_headers(
+    v3: &V3,
+    body: &[u8],
+) -> (Vec<(&'static str, String)>, Vec<String>) {
+    let (faults, rotated) = {
+        let s = v3.state();
+        (s.faults.clone(), s.rotated)
+    };
+    let mut applied = Vec::new();
+    let mut timestamp = clock::unix_secs();
+    if faults.clock_skew_secs != 0 {
+        timestamp += faults.clock_skew_secs;
+        applied.push("clock_skew".to_owned());
+    }
+    let timestamp = timestamp.to_string();
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let (mut serial, signer) = v3.signers.current(v3.mode, rotated);
+    let message = signed_lines(&[timestamp.as_bytes(), nonce.as_bytes(), body]);
+    let signature = if faults.bad_signature {
+        applied.push("bad_signature".to_owned());
+        v3.signers.stranger().sign(&message)
+    } else {
+        signer.sign(&message)
+    };
+    if faults.unknown_serial {
+        applied.push("unknown_serial".to_owned());
+        serial = "7E57000000000000000000000000000000UNKNOWN";
+    }
+    (
+        vec![
+            ("Wechatpay-Timestamp", timestamp),
+            ("Wechatpay-Nonce", nonce),
+            ("Wechatpay-Signature", signature),
+            ("Wechatpay-Serial", serial.to_owned()),
+        ],
+        applied,
+    )
+}
+
+fn signed(v3: &V3, status: StatusCode, body: String) -> HttpResponse {
+    let (headers, _) = signature_headers(v3, body.as_bytes());
+    let mut resp = HttpResponse::build(status);
+    for (k, v) in headers {
+        resp.insert_header((k, v));
+    }
+    resp.insert_header(("Request-ID", hex::encode(rand::random::<[u8; 16]>())));
+    if body.is_empty() {
+        resp.finish()
+    } else {
+        resp.content_type("application/json; charset=utf-8")
+            .body(body)
+    }
+}
+
+fn error(v3: &V3, status: u16, code: &str, message: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    signed(
+        v3,
+        status,
+        json!({ "code": code, "message": message }).to_string(),
+    )
+}
+
+/// The merchant's request signature, checked as WeChat does; `Err` is the 4xx to send.
+fn authenticate(
+    sandbox: &Sandbox,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<String, Box<HttpResponse>> {
+    let v3 = &sandbox.v3;
+    let sign_error = |message: &str| Err(Box::new(error(v3, 401, "SIGN_ERROR", message)));
+    let Some(auth) = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_authorization)
+    else {
+        return sign_error("Authorization 头不合法");
+    };
+    if sandbox.merchant(&auth.mchid).is_none() {
+        return Err(Box::new(error(v3, 400, "MCH_NOT_EXISTS", "商户号不存在")));
+    }
+    if auth.serial_no != v3.merchant_serial {
+        return sign_error("商户证书序列号有误");
+    }
+    let ts: i64 = auth.timestamp.parse().unwrap_or(0);
+    if (ts - clock::unix_secs()).abs() > REQUEST_MAX_SKEW_SECS {
+        return sign_error("时间戳与服务器时间相差过大");
+    }
+    let url = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), |pq| pq.as_str().to_owned());
+    let message = signed_lines(&[
+        req.method().as_str().as_bytes(),
+        url.as_bytes(),
+        auth.timestamp.as_bytes(),
+        auth.nonce_str.as_bytes(),
+        body,
+    ]);
+    if !crypto::verify(&v3.merchant_public_key, &message, &auth.signature) {
+        return sign_error("签名错误");
+    }
+    if faults::of_request(req).pay_system_error {
+        return Err(Box::new(error(v3, 500, "SYSTEM_ERROR", "系统错误")));
+    }
+    Ok(auth.mchid)
+}
+
+fn param_error(v3: &V3, message: &str) -> HttpResponse {
+    error(v3, 400, "PARAM_ERROR", message)
+}
+
+fn valid_out_no(s: &str) -> bool {
+    (6..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
+}
+
+fn str_field<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    v.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn transaction_json(o: &V3Order) -> Value {
+    let mut tx = json!({
+        "appid": o.appid, "mchid": o.mchid, "out_trade_no": o.out_trade_no,
+        "trade_type": "JSAPI", "trade_state": o.trade_state,
+        "trade_state_desc": trade_state_desc(&o.trade_state),
+        "payer": { "openid": o.openid },
+        "amount": { "total": o.total, "currency": "CNY", "payer_currency": "CNY" },
+    });
+    if let Some(id) = &o.transaction_id {
+        tx["transaction_id"] = json!(id);
+        tx["bank_type"] = json!("OTHERS");
+        tx["amount"]["payer_total"] = json!(o.total);
+    }
+    if let Some(t) = &o.success_time {
+        tx["success_time"] = json!(t);
+    }
+    if let Some(a) = &o.attach {
+        tx["attach"] = json!(a);
+    }
+    tx
+}
+
+pub(crate) fn trade_state_desc(state: &str) -> &'static str {
+    match state {
+        "SUCCESS" => "支付成功",
+        "REFUND" => "转入退款",
+        "CLOSED" => "已关闭",
+        "USERPAYING" => "用户支付中",
+        "PAYERROR" => "支付失败",
+        _ => "未支付",
+    }
+}
+
+/// Transaction JSON of an order (the plaintext of its `TRANSACTION.SUCCESS` notify).
+pub(crate) fn transaction_of(o: &V3Order) -> Value {
+    transaction_json(o)
+}
+
+async fn jsapi(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes) -> HttpResponse {
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let v3 = &sandbox.v3;
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return param_error(v3, "输入源“/body”映射到值失败");
+    };
+    let (Some(appid), Some(out_trade_no), Some(description), Some(notify_url)) = (
+        str_field(&request, "appid"),
+        str_field(&request, "out_trade_no"),
+        str_field(&request, "description"),
+        str_field(&request, "notify_url"),
+    ) else {
+        return param_error(v3, "appid, out_trade_no, description, notify_url 为必填");
+    };
+    if str_field(&request, "mchid") != Some(mchid.as_str()) {
+        return param_error(v3, "mchid 与请求签名的商户号不一致");
+    }
+    if sandbox.app(appid).is_none() {
+        return error(v3, 400, "APPID_MCHID_NOT_MATCH", "AppID和mch_id不匹配");
+    }
+    if !valid_out_no(out_trade_no) || description.len() > 127 {
+        return param_error(v3, "out_trade_no 或 description 格式错误");
+    }
+    if !(notify_url.starts_with("https://") || notify_url.starts_with("http://")) {
+        return param_error(v3, "notify_url 格式错误");
+    }
+    let total = request
+        .pointer("/amount/total")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let currency = request
+        .pointer("/amount/currency")
+        .and_then(Value::as_str)
+        .unwrap_or("CNY");
+    if total <= 0 || currency != "CNY" {
+        return param_error(v3, "amount.total 须为正整数, currency 须为 CNY");
+    }
+    let Some(openid) = request
+        .pointer("/payer/openid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return param_error(v3, "payer.openid 为必填");
+    };
+    let mut state = v3.state();
+    if let Some(existing) = state.orders.get(out_trade_no).cloned() {
+        // Never answer while holding the state lock: signing reads it too.
+        drop(state);
+        return match existing.trade_state.as_str() {
+            "SUCCESS" | "REFUND" => error(v3, 403, "ORDERPAID", "该订单已支付"),
+            "CLOSED" => error(v3, 400, "ORDER_CLOSED", "订单已关闭"),
+            _ if existing.request == request => signed(
+                v3,
+                StatusCode::OK,
+                json!({ "prepay_id": existing.prepay_id }).to_string(),
+            ),
+            _ => error(v3, 403, "OUT_TRADE_NO_USED", "商户订单号重复"),
+        };
+    }
+    let prepay_id = ids::prepay_id();
+    let order = V3Order {
+        appid: appid.to_owned(),
+        mchid,
+        out_trade_no: out_trade_no.to_owned(),
+        description: description.to_owned(),
+        total,
+        openid: openid.to_owned(),
+        notify_url: notify_url.to_owned(),
+        attach: str_field(&request, "attach").map(str::to_owned),
+        time_expire: str_field(&request, "time_expire").map(str::to_owned),
+        prepay_id: prepay_id.clone(),
+        request: request.clone(),
+        trade_state: "NOTPAY".into(),
+        transaction_id: None,
+        success_time: None,
+        created_at_ms: clock::unix_ms(),
+        notify_state: "none".into(),
+        notify_attempts: 0,
+    };
+    state
+        .prepay_ids
+        .insert(prepay_id.clone(), order.out_trade_no.clone());
+    state.orders.insert(order.out_trade_no.clone(), order);
+    drop(state);
+    signed(
+        v3,
+        StatusCode::OK,
+        json!({ "prepay_id": prepay_id }).to_string(),
+    )
+}
+
+async fn query(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let v3 = &sandbox.v3;
+    let query_mchid =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("mchid").cloned());
+    if query_mchid.as_deref() != Some(mchid.as_str()) {
+        return param_error(v3, "mchid 为必填且须与签名商户号一致");
+    }
+    let order = v3.state().orders.get(path.as_str()).cloned();
+    match order {
+        Some(o) => signed(v3, StatusCode::OK, transaction_json(&o).to_string()),
+        None => error(v3, 404, "ORDER_NOT_EXIST", "订单不存在"),
+    }
+}
+
+async fn close(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let v3 = &sandbox.v3;
+    let body_mchid = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| str_field(&v, "mchid").map(str::to_owned));
+    if body_mchid.as_deref() != Some(mchid.as_str()) {
+        return param_error(v3, "mchid 为必填");
+    }
+    let mut state = v3.state();
+    let Some(order) = state.orders.get_mut(path.as_str()) else {
+        drop(state);
+        return error(v3, 404, "ORDER_NOT_EXIST", "订单不存在");
+    };
+    match order.trade_state.as_str() {
+        "SUCCESS" | "REFUND" => {
+            drop(state);
+            error(v3, 403, "ORDERPAID", "订单已支付")
+        }
+        _ => {
+            order.trade_state = "CLOSED".into();
+            drop(state);
+            signed(v3, StatusCode::NO_CONTENT, String::new())
+        }
+    }
+}
+
+fn refund_json(v3: &V3, r: &V3Refund) -> Value {
+    let elapsed = clock::unix_ms() - r.created_at_ms;
+    let done = elapsed as f64 >= v3.refund_after_ms as f64 * v3_time_scale(v3);
+    let mut out = json!({
+        "refund_id": r.refund_id, "out_refund_no": r.out_refund_no,
+        "transaction_id": r.transaction_id, "out_trade_no": r.out_trade_no,
+        "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
+        "create_time": rfc3339_ms(r.created_at_ms),
+        "status": if done { "SUCCESS" } else { "PROCESSING" },
+        "funds_account": "AVAILABLE",
+        "amount": { "total": r.total, "refund": r.refund, "payer_total": r.total,
+                    "payer_refund": r.refund, "settlement_total": r.total,
+                    "settlement_refund": r.refund, "discount_refund": 0, "currency": "CNY" },
+    });
+    if done {
+        out["success_time"] = json!(rfc3339_ms(
+            r.created_at_ms + (v3.refund_after_ms as f64 * v3_time_scale(v3)) as i64
+        ));
+    }
+    out
+}
+
+fn v3_time_scale(v3: &V3) -> f64 {
+    v3.time_scale
+}
+
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8"))
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes) -> HttpResponse {
+    if let Err(resp) = authenticate(&sandbox, &req, &body) {
+        return *resp;
+    }
+    let v3 = &sandbox.v3;
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return param_error(v3, "输入源“/body”映射到值失败");
+    };
+    let (Some(out_trade_no), Some(out_refund_no)) = (
+        str_field(&request, "out_trade_no"),
+        str_field(&request, "out_refund_no"),
+    ) else {
+        return param_error(v3, "out_trade_no 与 out_refund_no 为必填");
+    };
+    if !valid_out_no(out_refund_no) {
+        return param_error(v3, "out_refund_no 格式错误");
+    }
+    let amount = |name: &str| {
+        request
+            .pointer(&format!("/amount/{name}"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    let (refund_fen, total) = (amount("refund"), amount("total"));
+    if v3.state().faults.refund_not_enough {
+        return error(v3, 403, "NOT_ENOUGH", "基本账户余额不足，请充值后重新发起");
+    }
+    let mut state = v3.state();
+    if let Some(existing) = state.refunds.get(out_refund_no).cloned() {
+        drop(state);
+        if existing.out_trade_no != out_trade_no || existing.refund != refund_fen {
+            return error(v3, 400, "INVALID_REQUEST", "退款单号已用于其他退款");
+        }
+        return signed(v3, StatusCode::OK, refund_json(v3, &existing).to_string());
+    }
+    let Some(order) = state.orders.get(out_trade_no).cloned() else {
+        drop(state);
+        return error(v3, 404, "RESOURCE_NOT_EXISTS", "订单不存在");
+    };
+    if !matches!(order.trade_state.as_str(), "SUCCESS" | "REFUND") {
+        drop(state);
+        return error(v3, 400, "INVALID_REQUEST", "订单未支付");
+    }
+    if total != order.total || refund_fen <= 0 {
+        drop(state);
+        return param_error(v3, "amount.total 须等于订单金额, amount.refund 须为正");
+    }
+    let refunded: i64 = state
+        .refunds
+        .values()
+        .filter(|r| r.out_trade_no == out_trade_no)
+        .map(|r| r.refund)
+        .sum();
+    if refunded + refund_fen > order.total {
+        drop(state);
+        return error(v3, 400, "INVALID_REQUEST", "申请退款金额超过订单可退金额");
+    }
+    let record = V3Refund {
+        refund_id: format!("5030{}", &ids::transaction_id()[4..]),
+        out_refund_no: out_refund_no.to_owned(),
+        out_trade_no: out_trade_no.to_owned(),
+        transaction_id: order.transaction_id.clone().unwrap_or_default(),
+        refund: refund_fen,
+        total,
+        created_at_ms: clock::unix_ms(),
+        notify_url: str_field(&request, "notify_url").map(str::to_owned),
+    };
+    state
+        .refunds
+        .insert(out_refund_no.to_owned(), record.clone());
+    if let Some(o) = state.orders.get_mut(out_trade_no) {
+        o.trade_state = "REFUND".into();
+    }
+    drop(state);
+    let answer = refund_json(v3, &record);
+    if let Some(url) = &record.notify_url {
+        let delay = Duration::from_secs_f64(v3.refund_after_ms as f64 * v3.time_scale / 1000.0);
+        let mut plaintext = answer.clone();
+        plaintext["status"] = json!("SUCCESS");
+        plaintext["refund_status"] = json!("SUCCESS");
+        notify::spawn(
+            Arc::clone(&sandbox.clone().into_inner()),
+            Job {
+                key: record.out_trade_no.clone(),
+                url: url.clone(),
+                event_type: "REFUND.SUCCESS",
+                summary: "退款成功",
+                original_type: "refund",
+                plaintext,
+                delay,
+            },
+        );
+    }
+    signed(v3, StatusCode::OK, answer.to_string())
+}
+
+async fn refund_query(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(resp) = authenticate(&sandbox, &req, &body) {
+        return *resp;
+    }
+    let v3 = &sandbox.v3;
+    let found = v3.state().refunds.get(path.as_str()).cloned();
+    match found {
+        Some(r) => signed(v3, StatusCode::OK, refund_json(v3, &r).to_string()),
+        None => error(v3, 404, "RESOURCE_NOT_EXISTS", "退款单不存在"),
+    }
+}
+
+async fn certificates(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(resp) = authenticate(&sandbox, &req, &body) {
+        return *resp;
+    }
+    let v3 = &sandbox.v3;
+    let rotated = v3.state().rotated;
+    let data: Vec<Value> = if v3.mode == Mode::Certificate {
+        keys::listed_certificates(rotated)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (serial, pem))| {
+                let nonce = crypto::resource_nonce();
+                json!({
+                    "serial_no": serial,
+                    "effective_time": "2026-01-01T00:00:00+08:00",
+                    "expire_time": if i == 0 { "2031-01-01T00:00:00+08:00" } else { "2036-01-01T00:00:00+08:00" },
+                    "encrypt_certificate": {
+                        "algorithm": "AEAD_AES_256_GCM",
+                        "nonce": String::from_utf8_lossy(&nonce),
+                        "associated_data": "certificate",
+                        "ciphertext": crypto::seal(&v3.apiv3_key, &nonce, b"certificate", pem.as_bytes()),
+                    }
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    signed(v3, StatusCode::OK, json!({ "data": data }).to_string())
+}

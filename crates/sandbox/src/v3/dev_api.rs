@@ -1,0 +1,168 @@
+//! `/sandbox/v3/*` developer endpoints, and paying a v3 order through `/sandbox/pay`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::dev_error::{DevError, parse_body};
+use crate::notify::PayOutcome;
+use crate::state::Sandbox;
+use crate::v3::api::{rfc3339_ms, transaction_of};
+use crate::v3::notify::{self, Job};
+use crate::v3::{Mode, V3Faults, dev};
+use crate::{clock, ids};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v3/orders/{out_trade_no}", web::get().to(order))
+        .route("/v3/notifies", web::get().to(notifies))
+        .route("/v3/rotate", web::post().to(rotate))
+        .route("/v3/keys", web::get().to(keys))
+        .service(
+            web::resource("/v3/faults")
+                .route(web::get().to(get_faults))
+                .route(web::post().to(set_faults))
+                .route(web::delete().to(clear_faults)),
+        );
+}
+
+/// `/sandbox/pay` for a v3 prepay_id: `None` when the prepay_id is not a v3 one.
+pub(crate) fn pay_v3_order(
+    sandbox: &web::Data<Sandbox>,
+    prepay_id: &str,
+    outcome: PayOutcome,
+) -> Option<Result<HttpResponse, DevError>> {
+    let v3 = &sandbox.v3;
+    let mut state = v3.state();
+    let out_trade_no = state.prepay_ids.get(prepay_id)?.clone();
+    let order = state.orders.get_mut(&out_trade_no)?;
+    match order.trade_state.as_str() {
+        "SUCCESS" | "REFUND" => {
+            return Some(Err(DevError::Conflict(format!(
+                "order {out_trade_no} is already paid"
+            ))));
+        }
+        "CLOSED" => {
+            return Some(Err(DevError::Conflict(format!(
+                "order {out_trade_no} is closed"
+            ))));
+        }
+        _ => {}
+    }
+    let mut deliver = false;
+    match outcome {
+        PayOutcome::Success => {
+            order.trade_state = "SUCCESS".into();
+            order.transaction_id = Some(ids::transaction_id());
+            order.success_time = Some(rfc3339_ms(clock::unix_ms()));
+            order.notify_state = "pending".into();
+            deliver = true;
+        }
+        PayOutcome::Fail => order.trade_state = "PAYERROR".into(),
+        PayOutcome::Cancel => {}
+        PayOutcome::Paying => order.trade_state = "USERPAYING".into(),
+    }
+    let order = order.clone();
+    drop(state);
+    tracing::info!(out_trade_no, ?outcome, "sandbox v3 payment");
+    if deliver {
+        notify::spawn(
+            Arc::clone(&sandbox.clone().into_inner()),
+            Job {
+                key: order.out_trade_no.clone(),
+                url: order.notify_url.clone(),
+                event_type: "TRANSACTION.SUCCESS",
+                summary: "支付成功",
+                original_type: "transaction",
+                plaintext: transaction_of(&order),
+                delay: Duration::ZERO,
+            },
+        );
+    }
+    Some(Ok(HttpResponse::Ok().json(view(&order))))
+}
+
+fn view(o: &crate::v3::V3Order) -> serde_json::Value {
+    let mut v = serde_json::to_value(o).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("request");
+        obj.insert("api".into(), json!("v3"));
+    }
+    v
+}
+
+async fn order(
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let order = sandbox.v3.state().orders.get(path.as_str()).cloned();
+    order
+        .map(|o| HttpResponse::Ok().json(view(&o)))
+        .ok_or_else(|| DevError::UnknownOrder(path.into_inner()))
+}
+
+#[derive(Deserialize)]
+struct NotifiesQuery {
+    out_trade_no: Option<String>,
+}
+
+async fn notifies(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>) -> HttpResponse {
+    let state = sandbox.v3.state();
+    let records: Vec<_> = state
+        .notifies
+        .iter()
+        .filter(|r| {
+            query
+                .out_trade_no
+                .as_ref()
+                .is_none_or(|o| *o == r.out_trade_no)
+        })
+        .collect();
+    HttpResponse::Ok().json(records)
+}
+
+/// Certificate rotation mid-run: WeChat starts signing with certificate B and lists both.
+async fn rotate(sandbox: web::Data<Sandbox>) -> Result<HttpResponse, DevError> {
+    if sandbox.v3.mode != Mode::Certificate {
+        return Err(DevError::Conflict(
+            "rotation needs SANDBOX_PAY_V3_MODE=certificate".into(),
+        ));
+    }
+    sandbox.v3.state().rotated = true;
+    tracing::info!("v3 platform certificate rotated to B");
+    Ok(HttpResponse::Ok().json(json!({ "serial_no": dev::PLATFORM_B_SERIAL })))
+}
+
+/// What a merchant knows of WeChat's keys: the mode, the serial signing now, the public key id.
+async fn keys(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    let v3 = &sandbox.v3;
+    let rotated = v3.state().rotated;
+    let (serial, _) = v3.signers.current(v3.mode, rotated);
+    HttpResponse::Ok().json(json!({
+        "mode": v3.mode,
+        "signing_serial": serial,
+        "public_key_id": dev::PUBLIC_KEY_ID,
+        "public_key": dev::WECHATPAY_PUBLIC_KEY,
+    }))
+}
+
+async fn get_faults(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    HttpResponse::Ok().json(sandbox.v3.state().faults.clone())
+}
+
+async fn set_faults(
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> Result<HttpResponse, DevError> {
+    let faults: V3Faults = parse_body(&body)?;
+    tracing::info!(?faults, "v3 faults set");
+    sandbox.v3.state().faults = faults.clone();
+    Ok(HttpResponse::Ok().json(faults))
+}
+
+async fn clear_faults(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    sandbox.v3.state().faults = V3Faults::default();
+    HttpResponse::Ok().json(V3Faults::default())
+}

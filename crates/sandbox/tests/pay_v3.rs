@@ -1,0 +1,516 @@
+//! Pay v3 end to end: `crates/wechat`'s v3 client against the sandbox playing WeChat (public-key
+//! and certificate mode), a merchant notify endpoint that verifies and decrypts like the gateway,
+//! and every v3 fault.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App as ActixApp, HttpRequest, HttpResponse, HttpServer, web};
+use sandbox::v3::{Mode, dev};
+use sandbox::{Config, SandboxHandle};
+use serde_json::{Value, json};
+use wechat::pay::v3::{
+    ApiV3Key, JsapiOrder, Merchant, MerchantKey, NotifyError, OrderAmount, Payer, PlatformKeys,
+    PublicKey, RefundAmountRequest, RefundRequest, SignatureHeaders, V3Client, V3Error,
+    VerifyError,
+};
+use wechat::{WechatClient, WechatConfig};
+
+fn config(mode: Mode) -> Config {
+    let mut c = Config {
+        notify_time_scale: 0.001,
+        notify_timeout_ms: 2000,
+        ..Config::dev()
+    };
+    c.pay_v3.mode = mode;
+    c.pay_v3.refund_after_ms = 200;
+    c
+}
+
+async fn start(mode: Mode) -> SandboxHandle {
+    sandbox::spawn(config(mode)).await.expect("sandbox starts")
+}
+
+fn merchant(key_pem: &str, serial: &str) -> Merchant {
+    Merchant {
+        appid: sandbox::DEV_APP_ID.into(),
+        mchid: sandbox::DEV_MCH_ID.into(),
+        serial_no: serial.into(),
+        key: MerchantKey::from_pkcs8_pem(key_pem).unwrap(),
+        apiv3_key: ApiV3Key::new(dev::APIV3_KEY).unwrap(),
+    }
+}
+
+fn public_key_mode() -> PlatformKeys {
+    PlatformKeys::public_key_mode(
+        dev::PUBLIC_KEY_ID,
+        PublicKey::from_spki_pem(dev::WECHATPAY_PUBLIC_KEY).unwrap(),
+    )
+}
+
+fn client_with(sb: &SandboxHandle, m: Merchant, platform: PlatformKeys) -> V3Client {
+    let wechat = WechatClient::new(WechatConfig {
+        api_base: sb.base_url.clone(),
+        pay_base: sb.base_url.clone(),
+        ..WechatConfig::default()
+    })
+    .unwrap();
+    V3Client::new(wechat, m, platform)
+}
+
+fn client(sb: &SandboxHandle, platform: PlatformKeys) -> V3Client {
+    client_with(
+        sb,
+        merchant(dev::MERCHANT_PRIVATE_KEY, dev::MERCHANT_SERIAL),
+        platform,
+    )
+}
+
+fn order(out_trade_no: &str, notify_url: &str) -> JsapiOrder {
+    JsapiOrder {
+        appid: String::new(),
+        mchid: String::new(),
+        description: "wxmp v3 test".into(),
+        out_trade_no: out_trade_no.into(),
+        time_expire: None,
+        attach: Some("a1".into()),
+        notify_url: notify_url.into(),
+        amount: OrderAmount {
+            total: 321,
+            currency: "CNY".into(),
+        },
+        payer: Payer {
+            openid: "oTEST00000000000000000000001".into(),
+        },
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn post(sb: &SandboxHandle, path: &str, body: Value) -> (u16, Value) {
+    let res = http().post(sb.url(path)).json(&body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(sb: &SandboxHandle, path: &str) -> Value {
+    http()
+        .get(sb.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// What the merchant's notify endpoint concluded about one notify.
+#[derive(Clone, Debug)]
+enum Seen {
+    Paid {
+        out_trade_no: String,
+        total: Option<i64>,
+    },
+    Refused(NotifyError),
+}
+
+/// A merchant notify endpoint: verifies and decrypts with `client`, answers 204 or
+/// 500 `{"code":"FAIL"}` like the gateway.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl Receiver {
+    async fn start(client: V3Client) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/pay/notify/v3", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let server = HttpServer::new(move || {
+            let (client, log) = (client.clone(), log.clone());
+            ActixApp::new().route(
+                "/pay/notify/v3",
+                web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                    let (client, log) = (client.clone(), log.clone());
+                    async move {
+                        let headers = SignatureHeaders::from_lookup(|name| {
+                            req.headers().get(name).and_then(|v| v.to_str().ok())
+                        });
+                        let result = match headers {
+                            Ok(h) => client.transaction_notify(&h, &body).await,
+                            Err(e) => Err(NotifyError::Verify(e)),
+                        };
+                        match result {
+                            Ok((_, tx)) => {
+                                log.lock().unwrap().push(Seen::Paid {
+                                    out_trade_no: tx.out_trade_no.clone(),
+                                    total: tx.total(),
+                                });
+                                HttpResponse::NoContent().finish()
+                            }
+                            Err(e) => {
+                                log.lock().unwrap().push(Seen::Refused(e.clone()));
+                                HttpResponse::InternalServerError()
+                                    .json(json!({"code": "FAIL", "message": e.to_string()}))
+                            }
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url,
+            seen,
+            _server: handle,
+        }
+    }
+
+    async fn wait_for(&self, n: usize) -> Vec<Seen> {
+        for _ in 0..500 {
+            let got = self.seen.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} notifies, got {:?}", self.seen.lock().unwrap());
+    }
+}
+
+async fn wait_order_notify_state(sb: &SandboxHandle, no: &str, want: &str) -> Value {
+    for _ in 0..500 {
+        let order = get(sb, &format!("/sandbox/v3/orders/{no}")).await;
+        if order["notify_state"] == want {
+            return order;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("order {no} never reached notify_state {want}");
+}
+
+#[tokio::test]
+async fn public_key_mode_order_pay_notify_query_close_refund() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+
+    let prepay = client
+        .jsapi(order("V3PK0001", &receiver.url))
+        .await
+        .unwrap();
+    assert!(prepay.starts_with("wx"), "{prepay}");
+    // An identical repeat gets the same prepay_id; the same number with other fields does not.
+    assert_eq!(
+        client
+            .jsapi(order("V3PK0001", &receiver.url))
+            .await
+            .unwrap(),
+        prepay
+    );
+    let mut other = order("V3PK0001", &receiver.url);
+    other.amount.total = 1;
+    assert_eq!(
+        client.jsapi(other).await.unwrap_err().code(),
+        Some("OUT_TRADE_NO_USED")
+    );
+    let tx = client.query_by_out_trade_no("V3PK0001").await.unwrap();
+    assert_eq!(tx.trade_state, "NOTPAY");
+
+    let (status, view) = post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["api"], "v3");
+    let seen = receiver.wait_for(1).await;
+    assert!(
+        matches!(&seen[0], Seen::Paid { out_trade_no, total: Some(321) } if out_trade_no == "V3PK0001"),
+        "{seen:?}"
+    );
+    let order_view = wait_order_notify_state(&sb, "V3PK0001", "accepted").await;
+    assert_eq!(order_view["notify_attempts"], 1);
+    let records = get(&sb, "/sandbox/v3/notifies?out_trade_no=V3PK0001").await;
+    assert_eq!(records[0]["status"], 204);
+    assert_eq!(records[0]["serial"], dev::PUBLIC_KEY_ID);
+
+    let paid = client.query_by_out_trade_no("V3PK0001").await.unwrap();
+    assert_eq!(paid.trade_state, "SUCCESS");
+    assert_eq!(paid.total(), Some(321));
+    assert!(paid.transaction_id.is_some() && paid.success_unix().is_some());
+    assert_eq!(
+        client.close("V3PK0001").await.unwrap_err().code(),
+        Some("ORDERPAID")
+    );
+    assert_eq!(
+        client
+            .jsapi(order("V3PK0001", &receiver.url))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("ORDERPAID")
+    );
+
+    let refund_req = |no: &str, fen| RefundRequest {
+        out_trade_no: "V3PK0001".into(),
+        out_refund_no: no.into(),
+        reason: None,
+        notify_url: None,
+        amount: RefundAmountRequest {
+            refund: fen,
+            total: 321,
+            currency: "CNY".into(),
+        },
+    };
+    let r = client.refund(&refund_req("V3RF0001", 300)).await.unwrap();
+    assert_eq!((r.status.as_str(), r.amount.refund), ("PROCESSING", 300));
+    let err = client
+        .refund(&refund_req("V3RF0002", 22))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("INVALID_REQUEST"), "more than refundable");
+    let mut done = None;
+    for _ in 0..200 {
+        let q = client.query_refund("V3RF0001").await.unwrap();
+        if q.status == "SUCCESS" {
+            done = Some(q);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(done.expect("refund succeeds").success_time.is_some());
+    assert_eq!(
+        client.query_refund("V3RFNONE").await.unwrap_err().code(),
+        Some("RESOURCE_NOT_EXISTS")
+    );
+
+    // Close an unpaid order: 204, then it is CLOSED and cannot be ordered again.
+    client
+        .jsapi(order("V3PK0002", &receiver.url))
+        .await
+        .unwrap();
+    client.close("V3PK0002").await.unwrap();
+    assert_eq!(
+        client
+            .query_by_out_trade_no("V3PK0002")
+            .await
+            .unwrap()
+            .trade_state,
+        "CLOSED"
+    );
+    assert_eq!(
+        client
+            .jsapi(order("V3PK0002", &receiver.url))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("ORDER_CLOSED")
+    );
+    assert_eq!(
+        client
+            .query_by_out_trade_no("V3NOSUCH")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("ORDER_NOT_EXIST")
+    );
+}
+
+#[tokio::test]
+async fn requests_signed_wrongly_are_refused_with_sign_error() {
+    let sb = start(Mode::PublicKey).await;
+    // Signed with a key WeChat does not know for this merchant.
+    let stranger = include_str!("../devkeys/platform_a_key.pem");
+    let bad_key = client_with(
+        &sb,
+        merchant(stranger, dev::MERCHANT_SERIAL),
+        public_key_mode(),
+    );
+    let err = bad_key
+        .jsapi(order("V3SIG001", "http://127.0.0.1:9/n"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, V3Error::Api { status: 401, code, .. } if code == "SIGN_ERROR"),
+        "{err}"
+    );
+    let bad_serial = client_with(
+        &sb,
+        merchant(
+            dev::MERCHANT_PRIVATE_KEY,
+            "0000000000000000000000000000000000000000",
+        ),
+        public_key_mode(),
+    );
+    assert_eq!(
+        bad_serial
+            .query_by_out_trade_no("V3SIG001")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("SIGN_ERROR")
+    );
+    // Unsigned.
+    let res = http()
+        .get(sb.url("/v3/pay/transactions/out-trade-no/V3SIG001?mchid=1900000109"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    // The request was signed over another URL than the one sent: a different order number.
+    assert_eq!(
+        get(&sb, "/sandbox/v3/orders/V3SIG001").await["error"],
+        "unknown_order"
+    );
+}
+
+#[tokio::test]
+async fn response_faults_fail_verification_and_change_nothing() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    client
+        .jsapi(order("V3FLT001", "http://127.0.0.1:9/n"))
+        .await
+        .unwrap();
+    for (faults, expect) in [
+        (json!({"bad_signature": true}), "signature"),
+        (json!({"unknown_serial": true}), "serial unknown"),
+        (json!({"clock_skew_secs": 600}), "clock"),
+        (json!({"clock_skew_secs": -400}), "clock"),
+    ] {
+        let (status, _) = post(&sb, "/sandbox/v3/faults", faults.clone()).await;
+        assert_eq!(status, 200);
+        let err = client.query_by_out_trade_no("V3FLT001").await.unwrap_err();
+        let V3Error::Verify(inner) = &err else {
+            panic!("{faults}: {err}");
+        };
+        assert!(inner.to_string().starts_with(expect), "{faults}: {inner}");
+        assert!(err.is_retryable(), "treated as WeChat unavailable");
+        // A close whose answer cannot be trusted: the caller must not count it as closed.
+        assert!(client.close("V3FLT001").await.is_err());
+    }
+    assert_eq!(
+        http()
+            .delete(sb.url("/sandbox/v3/faults"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // The order is exactly as before the faults, apart from the closes WeChat did perform.
+    let tx = client.query_by_out_trade_no("V3FLT001").await.unwrap();
+    assert_eq!(tx.trade_state, "CLOSED");
+}
+
+#[tokio::test]
+async fn certificate_mode_downloads_and_survives_rotation_mid_run() {
+    let sb = start(Mode::Certificate).await;
+    let client = client(
+        &sb,
+        PlatformKeys::certificate_mode().with_forced_refresh_secs(0),
+    );
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3CRT001", &receiver.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.platform().certificate_serials(),
+        vec![dev::PLATFORM_A_SERIAL]
+    );
+
+    let (status, _) = post(&sb, "/sandbox/v3/rotate", json!({})).await;
+    assert_eq!(status, 200);
+    // The next answer is signed with certificate B: unknown, so the client downloads again.
+    post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    let seen = receiver.wait_for(1).await;
+    assert!(matches!(&seen[0], Seen::Paid { .. }), "{seen:?}");
+    assert_eq!(
+        client.platform().certificate_serials(),
+        vec![dev::PLATFORM_A_SERIAL, dev::PLATFORM_B_SERIAL]
+    );
+    assert_eq!(
+        client
+            .query_by_out_trade_no("V3CRT001")
+            .await
+            .unwrap()
+            .trade_state,
+        "SUCCESS"
+    );
+    let records = get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CRT001").await;
+    assert_eq!(records[0]["serial"], dev::PLATFORM_B_SERIAL);
+
+    // Public-key mode rotation is refused (nothing to rotate).
+    let pk = start(Mode::PublicKey).await;
+    assert_eq!(post(&pk, "/sandbox/v3/rotate", json!({})).await.0, 409);
+}
+
+/// How the merchant must have refused a faulty notify.
+type RefusedAs = fn(&NotifyError) -> bool;
+
+#[tokio::test]
+async fn forged_or_tampered_notifies_are_refused_and_retried_until_clean() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let cases: [(&str, Value, RefusedAs); 4] = [
+        ("V3NTF001", json!({"tamper_ciphertext": true}), |e| {
+            matches!(e, NotifyError::Decrypt(_))
+        }),
+        ("V3NTF002", json!({"bad_signature": true}), |e| {
+            matches!(e, NotifyError::Verify(VerifyError::Signature(_)))
+        }),
+        ("V3NTF003", json!({"unknown_serial": true}), |e| {
+            matches!(e, NotifyError::Verify(VerifyError::UnknownSerial(_)))
+        }),
+        ("V3NTF004", json!({"clock_skew_secs": -3600}), |e| {
+            matches!(e, NotifyError::Verify(VerifyError::Clock { .. }))
+        }),
+    ];
+    for (no, faults, refused_as) in cases {
+        let receiver = Receiver::start(client.clone()).await;
+        let prepay = client.jsapi(order(no, &receiver.url)).await.unwrap();
+        post(&sb, "/sandbox/v3/faults", faults.clone()).await;
+        post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+        let seen = receiver.wait_for(2).await;
+        for s in &seen[..2] {
+            assert!(
+                matches!(s, Seen::Refused(e) if refused_as(e)),
+                "{faults}: {seen:?}"
+            );
+        }
+        http()
+            .delete(sb.url("/sandbox/v3/faults"))
+            .send()
+            .await
+            .unwrap();
+        let order_view = wait_order_notify_state(&sb, no, "accepted").await;
+        assert!(
+            order_view["notify_attempts"].as_u64().unwrap() >= 3,
+            "{order_view}"
+        );
+        assert!(
+            matches!(receiver.seen.lock().unwrap().last(), Some(Seen::Paid { out_trade_no, .. }) if out_trade_no == no)
+        );
+        let records = get(&sb, &format!("/sandbox/v3/notifies?out_trade_no={no}")).await;
+        let records = records.as_array().unwrap();
+        assert_eq!(records[0]["status"], 500, "{faults}");
+        assert!(
+            !records[0]["faults"].as_array().unwrap().is_empty(),
+            "{faults}"
+        );
+        assert!(records.last().unwrap()["accepted"].as_bool().unwrap());
+        // WeChat's schedule: the second attempt comes 15 s (× 0.001) after the first.
+        let gap = records[1]["at_ms"].as_i64().unwrap() - records[0]["at_ms"].as_i64().unwrap();
+        assert!(gap >= 15, "{gap} ms");
+    }
+}

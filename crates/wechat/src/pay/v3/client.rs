@@ -1,0 +1,425 @@
+//! The v3 calls on one merchant account: signed JSON requests, verified responses.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::WechatClient;
+use crate::config::join;
+use crate::http::{self, MAX_BODY_BYTES};
+use crate::pay::jsapi::{RequestPaymentParams, nonce_str};
+use crate::pay::v3::aead::{self, ApiV3Key, EncryptedResource};
+use crate::pay::v3::error::V3Error;
+use crate::pay::v3::jsapi;
+use crate::pay::v3::keys::{MerchantKey, PublicKey};
+use crate::pay::v3::model::{
+    JsapiOrder, PrepayResponse, Refund, RefundRequest, Transaction, rfc3339_unix,
+};
+use crate::pay::v3::notify::{self, NotifyError, OpenedNotify};
+use crate::pay::v3::sign::{SignedRequest, authorization};
+use crate::pay::v3::verify::{PlatformCertificate, PlatformKeys, SignatureHeaders, VerifyError};
+
+/// A merchant account on v3. `Debug` shows no key.
+pub struct Merchant {
+    /// The mini program's appid.
+    pub appid: String,
+    pub mchid: String,
+    /// Serial of the merchant API certificate whose private key is `key`.
+    pub serial_no: String,
+    pub key: MerchantKey,
+    pub apiv3_key: ApiV3Key,
+}
+
+impl fmt::Debug for Merchant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Merchant")
+            .field("appid", &self.appid)
+            .field("mchid", &self.mchid)
+            .field("serial_no", &self.serial_no)
+            .finish_non_exhaustive()
+    }
+}
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Pay v3 for one merchant: WeChat's base URL and timeouts from the [`WechatClient`], the
+/// merchant's keys, and WeChat Pay's keys (with the certificate cache in certificate mode).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct V3Client {
+    wechat: WechatClient,
+    merchant: Arc<Merchant>,
+    platform: Arc<PlatformKeys>,
+    clock: Clock,
+}
+
+impl fmt::Debug for V3Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V3Client")
+            .field("merchant", &self.merchant)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct CertificateList {
+    data: Vec<CertificateItem>,
+}
+
+#[derive(Deserialize)]
+struct CertificateItem {
+    serial_no: String,
+    expire_time: String,
+    encrypt_certificate: EncryptedResource,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl V3Client {
+    pub fn new(wechat: WechatClient, merchant: Merchant, platform: PlatformKeys) -> Self {
+        Self {
+            wechat,
+            merchant: Arc::new(merchant),
+            platform: Arc::new(platform),
+            clock: Arc::new(system_now),
+        }
+    }
+
+    /// Replaces the clock (unix seconds) used for timestamps and the ±5 min check.
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn merchant(&self) -> &Merchant {
+        &self.merchant
+    }
+
+    pub fn platform(&self) -> &PlatformKeys {
+        &self.platform
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Sends one signed request; returns status, headers and body (any status).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &[u8],
+    ) -> Result<Answer, V3Error> {
+        let nonce = nonce_str();
+        let auth = authorization(
+            &self.merchant.mchid,
+            &self.merchant.serial_no,
+            &self.merchant.key,
+            &SignedRequest {
+                method: method.as_str(),
+                url,
+                timestamp: self.now(),
+                nonce: &nonce,
+                body,
+            },
+        );
+        let mut req = self
+            .wechat
+            .http()
+            .request(method, join(&self.wechat.config().pay_base, url))
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if !body.is_empty() {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| V3Error::Transport(http::describe(&e)))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| V3Error::Transport(http::describe(&e)))?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(V3Error::BadResponse("response too large".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body: bytes,
+        })
+    }
+
+    /// Maps a non-2xx answer to its error.
+    fn error_of(answer: &Answer) -> V3Error {
+        match serde_json::from_slice::<ApiErrorBody>(&answer.body) {
+            Ok(e) => V3Error::Api {
+                status: answer.status,
+                code: e.code,
+                message: e.message,
+            },
+            Err(_) if answer.status >= 500 => V3Error::Transport(format!("HTTP {}", answer.status)),
+            Err(_) => V3Error::BadResponse(format!("HTTP {} without an error body", answer.status)),
+        }
+    }
+
+    /// Downloads certificates first when due (certificate mode).
+    async fn ensure_certificates(&self) -> Result<(), V3Error> {
+        if self.platform.refresh_due(self.now())
+            && let Err(e) = self.refresh_certificates().await
+        {
+            // Certificates still valid keep working; without any, nothing can verify.
+            if self.platform.certificate_serials().is_empty() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "WeChat Pay certificate refresh failed; keeping the cached ones");
+        }
+        Ok(())
+    }
+
+    /// Verifies `headers` + `body` against the platform keys; on an unknown serial in
+    /// certificate mode downloads the certificates once and tries again.
+    async fn verify_signed(
+        &self,
+        headers: &SignatureHeaders,
+        body: &[u8],
+    ) -> Result<(), VerifyError> {
+        match self.platform.verify(headers, body, self.now()) {
+            Err(VerifyError::UnknownSerial(serial))
+                if self.platform.claim_forced_refresh(self.now()) =>
+            {
+                tracing::info!(%serial, "unknown WeChat Pay serial; downloading certificates");
+                if let Err(e) = self.refresh_certificates().await {
+                    tracing::warn!(error = %e, "WeChat Pay certificate download failed");
+                }
+                self.platform.verify(headers, body, self.now())
+            }
+            other => other,
+        }
+    }
+
+    /// One call: sign, send, map errors, verify the 2xx response.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, V3Error> {
+        self.ensure_certificates().await?;
+        let answer = self.send(method, url, body).await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(Self::error_of(&answer));
+        }
+        let headers = SignatureHeaders::from_header_map(&answer.headers)?;
+        if let Err(e) = self.verify_signed(&headers, &answer.body).await {
+            tracing::warn!(failed = %e, url, "WeChat Pay response failed verification");
+            return Err(e.into());
+        }
+        Ok(answer.body)
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &[u8],
+    ) -> Result<T, V3Error> {
+        let bytes = self.call(method, url, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| V3Error::BadResponse(e.to_string()))
+    }
+
+    /// `GET /v3/certificates`: decrypts every certificate with the APIv3 key, checks that the
+    /// response is signed by one of them (or by the public key), then installs them.
+    pub async fn refresh_certificates(&self) -> Result<Vec<String>, V3Error> {
+        let url = "/v3/certificates";
+        let answer = self.send(reqwest::Method::GET, url, b"").await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(Self::error_of(&answer));
+        }
+        let list: CertificateList = serde_json::from_slice(&answer.body)
+            .map_err(|e| V3Error::BadResponse(e.to_string()))?;
+        let mut certs = Vec::with_capacity(list.data.len());
+        for item in list.data {
+            let pem = aead::decrypt(&self.merchant.apiv3_key, &item.encrypt_certificate)?;
+            let pem = String::from_utf8(pem)
+                .map_err(|_| V3Error::BadResponse("certificate is not UTF-8 PEM".into()))?;
+            let key = PublicKey::from_certificate_pem(&pem).map_err(|e| {
+                V3Error::BadResponse(format!("certificate {}: {e}", item.serial_no))
+            })?;
+            let expires_at = rfc3339_unix(&item.expire_time)
+                .ok_or_else(|| V3Error::BadResponse("bad expire_time".into()))?;
+            certs.push(PlatformCertificate {
+                serial_no: item.serial_no,
+                key,
+                expires_at,
+            });
+        }
+        // The list authenticates itself twice: the APIv3 key decrypted it, and one of the
+        // certificates in it (or a key we already trust) signed the response.
+        let headers = SignatureHeaders::from_header_map(&answer.headers)?;
+        let now = self.now();
+        crate::pay::v3::verify::check_clock(&headers.timestamp, now)?;
+        let message = crate::pay::v3::sign::response_message(
+            &headers.timestamp,
+            &headers.nonce,
+            &answer.body,
+        );
+        let signer = certs
+            .iter()
+            .find(|c| c.serial_no == headers.serial)
+            .map(|c| c.key.clone())
+            .or_else(|| self.platform.key_for(&headers.serial, now))
+            .ok_or_else(|| VerifyError::UnknownSerial(headers.serial.clone()))?;
+        if !signer.verify(&message, &headers.signature) {
+            return Err(VerifyError::Signature(headers.serial.clone()).into());
+        }
+        let serials = certs.iter().map(|c| c.serial_no.clone()).collect();
+        self.platform.install_certificates(certs, now);
+        Ok(serials)
+    }
+
+    /// JSAPI下单 (`POST /v3/pay/transactions/jsapi`): the prepay_id (valid two hours).
+    /// `order.mchid` is the merchant's; an empty `order.appid` becomes the merchant's appid.
+    pub async fn jsapi(&self, mut order: JsapiOrder) -> Result<String, V3Error> {
+        if order.appid.is_empty() {
+            order.appid.clone_from(&self.merchant.appid);
+        }
+        order.mchid.clone_from(&self.merchant.mchid);
+        let body = serde_json::to_vec(&order).map_err(|e| V3Error::BadResponse(e.to_string()))?;
+        let resp: PrepayResponse = self
+            .call_json(reqwest::Method::POST, "/v3/pay/transactions/jsapi", &body)
+            .await?;
+        if resp.prepay_id.is_empty() {
+            return Err(V3Error::BadResponse("empty prepay_id".into()));
+        }
+        Ok(resp.prepay_id)
+    }
+
+    /// 查询订单 by our order number; checks appid and mchid are ours.
+    pub async fn query_by_out_trade_no(&self, out_trade_no: &str) -> Result<Transaction, V3Error> {
+        let url = format!(
+            "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+            path_segment(out_trade_no)?,
+            path_segment(&self.merchant.mchid)?
+        );
+        let tx: Transaction = self.call_json(reqwest::Method::GET, &url, b"").await?;
+        self.check_ours(&tx)?;
+        if tx.out_trade_no != out_trade_no {
+            return Err(V3Error::BadResponse("out_trade_no differs".into()));
+        }
+        Ok(tx)
+    }
+
+    /// 关闭订单: `204 No Content` on success.
+    pub async fn close(&self, out_trade_no: &str) -> Result<(), V3Error> {
+        let url = format!(
+            "/v3/pay/transactions/out-trade-no/{}/close",
+            path_segment(out_trade_no)?
+        );
+        let body = serde_json::json!({ "mchid": self.merchant.mchid }).to_string();
+        self.call(reqwest::Method::POST, &url, body.as_bytes())
+            .await
+            .map(drop)
+    }
+
+    /// 申请退款 (`POST /v3/refund/domestic/refunds`).
+    pub async fn refund(&self, request: &RefundRequest) -> Result<Refund, V3Error> {
+        let body = serde_json::to_vec(request).map_err(|e| V3Error::BadResponse(e.to_string()))?;
+        self.call_json(reqwest::Method::POST, "/v3/refund/domestic/refunds", &body)
+            .await
+    }
+
+    /// 查询单笔退款 (`GET /v3/refund/domestic/refunds/{out_refund_no}`).
+    pub async fn query_refund(&self, out_refund_no: &str) -> Result<Refund, V3Error> {
+        let url = format!(
+            "/v3/refund/domestic/refunds/{}",
+            path_segment(out_refund_no)?
+        );
+        self.call_json(reqwest::Method::GET, &url, b"").await
+    }
+
+    /// `wx.requestPayment` parameters for `prepay_id`, signed now.
+    pub fn request_payment_params(&self, prepay_id: &str) -> RequestPaymentParams {
+        jsapi::request_payment_params(
+            &self.merchant.appid,
+            &self.merchant.key,
+            prepay_id,
+            self.now(),
+            &nonce_str(),
+        )
+    }
+
+    /// Authenticates and decrypts a notify (refreshing certificates on an unknown serial).
+    pub async fn open_notify(
+        &self,
+        headers: &SignatureHeaders,
+        body: &[u8],
+    ) -> Result<OpenedNotify, NotifyError> {
+        self.ensure_certificates()
+            .await
+            .map_err(|e| NotifyError::Keys(e.to_string()))?;
+        self.verify_signed(headers, body).await?;
+        notify::decrypt_verified(&self.merchant.apiv3_key, body)
+    }
+
+    /// A verified `TRANSACTION.*` notify as its transaction, checked to be for our mchid.
+    pub async fn transaction_notify(
+        &self,
+        headers: &SignatureHeaders,
+        body: &[u8],
+    ) -> Result<(OpenedNotify, Transaction), NotifyError> {
+        let opened = self.open_notify(headers, body).await?;
+        let tx: Transaction = serde_json::from_slice(&opened.plaintext)
+            .map_err(|e| NotifyError::Json(e.to_string()))?;
+        self.check_ours(&tx)
+            .map_err(|_| NotifyError::Mismatch("mchid"))?;
+        Ok((opened, tx))
+    }
+
+    /// The transaction is this merchant's (its appid is the caller's to check against the order).
+    fn check_ours(&self, tx: &Transaction) -> Result<(), V3Error> {
+        if tx.mchid != self.merchant.mchid {
+            return Err(V3Error::BadResponse("mchid is not ours".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Our order numbers are `[A-Za-z0-9_\-|*]`; anything else would change the URL we sign.
+fn path_segment(s: &str) -> Result<&str, V3Error> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+    {
+        Ok(s)
+    } else {
+        Err(V3Error::BadResponse(
+            "identifier must be [A-Za-z0-9_-|*]".into(),
+        ))
+    }
+}

@@ -1,0 +1,251 @@
+//! Authenticating what WeChat Pay sends us: responses and notifies carry `Wechatpay-Timestamp`,
+//! `Wechatpay-Nonce`, `Wechatpay-Signature` and `Wechatpay-Serial`, the signature being
+//! SHA256withRSA over `TIMESTAMP\nNONCE\nBODY\n` with the key that `Wechatpay-Serial` names
+//! (签名验证, <https://wechatpay-api.gitbook.io/wechatpay-api-v3/qian-ming-zhi-nan-1/qian-ming-yan-zheng>).
+//!
+//! The serial is either the id of WeChat Pay's public key (`PUB_KEY_ID_…`, public-key mode, the
+//! only mode for merchants since 2024) or the serial of a platform certificate (certificate mode:
+//! downloaded from `/v3/certificates`, rotated by WeChat with an overlap during which both the old
+//! and the new certificate sign). [`PlatformKeys`] holds both kinds, so a merchant moving from
+//! certificates to the public key keeps verifying during the switch.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::pay::v3::keys::PublicKey;
+use crate::pay::v3::sign::response_message;
+
+/// How far `Wechatpay-Timestamp` may be from our clock: WeChat's SDKs reject replays older than
+/// five minutes (and so do we, both ways).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
+
+/// Refresh downloaded certificates at least this often (WeChat's SDKs poll about twice a day).
+pub const CERT_REFRESH_SECS: i64 = 12 * 3600;
+/// Refresh early when every certificate we hold expires within this margin.
+pub const CERT_EXPIRY_MARGIN_SECS: i64 = 24 * 3600;
+/// An unknown serial triggers a download at most this often, so forged serials cannot make us
+/// hammer `/v3/certificates`.
+pub const DEFAULT_FORCED_REFRESH_SECS: i64 = 60;
+
+/// The names of the four headers.
+pub mod header {
+    pub const TIMESTAMP: &str = "Wechatpay-Timestamp";
+    pub const NONCE: &str = "Wechatpay-Nonce";
+    pub const SIGNATURE: &str = "Wechatpay-Signature";
+    pub const SERIAL: &str = "Wechatpay-Serial";
+}
+
+/// Why a response or notify was not accepted as WeChat's. Names the failed check, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("Wechatpay-Timestamp is not a unix time")]
+    BadTimestamp,
+    #[error("clock: Wechatpay-Timestamp is {skew_secs} s from ours (allowed ±300 s)")]
+    Clock { skew_secs: i64 },
+    #[error("serial unknown: no WeChat Pay key or certificate {0}")]
+    UnknownSerial(String),
+    #[error("signature: Wechatpay-Signature does not verify with key {0}")]
+    Signature(String),
+}
+
+/// The four `Wechatpay-*` headers of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeaders {
+    pub timestamp: String,
+    pub nonce: String,
+    pub signature: String,
+    pub serial: String,
+}
+
+impl SignatureHeaders {
+    /// Reads the headers through `get` (case-insensitive lookup is the caller's).
+    pub fn from_lookup<'a>(
+        get: impl Fn(&'static str) -> Option<&'a str>,
+    ) -> Result<Self, VerifyError> {
+        let one = |name| {
+            get(name)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or(VerifyError::MissingHeader(name))
+        };
+        Ok(Self {
+            timestamp: one(header::TIMESTAMP)?,
+            nonce: one(header::NONCE)?,
+            signature: one(header::SIGNATURE)?,
+            serial: one(header::SERIAL)?,
+        })
+    }
+
+    /// Reads them from a reqwest/http header map.
+    pub fn from_header_map(map: &reqwest::header::HeaderMap) -> Result<Self, VerifyError> {
+        Self::from_lookup(|name| map.get(name).and_then(|v| v.to_str().ok()))
+    }
+}
+
+/// One downloaded platform certificate.
+#[derive(Debug, Clone)]
+pub struct PlatformCertificate {
+    /// Upper-case hex serial, as in `Wechatpay-Serial`.
+    pub serial_no: String,
+    pub key: PublicKey,
+    /// Unix seconds of `expire_time`.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Default)]
+struct CertState {
+    certs: HashMap<String, PlatformCertificate>,
+    fetched_at: Option<i64>,
+    last_forced: Option<i64>,
+}
+
+/// The keys WeChat Pay signs with, as far as we know them. Shared between requests.
+#[derive(Debug)]
+pub struct PlatformKeys {
+    public_key: Option<(String, PublicKey)>,
+    certificate_mode: bool,
+    forced_refresh_secs: i64,
+    state: RwLock<CertState>,
+}
+
+impl PlatformKeys {
+    /// Public-key mode: `id` is the `PUB_KEY_ID_…` WeChat shows with the key.
+    pub fn public_key_mode(id: impl Into<String>, key: PublicKey) -> Self {
+        Self::new(Some((id.into(), key)), false)
+    }
+
+    /// Certificate mode: keys come from `/v3/certificates` (see
+    /// [`V3Client::refresh_certificates`](crate::pay::v3::V3Client::refresh_certificates)).
+    pub fn certificate_mode() -> Self {
+        Self::new(None, true)
+    }
+
+    /// Both: the public key and downloaded certificates (while WeChat switches a merchant).
+    pub fn public_key_and_certificates(id: impl Into<String>, key: PublicKey) -> Self {
+        Self::new(Some((id.into(), key)), true)
+    }
+
+    fn new(public_key: Option<(String, PublicKey)>, certificate_mode: bool) -> Self {
+        Self {
+            public_key,
+            certificate_mode,
+            forced_refresh_secs: DEFAULT_FORCED_REFRESH_SECS,
+            state: RwLock::default(),
+        }
+    }
+
+    /// Changes how often an unknown serial may trigger a download (tests run on a fast clock).
+    pub fn with_forced_refresh_secs(mut self, secs: i64) -> Self {
+        self.forced_refresh_secs = secs;
+        self
+    }
+
+    /// Whether certificates are downloaded at all.
+    pub fn uses_certificates(&self) -> bool {
+        self.certificate_mode
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CertState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CertState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key for `serial` that is valid at `now`.
+    pub fn key_for(&self, serial: &str, now: i64) -> Option<PublicKey> {
+        if let Some((id, key)) = &self.public_key
+            && id == serial
+        {
+            return Some(key.clone());
+        }
+        self.read()
+            .certs
+            .get(serial)
+            .filter(|c| c.expires_at > now)
+            .map(|c| c.key.clone())
+    }
+
+    /// Serials of the certificates held, sorted.
+    pub fn certificate_serials(&self) -> Vec<String> {
+        let mut serials: Vec<_> = self.read().certs.keys().cloned().collect();
+        serials.sort();
+        serials
+    }
+
+    /// Adds freshly downloaded certificates. Older ones stay until they expire: during a
+    /// rotation WeChat may still sign with the previous certificate.
+    pub fn install_certificates(&self, certs: Vec<PlatformCertificate>, now: i64) {
+        let mut state = self.write();
+        state.certs.retain(|_, c| c.expires_at > now);
+        for cert in certs {
+            state.certs.insert(cert.serial_no.clone(), cert);
+        }
+        state.fetched_at = Some(now);
+    }
+
+    /// True when certificates should be downloaded now: never fetched, fetched long ago, or all
+    /// of them expiring soon.
+    pub fn refresh_due(&self, now: i64) -> bool {
+        if !self.certificate_mode {
+            return false;
+        }
+        let state = self.read();
+        let Some(fetched_at) = state.fetched_at else {
+            return true;
+        };
+        now - fetched_at >= CERT_REFRESH_SECS
+            || !state
+                .certs
+                .values()
+                .any(|c| c.expires_at - now > CERT_EXPIRY_MARGIN_SECS)
+    }
+
+    /// Claims the right to download because of an unknown serial (at most once per interval).
+    pub fn claim_forced_refresh(&self, now: i64) -> bool {
+        if !self.certificate_mode {
+            return false;
+        }
+        let mut state = self.write();
+        match state.last_forced {
+            Some(last) if now - last < self.forced_refresh_secs => false,
+            _ => {
+                state.last_forced = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Checks the clock, finds the key of `headers.serial`, verifies the signature of `body`.
+    pub fn verify(
+        &self,
+        headers: &SignatureHeaders,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), VerifyError> {
+        check_clock(&headers.timestamp, now)?;
+        let key = self
+            .key_for(&headers.serial, now)
+            .ok_or_else(|| VerifyError::UnknownSerial(headers.serial.clone()))?;
+        let message = response_message(&headers.timestamp, &headers.nonce, body);
+        if key.verify(&message, &headers.signature) {
+            Ok(())
+        } else {
+            Err(VerifyError::Signature(headers.serial.clone()))
+        }
+    }
+}
+
+/// `timestamp` is within [`MAX_CLOCK_SKEW_SECS`] of `now`.
+pub fn check_clock(timestamp: &str, now: i64) -> Result<(), VerifyError> {
+    let ts: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
+    let skew_secs = ts.saturating_sub(now);
+    if skew_secs.abs() > MAX_CLOCK_SKEW_SECS {
+        return Err(VerifyError::Clock { skew_secs });
+    }
+    Ok(())
+}
