@@ -297,14 +297,16 @@ impl Payments {
         raw_body: &[u8],
     ) -> NotifyV3Reply {
         let now = self.now();
-        let stored_len = raw_body.len().min(MAX_STORED_BODY_BYTES);
+        // As for v2: whole only once authenticated (judge_v3 replaces it), else a prefix.
         let mut record = NewNotification {
             received_at: now,
             out_trade_no: String::new(),
             transaction_id: String::new(),
-            raw_body: String::from_utf8_lossy(&raw_body[..stored_len]).into_owned(),
+            raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
             verdict: String::new(),
             accepted: false,
+            body_sha256: hex::encode(Sha256::digest(raw_body)),
+            body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
         };
         let judgement = match self.judge_v3(headers, raw_body, now, &mut record).await {
             Ok(j) => j,
@@ -361,6 +363,8 @@ impl Payments {
                 return Ok(Judgement::reject(verdict_of_v3_error(&e)));
             }
         };
+        // Authenticated: WeChat's own notify, kept whole.
+        record.raw_body = lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)]);
         record.out_trade_no = bounded(&tx.out_trade_no, MAX_STORED_ID_CHARS);
         record.transaction_id = bounded(
             tx.transaction_id.as_deref().unwrap_or_default(),
@@ -377,24 +381,20 @@ impl Payments {
             verdict_of,
             |order| {
                 let Some(order) = order else {
-                    return Err(Judgement::reject("unknown_order"));
+                    return Err(Judgement::verified("unknown_order", false));
                 };
                 if order.pay_api() != crate::config::PayApi::V3 {
-                    return Err(Judgement::reject("api_mismatch"));
+                    return Err(Judgement::verified("api_mismatch", false));
                 }
                 if tx.appid != order.app_id {
-                    return Err(Judgement::reject("appid_mismatch"));
+                    return Err(Judgement::verified("appid_mismatch", false));
                 }
                 if !success {
-                    return Err(Judgement {
-                        verdict: "payment_failed",
-                        accepted: true,
-                        stored: false,
-                    });
+                    return Err(Judgement::verified("payment_failed", true));
                 }
                 let transaction_id = tx.transaction_id.clone().unwrap_or_default();
                 if transaction_id.is_empty() {
-                    return Err(Judgement::reject("malformed"));
+                    return Err(Judgement::verified("malformed", false));
                 }
                 if tx.total() != Some(order.amount_fen) {
                     tracing::error!(
@@ -403,7 +403,7 @@ impl Payments {
                         total = ?tx.total(),
                         "verified v3 notify with the wrong amount"
                     );
-                    return Err(Judgement::reject("amount_mismatch"));
+                    return Err(Judgement::verified("amount_mismatch", false));
                 }
                 Ok(Payment {
                     paid_at: tx.success_unix().unwrap_or(now),
@@ -417,10 +417,12 @@ impl Payments {
             Err(judgement) => return Ok(judgement),
         };
         log_paid_outcome(&outcome, "notify_v3");
+        crate::subscribe::on_paid(self, &outcome).await;
         let (verdict, accepted) = verdict_of(&outcome);
         Ok(Judgement {
             verdict,
             accepted,
+            verified: true,
             stored: true,
         })
     }

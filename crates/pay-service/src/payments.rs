@@ -692,7 +692,7 @@ impl Payments {
         .await?;
         log_paid_outcome(&outcome, "orderquery");
         crate::subscribe::on_paid(self, &outcome).await;
-        if query.trade_state == TradeState::Refund {
+        if query.state == TradeState::Refund {
             self.sync_refunds_from_wechat(outcome.order()).await?;
         }
         Ok(Some(outcome))

@@ -271,6 +271,7 @@ mod tests {
             reconcile_lease_owner: String::new(),
             refunding_fen: refunding,
             refunded_fen: refunded,
+            api: "v2".into(),
         }
     }
 

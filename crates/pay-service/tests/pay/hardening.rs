@@ -74,6 +74,7 @@ async fn insert_paying_order(env: &Env, order_no: &str, sign_type: &str) {
         expires_at: now + 1800,
         notify_url: env.config.notify_url.clone(),
         sign_type: sign_type.into(),
+        api: "v2".into(),
     };
     store::insert_order(env.pay.database(), &new).await.unwrap();
 }
