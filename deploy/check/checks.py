@@ -31,7 +31,7 @@ SERVICES = {
 SANDBOX = ("wxmp-sandbox", 9000, "http")
 METRICS_PORT = 9100
 # Who may call whom over gRPC (NetworkPolicy): callee -> callers.
-GRPC_CALLERS = {"auth": {"gateway", "user"}, "user": {"gateway", "auth"}, "pay": {"gateway"}}
+GRPC_CALLERS = {"auth": {"gateway", "user", "pay"}, "user": {"gateway", "auth"}, "pay": {"gateway"}}
 # The variables each service requires (no default in ARCHITECTURE.md), and its secret ones.
 REQUIRED_ENV = {
     "gateway": {"WXMP_INTERNAL_TOKEN"},
