@@ -54,6 +54,14 @@ impl Report {
         self.outcomes.iter().filter(|o| o.op == op).count()
     }
 
+    /// Successful requests in progress at some moment of `[from, to]`.
+    pub fn ok_overlapping(&self, from: Duration, to: Duration) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| o.ok() && o.started <= to && o.finished >= from)
+            .count()
+    }
+
     /// Successful requests that started and finished inside `[from, to]`.
     pub fn ok_within(&self, from: Duration, to: Duration) -> usize {
         self.outcomes
