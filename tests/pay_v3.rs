@@ -89,18 +89,11 @@ async fn pay_for(t: &TestStack, token: &str) -> (StatusCode, Value) {
     .await
 }
 
+/// The phone pays with `wx.requestPayment`'s parameters as `/pay/` answered them (the
+/// sandbox verifies the RSA paySign with the merchant's public key).
 async fn sandbox_pays(t: &TestStack, params: &Value) {
-    let prepay_id = params["package"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("prepay_id=")
-        .unwrap();
-    let (status, answer) = t
-        .post(
-            &t.sandbox("/sandbox/pay"),
-            json!({ "prepay_id": prepay_id }),
-        )
-        .await;
+    let body = wxmp_tests::request_payment(params).expect("wx.requestPayment parameters");
+    let (status, answer) = t.post(&t.sandbox("/sandbox/pay"), body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 

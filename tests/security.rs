@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use sandbox::{DEV_APP_ID, DEV_MCH_ID};
 use serde_json::json;
 use tonic::{Code, metadata::MetadataValue};
 use wxmp_proto::pay::v1::{ListProductsRequest, pay_service_client::PayServiceClient};
@@ -102,8 +103,11 @@ async fn notify_flood(backend: Backend) {
     let (order_no, prepay) = order_and_prepay(&answer).unwrap();
     let forged = |i: usize| {
         format!(
-            "<xml><return_code>SUCCESS</return_code><out_trade_no>{order_no}</out_trade_no>\
-             <total_fee>1800</total_fee><sign>{i:032}</sign></xml>"
+            "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code>\
+             <appid>{DEV_APP_ID}</appid><mch_id>{DEV_MCH_ID}</mch_id><nonce_str>n{i}</nonce_str>\
+             <out_trade_no>{order_no}</out_trade_no><transaction_id>4200000000{i:018}</transaction_id>\
+             <total_fee>1800</total_fee><time_end>20261201120000</time_end>\
+             <sign>{i:032}</sign></xml>"
         )
     };
     let attacker = [
@@ -168,8 +172,11 @@ async fn garbage_then_genuine_notify(backend: Backend) {
     // Forgeries: the default budget is 20 signature failures a minute; then throttled.
     let forged = |i: usize| {
         format!(
-            "<xml><return_code>SUCCESS</return_code><out_trade_no>{order_no}</out_trade_no>\
-             <total_fee>1800</total_fee><sign>{i:032}</sign></xml>"
+            "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code>\
+             <appid>{DEV_APP_ID}</appid><mch_id>{DEV_MCH_ID}</mch_id><nonce_str>n{i}</nonce_str>\
+             <out_trade_no>{order_no}</out_trade_no><transaction_id>4200000000{i:018}</transaction_id>\
+             <total_fee>1800</total_fee><time_end>20261201120000</time_end>\
+             <sign>{i:032}</sign></xml>"
         )
     };
     for i in 0..30 {

@@ -217,6 +217,16 @@ async fn paid_message_once(backend: Backend) {
     // No notify at all: the reconciler finds the payment.
     t.faults(json!({ "drop_notify": true })).await;
     let repaired = pay_and_wait(&t, &token).await;
+    // The messages so far go out before the next fault is set (the sender is asynchronous).
+    eventually(Duration::from_secs(20), || async {
+        let rows = paid_messages(&t).await;
+        [&duplicated, &repaired]
+            .iter()
+            .all(|no| rows.iter().any(|(n, state, _)| n == *no && state == "SENT"))
+            .then_some(())
+    })
+    .await
+    .expect("the first two messages are SENT");
     // subscribe/send answers 503 twice before it works: retried, sent once.
     t.faults(json!({ "http_status": 503, "times": 2, "path_prefix": "/cgi-bin/message" }))
         .await;

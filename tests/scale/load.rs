@@ -219,16 +219,15 @@ async fn iteration(ctx: &Ctx, report: &mut Report, openid: &mut Option<String>, 
         json!({ "token": token, "product_id": PRODUCT }),
     )
     .await;
+    // The phone pays with the wx.requestPayment parameters (the sandbox checks paySign).
     let (Some(order_no), Some(prepay)) = (
         paid["data"]["order_no"].as_str(),
-        paid["data"]["package"]
-            .as_str()
-            .and_then(|p| p.strip_prefix("prepay_id=")),
+        wxmp_tests::request_payment(&paid),
     ) else {
         return;
     };
     report.placed.push(order_no.to_owned());
-    let charged = sandbox_post(ctx, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    let charged = sandbox_post(ctx, "/sandbox/pay", prepay).await;
     assert_eq!(charged["trade_state"], "SUCCESS", "sandbox pay: {charged}");
     report.charged.push(order_no.to_owned());
 

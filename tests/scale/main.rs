@@ -286,12 +286,9 @@ async fn sigkill_of_one_replica_each_loses_nothing() {
         .await
         .expect("JSON");
     let (order_no, prepay) = wxmp_tests::order_and_prepay(&placed).expect("an order");
-    cluster
-        .post_sandbox(
-            "/sandbox/pay",
-            json!({ "prepay_id": prepay, "faults": { "drop_notify": true } }),
-        )
-        .await;
+    let mut pay = prepay.clone();
+    pay["faults"] = json!({ "drop_notify": true });
+    cluster.post_sandbox("/sandbox/pay", pay).await;
     let held = eventually(Duration::from_secs(20), || async {
         let calls = cluster.calls().await;
         calls
@@ -419,12 +416,9 @@ async fn two_reconcilers_never_ask_about_one_order_at_once() {
             .expect("JSON");
         let (order_no, prepay) = wxmp_tests::order_and_prepay(&placed).expect("an order");
         if i % 2 == 0 {
-            cluster
-                .post_sandbox(
-                    "/sandbox/pay",
-                    json!({ "prepay_id": prepay, "faults": { "drop_notify": true } }),
-                )
-                .await;
+            let mut pay = prepay.clone();
+            pay["faults"] = json!({ "drop_notify": true });
+            cluster.post_sandbox("/sandbox/pay", pay).await;
             report.charged.push(order_no.clone());
         }
         report.placed.push(order_no);

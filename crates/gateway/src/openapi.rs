@@ -125,6 +125,7 @@ impl Modify for SecuritySchemes {
         routes::pay::order,
         routes::pay::products,
         routes::notify::pay_notify,
+        routes::notify::pay_notify_v3,
         routes::refund_notify::refund_notify,
         routes::health::healthz,
         routes::health::readyz,

@@ -156,7 +156,8 @@ pub async fn pay(
 ) -> Result<HttpResponse, DevError> {
     let mut body: PayRequest = parse_body(&body)?;
     // A Pay v3 order is paid by the v3 module (its paySign is RSA, not the v2 key's).
-    if let Some(paid) = crate::v3::pay_v3_order(&sandbox, body.prepay_id()?, body.outcome) {
+    let prepay_id = body.prepay_id()?.to_owned();
+    if let Some(paid) = crate::v3::pay_v3_order(&sandbox, &body, &prepay_id) {
         return paid;
     }
     let fixed_faults = match body.faults.take() {
@@ -166,7 +167,6 @@ pub async fn pay(
     if let Some(f) = &fixed_faults {
         f.validate().map_err(DevError::BadRequest)?;
     }
-    let prepay_id = body.prepay_id()?.to_owned();
     let mut state = sandbox.state();
     let key = state
         .prepay_ids

@@ -86,6 +86,25 @@ fn order(out_trade_no: &str, notify_url: &str) -> JsapiOrder {
     }
 }
 
+/// What the phone hands `/sandbox/pay`: `wx.requestPayment`'s v3 parameters, `paySign` made
+/// with the dev merchant key over `appId\ntimeStamp\nnonceStr\npackage\n`, as the
+/// merchant's backend makes it.
+fn request_payment(prepay: &str) -> Value {
+    let appid = sandbox::DEV_APP_ID;
+    let (time_stamp, nonce) = ("1764561600", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS");
+    let package = format!("prepay_id={prepay}");
+    let signer = sandbox::v3::crypto::Signer::from_pem(dev::MERCHANT_PRIVATE_KEY).unwrap();
+    let pay_sign = signer.sign(format!("{appid}\n{time_stamp}\n{nonce}\n{package}\n").as_bytes());
+    json!({
+        "appId": appid,
+        "timeStamp": time_stamp,
+        "nonceStr": nonce,
+        "package": package,
+        "signType": "RSA",
+        "paySign": pay_sign,
+    })
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
@@ -228,7 +247,20 @@ async fn public_key_mode_order_pay_notify_query_close_refund() {
     let tx = client.query_by_out_trade_no("V3PK0001").await.unwrap();
     assert_eq!(tx.trade_state, "NOTPAY");
 
-    let (status, view) = post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    // A paySign that does not verify is the phone's fail callback: nothing is paid.
+    let mut forged = request_payment(&prepay);
+    forged["nonceStr"] = json!("another-nonce");
+    let (status, refused) = post(&sb, "/sandbox/pay", forged).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        client
+            .query_by_out_trade_no("V3PK0001")
+            .await
+            .unwrap()
+            .trade_state,
+        "NOTPAY"
+    );
+    let (status, view) = post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["api"], "v3");
     let seen = receiver.wait_for(1).await;
@@ -432,7 +464,7 @@ async fn certificate_mode_downloads_and_survives_rotation_mid_run() {
     let (status, _) = post(&sb, "/sandbox/v3/rotate", json!({})).await;
     assert_eq!(status, 200);
     // The next answer is signed with certificate B: unknown, so the client downloads again.
-    post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+    post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
     let seen = receiver.wait_for(1).await;
     assert!(matches!(&seen[0], Seen::Paid { .. }), "{seen:?}");
     assert_eq!(
@@ -480,7 +512,7 @@ async fn forged_or_tampered_notifies_are_refused_and_retried_until_clean() {
         let receiver = Receiver::start(client.clone()).await;
         let prepay = client.jsapi(order(no, &receiver.url)).await.unwrap();
         post(&sb, "/sandbox/v3/faults", faults.clone()).await;
-        post(&sb, "/sandbox/pay", json!({ "prepay_id": prepay })).await;
+        post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
         let seen = receiver.wait_for(2).await;
         for s in &seen[..2] {
             assert!(

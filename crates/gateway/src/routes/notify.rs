@@ -154,6 +154,23 @@ fn accepted_v3() -> HttpResponse {
 /// `POST /pay/notify/v3`: a WeChat Pay v3 notify (JSON, `Wechatpay-*` headers, encrypted
 /// resource). pay-service verifies and decrypts; the gateway bounds the body, relays the four
 /// headers, and answers 204 or `{"code":"FAIL","message"}`.
+#[utoipa::path(post, path = "/pay/notify/v3", tag = "wechat",
+    summary = "WeChat Pay v3 payment notify (pay.HandlePayNotifyV3); WeChat's, not the mini program's",
+    description = "JSON with an AES-256-GCM encrypted `resource`, signed in the `Wechatpay-Timestamp`, `-Nonce`, `-Signature` and `-Serial` headers: the signature is the credential. At most 64 KiB. Not enveloped.",
+    request_body(content = String, content_type = "application/json", description = "WeChat's v3 notify"),
+    params(
+        ("Wechatpay-Timestamp" = String, Header, description = "Unix seconds; refused outside ±5 minutes"),
+        ("Wechatpay-Nonce" = String, Header, description = "Random string of the signature"),
+        ("Wechatpay-Signature" = String, Header, description = "base64 SHA256withRSA over timestamp, nonce and body"),
+        ("Wechatpay-Serial" = String, Header, description = "PUB_KEY_ID_… or the platform certificate's serial"),
+    ),
+    responses(
+        (status = 204, description = "accepted (applied now or before)"),
+        (status = 400, description = "`{\"code\":\"FAIL\",\"message\"}`: refused (signature, clock, ciphertext, amount, appid...), or an unreadable body", body = String, content_type = "application/json"),
+        (status = 413, description = "`{\"code\":\"FAIL\"}`: body too large", body = String, content_type = "application/json"),
+        (status = 500, description = "`{\"code\":\"FAIL\"}`: internal error; WeChat retries", body = String, content_type = "application/json"),
+        (status = 503, description = "`{\"code\":\"FAIL\"}`: pay-service unavailable; WeChat retries", body = String, content_type = "application/json"),
+    ))]
 pub async fn pay_notify_v3(
     state: web::Data<AppState>,
     request_id: RequestId,

@@ -28,16 +28,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// `/sandbox/pay` for a v3 prepay_id: `None` when the prepay_id is not a v3 one.
+/// `/sandbox/pay` for a v3 prepay_id: `None` when the prepay_id is not a v3 one. Like the
+/// phone's `wx.requestPayment` on v3 (小程序调起支付, https://pay.weixin.qq.com/wiki/doc/apiv3/
+/// apis/chapter3_5_4.shtml): `signType` "RSA", `appId` the order's, and `paySign` =
+/// base64(SHA256withRSA(`appId\ntimeStamp\nnonceStr\npackage\n`)) by the merchant's key,
+/// verified with the merchant public key the sandbox holds; else the fail callback.
 pub(crate) fn pay_v3_order(
     sandbox: &web::Data<Sandbox>,
+    req: &crate::notify::PayRequest,
     prepay_id: &str,
-    outcome: PayOutcome,
 ) -> Option<Result<HttpResponse, DevError>> {
+    let outcome = req.outcome;
     let v3 = &sandbox.v3;
     let mut state = v3.state();
     let out_trade_no = state.prepay_ids.get(prepay_id)?.clone();
     let order = state.orders.get_mut(&out_trade_no)?;
+    let fail = |reason: &str| {
+        Some(Err(DevError::RequestPaymentFail(format!(
+            "requestPayment:fail {reason}"
+        ))))
+    };
+    if req.sign_type != "RSA" {
+        return fail("signType与统一下单的签名类型不一致");
+    }
+    if req.app_id != order.appid {
+        return fail("appId与下单的appid不一致");
+    }
+    let message = crate::v3::crypto::signed_lines(&[
+        req.app_id.as_bytes(),
+        req.time_stamp.as_bytes(),
+        req.nonce_str.as_bytes(),
+        req.package.as_bytes(),
+    ]);
+    if !crate::v3::crypto::verify(&v3.merchant_public_key, &message, &req.pay_sign) {
+        return fail("支付验证签名失败");
+    }
     match order.trade_state.as_str() {
         "SUCCESS" | "REFUND" => {
             return Some(Err(DevError::Conflict(format!(
