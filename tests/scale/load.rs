@@ -216,7 +216,8 @@ async fn iteration(ctx: &Ctx, report: &mut Report, openid: &mut Option<String>, 
         report,
         "pay",
         "/pay/",
-        json!({ "token": token, "product_id": PRODUCT }),
+        // One idempotency key per purchase, as a client sends it.
+        json!({ "token": token, "product_id": PRODUCT, "idempotency_key": uuid::Uuid::new_v4().to_string() }),
     )
     .await;
     // The phone pays with the wx.requestPayment parameters (the sandbox checks paySign).

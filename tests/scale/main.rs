@@ -278,7 +278,9 @@ async fn sigkill_of_one_replica_each_loses_nothing() {
     let placed: Value = cluster
         .http
         .post(cluster.front("/pay/"))
-        .json(&json!({ "token": token, "product_id": cluster::PRODUCT }))
+        // One idempotency key per purchase, as a client does (else a second purchase of
+        // the product within PAY_PRODUCT_REUSE_SECS answers the first, open order).
+        .json(&json!({ "token": token, "product_id": cluster::PRODUCT, "idempotency_key": uuid::Uuid::new_v4().to_string() }))
         .send()
         .await
         .expect("pay")
@@ -407,7 +409,9 @@ async fn two_reconcilers_never_ask_about_one_order_at_once() {
         let placed: Value = cluster
             .http
             .post(cluster.front("/pay/"))
-            .json(&json!({ "token": token, "product_id": cluster::PRODUCT }))
+            // One idempotency key per purchase, as a client does (else a second purchase of
+        // the product within PAY_PRODUCT_REUSE_SECS answers the first, open order).
+        .json(&json!({ "token": token, "product_id": cluster::PRODUCT, "idempotency_key": uuid::Uuid::new_v4().to_string() }))
             .send()
             .await
             .expect("pay")

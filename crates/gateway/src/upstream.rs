@@ -221,7 +221,15 @@ impl Upstreams {
         });
         let checked = futures::future::join_all(checks).await;
         for (index, (_, outcome)) in checked.iter().enumerate() {
-            self.board.set(index, outcome.is_ok());
+            // The fail-fast gate is for an upstream that cannot be reached (its calls would
+            // hang until the deadline). One that answers NOT_SERVING is up: a replica draining
+            // in a rolling restart (the balancer moves calls to the others) or a service whose
+            // own dependency is down (its calls fail fast by themselves).
+            let reachable = match outcome {
+                Ok(()) => true,
+                Err(why) => why.starts_with("not serving"),
+            };
+            self.board.set(index, reachable);
         }
         checked
     }
