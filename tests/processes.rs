@@ -119,7 +119,14 @@ impl Processes {
                 .send()
                 .await
                 .ok()?;
-            response.status().is_success().then_some(())
+            // /readyz is 200 while auth serves; wait for every upstream (a restarted
+            // pay-service is "serving" again, and the gateway lets its calls through).
+            let ok = response.status().is_success();
+            let body: serde_json::Value = response.json().await.ok()?;
+            let all = ["auth", "user", "pay"]
+                .iter()
+                .all(|name| body["data"][*name] == "serving");
+            (ok && all).then_some(())
         })
         .await;
         if ready.is_none() {
