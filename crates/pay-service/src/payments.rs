@@ -713,10 +713,21 @@ impl Payments {
     }
 
     /// Closes `order`; the flag says whether this call closed it.
-    pub(crate) async fn close(&self, mut order: Order) -> Result<(Order, bool), Error> {
+    pub(crate) async fn close(&self, order: Order) -> Result<(Order, bool), Error> {
+        match self.try_close(order).await? {
+            Closing::Closed(order) => Ok((order, true)),
+            Closing::WasClosed(order) => Ok((order, false)),
+            Closing::PaidAtWechat(_) => Err(Error::OrderState("order is already paid".into())),
+        }
+    }
+
+    /// [`Payments::close`], telling apart an order WeChat reports paid: then its payment is
+    /// applied instead, and the outcome says whether this call applied it (the reconciler
+    /// counts only its own).
+    pub(crate) async fn try_close(&self, mut order: Order) -> Result<Closing, Error> {
         for _ in 0..RACE_RETRIES {
             match order.state() {
-                Some(OrderState::Closed) => return Ok((order, false)),
+                Some(OrderState::Closed) => return Ok(Closing::WasClosed(order)),
                 Some(OrderState::Created | OrderState::Paying) => {}
                 _ => {
                     return Err(state_error(&order, self.now())
@@ -735,8 +746,8 @@ impl Payments {
                 {
                     Ok(()) | Err(WxError::OrderClosed | WxError::OrderNotExist) => {}
                     Err(WxError::OrderPaid) => {
-                        self.sync_from_wechat(&order).await?;
-                        return Err(Error::OrderState("order is already paid".into()));
+                        let outcome = self.sync_from_wechat(&order).await?;
+                        return Ok(Closing::PaidAtWechat(outcome));
                     }
                     Err(e) => return Err(map_wx_error(e)),
                 }
@@ -745,13 +756,25 @@ impl Payments {
             if store::close_if_unchanged(self.database(), &order, now).await? {
                 count_transition(OrderState::Closed);
                 tracing::info!(order_no = %order.order_no, "order closed");
-                return Ok((self.reload(&order.order_no).await?, true));
+                return Ok(Closing::Closed(self.reload(&order.order_no).await?));
             }
             // Paid, closed, bound or given a prepay_id meanwhile: look again.
             order = self.reload(&order.order_no).await?;
         }
         Err(Error::OrderState("order is changing; retry".into()))
     }
+}
+
+/// What closing an order came to (see [`Payments::try_close`]).
+#[derive(Debug)]
+pub(crate) enum Closing {
+    /// This call closed it.
+    Closed(Order),
+    /// It was closed already.
+    WasClosed(Order),
+    /// WeChat says it is paid: its payment was synced instead (None: WeChat's query did not
+    /// confirm it yet).
+    PaidAtWechat(Option<PaidOutcome>),
 }
 
 pub(crate) fn log_paid_outcome(outcome: &PaidOutcome, source: &'static str) {

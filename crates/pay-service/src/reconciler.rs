@@ -25,7 +25,7 @@ use service_kit::Shutdown;
 use crate::{
     error::Error,
     orders::OrderState,
-    payments::Payments,
+    payments::{Closing, Payments},
     store::{self, PaidOutcome},
 };
 
@@ -69,17 +69,15 @@ impl Payments {
             let Some(order) = store::find_order(db, &order_no).await? else {
                 continue;
             };
-            match self.close(order).await {
-                Ok((_, true)) => report.closed += 1,
-                Ok((_, false)) => {}
-                Err(Error::OrderState(_)) => {
-                    // Paid after all (applied while closing), or changing under us.
-                    if let Some(o) = store::find_order(db, &order_no).await?
-                        && o.state() == Some(OrderState::Paid)
-                    {
-                        report.paid += 1;
-                    }
-                }
+            match self.try_close(order).await {
+                Ok(Closing::Closed(_)) => report.closed += 1,
+                Ok(Closing::WasClosed(_)) => {}
+                // Paid after all: counted only when this pass applied the payment (a notify
+                // racing the close may have applied it first).
+                Ok(Closing::PaidAtWechat(Some(PaidOutcome::Applied(_)))) => report.paid += 1,
+                Ok(Closing::PaidAtWechat(_)) => {}
+                // Changing under us: the next pass looks again.
+                Err(Error::OrderState(_)) => {}
                 Err(e) => {
                     report.errors += 1;
                     tracing::warn!(order_no, error = %e, "closing an expired order failed");
