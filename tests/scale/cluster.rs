@@ -256,7 +256,29 @@ impl Cluster {
         }
         for g in &self.gateways {
             self.haproxy.wait_up(&g.name).await;
+            assert!(
+                self.gateway_sees_every_upstream(g.port).await,
+                "{} never saw every upstream serving",
+                g.name
+            );
         }
+    }
+
+    /// Until the gateway on `port` reports every upstream serving in `/readyz` (it answers
+    /// 200 as soon as auth serves; an upstream it found down at start is let through again
+    /// once a check sees it serving).
+    async fn gateway_sees_every_upstream(&self, port: u16) -> bool {
+        let ready = format!("{}/readyz", url(port));
+        wxmp_tests::eventually(Duration::from_secs(30), || async {
+            let answer = self.http.get(&ready).send().await.ok()?;
+            let body: serde_json::Value = answer.json().await.ok()?;
+            ["auth", "user", "pay"]
+                .iter()
+                .all(|name| body["data"][*name] == "serving")
+                .then_some(())
+        })
+        .await
+        .is_some()
     }
 
     /// SIGTERM, wait for a clean exit, start again, wait until it serves.
@@ -277,14 +299,12 @@ impl Cluster {
         let status = replica.service.terminate().await;
         assert!(status.success(), "{name} exit status {status}");
         replica.service.spawn();
-        // Back into the endpoints once its readiness probe passes, as in Kubernetes.
-        let ready = format!("{}/readyz", url(replica.port));
-        let up = wxmp_tests::eventually(Duration::from_secs(30), || async {
-            let answer = self.http.get(&ready).send().await.ok()?;
-            answer.status().is_success().then_some(())
-        })
-        .await;
-        assert!(up.is_some(), "{name} never became ready");
+        // Back into the endpoints once its readiness probe passes and it sees every upstream.
+        let port = replica.port;
+        assert!(
+            self.gateway_sees_every_upstream(port).await,
+            "{name} never became ready"
+        );
         self.haproxy.enable(&name).await;
     }
 
