@@ -121,6 +121,21 @@ fn describe(failures: &[&load::Outcome]) -> String {
 async fn rolling_restart_under_load_fails_nothing() {
     let _turn = TURN.lock().await;
     let mut cluster = Cluster::start(Options::default()).await;
+    // The claim is about restarts: the load starts once a login through HAProxy has worked
+    // (every connection of every hop warmed up), not while the cluster is still starting.
+    let warm = eventually(Duration::from_secs(30), || async {
+        let (code, _) = cluster.login_code(None).await?;
+        let answer = cluster
+            .http
+            .post(cluster.front("/login/"))
+            .json(&json!({ "code": code }))
+            .send()
+            .await
+            .ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+    assert!(warm.is_some(), "no login worked through HAProxy");
     let load = Load::start(
         cluster.http.clone(),
         cluster.haproxy.url(),
