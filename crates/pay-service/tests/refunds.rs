@@ -425,19 +425,28 @@ async fn duplicate_wechat_notifies_settle_once(backend: Backend) {
     let order = paid_order(&env, 8).await;
     refund(&env, &order.order_no, 400, "dup-1").await.unwrap();
     wait_refund(&env, "dup-1", pb::RefundState::RefundSuccess).await;
-    // WeChat sends the same notify again (a retry after a lost answer).
-    let sent: Vec<Value> = env
-        .http
-        .get(
-            env.sandbox
-                .url("/sandbox/refund-notifies?out_refund_no=dup-1"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // WeChat sends the same notify again (a retry after a lost answer). The sandbox records a
+    // notify once its answer is back, which may be just after the refund settled here.
+    let url = env
+        .sandbox
+        .url("/sandbox/refund-notifies?out_refund_no=dup-1");
+    let sent = std::sync::Mutex::new(Vec::<Value>::new());
+    eventually(|| async {
+        let listed: Vec<Value> = env
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = !listed.is_empty();
+        *sent.lock().unwrap() = listed;
+        found
+    })
+    .await;
+    let sent = sent.into_inner().unwrap();
     let body = sent[0]["request"].as_str().unwrap().as_bytes().to_vec();
     let reply = notify(&env, body).await;
     assert_eq!(
