@@ -318,12 +318,13 @@ async fn a_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl() {
         "a later fencing value than the dead holder's"
     );
     assert!(accepted(&http, &sandbox, &token.access_token).await);
-    // A third replica reads the successor's token (same generation) from Redis.
+    // A third replica reads the successor's token from Redis. (Its generation may be later:
+    // aborting the holder's call does not stop a refresh it spawned, which may still take the
+    // lock after the takeover and store the same stable token under a newer fence; a killed
+    // process would not. The token is what callers use.)
     let third = replica(&config).get("", NO_FORCE).await.unwrap();
-    assert_eq!(
-        (third.access_token.as_str(), third.generation),
-        (token.access_token.as_str(), token.generation)
-    );
+    assert_eq!(third.access_token, token.access_token);
+    assert!(third.generation >= token.generation);
 }
 
 #[tokio::test]
