@@ -121,21 +121,36 @@ fn describe(failures: &[&load::Outcome]) -> String {
 async fn rolling_restart_under_load_fails_nothing() {
     let _turn = TURN.lock().await;
     let mut cluster = Cluster::start(Options::default()).await;
-    // The claim is about restarts: the load starts once a login through HAProxy has worked
-    // (every connection of every hop warmed up), not while the cluster is still starting.
+    // The claim is about restarts: the load starts once a login and a payment through
+    // HAProxy have worked (every hop's connections warmed up), not while the cluster is still
+    // starting.
     let warm = eventually(Duration::from_secs(30), || async {
         let (code, _) = cluster.login_code(None).await?;
-        let answer = cluster
+        let login: Value = cluster
             .http
             .post(cluster.front("/login/"))
             .json(&json!({ "code": code }))
             .send()
             .await
+            .ok()?
+            .json()
+            .await
             .ok()?;
-        answer.status().is_success().then_some(())
+        let token = login["data"]["token"].as_str()?;
+        let paid = cluster
+            .http
+            .post(cluster.front("/pay/"))
+            .json(&json!({ "token": token, "product_id": cluster::PRODUCT }))
+            .send()
+            .await
+            .ok()?;
+        paid.status().is_success().then_some(())
     })
     .await;
-    assert!(warm.is_some(), "no login worked through HAProxy");
+    assert!(
+        warm.is_some(),
+        "no login and payment worked through HAProxy"
+    );
     let load = Load::start(
         cluster.http.clone(),
         cluster.haproxy.url(),
