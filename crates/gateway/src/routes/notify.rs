@@ -22,7 +22,7 @@ use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppStat
 /// Real notifies are about 1 KiB; anything this big is not one.
 pub const NOTIFY_BODY_LIMIT: usize = 64 * 1024;
 
-fn xml(status: StatusCode, body: String) -> HttpResponse {
+pub(crate) fn xml(status: StatusCode, body: String) -> HttpResponse {
     let mut response = HttpResponse::build(status)
         .content_type("text/xml; charset=utf-8")
         .body(body);
@@ -32,7 +32,7 @@ fn xml(status: StatusCode, body: String) -> HttpResponse {
 }
 
 /// WeChat's FAIL answer; it retries the notify later.
-fn fail(status: StatusCode, msg: &str) -> HttpResponse {
+pub(crate) fn fail(status: StatusCode, msg: &str) -> HttpResponse {
     xml(
         status,
         format!(

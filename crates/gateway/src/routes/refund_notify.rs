@@ -8,29 +8,11 @@ use futures::StreamExt;
 use service_kit::ErrorReason;
 use wxmp_proto::pay::v1::HandleRefundNotifyRequest;
 
-use crate::{envelope::Formatted, request_id::RequestId, server::AppState};
+use super::notify::{fail, xml};
+use crate::{request_id::RequestId, server::AppState};
 
 /// Real refund notifies are about 1.5 KiB; anything this big is not one.
 pub const REFUND_NOTIFY_BODY_LIMIT: usize = 64 * 1024;
-
-fn xml(status: StatusCode, body: String) -> HttpResponse {
-    let mut response = HttpResponse::build(status)
-        .content_type("text/xml; charset=utf-8")
-        .body(body);
-    // WeChat reads XML: keep the JSON envelope away from these answers.
-    response.extensions_mut().insert(Formatted);
-    response
-}
-
-/// WeChat's FAIL answer; it retries the notify later.
-fn fail(status: StatusCode, msg: &str) -> HttpResponse {
-    xml(
-        status,
-        format!(
-            "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[{msg}]]></return_msg></xml>"
-        ),
-    )
-}
 
 /// `POST /pay/refund-notify`: WeChat's refund notify, relayed as is to pay-service.
 #[utoipa::path(post, path = "/pay/refund-notify", tag = "wechat",
