@@ -124,27 +124,16 @@ fn lossy(bytes: &[u8]) -> String {
 }
 
 impl Payments {
-    /// Handles one notify body exactly as received. Never fails: errors become a FAIL reply
-    /// (WeChat retries later) with the verdict `internal_error`.
-    pub async fn handle_pay_notify(&self, raw_body: &[u8]) -> NotifyReply {
-        let now = self.now();
-        let mut record = NewNotification {
-            received_at: now,
-            out_trade_no: String::new(),
-            transaction_id: String::new(),
-            raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
-            verdict: String::new(),
-            accepted: false,
-            body_sha256: hex::encode(Sha256::digest(raw_body)),
-            body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
-        };
-        let judgement = match self.judge(raw_body, now, &mut record).await {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::error!(error = %e, "notify could not be processed; WeChat will retry");
-                Judgement::reject("internal_error")
-            }
-        };
+    /// Stores the notify with its verdict (unless the payment's transaction already did; a
+    /// verified body whole), counts and logs it. Answers the verdict WeChat gets: a notify that
+    /// could not be recorded is `internal_error`, so WeChat sends it again.
+    async fn conclude(
+        &self,
+        record: &mut NewNotification,
+        judgement: Judgement,
+        raw_body: &[u8],
+        what: &'static str,
+    ) -> (&'static str, bool) {
         let mut verdict = judgement.verdict;
         let mut accepted = judgement.accepted;
         if !judgement.stored {
@@ -153,9 +142,9 @@ impl Payments {
             }
             record.verdict = verdict.to_owned();
             record.accepted = accepted;
-            if let Err(e) = store::insert_notification(self.database(), &record).await {
+            if let Err(e) = store::insert_notification(self.database(), record).await {
                 // Every notify must be on record: let WeChat send it again.
-                tracing::error!(error = %e, verdict, "could not store a notify");
+                tracing::error!(error = %e, verdict, what, "could not store a notify");
                 if accepted {
                     verdict = "internal_error";
                     accepted = false;
@@ -164,10 +153,28 @@ impl Payments {
         }
         metrics::counter!("wxmp_pay_notifies_total", "verdict" => verdict).increment(1);
         if accepted {
-            tracing::info!(out_trade_no = %record.out_trade_no, verdict, "notify accepted");
+            tracing::info!(out_trade_no = %record.out_trade_no, verdict, "{what} accepted");
         } else {
-            tracing::warn!(out_trade_no = %record.out_trade_no, verdict, "notify refused");
+            tracing::warn!(out_trade_no = %record.out_trade_no, verdict, "{what} refused");
         }
+        (verdict, accepted)
+    }
+
+    /// Handles one notify body exactly as received. Never fails: errors become a FAIL reply
+    /// (WeChat retries later) with the verdict `internal_error`.
+    pub async fn handle_pay_notify(&self, raw_body: &[u8]) -> NotifyReply {
+        let now = self.now();
+        let mut record = unverified_record(raw_body, now);
+        let judgement = match self.judge(raw_body, now, &mut record).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "notify could not be processed; WeChat will retry");
+                Judgement::reject("internal_error")
+            }
+        };
+        let (verdict, accepted) = self
+            .conclude(&mut record, judgement, raw_body, "notify")
+            .await;
         NotifyReply {
             reply_xml: if accepted {
                 notify_reply_success()
@@ -298,16 +305,7 @@ impl Payments {
     ) -> NotifyV3Reply {
         let now = self.now();
         // As for v2: whole only once authenticated (judge_v3 replaces it), else a prefix.
-        let mut record = NewNotification {
-            received_at: now,
-            out_trade_no: String::new(),
-            transaction_id: String::new(),
-            raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
-            verdict: String::new(),
-            accepted: false,
-            body_sha256: hex::encode(Sha256::digest(raw_body)),
-            body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
-        };
+        let mut record = unverified_record(raw_body, now);
         let judgement = match self.judge_v3(headers, raw_body, now, &mut record).await {
             Ok(j) => j,
             Err(e) => {
@@ -315,25 +313,9 @@ impl Payments {
                 Judgement::reject("internal_error")
             }
         };
-        let mut verdict = judgement.verdict;
-        let mut accepted = judgement.accepted;
-        if !judgement.stored {
-            record.verdict = verdict.to_owned();
-            record.accepted = accepted;
-            if let Err(e) = store::insert_notification(self.database(), &record).await {
-                tracing::error!(error = %e, verdict, "could not store a notify");
-                if accepted {
-                    verdict = "internal_error";
-                    accepted = false;
-                }
-            }
-        }
-        metrics::counter!("wxmp_pay_notifies_total", "verdict" => verdict).increment(1);
-        if accepted {
-            tracing::info!(out_trade_no = %record.out_trade_no, verdict, "v3 notify accepted");
-        } else {
-            tracing::warn!(out_trade_no = %record.out_trade_no, verdict, "v3 notify refused");
-        }
+        let (verdict, accepted) = self
+            .conclude(&mut record, judgement, raw_body, "v3 notify")
+            .await;
         NotifyV3Reply {
             accepted,
             verdict,
@@ -425,5 +407,20 @@ impl Payments {
             verified: true,
             stored: true,
         })
+    }
+}
+
+/// A notify's record before it is judged: a prefix of the body with its SHA-256 and length
+/// (anyone can post to the notify URL; the whole body is kept once it is verified).
+fn unverified_record(raw_body: &[u8], now: i64) -> NewNotification {
+    NewNotification {
+        received_at: now,
+        out_trade_no: String::new(),
+        transaction_id: String::new(),
+        raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
+        verdict: String::new(),
+        accepted: false,
+        body_sha256: hex::encode(Sha256::digest(raw_body)),
+        body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
     }
 }
