@@ -218,6 +218,9 @@ impl Cluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .pool_max_idle_per_host(64)
+                // Below actix's 5 s keep-alive (sandbox, gateways): never reuse a connection
+                // the server is closing at that moment.
+                .pool_idle_timeout(Duration::from_secs(3))
                 .build()
                 .expect("client"),
             sandbox_url: url(sandbox_port),

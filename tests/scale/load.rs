@@ -268,7 +268,7 @@ async fn record(
             let envelope: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             (status, envelope, text.chars().take(200).collect())
         }
-        Err(e) => (0, Value::Null, e.to_string()),
+        Err(e) => (0, Value::Null, error_chain(&e)),
     };
     report.outcomes.push(Outcome {
         op,
@@ -288,6 +288,18 @@ async fn sandbox_post(ctx: &Ctx, path: &str, body: Value) -> Value {
         .json(&body)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("sandbox {path}: {e}"));
+        .unwrap_or_else(|e| panic!("sandbox {path}: {}", error_chain(&e)));
     response.json().await.unwrap_or(Value::Null)
+}
+
+/// `e` and its sources: reqwest's own message ("error sending request") hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

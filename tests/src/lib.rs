@@ -83,6 +83,8 @@ impl TestStack {
             stack,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
+                // Below actix's 5 s keep-alive: never reuse a connection the gateway is closing.
+                .pool_idle_timeout(Duration::from_secs(3))
                 .build()
                 .expect("client"),
             backend,

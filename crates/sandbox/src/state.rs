@@ -67,6 +67,9 @@ impl Sandbox {
             .timeout(Duration::from_millis(config.notify_timeout_ms))
             // Notify URLs are usually local or in-cluster: never send them through a proxy.
             .no_proxy()
+            // Below actix's 5 s keep-alive (the merchant's gateway): a notify written onto a
+            // connection the gateway is closing would be lost until the next retry.
+            .pool_idle_timeout(Duration::from_secs(3))
             .user_agent("Mozilla/4.0 (wxmp-sandbox; WeChat Pay notify)")
             .build()
             .map_err(std::io::Error::other)?;

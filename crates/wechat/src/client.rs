@@ -55,12 +55,19 @@ impl std::fmt::Debug for MerchantCert {
     }
 }
 
+/// How long an idle keep-alive connection stays in the pool. Shorter than the keep-alive of
+/// the servers we call (actix, which the sandbox runs on, closes idle connections after 5 s):
+/// a pooled connection the server is closing at the moment we reuse it fails a request that
+/// may already have been written (a `code2Session` must not be retried: its code is spent).
+const IDLE_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
 impl WechatClient {
     /// Builds the client with `config`'s timeouts.
     pub fn new(config: WechatConfig) -> Result<Self, ClientBuildError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("wxmp-wechat/", env!("CARGO_PKG_VERSION")))
             .build()
             // reqwest's build errors carry no URL and no secret.
@@ -84,6 +91,7 @@ impl WechatClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(self.config.connect_timeout)
             .timeout(self.config.request_timeout)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("wxmp-wechat/", env!("CARGO_PKG_VERSION")))
             .identity(identity);
         if let Some(ca) = &cert.ca_pem {
