@@ -89,3 +89,64 @@ async fn unreachable_postgres_is_unavailable_not_a_hang() {
     let err = db.ping().await.unwrap_err();
     assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_test_databases_are_dropped_unless_in_use() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let admin = testing::admin_url();
+    let mut conn = AsyncPgConnection::establish(&admin).await.unwrap();
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    // Two databases named as if made in 2001: one idle, one somebody is still connected to.
+    let idle = format!("wxmp_kit_t1000000000_{suffix}");
+    let held = format!("wxmp_kit_t1000000001_{suffix}");
+    for name in [&idle, &held] {
+        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+    }
+    let base = admin.rsplit_once('/').unwrap().0;
+    let holder = AsyncPgConnection::establish(&format!("{base}/{held}"))
+        .await
+        .unwrap();
+    let fresh = testing::fresh_postgres_url("wxmp_kit").await.unwrap();
+    let fresh = fresh.rsplit_once('/').unwrap().1.to_owned();
+
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    testing::drop_stale(&mut conn, an_hour_ago).await.unwrap();
+    assert!(
+        !database_exists(&mut conn, &idle).await,
+        "an idle stale database is dropped"
+    );
+    assert!(
+        database_exists(&mut conn, &held).await,
+        "a database in use is kept"
+    );
+    assert!(
+        database_exists(&mut conn, &fresh).await,
+        "a recent database is kept"
+    );
+    drop(holder);
+    conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{held}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}
+
+async fn database_exists(conn: &mut diesel_async::AsyncPgConnection, name: &str) -> bool {
+    use diesel::sql_types::{Integer, Text};
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = Integer)]
+        n: i32,
+    }
+    let count: Count =
+        diesel::sql_query("SELECT count(*)::int AS n FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(name)
+            .get_result(conn)
+            .await
+            .unwrap();
+    count.n == 1
+}
