@@ -117,8 +117,16 @@ pub async fn page(sandbox: web::Data<Sandbox>, query: web::Query<PageQuery>) -> 
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
+        // Another site must not frame the page (a framed button click would carry the token)
+        // nor run script in it; forms post only here.
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(html)
 }
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
 h1 small{font-weight:normal;color:#777;font-size:60%}h1 a{font-size:50%}\
@@ -142,18 +150,22 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A table from a header row and rows of already-escaped HTML cells (at most [`MAX_ROWS`]).
-fn table(head: &[&str], mut rows: Vec<Vec<String>>) -> String {
+/// A table from a header row and rows of already-escaped HTML cells.
+fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
+    table_of(head, rows, 0)
+}
+
+/// [`table`], noting `hidden` older rows left out.
+fn table_of(head: &[&str], rows: Vec<Vec<String>>, hidden: usize) -> String {
     if rows.is_empty() {
         return r#"<p class="empty">none yet</p>"#.to_owned();
     }
-    let hidden = rows.len().saturating_sub(MAX_ROWS);
-    rows.truncate(MAX_ROWS);
     let mut out = String::new();
     if hidden > 0 {
         let _ = write!(
             out,
-            r#"<p class="empty">the newest {MAX_ROWS} shown, {hidden} older not shown</p>"#
+            r#"<p class="empty">the newest {} shown, {hidden} older not shown</p>"#,
+            rows.len()
         );
     }
     out.push_str("<table><tr>");
@@ -170,6 +182,13 @@ fn table(head: &[&str], mut rows: Vec<Vec<String>>) -> String {
     }
     out.push_str("</table>");
     out
+}
+
+/// The first [`MAX_ROWS`] of `items` (sorted newest first by the caller), and how many more.
+fn newest<T>(mut items: Vec<T>) -> (Vec<T>, usize) {
+    let hidden = items.len().saturating_sub(MAX_ROWS);
+    items.truncate(MAX_ROWS);
+    (items, hidden)
 }
 
 /// A button posting `fields` (and the csrf token) to `action` (a console_actions route).
@@ -343,20 +362,13 @@ struct OrderRow {
     body: String,
     trade_state: String,
     prepay_id: String,
-    notify_pending: bool,
-    notify: String,
+    notify_state: String,
+    notify_attempts: u32,
     created_at_ms: i64,
 }
 
 impl OrderRow {
-    fn v2(o: &Order, view: &View) -> Self {
-        let records: Vec<Attempt> = view
-            .state
-            .notifies
-            .iter()
-            .filter(|r| r.mch_id == o.mch_id && r.out_trade_no == o.out_trade_no)
-            .map(Attempt::from)
-            .collect();
+    fn v2(o: &Order) -> Self {
         Self {
             api: "v2",
             mch_id: o.mch_id.clone(),
@@ -366,24 +378,13 @@ impl OrderRow {
             body: o.body.clone(),
             trade_state: o.trade_state.as_str().to_owned(),
             prepay_id: o.prepay_id.clone(),
-            notify_pending: o.notify_state == NotifyState::Pending,
-            notify: notify_cell(
-                notify_state_name(o.notify_state),
-                o.notify_attempts,
-                &records,
-            ),
+            notify_state: notify_state_name(o.notify_state).to_owned(),
+            notify_attempts: o.notify_attempts,
             created_at_ms: o.created_at_ms,
         }
     }
 
-    fn v3(o: &V3Order, view: &View) -> Self {
-        let records: Vec<Attempt> = view
-            .v3
-            .notifies
-            .iter()
-            .filter(|r| r.out_trade_no == o.out_trade_no && r.event_type.starts_with("TRANSACTION"))
-            .map(Attempt::from)
-            .collect();
+    fn v3(o: &V3Order) -> Self {
         Self {
             api: "v3",
             mch_id: o.mchid.clone(),
@@ -393,10 +394,32 @@ impl OrderRow {
             body: o.description.clone(),
             trade_state: o.trade_state.clone(),
             prepay_id: o.prepay_id.clone(),
-            notify_pending: o.notify_state == "pending",
-            notify: notify_cell(&o.notify_state, o.notify_attempts, &records),
+            notify_state: o.notify_state.clone(),
+            notify_attempts: o.notify_attempts,
             created_at_ms: o.created_at_ms,
         }
+    }
+
+    /// The notify's state and its last requests (computed for the rows shown only).
+    fn notify(&self, view: &View) -> String {
+        let records: Vec<Attempt> = if self.api == "v2" {
+            view.state
+                .notifies
+                .iter()
+                .filter(|r| r.mch_id == self.mch_id && r.out_trade_no == self.out_trade_no)
+                .map(Attempt::from)
+                .collect()
+        } else {
+            view.v3
+                .notifies
+                .iter()
+                .filter(|r| {
+                    r.out_trade_no == self.out_trade_no && r.event_type.starts_with("TRANSACTION")
+                })
+                .map(Attempt::from)
+                .collect()
+        };
+        notify_cell(&self.notify_state, self.notify_attempts, &records)
     }
 
     /// The phone's and WeChat's buttons for the order's state.
@@ -407,7 +430,10 @@ impl OrderRow {
             self.trade_state.as_str(),
             "NOTPAY" | "USERPAYING" | "PAYERROR"
         ) {
-            let pay = [("prepay_id", self.prepay_id.as_str()), ("outcome", "success")];
+            let pay = [
+                ("prepay_id", self.prepay_id.as_str()),
+                ("outcome", "success"),
+            ];
             actions.push_str(&button(console_actions::PAY, "pay", &pay, key));
             if self.trade_state != "PAYERROR" {
                 let fail = [("prepay_id", self.prepay_id.as_str()), ("outcome", "fail")];
@@ -426,7 +452,7 @@ impl OrderRow {
                 &order,
                 key,
             ));
-            if self.notify_pending {
+            if self.notify_state == "pending" {
                 actions.push_str(&button(
                     console_actions::DROP_NOTIFY,
                     "drop notify",
@@ -444,12 +470,13 @@ fn orders(view: &View) -> String {
         .state
         .orders
         .values()
-        .map(|o| OrderRow::v2(o, view))
-        .chain(view.v3.orders.iter().map(|o| OrderRow::v3(o, view)))
+        .map(OrderRow::v2)
+        .chain(view.v3.orders.iter().map(OrderRow::v3))
         .collect();
     rows.sort_by(|a, b| {
         (b.created_at_ms, &b.out_trade_no).cmp(&(a.created_at_ms, &a.out_trade_no))
     });
+    let (rows, hidden) = newest(rows);
     let rows = rows
         .into_iter()
         .map(|o| {
@@ -464,12 +491,12 @@ fn orders(view: &View) -> String {
                     esc(&o.out_trade_no),
                     esc(&o.trade_state)
                 ),
-                o.notify.clone(),
+                o.notify(view),
                 o.actions(),
             ]
         })
         .collect();
-    table(
+    table_of(
         &[
             "out_trade_no",
             "api",
@@ -481,6 +508,7 @@ fn orders(view: &View) -> String {
             "play",
         ],
         rows,
+        hidden,
     )
 }
 
@@ -504,91 +532,119 @@ fn refund_status_cell(out_refund_no: &str, status: &str) -> String {
     )
 }
 
+/// One refund, v2 or v3.
+enum RefundRef<'a> {
+    V2(&'a Refund),
+    V3(&'a V3Refund),
+}
+
+impl RefundRef<'_> {
+    fn created_at_ms(&self) -> i64 {
+        match self {
+            Self::V2(r) => r.created_at_ms,
+            Self::V3(r) => r.created_at_ms,
+        }
+    }
+
+    fn cells(&self, view: &View) -> Vec<String> {
+        match self {
+            Self::V2(r) => v2_refund_cells(view, r),
+            Self::V3(r) => v3_refund_cells(view, r),
+        }
+    }
+}
+
+fn v2_refund_cells(view: &View, r: &Refund) -> Vec<String> {
+    let notify = if r.notify_url.is_none() {
+        r#"<span class="empty">no notify_url</span>"#.to_owned()
+    } else {
+        let records: Vec<Attempt> = view
+            .state
+            .refunds
+            .notifies
+            .iter()
+            .filter(|n| n.mch_id == r.mch_id && n.out_refund_no == r.out_refund_no)
+            .map(Attempt::from)
+            .collect();
+        notify_cell(
+            notify_state_name(r.notify_state),
+            r.notify_attempts,
+            &records,
+        )
+    };
+    let mut actions = String::new();
+    if r.refund_status == RefundStatus::Processing {
+        let key = r.out_refund_no.as_str();
+        for (label, outcome) in [
+            ("settle", "success"),
+            ("fail", "change"),
+            ("close", "close"),
+        ] {
+            let fields = [
+                ("mch_id", r.mch_id.as_str()),
+                ("out_refund_no", key),
+                ("outcome", outcome),
+            ];
+            actions.push_str(&button(console_actions::FINISH_REFUND, label, &fields, key));
+        }
+    }
+    vec![
+        format!(
+            r#"<code data-refund="{0}">{0}</code>"#,
+            esc(&r.out_refund_no)
+        ),
+        "v2".to_owned(),
+        format!("<code>{}</code>", esc(&r.out_trade_no)),
+        format!("{} of {} fen", r.refund_fee, r.total_fee),
+        refund_status_cell(&r.out_refund_no, r.refund_status.as_str()),
+        notify,
+        actions,
+    ]
+}
+
+fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
+    // v3 notify records are filed by out_trade_no: these are the order's refund notifies.
+    let records: Vec<Attempt> = view
+        .v3
+        .notifies
+        .iter()
+        .filter(|n| n.out_trade_no == r.out_trade_no && n.event_type.starts_with("REFUND"))
+        .map(Attempt::from)
+        .collect();
+    let state = if records.iter().any(|n| n.accepted) {
+        "accepted"
+    } else if records.is_empty() {
+        "none"
+    } else {
+        "pending"
+    };
+    vec![
+        format!(
+            r#"<code data-refund="{0}">{0}</code>"#,
+            esc(&r.out_refund_no)
+        ),
+        "v3".to_owned(),
+        format!("<code>{}</code>", esc(&r.out_trade_no)),
+        format!("{} of {} fen", r.refund, r.total),
+        refund_status_cell(&r.out_refund_no, v3_refund_status(view, r)),
+        notify_cell(state, records.len() as u32, &records),
+        r#"<span class="empty">settles by itself (SANDBOX_PAY_V3_REFUND_AFTER_MS)</span>"#
+            .to_owned(),
+    ]
+}
+
 fn refunds(view: &View) -> String {
-    let mut rows: Vec<(i64, Vec<String>)> = view
+    let mut all: Vec<RefundRef> = view
         .state
         .refunds
         .by_key
         .values()
-        .map(|r: &Refund| {
-            let records: Vec<Attempt> = view
-                .state
-                .refunds
-                .notifies
-                .iter()
-                .filter(|n| n.mch_id == r.mch_id && n.out_refund_no == r.out_refund_no)
-                .map(Attempt::from)
-                .collect();
-            let notify = if r.notify_url.is_none() {
-                r#"<span class="empty">no notify_url</span>"#.to_owned()
-            } else {
-                notify_cell(
-                    notify_state_name(r.notify_state),
-                    r.notify_attempts,
-                    &records,
-                )
-            };
-            let mut actions = String::new();
-            if r.refund_status == RefundStatus::Processing {
-                let key = r.out_refund_no.as_str();
-                for (label, outcome) in [
-                    ("settle", "success"),
-                    ("fail", "change"),
-                    ("close", "close"),
-                ] {
-                    let fields = [
-                        ("mch_id", r.mch_id.as_str()),
-                        ("out_refund_no", key),
-                        ("outcome", outcome),
-                    ];
-                    actions.push_str(&button(
-                        console_actions::FINISH_REFUND,
-                        label,
-                        &fields,
-                        key,
-                    ));
-                }
-            }
-            let cells = vec![
-                format!(r#"<code data-refund="{0}">{0}</code>"#, esc(&r.out_refund_no)),
-                "v2".to_owned(),
-                format!("<code>{}</code>", esc(&r.out_trade_no)),
-                format!("{} of {} fen", r.refund_fee, r.total_fee),
-                refund_status_cell(&r.out_refund_no, r.refund_status.as_str()),
-                notify,
-                actions,
-            ];
-            (r.created_at_ms, cells)
-        })
+        .map(RefundRef::V2)
+        .chain(view.v3.refunds.iter().map(RefundRef::V3))
         .collect();
-    rows.extend(view.v3.refunds.iter().map(|r| {
-        let records: Vec<Attempt> = view
-            .v3
-            .notifies
-            .iter()
-            .filter(|n| n.out_trade_no == r.out_trade_no && n.event_type.starts_with("REFUND"))
-            .map(Attempt::from)
-            .collect();
-        let attempts = records.len() as u32;
-        let state = match records.last() {
-            None => "none",
-            Some(_) if records.iter().any(|n| n.accepted) => "accepted",
-            Some(_) => "pending",
-        };
-        let cells = vec![
-            format!(r#"<code data-refund="{0}">{0}</code>"#, esc(&r.out_refund_no)),
-            "v3".to_owned(),
-            format!("<code>{}</code>", esc(&r.out_trade_no)),
-            format!("{} of {} fen", r.refund, r.total),
-            refund_status_cell(&r.out_refund_no, v3_refund_status(view, r)),
-            notify_cell(state, attempts, &records),
-            r#"<span class="empty">settles by itself (SANDBOX_PAY_V3_REFUND_AFTER_MS)</span>"#
-                .to_owned(),
-        ];
-        (r.created_at_ms, cells)
-    }));
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
-    table(
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms()));
+    let (shown, hidden) = newest(all);
+    table_of(
         &[
             "out_refund_no",
             "api",
@@ -598,7 +654,8 @@ fn refunds(view: &View) -> String {
             "notify",
             "play",
         ],
-        rows.into_iter().map(|(_, cells)| cells).collect(),
+        shown.iter().map(|r| r.cells(view)).collect(),
+        hidden,
     )
 }
 
@@ -618,6 +675,7 @@ fn messages(view: &View) -> String {
         .messages()
         .iter()
         .rev()
+        .take(MAX_ROWS)
         .map(|m| {
             let mut data = String::new();
             for (k, v) in &m.data {
@@ -640,7 +698,7 @@ fn messages(view: &View) -> String {
             ]
         })
         .collect();
-    table(
+    table_of(
         &[
             "msgid",
             "appid",
@@ -651,6 +709,7 @@ fn messages(view: &View) -> String {
             "time (UTC+8)",
         ],
         rows,
+        view.state.openapi.messages().len().saturating_sub(MAX_ROWS),
     )
 }
 
@@ -691,6 +750,25 @@ mod tests {
             esc(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn long_lists_show_the_newest_rows_and_say_how_many_are_left_out() {
+        let (rows, hidden) = newest((0..MAX_ROWS + 50).collect::<Vec<_>>());
+        assert_eq!((rows.len(), hidden, rows[0]), (MAX_ROWS, 50, 0));
+        let html = table_of(&["n"], vec![vec!["1".into()]], 50);
+        assert!(
+            html.contains("the newest 1 shown, 50 older not shown"),
+            "{html}"
+        );
+        assert!(!table(&["n"], vec![vec!["1".into()]]).contains("not shown"));
+    }
+
+    #[test]
+    fn buttons_carry_the_csrf_token() {
+        let html = button("/console/pay", "pay", &[], "o1");
+        let field = format!(r#"name="csrf" value="{}""#, console_actions::csrf_token());
+        assert!(html.contains(&field), "{html}");
     }
 
     #[test]

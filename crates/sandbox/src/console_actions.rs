@@ -249,7 +249,12 @@ pub async fn drop_notify(
     if let Some(refused) = refuse_cross_site(&req, &form.csrf) {
         return refused;
     }
-    let no_pending = || back(&format!("order {} has no pending notify", form.out_trade_no));
+    let no_pending = || {
+        back(&format!(
+            "order {} has no pending notify",
+            form.out_trade_no
+        ))
+    };
     if form.api == Api::V3 {
         let mut state = sandbox.v3.state();
         let Some(order) = state.orders.get_mut(&form.out_trade_no) else {

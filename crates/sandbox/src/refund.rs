@@ -465,7 +465,11 @@ pub fn conclude(
             }
         }
     };
-    tracing::info!(out_refund_no = key.1, status = outcome.as_str(), "sandbox refund settled");
+    tracing::info!(
+        out_refund_no = key.1,
+        status = outcome.as_str(),
+        "sandbox refund settled"
+    );
     Ok(deliver)
 }
 

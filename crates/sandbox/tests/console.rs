@@ -106,7 +106,10 @@ async fn refund_status(sb: &SandboxHandle, out_refund_no: &str) -> (String, Opti
 fn req_info(notify: &str) -> std::collections::BTreeMap<String, String> {
     let fields = xml_fields(notify);
     assert_eq!(fields["return_code"], "SUCCESS");
-    assert!(!fields.contains_key("sign"), "refund notifies are not signed");
+    assert!(
+        !fields.contains_key("sign"),
+        "refund notifies are not signed"
+    );
     let key = hex::encode(Md5::digest(DEV_PAY_KEY.as_bytes()));
     let cipher = base64::engine::general_purpose::STANDARD
         .decode(&fields["req_info"])
@@ -122,6 +125,13 @@ fn req_info(notify: &str) -> std::collections::BTreeMap<String, String> {
 #[tokio::test]
 async fn page_shows_every_section_and_escapes_what_it_shows() {
     let sb = start().await;
+    let res = http().get(sb.url("/")).send().await.unwrap();
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
     let html = page(&sb).await;
     for section in [
         "Apps and merchant",
@@ -166,7 +176,10 @@ async fn page_shows_every_section_and_escapes_what_it_shows() {
     assert!(html.contains(&openid));
     assert!(!html.contains(&session_key), "never the session_key");
     assert!(!html.contains(&token), "never a whole access_token");
-    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"), "{html}");
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{html}"
+    );
     assert!(!html.contains("<img"));
     assert!(html.contains("tpl-&lt;paid&gt;"));
     assert!(html.contains("pages/order?no=1&amp;x=&quot;y&quot;"));
@@ -243,7 +256,10 @@ async fn pay_fail_resend_and_drop_buttons_act_like_wechat() {
     assert_eq!(msg, format!("payment failed for {failing}"));
     let (_, order) = get_json(&sb, "/sandbox/orders/CONS0001").await;
     assert_eq!(
-        (order["trade_state"].as_str(), order["notify_state"].as_str()),
+        (
+            order["trade_state"].as_str(),
+            order["notify_state"].as_str()
+        ),
         (Some("PAYERROR"), Some("none"))
     );
     // A failed payment can still be paid (the user tries again).
@@ -329,8 +345,7 @@ async fn expire_token_button_makes_the_stable_token_answer_42001() {
     assert!(ips["ip_list"].is_array(), "{ips}");
     let msg = click(&sb, "/console/token/expire", &[("appid", DEV_APP_ID)]).await;
     assert_eq!(msg, format!("access_token of {DEV_APP_ID} expired"));
-    let (_, expired) =
-        get_json(&sb, &format!("/cgi-bin/getcallbackip?access_token={token}")).await;
+    let (_, expired) = get_json(&sb, &format!("/cgi-bin/getcallbackip?access_token={token}")).await;
     assert_eq!(expired["errcode"], 42001, "{expired}");
     let (_, next) = stable().await;
     assert_ne!(next["access_token"], first["access_token"]);
@@ -364,7 +379,10 @@ async fn settle_fail_and_close_finish_held_refunds_and_notify_the_merchant() {
     }
     assert!(refunds.received().is_empty(), "no refund notify yet");
     let html = page(&sb).await;
-    assert!(html.contains(r#"data-refund="RF-OK">PROCESSING<"#), "{html}");
+    assert!(
+        html.contains(r#"data-refund="RF-OK">PROCESSING<"#),
+        "{html}"
+    );
     assert!(html.contains(r#"data-action="settle" data-key="RF-OK""#));
 
     let msg = click(
@@ -407,7 +425,12 @@ async fn settle_fail_and_close_finish_held_refunds_and_notify_the_merchant() {
         let (status, success_time) = refund_status(&sb, no).await;
         assert_eq!((status.as_str(), success_time), (want, None));
     }
-    let notifies: Vec<_> = refunds.wait_for(3).await.iter().map(|n| req_info(n)).collect();
+    let notifies: Vec<_> = refunds
+        .wait_for(3)
+        .await
+        .iter()
+        .map(|n| req_info(n))
+        .collect();
     let status_of = |no: &str| {
         notifies
             .iter()

@@ -649,5 +649,8 @@ async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
         assert_eq!(order["notify_state"], "dropped");
     }
     let after = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0002").await);
-    assert!(after <= at_drop + 1, "{at_drop} then {after}: at most the one in flight");
+    assert!(
+        after <= at_drop + 1,
+        "{at_drop} then {after}: at most the one in flight"
+    );
 }

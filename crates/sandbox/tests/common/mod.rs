@@ -428,7 +428,9 @@ pub async fn click(sb: &SandboxHandle, path: &str, fields: &[(&str, &str)]) -> S
         .unwrap();
     assert_eq!(res.status(), 303, "{path}");
     let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let msg = location.strip_prefix("/?msg=").expect("back to the console");
+    let msg = location
+        .strip_prefix("/?msg=")
+        .expect("back to the console");
     percent_decode(msg)
 }
 
@@ -447,4 +449,3 @@ pub fn percent_decode(s: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
-
