@@ -1,11 +1,14 @@
 // The sandbox console in a real headless Chromium (Debian's `chromium`), driven over the
 // DevTools protocol on a pipe (--remote-debugging-pipe: no websocket library, no npm): a
-// pending order is paid by clicking its "pay" button, and the gateway then answers PAID.
+// pending order is paid by clicking its "pay" button, and the gateway then answers PAID; a
+// refund the shop places (`wxmp refund`, held PROCESSING by the sandbox) is settled by
+// clicking "settle", and pay-service (`wxmp order`) then reports it SUCCESS.
 'use strict'
 
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { spawn, spawnSync } = require('node:child_process')
+const { execFile, spawn, spawnSync } = require('node:child_process')
+const { promisify } = require('node:util')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
@@ -96,64 +99,136 @@ const chromiumMissing = !fs.existsSync(CHROMIUM) || spawnSync(CHROMIUM, ['--vers
 if (chromiumMissing && process.env.CI) {
   throw new Error(`${CHROMIUM} is required in CI (.ci/run installs Debian's chromium)`)
 }
+const skip = chromiumMissing && `SKIPPED: no ${CHROMIUM} (apt-get install chromium; .ci/run does)`
+
+/** The gateway's JSON answer. */
+async function gw (p, init) {
+  return (await fetch(stack.gateway + p, init)).json()
+}
+
+/** A logged-in mini program user with a pending order (POST /pay/ answered, not paid). */
+async function pendingOrder () {
+  const { code } = await sandboxPost(stack.sandbox, '/sandbox/login-code', {})
+  const login = await gw('/login/', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ code }) })
+  const auth = { authorization: `Bearer ${login.data.token}`, 'content-type': 'application/json' }
+  const pay = await gw('/pay/', { method: 'POST', headers: auth, body: JSON.stringify({ product_id: 'coffee' }) })
+  assert.equal(pay.code, 200, JSON.stringify(pay))
+  const orderNo = pay.data.order_no
+  assert.equal((await gw(`/orders/${orderNo}`, { headers: auth })).data.state, 'PAYING')
+  return { orderNo, auth }
+}
+
+/** One page of `chrome` on the console: load it, read it, click its buttons. */
+async function openConsole (chrome) {
+  const { targetId } = await chrome.send('Target.createTarget', { url: 'about:blank' })
+  const { sessionId } = await chrome.send('Target.attachToTarget', { targetId, flatten: true })
+  await chrome.send('Page.enable', {}, sessionId)
+  const evaluate = async (expression) => {
+    const r = await chrome.send('Runtime.evaluate', { expression, returnByValue: true }, sessionId)
+    if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails))
+    return r.result.value
+  }
+  const load = async () => {
+    const loaded = chrome.nextEvent('Page.loadEventFired', sessionId)
+    await chrome.send('Page.navigate', { url: stack.sandbox + '/' }, sessionId)
+    await loaded
+  }
+  /** Clicks the button `action` of row `key`; resolves once the console has loaded again. */
+  const click = async (action, key) => {
+    const reloaded = chrome.nextEvent('Page.loadEventFired', sessionId)
+    const clicked = await evaluate(`(() => {
+      const b = document.querySelector('button[data-action="${action}"][data-key="${key}"]')
+      if (!b) return false
+      b.click()
+      return true
+    })()`)
+    assert.equal(clicked, true, `a "${action}" button for ${key}`)
+    await reloaded
+    return evaluate(`document.getElementById('flash')?.textContent || ''`)
+  }
+  await load()
+  return { evaluate, load, click }
+}
+
+/** Pays `orderNo` by clicking "pay" and waits until the gateway says PAID. */
+async function payInConsole (page, orderNo, auth) {
+  const stateOf = `document.querySelector('.trade-state[data-order="${orderNo}"]')?.textContent`
+  assert.equal(await page.evaluate(stateOf), 'NOTPAY', 'the console lists the pending order')
+  assert.match(await page.click('pay', orderNo), /^paid /)
+  assert.equal(await page.evaluate(stateOf), 'SUCCESS')
+  // WeChat's notify reaches the gateway: the mini program sees PAID.
+  return eventually(async () => {
+    const o = await gw(`/orders/${orderNo}`, { headers: auth })
+    return o.data && o.data.state === 'PAID' && o.data
+  }, 20000, `order ${orderNo} PAID`)
+}
+
+const execFileP = promisify(execFile)
+
+/** `wxmp <args>` against this stack's pay-service: its stdout. */
+async function wxmp (...args) {
+  const env = Object.assign({}, process.env, { WXMP_PAY_URL: stack.pay, RUST_LOG: 'warn' })
+  delete env.WXMP_INTERNAL_TOKEN
+  const { stdout } = await execFileP(stack.bin, args, { env, timeout: 30000 })
+  return stdout
+}
 
 test('clicking "pay" on a pending order in the console makes it PAID through the gateway',
-  { skip: chromiumMissing && `SKIPPED: no ${CHROMIUM} (apt-get install chromium; .ci/run does)` },
+  { skip },
   async () => {
-    // A mini program user with a pending order: logged in, POST /pay/ answered, not paid.
-    const { code } = await sandboxPost(stack.sandbox, '/sandbox/login-code', {})
-    const gw = async (p, init) => (await fetch(stack.gateway + p, init)).json()
-    const login = await gw('/login/', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ code }) })
-    const token = login.data.token
-    const auth = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
-    const pay = await gw('/pay/', { method: 'POST', headers: auth, body: JSON.stringify({ product_id: 'coffee' }) })
-    assert.equal(pay.code, 200, JSON.stringify(pay))
-    const orderNo = pay.data.order_no
-    assert.equal((await gw(`/orders/${orderNo}`, { headers: auth })).data.state, 'PAYING')
-
+    const { orderNo, auth } = await pendingOrder()
     const chrome = launchChromium()
     try {
-      const { targetId } = await chrome.send('Target.createTarget', { url: 'about:blank' })
-      const { sessionId } = await chrome.send('Target.attachToTarget', { targetId, flatten: true })
-      await chrome.send('Page.enable', {}, sessionId)
-      const evaluate = async (expression) => {
-        const r = await chrome.send('Runtime.evaluate', { expression, returnByValue: true }, sessionId)
-        if (r.exceptionDetails) throw new Error(JSON.stringify(r.exceptionDetails))
-        return r.result.value
-      }
-      const loaded = chrome.nextEvent('Page.loadEventFired', sessionId)
-      await chrome.send('Page.navigate', { url: stack.sandbox + '/' }, sessionId)
-      await loaded
-
-      const stateOf = `document.querySelector('.trade-state[data-order="${orderNo}"]')?.textContent`
-      assert.equal(await evaluate(stateOf), 'NOTPAY', 'the console lists the pending order')
-      assert.ok(await evaluate(`document.body.innerText.includes('session_key age')`))
-
-      // The click posts the button's form; the console redirects back to itself.
-      const reloaded = chrome.nextEvent('Page.loadEventFired', sessionId)
-      const clicked = await evaluate(`(() => {
-        const b = document.querySelector('button[data-action="pay"][data-key="${orderNo}"]')
-        if (!b) return false
-        b.click()
-        return true
-      })()`)
-      assert.equal(clicked, true, 'a pay button for the order')
-      await reloaded
-      assert.match(await evaluate(`document.getElementById('flash')?.textContent || ''`), /^paid /)
-      assert.equal(await evaluate(stateOf), 'SUCCESS')
-
-      // WeChat's notify reaches the gateway: the mini program sees PAID.
-      const paid = await eventually(async () => {
-        const o = await gw(`/orders/${orderNo}`, { headers: auth })
-        return o.data && o.data.state === 'PAID' && o.data
-      }, 20000, `order ${orderNo} PAID`)
+      const page = await openConsole(chrome)
+      assert.ok(await page.evaluate(`document.body.innerText.includes('session_key age')`))
+      const paid = await payInConsole(page, orderNo, auth)
       assert.ok(paid.transaction_id)
 
       // The console shows the accepted notify once the page is loaded again.
-      const again = chrome.nextEvent('Page.loadEventFired', sessionId)
-      await chrome.send('Page.reload', {}, sessionId)
-      await again
-      assert.match(await evaluate(`document.querySelector('.trade-state[data-order="${orderNo}"]').closest('tr').innerText`), /accepted/)
+      await page.load()
+      assert.match(await page.evaluate(`document.querySelector('.trade-state[data-order="${orderNo}"]').closest('tr').innerText`), /accepted/)
+    } finally {
+      await chrome.close()
+    }
+  })
+
+test('clicking "settle" on a PROCESSING refund makes it SUCCESS in pay-service',
+  { skip },
+  async () => {
+    const { orderNo, auth } = await pendingOrder()
+    const chrome = launchChromium()
+    try {
+      const page = await openConsole(chrome)
+      await payInConsole(page, orderNo, auth)
+
+      // WeChat keeps the shop's refund PROCESSING (as real refunds stay for minutes) until
+      // the console settles it.
+      await sandboxPost(stack.sandbox, '/sandbox/faults', { refund_hold: true, path_prefix: '/secapi/' })
+      const outRefundNo = `RF${orderNo}`.slice(0, 64)
+      let placed
+      try {
+        placed = await wxmp('refund', orderNo, '--amount-fen', '600', '--reason', 'console test',
+          '--out-refund-no', outRefundNo)
+      } finally {
+        await fetch(stack.sandbox + '/sandbox/faults', { method: 'DELETE' })
+      }
+      assert.match(placed, new RegExp(`refund ${outRefundNo} PROCESSING 6\\.00 yuan`), placed)
+      assert.match(await wxmp('order', orderNo), new RegExp(`refund ${outRefundNo} PROCESSING`))
+
+      await page.load()
+      const statusOf = `document.querySelector('.refund-status[data-refund="${outRefundNo}"]')?.textContent`
+      assert.equal(await page.evaluate(statusOf), 'PROCESSING', 'the console lists the refund')
+      assert.equal(await page.click('settle', outRefundNo), `refund ${outRefundNo} is SUCCESS, notify sent`)
+      assert.equal(await page.evaluate(statusOf), 'SUCCESS')
+
+      // WeChat's refund notify (encrypted req_info) reaches the gateway → pay-service.
+      const order = await eventually(async () => {
+        const out = await wxmp('order', orderNo)
+        return new RegExp(`refund ${outRefundNo} SUCCESS 6\\.00 yuan`).test(out) && out
+      }, 20000, `refund ${outRefundNo} SUCCESS in pay-service`)
+      assert.match(order, /refunded 6\.00 yuan/)
+      await page.load()
+      assert.match(await page.evaluate(`document.querySelector('.refund-status[data-refund="${outRefundNo}"]').closest('tr').innerText`), /accepted/)
     } finally {
       await chrome.close()
     }

@@ -18,7 +18,8 @@ function wxmpBinary () {
 }
 
 /**
- * @returns {Promise<{gateway: string, sandbox: string, stop: () => Promise<void>, log: () => string}>}
+ * @returns {Promise<{gateway: string, sandbox: string, pay: string, bin: string,
+ *   stop: () => Promise<void>, log: () => string}>}
  */
 async function startStack () {
   const bin = wxmpBinary()
@@ -30,6 +31,8 @@ async function startStack () {
     WXMP_DATA_DIR: dataDir,
     // Notify retries in milliseconds instead of minutes.
     SANDBOX_NOTIFY_TIME_SCALE: '0.001',
+    // Refunds' mutual-TLS port on a free one, like every other port of this stack.
+    SANDBOX_SECAPI_LISTEN_ADDR: '127.0.0.1:0',
     RUST_LOG: process.env.RUST_LOG || 'warn'
   })
   // This stack is SQLite + memory + the in-process sandbox, whatever the caller's shell says.
@@ -50,9 +53,11 @@ async function startStack () {
     const check = () => {
       const gateway = /gateway\s+(http:\/\/\S+)/.exec(out)
       const sandbox = /sandbox\s+(http:\/\/\S+)/.exec(out)
-      if (gateway && sandbox) {
+      // "gRPC     auth http://…  user http://…  pay http://…"
+      const pay = /gRPC\s.*\bpay\s+(http:\/\/\S+)/.exec(out)
+      if (gateway && sandbox && pay) {
         clearTimeout(timer)
-        resolve({ gateway: gateway[1], sandbox: sandbox[1] })
+        resolve({ gateway: gateway[1], sandbox: sandbox[1], pay: pay[1] })
       }
     }
     child.stdout.on('data', check)
@@ -61,6 +66,7 @@ async function startStack () {
 
   return {
     ...urls,
+    bin,
     log: () => out,
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM')

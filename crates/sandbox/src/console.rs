@@ -1,12 +1,13 @@
 //! The sandbox console: `GET /`, one server-rendered HTML page (no CDN, no script) showing
-//! what WeChat knows — apps, users and their session keys' age, orders with their trade state
-//! and notify attempts, access tokens — with buttons (plain HTML forms, see
-//! [`crate::console_actions`]) that play the phone and WeChat.
+//! what WeChat knows — apps, users and their session keys' age, orders (Pay v2 and v3) with
+//! their trade state and notify attempts, refunds, access tokens, sent subscribe messages —
+//! with buttons (plain HTML forms, see [`crate::console_actions`]) that play the phone and
+//! WeChat.
 //!
 //! Extension point: each section is a function in [`SECTIONS`]; a new part of the sandbox
-//! (refunds, subscribe messages, ...) adds its own `fn(&View) -> String` there, and its
-//! buttons as routes in `console_actions`. Nothing secret is rendered: no AppSecret, no
-//! session_key, only a prefix of access tokens.
+//! adds its own `fn(&View) -> String` there, and its buttons as routes in `console_actions`.
+//! Every value is escaped ([`esc`]). Nothing secret is rendered: no AppSecret, no session_key,
+//! no pay key, only a prefix of access tokens.
 
 use std::{fmt::Write, time::Instant};
 
@@ -14,18 +15,44 @@ use actix_web::{HttpResponse, http::header, web};
 use serde::Deserialize;
 
 use crate::{
-    console_actions,
+    clock, console_actions,
     notify::NotifyRecord,
-    order::{Order, TradeState},
+    order::{NotifyState, Order},
+    refund::{Refund, RefundNotifyRecord, RefundStatus},
     state::{Sandbox, State},
+    v3::{V3NotifyRecord, V3Order, V3Refund},
 };
 
 /// What a section renders from: the sandbox (config) and its state, locked once per page.
 pub struct View<'a> {
     pub sandbox: &'a Sandbox,
     pub state: &'a State,
+    /// A copy of the Pay v3 world, taken before `state` is locked (never both locks at once).
+    pub v3: &'a V3Snapshot,
     pub now: Instant,
+    pub now_ms: i64,
 }
+
+/// The v3 orders, refunds and notifies at page time.
+pub struct V3Snapshot {
+    pub orders: Vec<V3Order>,
+    pub refunds: Vec<V3Refund>,
+    pub notifies: Vec<V3NotifyRecord>,
+}
+
+impl V3Snapshot {
+    fn take(sandbox: &Sandbox) -> Self {
+        let v3 = sandbox.v3.state();
+        Self {
+            orders: v3.orders.values().cloned().collect(),
+            refunds: v3.refunds.values().cloned().collect(),
+            notifies: v3.notifies.clone(),
+        }
+    }
+}
+
+/// Most rows a section shows (the newest first); the developer endpoints list everything.
+const MAX_ROWS: usize = 200;
 
 /// Renders one section's body from the state.
 type Section = fn(&View) -> String;
@@ -35,7 +62,9 @@ const SECTIONS: &[(&str, Section)] = &[
     ("Apps and merchant", apps),
     ("Users", users),
     ("Orders", orders),
+    ("Refunds", refunds),
     ("Access tokens", access_tokens),
+    ("Sent subscribe messages", messages),
 ];
 
 /// Registers `GET /` and the console's buttons.
@@ -52,11 +81,14 @@ pub struct PageQuery {
 
 /// `GET /`.
 pub async fn page(sandbox: web::Data<Sandbox>, query: web::Query<PageQuery>) -> HttpResponse {
+    let v3 = V3Snapshot::take(&sandbox);
     let state = sandbox.state();
     let view = View {
         sandbox: &sandbox,
         state: &state,
+        v3: &v3,
         now: Instant::now(),
+        now_ms: clock::unix_ms(),
     };
     let mut body = String::new();
     for (title, render) in SECTIONS {
@@ -85,8 +117,16 @@ pub async fn page(sandbox: web::Data<Sandbox>, query: web::Query<PageQuery>) -> 
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
+        // Another site must not frame the page (a framed button click would carry the token)
+        // nor run script in it; forms post only here.
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .body(html)
 }
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
 h1 small{font-weight:normal;color:#777;font-size:60%}h1 a{font-size:50%}\
@@ -112,10 +152,23 @@ pub fn esc(s: &str) -> String {
 
 /// A table from a header row and rows of already-escaped HTML cells.
 fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
+    table_of(head, rows, 0)
+}
+
+/// [`table`], noting `hidden` older rows left out.
+fn table_of(head: &[&str], rows: Vec<Vec<String>>, hidden: usize) -> String {
     if rows.is_empty() {
         return r#"<p class="empty">none yet</p>"#.to_owned();
     }
-    let mut out = String::from("<table><tr>");
+    let mut out = String::new();
+    if hidden > 0 {
+        let _ = write!(
+            out,
+            r#"<p class="empty">the newest {} shown, {hidden} older not shown</p>"#,
+            rows.len()
+        );
+    }
+    out.push_str("<table><tr>");
     for h in head {
         let _ = write!(out, "<th>{}</th>", esc(h));
     }
@@ -131,10 +184,18 @@ fn table(head: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-/// A button posting `fields` to `action` (a console_actions route).
+/// The first [`MAX_ROWS`] of `items` (sorted newest first by the caller), and how many more.
+fn newest<T>(mut items: Vec<T>) -> (Vec<T>, usize) {
+    let hidden = items.len().saturating_sub(MAX_ROWS);
+    items.truncate(MAX_ROWS);
+    (items, hidden)
+}
+
+/// A button posting `fields` (and the csrf token) to `action` (a console_actions route).
 pub fn button(action: &str, label: &str, fields: &[(&str, &str)], data: &str) -> String {
     let mut out = format!(r#"<form method="post" action="{}">"#, esc(action));
-    for (name, value) in fields {
+    let csrf = [(console_actions::CSRF_FIELD, console_actions::csrf_token())];
+    for (name, value) in fields.iter().chain(&csrf) {
         let _ = write!(
             out,
             r#"<input type="hidden" name="{}" value="{}">"#,
@@ -209,16 +270,61 @@ fn users(view: &View) -> String {
     table(&["appid", "openid", "unionid", "session_key age"], rows)
 }
 
-/// The notify attempts of one order, in one cell.
-fn notify_cell(order: &Order, records: &[&NotifyRecord]) -> String {
+/// One notify request, as a line of a notify cell.
+struct Attempt<'a> {
+    attempt: u32,
+    copy: u32,
+    status: Option<u16>,
+    error: Option<&'a str>,
+    accepted: bool,
+}
+
+impl<'a> From<&'a NotifyRecord> for Attempt<'a> {
+    fn from(r: &'a NotifyRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            copy: r.copy,
+            status: r.status,
+            error: r.error.as_deref(),
+            accepted: r.accepted,
+        }
+    }
+}
+
+impl<'a> From<&'a V3NotifyRecord> for Attempt<'a> {
+    fn from(r: &'a V3NotifyRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            copy: 1,
+            status: r.status,
+            error: r.error.as_deref(),
+            accepted: r.accepted,
+        }
+    }
+}
+
+impl<'a> From<&'a RefundNotifyRecord> for Attempt<'a> {
+    fn from(r: &'a RefundNotifyRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            copy: 1,
+            status: r.status,
+            error: r.error.as_deref(),
+            accepted: r.accepted,
+        }
+    }
+}
+
+/// A notify's state, its attempt count and its last three requests, in one cell.
+fn notify_cell(state: &str, attempts: u32, records: &[Attempt]) -> String {
     let mut out = format!(
         "{} ({} attempt{})",
-        esc(&format!("{:?}", order.notify_state).to_lowercase()),
-        order.notify_attempts,
-        if order.notify_attempts == 1 { "" } else { "s" }
+        esc(state),
+        attempts,
+        if attempts == 1 { "" } else { "s" }
     );
     for r in records.iter().rev().take(3) {
-        let outcome = match (r.status, &r.error) {
+        let outcome = match (r.status, r.error) {
             (Some(s), _) => format!("HTTP {s}"),
             (None, Some(e)) => esc(&e.chars().take(60).collect::<String>()),
             (None, None) => "no answer".to_owned(),
@@ -236,75 +342,164 @@ fn notify_cell(order: &Order, records: &[&NotifyRecord]) -> String {
     out
 }
 
-fn orders(view: &View) -> String {
-    let mut orders: Vec<&Order> = view.state.orders.values().collect();
-    orders.sort_by(|a, b| {
-        (b.created_at_ms, &b.out_trade_no).cmp(&(a.created_at_ms, &a.out_trade_no))
-    });
-    let rows = orders
-        .into_iter()
-        .map(|o| {
-            let records: Vec<&NotifyRecord> = view
-                .state
+fn notify_state_name(state: NotifyState) -> &'static str {
+    match state {
+        NotifyState::None => "none",
+        NotifyState::Pending => "pending",
+        NotifyState::Accepted => "accepted",
+        NotifyState::Dropped => "dropped",
+        NotifyState::GaveUp => "gave_up",
+    }
+}
+
+/// One row of the Orders section, v2 or v3.
+struct OrderRow {
+    api: &'static str,
+    mch_id: String,
+    out_trade_no: String,
+    openid: String,
+    total_fen: i64,
+    body: String,
+    trade_state: String,
+    prepay_id: String,
+    notify_state: String,
+    notify_attempts: u32,
+    created_at_ms: i64,
+}
+
+impl OrderRow {
+    fn v2(o: &Order) -> Self {
+        Self {
+            api: "v2",
+            mch_id: o.mch_id.clone(),
+            out_trade_no: o.out_trade_no.clone(),
+            openid: o.openid.clone(),
+            total_fen: o.total_fee as i64,
+            body: o.body.clone(),
+            trade_state: o.trade_state.as_str().to_owned(),
+            prepay_id: o.prepay_id.clone(),
+            notify_state: notify_state_name(o.notify_state).to_owned(),
+            notify_attempts: o.notify_attempts,
+            created_at_ms: o.created_at_ms,
+        }
+    }
+
+    fn v3(o: &V3Order) -> Self {
+        Self {
+            api: "v3",
+            mch_id: o.mchid.clone(),
+            out_trade_no: o.out_trade_no.clone(),
+            openid: o.openid.clone(),
+            total_fen: o.total,
+            body: o.description.clone(),
+            trade_state: o.trade_state.clone(),
+            prepay_id: o.prepay_id.clone(),
+            notify_state: o.notify_state.clone(),
+            notify_attempts: o.notify_attempts,
+            created_at_ms: o.created_at_ms,
+        }
+    }
+
+    /// The notify's state and its last requests (computed for the rows shown only).
+    fn notify(&self, view: &View) -> String {
+        let records: Vec<Attempt> = if self.api == "v2" {
+            view.state
                 .notifies
                 .iter()
-                .filter(|r| r.mch_id == o.mch_id && r.out_trade_no == o.out_trade_no)
-                .collect();
-            let order_fields = [
-                ("mch_id", o.mch_id.as_str()),
-                ("out_trade_no", o.out_trade_no.as_str()),
+                .filter(|r| r.mch_id == self.mch_id && r.out_trade_no == self.out_trade_no)
+                .map(Attempt::from)
+                .collect()
+        } else {
+            view.v3
+                .notifies
+                .iter()
+                .filter(|r| {
+                    r.out_trade_no == self.out_trade_no && r.event_type.starts_with("TRANSACTION")
+                })
+                .map(Attempt::from)
+                .collect()
+        };
+        notify_cell(&self.notify_state, self.notify_attempts, &records)
+    }
+
+    /// The phone's and WeChat's buttons for the order's state.
+    fn actions(&self) -> String {
+        let mut actions = String::new();
+        let key = self.out_trade_no.as_str();
+        if matches!(
+            self.trade_state.as_str(),
+            "NOTPAY" | "USERPAYING" | "PAYERROR"
+        ) {
+            let pay = [
+                ("prepay_id", self.prepay_id.as_str()),
+                ("outcome", "success"),
             ];
-            let mut actions = String::new();
-            if matches!(
-                o.trade_state,
-                TradeState::NotPay | TradeState::UserPaying | TradeState::PayError
-            ) {
-                let pay = [("prepay_id", o.prepay_id.as_str()), ("outcome", "success")];
-                actions.push_str(&button(console_actions::PAY, "pay", &pay, &o.out_trade_no));
-                if o.trade_state != TradeState::PayError {
-                    let fail = [("prepay_id", o.prepay_id.as_str()), ("outcome", "fail")];
-                    actions.push_str(&button(
-                        console_actions::PAY,
-                        "fail payment",
-                        &fail,
-                        &o.out_trade_no,
-                    ));
-                }
+            actions.push_str(&button(console_actions::PAY, "pay", &pay, key));
+            if self.trade_state != "PAYERROR" {
+                let fail = [("prepay_id", self.prepay_id.as_str()), ("outcome", "fail")];
+                actions.push_str(&button(console_actions::PAY, "fail payment", &fail, key));
             }
-            if o.trade_state == TradeState::Success {
+        }
+        if matches!(self.trade_state.as_str(), "SUCCESS" | "REFUND") {
+            let order = [
+                ("api", self.api),
+                ("mch_id", self.mch_id.as_str()),
+                ("out_trade_no", key),
+            ];
+            actions.push_str(&button(
+                console_actions::RESEND_NOTIFY,
+                "resend notify",
+                &order,
+                key,
+            ));
+            if self.notify_state == "pending" {
                 actions.push_str(&button(
-                    console_actions::RESEND_NOTIFY,
-                    "resend notify",
-                    &order_fields,
-                    &o.out_trade_no,
+                    console_actions::DROP_NOTIFY,
+                    "drop notify",
+                    &order,
+                    key,
                 ));
-                if o.notify_state == crate::order::NotifyState::Pending {
-                    actions.push_str(&button(
-                        console_actions::DROP_NOTIFY,
-                        "drop notify",
-                        &order_fields,
-                        &o.out_trade_no,
-                    ));
-                }
             }
+        }
+        actions
+    }
+}
+
+fn orders(view: &View) -> String {
+    let mut rows: Vec<OrderRow> = view
+        .state
+        .orders
+        .values()
+        .map(OrderRow::v2)
+        .chain(view.v3.orders.iter().map(OrderRow::v3))
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.created_at_ms, &b.out_trade_no).cmp(&(a.created_at_ms, &a.out_trade_no))
+    });
+    let (rows, hidden) = newest(rows);
+    let rows = rows
+        .into_iter()
+        .map(|o| {
             vec![
                 format!(r#"<code data-order="{0}">{0}</code>"#, esc(&o.out_trade_no)),
+                o.api.to_owned(),
                 format!("<code>{}</code>", esc(&o.openid)),
-                format!("{} fen", o.total_fee),
+                format!("{} fen", o.total_fen),
                 esc(&o.body),
                 format!(
                     r#"<span class="trade-state" data-order="{}">{}</span>"#,
                     esc(&o.out_trade_no),
-                    o.trade_state.as_str()
+                    esc(&o.trade_state)
                 ),
-                notify_cell(o, &records),
-                actions,
+                o.notify(view),
+                o.actions(),
             ]
         })
         .collect();
-    table(
+    table_of(
         &[
             "out_trade_no",
+            "api",
             "openid",
             "total_fee",
             "body",
@@ -313,6 +508,208 @@ fn orders(view: &View) -> String {
             "play",
         ],
         rows,
+        hidden,
+    )
+}
+
+/// A v3 refund's status as `/v3/refund/domestic/refunds/{no}` answers it: PROCESSING until
+/// `SANDBOX_PAY_V3_REFUND_AFTER_MS` × time scale has passed, then SUCCESS.
+fn v3_refund_status(view: &View, r: &V3Refund) -> &'static str {
+    let v3 = &view.sandbox.v3;
+    let elapsed = (view.now_ms - r.created_at_ms) as f64;
+    if elapsed >= v3.refund_after_ms as f64 * v3.time_scale {
+        "SUCCESS"
+    } else {
+        "PROCESSING"
+    }
+}
+
+fn refund_status_cell(out_refund_no: &str, status: &str) -> String {
+    format!(
+        r#"<span class="refund-status" data-refund="{}">{}</span>"#,
+        esc(out_refund_no),
+        esc(status)
+    )
+}
+
+/// One refund, v2 or v3.
+enum RefundRef<'a> {
+    V2(&'a Refund),
+    V3(&'a V3Refund),
+}
+
+impl RefundRef<'_> {
+    fn created_at_ms(&self) -> i64 {
+        match self {
+            Self::V2(r) => r.created_at_ms,
+            Self::V3(r) => r.created_at_ms,
+        }
+    }
+
+    fn cells(&self, view: &View) -> Vec<String> {
+        match self {
+            Self::V2(r) => v2_refund_cells(view, r),
+            Self::V3(r) => v3_refund_cells(view, r),
+        }
+    }
+}
+
+fn v2_refund_cells(view: &View, r: &Refund) -> Vec<String> {
+    let notify = if r.notify_url.is_none() {
+        r#"<span class="empty">no notify_url</span>"#.to_owned()
+    } else {
+        let records: Vec<Attempt> = view
+            .state
+            .refunds
+            .notifies
+            .iter()
+            .filter(|n| n.mch_id == r.mch_id && n.out_refund_no == r.out_refund_no)
+            .map(Attempt::from)
+            .collect();
+        notify_cell(
+            notify_state_name(r.notify_state),
+            r.notify_attempts,
+            &records,
+        )
+    };
+    let mut actions = String::new();
+    if r.refund_status == RefundStatus::Processing {
+        let key = r.out_refund_no.as_str();
+        for (label, outcome) in [
+            ("settle", "success"),
+            ("fail", "change"),
+            ("close", "close"),
+        ] {
+            let fields = [
+                ("mch_id", r.mch_id.as_str()),
+                ("out_refund_no", key),
+                ("outcome", outcome),
+            ];
+            actions.push_str(&button(console_actions::FINISH_REFUND, label, &fields, key));
+        }
+    }
+    vec![
+        format!(
+            r#"<code data-refund="{0}">{0}</code>"#,
+            esc(&r.out_refund_no)
+        ),
+        "v2".to_owned(),
+        format!("<code>{}</code>", esc(&r.out_trade_no)),
+        format!("{} of {} fen", r.refund_fee, r.total_fee),
+        refund_status_cell(&r.out_refund_no, r.refund_status.as_str()),
+        notify,
+        actions,
+    ]
+}
+
+fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
+    // v3 notify records are filed by out_trade_no: these are the order's refund notifies.
+    let records: Vec<Attempt> = view
+        .v3
+        .notifies
+        .iter()
+        .filter(|n| n.out_trade_no == r.out_trade_no && n.event_type.starts_with("REFUND"))
+        .map(Attempt::from)
+        .collect();
+    let state = if records.iter().any(|n| n.accepted) {
+        "accepted"
+    } else if records.is_empty() {
+        "none"
+    } else {
+        "pending"
+    };
+    vec![
+        format!(
+            r#"<code data-refund="{0}">{0}</code>"#,
+            esc(&r.out_refund_no)
+        ),
+        "v3".to_owned(),
+        format!("<code>{}</code>", esc(&r.out_trade_no)),
+        format!("{} of {} fen", r.refund, r.total),
+        refund_status_cell(&r.out_refund_no, v3_refund_status(view, r)),
+        notify_cell(state, records.len() as u32, &records),
+        r#"<span class="empty">settles by itself (SANDBOX_PAY_V3_REFUND_AFTER_MS)</span>"#
+            .to_owned(),
+    ]
+}
+
+fn refunds(view: &View) -> String {
+    let mut all: Vec<RefundRef> = view
+        .state
+        .refunds
+        .by_key
+        .values()
+        .map(RefundRef::V2)
+        .chain(view.v3.refunds.iter().map(RefundRef::V3))
+        .collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms()));
+    let (shown, hidden) = newest(all);
+    table_of(
+        &[
+            "out_refund_no",
+            "api",
+            "order",
+            "amount",
+            "refund_status",
+            "notify",
+            "play",
+        ],
+        shown.iter().map(|r| r.cells(view)).collect(),
+        hidden,
+    )
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in Beijing time, as WeChat shows times.
+fn beijing_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8"))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn messages(view: &View) -> String {
+    let rows = view
+        .state
+        .openapi
+        .messages()
+        .iter()
+        .rev()
+        .take(MAX_ROWS)
+        .map(|m| {
+            let mut data = String::new();
+            for (k, v) in &m.data {
+                if !data.is_empty() {
+                    data.push_str("<br>");
+                }
+                let _ = write!(data, "<code>{}</code>: {}", esc(k), esc(v));
+            }
+            vec![
+                format!(r#"<span class="msgid">{}</span>"#, m.msgid),
+                format!("<code>{}</code>", esc(&m.appid)),
+                format!("<code>{}</code>", esc(&m.touser)),
+                format!("<code>{}</code>", esc(&m.template_id)),
+                m.page
+                    .as_deref()
+                    .map(|p| format!("<code>{}</code>", esc(p)))
+                    .unwrap_or_default(),
+                data,
+                beijing_time(m.at_ms),
+            ]
+        })
+        .collect();
+    table_of(
+        &[
+            "msgid",
+            "appid",
+            "touser",
+            "template_id",
+            "page",
+            "data",
+            "time (UTC+8)",
+        ],
+        rows,
+        view.state.openapi.messages().len().saturating_sub(MAX_ROWS),
     )
 }
 
@@ -353,6 +750,25 @@ mod tests {
             esc(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn long_lists_show_the_newest_rows_and_say_how_many_are_left_out() {
+        let (rows, hidden) = newest((0..MAX_ROWS + 50).collect::<Vec<_>>());
+        assert_eq!((rows.len(), hidden, rows[0]), (MAX_ROWS, 50, 0));
+        let html = table_of(&["n"], vec![vec!["1".into()]], 50);
+        assert!(
+            html.contains("the newest 1 shown, 50 older not shown"),
+            "{html}"
+        );
+        assert!(!table(&["n"], vec![vec!["1".into()]]).contains("not shown"));
+    }
+
+    #[test]
+    fn buttons_carry_the_csrf_token() {
+        let html = button("/console/pay", "pay", &[], "o1");
+        let field = format!(r#"name="csrf" value="{}""#, console_actions::csrf_token());
+        assert!(html.contains(&field), "{html}");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! | `POST /pay/orderquery` | by `transaction_id` or `out_trade_no`; SUCCESS orders carry openid, is_subscribe, trade_type, bank_type, total_fee, fee_type, cash_fee, transaction_id, out_trade_no, attach, time_end; other states total_fee, out_trade_no, attach; always trade_state + trade_state_desc |
 //! | `POST /pay/closeorder` | `result_msg` OK; ORDERPAID, ORDERCLOSED, ORDERNOTEXIST |
 //! | `POST /secapi/pay/refund` | **HTTPS port `SANDBOX_SECAPI_LISTEN_ADDR` only, client certificate from the dev CA required** (the plain port answers return_code FAIL). transaction_id, out_trade_no, out_refund_no, refund_id, refund_fee, total_fee, cash_fee; the same out_refund_no answers the same refund (other amounts: ERROR); ERROR (unpaid order, more than paid), PARAM_ERROR (total_fee not the order's), NOTENOUGH (fault), SYSTEMERROR (fault, nothing recorded). Settles after `SANDBOX_REFUND_DELAY_MS` to SUCCESS (or CHANGE) and posts the refund notify to notify_url: `return_code, appid, mch_id, nonce_str, req_info` (no sign), req_info = base64(AES-256-ECB(md5hex(key), `<root>…</root>`)), retried on the pay notify schedule |
-//! | `POST /pay/refundquery` | by out_refund_no, refund_id, out_trade_no or transaction_id: refund_count, `out_refund_no_$n`, `refund_id_$n`, `refund_fee_$n`, `refund_status_$n` (PROCESSING, SUCCESS, CHANGE), `refund_success_time_$n`; REFUNDNOTEXIST. orderquery answers trade_state REFUND for a paid order with a refund |
+//! | `POST /pay/refundquery` | by out_refund_no, refund_id, out_trade_no or transaction_id: refund_count, `out_refund_no_$n`, `refund_id_$n`, `refund_fee_$n`, `refund_status_$n` (PROCESSING, SUCCESS, CHANGE, REFUNDCLOSE), `refund_success_time_$n`; REFUNDNOTEXIST. orderquery answers trade_state REFUND for a paid order with a refund |
 //!
 //! Errors of the login and token paths are HTTP 200 `{"errcode": n, "errmsg": "<text>, rid: <id>"}`
 //! (WeChat appends a request id: match on errcode). Pay answers are XML. A request that cannot be
@@ -93,6 +93,17 @@
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
+//! # Console
+//!
+//! `GET /` is a server-rendered page (no script, no CDN) of apps, users (session_key age),
+//! orders v2 and v3 (trade state, notify attempts), refunds (status, notify attempts), access
+//! tokens and sent subscribe messages, with form buttons posting to `/console/*` (see
+//! `console_actions.rs`): pay / fail payment (v2 and v3), resend / drop a notify, settle / fail
+//! / close a PROCESSING v2 refund (SUCCESS, CHANGE, REFUNDCLOSE, then the refund notify),
+//! expire a token. Each post must carry the page's csrf token and come from the console's own
+//! origin (403 otherwise, nothing changed). Refunds accepted while the `refund_hold` fault is
+//! on stay PROCESSING until the console finishes them.
+//!
 //! # Faults
 //!
 //! One JSON shape everywhere; every field is optional and absent means off:
@@ -110,6 +121,7 @@
 //!   "refund_change": true,          // refunds settle as CHANGE (failed) instead of SUCCESS
 //!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH
 //!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
+//!   "refund_hold": true,            // refunds stay PROCESSING until the console finishes them
 //!   (drop_notify also drops refund notifies; pay_system_error also fails refunds)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear
 //!   "path_prefix": "/pay/"          // only WeChat paths starting with this (and only they count)
@@ -119,7 +131,8 @@
 //! - At start: `SANDBOX_FAULT_LATENCY_MS`, `SANDBOX_FAULT_HTTP_STATUS`,
 //!   `SANDBOX_FAULT_PAY_SYSTEM_ERROR`, `SANDBOX_FAULT_QUOTA_EXCEEDED`, `SANDBOX_FAULT_DROP_NOTIFY`,
 //!   `SANDBOX_FAULT_DUPLICATE_NOTIFY`, `SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE`,
-//!   `SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE` (`true`/`false`, numbers).
+//!   `SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE`, `SANDBOX_FAULT_REFUND_HOLD` (`true`/`false`,
+//!   numbers).
 //! - At run time: `POST /sandbox/faults` with the JSON (replaces the whole set; `{}` or
 //!   `DELETE /sandbox/faults` clears it).
 //! - Per request: header `X-Sandbox-Faults: <the JSON>` on a WeChat path (used instead of the

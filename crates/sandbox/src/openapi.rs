@@ -73,6 +73,13 @@ pub struct OpenApi {
     pub send_attempts: HashMap<(String, String), u64>,
 }
 
+impl OpenApi {
+    /// The messages subscribe/send accepted, oldest first (the console lists them).
+    pub fn messages(&self) -> &[SentMessage] {
+        &self.messages
+    }
+}
+
 fn wx_ok(body: serde_json::Value) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(JSON_CONTENT_TYPE)

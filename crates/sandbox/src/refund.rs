@@ -375,7 +375,8 @@ fn query(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     Ok(out)
 }
 
-/// Settles a refund after the configured delay, then notifies.
+/// Settles a refund after the configured delay (unless the refund_hold fault keeps it
+/// PROCESSING for the console), then notifies.
 async fn settle(sandbox: Arc<Sandbox>, key: RefundKey) {
     let shutdown = sandbox.shutdown.clone();
     tokio::select! {
@@ -386,18 +387,72 @@ async fn settle(sandbox: Arc<Sandbox>, key: RefundKey) {
 
 async fn settle_and_notify(sandbox: &Sandbox, key: &RefundKey) {
     tokio::time::sleep(sandbox.settings.refund_delay).await;
+    let outcome = {
+        let state = sandbox.state();
+        let Some(r) = state.refunds.by_key.get(key) else {
+            return;
+        };
+        if r.faults.refund_hold {
+            tracing::info!(out_refund_no = key.1, "sandbox refund held PROCESSING");
+            return;
+        }
+        if r.faults.refund_change {
+            RefundStatus::Change
+        } else {
+            RefundStatus::Success
+        }
+    };
+    // Already finished from the console meanwhile: nothing more to do.
+    if let Ok(deliver) = conclude(sandbox, key, outcome)
+        && deliver
+    {
+        deliver_attempts(sandbox, key).await;
+    }
+}
+
+/// Why a refund cannot be concluded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConcludeError {
+    #[error("unknown refund {0}")]
+    Unknown(String),
+    #[error("refund {0} is {1}, not PROCESSING")]
+    NotProcessing(String, &'static str),
+    #[error("a refund cannot end PROCESSING")]
+    NotFinal,
+}
+
+/// WeChat finishes a PROCESSING refund: SUCCESS (the money reached the payer; success_time
+/// set), CHANGE (退款异常: e.g. the payer's card is frozen; the money stays with the merchant)
+/// or REFUNDCLOSE (退款关闭). Each of the three ends in a refund notify (退款结果通知: "当商户
+/// 申请的退款有结果后(退款状态为:退款成功、退款关闭、退款异常),微信会把相关结果发送给商户",
+/// <https://pay.weixin.qq.com/doc/global/v2/zh/4013636494>). One change under the lock, so the
+/// settle timer and the console cannot both conclude a refund. `Ok(true)` when the notify is
+/// to be delivered (a notify_url, and no drop_notify fault).
+pub fn conclude(
+    sandbox: &Sandbox,
+    key: &RefundKey,
+    outcome: RefundStatus,
+) -> Result<bool, ConcludeError> {
+    if outcome == RefundStatus::Processing {
+        return Err(ConcludeError::NotFinal);
+    }
+    let drop_all = sandbox.current_faults().drop_notify;
     let deliver = {
         let mut state = sandbox.state();
         let Some(r) = state.refunds.by_key.get_mut(key) else {
-            return;
+            return Err(ConcludeError::Unknown(key.1.clone()));
         };
-        if r.faults.refund_change {
-            r.refund_status = RefundStatus::Change;
-        } else {
-            r.refund_status = RefundStatus::Success;
+        if r.refund_status != RefundStatus::Processing {
+            return Err(ConcludeError::NotProcessing(
+                key.1.clone(),
+                r.refund_status.as_str(),
+            ));
+        }
+        r.refund_status = outcome;
+        if outcome == RefundStatus::Success {
             r.success_time = Some(clock::now().format("%Y-%m-%d %H:%M:%S").to_string());
         }
-        let drop = r.faults.drop_notify || sandbox.current_faults().drop_notify;
+        let drop = r.faults.drop_notify || drop_all;
         match (&r.notify_url, drop) {
             (None, _) => false,
             (Some(_), true) => {
@@ -410,10 +465,24 @@ async fn settle_and_notify(sandbox: &Sandbox, key: &RefundKey) {
             }
         }
     };
-    tracing::info!(out_refund_no = key.1, "sandbox refund settled");
-    if deliver {
-        deliver_attempts(sandbox, key).await;
-    }
+    tracing::info!(
+        out_refund_no = key.1,
+        status = outcome.as_str(),
+        "sandbox refund settled"
+    );
+    Ok(deliver)
+}
+
+/// Delivers the refund notify of `key` in the background (after [`conclude`] said so).
+pub fn spawn_notify(sandbox: Arc<Sandbox>, key: RefundKey) {
+    let runtime = sandbox.runtime.clone();
+    runtime.spawn(async move {
+        let shutdown = sandbox.shutdown.clone();
+        tokio::select! {
+            _ = deliver_attempts(&sandbox, &key) => {}
+            _ = shutdown.wait() => {}
+        }
+    });
 }
 
 /// The refund notify of `r`, req_info encrypted with the merchant key.

@@ -2,6 +2,8 @@
 //! and certificate mode), a merchant notify endpoint that verifies and decrypts like the gateway,
 //! and every v3 fault.
 
+mod common;
+
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -545,4 +547,110 @@ async fn forged_or_tampered_notifies_are_refused_and_retried_until_clean() {
         let gap = records[1]["at_ms"].as_i64().unwrap() - records[0]["at_ms"].as_i64().unwrap();
         assert!(gap >= 15, "{gap} ms");
     }
+}
+
+/// The console plays the phone for v3 orders too (it cannot make the phone's RSA paySign,
+/// so it applies what `/sandbox/pay` applies after checking it): fail, pay (the encrypted
+/// TRANSACTION.SUCCESS notify the merchant verifies and decrypts), resend, drop.
+#[tokio::test]
+async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
+    use common::click;
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3CN0001", &receiver.url))
+        .await
+        .unwrap();
+    let html = common::page(&sb).await;
+    assert!(
+        html.contains(r#"<span class="trade-state" data-order="V3CN0001">NOTPAY</span>"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"data-action="pay" data-key="V3CN0001""#));
+
+    let msg = click(
+        &sb,
+        "/console/pay",
+        &[("prepay_id", &prepay), ("outcome", "fail")],
+    )
+    .await;
+    assert_eq!(msg, format!("payment failed for {prepay}"));
+    let tx = client.query_by_out_trade_no("V3CN0001").await.unwrap();
+    assert_eq!(tx.trade_state, "PAYERROR");
+
+    let msg = click(
+        &sb,
+        "/console/pay",
+        &[("prepay_id", &prepay), ("outcome", "success")],
+    )
+    .await;
+    assert_eq!(msg, format!("paid {prepay}"));
+    let seen = receiver.wait_for(1).await;
+    assert!(
+        matches!(&seen[0], Seen::Paid { out_trade_no, total: Some(321) } if out_trade_no == "V3CN0001"),
+        "{seen:?}"
+    );
+    wait_order_notify_state(&sb, "V3CN0001", "accepted").await;
+    let tx = client.query_by_out_trade_no("V3CN0001").await.unwrap();
+    assert_eq!(tx.trade_state, "SUCCESS");
+    let msg = click(
+        &sb,
+        "/console/pay",
+        &[("prepay_id", &prepay), ("outcome", "success")],
+    )
+    .await;
+    assert_eq!(msg, "refused: order V3CN0001 is already paid");
+
+    let msg = click(
+        &sb,
+        "/console/notify/resend",
+        &[
+            ("api", "v3"),
+            ("mch_id", sandbox::DEV_MCH_ID),
+            ("out_trade_no", "V3CN0001"),
+        ],
+    )
+    .await;
+    assert_eq!(msg, "notify of V3CN0001 sent again");
+    let seen = receiver.wait_for(2).await;
+    assert!(matches!(&seen[1], Seen::Paid { out_trade_no, .. } if out_trade_no == "V3CN0001"));
+
+    // A notify nobody answers (closed port) stays pending until dropped, then stops.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/pay/notify/v3", closed.local_addr().unwrap());
+    drop(closed);
+    let prepay = client.jsapi(order("V3CN0002", &dead_url)).await.unwrap();
+    click(
+        &sb,
+        "/console/pay",
+        &[("prepay_id", &prepay), ("outcome", "success")],
+    )
+    .await;
+    wait_order_notify_state(&sb, "V3CN0002", "pending").await;
+    let msg = click(
+        &sb,
+        "/console/notify/drop",
+        &[
+            ("api", "v3"),
+            ("mch_id", sandbox::DEV_MCH_ID),
+            ("out_trade_no", "V3CN0002"),
+        ],
+    )
+    .await;
+    assert_eq!(msg, "notify of V3CN0002 dropped");
+    let sent = |v: Value| v.as_array().map_or(0, Vec::len);
+    let at_drop = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0002").await);
+    // The schedule (15 s, 15 s, 30 s, 3 min … × 0.001) would send 4 more within 240 ms.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let order = get(&sb, "/sandbox/v3/orders/V3CN0002").await;
+        assert_eq!(order["notify_state"], "dropped");
+    }
+    let after = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0002").await);
+    assert!(
+        after <= at_drop + 1,
+        "{at_drop} then {after}: at most the one in flight"
+    );
 }

@@ -38,41 +38,61 @@ pub(crate) fn pay_v3_order(
     req: &crate::notify::PayRequest,
     prepay_id: &str,
 ) -> Option<Result<HttpResponse, DevError>> {
-    let outcome = req.outcome;
-    let v3 = &sandbox.v3;
-    let mut state = v3.state();
-    let out_trade_no = state.prepay_ids.get(prepay_id)?.clone();
-    let order = state.orders.get_mut(&out_trade_no)?;
     let fail = |reason: &str| {
         Some(Err(DevError::RequestPaymentFail(format!(
             "requestPayment:fail {reason}"
         ))))
     };
-    if req.sign_type != "RSA" {
-        return fail("signType与统一下单的签名类型不一致");
-    }
-    if req.app_id != order.appid {
-        return fail("appId与下单的appid不一致");
-    }
+    let out_trade_no = {
+        let state = sandbox.v3.state();
+        let out_trade_no = state.prepay_ids.get(prepay_id)?.clone();
+        let order = state.orders.get(&out_trade_no)?;
+        if req.sign_type != "RSA" {
+            return fail("signType与统一下单的签名类型不一致");
+        }
+        if req.app_id != order.appid {
+            return fail("appId与下单的appid不一致");
+        }
+        out_trade_no
+    };
     let message = crate::v3::crypto::signed_lines(&[
         req.app_id.as_bytes(),
         req.time_stamp.as_bytes(),
         req.nonce_str.as_bytes(),
         req.package.as_bytes(),
     ]);
-    if !crate::v3::crypto::verify(&v3.merchant_public_key, &message, &req.pay_sign) {
+    if !crate::v3::crypto::verify(&sandbox.v3.merchant_public_key, &message, &req.pay_sign) {
         return fail("支付验证签名失败");
     }
+    Some(
+        settle_v3_payment(sandbox, &out_trade_no, req.outcome)
+            .map(|order| HttpResponse::Ok().json(view(&order))),
+    )
+}
+
+/// What the user does with the payment sheet of v3 order `out_trade_no`, once WeChat has
+/// checked the phone's request (or the console plays both): success → SUCCESS and the
+/// TRANSACTION.SUCCESS notify; fail → PAYERROR; paying → USERPAYING; cancel → no change.
+pub(crate) fn settle_v3_payment(
+    sandbox: &web::Data<Sandbox>,
+    out_trade_no: &str,
+    outcome: PayOutcome,
+) -> Result<crate::v3::V3Order, DevError> {
+    let mut state = sandbox.v3.state();
+    let order = state
+        .orders
+        .get_mut(out_trade_no)
+        .ok_or_else(|| DevError::UnknownOrder(out_trade_no.to_owned()))?;
     match order.trade_state.as_str() {
         "SUCCESS" | "REFUND" => {
-            return Some(Err(DevError::Conflict(format!(
+            return Err(DevError::Conflict(format!(
                 "order {out_trade_no} is already paid"
-            ))));
+            )));
         }
         "CLOSED" => {
-            return Some(Err(DevError::Conflict(format!(
+            return Err(DevError::Conflict(format!(
                 "order {out_trade_no} is closed"
-            ))));
+            )));
         }
         _ => {}
     }
@@ -93,20 +113,25 @@ pub(crate) fn pay_v3_order(
     drop(state);
     tracing::info!(out_trade_no, ?outcome, "sandbox v3 payment");
     if deliver {
-        notify::spawn(
-            Arc::clone(&sandbox.clone().into_inner()),
-            Job {
-                key: order.out_trade_no.clone(),
-                url: order.notify_url.clone(),
-                event_type: "TRANSACTION.SUCCESS",
-                summary: "支付成功",
-                original_type: "transaction",
-                plaintext: transaction_of(&order),
-                delay: Duration::ZERO,
-            },
-        );
+        spawn_transaction_notify(sandbox, &order);
     }
-    Some(Ok(HttpResponse::Ok().json(view(&order))))
+    Ok(order)
+}
+
+/// Sends the TRANSACTION.SUCCESS notify of a paid v3 order (again), from the first attempt.
+pub(crate) fn spawn_transaction_notify(sandbox: &web::Data<Sandbox>, order: &crate::v3::V3Order) {
+    notify::spawn(
+        Arc::clone(&sandbox.clone().into_inner()),
+        Job {
+            key: order.out_trade_no.clone(),
+            url: order.notify_url.clone(),
+            event_type: "TRANSACTION.SUCCESS",
+            summary: "支付成功",
+            original_type: "transaction",
+            plaintext: transaction_of(order),
+            delay: Duration::ZERO,
+        },
+    );
 }
 
 fn view(o: &crate::v3::V3Order) -> serde_json::Value {

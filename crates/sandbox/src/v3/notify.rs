@@ -108,11 +108,26 @@ fn set_order_notify(sandbox: &Sandbox, job: &Job, state: &str, attempted: bool) 
         return;
     }
     if let Some(o) = sandbox.v3.state().orders.get_mut(&job.key) {
+        // Dropped from the console: only a merchant's acceptance still counts.
+        if o.notify_state == "dropped" && state != "accepted" {
+            return;
+        }
         o.notify_state = state.to_owned();
         if attempted {
             o.notify_attempts += 1;
         }
     }
+}
+
+/// The console's "drop notify" on a paid order: WeChat sends no further attempt.
+fn dropped(sandbox: &Sandbox, job: &Job) -> bool {
+    job.original_type == "transaction"
+        && sandbox
+            .v3
+            .state()
+            .orders
+            .get(&job.key)
+            .is_some_and(|o| o.notify_state == "dropped")
 }
 
 async fn deliver(sandbox: &Sandbox, job: &Job) {
@@ -124,6 +139,9 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
         if attempt > 0 {
             let delay = RETRY_SCHEDULE_SECS[attempt - 1] as f64 * scale;
             tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        }
+        if dropped(sandbox, job) {
+            return;
         }
         let mut applied = Vec::new();
         let body = envelope(sandbox, job, &mut applied);

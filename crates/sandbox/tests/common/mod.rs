@@ -376,3 +376,76 @@ pub fn request_payment(prepay_id: &str, key: &str, hmac: bool, extra: Value) -> 
         .extend(extra.as_object().cloned().unwrap_or_default());
     body
 }
+
+// ---- The console (GET /, its form posts) ----
+
+/// The console page.
+pub async fn page(sb: &SandboxHandle) -> String {
+    let res = http().get(sb.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    res.text().await.unwrap()
+}
+
+/// The csrf token the page's forms carry.
+pub async fn csrf(sb: &SandboxHandle) -> String {
+    let html = page(sb).await;
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .expect("the page's forms carry a csrf field");
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// A client that does not follow the console's 303, so the test sees it.
+pub fn no_redirect() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Posts a console form as the console page does (same origin, its token): the 303's
+/// decoded `msg`.
+pub async fn click(sb: &SandboxHandle, path: &str, fields: &[(&str, &str)]) -> String {
+    let token = csrf(sb).await;
+    let mut form: Vec<(&str, &str)> = fields.to_vec();
+    form.push(("csrf", &token));
+    let res = no_redirect()
+        .post(sb.url(path))
+        .header("origin", sb.base_url.clone())
+        .header("sec-fetch-site", "same-origin")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303, "{path}");
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let msg = location
+        .strip_prefix("/?msg=")
+        .expect("back to the console");
+    percent_decode(msg)
+}
+
+pub fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
