@@ -457,7 +457,61 @@ async fn v3_notify_relays_headers_and_answers_204_or_fail_json() {
         answer,
         serde_json::json!({"code": "FAIL", "message": "bad_signature"})
     );
+
+    // Too big, whether declared (Content-Length) or only seen while reading (chunked): a v3
+    // FAIL, and nothing reaches pay-service.
+    let huge = format!(r#"{{"id":"{}"}}"#, "a".repeat(70 * 1024));
+    let res = s
+        .http
+        .post(s.url("/pay/notify/v3"))
+        .header("content-type", "application/json")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"code": "FAIL", "message": "body too large"})
+    );
+    let head = chunked_post(&s.url("/pay/notify/v3"), huge.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(
+        s.calls.of("handle_pay_notify_v3").len(),
+        2,
+        "oversize never forwarded"
+    );
     s.stop().await;
+}
+
+/// POSTs `body` to `url` with `Transfer-Encoding: chunked` (no length declared up front) and
+/// answers the response's status line and headers.
+async fn chunked_post(url: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url.trim_start_matches("http://").split('/').next().unwrap();
+    let path = &url[url.find(authority).unwrap() + authority.len()..];
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(8 * 1024) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use crate::{
 
 pub mod health;
 pub mod notify;
+mod notify_body;
 pub mod pay;
 pub mod refund_notify;
 pub mod session;

@@ -13,10 +13,9 @@
 //! and a genuine notify is never refused, whoever shares its address (a proxy, a NAT).
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use futures::StreamExt;
-use service_kit::ErrorReason;
 use wxmp_proto::pay::v1::{HandlePayNotifyRequest, HandlePayNotifyV3Request};
 
+use super::notify_body::{read_bounded, upstream_failure};
 use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppState};
 
 /// Real notifies are about 1 KiB; anything this big is not one.
@@ -58,7 +57,7 @@ pub async fn pay_notify(
     state: web::Data<AppState>,
     request_id: RequestId,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
@@ -69,29 +68,15 @@ pub async fn pay_notify(
     if let (true, Some(ip)) = (throttled, client_ip) {
         tracing::info!(client_ip = %ip, "pay notify from a throttled sender: verify first");
     }
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > NOTIFY_BODY_LIMIT as u64) {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return fail(StatusCode::BAD_REQUEST, "unreadable body");
-        };
-        if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
-            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_bounded(&req, payload, NOTIFY_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => return fail(e.status(), &e.to_string()),
+    };
     let upstreams = &state.upstreams;
     let mut request = upstreams.request(
         &request_id,
         HandlePayNotifyRequest {
-            raw_body: body.freeze().to_vec(),
+            raw_body: body.to_vec(),
         },
     );
     if throttled {
@@ -124,16 +109,10 @@ pub async fn pay_notify(
             }
             xml(StatusCode::OK, response.reply_xml)
         }
-        Err(status) => {
-            let reason = service_kit::reason::reason_of(&status);
-            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "pay notify not handled");
-            // FAIL makes WeChat retry; 503 tells operators (and proxies) it is our outage.
-            let http = match reason {
-                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            fail(http, "temporarily unavailable")
-        }
+        Err(status) => fail(
+            upstream_failure(&status, "pay notify"),
+            "temporarily unavailable",
+        ),
     }
 }
 
@@ -175,7 +154,7 @@ pub async fn pay_notify_v3(
     state: web::Data<AppState>,
     request_id: RequestId,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
@@ -188,23 +167,17 @@ pub async fn pay_notify_v3(
             .unwrap_or_default()
             .to_owned()
     };
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return fail_v3(StatusCode::BAD_REQUEST, "unreadable body");
-        };
-        if body.len() + chunk.len() > NOTIFY_BODY_LIMIT {
-            return fail_v3(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_bounded(&req, payload, NOTIFY_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => return fail_v3(e.status(), &e.to_string()),
+    };
     let upstreams = &state.upstreams;
     let outcome = upstreams
         .pay()
         .handle_pay_notify_v3(upstreams.request(
             &request_id,
             HandlePayNotifyV3Request {
-                raw_body: body.freeze().to_vec(),
+                raw_body: body.to_vec(),
                 timestamp: header("Wechatpay-Timestamp"),
                 nonce: header("Wechatpay-Nonce"),
                 signature: header("Wechatpay-Signature"),
@@ -231,14 +204,9 @@ pub async fn pay_notify_v3(
             }
             fail_v3(StatusCode::BAD_REQUEST, &response.message)
         }
-        Err(status) => {
-            let reason = service_kit::reason::reason_of(&status);
-            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "v3 pay notify not handled");
-            let http = match reason {
-                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            fail_v3(http, "temporarily unavailable")
-        }
+        Err(status) => fail_v3(
+            upstream_failure(&status, "v3 pay notify"),
+            "temporarily unavailable",
+        ),
     }
 }

@@ -4,11 +4,12 @@
 //! relays the reply.
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use futures::StreamExt;
-use service_kit::ErrorReason;
 use wxmp_proto::pay::v1::HandleRefundNotifyRequest;
 
-use super::notify::{fail, xml};
+use super::{
+    notify::{fail, xml},
+    notify_body::{read_bounded, upstream_failure},
+};
 use crate::{request_id::RequestId, server::AppState};
 
 /// Real refund notifies are about 1.5 KiB; anything this big is not one.
@@ -30,33 +31,19 @@ pub async fn refund_notify(
     state: web::Data<AppState>,
     request_id: RequestId,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > REFUND_NOTIFY_BODY_LIMIT as u64) {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return fail(StatusCode::BAD_REQUEST, "unreadable body");
-        };
-        if body.len() + chunk.len() > REFUND_NOTIFY_BODY_LIMIT {
-            return fail(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_bounded(&req, payload, REFUND_NOTIFY_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => return fail(e.status(), &e.to_string()),
+    };
     let upstreams = &state.upstreams;
     let outcome = upstreams
         .pay()
         .handle_refund_notify(upstreams.request(
             &request_id,
             HandleRefundNotifyRequest {
-                raw_body: body.freeze().to_vec(),
+                raw_body: body.to_vec(),
             },
         ))
         .await;
@@ -68,14 +55,9 @@ pub async fn refund_notify(
                 .increment(1);
             xml(StatusCode::OK, response.reply_xml)
         }
-        Err(status) => {
-            let reason = service_kit::reason::reason_of(&status);
-            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "refund notify not handled");
-            let http = match reason {
-                ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            fail(http, "temporarily unavailable")
-        }
+        Err(status) => fail(
+            upstream_failure(&status, "refund notify"),
+            "temporarily unavailable",
+        ),
     }
 }
