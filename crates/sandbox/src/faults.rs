@@ -60,10 +60,14 @@ pub struct Faults {
     /// Notifies carry a signature made with the wrong key.
     #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", value_name = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
     pub notify_bad_signature: bool,
-    /// Run time only: refunds are accepted, then settle as CHANGE (failed; the money stays
-    /// with the merchant).
+    /// Run time only: refunds are accepted, then settle as CHANGE (v2) / ABNORMAL (v3): failed;
+    /// the money stays with the merchant.
     #[arg(skip)]
     pub refund_change: bool,
+    /// Run time only: refunds are accepted, then closed without refunding (v2 REFUNDCLOSE,
+    /// v3 CLOSED).
+    #[arg(skip)]
+    pub refund_close: bool,
     /// Run time only: refunds are refused with err_code NOTENOUGH (balance too low).
     #[arg(skip)]
     pub refund_not_enough: bool,

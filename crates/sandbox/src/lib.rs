@@ -107,10 +107,12 @@
 //!   "duplicate_notify": 3,          // each notify attempt is sent 3 times at once
 //!   "notify_wrong_total_fee": true, // notifies say total_fee + 1 (validly signed)
 //!   "notify_bad_signature": true,   // notifies are signed with a wrong key
-//!   "refund_change": true,          // refunds settle as CHANGE (failed) instead of SUCCESS
-//!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH
+//!   "refund_change": true,          // refunds settle as CHANGE / v3 ABNORMAL (failed), not SUCCESS
+//!   "refund_close": true,           // refunds settle as REFUNDCLOSE / v3 CLOSED
+//!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH / v3 403 NOT_ENOUGH
 //!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
-//!   (drop_notify also drops refund notifies; pay_system_error also fails refunds)
+//!   (all of these apply to v2 and v3 alike: drop_notify also drops refund notifies and v3
+//!   notifies; pay_system_error also fails refunds, on v3 as 500 SYSTEM_ERROR)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear
 //!   "path_prefix": "/pay/"          // only WeChat paths starting with this (and only they count)
 //! }

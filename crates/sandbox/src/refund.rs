@@ -393,6 +393,8 @@ async fn settle_and_notify(sandbox: &Sandbox, key: &RefundKey) {
         };
         if r.faults.refund_change {
             r.refund_status = RefundStatus::Change;
+        } else if r.faults.refund_close {
+            r.refund_status = RefundStatus::RefundClose;
         } else {
             r.refund_status = RefundStatus::Success;
             r.success_time = Some(clock::now().format("%Y-%m-%d %H:%M:%S").to_string());

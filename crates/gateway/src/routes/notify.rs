@@ -15,7 +15,9 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures::StreamExt;
 use service_kit::ErrorReason;
-use wxmp_proto::pay::v1::{HandlePayNotifyRequest, HandlePayNotifyV3Request};
+use wxmp_proto::pay::v1::{
+    HandlePayNotifyRequest, HandlePayNotifyV3Request, HandleRefundNotifyV3Request,
+};
 
 use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppState};
 
@@ -175,7 +177,35 @@ pub async fn pay_notify_v3(
     state: web::Data<AppState>,
     request_id: RequestId,
     req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay_v3(state, request_id, req, payload, V3Notify::Payment).await
+}
+
+/// Which v3 notify a relay carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum V3Notify {
+    /// `TRANSACTION.*` → pay.HandlePayNotifyV3.
+    Payment,
+    /// `REFUND.*` → pay.HandleRefundNotifyV3.
+    Refund,
+}
+
+/// What pay-service answered a v3 notify.
+struct V3Answer {
+    accepted: bool,
+    verdict: String,
+    message: String,
+}
+
+/// Relays one v3 notify: bound the body, pass it with the four `Wechatpay-*` headers to
+/// pay-service, answer 204 or `{"code":"FAIL","message"}` (503 when WeChat should retry soon).
+pub(crate) async fn relay_v3(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
     mut payload: web::Payload,
+    kind: V3Notify,
 ) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
@@ -198,26 +228,66 @@ pub async fn pay_notify_v3(
         }
         body.extend_from_slice(&chunk);
     }
+    let raw_body = body.freeze().to_vec();
+    let (timestamp, nonce, signature, serial) = (
+        header("Wechatpay-Timestamp"),
+        header("Wechatpay-Nonce"),
+        header("Wechatpay-Signature"),
+        header("Wechatpay-Serial"),
+    );
     let upstreams = &state.upstreams;
-    let outcome = upstreams
-        .pay()
-        .handle_pay_notify_v3(upstreams.request(
-            &request_id,
-            HandlePayNotifyV3Request {
-                raw_body: body.freeze().to_vec(),
-                timestamp: header("Wechatpay-Timestamp"),
-                nonce: header("Wechatpay-Nonce"),
-                signature: header("Wechatpay-Signature"),
-                serial: header("Wechatpay-Serial"),
-            },
-        ))
-        .await;
+    let (what, metric) = match kind {
+        V3Notify::Payment => ("v3 pay notify", "wxmp_pay_notify_total"),
+        V3Notify::Refund => ("v3 refund notify", "wxmp_refund_notify_total"),
+    };
+    let outcome = match kind {
+        V3Notify::Payment => upstreams
+            .pay()
+            .handle_pay_notify_v3(upstreams.request(
+                &request_id,
+                HandlePayNotifyV3Request {
+                    raw_body,
+                    timestamp,
+                    nonce,
+                    signature,
+                    serial,
+                },
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                V3Answer {
+                    accepted: r.accepted,
+                    verdict: r.verdict,
+                    message: r.message,
+                }
+            }),
+        V3Notify::Refund => upstreams
+            .pay()
+            .handle_refund_notify_v3(upstreams.request(
+                &request_id,
+                HandleRefundNotifyV3Request {
+                    raw_body,
+                    timestamp,
+                    nonce,
+                    signature,
+                    serial,
+                },
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                V3Answer {
+                    accepted: r.accepted,
+                    verdict: r.verdict,
+                    message: r.message,
+                }
+            }),
+    };
     match outcome {
         Ok(response) => {
-            let response = response.into_inner();
-            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "v3 pay notify");
-            metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
-                .increment(1);
+            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "{what}");
+            metrics::counter!(metric, "verdict" => response.verdict.clone()).increment(1);
             if response.accepted {
                 return accepted_v3();
             }
@@ -233,7 +303,7 @@ pub async fn pay_notify_v3(
         }
         Err(status) => {
             let reason = service_kit::reason::reason_of(&status);
-            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "v3 pay notify not handled");
+            tracing::warn!(grpc_code = ?status.code(), reason = reason.as_str_name(), message = status.message(), "{what} not handled");
             let http = match reason {
                 ErrorReason::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -17,6 +17,8 @@ use crate::{clock, ids};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v3/orders/{out_trade_no}", web::get().to(order))
+        .route("/v3/refunds", web::get().to(refunds))
+        .route("/v3/refunds/{out_refund_no}", web::get().to(refund))
         .route("/v3/notifies", web::get().to(notifies))
         .route("/v3/rotate", web::post().to(rotate))
         .route("/v3/keys", web::get().to(keys))
@@ -82,8 +84,13 @@ pub(crate) fn pay_v3_order(
             order.trade_state = "SUCCESS".into();
             order.transaction_id = Some(ids::transaction_id());
             order.success_time = Some(rfc3339_ms(clock::unix_ms()));
-            order.notify_state = "pending".into();
-            deliver = true;
+            // drop_notify (this payment's faults, else the global set): paid, never notified.
+            let drop = req
+                .faults
+                .as_ref()
+                .map_or_else(|| sandbox.current_faults().drop_notify, |f| f.drop_notify);
+            order.notify_state = if drop { "dropped" } else { "pending" }.into();
+            deliver = !drop;
         }
         PayOutcome::Fail => order.trade_state = "PAYERROR".into(),
         PayOutcome::Cancel => {}
@@ -97,6 +104,7 @@ pub(crate) fn pay_v3_order(
             Arc::clone(&sandbox.clone().into_inner()),
             Job {
                 key: order.out_trade_no.clone(),
+                refund: None,
                 url: order.notify_url.clone(),
                 event_type: "TRANSACTION.SUCCESS",
                 summary: "支付成功",
@@ -131,6 +139,7 @@ async fn order(
 #[derive(Deserialize)]
 struct NotifiesQuery {
     out_trade_no: Option<String>,
+    out_refund_no: Option<String>,
 }
 
 async fn notifies(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>) -> HttpResponse {
@@ -144,8 +153,47 @@ async fn notifies(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>)
                 .as_ref()
                 .is_none_or(|o| *o == r.out_trade_no)
         })
+        .filter(|r| {
+            query
+                .out_refund_no
+                .as_ref()
+                .is_none_or(|o| Some(o) == r.out_refund_no.as_ref())
+        })
         .collect();
     HttpResponse::Ok().json(records)
+}
+
+#[derive(Deserialize)]
+struct RefundsQuery {
+    out_trade_no: Option<String>,
+}
+
+/// `GET /sandbox/v3/refunds[?out_trade_no=]`: every v3 refund, oldest first.
+async fn refunds(sandbox: web::Data<Sandbox>, query: web::Query<RefundsQuery>) -> HttpResponse {
+    let state = sandbox.v3.state();
+    let mut found: Vec<_> = state
+        .refunds
+        .values()
+        .filter(|r| {
+            query
+                .out_trade_no
+                .as_ref()
+                .is_none_or(|o| *o == r.out_trade_no)
+        })
+        .collect();
+    found.sort_by_key(|r| r.created_at_ms);
+    HttpResponse::Ok().json(found)
+}
+
+/// `GET /sandbox/v3/refunds/{out_refund_no}`.
+async fn refund(
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let found = sandbox.v3.state().refunds.get(path.as_str()).cloned();
+    found
+        .map(|r| HttpResponse::Ok().json(r))
+        .ok_or_else(|| DevError::UnknownOrder(path.into_inner()))
 }
 
 /// Certificate rotation mid-run: WeChat starts signing with certificate B and lists both.
