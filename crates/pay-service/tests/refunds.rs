@@ -516,14 +516,19 @@ impl V3Notify {
     }
 }
 
-/// The resource of a v3 refund notify for ours (退款结果通知).
-fn v3_refund_resource(out_refund_no: &str, refund: i64, out_trade_no: &str) -> Value {
+/// The resource of a v3 refund notify (退款结果通知) for WeChat's refund `refund_id`.
+fn v3_refund_resource(
+    out_refund_no: &str,
+    refund: i64,
+    out_trade_no: &str,
+    refund_id: &str,
+) -> Value {
     json!({
         "mchid": sandbox::DEV_MCH_ID,
         "out_trade_no": out_trade_no,
         "transaction_id": "4200000000202612010000000001",
         "out_refund_no": out_refund_no,
-        "refund_id": "50300000000000000000000000001",
+        "refund_id": refund_id,
         "refund_status": "SUCCESS",
         "success_time": "2026-12-01T10:00:05+08:00",
         "user_received_account": "支付用户零钱",
@@ -532,8 +537,12 @@ fn v3_refund_resource(out_refund_no: &str, refund: i64, out_trade_no: &str) -> V
 }
 
 /// The forged, mismatched and malformed notifies of `api` for refund `forge-me` (100 fen of
-/// `order_no`), each with the verdict it must get; and the genuine one.
-fn spoiled_notifies(api: Api, order_no: &str) -> (Vec<(RawNotify, &'static str)>, RawNotify) {
+/// `order_no`, WeChat's `refund_id`), each with the verdict it must get; and the genuine one.
+fn spoiled_notifies(
+    api: Api,
+    order_no: &str,
+    refund_id: &str,
+) -> (Vec<(RawNotify, &'static str)>, RawNotify) {
     match api {
         Api::V2 => {
             let total = PRICE.to_string();
@@ -594,7 +603,7 @@ fn spoiled_notifies(api: Api, order_no: &str) -> (Vec<(RawNotify, &'static str)>
             (cases, genuine)
         }
         Api::V3 => {
-            let ours = || v3_refund_resource("forge-me", 100, order_no);
+            let ours = || v3_refund_resource("forge-me", 100, order_no, refund_id);
             let spoil = |f: &dyn Fn(&mut V3Notify)| {
                 let mut n = V3Notify::genuine(ours());
                 f(&mut n);
@@ -621,11 +630,20 @@ fn spoiled_notifies(api: Api, order_no: &str) -> (Vec<(RawNotify, &'static str)>
                 ),
                 (spoil(&|n| n.event_type = "REFUND.CLOSED"), "malformed"),
                 (
-                    with_resource(v3_refund_resource("nobody", 100, order_no)),
+                    with_resource(v3_refund_resource("nobody", 100, order_no, refund_id)),
                     "unknown_refund",
                 ),
                 (
-                    with_resource(v3_refund_resource("forge-me", 990, order_no)),
+                    with_resource(v3_refund_resource("forge-me", 990, order_no, refund_id)),
+                    "mismatch",
+                ),
+                (
+                    with_resource(v3_refund_resource(
+                        "forge-me",
+                        100,
+                        order_no,
+                        "50300000000000000000000000999",
+                    )),
                     "mismatch",
                 ),
                 (with_resource(other_order), "mismatch"),
@@ -656,7 +674,7 @@ async fn forged_and_mismatched_notifies_change_nothing(backend: Backend, api: Ap
         .unwrap();
     let processing = get_refund(&env, "forge-me").await;
     assert_eq!(processing.state, pb::RefundState::RefundProcessing as i32);
-    let (cases, genuine) = spoiled_notifies(api, &order.order_no);
+    let (cases, genuine) = spoiled_notifies(api, &order.order_no, &processing.refund_id);
     for (raw, verdict) in cases {
         let (got, accepted) = send_notify(&env, raw).await;
         assert!(!accepted, "{verdict}");
