@@ -415,16 +415,24 @@ async fn refund_on_v3(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(wxmp::operator::refund_state(&settled), "SUCCESS");
-    // WeChat's notify reached the v3 refund route and was answered 204.
-    let sent: Vec<Value> = t
-        .http
-        .get(t.sandbox("/sandbox/v3/notifies?out_refund_no=e2e-v3-r1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // WeChat's notify reached the v3 refund route and was answered 204 (the sandbox files a
+    // notify once its answer is back, which may be just after the refund settled here).
+    let deadline = tokio::time::Instant::now() + PAID_WITHIN;
+    let sent = loop {
+        let sent: Vec<Value> = t
+            .http
+            .get(t.sandbox("/sandbox/v3/notifies?out_refund_no=e2e-v3-r1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if sent.iter().any(|r| r["accepted"] == true) || tokio::time::Instant::now() > deadline {
+            break sent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let accepted: Vec<&Value> = sent.iter().filter(|r| r["accepted"] == true).collect();
     assert_eq!(accepted.len(), 1, "{sent:?}");
     assert_eq!(accepted[0]["status"], 204);
