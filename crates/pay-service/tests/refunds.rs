@@ -1087,6 +1087,50 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     .await;
 }
 
+/// v3 only (v2 answers carry no signature of WeChat's own to fake): WeChat records the refund
+/// but its answer's signature fails. That is WeChat unavailable: the refund stays PENDING with
+/// its amount held, and the retry with the same out_refund_no gets the same refund.
+async fn an_unverifiable_refund_answer_is_wechat_unavailable(backend: Backend) {
+    let env = Env::refunding_on(backend, Api::V3).await;
+    let order = paid_order(&env, 19).await;
+    let env = &env;
+    let v3_faults = |faults: Value| async move {
+        let resp = env
+            .http
+            .post(env.sandbox.url("/sandbox/v3/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    };
+    v3_faults(json!({ "bad_signature": true })).await;
+    let err = refund(&env, &order.order_no, 150, "unsigned-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    assert_eq!(
+        get_refund(&env, "unsigned-1").await.state,
+        pb::RefundState::RefundPending as i32
+    );
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (0, 150)
+    );
+    v3_faults(json!({})).await;
+    refund(&env, &order.order_no, 150, "unsigned-1")
+        .await
+        .unwrap();
+    wait_refund(&env, "unsigned-1", pb::RefundState::RefundSuccess).await;
+    let wechat = at_wechat(&env, &order.order_no).await;
+    assert_eq!(wechat.len(), 1, "one refund at WeChat");
+    assert_eq!(wechat[0]["requests"], 2, "the same refund asked for twice");
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (150, 0)
+    );
+}
+
 /// The secapi port demands the merchant certificate from the sandbox's CA: a client with a
 /// certificate of another CA gets no TLS session and WeChat records nothing.
 async fn the_secapi_port_requires_the_merchant_certificate(backend: Backend) {
@@ -1148,7 +1192,8 @@ on_both_backends_and_apis!(
     killed_between_the_call_and_the_answer,
 );
 
-/// v2 only: v3 has no refund list per order to learn refunds made elsewhere from.
+/// v2 only: v3 has no refund list per order to learn refunds made elsewhere from; the switch
+/// starts on v2.
 mod v2_only {
     use super::*;
 
@@ -1156,6 +1201,13 @@ mod v2_only {
         orderquery_refund_records_payment_and_refund,
         an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3,
     );
+}
+
+/// v3 only: what v2 has no counterpart of.
+mod v3_only {
+    use super::*;
+
+    on_both_backends!(an_unverifiable_refund_answer_is_wechat_unavailable);
 }
 
 /// Not storage-specific: once is enough.
