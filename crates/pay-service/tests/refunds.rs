@@ -1093,11 +1093,11 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
 async fn an_unverifiable_refund_answer_is_wechat_unavailable(backend: Backend) {
     let env = Env::refunding_on(backend, Api::V3).await;
     let order = paid_order(&env, 19).await;
-    let env = &env;
+    let sandbox = &env;
     let v3_faults = |faults: Value| async move {
-        let resp = env
+        let resp = sandbox
             .http
-            .post(env.sandbox.url("/sandbox/v3/faults"))
+            .post(sandbox.sandbox.url("/sandbox/v3/faults"))
             .json(&faults)
             .send()
             .await
