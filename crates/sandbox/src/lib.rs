@@ -90,6 +90,11 @@
 //! - `GET /sandbox/refunds[?out_trade_no=]`, `GET /sandbox/refunds/{out_refund_no}` → the
 //!   refunds as WeChat holds them (refund_status, requests, notify_state, notify_attempts);
 //!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request.
+//! - Pay v3 ([`v3`]): `GET /sandbox/v3/refunds[?out_trade_no=]`, `GET /sandbox/v3/refunds/
+//!   {out_refund_no}` (status, requests, notify_state), `GET /sandbox/v3/notifies[?out_trade_no=
+//!   |out_refund_no=]` (every v3 notify request with its four `Wechatpay-*` headers, so a test
+//!   can replay one), `GET /sandbox/v3/orders/{out_trade_no}`, `/sandbox/v3/faults`,
+//!   `POST /sandbox/v3/rotate`.
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
