@@ -798,6 +798,25 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_refund_notify_url_is_checked_without_v2_refunds_too() {
+        // No certificate (v2 refunds off): v3 refunds still send it, with `/v3` appended.
+        let mut refunds = RefundConfig {
+            refund_notify_url: Some("https://x/pay/refund-notify?a=1".into()),
+            ..RefundConfig::default()
+        };
+        assert!(
+            refunds
+                .validate()
+                .unwrap_err()
+                .contains("PAY_REFUND_NOTIFY_URL")
+        );
+        refunds.refund_notify_url = Some("https://x/pay/refund-notify".into());
+        assert_eq!(refunds.validate(), Ok(()));
+        refunds.refund_notify_url = None;
+        assert_eq!(refunds.validate(), Ok(()));
+    }
 }
 
 /// The outbox's consumers: the event stream, webhooks and retention.
