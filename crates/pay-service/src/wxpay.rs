@@ -719,3 +719,102 @@ fn seen_v3(refund: wechat::pay::v3::Refund) -> Result<RefundSeen, RefundCallErro
         status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v3(status: u16, code: &str) -> V3Error {
+        V3Error::Api {
+            status,
+            code: code.into(),
+            message: "m".into(),
+        }
+    }
+
+    fn v2(err_code: &str) -> PayError {
+        PayError::Business {
+            err_code: err_code.into(),
+            err_code_des: "d".into(),
+        }
+    }
+
+    fn refused(code: &str) -> Option<String> {
+        Some(code.to_owned())
+    }
+
+    /// Each WeChat refund failure, v2 and v3, as what the refund flow does with it: Unknown
+    /// keeps the refund PENDING (WECHAT_UNAVAILABLE), Refused fails it with the code.
+    #[test]
+    fn refund_failures_of_both_apis_map_to_one_meaning() {
+        let cases: Vec<(RefundCallError, Option<String>)> = vec![
+            (v3(403, "NOT_ENOUGH").into(), refused("NOT_ENOUGH")),
+            (
+                v3(400, "INVALID_REQUEST").into(),
+                refused("INVALID_REQUEST"),
+            ),
+            (
+                v3(404, "RESOURCE_NOT_EXISTS").into(),
+                refused("RESOURCE_NOT_EXISTS"),
+            ),
+            (v3(401, "SIGN_ERROR").into(), refused("SIGN_ERROR")),
+            (v3(429, "FREQUENCY_LIMITED").into(), None),
+            (v3(500, "SYSTEM_ERROR").into(), None),
+            (v3(502, "BAD_GATEWAY").into(), None),
+            (V3Error::Transport("timeout".into()).into(), None),
+            (
+                V3Error::Verify(wechat::pay::v3::VerifyError::Signature("S".into())).into(),
+                None,
+            ),
+            (V3Error::BadResponse("json".into()).into(), None),
+            (v2("NOTENOUGH").into(), refused("NOTENOUGH")),
+            (v2("SYSTEMERROR").into(), None),
+            (PayError::Transport("timeout".into()).into(), None),
+            (PayError::BadSignature.into(), None),
+            (PayError::NoCertificate.into(), None),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code().map(str::to_owned), code, "{e:?}");
+            let mapped = map_refund_error(e.clone());
+            match code {
+                Some(_) => assert!(matches!(mapped, Error::Wechat(_)), "{e:?}"),
+                None => assert!(matches!(mapped, Error::WechatUnavailable(_)), "{e:?}"),
+            }
+        }
+        assert!(RefundCallError::from(v3(403, "NOT_ENOUGH")).is_not_enough());
+        assert!(RefundCallError::from(v2("NOTENOUGH")).is_not_enough());
+        assert!(RefundCallError::from(v3(404, "RESOURCE_NOT_EXISTS")).is_not_found());
+        assert!(RefundCallError::from(v2("REFUNDNOTEXIST")).is_not_found());
+    }
+
+    #[test]
+    fn v3_refund_answers_carry_their_status() {
+        let refund = |status: &str| wechat::pay::v3::Refund {
+            refund_id: "5030".into(),
+            out_refund_no: "R1".into(),
+            transaction_id: None,
+            out_trade_no: "O1".into(),
+            status: status.into(),
+            success_time: None,
+            amount: wechat::pay::v3::model::RefundAmount {
+                total: 100,
+                refund: 40,
+                payer_refund: None,
+                currency: None,
+            },
+        };
+        let seen = seen_v3(refund("PROCESSING")).unwrap();
+        assert_eq!(
+            (seen.status, seen.refund_fen, seen.out_trade_no.as_str()),
+            (WxRefundStatus::Processing, 40, "O1")
+        );
+        assert_eq!(
+            seen_v3(refund("ABNORMAL")).unwrap().status,
+            WxRefundStatus::Failed("ABNORMAL")
+        );
+        assert!(matches!(
+            seen_v3(refund("REFUNDED?")),
+            Err(RefundCallError::Unknown(_))
+        ));
+    }
+}
