@@ -364,11 +364,13 @@ async fn refund_verdicts(t: &TestStack, out_refund_no: &str) -> Vec<String> {
         .expect("read refund_notifications")
 }
 
-/// A refund on v3 through the whole stack: pay-service → 申请退款 at the sandbox → the signed,
-/// encrypted REFUND.SUCCESS notify → the gateway's /pay/refund-notify/v3 (204) → SUCCESS once;
-/// a notify posted by anyone else is refused there and changes nothing.
+/// A refund on v3 through the whole stack, in certificate mode with the platform certificate
+/// rotated between the payment and the refund: pay-service → 申请退款 at the sandbox (its
+/// answer signed by the new certificate, downloaded on sight) → the signed, encrypted
+/// REFUND.SUCCESS notify → the gateway's /pay/refund-notify/v3 (204) → SUCCESS once; a notify
+/// posted by anyone else is refused there and changes nothing.
 async fn refund_on_v3(backend: Backend) {
-    let t = start(backend, sandbox::v3::Mode::PublicKey).await;
+    let t = start(backend, sandbox::v3::Mode::Certificate).await;
     let (token, _) = t.login(None).await;
     let (_, answer) = pay_for(&t, &token).await;
     let params = answer["data"].clone();
@@ -376,6 +378,8 @@ async fn refund_on_v3(backend: Backend) {
     sandbox_pays(&t, &params).await;
     t.wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
         .await;
+    let (status, _) = t.post(&t.sandbox("/sandbox/v3/rotate"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
 
     let mut pay = wxmp::operator::Pay::connect(&wxmp::operator::PayTarget {
         url: t.stack.pay_url.clone(),
@@ -397,7 +401,7 @@ async fn refund_on_v3(backend: Backend) {
         .header("Wechatpay-Timestamp", "1764561600")
         .header("Wechatpay-Nonce", "n")
         .header("Wechatpay-Signature", "Zm9yZ2Vk")
-        .header("Wechatpay-Serial", sandbox::v3::dev::PUBLIC_KEY_ID)
+        .header("Wechatpay-Serial", sandbox::v3::dev::PLATFORM_B_SERIAL)
         .json(&json!({"id": "EV-x", "event_type": "REFUND.SUCCESS", "resource": {
             "algorithm": "AEAD_AES_256_GCM", "ciphertext": "eA==", "nonce": "n", "associated_data": "refund"}}))
         .send()
@@ -436,6 +440,7 @@ async fn refund_on_v3(backend: Backend) {
     let accepted: Vec<&Value> = sent.iter().filter(|r| r["accepted"] == true).collect();
     assert_eq!(accepted.len(), 1, "{sent:?}");
     assert_eq!(accepted[0]["status"], 204);
+    assert_eq!(accepted[0]["serial"], sandbox::v3::dev::PLATFORM_B_SERIAL);
     assert!(
         accepted[0]["url"]
             .as_str()
