@@ -216,8 +216,9 @@ impl WxRefundStatus {
         }
     }
 
-    /// v3's `status` (查询单笔退款) or `refund_status` (退款结果通知): SUCCESS, CLOSED,
-    /// PROCESSING, ABNORMAL (<https://pay.weixin.qq.com/doc/v3/merchant/4012556398>).
+    /// v3's `status` (查询单笔退款, e.g. <https://pay.wechatpay.cn/doc/v3/partner/4012760530>)
+    /// or `refund_status` (退款结果通知, <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>):
+    /// SUCCESS, CLOSED, PROCESSING, ABNORMAL.
     pub fn from_v3(status: &str) -> Option<Self> {
         Some(match status {
             "SUCCESS" => Self::Success,

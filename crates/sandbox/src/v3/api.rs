@@ -363,9 +363,10 @@ async fn close(
     }
 }
 
-/// A refund as 申请退款 and 查询单笔退款 answer it
-/// (<https://pay.weixin.qq.com/doc/v3/merchant/4012556398>: `status` SUCCESS, CLOSED,
-/// PROCESSING, ABNORMAL; `success_time` once SUCCESS).
+/// A refund as 申请退款 and 查询单笔退款 answer it (`GET /v3/refund/domestic/refunds/
+/// {out_refund_no}`, e.g. <https://pay.wechatpay.cn/doc/v3/partner/4012760530>: `status`
+/// SUCCESS, CLOSED, PROCESSING, ABNORMAL; `success_time` once SUCCESS; the money usually
+/// arrives within minutes, so a refund is PROCESSING first).
 fn refund_json(r: &V3Refund) -> Value {
     let mut out = json!({
         "refund_id": r.refund_id, "out_refund_no": r.out_refund_no,
