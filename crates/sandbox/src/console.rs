@@ -36,6 +36,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("Users", users),
     ("Orders", orders),
     ("Access tokens", access_tokens),
+    ("Refunds", refunds),
 ];
 
 /// Registers `GET /` and the console's buttons.
@@ -341,6 +342,58 @@ fn access_tokens(view: &View) -> String {
         })
         .collect();
     table(&["appid", "stable token", "left", "play"], rows)
+}
+
+/// Every refund WeChat holds, v2 and v3, newest first (read-only: they settle on their own).
+fn refunds(view: &View) -> String {
+    let mut all: Vec<(i64, Vec<String>)> = view
+        .state
+        .refunds
+        .by_key
+        .values()
+        .map(|r| {
+            (
+                r.created_at_ms,
+                vec![
+                    "v2".to_owned(),
+                    format!("<code>{}</code>", esc(&r.out_refund_no)),
+                    format!("<code>{}</code>", esc(&r.out_trade_no)),
+                    r.refund_fee.to_string(),
+                    esc(r.refund_status.as_str()),
+                    esc(&format!("{:?}", r.notify_state).to_lowercase()),
+                    r.requests.to_string(),
+                ],
+            )
+        })
+        .collect();
+    // The v3 state has its own lock, taken after the main one (never the other way round).
+    all.extend(view.sandbox.v3.state().refunds.values().map(|r| {
+        (
+            r.created_at_ms,
+            vec![
+                "v3".to_owned(),
+                format!("<code>{}</code>", esc(&r.out_refund_no)),
+                format!("<code>{}</code>", esc(&r.out_trade_no)),
+                r.refund.to_string(),
+                esc(&r.status),
+                esc(&r.notify_state),
+                r.requests.to_string(),
+            ],
+        )
+    }));
+    all.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    table(
+        &[
+            "api",
+            "out_refund_no",
+            "out_trade_no",
+            "fen",
+            "status",
+            "notify",
+            "requests",
+        ],
+        all.into_iter().map(|(_, row)| row).collect(),
+    )
 }
 
 #[cfg(test)]

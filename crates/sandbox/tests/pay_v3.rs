@@ -691,4 +691,17 @@ async fn refunds_settle_to_each_status_with_their_notify() {
         .collect();
     assert_eq!(listed.len(), 4, "{listed:?}");
     assert!(!listed.contains(&"V3RN-poor") && !listed.contains(&"V3RN-busy"));
+    // The console lists them with their status.
+    let page = http()
+        .get(sb.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refunds = &page[page.find("<h2>Refunds</h2>").expect("a Refunds section")..];
+    for shown in ["V3RN-abnormal", "ABNORMAL", "V3RN-quiet", "dropped"] {
+        assert!(refunds.contains(shown), "{shown} in {refunds}");
+    }
 }
