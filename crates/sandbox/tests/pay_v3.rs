@@ -667,6 +667,44 @@ async fn refunds_settle_to_each_status_with_their_notify() {
     assert_eq!(settled["status"], "SUCCESS", "{settled}");
     assert_eq!(settled["notify_state"], "dropped");
 
+    // A refund notify the merchant refuses (here: tampered in transit) is sent again on
+    // WeChat's schedule until it is answered 204.
+    faults(json!({})).await;
+    let (status, _) = post(
+        &sb,
+        "/sandbox/v3/faults",
+        json!({"tamper_ciphertext": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    client.refund(&refund_req("V3RN-retry", 10)).await.unwrap();
+    let notifies = "/sandbox/v3/notifies?out_refund_no=V3RN-retry";
+    let mut records = Value::Null;
+    for _ in 0..500 {
+        records = get(&sb, notifies).await;
+        if records.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(records[0]["accepted"], false, "{records}");
+    assert_eq!(records[0]["faults"], json!(["tamper_ciphertext"]));
+    let (status, _) = post(&sb, "/sandbox/v3/faults", json!({})).await;
+    assert_eq!(status, 200);
+    let mut refund = Value::Null;
+    for _ in 0..500 {
+        refund = get(&sb, "/sandbox/v3/refunds/V3RN-retry").await;
+        if refund["notify_state"] == "accepted" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(refund["notify_state"], "accepted", "{refund}");
+    let records = get(&sb, notifies).await;
+    let records = records.as_array().unwrap();
+    assert!(records.len() >= 2, "{records:?}");
+    assert_eq!(records.last().unwrap()["accepted"], true);
+
     // Refusals record nothing.
     faults(json!({"refund_not_enough": true})).await;
     let err = client
@@ -689,7 +727,7 @@ async fn refunds_settle_to_each_status_with_their_notify() {
         .iter()
         .map(|r| r["out_refund_no"].as_str().unwrap())
         .collect();
-    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed.len(), 5, "{listed:?}");
     assert!(!listed.contains(&"V3RN-poor") && !listed.contains(&"V3RN-busy"));
     // The console lists them with their status.
     let page = http()
