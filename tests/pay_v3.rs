@@ -2,9 +2,9 @@
 //! order at the sandbox → the user pays → the signed, encrypted notify reaches
 //! /pay/notify/v3 → PAID exactly once — plus v3's own attacks and accidents: forged
 //! signature, unknown serial, stale timestamp, tampered ciphertext, a platform certificate
-//! rotated mid-run, an answer whose signature fails (WeChat unavailable, nothing changes), a
-//! dropped notify repaired by the reconciler's v3 query, and a refund settled by its v3
-//! refund notify through the gateway.
+//! rotated mid-run, an answer whose signature fails (WeChat unavailable, nothing changes), and
+//! a refund settled by its v3 refund notify through the gateway. (The dropped notify repaired
+//! by the reconciler runs on both APIs in `pay.rs`.)
 
 use std::time::Duration;
 
@@ -289,52 +289,6 @@ async fn unverifiable_answer(backend: Backend) {
 on_both_backends!(
     an_unverifiable_answer_is_wechat_unavailable,
     unverifiable_answer
-);
-
-/// WeChat's notify never comes (drop_notify): the reconciler asks v3's 查询订单 and applies the
-/// payment; no notify is on record.
-async fn dropped_notify_on_v3(backend: Backend) {
-    let t = TestStack::start_with(backend, |o| {
-        v3(o, sandbox::v3::Mode::PublicKey);
-        o.pay_args.extend(
-            [
-                "--reconcile-interval-secs",
-                "1",
-                "--reconcile-after-secs",
-                "0",
-            ]
-            .map(String::from),
-        );
-    })
-    .await;
-    let (token, _) = t.login(None).await;
-    t.faults(json!({ "drop_notify": true })).await;
-    let (_, answer) = pay_for(&t, &token).await;
-    let params = answer["data"].clone();
-    let order_no = params["order_no"].as_str().unwrap().to_owned();
-    sandbox_pays(&t, &params).await;
-    let at_wechat = t
-        .http
-        .get(t.sandbox(&format!("/sandbox/v3/orders/{order_no}")))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(at_wechat["notify_state"], "dropped", "{at_wechat}");
-    let order = t
-        .wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
-        .await;
-    assert_eq!(order["state"], "PAID", "the v3 query applied it: {order}");
-    assert!(
-        verdicts(&t, &order_no).await.is_empty(),
-        "no notify ever came"
-    );
-}
-on_both_backends!(
-    a_dropped_v3_notify_is_repaired_by_the_reconciler,
-    dropped_notify_on_v3
 );
 
 diesel::table! {
