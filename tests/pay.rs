@@ -56,6 +56,32 @@ async fn sandbox_pays(t: &TestStack, params: &Value) {
 
 const PAID_WITHIN: Duration = Duration::from_secs(20);
 
+/// The embedded stack with new orders placed on Pay v3 (`--pay-api v3`, the sandbox's dev keys)
+/// or on v2.
+async fn start_on(backend: Backend, v3: bool) -> TestStack {
+    TestStack::start_with(backend, |o| {
+        if v3 {
+            o.pay_args.extend(["--pay-api", "v3"].map(String::from));
+        }
+    })
+    .await
+}
+
+/// The order as WeChat (the sandbox) holds it, on the API that placed it.
+async fn at_wechat(t: &TestStack, v3: bool, order_no: &str) -> Value {
+    if !v3 {
+        return t.sandbox_order(order_no).await;
+    }
+    t.http
+        .get(t.sandbox(&format!("/sandbox/v3/orders/{order_no}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn buy_a_product(backend: Backend) {
     let t = TestStack::start(backend).await;
     let (token, _) = t.login(None).await;
@@ -293,7 +319,9 @@ async fn forged_notifies(backend: Backend) {
 }
 on_both_backends!(forged_notifies_fail_and_change_nothing, forged_notifies);
 
-async fn dropped_notify(backend: Backend) {
+/// WeChat's notify never comes (drop_notify): the reconciler asks WeChat (v2 orderquery, v3
+/// 查询订单, by the order's API) and applies the payment; no notify is on record.
+async fn dropped_notify(backend: Backend, v3: bool) {
     let t = TestStack::start_with(backend, |o| {
         o.pay_args.extend(
             [
@@ -304,14 +332,24 @@ async fn dropped_notify(backend: Backend) {
             ]
             .map(String::from),
         );
+        if v3 {
+            o.pay_args.extend(["--pay-api", "v3"].map(String::from));
+        }
     })
     .await;
     let (token, _) = t.login(None).await;
     t.faults(json!({ "drop_notify": true })).await;
     let (_, answer) = pay_for(&t, &token, json!({ "product_id": "coffee" })).await;
     let params = answer["data"].clone();
+    assert_eq!(
+        params["signType"],
+        if v3 { "RSA" } else { "MD5" },
+        "{params}"
+    );
     let order_no = params["order_no"].as_str().unwrap().to_owned();
     sandbox_pays(&t, &params).await;
+    let at_wechat = at_wechat(&t, v3, &order_no).await;
+    assert_eq!(at_wechat["notify_state"], "dropped", "{at_wechat}");
     let order = t
         .wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
         .await;
@@ -324,13 +362,25 @@ async fn dropped_notify(backend: Backend) {
         "no notify ever came"
     );
 }
+
+async fn dropped_notify_v2(backend: Backend) {
+    dropped_notify(backend, false).await
+}
 on_both_backends!(
     a_dropped_notify_is_repaired_by_the_reconciler,
-    dropped_notify
+    dropped_notify_v2
 );
 
-async fn prepay_reuse_and_ownership(backend: Backend) {
-    let t = TestStack::start(backend).await;
+async fn dropped_notify_v3(backend: Backend) {
+    dropped_notify(backend, true).await
+}
+on_both_backends!(
+    a_dropped_v3_notify_is_repaired_by_the_reconciler,
+    dropped_notify_v3
+);
+
+async fn prepay_reuse_and_ownership(backend: Backend, v3: bool) {
+    let t = start_on(backend, v3).await;
     let (alice, _) = t.login(None).await;
     let (bob, _) = t.login(None).await;
     let (_, first) = pay_for(&t, &alice, json!({ "product_id": "coffee" })).await;
@@ -361,15 +411,25 @@ async fn prepay_reuse_and_ownership(backend: Backend) {
         .await;
     assert!(status.is_client_error(), "{traversal}");
 }
+async fn prepay_reuse_and_ownership_v2(backend: Backend) {
+    prepay_reuse_and_ownership(backend, false).await
+}
 on_both_backends!(
     a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays,
-    prepay_reuse_and_ownership
+    prepay_reuse_and_ownership_v2
+);
+async fn prepay_reuse_and_ownership_v3(backend: Backend) {
+    prepay_reuse_and_ownership(backend, true).await
+}
+on_both_backends!(
+    on_v3_a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays,
+    prepay_reuse_and_ownership_v3
 );
 
 /// `/sandbox/pay` plays the phone's `wx.requestPayment`: a paySign WeChat would not accept
 /// ends in the fail callback and nothing is paid; the genuine parameters pay.
-async fn wrong_pay_sign(backend: Backend) {
-    let t = TestStack::start(backend).await;
+async fn wrong_pay_sign(backend: Backend, v3: bool) {
+    let t = start_on(backend, v3).await;
     let (token, _) = t.login(None).await;
     let (_, answer) = t.pay_product(&token, "coffee").await;
     let (order_no, phone) = order_and_prepay(&answer).expect("wx.requestPayment params");
@@ -388,7 +448,7 @@ async fn wrong_pay_sign(backend: Backend) {
         );
     }
     // Nothing was paid, at WeChat or here.
-    let at_wechat = t.sandbox_order(&order_no).await;
+    let at_wechat = at_wechat(&t, v3, &order_no).await;
     assert_eq!(
         (
             at_wechat["trade_state"].as_str(),
@@ -408,7 +468,17 @@ async fn wrong_pay_sign(backend: Backend) {
         .await;
     assert_eq!(order["state"], "PAID", "{order}");
 }
-on_both_backends!(a_wrong_pay_sign_is_refused_by_the_phone, wrong_pay_sign);
+async fn wrong_pay_sign_v2(backend: Backend) {
+    wrong_pay_sign(backend, false).await
+}
+on_both_backends!(a_wrong_pay_sign_is_refused_by_the_phone, wrong_pay_sign_v2);
+async fn wrong_pay_sign_v3(backend: Backend) {
+    wrong_pay_sign(backend, true).await
+}
+on_both_backends!(
+    on_v3_a_wrong_pay_sign_is_refused_by_the_phone,
+    wrong_pay_sign_v3
+);
 
 /// WeChat's notify was refused for a while (bad signatures), the reconciler repaired the
 /// order from orderquery, then WeChat's next retry is genuine: answered SUCCESS as a

@@ -2,7 +2,9 @@
 //! order at the sandbox → the user pays → the signed, encrypted notify reaches
 //! /pay/notify/v3 → PAID exactly once — plus v3's own attacks and accidents: forged
 //! signature, unknown serial, stale timestamp, tampered ciphertext, a platform certificate
-//! rotated mid-run, and an answer whose signature fails (WeChat unavailable, nothing changes).
+//! rotated mid-run, an answer whose signature fails (WeChat unavailable, nothing changes), and
+//! a refund settled by its v3 refund notify through the gateway. (The dropped notify repaired
+//! by the reconciler runs on both APIs in `pay.rs`.)
 
 use std::time::Duration;
 
@@ -288,3 +290,127 @@ on_both_backends!(
     an_unverifiable_answer_is_wechat_unavailable,
     unverifiable_answer
 );
+
+diesel::table! {
+    refund_notifications (id) {
+        id -> BigInt,
+        out_refund_no -> Text,
+        verdict -> Text,
+    }
+}
+
+/// Every refund notify verdict pay-service recorded for `out_refund_no`, oldest first.
+async fn refund_verdicts(t: &TestStack, out_refund_no: &str) -> Vec<String> {
+    async fn query(url: &str, no: &str) -> Result<Vec<String>, DbError> {
+        let db = Database::connect(url, PoolOptions::default())?;
+        let no = no.to_owned();
+        Ok(service_kit::with_conn!(&db, |conn| {
+            refund_notifications::table
+                .filter(refund_notifications::out_refund_no.eq(&no))
+                .order(refund_notifications::id)
+                .select(refund_notifications::verdict)
+                .load::<String>(conn)
+                .await
+        })?)
+    }
+    query(&t.pay_database_url, out_refund_no)
+        .await
+        .expect("read refund_notifications")
+}
+
+/// A refund on v3 through the whole stack, in certificate mode with the platform certificate
+/// rotated between the payment and the refund: pay-service → 申请退款 at the sandbox (its
+/// answer signed by the new certificate, downloaded on sight) → the signed, encrypted
+/// REFUND.SUCCESS notify → the gateway's /pay/refund-notify/v3 (204) → SUCCESS once; a notify
+/// posted by anyone else is refused there and changes nothing.
+async fn refund_on_v3(backend: Backend) {
+    let t = start(backend, sandbox::v3::Mode::Certificate).await;
+    let (token, _) = t.login(None).await;
+    let (_, answer) = pay_for(&t, &token).await;
+    let params = answer["data"].clone();
+    let order_no = params["order_no"].as_str().unwrap().to_owned();
+    sandbox_pays(&t, &params).await;
+    t.wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
+        .await;
+    let (status, _) = t.post(&t.sandbox("/sandbox/v3/rotate"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut pay = wxmp::operator::Pay::connect(&wxmp::operator::PayTarget {
+        url: t.stack.pay_url.clone(),
+        internal_token: None,
+    })
+    .await
+    .unwrap();
+    let refund = pay
+        .refund(&order_no, 500, "e2e v3 refund", "e2e-v3-r1")
+        .await
+        .unwrap()
+        .refund
+        .unwrap();
+    assert_eq!(refund.api, "v3");
+    // A forged refund notify (no WeChat signature) is refused at the gateway.
+    let forged = t
+        .http
+        .post(t.gateway("/pay/refund-notify/v3"))
+        .header("Wechatpay-Timestamp", "1764561600")
+        .header("Wechatpay-Nonce", "n")
+        .header("Wechatpay-Signature", "Zm9yZ2Vk")
+        .header("Wechatpay-Serial", sandbox::v3::dev::PLATFORM_B_SERIAL)
+        .json(&json!({"id": "EV-x", "event_type": "REFUND.SUCCESS", "resource": {
+            "algorithm": "AEAD_AES_256_GCM", "ciphertext": "eA==", "nonce": "n", "associated_data": "refund"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(forged.json::<Value>().await.unwrap()["code"], "FAIL");
+
+    let deadline = tokio::time::Instant::now() + PAID_WITHIN;
+    let settled = loop {
+        let r = pay.get_refund("e2e-v3-r1").await.unwrap();
+        if wxmp::operator::refund_state(&r) == "SUCCESS" || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(wxmp::operator::refund_state(&settled), "SUCCESS");
+    // WeChat's notify reached the v3 refund route and was answered 204 (the sandbox files a
+    // notify once its answer is back, which may be just after the refund settled here).
+    let deadline = tokio::time::Instant::now() + PAID_WITHIN;
+    let sent = loop {
+        let sent: Vec<Value> = t
+            .http
+            .get(t.sandbox("/sandbox/v3/notifies?out_refund_no=e2e-v3-r1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if sent.iter().any(|r| r["accepted"] == true) || tokio::time::Instant::now() > deadline {
+            break sent;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let accepted: Vec<&Value> = sent.iter().filter(|r| r["accepted"] == true).collect();
+    assert_eq!(accepted.len(), 1, "{sent:?}");
+    assert_eq!(accepted[0]["status"], 204);
+    assert_eq!(accepted[0]["serial"], sandbox::v3::dev::PLATFORM_B_SERIAL);
+    assert!(
+        accepted[0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/pay/refund-notify/v3")
+    );
+    assert_eq!(
+        refund_verdicts(&t, "e2e-v3-r1")
+            .await
+            .last()
+            .map(String::as_str),
+        Some("applied")
+    );
+    let (order, refunds) = pay.order(&order_no).await.unwrap();
+    assert_eq!(wxmp::operator::order_state(&order), "PAID");
+    assert_eq!((order.refunded_fen, order.refunding_fen), (500, 0));
+    assert_eq!(refunds.len(), 1);
+}
+on_both_backends!(a_refund_on_v3_is_settled_by_its_notify, refund_on_v3);

@@ -40,7 +40,7 @@ REQUIRED_ENV = {
     "pay": {"WXMP_INTERNAL_TOKEN", "PAY_DATABASE_URL", "PAY_NOTIFY_URL", "WXMP_PAY_MCH_ID", "WXMP_PAY_KEY"},
 }
 SECRET_KEYS = {
-    "WXMP_APPS", "WXMP_PAY_MCH_ID", "WXMP_PAY_KEY", "WXMP_INTERNAL_TOKEN",
+    "WXMP_APPS", "WXMP_PAY_MCH_ID", "WXMP_PAY_KEY", "WXMP_PAY_V3_KEY", "WXMP_INTERNAL_TOKEN",
     "USER_DATABASE_URL", "PAY_DATABASE_URL", "AUTH_REDIS_URL",
 }
 WECHAT_API = "https://api.weixin.qq.com"
@@ -66,10 +66,15 @@ def sandbox_dev_values(repo: Path) -> dict[str, str]:
         if not m:
             raise SystemExit(f"crates/sandbox/src/lib.rs: constant {const} not found")
         values[const] = m.group(1)
+    keys = (repo / "crates/sandbox/src/v3/keys.rs").read_text()
+    m = re.search(r'pub const APIV3_KEY: &str = "([^"]*)";', keys)
+    if not m:
+        raise SystemExit("crates/sandbox/src/v3/keys.rs: constant APIV3_KEY not found")
     return {
         "WXMP_APPS": f"{values['DEV_APP_ID']}:{values['DEV_APP_SECRET']}",
         "WXMP_PAY_MCH_ID": values["DEV_MCH_ID"],
         "WXMP_PAY_KEY": values["DEV_PAY_KEY"],
+        "WXMP_PAY_V3_KEY": m.group(1),
     }
 
 

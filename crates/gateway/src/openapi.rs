@@ -127,6 +127,7 @@ impl Modify for SecuritySchemes {
         routes::notify::pay_notify,
         routes::notify::pay_notify_v3,
         routes::refund_notify::refund_notify,
+        routes::refund_notify::refund_notify_v3,
         routes::health::healthz,
         routes::health::readyz,
         openapi_json,

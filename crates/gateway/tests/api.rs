@@ -424,39 +424,55 @@ async fn refund_notify_is_relayed_as_xml() {
     s.stop().await;
 }
 
+/// The v3 payment and refund notifies are relayed alike: the four headers and the body to
+/// their RPC, 204 or `{"code":"FAIL","message"}` back.
 #[tokio::test]
 async fn v3_notify_relays_headers_and_answers_204_or_fail_json() {
     let s = start(Options::default()).await;
-    let body = r#"{"id":"EV-1","event_type":"TRANSACTION.SUCCESS","resource":{}}"#;
-    let send = |signature: &'static str| {
-        s.http
-            .post(s.url("/pay/notify/v3"))
-            .header("content-type", "application/json")
-            .header("Wechatpay-Timestamp", "1700000000")
-            .header("Wechatpay-Nonce", "n1")
-            .header("Wechatpay-Signature", signature)
-            .header("Wechatpay-Serial", "PUB_KEY_ID_1")
-            .body(body)
-            .send()
-    };
-    let res = send("good").await.unwrap();
-    assert_eq!(res.status().as_u16(), 204);
-    assert_eq!(
-        res.text().await.unwrap(),
-        "",
-        "no envelope on WeChat's answer"
-    );
-    assert_eq!(
-        s.calls.of("handle_pay_notify_v3")[0].detail,
-        format!("1700000000|n1|good|PUB_KEY_ID_1|{body}")
-    );
-    let res = send("forged").await.unwrap();
-    assert_eq!(res.status().as_u16(), 400);
-    let answer: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(
-        answer,
-        serde_json::json!({"code": "FAIL", "message": "bad_signature"})
-    );
+    for (path, rpc, event) in [
+        (
+            "/pay/notify/v3",
+            "handle_pay_notify_v3",
+            "TRANSACTION.SUCCESS",
+        ),
+        (
+            "/pay/refund-notify/v3",
+            "handle_refund_notify_v3",
+            "REFUND.SUCCESS",
+        ),
+    ] {
+        let body = format!(r#"{{"id":"EV-1","event_type":"{event}","resource":{{}}}}"#);
+        let send = |signature: &'static str| {
+            s.http
+                .post(s.url(path))
+                .header("content-type", "application/json")
+                .header("Wechatpay-Timestamp", "1700000000")
+                .header("Wechatpay-Nonce", "n1")
+                .header("Wechatpay-Signature", signature)
+                .header("Wechatpay-Serial", "PUB_KEY_ID_1")
+                .body(body.clone())
+                .send()
+        };
+        let res = send("good").await.unwrap();
+        assert_eq!(res.status().as_u16(), 204, "{path}");
+        assert_eq!(
+            res.text().await.unwrap(),
+            "",
+            "no envelope on WeChat's answer"
+        );
+        assert_eq!(
+            s.calls.of(rpc)[0].detail,
+            format!("1700000000|n1|good|PUB_KEY_ID_1|{body}")
+        );
+        let res = send("forged").await.unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{path}");
+        let answer: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"code": "FAIL", "message": "bad_signature"})
+        );
+        assert_eq!(s.calls.of(rpc).len(), 2, "{path}");
+    }
 
     // Too big, whether declared (Content-Length) or only seen while reading (chunked): a v3
     // FAIL, and nothing reaches pay-service.
@@ -475,13 +491,11 @@ async fn v3_notify_relays_headers_and_answers_204_or_fail_json() {
         answer,
         serde_json::json!({"code": "FAIL", "message": "body too large"})
     );
-    let head = chunked_post(&s.url("/pay/notify/v3"), huge.as_bytes()).await;
+    let head = chunked_post(&s.url("/pay/refund-notify/v3"), huge.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    assert_eq!(
-        s.calls.of("handle_pay_notify_v3").len(),
-        2,
-        "oversize never forwarded"
-    );
+    for rpc in ["handle_pay_notify_v3", "handle_refund_notify_v3"] {
+        assert_eq!(s.calls.of(rpc).len(), 2, "oversize never forwarded ({rpc})");
+    }
     s.stop().await;
 }
 

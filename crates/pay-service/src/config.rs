@@ -176,7 +176,8 @@ pub struct Config {
     pub v3: PayV3Config,
 }
 
-/// Refunds (issue 12): on when the merchant certificate is configured.
+/// Refunds (issue 12). v2 refunds are on when the merchant certificate is configured; v3
+/// refunds need only the v3 settings ([`PayV3Config`]).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RefundConfig {
     /// The merchant's API certificate (apiclient_cert.pem) for secapi/pay/refund. Setting it
@@ -192,7 +193,9 @@ pub struct RefundConfig {
     )]
     pub cert_key_path: Option<PathBuf>,
 
-    /// Where WeChat posts refund notifies (the gateway's /pay/refund-notify).
+    /// Where WeChat posts refund notifies: the gateway's /pay/refund-notify (v2); v3 refunds
+    /// are sent with this + `/v3` (/pay/refund-notify/v3). Required with v2 refunds; optional
+    /// on v3 (unset: the merchant platform's setting, and the reconciler's query settles).
     #[arg(
         long,
         env = "PAY_REFUND_NOTIFY_URL",
@@ -228,6 +231,11 @@ impl RefundConfig {
     /// Checks what clap cannot, naming the variable at fault (the files are read by
     /// [`RefundConfig::merchant_cert`]).
     pub fn validate(&self) -> Result<(), String> {
+        // Also without v2 refunds: v3 refunds carry it (+ `/v3`).
+        if let Some(url) = &self.refund_notify_url {
+            validate_notify_url(url)
+                .map_err(|e| e.replace("PAY_NOTIFY_URL", "PAY_REFUND_NOTIFY_URL"))?;
+        }
         if !self.enabled() {
             return Ok(());
         }
@@ -789,6 +797,25 @@ mod tests {
                     .contains("PAY_NOTIFY_URL")
             );
         }
+    }
+
+    #[test]
+    fn a_refund_notify_url_is_checked_without_v2_refunds_too() {
+        // No certificate (v2 refunds off): v3 refunds still send it, with `/v3` appended.
+        let mut refunds = RefundConfig {
+            refund_notify_url: Some("https://x/pay/refund-notify?a=1".into()),
+            ..RefundConfig::default()
+        };
+        assert!(
+            refunds
+                .validate()
+                .unwrap_err()
+                .contains("PAY_REFUND_NOTIFY_URL")
+        );
+        refunds.refund_notify_url = Some("https://x/pay/refund-notify".into());
+        assert_eq!(refunds.validate(), Ok(()));
+        refunds.refund_notify_url = None;
+        assert_eq!(refunds.validate(), Ok(()));
     }
 }
 

@@ -280,4 +280,24 @@ impl PayService for Payments {
             message: reply.message,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(serial = %request.get_ref().serial))]
+    async fn handle_refund_notify_v3(
+        &self,
+        request: Request<pb::HandleRefundNotifyV3Request>,
+    ) -> Result<Response<pb::HandleRefundNotifyV3Response>, Status> {
+        let r = request.into_inner();
+        let headers = wechat::pay::v3::SignatureHeaders {
+            timestamp: r.timestamp,
+            nonce: r.nonce,
+            signature: r.signature,
+            serial: r.serial,
+        };
+        let reply = self.handle_refund_notify_v3(&headers, &r.raw_body).await;
+        Ok(Response::new(pb::HandleRefundNotifyV3Response {
+            accepted: reply.accepted,
+            verdict: reply.verdict.to_owned(),
+            message: reply.message,
+        }))
+    }
 }

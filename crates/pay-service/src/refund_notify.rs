@@ -15,8 +15,18 @@
 //! | `mch_id_mismatch` | FAIL | not our merchant |
 //! | `undecryptable` | FAIL | req_info does not decrypt with our key (forged or corrupted) |
 //! | `unknown_refund` | FAIL | no such out_refund_no here |
-//! | `mismatch` | FAIL | decrypts, but out_trade_no / refund_fee / total_fee / appid differ from ours |
+//! | `mismatch` | FAIL | decrypts, but out_trade_no / refund_fee / total_fee / appid (v3: out_trade_no, amount.refund, amount.total, refund_id) differ from ours |
+//! | `api_mismatch` | FAIL | the refund was sent over the other API |
 //! | `internal_error` | FAIL | the database failed; WeChat will retry |
+//!
+//! Pay v3 refund notifies ([`Payments::handle_refund_notify_v3`], `REFUND.SUCCESS`,
+//! `REFUND.ABNORMAL`, `REFUND.CLOSED`) are signed like every v3 notify and their resource is
+//! AES-256-GCM encrypted with the APIv3 key; they get the same verdicts (204 for SUCCESS,
+//! `{"code":"FAIL"}` for FAIL), with v3's checks in place of v2's: `bad_signature` (signature,
+//! unknown serial, timestamp outside ±5 min), `malformed` (tampered or undecryptable resource,
+//! an event_type that is not the resource's refund_status), `mch_id_mismatch`, and
+//! `api_mismatch` (the refund was sent over v2, or v3 is not configured). An unauthenticated
+//! body is kept as a 64-byte prefix only.
 
 use wechat::pay::{
     RefundNotifyError, decrypt_refund_notify, notify_reply_fail, notify_reply_success, xml,
@@ -24,9 +34,9 @@ use wechat::pay::{
 
 use crate::{
     error::Error,
-    notify::{MAX_STORED_BODY_BYTES, NotifyReply},
+    notify::{MAX_STORED_BODY_BYTES, NotifyReply, NotifyV3Reply, UNVERIFIED_PREFIX_BYTES},
     payments::Payments,
-    refunds::{RefundState, settlement_of, valid_out_refund_no},
+    refunds::{Refund, RefundState, WxRefundStatus, valid_out_refund_no},
     store::{
         self,
         refunds::{Change, NewRefundNotification, Transition},
@@ -58,30 +68,16 @@ impl Payments {
             verdict: String::new(),
             accepted: false,
         };
-        let (mut verdict, mut accepted) = match self.judge_refund(raw_body, &mut record).await {
+        let (verdict, accepted) = match self.judge_refund(raw_body, &mut record).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "refund notify could not be processed; WeChat will retry");
                 ("internal_error", false)
             }
         };
-        record.verdict = verdict.to_owned();
-        record.accepted = accepted;
-        if let Err(e) = store::refunds::insert_notification(self.database(), &record).await {
-            tracing::error!(error = %e, verdict, "could not store a refund notify");
-            if accepted {
-                // Every notify must be on record: let WeChat send it again (nothing changes
-                // twice: the refund is settled already).
-                verdict = "internal_error";
-                accepted = false;
-            }
-        }
-        metrics::counter!("wxmp_refund_notifies_total", "verdict" => verdict).increment(1);
-        if accepted {
-            tracing::info!(out_refund_no = %record.out_refund_no, verdict, "refund notify accepted");
-        } else {
-            tracing::warn!(out_refund_no = %record.out_refund_no, verdict, "refund notify refused");
-        }
+        let (verdict, accepted) = self
+            .conclude_refund(&mut record, verdict, accepted, "refund notify")
+            .await;
         NotifyReply {
             reply_xml: if accepted {
                 notify_reply_success()
@@ -117,6 +113,9 @@ impl Payments {
         else {
             return Ok(("unknown_refund", false));
         };
+        if refund.api != crate::config::PayApi::V2.as_str() {
+            return Ok(("api_mismatch", false));
+        }
         let order = store::find_order(self.database(), &refund.order_no)
             .await?
             .ok_or_else(|| Error::Internal(format!("order {} vanished", refund.order_no)))?;
@@ -131,13 +130,59 @@ impl Payments {
             );
             return Ok(("mismatch", false));
         }
-        let Some((to, failure)) = settlement_of(notify.refund_status) else {
+        self.settle_notified(
+            &refund,
+            WxRefundStatus::from_v2(notify.refund_status),
+            &notify.refund_id,
+        )
+        .await
+    }
+}
+
+impl Payments {
+    /// Stores the refund notify with its verdict, counts and logs it. Answers the verdict
+    /// WeChat gets: one that could not be recorded is `internal_error`, so WeChat sends it
+    /// again (nothing changes twice: the refund is settled already).
+    async fn conclude_refund(
+        &self,
+        record: &mut NewRefundNotification,
+        mut verdict: &'static str,
+        mut accepted: bool,
+        what: &'static str,
+    ) -> (&'static str, bool) {
+        record.verdict = verdict.to_owned();
+        record.accepted = accepted;
+        if let Err(e) = store::refunds::insert_notification(self.database(), record).await {
+            tracing::error!(error = %e, verdict, what, "could not store a refund notify");
+            if accepted {
+                verdict = "internal_error";
+                accepted = false;
+            }
+        }
+        metrics::counter!("wxmp_refund_notifies_total", "verdict" => verdict).increment(1);
+        if accepted {
+            tracing::info!(out_refund_no = %record.out_refund_no, verdict, "{what} accepted");
+        } else {
+            tracing::warn!(out_refund_no = %record.out_refund_no, verdict, "{what} refused");
+        }
+        (verdict, accepted)
+    }
+
+    /// Settles a refund as an authenticated notify that matches it says: one conditional
+    /// transition, so a repeat (or a notify racing the reconciler) changes nothing twice.
+    async fn settle_notified(
+        &self,
+        refund: &Refund,
+        status: WxRefundStatus,
+        refund_id: &str,
+    ) -> Result<(&'static str, bool), Error> {
+        let Some((to, failure)) = status.settlement() else {
             return Ok(("malformed", false));
         };
         let now = self.now();
         let change = Change {
             to,
-            refund_id: notify.refund_id.clone(),
+            refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
             next_check_at: now,
@@ -170,5 +215,110 @@ impl Payments {
                 Transition::Unknown => ("unknown_refund", false),
             },
         )
+    }
+
+    /// Handles one v3 refund notify (body + the four `Wechatpay-*` headers). Never fails:
+    /// errors become a FAIL reply (WeChat retries later).
+    #[tracing::instrument(skip_all)]
+    pub async fn handle_refund_notify_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+    ) -> NotifyV3Reply {
+        let mut record = NewRefundNotification {
+            received_at: self.now(),
+            out_refund_no: String::new(),
+            // Anyone can post here: whole only once authenticated (judge_refund_v3).
+            raw_body: String::from_utf8_lossy(
+                &raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)],
+            )
+            .into_owned(),
+            verdict: String::new(),
+            accepted: false,
+        };
+        let (verdict, accepted) = match self.judge_refund_v3(headers, raw_body, &mut record).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "v3 refund notify could not be processed; WeChat will retry");
+                ("internal_error", false)
+            }
+        };
+        let (verdict, accepted) = self
+            .conclude_refund(&mut record, verdict, accepted, "v3 refund notify")
+            .await;
+        NotifyV3Reply {
+            accepted,
+            verdict,
+            message: if accepted {
+                String::new()
+            } else {
+                verdict.to_owned()
+            },
+        }
+    }
+
+    async fn judge_refund_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+        record: &mut NewRefundNotification,
+    ) -> Result<(&'static str, bool), Error> {
+        use wechat::pay::v3::NotifyError as E;
+        let Some(v3) = self.inner.wechat.v3() else {
+            return Ok(("api_mismatch", false));
+        };
+        let (opened, notice) = match v3.refund_notify(headers, raw_body).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                // What failed (serial unknown, signature, clock, ciphertext), never a key.
+                tracing::warn!(failed = %e, "v3 refund notify not authenticated");
+                return Ok(match e {
+                    E::Verify(_) => ("bad_signature", false),
+                    E::Decrypt(_) | E::Json(_) => ("malformed", false),
+                    E::Mismatch(_) => ("mch_id_mismatch", false),
+                    E::Keys(_) => return Err(Error::WechatUnavailable(e.to_string())),
+                });
+            }
+        };
+        // Authenticated: WeChat's own notify, kept whole.
+        record.raw_body =
+            String::from_utf8_lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)])
+                .into_owned();
+        if !valid_out_refund_no(&notice.out_refund_no) {
+            return Ok(("malformed", false));
+        }
+        record.out_refund_no = notice.out_refund_no.clone();
+        // The event names the outcome the resource carries; both must agree.
+        let Some(status) = WxRefundStatus::from_v3(&notice.refund_status) else {
+            return Ok(("malformed", false));
+        };
+        if opened.notification.event_type != format!("REFUND.{}", notice.refund_status)
+            || status == WxRefundStatus::Processing
+        {
+            return Ok(("malformed", false));
+        }
+        let Some(refund) = store::refunds::find(self.database(), &notice.out_refund_no).await?
+        else {
+            return Ok(("unknown_refund", false));
+        };
+        if refund.api != crate::config::PayApi::V3.as_str() {
+            return Ok(("api_mismatch", false));
+        }
+        let order = store::find_order(self.database(), &refund.order_no)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("order {} vanished", refund.order_no)))?;
+        if notice.out_trade_no != refund.order_no
+            || notice.amount.refund != refund.amount_fen
+            || notice.amount.total != order.amount_fen
+            || (!refund.refund_id.is_empty() && notice.refund_id != refund.refund_id)
+        {
+            tracing::error!(
+                out_refund_no = %refund.out_refund_no,
+                "authenticated v3 refund notify does not match our refund; not applied"
+            );
+            return Ok(("mismatch", false));
+        }
+        self.settle_notified(&refund, status, &notice.refund_id)
+            .await
     }
 }

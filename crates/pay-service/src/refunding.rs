@@ -2,26 +2,30 @@
 //! reconciler's pass over refunds in flight, and recording refunds an `orderquery` REFUND
 //! reveals. What a refund *means* is in [`crate::refunds`]; the SQL in [`crate::store::refunds`].
 //!
+//! Every call about a refund goes through [`crate::wxpay::WechatPay`] with the API of its
+//! order (`refunds.api` = `orders.api`): an order placed on v2 refunds on v2 after a switch
+//! of `WXMP_PAY_API` to v3, and the other way round.
+//!
 //! Exactly once: the PENDING row (with the reserved amount) is committed before WeChat is
 //! called. If the answer is lost (a crash, a timeout, SYSTEMERROR), the refund stays PENDING
 //! and is sent again with the same out_refund_no (by a retried call or by the reconciler after
 //! `PAY_RECONCILE_AFTER_SECS`); WeChat dedupes on it, so the payer is refunded once.
 
-use wechat::pay::{RefundQueryBy, RefundRequest, RefundStatus};
+use wechat::pay::RefundQueryBy;
 
 use crate::{
     error::Error,
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
-        self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, check_refund,
-        new_out_refund_no, settlement_of, valid_out_refund_no,
+        self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
+        new_out_refund_no, valid_out_refund_no,
     },
     store::{
         self,
         refunds::{Change, Created, NewRefund, Transition},
     },
-    wxpay::{is_err_code, map_error},
+    wxpay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
 };
 
 /// Refunds looked at per reconcile pass.
@@ -85,9 +89,6 @@ impl Payments {
                 "out_refund_no must be 1..=64 characters of [0-9A-Za-z_-|*@]".into(),
             ));
         }
-        if !self.inner.wechat.can_refund() {
-            return Err(Error::RefundsDisabled);
-        }
         let now = self.now();
         let out_refund_no = if req.out_refund_no.is_empty() {
             new_out_refund_no(now)
@@ -100,6 +101,10 @@ impl Payments {
         let order = store::find_order(self.database(), &req.order_no)
             .await?
             .ok_or(Error::NotFound("order"))?;
+        // The order's API carries its refunds, whatever WXMP_PAY_API says now.
+        if !self.inner.wechat.can_refund(order.pay_api()) {
+            return Err(Error::RefundsDisabled);
+        }
         check_refund(&order, req.refund_fen).map_err(refusal_error)?;
         let new = NewRefund {
             out_refund_no,
@@ -107,7 +112,7 @@ impl Payments {
             amount_fen: req.refund_fen,
             reason: req.reason.clone(),
             state: RefundState::Pending.as_str().into(),
-            api: API_V2.into(),
+            api: order.pay_api().as_str().into(),
             created_at: now,
             updated_at: now,
             // The first send is this call's; the reconciler waits before sending again.
@@ -140,7 +145,11 @@ impl Payments {
             return Err(Error::RefundConflict);
         }
         let order = self.reload_order(&existing.order_no).await?;
-        let refund = if existing.state() == Some(RefundState::Pending) {
+        let pending = existing.state() == Some(RefundState::Pending);
+        if pending && !self.inner.wechat.can_refund(order.pay_api()) {
+            return Err(Error::RefundsDisabled);
+        }
+        let refund = if pending {
             self.send_refund(existing, &order).await?
         } else {
             existing
@@ -154,54 +163,66 @@ impl Payments {
             .ok_or_else(|| Error::Internal(format!("order {order_no} vanished")))
     }
 
-    /// Sends a PENDING refund to WeChat and records the answer: accepted → PROCESSING,
-    /// refused for good → FAILED (the amount is released). No answer (or SYSTEMERROR) leaves
-    /// it PENDING and is WECHAT_UNAVAILABLE: the same request is sent again later.
+    /// Sends a PENDING refund to WeChat (with its order's API) and records the answer:
+    /// accepted → PROCESSING (or the final state v3 may answer at once), refused for good →
+    /// FAILED with WeChat's code (the amount is released). No answer (SYSTEMERROR /
+    /// SYSTEM_ERROR, FREQUENCY_LIMITED, 5xx, an unauthenticated v3 answer) leaves it PENDING and
+    /// is WECHAT_UNAVAILABLE: the same request is sent again later.
     async fn send_refund(&self, refund: Refund, order: &Order) -> Result<Refund, Error> {
-        let request = RefundRequest {
-            out_trade_no: order.order_no.clone(),
-            out_refund_no: refund.out_refund_no.clone(),
-            total_fee: order.amount_fen,
-            refund_fee: refund.amount_fen,
-            refund_desc: (!refund.reason.is_empty()).then(|| refund.reason.clone()),
-            notify_url: self.inner.settings.refund_notify_url.clone(),
-        };
-        let answer = self.inner.wechat.refund(&order.app_id, &request).await;
+        let answer = self
+            .inner
+            .wechat
+            .send_refund(
+                order.pay_api(),
+                &SendRefund {
+                    appid: &order.app_id,
+                    out_trade_no: &order.order_no,
+                    out_refund_no: &refund.out_refund_no,
+                    total_fen: order.amount_fen,
+                    refund_fen: refund.amount_fen,
+                    reason: (!refund.reason.is_empty()).then_some(refund.reason.as_str()),
+                    notify_url: self.inner.settings.refund_notify_url.as_deref(),
+                },
+            )
+            .await;
         let now = self.now();
         let after = self.inner.settings.reconcile_after_secs;
         let change = match answer {
-            Ok(accepted) => Change {
-                to: RefundState::Processing,
-                refund_id: accepted.refund_id,
-                failure: String::new(),
-                now,
-                next_check_at: now + after,
-            },
-            Err(e)
-                if e.is_retryable()
-                    || !matches!(
-                        e,
-                        wechat::PayError::Business { .. } | wechat::PayError::Return { .. }
-                    ) =>
+            Ok(seen)
+                if seen.out_trade_no != order.order_no || seen.refund_fen != refund.amount_fen =>
             {
+                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat's refund answer does not match ours; stays PENDING");
+                return Err(Error::WechatUnavailable(
+                    "WeChat's refund answer does not match the refund".into(),
+                ));
+            }
+            Ok(seen) => {
+                let (to, failure) = seen
+                    .status
+                    .settlement()
+                    .unwrap_or((RefundState::Processing, ""));
+                Change {
+                    to,
+                    refund_id: seen.refund_id,
+                    failure: failure.to_owned(),
+                    now,
+                    next_check_at: now + after,
+                }
+            }
+            Err(e @ RefundCallError::Unknown(_)) => {
                 // Unanswered or unverifiable: WeChat may have it. Same request again later.
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund not confirmed; stays PENDING");
-                return Err(map_error(e));
+                return Err(map_refund_error(e));
             }
             Err(e) => {
-                let failure = e
-                    .err_code()
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or("REFUSED")
-                    .to_owned();
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund refused by WeChat");
-                if is_err_code(&e, "NOTENOUGH") {
+                if e.is_not_enough() {
                     tracing::error!(out_refund_no = %refund.out_refund_no, "merchant balance too low for a refund: top it up, then refund again");
                 }
                 Change {
                     to: RefundState::Failed,
                     refund_id: String::new(),
-                    failure,
+                    failure: e.code().unwrap_or("REFUSED").to_owned(),
                     now,
                     next_check_at: now,
                 }
@@ -294,44 +315,33 @@ impl Payments {
         Ok(report)
     }
 
-    /// Asks WeChat about a PROCESSING refund and settles it when WeChat has.
+    /// Asks WeChat (with the order's API) about a PROCESSING refund and settles it when
+    /// WeChat has.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
-        let answer = self
+        let seen = self
             .inner
             .wechat
-            .refund_query(
-                &order.app_id,
-                &RefundQueryBy::OutRefundNo(refund.out_refund_no.clone()),
-            )
+            .query_refund(order.pay_api(), &order.app_id, &refund.out_refund_no)
             .await
-            .map_err(map_error)?;
-        let Some(item) = answer
-            .refunds
-            .iter()
-            .find(|r| r.out_refund_no == refund.out_refund_no)
-        else {
+            .map_err(map_refund_error)?;
+        if seen.refund_fen != refund.amount_fen || seen.out_trade_no != refund.order_no {
             return Err(Error::Internal(
-                "refundquery did not list the refund".into(),
-            ));
-        };
-        if item.refund_fee != refund.amount_fen || answer.out_trade_no != refund.order_no {
-            return Err(Error::Internal(
-                "refundquery reports a refund that does not match ours; not applied".into(),
+                "refund query reports a refund that does not match ours; not applied".into(),
             ));
         }
-        self.settle_from(refund, item.status, &item.refund_id).await
+        self.settle_from(refund, seen.status, &seen.refund_id).await
     }
 
     /// Applies WeChat's `status` of an in-flight refund (no-op while PROCESSING).
     async fn settle_from(
         &self,
         refund: &Refund,
-        status: RefundStatus,
+        status: WxRefundStatus,
         refund_id: &str,
     ) -> Result<Refund, Error> {
         let now = self.now();
-        let (to, failure) = match settlement_of(status) {
+        let (to, failure) = match status.settlement() {
             Some(settled) => settled,
             None if refund.state() == Some(RefundState::Pending) => (RefundState::Processing, ""),
             None => return Ok(refund.clone()),
@@ -353,7 +363,15 @@ impl Payments {
 
     /// `orderquery` said REFUND: record the refunds WeChat lists for the order (those made
     /// elsewhere, e.g. in the merchant platform, become rows of their own) and settle ours.
+    ///
+    /// v2 only: v3 has no refund list per order (查询单笔退款 needs the out_refund_no), so on v3
+    /// only the payment is recorded; our own refunds of the order settle by notify or by the
+    /// refund reconciler's query, and one made in the merchant platform needs manual review.
     pub(crate) async fn sync_refunds_from_wechat(&self, order: &Order) -> Result<(), Error> {
+        if order.pay_api() != crate::config::PayApi::V2 {
+            tracing::info!(order_no = %order.order_no, "v3 order has refunds at WeChat; ours settle by notify or query");
+            return Ok(());
+        }
         let answer = match self
             .inner
             .wechat
@@ -398,8 +416,12 @@ impl Payments {
             if refund.state().is_some_and(RefundState::is_final) {
                 continue;
             }
-            self.settle_from(&refund, item.status, &item.refund_id)
-                .await?;
+            self.settle_from(
+                &refund,
+                WxRefundStatus::from_v2(item.status),
+                &item.refund_id,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ use crate::{
 pub const MAX_REASON_BYTES: usize = 80;
 /// WeChat's `out_refund_no` limit.
 pub const MAX_OUT_REFUND_NO_LEN: usize = 64;
-/// The API that carries refunds today.
+/// `refunds.api` of a refund recorded from v2's refundquery (refunds made elsewhere).
 pub const API_V2: &str = "v2";
 /// Random characters after `R` + the date in a generated out_refund_no.
 const OUT_REFUND_NO_RANDOM_CHARS: usize = 16;
@@ -189,15 +189,61 @@ pub fn order_state_after(order: &Order) -> OrderState {
     }
 }
 
-/// What WeChat's `refund_status` settles a refund to, with the failure text to keep.
-pub fn settlement_of(status: RefundStatus) -> Option<(RefundState, &'static str)> {
-    match status {
-        RefundStatus::Success => Some((RefundState::Success, "")),
-        // The money could not reach the payer and stays with the merchant.
-        RefundStatus::Change => Some((RefundState::Failed, "CHANGE")),
-        RefundStatus::RefundClose => Some((RefundState::Closed, "REFUNDCLOSE")),
-        RefundStatus::Processing => None,
+/// Where a refund stands at WeChat, whatever the API; the failure text is the word of the API
+/// that carries the refund (the refund's `api` says which), as an operator finds it in
+/// WeChat's documents and merchant platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WxRefundStatus {
+    /// Accepted, not settled yet.
+    Processing,
+    /// The money is back with the payer.
+    Success,
+    /// The money could not reach the payer and stays with the merchant: v2 `CHANGE`, v3
+    /// `ABNORMAL` (退款异常).
+    Failed(&'static str),
+    /// Closed without refunding: v2 `REFUNDCLOSE`, v3 `CLOSED`.
+    Closed(&'static str),
+}
+
+impl WxRefundStatus {
+    /// v2's `refund_status`.
+    pub const fn from_v2(status: RefundStatus) -> Self {
+        match status {
+            RefundStatus::Success => Self::Success,
+            RefundStatus::Change => Self::Failed("CHANGE"),
+            RefundStatus::RefundClose => Self::Closed("REFUNDCLOSE"),
+            RefundStatus::Processing => Self::Processing,
+        }
     }
+
+    /// v3's `status` (查询单笔退款, e.g. <https://pay.wechatpay.cn/doc/v3/partner/4012760530>)
+    /// or `refund_status` (退款结果通知, <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>):
+    /// SUCCESS, CLOSED, PROCESSING, ABNORMAL.
+    pub fn from_v3(status: &str) -> Option<Self> {
+        Some(match status {
+            "SUCCESS" => Self::Success,
+            "PROCESSING" => Self::Processing,
+            "ABNORMAL" => Self::Failed("ABNORMAL"),
+            "CLOSED" => Self::Closed("CLOSED"),
+            _ => return None,
+        })
+    }
+
+    /// The final state this status settles a refund to, with the failure text to keep;
+    /// `None` while WeChat is still processing.
+    pub const fn settlement(self) -> Option<(RefundState, &'static str)> {
+        match self {
+            Self::Success => Some((RefundState::Success, "")),
+            Self::Failed(why) => Some((RefundState::Failed, why)),
+            Self::Closed(why) => Some((RefundState::Closed, why)),
+            Self::Processing => None,
+        }
+    }
+}
+
+/// What v2's `refund_status` settles a refund to, with the failure text to keep.
+pub fn settlement_of(status: RefundStatus) -> Option<(RefundState, &'static str)> {
+    WxRefundStatus::from_v2(status).settlement()
 }
 
 /// A new out_refund_no: `R`, the China date, 16 random `[0-9A-Za-z]`.
@@ -340,6 +386,23 @@ mod tests {
             Some((RefundState::Failed, "CHANGE"))
         );
         assert_eq!(settlement_of(RefundStatus::Processing), None);
+        assert_eq!(
+            WxRefundStatus::from_v3("ABNORMAL").and_then(WxRefundStatus::settlement),
+            Some((RefundState::Failed, "ABNORMAL"))
+        );
+        assert_eq!(
+            WxRefundStatus::from_v3("CLOSED").and_then(WxRefundStatus::settlement),
+            Some((RefundState::Closed, "CLOSED"))
+        );
+        assert_eq!(
+            WxRefundStatus::from_v3("SUCCESS").and_then(WxRefundStatus::settlement),
+            Some((RefundState::Success, ""))
+        );
+        assert_eq!(
+            WxRefundStatus::from_v3("PROCESSING"),
+            Some(WxRefundStatus::Processing)
+        );
+        assert_eq!(WxRefundStatus::from_v3("CHANGE"), None);
         for s in ["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CLOSED"] {
             assert_eq!(RefundState::parse(s).map(RefundState::as_str), Some(s));
         }

@@ -1,8 +1,10 @@
 //! The one interface pay-service talks to WeChat Pay through: place an order, query it, close
-//! it, build the `wx.requestPayment` parameters, with a v2 (XML) and a v3 (JSON, RSA)
-//! implementation. Each order records the API that places it (`orders.api`), so switching
-//! `WXMP_PAY_API` does not strand orders in flight. Failures of both APIs become one
-//! [`WxError`]; metrics and the mapping to [`Error`] live here too.
+//! it, build the `wx.requestPayment` parameters, send a refund and ask about it, with a v2
+//! (XML) and a v3 (JSON, RSA) implementation. Each order records the API that places it
+//! (`orders.api`), and each refund the API that carries it (`refunds.api`, the order's), so
+//! switching `WXMP_PAY_API` strands neither. Failures of both APIs become one [`WxError`]
+//! ([`RefundCallError`] for refunds, which must keep WeChat's code); metrics and the mapping
+//! to [`Error`] live here too.
 
 use service_kit::Secret;
 use wechat::{
@@ -17,6 +19,7 @@ use wechat::{
 
 use crate::config::PayApi;
 use crate::error::Error;
+use crate::refunds::WxRefundStatus;
 
 /// The merchant and the clients that speak for it.
 #[derive(Clone, Debug)]
@@ -111,9 +114,13 @@ impl WechatPay {
         result
     }
 
-    /// True when a merchant certificate is configured: refunds can be sent.
-    pub fn can_refund(&self) -> bool {
-        self.client.has_merchant_cert()
+    /// True when refunds of orders placed with `api` can be sent: v2 needs the merchant
+    /// certificate (mutual TLS), v3 its configuration (every call is signed).
+    pub fn can_refund(&self, api: PayApi) -> bool {
+        match api {
+            PayApi::V2 => self.client.has_merchant_cert(),
+            PayApi::V3 => self.v3.is_some(),
+        }
     }
 
     pub async fn refund(
@@ -496,4 +503,318 @@ fn count_v3<T>(api: &'static str, result: &Result<T, V3Error>) {
         }
     };
     metrics::counter!("wxmp_wechat_requests_total", "api" => api, "result" => label).increment(1);
+}
+
+/// A refund to send, whatever the API.
+#[derive(Debug, Clone)]
+pub struct SendRefund<'a> {
+    pub appid: &'a str,
+    pub out_trade_no: &'a str,
+    pub out_refund_no: &'a str,
+    pub total_fen: i64,
+    pub refund_fen: i64,
+    pub reason: Option<&'a str>,
+    /// `PAY_REFUND_NOTIFY_URL` (v2 as is, v3 with `/v3` appended, as for the pay notify);
+    /// none: WeChat uses the merchant platform's setting, and the reconciler's query settles.
+    pub notify_url: Option<&'a str>,
+}
+
+/// What WeChat says about one refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundSeen {
+    pub refund_id: String,
+    pub out_trade_no: String,
+    pub refund_fen: i64,
+    pub status: WxRefundStatus,
+}
+
+/// Why a refund call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundCallError {
+    /// No answer, `SYSTEMERROR` / `SYSTEM_ERROR`, `FREQUENCY_LIMITED`, 5xx, or an answer that
+    /// did not authenticate: WeChat may have the refund; send the same request again later.
+    Unknown(String),
+    /// WeChat refused it for good with `code` (v2 err_code, e.g. NOTENOUGH; v3 code, e.g.
+    /// NOT_ENOUGH, INVALID_REQUEST, RESOURCE_NOT_EXISTS).
+    Refused { code: String, message: String },
+}
+
+impl std::fmt::Display for RefundCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown(m) | Self::Refused { message: m, .. } => f.write_str(m),
+        }
+    }
+}
+
+impl RefundCallError {
+    /// WeChat's code of a final refusal.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => Some(code),
+            Self::Unknown(_) => None,
+        }
+    }
+
+    /// True when the merchant's balance cannot cover the refund (v2 NOTENOUGH, v3 NOT_ENOUGH).
+    pub fn is_not_enough(&self) -> bool {
+        matches!(self.code(), Some("NOTENOUGH" | "NOT_ENOUGH"))
+    }
+
+    /// True when WeChat knows no such refund (v2 REFUNDNOTEXIST, v3 RESOURCE_NOT_EXISTS).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self.code(), Some("REFUNDNOTEXIST" | "RESOURCE_NOT_EXISTS"))
+    }
+}
+
+impl From<PayError> for RefundCallError {
+    fn from(e: PayError) -> Self {
+        if e.is_retryable() || !matches!(e, PayError::Business { .. } | PayError::Return { .. }) {
+            return Self::Unknown(e.to_string());
+        }
+        Self::Refused {
+            code: e
+                .err_code()
+                .filter(|c| !c.is_empty())
+                .unwrap_or("REFUSED")
+                .to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<V3Error> for RefundCallError {
+    fn from(e: V3Error) -> Self {
+        match &e {
+            V3Error::Api { code, .. } if !e.is_retryable() => Self::Refused {
+                code: if code.is_empty() {
+                    "REFUSED".to_owned()
+                } else {
+                    code.clone()
+                },
+                message: e.to_string(),
+            },
+            _ => Self::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// [`RefundCallError`] as the service's error: Unknown → WECHAT_UNAVAILABLE (retry later),
+/// a refusal → WECHAT_ERROR.
+pub fn map_refund_error(e: RefundCallError) -> Error {
+    match e {
+        RefundCallError::Unknown(m) => Error::WechatUnavailable(m),
+        RefundCallError::Refused { message, .. } => Error::Wechat(message),
+    }
+}
+
+impl WechatPay {
+    /// Sends a refund of an order placed with `api`: WeChat's refund as it answered it.
+    pub async fn send_refund(
+        &self,
+        api: PayApi,
+        refund: &SendRefund<'_>,
+    ) -> Result<RefundSeen, RefundCallError> {
+        match api {
+            PayApi::V2 => {
+                let request = RefundRequest {
+                    out_trade_no: refund.out_trade_no.to_owned(),
+                    out_refund_no: refund.out_refund_no.to_owned(),
+                    total_fee: refund.total_fen,
+                    refund_fee: refund.refund_fen,
+                    refund_desc: refund.reason.map(str::to_owned),
+                    notify_url: refund.notify_url.map(str::to_owned),
+                };
+                let answer = self.refund(refund.appid, &request).await?;
+                Ok(RefundSeen {
+                    refund_id: answer.refund_id,
+                    out_trade_no: refund.out_trade_no.to_owned(),
+                    refund_fen: answer.refund_fee,
+                    // v2 answers acceptance only; the status comes by notify or query.
+                    status: WxRefundStatus::Processing,
+                })
+            }
+            PayApi::V3 => {
+                // Not configured (here, now): a PENDING refund waits for a service that is,
+                // never FAILED (WeChat may hold it from an earlier send).
+                let v3 = self.v3.as_ref().ok_or_else(|| {
+                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                })?;
+                let request = wechat::pay::v3::RefundRequest {
+                    out_trade_no: refund.out_trade_no.to_owned(),
+                    out_refund_no: refund.out_refund_no.to_owned(),
+                    reason: refund.reason.map(str::to_owned),
+                    notify_url: refund
+                        .notify_url
+                        .map(|url| format!("{}/v3", url.trim_end_matches('/'))),
+                    amount: wechat::pay::v3::RefundAmountRequest {
+                        refund: refund.refund_fen,
+                        total: refund.total_fen,
+                        currency: "CNY".into(),
+                    },
+                };
+                let result = v3.refund(&request).await;
+                count_v3("refund", &result);
+                seen_v3(result?)
+            }
+        }
+    }
+
+    /// Asks WeChat about the refund `out_refund_no` of an order placed with `api`.
+    pub async fn query_refund(
+        &self,
+        api: PayApi,
+        appid: &str,
+        out_refund_no: &str,
+    ) -> Result<RefundSeen, RefundCallError> {
+        match api {
+            PayApi::V2 => {
+                let answer = self
+                    .refund_query(appid, &RefundQueryBy::OutRefundNo(out_refund_no.to_owned()))
+                    .await?;
+                let item = answer
+                    .refunds
+                    .iter()
+                    .find(|r| r.out_refund_no == out_refund_no)
+                    .ok_or_else(|| {
+                        RefundCallError::Unknown("refundquery did not list the refund".into())
+                    })?;
+                Ok(RefundSeen {
+                    refund_id: item.refund_id.clone(),
+                    out_trade_no: answer.out_trade_no.clone(),
+                    refund_fen: item.refund_fee,
+                    status: WxRefundStatus::from_v2(item.status),
+                })
+            }
+            PayApi::V3 => {
+                // Not configured (here, now): a PENDING refund waits for a service that is,
+                // never FAILED (WeChat may hold it from an earlier send).
+                let v3 = self.v3.as_ref().ok_or_else(|| {
+                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                })?;
+                let result = v3.query_refund(out_refund_no).await;
+                count_v3("refund_query", &result);
+                let refund = result?;
+                if refund.out_refund_no != out_refund_no {
+                    return Err(RefundCallError::Unknown(
+                        "v3 refund query answered another refund".into(),
+                    ));
+                }
+                seen_v3(refund)
+            }
+        }
+    }
+}
+
+/// A v3 refund (申请退款 or 查询单笔退款 answer) as [`RefundSeen`]; an unknown `status` is an
+/// answer we cannot act on (sent again / asked again later).
+fn seen_v3(refund: wechat::pay::v3::Refund) -> Result<RefundSeen, RefundCallError> {
+    let status = WxRefundStatus::from_v3(&refund.status).ok_or_else(|| {
+        RefundCallError::Unknown(format!("unknown v3 refund status {:?}", refund.status))
+    })?;
+    Ok(RefundSeen {
+        refund_id: refund.refund_id,
+        out_trade_no: refund.out_trade_no,
+        refund_fen: refund.amount.refund,
+        status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v3(status: u16, code: &str) -> V3Error {
+        V3Error::Api {
+            status,
+            code: code.into(),
+            message: "m".into(),
+        }
+    }
+
+    fn v2(err_code: &str) -> PayError {
+        PayError::Business {
+            err_code: err_code.into(),
+            err_code_des: "d".into(),
+        }
+    }
+
+    fn refused(code: &str) -> Option<String> {
+        Some(code.to_owned())
+    }
+
+    /// Each WeChat refund failure, v2 and v3, as what the refund flow does with it: Unknown
+    /// keeps the refund PENDING (WECHAT_UNAVAILABLE), Refused fails it with the code.
+    #[test]
+    fn refund_failures_of_both_apis_map_to_one_meaning() {
+        let cases: Vec<(RefundCallError, Option<String>)> = vec![
+            (v3(403, "NOT_ENOUGH").into(), refused("NOT_ENOUGH")),
+            (
+                v3(400, "INVALID_REQUEST").into(),
+                refused("INVALID_REQUEST"),
+            ),
+            (
+                v3(404, "RESOURCE_NOT_EXISTS").into(),
+                refused("RESOURCE_NOT_EXISTS"),
+            ),
+            (v3(401, "SIGN_ERROR").into(), refused("SIGN_ERROR")),
+            (v3(429, "FREQUENCY_LIMITED").into(), None),
+            (v3(500, "SYSTEM_ERROR").into(), None),
+            (v3(502, "BAD_GATEWAY").into(), None),
+            (V3Error::Transport("timeout".into()).into(), None),
+            (
+                V3Error::Verify(wechat::pay::v3::VerifyError::Signature("S".into())).into(),
+                None,
+            ),
+            (V3Error::BadResponse("json".into()).into(), None),
+            (v2("NOTENOUGH").into(), refused("NOTENOUGH")),
+            (v2("SYSTEMERROR").into(), None),
+            (PayError::Transport("timeout".into()).into(), None),
+            (PayError::BadSignature.into(), None),
+            (PayError::NoCertificate.into(), None),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code().map(str::to_owned), code, "{e:?}");
+            let mapped = map_refund_error(e.clone());
+            match code {
+                Some(_) => assert!(matches!(mapped, Error::Wechat(_)), "{e:?}"),
+                None => assert!(matches!(mapped, Error::WechatUnavailable(_)), "{e:?}"),
+            }
+        }
+        assert!(RefundCallError::from(v3(403, "NOT_ENOUGH")).is_not_enough());
+        assert!(RefundCallError::from(v2("NOTENOUGH")).is_not_enough());
+        assert!(RefundCallError::from(v3(404, "RESOURCE_NOT_EXISTS")).is_not_found());
+        assert!(RefundCallError::from(v2("REFUNDNOTEXIST")).is_not_found());
+    }
+
+    #[test]
+    fn v3_refund_answers_carry_their_status() {
+        let refund = |status: &str| wechat::pay::v3::Refund {
+            refund_id: "5030".into(),
+            out_refund_no: "R1".into(),
+            transaction_id: None,
+            out_trade_no: "O1".into(),
+            status: status.into(),
+            success_time: None,
+            amount: wechat::pay::v3::model::RefundAmount {
+                total: 100,
+                refund: 40,
+                payer_refund: None,
+                currency: None,
+            },
+        };
+        let seen = seen_v3(refund("PROCESSING")).unwrap();
+        assert_eq!(
+            (seen.status, seen.refund_fen, seen.out_trade_no.as_str()),
+            (WxRefundStatus::Processing, 40, "O1")
+        );
+        assert_eq!(
+            seen_v3(refund("ABNORMAL")).unwrap().status,
+            WxRefundStatus::Failed("ABNORMAL")
+        );
+        assert!(matches!(
+            seen_v3(refund("REFUNDED?")),
+            Err(RefundCallError::Unknown(_))
+        ));
+    }
 }

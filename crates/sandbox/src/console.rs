@@ -15,7 +15,7 @@ use actix_web::{HttpResponse, http::header, web};
 use serde::Deserialize;
 
 use crate::{
-    clock, console_actions,
+    console_actions,
     notify::NotifyRecord,
     order::{NotifyState, Order},
     refund::{Refund, RefundNotifyRecord, RefundStatus},
@@ -30,7 +30,6 @@ pub struct View<'a> {
     /// A copy of the Pay v3 world, taken before `state` is locked (never both locks at once).
     pub v3: &'a V3Snapshot,
     pub now: Instant,
-    pub now_ms: i64,
 }
 
 /// The v3 orders, refunds and notifies at page time.
@@ -88,7 +87,6 @@ pub async fn page(sandbox: web::Data<Sandbox>, query: web::Query<PageQuery>) -> 
         state: &state,
         v3: &v3,
         now: Instant::now(),
-        now_ms: clock::unix_ms(),
     };
     let mut body = String::new();
     for (title, render) in SECTIONS {
@@ -512,18 +510,6 @@ fn orders(view: &View) -> String {
     )
 }
 
-/// A v3 refund's status as `/v3/refund/domestic/refunds/{no}` answers it: PROCESSING until
-/// `SANDBOX_PAY_V3_REFUND_AFTER_MS` × time scale has passed, then SUCCESS.
-fn v3_refund_status(view: &View, r: &V3Refund) -> &'static str {
-    let v3 = &view.sandbox.v3;
-    let elapsed = (view.now_ms - r.created_at_ms) as f64;
-    if elapsed >= v3.refund_after_ms as f64 * v3.time_scale {
-        "SUCCESS"
-    } else {
-        "PROCESSING"
-    }
-}
-
 fn refund_status_cell(out_refund_no: &str, status: &str) -> String {
     format!(
         r#"<span class="refund-status" data-refund="{}">{}</span>"#,
@@ -603,21 +589,13 @@ fn v2_refund_cells(view: &View, r: &Refund) -> Vec<String> {
 }
 
 fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
-    // v3 notify records are filed by out_trade_no: these are the order's refund notifies.
     let records: Vec<Attempt> = view
         .v3
         .notifies
         .iter()
-        .filter(|n| n.out_trade_no == r.out_trade_no && n.event_type.starts_with("REFUND"))
+        .filter(|n| n.out_refund_no.as_deref() == Some(r.out_refund_no.as_str()))
         .map(Attempt::from)
         .collect();
-    let state = if records.iter().any(|n| n.accepted) {
-        "accepted"
-    } else if records.is_empty() {
-        "none"
-    } else {
-        "pending"
-    };
     vec![
         format!(
             r#"<code data-refund="{0}">{0}</code>"#,
@@ -626,8 +604,8 @@ fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
         "v3".to_owned(),
         format!("<code>{}</code>", esc(&r.out_trade_no)),
         format!("{} of {} fen", r.refund, r.total),
-        refund_status_cell(&r.out_refund_no, v3_refund_status(view, r)),
-        notify_cell(state, records.len() as u32, &records),
+        refund_status_cell(&r.out_refund_no, &r.status),
+        notify_cell(&r.notify_state, r.notify_attempts, &records),
         r#"<span class="empty">settles by itself (SANDBOX_PAY_V3_REFUND_AFTER_MS)</span>"#
             .to_owned(),
     ]

@@ -172,7 +172,7 @@ pub async fn pay(
     }
     let v3_order = sandbox.v3.state().prepay_ids.get(&form.prepay_id).cloned();
     if let Some(out_trade_no) = v3_order {
-        return match crate::v3::settle_v3_payment(&sandbox, &out_trade_no, form.outcome) {
+        return match crate::v3::settle_v3_payment(&sandbox, &out_trade_no, form.outcome, None) {
             Ok(_) => back(&paid_msg(form.outcome, &form.prepay_id)),
             Err(e) => back(&format!("refused: {e}")),
         };

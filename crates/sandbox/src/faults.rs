@@ -65,10 +65,14 @@ pub struct Faults {
     /// SANDBOX_REFUND_DELAY_MS.
     #[arg(long = "fault-refund-hold", env = "SANDBOX_FAULT_REFUND_HOLD", value_name = "SANDBOX_FAULT_REFUND_HOLD", default_value_t = false, action = clap::ArgAction::Set)]
     pub refund_hold: bool,
-    /// Run time only: refunds are accepted, then settle as CHANGE (failed; the money stays
-    /// with the merchant).
+    /// Run time only: refunds are accepted, then settle as CHANGE (v2) / ABNORMAL (v3): failed;
+    /// the money stays with the merchant.
     #[arg(skip)]
     pub refund_change: bool,
+    /// Run time only: refunds are accepted, then closed without refunding (v2 REFUNDCLOSE,
+    /// v3 CLOSED).
+    #[arg(skip)]
+    pub refund_close: bool,
     /// Run time only: refunds are refused with err_code NOTENOUGH (balance too low).
     #[arg(skip)]
     pub refund_not_enough: bool,

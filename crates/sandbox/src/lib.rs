@@ -90,6 +90,11 @@
 //! - `GET /sandbox/refunds[?out_trade_no=]`, `GET /sandbox/refunds/{out_refund_no}` → the
 //!   refunds as WeChat holds them (refund_status, requests, notify_state, notify_attempts);
 //!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request.
+//! - Pay v3 ([`v3`]): `GET /sandbox/v3/refunds[?out_trade_no=]`, `GET /sandbox/v3/refunds/
+//!   {out_refund_no}` (status, requests, notify_state), `GET /sandbox/v3/notifies[?out_trade_no=
+//!   |out_refund_no=]` (every v3 notify request with its four `Wechatpay-*` headers, so a test
+//!   can replay one), `GET /sandbox/v3/orders/{out_trade_no}`, `/sandbox/v3/faults`,
+//!   `POST /sandbox/v3/rotate`.
 //! - `GET /sandbox/faults`, `POST /sandbox/faults` (replaces the set), `DELETE /sandbox/faults`.
 //! - `GET /healthz` → `ok`.
 //!
@@ -118,11 +123,13 @@
 //!   "duplicate_notify": 3,          // each notify attempt is sent 3 times at once
 //!   "notify_wrong_total_fee": true, // notifies say total_fee + 1 (validly signed)
 //!   "notify_bad_signature": true,   // notifies are signed with a wrong key
-//!   "refund_change": true,          // refunds settle as CHANGE (failed) instead of SUCCESS
-//!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH
+//!   "refund_change": true,          // refunds settle as CHANGE / v3 ABNORMAL (failed), not SUCCESS
+//!   "refund_close": true,           // refunds settle as REFUNDCLOSE / v3 CLOSED
+//!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH / v3 403 NOT_ENOUGH
 //!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
 //!   "refund_hold": true,            // refunds stay PROCESSING until the console finishes them
-//!   (drop_notify also drops refund notifies; pay_system_error also fails refunds)
+//!   (all of these apply to v2 and v3 alike: drop_notify also drops refund notifies and v3
+//!   notifies; pay_system_error also fails refunds, on v3 as 500 SYSTEM_ERROR)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear
 //!   "path_prefix": "/pay/"          // only WeChat paths starting with this (and only they count)
 //! }

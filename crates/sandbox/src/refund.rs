@@ -398,6 +398,8 @@ async fn settle_and_notify(sandbox: &Sandbox, key: &RefundKey) {
         }
         if r.faults.refund_change {
             RefundStatus::Change
+        } else if r.faults.refund_close {
+            RefundStatus::RefundClose
         } else {
             RefundStatus::Success
         }

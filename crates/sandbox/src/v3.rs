@@ -8,13 +8,19 @@
 //! | `POST /v3/pay/transactions/jsapi` | `{"prepay_id"}`; the same prepay_id for an identical repeat; 403 `OUT_TRADE_NO_USED` for the same out_trade_no with other fields; 403 `ORDERPAID`; 400 `ORDER_CLOSED`; 400 `PARAM_ERROR` |
 //! | `GET /v3/pay/transactions/out-trade-no/{no}?mchid=` | the transaction; 404 `ORDER_NOT_EXIST` |
 //! | `POST /v3/pay/transactions/out-trade-no/{no}/close` `{"mchid"}` | 204; 403 `ORDERPAID` |
-//! | `POST /v3/refund/domestic/refunds` | the refund (`PROCESSING`, `SUCCESS` once `refund_after_ms` × time scale has passed); 403 `NOT_ENOUGH` (fault), 400 `INVALID_REQUEST` (more than refundable) |
-//! | `GET /v3/refund/domestic/refunds/{out_refund_no}` | the refund; 404 `RESOURCE_NOT_EXISTS` |
+//! | `POST /v3/refund/domestic/refunds` | the refund, `PROCESSING`; the same refund for a repeated out_refund_no; 400 `INVALID_REQUEST` (out_refund_no reused with other amounts, order unpaid, more than refundable), 404 `RESOURCE_NOT_EXISTS` (no such order), 403 `NOT_ENOUGH` and 500 `SYSTEM_ERROR` (faults) |
+//! | `GET /v3/refund/domestic/refunds/{out_refund_no}` | the refund: `PROCESSING`, then `SUCCESS` (or `ABNORMAL` / `CLOSED` by fault) after `refund_after_ms` × time scale; 404 `RESOURCE_NOT_EXISTS` |
+//!
+//! Once settled, a refund with a `notify_url` gets its `REFUND.SUCCESS` / `REFUND.ABNORMAL` /
+//! `REFUND.CLOSED` notify, encrypted and signed like the payment notify and retried on the same
+//! schedule (unless `drop_notify`).
 //! | `GET /v3/certificates` | certificate mode: the platform certificates, each encrypted (`associated_data` `certificate`) |
 //!
 //! Every request must carry a valid `WECHATPAY2-SHA256-RSA2048` Authorization by the merchant
 //! (401 `SIGN_ERROR` otherwise). Developer endpoints: `POST /sandbox/pay` pays v3 orders too
-//! (their notify is v3 JSON), `GET /sandbox/v3/orders/{out_trade_no}`, `GET /sandbox/v3/notifies`,
+//! (their notify is v3 JSON), `GET /sandbox/v3/orders/{out_trade_no}`, `GET /sandbox/v3/refunds`
+//! `[?out_trade_no=]`, `GET /sandbox/v3/refunds/{out_refund_no}`, `GET /sandbox/v3/notifies`
+//! `[?out_trade_no=|out_refund_no=]`,
 //! `GET|POST|DELETE /sandbox/v3/faults` ([`V3Faults`]), `POST /sandbox/v3/rotate` (certificate
 //! mode switches to certificate B; A stays listed and valid).
 
@@ -99,7 +105,7 @@ pub struct V3Faults {
     pub clock_skew_secs: i64,
     /// Notifies: flip a bit of the encrypted resource (still validly signed).
     pub tamper_ciphertext: bool,
-    /// Refunds answer 403 NOT_ENOUGH.
+    /// Refunds answer 403 NOT_ENOUGH (as the general `refund_not_enough` fault does).
     pub refund_not_enough: bool,
 }
 
@@ -126,17 +132,38 @@ pub struct V3Order {
     pub notify_attempts: u32,
 }
 
-/// A v3 refund.
+/// A v3 refund as WeChat keeps it (`GET /sandbox/v3/refunds/{out_refund_no}`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct V3Refund {
     pub refund_id: String,
     pub out_refund_no: String,
     pub out_trade_no: String,
     pub transaction_id: String,
+    pub mchid: String,
     pub refund: i64,
     pub total: i64,
+    pub reason: Option<String>,
     pub created_at_ms: i64,
     pub notify_url: Option<String>,
+    /// `PROCESSING`, then `SUCCESS`, `ABNORMAL` (fault `refund_change`) or `CLOSED` (fault
+    /// `refund_close`) after `SANDBOX_PAY_V3_REFUND_AFTER_MS` × the time scale.
+    pub status: String,
+    pub success_time: Option<String>,
+    /// How many refund requests named this out_refund_no (repeats answer the same refund).
+    pub requests: u32,
+    /// `none`, `pending`, `accepted`, `dropped` (fault `drop_notify`) or `gave_up`.
+    pub notify_state: String,
+    pub notify_attempts: u32,
+    /// The faults of the request that created it (they decide how it settles).
+    #[serde(skip)]
+    pub faults: crate::faults::Faults,
+}
+
+impl V3Refund {
+    /// Counts against the order's refundable amount (an ABNORMAL or CLOSED one does not).
+    pub fn holds_money(&self) -> bool {
+        matches!(self.status.as_str(), "PROCESSING" | "SUCCESS")
+    }
 }
 
 #[derive(Default)]

@@ -135,6 +135,12 @@ enum Seen {
         out_trade_no: String,
         total: Option<i64>,
     },
+    Refunded {
+        event_type: String,
+        out_refund_no: String,
+        refund_status: String,
+        refund: i64,
+    },
     Refused(NotifyError),
 }
 
@@ -162,16 +168,34 @@ impl Receiver {
                         let headers = SignatureHeaders::from_lookup(|name| {
                             req.headers().get(name).and_then(|v| v.to_str().ok())
                         });
-                        let result = match headers {
-                            Ok(h) => client.transaction_notify(&h, &body).await,
-                            Err(e) => Err(NotifyError::Verify(e)),
+                        let refund = serde_json::from_slice::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v["event_type"].as_str().map(str::to_owned))
+                            .filter(|e| e.starts_with("REFUND."));
+                        let result = match (headers, refund) {
+                            (Ok(h), Some(_)) => {
+                                client.refund_notify(&h, &body).await.map(|(opened, r)| {
+                                    Seen::Refunded {
+                                        event_type: opened.notification.event_type,
+                                        out_refund_no: r.out_refund_no,
+                                        refund_status: r.refund_status,
+                                        refund: r.amount.refund,
+                                    }
+                                })
+                            }
+                            (Ok(h), None) => {
+                                client.transaction_notify(&h, &body).await.map(|(_, tx)| {
+                                    Seen::Paid {
+                                        out_trade_no: tx.out_trade_no.clone(),
+                                        total: tx.total(),
+                                    }
+                                })
+                            }
+                            (Err(e), _) => Err(NotifyError::Verify(e)),
                         };
                         match result {
-                            Ok((_, tx)) => {
-                                log.lock().unwrap().push(Seen::Paid {
-                                    out_trade_no: tx.out_trade_no.clone(),
-                                    total: tx.total(),
-                                });
+                            Ok(seen) => {
+                                log.lock().unwrap().push(seen);
                                 HttpResponse::NoContent().finish()
                             }
                             Err(e) => {
@@ -546,6 +570,179 @@ async fn forged_or_tampered_notifies_are_refused_and_retried_until_clean() {
         // WeChat's schedule: the second attempt comes 15 s (× 0.001) after the first.
         let gap = records[1]["at_ms"].as_i64().unwrap() - records[0]["at_ms"].as_i64().unwrap();
         assert!(gap >= 15, "{gap} ms");
+    }
+}
+
+/// 申请退款 with a notify_url: once settled, WeChat sends REFUND.SUCCESS / REFUND.ABNORMAL /
+/// REFUND.CLOSED (signed, the refund encrypted with `refund_status`), and 查询单笔退款 answers
+/// the same status; drop_notify settles without a notify; NOT_ENOUGH and SYSTEM_ERROR refuse
+/// and record nothing.
+#[tokio::test]
+async fn refunds_settle_to_each_status_with_their_notify() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3RN0001", &receiver.url))
+        .await
+        .unwrap();
+    let (status, _) = post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
+    assert_eq!(status, 200);
+    receiver.wait_for(1).await;
+    let refund_req = |no: &str, fen| RefundRequest {
+        out_trade_no: "V3RN0001".into(),
+        out_refund_no: no.into(),
+        reason: Some("returned".into()),
+        notify_url: Some(receiver.url.clone()),
+        amount: RefundAmountRequest {
+            refund: fen,
+            total: 321,
+            currency: "CNY".into(),
+        },
+    };
+    let sbr = &sb;
+    let faults = |f: Value| async move {
+        let (status, answer) = post(sbr, "/sandbox/faults", f).await;
+        assert_eq!(status, 200, "{answer}");
+    };
+    let mut expected = Vec::new();
+    for (no, fault, status) in [
+        ("V3RN-ok", json!({}), "SUCCESS"),
+        ("V3RN-abnormal", json!({"refund_change": true}), "ABNORMAL"),
+        ("V3RN-closed", json!({"refund_close": true}), "CLOSED"),
+    ] {
+        faults(fault).await;
+        let r = client.refund(&refund_req(no, 10)).await.unwrap();
+        assert_eq!(r.status, "PROCESSING", "{no}");
+        expected.push((format!("REFUND.{status}"), no.to_owned(), status.to_owned()));
+    }
+    faults(json!({})).await;
+    let seen = receiver.wait_for(4).await;
+    let mut refunds: Vec<(String, String, String)> = seen[1..]
+        .iter()
+        .map(|s| match s {
+            Seen::Refunded {
+                event_type,
+                out_refund_no,
+                refund_status,
+                refund,
+            } => {
+                assert_eq!(*refund, 10);
+                (
+                    event_type.clone(),
+                    out_refund_no.clone(),
+                    refund_status.clone(),
+                )
+            }
+            other => panic!("not a refund notify: {other:?}"),
+        })
+        .collect();
+    refunds.sort();
+    expected.sort();
+    assert_eq!(refunds, expected);
+    for (_, no, status) in &expected {
+        let q = client.query_refund(no).await.unwrap();
+        assert_eq!(&q.status, status, "{no}");
+        assert_eq!(q.success_time.is_some(), status == "SUCCESS", "{no}");
+    }
+    // Each notify is filed under its refund.
+    let records = get(&sb, "/sandbox/v3/notifies?out_refund_no=V3RN-ok").await;
+    assert_eq!(records.as_array().map(Vec::len), Some(1), "{records}");
+    assert_eq!(records[0]["event_type"], "REFUND.SUCCESS");
+
+    // A repeat of the same out_refund_no answers the same refund and is counted.
+    let again = client.refund(&refund_req("V3RN-ok", 10)).await.unwrap();
+    assert_eq!(again.status, "SUCCESS");
+    assert_eq!(get(&sb, "/sandbox/v3/refunds/V3RN-ok").await["requests"], 2);
+
+    // drop_notify: settled at WeChat, never notified.
+    faults(json!({"drop_notify": true})).await;
+    client.refund(&refund_req("V3RN-quiet", 10)).await.unwrap();
+    let mut settled = Value::Null;
+    for _ in 0..500 {
+        settled = get(&sb, "/sandbox/v3/refunds/V3RN-quiet").await;
+        if settled["status"] == "SUCCESS" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(settled["status"], "SUCCESS", "{settled}");
+    assert_eq!(settled["notify_state"], "dropped");
+
+    // A refund notify the merchant refuses (here: tampered in transit) is sent again on
+    // WeChat's schedule until it is answered 204.
+    faults(json!({})).await;
+    let (status, _) = post(
+        &sb,
+        "/sandbox/v3/faults",
+        json!({"tamper_ciphertext": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    client.refund(&refund_req("V3RN-retry", 10)).await.unwrap();
+    let notifies = "/sandbox/v3/notifies?out_refund_no=V3RN-retry";
+    let mut records = Value::Null;
+    for _ in 0..500 {
+        records = get(&sb, notifies).await;
+        if records.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(records[0]["accepted"], false, "{records}");
+    assert_eq!(records[0]["faults"], json!(["tamper_ciphertext"]));
+    let (status, _) = post(&sb, "/sandbox/v3/faults", json!({})).await;
+    assert_eq!(status, 200);
+    let mut refund = Value::Null;
+    for _ in 0..500 {
+        refund = get(&sb, "/sandbox/v3/refunds/V3RN-retry").await;
+        if refund["notify_state"] == "accepted" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(refund["notify_state"], "accepted", "{refund}");
+    let records = get(&sb, notifies).await;
+    let records = records.as_array().unwrap();
+    assert!(records.len() >= 2, "{records:?}");
+    assert_eq!(records.last().unwrap()["accepted"], true);
+
+    // Refusals record nothing.
+    faults(json!({"refund_not_enough": true})).await;
+    let err = client
+        .refund(&refund_req("V3RN-poor", 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOT_ENOUGH"));
+    faults(json!({"pay_system_error": true})).await;
+    let err = client
+        .refund(&refund_req("V3RN-busy", 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("SYSTEM_ERROR"));
+    assert!(err.is_retryable());
+    faults(json!({})).await;
+    let listed = get(&sb, "/sandbox/v3/refunds?out_trade_no=V3RN0001").await;
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["out_refund_no"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(!listed.contains(&"V3RN-poor") && !listed.contains(&"V3RN-busy"));
+    // The console lists them with their status.
+    let page = http()
+        .get(sb.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refunds = &page[page.find("<h2>Refunds</h2>").expect("a Refunds section")..];
+    for shown in ["V3RN-abnormal", "ABNORMAL", "V3RN-quiet", "dropped"] {
+        assert!(refunds.contains(shown), "{shown} in {refunds}");
     }
 }
 

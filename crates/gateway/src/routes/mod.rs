@@ -31,6 +31,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::resource("/pay/refund-notify").route(web::post().to(refund_notify::refund_notify)),
         )
         .service(web::resource("/pay/notify/v3").route(web::post().to(notify::pay_notify_v3)))
+        .service(
+            web::resource("/pay/refund-notify/v3")
+                .route(web::post().to(refund_notify::refund_notify_v3)),
+        )
         .service(web::resource(["/pay/", "/pay"]).route(web::post().to(pay::pay)))
         .service(web::resource("/orders/{order_no}").route(web::get().to(pay::order)))
         .service(web::resource(["/products", "/products/"]).route(web::get().to(pay::products)))

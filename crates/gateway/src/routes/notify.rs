@@ -13,7 +13,9 @@
 //! and a genuine notify is never refused, whoever shares its address (a proxy, a NAT).
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use wxmp_proto::pay::v1::{HandlePayNotifyRequest, HandlePayNotifyV3Request};
+use wxmp_proto::pay::v1::{
+    HandlePayNotifyRequest, HandlePayNotifyV3Request, HandleRefundNotifyV3Request,
+};
 
 use super::notify_body::{read_bounded, upstream_failure};
 use crate::{envelope::Formatted, extract, request_id::RequestId, server::AppState};
@@ -156,6 +158,34 @@ pub async fn pay_notify_v3(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
+    relay_v3(state, request_id, req, payload, V3Notify::Payment).await
+}
+
+/// Which v3 notify a relay carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum V3Notify {
+    /// `TRANSACTION.*` → pay.HandlePayNotifyV3.
+    Payment,
+    /// `REFUND.*` → pay.HandleRefundNotifyV3.
+    Refund,
+}
+
+/// What pay-service answered a v3 notify.
+struct V3Answer {
+    accepted: bool,
+    verdict: String,
+    message: String,
+}
+
+/// Relays one v3 notify: bound the body, pass it with the four `Wechatpay-*` headers to
+/// pay-service, answer 204 or `{"code":"FAIL","message"}` (503 when WeChat should retry soon).
+pub(crate) async fn relay_v3(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+    kind: V3Notify,
+) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
     // A v3 notify is never refused by the limiter (a genuine one must always pass, and its
@@ -171,26 +201,66 @@ pub async fn pay_notify_v3(
         Ok(body) => body,
         Err(e) => return fail_v3(e.status(), &e.to_string()),
     };
+    let raw_body = body.to_vec();
+    let (timestamp, nonce, signature, serial) = (
+        header("Wechatpay-Timestamp"),
+        header("Wechatpay-Nonce"),
+        header("Wechatpay-Signature"),
+        header("Wechatpay-Serial"),
+    );
     let upstreams = &state.upstreams;
-    let outcome = upstreams
-        .pay()
-        .handle_pay_notify_v3(upstreams.request(
-            &request_id,
-            HandlePayNotifyV3Request {
-                raw_body: body.to_vec(),
-                timestamp: header("Wechatpay-Timestamp"),
-                nonce: header("Wechatpay-Nonce"),
-                signature: header("Wechatpay-Signature"),
-                serial: header("Wechatpay-Serial"),
-            },
-        ))
-        .await;
+    let (what, metric) = match kind {
+        V3Notify::Payment => ("v3 pay notify", "wxmp_pay_notify_total"),
+        V3Notify::Refund => ("v3 refund notify", "wxmp_refund_notify_total"),
+    };
+    let outcome = match kind {
+        V3Notify::Payment => upstreams
+            .pay()
+            .handle_pay_notify_v3(upstreams.request(
+                &request_id,
+                HandlePayNotifyV3Request {
+                    raw_body,
+                    timestamp,
+                    nonce,
+                    signature,
+                    serial,
+                },
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                V3Answer {
+                    accepted: r.accepted,
+                    verdict: r.verdict,
+                    message: r.message,
+                }
+            }),
+        V3Notify::Refund => upstreams
+            .pay()
+            .handle_refund_notify_v3(upstreams.request(
+                &request_id,
+                HandleRefundNotifyV3Request {
+                    raw_body,
+                    timestamp,
+                    nonce,
+                    signature,
+                    serial,
+                },
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                V3Answer {
+                    accepted: r.accepted,
+                    verdict: r.verdict,
+                    message: r.message,
+                }
+            }),
+    };
     match outcome {
         Ok(response) => {
-            let response = response.into_inner();
-            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "v3 pay notify");
-            metrics::counter!("wxmp_pay_notify_total", "verdict" => response.verdict.clone())
-                .increment(1);
+            tracing::info!(verdict = %response.verdict, accepted = response.accepted, "{what}");
+            metrics::counter!(metric, "verdict" => response.verdict.clone()).increment(1);
             if response.accepted {
                 return accepted_v3();
             }
@@ -204,9 +274,6 @@ pub async fn pay_notify_v3(
             }
             fail_v3(StatusCode::BAD_REQUEST, &response.message)
         }
-        Err(status) => fail_v3(
-            upstream_failure(&status, "v3 pay notify"),
-            "temporarily unavailable",
-        ),
+        Err(status) => fail_v3(upstream_failure(&status, what), "temporarily unavailable"),
     }
 }

@@ -2,12 +2,15 @@
 //! signature: pay-service decrypts `req_info` (AES-256-ECB under md5 of the pay key) and
 //! trusts it only when it matches a refund we asked for. The gateway bounds the body and
 //! relays the reply.
+//!
+//! `POST /pay/refund-notify/v3`: the v3 refund notify (JSON, signed like every v3 notify,
+//! AES-256-GCM resource), relayed like `/pay/notify/v3` to pay.HandleRefundNotifyV3.
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use wxmp_proto::pay::v1::HandleRefundNotifyRequest;
 
 use super::{
-    notify::{fail, xml},
+    notify::{V3Notify, fail, relay_v3, xml},
     notify_body::{read_bounded, upstream_failure},
 };
 use crate::{request_id::RequestId, server::AppState};
@@ -60,4 +63,32 @@ pub async fn refund_notify(
             "temporarily unavailable",
         ),
     }
+}
+
+/// `POST /pay/refund-notify/v3`: WeChat Pay v3's refund notify (`REFUND.SUCCESS`,
+/// `REFUND.ABNORMAL`, `REFUND.CLOSED`), relayed with its four `Wechatpay-*` headers.
+#[utoipa::path(post, path = "/pay/refund-notify/v3", tag = "wechat",
+    summary = "WeChat Pay v3 refund notify (pay.HandleRefundNotifyV3); WeChat's, not the mini program's",
+    description = "v3 refunds send their notify to `PAY_REFUND_NOTIFY_URL` + `/v3`, i.e. here. JSON with an AES-256-GCM encrypted `resource` (the refund: out_refund_no, out_trade_no, refund_status, amount), signed in the `Wechatpay-Timestamp`, `-Nonce`, `-Signature` and `-Serial` headers: the signature is the credential; the refund must then match ours (identity and amounts). At most 64 KiB. Not enveloped.",
+    request_body(content = String, content_type = "application/json", description = "WeChat's v3 refund notify"),
+    params(
+        ("Wechatpay-Timestamp" = String, Header, description = "Unix seconds; refused outside ±5 minutes"),
+        ("Wechatpay-Nonce" = String, Header, description = "Random string of the signature"),
+        ("Wechatpay-Signature" = String, Header, description = "base64 SHA256withRSA over timestamp, nonce and body"),
+        ("Wechatpay-Serial" = String, Header, description = "PUB_KEY_ID_… or the platform certificate's serial"),
+    ),
+    responses(
+        (status = 204, description = "accepted (settled now or before)"),
+        (status = 400, description = "`{\"code\":\"FAIL\",\"message\"}`: refused (signature, clock, ciphertext, unknown or mismatched refund...), or an unreadable body", body = String, content_type = "application/json"),
+        (status = 413, description = "`{\"code\":\"FAIL\"}`: body too large", body = String, content_type = "application/json"),
+        (status = 500, description = "`{\"code\":\"FAIL\"}`: internal error; WeChat retries", body = String, content_type = "application/json"),
+        (status = 503, description = "`{\"code\":\"FAIL\"}`: pay-service unavailable; WeChat retries", body = String, content_type = "application/json"),
+    ))]
+pub async fn refund_notify_v3(
+    state: web::Data<AppState>,
+    request_id: RequestId,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    relay_v3(state, request_id, req, payload, V3Notify::Refund).await
 }

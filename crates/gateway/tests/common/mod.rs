@@ -22,9 +22,10 @@ use wxmp_proto::{
         GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
         HandlePayNotifyRequest, HandlePayNotifyResponse, HandlePayNotifyV3Request,
         HandlePayNotifyV3Response, HandleRefundNotifyRequest, HandleRefundNotifyResponse,
-        JsapiParams, ListProductsRequest, ListProductsResponse, ListRefundsRequest,
-        ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
-        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
+        HandleRefundNotifyV3Request, HandleRefundNotifyV3Response, JsapiParams,
+        ListProductsRequest, ListProductsResponse, ListRefundsRequest, ListRefundsResponse, Order,
+        OrderState, PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
+        RefundRequest, RefundResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -371,6 +372,33 @@ impl PayService for FakePay {
         );
         let accepted = r.signature == "good";
         Ok(Response::new(HandlePayNotifyV3Response {
+            accepted,
+            verdict: if accepted { "applied" } else { "bad_signature" }.into(),
+            message: if accepted {
+                String::new()
+            } else {
+                "bad_signature".into()
+            },
+        }))
+    }
+
+    /// As [`handle_pay_notify_v3`](Self::handle_pay_notify_v3), for v3 refund notifies.
+    async fn handle_refund_notify_v3(
+        &self,
+        req: Request<HandleRefundNotifyV3Request>,
+    ) -> Result<Response<HandleRefundNotifyV3Response>, Status> {
+        let r = req.get_ref().clone();
+        let body = String::from_utf8_lossy(&r.raw_body).into_owned();
+        self.0.record(
+            "handle_refund_notify_v3",
+            &req,
+            format!(
+                "{}|{}|{}|{}|{body}",
+                r.timestamp, r.nonce, r.signature, r.serial
+            ),
+        );
+        let accepted = r.signature == "good";
+        Ok(Response::new(HandleRefundNotifyV3Response {
             accepted,
             verdict: if accepted { "applied" } else { "bad_signature" }.into(),
             message: if accepted {

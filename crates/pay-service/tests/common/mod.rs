@@ -62,6 +62,117 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The WeChat Pay API a test runs on, with what differs between them in WeChat's own words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    V2,
+    V3,
+}
+
+impl Api {
+    /// As stored in `orders.api` / `refunds.api`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::V2 => "v2",
+            Api::V3 => "v3",
+        }
+    }
+
+    /// The WeChat path prefix of the refund calls (for `path_prefix` faults).
+    pub fn refund_path(self) -> &'static str {
+        match self {
+            Api::V2 => "/secapi/",
+            Api::V3 => "/v3/refund/",
+        }
+    }
+
+    /// WeChat's word for a refund that failed after acceptance (the money stayed with the
+    /// merchant): v2 refund_status CHANGE, v3 status ABNORMAL.
+    pub fn abnormal(self) -> &'static str {
+        match self {
+            Api::V2 => "CHANGE",
+            Api::V3 => "ABNORMAL",
+        }
+    }
+
+    /// WeChat's word for a refund closed without refunding.
+    pub fn closed(self) -> &'static str {
+        match self {
+            Api::V2 => "REFUNDCLOSE",
+            Api::V3 => "CLOSED",
+        }
+    }
+
+    /// WeChat's code for "the merchant's balance cannot cover the refund".
+    pub fn not_enough(self) -> &'static str {
+        match self {
+            Api::V2 => "NOTENOUGH",
+            Api::V3 => "NOT_ENOUGH",
+        }
+    }
+}
+
+/// Runs each named `async fn(Backend, Api)` of the enclosing file on both back ends and both
+/// WeChat Pay APIs: the same assertions four times.
+#[macro_export]
+macro_rules! on_both_backends_and_apis {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_v2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres, $crate::common::Api::V2).await
+                }
+            )*
+        }
+        mod sqlite_v2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite, $crate::common::Api::V2).await
+                }
+            )*
+        }
+        mod postgres_v3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres, $crate::common::Api::V3).await
+                }
+            )*
+        }
+        mod sqlite_v3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite, $crate::common::Api::V3).await
+                }
+            )*
+        }
+    };
+}
+
+/// Pay v3 with the sandbox's dev keys (public-key mode), written to `dir` as a merchant has
+/// them; `api` is what new orders are placed with.
+pub fn v3_config(dir: &std::path::Path, api: Api) -> pay_service::config::PayV3Config {
+    use sandbox::v3::dev;
+    let key = dir.join("v3_merchant_key.pem");
+    let public = dir.join("v3_wechatpay_pub.pem");
+    std::fs::write(&key, dev::MERCHANT_PRIVATE_KEY).unwrap();
+    std::fs::write(&public, dev::WECHATPAY_PUBLIC_KEY).unwrap();
+    pay_service::config::PayV3Config {
+        api: match api {
+            Api::V2 => pay_service::config::PayApi::V2,
+            Api::V3 => pay_service::config::PayApi::V3,
+        },
+        v3_key: Some(Secret::new(dev::APIV3_KEY)),
+        private_key_path: Some(key),
+        cert_serial: Some(dev::MERCHANT_SERIAL.into()),
+        public_key_path: Some(public),
+        public_key_id: Some(dev::PUBLIC_KEY_ID.into()),
+    }
+}
+
 /// A stand-in for the gateway's `POST /pay/notify`: records every body, and (when forwarding)
 /// passes it to HandlePayNotify and answers with its XML; otherwise answers HTTP 503, so the
 /// sandbox keeps the notify for a later retry.
@@ -113,7 +224,20 @@ impl Receiver {
                 break i + 4;
             }
         };
-        let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+        let original_head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+        let head = original_head.to_ascii_lowercase();
+        // A header's value as sent (the v3 signature is case-sensitive base64).
+        let header = |name: &str| -> String {
+            original_head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_default()
+        };
         let length: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -129,6 +253,66 @@ impl Receiver {
         let body = buf[header_end..].to_vec();
         self.bodies.lock().unwrap().push(body.clone());
         let refund = head.starts_with("post /pay/refund-notify");
+        let v3 = head.starts_with("post /pay/notify/v3 ")
+            || head.starts_with("post /pay/refund-notify/v3 ");
+        if v3 {
+            let forward = self.forward.load(Ordering::SeqCst);
+            let (status, reply) = if !forward {
+                ("503 Service Unavailable", String::new())
+            } else {
+                let (timestamp, nonce, signature, serial) = (
+                    header("wechatpay-timestamp"),
+                    header("wechatpay-nonce"),
+                    header("wechatpay-signature"),
+                    header("wechatpay-serial"),
+                );
+                let (accepted, message) = if refund {
+                    let r = PayService::handle_refund_notify_v3(
+                        &payments,
+                        Request::new(pb::HandleRefundNotifyV3Request {
+                            raw_body: body,
+                            timestamp,
+                            nonce,
+                            signature,
+                            serial,
+                        }),
+                    )
+                    .await
+                    .map(|r| r.into_inner())
+                    .unwrap_or_default();
+                    (r.accepted, r.message)
+                } else {
+                    let r = PayService::handle_pay_notify_v3(
+                        &payments,
+                        Request::new(pb::HandlePayNotifyV3Request {
+                            raw_body: body,
+                            timestamp,
+                            nonce,
+                            signature,
+                            serial,
+                        }),
+                    )
+                    .await
+                    .map(|r| r.into_inner())
+                    .unwrap_or_default();
+                    (r.accepted, r.message)
+                };
+                if accepted {
+                    ("204 No Content", String::new())
+                } else {
+                    (
+                        "400 Bad Request",
+                        serde_json::json!({"code": "FAIL", "message": message}).to_string(),
+                    )
+                }
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+            return stream.shutdown().await;
+        }
         let (status, reply) = if self.forward.load(Ordering::SeqCst) && refund {
             let reply = PayService::handle_refund_notify(
                 &payments,
@@ -165,6 +349,8 @@ impl Receiver {
 
 pub struct Env {
     pub pay: Payments,
+    /// The API new orders are placed with.
+    pub api: Api,
     pub config: Config,
     pub sandbox: SandboxHandle,
     pub receiver: Receiver,
@@ -242,16 +428,34 @@ impl Env {
     /// A core with refunds on: the sandbox's dev merchant certificate in files, its secapi
     /// port, refunds settling after 50 ms and notify retries in milliseconds.
     pub async fn refunding(backend: Backend) -> Self {
+        Self::refunding_on(backend, Api::V2).await
+    }
+
+    /// [`Env::refunding`] with new orders placed on `api` (v3: the sandbox's dev keys in
+    /// public-key mode; v2's certificate stays configured either way).
+    pub async fn refunding_on(backend: Backend, api: Api) -> Self {
         let mut sandbox = sandbox::Config::dev();
         sandbox.refund_delay_ms = 50;
         sandbox.notify_time_scale = 0.001;
-        Self::with_sandbox(backend, sandbox, true, |_| {}).await
+        // v3 refunds settle after refund_after_ms × the time scale.
+        sandbox.pay_v3.refund_after_ms = 50_000;
+        Self::with_sandbox_on(backend, sandbox, true, api, |_| {}).await
     }
 
     pub async fn with_sandbox(
         backend: Backend,
         sandbox_config: sandbox::Config,
         refunds: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::with_sandbox_on(backend, sandbox_config, refunds, Api::V2, tweak).await
+    }
+
+    pub async fn with_sandbox_on(
+        backend: Backend,
+        sandbox_config: sandbox::Config,
+        refunds: bool,
+        api: Api,
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
         service_kit::telemetry::init_tracing(LogFormat::Pretty);
@@ -262,6 +466,9 @@ impl Env {
         if refunds {
             sandbox.pki.write_to(certs.path()).unwrap();
             config.refunds = refund_config(certs.path(), &sandbox);
+        }
+        if api == Api::V3 {
+            config.v3 = v3_config(certs.path(), api);
         }
         tweak(&mut config);
         let clock = Clock::system();
@@ -276,6 +483,7 @@ impl Env {
         let pay = Payments::new(&config, notified.database().clone(), clock.clone()).unwrap();
         Self {
             pay,
+            api,
             config,
             sandbox,
             receiver,
@@ -284,6 +492,19 @@ impl Env {
             _dir: dir,
             _certs: certs,
         }
+    }
+
+    /// Another core on the same database, configured as `tweak` says (e.g. a restart with
+    /// another `WXMP_PAY_API`).
+    pub fn replica_with(&self, tweak: impl FnOnce(&mut Config)) -> Payments {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        Payments::new(&config, self.pay.database().clone(), self.clock.clone()).unwrap()
+    }
+
+    /// Where the v3 dev keys and the v2 certificate files are.
+    pub fn keys_dir(&self) -> &std::path::Path {
+        self._certs.path()
     }
 
     /// Another core on the same database (another replica).

@@ -363,30 +363,44 @@ async fn close(
     }
 }
 
-fn refund_json(v3: &V3, r: &V3Refund) -> Value {
-    let elapsed = clock::unix_ms() - r.created_at_ms;
-    let done = elapsed as f64 >= v3.refund_after_ms as f64 * v3_time_scale(v3);
+/// A refund as 申请退款 and 查询单笔退款 answer it (`GET /v3/refund/domestic/refunds/
+/// {out_refund_no}`, e.g. <https://pay.wechatpay.cn/doc/v3/partner/4012760530>: `status`
+/// SUCCESS, CLOSED, PROCESSING, ABNORMAL; `success_time` once SUCCESS; the money usually
+/// arrives within minutes, so a refund is PROCESSING first).
+fn refund_json(r: &V3Refund) -> Value {
     let mut out = json!({
         "refund_id": r.refund_id, "out_refund_no": r.out_refund_no,
         "transaction_id": r.transaction_id, "out_trade_no": r.out_trade_no,
         "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
         "create_time": rfc3339_ms(r.created_at_ms),
-        "status": if done { "SUCCESS" } else { "PROCESSING" },
+        "status": r.status,
         "funds_account": "AVAILABLE",
         "amount": { "total": r.total, "refund": r.refund, "payer_total": r.total,
                     "payer_refund": r.refund, "settlement_total": r.total,
                     "settlement_refund": r.refund, "discount_refund": 0, "currency": "CNY" },
     });
-    if done {
-        out["success_time"] = json!(rfc3339_ms(
-            r.created_at_ms + (v3.refund_after_ms as f64 * v3_time_scale(v3)) as i64
-        ));
+    if let Some(t) = &r.success_time {
+        out["success_time"] = json!(t);
     }
     out
 }
 
-fn v3_time_scale(v3: &V3) -> f64 {
-    v3.time_scale
+/// The decrypted resource of a refund notify (退款结果通知,
+/// <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>): `mchid`, the four ids,
+/// `refund_status` (not `status`), `success_time` once SUCCESS, `user_received_account`, and
+/// `amount` {total, refund, payer_total, payer_refund}.
+fn refund_notice(r: &V3Refund) -> Value {
+    let mut out = json!({
+        "mchid": r.mchid, "out_trade_no": r.out_trade_no, "transaction_id": r.transaction_id,
+        "out_refund_no": r.out_refund_no, "refund_id": r.refund_id,
+        "refund_status": r.status, "user_received_account": "支付用户零钱",
+        "amount": { "total": r.total, "refund": r.refund, "payer_total": r.total,
+                    "payer_refund": r.refund },
+    });
+    if let Some(t) = &r.success_time {
+        out["success_time"] = json!(t);
+    }
+    out
 }
 
 pub(crate) fn rfc3339_ms(ms: i64) -> String {
@@ -398,11 +412,29 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 }
 
 async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes) -> HttpResponse {
-    if let Err(resp) = authenticate(&sandbox, &req, &body) {
-        return *resp;
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let faults = faults::of_request(&req);
+    let answer = create_refund(&sandbox, mchid, &body, &faults);
+    if faults.refund_reply_delay_ms > 0 {
+        // Recorded, then the answer is lost (a crash, a timeout): the merchant must ask again
+        // with the same out_refund_no.
+        tokio::time::sleep(Duration::from_millis(faults.refund_reply_delay_ms)).await;
     }
+    answer
+}
+
+/// 申请退款: validates, records (or finds) the refund and schedules its settlement.
+fn create_refund(
+    sandbox: &web::Data<Sandbox>,
+    mchid: String,
+    body: &[u8],
+    faults: &crate::faults::Faults,
+) -> HttpResponse {
     let v3 = &sandbox.v3;
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
         return param_error(v3, "输入源“/body”映射到值失败");
     };
     let (Some(out_trade_no), Some(out_refund_no)) = (
@@ -411,8 +443,19 @@ async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes)
     ) else {
         return param_error(v3, "out_trade_no 与 out_refund_no 为必填");
     };
-    if !valid_out_no(out_refund_no) {
+    if out_refund_no.len() > 64
+        || !out_refund_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
+    {
         return param_error(v3, "out_refund_no 格式错误");
+    }
+    if str_field(&request, "reason").is_some_and(|r| r.chars().count() > 80) {
+        return param_error(v3, "reason 长度超过80");
+    }
+    let notify_url = str_field(&request, "notify_url");
+    if notify_url.is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
+        return param_error(v3, "notify_url 格式错误");
     }
     let amount = |name: &str| {
         request
@@ -421,49 +464,73 @@ async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes)
             .unwrap_or(0)
     };
     let (refund_fen, total) = (amount("refund"), amount("total"));
-    if v3.state().faults.refund_not_enough {
-        return error(v3, 403, "NOT_ENOUGH", "基本账户余额不足，请充值后重新发起");
+    if refund_fen <= 0 || total <= 0 {
+        return param_error(v3, "amount.refund 与 amount.total 须为正整数(分)");
     }
     let mut state = v3.state();
-    if let Some(existing) = state.refunds.get(out_refund_no).cloned() {
-        drop(state);
-        if existing.out_trade_no != out_trade_no || existing.refund != refund_fen {
+    if let Some(existing) = state.refunds.get_mut(out_refund_no) {
+        // The merchant's key: the same request answers the same refund.
+        if existing.out_trade_no != out_trade_no
+            || existing.refund != refund_fen
+            || existing.total != total
+        {
+            drop(state);
             return error(v3, 400, "INVALID_REQUEST", "退款单号已用于其他退款");
         }
-        return signed(v3, StatusCode::OK, refund_json(v3, &existing).to_string());
+        existing.requests += 1;
+        let answer = refund_json(existing);
+        drop(state);
+        return signed(v3, StatusCode::OK, answer.to_string());
     }
     let Some(order) = state.orders.get(out_trade_no).cloned() else {
         drop(state);
         return error(v3, 404, "RESOURCE_NOT_EXISTS", "订单不存在");
     };
+    if order.mchid != mchid {
+        drop(state);
+        return error(v3, 404, "RESOURCE_NOT_EXISTS", "订单不存在");
+    }
     if !matches!(order.trade_state.as_str(), "SUCCESS" | "REFUND") {
         drop(state);
-        return error(v3, 400, "INVALID_REQUEST", "订单未支付");
+        return error(v3, 400, "INVALID_REQUEST", "订单未支付，不能发起退款");
     }
-    if total != order.total || refund_fen <= 0 {
+    if total != order.total {
         drop(state);
-        return param_error(v3, "amount.total 须等于订单金额, amount.refund 须为正");
+        return param_error(v3, "amount.total 须等于订单金额");
     }
-    let refunded: i64 = state
+    let held: i64 = state
         .refunds
         .values()
-        .filter(|r| r.out_trade_no == out_trade_no)
+        .filter(|r| r.out_trade_no == out_trade_no && r.holds_money())
         .map(|r| r.refund)
         .sum();
-    if refunded + refund_fen > order.total {
+    if held + refund_fen > order.total {
         drop(state);
         return error(v3, 400, "INVALID_REQUEST", "申请退款金额超过订单可退金额");
     }
+    if faults.refund_not_enough || state.faults.refund_not_enough {
+        drop(state);
+        return error(v3, 403, "NOT_ENOUGH", "基本账户余额不足，请充值后重新发起");
+    }
     let record = V3Refund {
-        refund_id: format!("5030{}", &ids::transaction_id()[4..]),
+        refund_id: ids::refund_id(),
         out_refund_no: out_refund_no.to_owned(),
         out_trade_no: out_trade_no.to_owned(),
         transaction_id: order.transaction_id.clone().unwrap_or_default(),
+        mchid,
         refund: refund_fen,
         total,
+        reason: str_field(&request, "reason").map(str::to_owned),
         created_at_ms: clock::unix_ms(),
-        notify_url: str_field(&request, "notify_url").map(str::to_owned),
+        notify_url: notify_url.map(str::to_owned),
+        status: "PROCESSING".into(),
+        success_time: None,
+        requests: 1,
+        notify_state: "none".into(),
+        notify_attempts: 0,
+        faults: faults.clone(),
     };
+    let answer = refund_json(&record);
     state
         .refunds
         .insert(out_refund_no.to_owned(), record.clone());
@@ -471,26 +538,73 @@ async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes)
         o.trade_state = "REFUND".into();
     }
     drop(state);
-    let answer = refund_json(v3, &record);
-    if let Some(url) = &record.notify_url {
-        let delay = Duration::from_secs_f64(v3.refund_after_ms as f64 * v3.time_scale / 1000.0);
-        let mut plaintext = answer.clone();
-        plaintext["status"] = json!("SUCCESS");
-        plaintext["refund_status"] = json!("SUCCESS");
-        notify::spawn(
-            Arc::clone(&sandbox.clone().into_inner()),
-            Job {
-                key: record.out_trade_no.clone(),
-                url: url.clone(),
-                event_type: "REFUND.SUCCESS",
-                summary: "退款成功",
-                original_type: "refund",
-                plaintext,
-                delay,
-            },
-        );
-    }
+    let sandbox = Arc::clone(&sandbox.clone().into_inner());
+    let runtime = sandbox.runtime.clone();
+    runtime.spawn(async move {
+        let shutdown = sandbox.shutdown.clone();
+        tokio::select! {
+            _ = settle(&sandbox, &record.out_refund_no) => {}
+            _ = shutdown.wait() => {}
+        }
+    });
     signed(v3, StatusCode::OK, answer.to_string())
+}
+
+/// After `refund_after_ms` × the time scale: SUCCESS (ABNORMAL with `refund_change`, CLOSED
+/// with `refund_close`), then the refund notify to its `notify_url` (none with
+/// `drop_notify`, from the creating request or set now).
+async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
+    let v3 = &sandbox.v3;
+    let delay = Duration::from_secs_f64(v3.refund_after_ms as f64 * v3.time_scale / 1000.0);
+    tokio::time::sleep(delay).await;
+    let drop_now = sandbox.current_faults().drop_notify;
+    let notice = {
+        let mut state = v3.state();
+        let Some(r) = state.refunds.get_mut(out_refund_no) else {
+            return;
+        };
+        if r.faults.refund_change {
+            r.status = "ABNORMAL".into();
+        } else if r.faults.refund_close {
+            r.status = "CLOSED".into();
+        } else {
+            r.status = "SUCCESS".into();
+            r.success_time = Some(rfc3339_ms(clock::unix_ms()));
+        }
+        match &r.notify_url {
+            None => None,
+            Some(_) if r.faults.drop_notify || drop_now => {
+                r.notify_state = "dropped".into();
+                None
+            }
+            Some(url) => {
+                r.notify_state = "pending".into();
+                Some((url.clone(), r.clone()))
+            }
+        }
+    };
+    tracing::info!(out_refund_no, "sandbox v3 refund settled");
+    let Some((url, r)) = notice else {
+        return;
+    };
+    let (event_type, summary) = match r.status.as_str() {
+        "SUCCESS" => ("REFUND.SUCCESS", "退款成功"),
+        "ABNORMAL" => ("REFUND.ABNORMAL", "退款异常"),
+        _ => ("REFUND.CLOSED", "退款关闭"),
+    };
+    notify::spawn(
+        Arc::clone(sandbox),
+        Job {
+            key: r.out_trade_no.clone(),
+            refund: Some(r.out_refund_no.clone()),
+            url,
+            event_type,
+            summary,
+            original_type: "refund",
+            plaintext: refund_notice(&r),
+            delay: Duration::ZERO,
+        },
+    );
 }
 
 async fn refund_query(
@@ -499,13 +613,19 @@ async fn refund_query(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(resp) = authenticate(&sandbox, &req, &body) {
-        return *resp;
-    }
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
     let v3 = &sandbox.v3;
-    let found = v3.state().refunds.get(path.as_str()).cloned();
+    let found = v3
+        .state()
+        .refunds
+        .get(path.as_str())
+        .filter(|r| r.mchid == mchid)
+        .map(refund_json);
     match found {
-        Some(r) => signed(v3, StatusCode::OK, refund_json(v3, &r).to_string()),
+        Some(r) => signed(v3, StatusCode::OK, r.to_string()),
         None => error(v3, 404, "RESOURCE_NOT_EXISTS", "退款单不存在"),
     }
 }

@@ -17,6 +17,8 @@ use crate::{clock, ids};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v3/orders/{out_trade_no}", web::get().to(order))
+        .route("/v3/refunds", web::get().to(refunds))
+        .route("/v3/refunds/{out_refund_no}", web::get().to(refund))
         .route("/v3/notifies", web::get().to(notifies))
         .route("/v3/rotate", web::post().to(rotate))
         .route("/v3/keys", web::get().to(keys))
@@ -65,18 +67,20 @@ pub(crate) fn pay_v3_order(
         return fail("支付验证签名失败");
     }
     Some(
-        settle_v3_payment(sandbox, &out_trade_no, req.outcome)
+        settle_v3_payment(sandbox, &out_trade_no, req.outcome, req.faults.as_ref())
             .map(|order| HttpResponse::Ok().json(view(&order))),
     )
 }
 
 /// What the user does with the payment sheet of v3 order `out_trade_no`, once WeChat has
-/// checked the phone's request (or the console plays both): success → SUCCESS and the
+/// checked the phone's request (or the console plays both), under that request's `faults`
+/// (else the global set): success → SUCCESS and the
 /// TRANSACTION.SUCCESS notify; fail → PAYERROR; paying → USERPAYING; cancel → no change.
 pub(crate) fn settle_v3_payment(
     sandbox: &web::Data<Sandbox>,
     out_trade_no: &str,
     outcome: PayOutcome,
+    faults: Option<&crate::faults::Faults>,
 ) -> Result<crate::v3::V3Order, DevError> {
     let mut state = sandbox.v3.state();
     let order = state
@@ -102,8 +106,11 @@ pub(crate) fn settle_v3_payment(
             order.trade_state = "SUCCESS".into();
             order.transaction_id = Some(ids::transaction_id());
             order.success_time = Some(rfc3339_ms(clock::unix_ms()));
-            order.notify_state = "pending".into();
-            deliver = true;
+            // drop_notify (this payment's faults, else the global set): paid, never notified.
+            let drop =
+                faults.map_or_else(|| sandbox.current_faults().drop_notify, |f| f.drop_notify);
+            order.notify_state = if drop { "dropped" } else { "pending" }.into();
+            deliver = !drop;
         }
         PayOutcome::Fail => order.trade_state = "PAYERROR".into(),
         PayOutcome::Cancel => {}
@@ -124,6 +131,7 @@ pub(crate) fn spawn_transaction_notify(sandbox: &web::Data<Sandbox>, order: &cra
         Arc::clone(&sandbox.clone().into_inner()),
         Job {
             key: order.out_trade_no.clone(),
+            refund: None,
             url: order.notify_url.clone(),
             event_type: "TRANSACTION.SUCCESS",
             summary: "支付成功",
@@ -156,6 +164,7 @@ async fn order(
 #[derive(Deserialize)]
 struct NotifiesQuery {
     out_trade_no: Option<String>,
+    out_refund_no: Option<String>,
 }
 
 async fn notifies(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>) -> HttpResponse {
@@ -169,8 +178,47 @@ async fn notifies(sandbox: web::Data<Sandbox>, query: web::Query<NotifiesQuery>)
                 .as_ref()
                 .is_none_or(|o| *o == r.out_trade_no)
         })
+        .filter(|r| {
+            query
+                .out_refund_no
+                .as_ref()
+                .is_none_or(|o| Some(o) == r.out_refund_no.as_ref())
+        })
         .collect();
     HttpResponse::Ok().json(records)
+}
+
+#[derive(Deserialize)]
+struct RefundsQuery {
+    out_trade_no: Option<String>,
+}
+
+/// `GET /sandbox/v3/refunds[?out_trade_no=]`: every v3 refund, oldest first.
+async fn refunds(sandbox: web::Data<Sandbox>, query: web::Query<RefundsQuery>) -> HttpResponse {
+    let state = sandbox.v3.state();
+    let mut found: Vec<_> = state
+        .refunds
+        .values()
+        .filter(|r| {
+            query
+                .out_trade_no
+                .as_ref()
+                .is_none_or(|o| *o == r.out_trade_no)
+        })
+        .collect();
+    found.sort_by_key(|r| r.created_at_ms);
+    HttpResponse::Ok().json(found)
+}
+
+/// `GET /sandbox/v3/refunds/{out_refund_no}`.
+async fn refund(
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let found = sandbox.v3.state().refunds.get(path.as_str()).cloned();
+    found
+        .map(|r| HttpResponse::Ok().json(r))
+        .ok_or_else(|| DevError::UnknownOrder(path.into_inner()))
 }
 
 /// Certificate rotation mid-run: WeChat starts signing with certificate B and lists both.

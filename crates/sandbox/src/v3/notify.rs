@@ -23,6 +23,9 @@ const MAX_ANSWER_CHARS: usize = 4096;
 pub struct V3NotifyRecord {
     /// The order's out_trade_no.
     pub out_trade_no: String,
+    /// The refund's out_refund_no (refund notifies only).
+    #[serde(default)]
+    pub out_refund_no: Option<String>,
     pub event_type: String,
     pub attempt: u32,
     pub at_ms: i64,
@@ -31,6 +34,14 @@ pub struct V3NotifyRecord {
     pub request: String,
     /// The `Wechatpay-Serial` sent.
     pub serial: String,
+    /// The `Wechatpay-Timestamp`, `-Nonce` and `-Signature` sent (with `serial`: what a
+    /// replay of this request needs).
+    #[serde(default)]
+    pub timestamp: String,
+    #[serde(default)]
+    pub nonce: String,
+    #[serde(default)]
+    pub signature: String,
     pub status: Option<u16>,
     pub response: Option<String>,
     pub error: Option<String>,
@@ -44,6 +55,8 @@ pub struct V3NotifyRecord {
 pub struct Job {
     /// out_trade_no the records are filed under.
     pub key: String,
+    /// out_refund_no of a refund notify (its records carry it; its refund's notify state).
+    pub refund: Option<String>,
     pub url: String,
     pub event_type: &'static str,
     pub summary: &'static str,
@@ -104,7 +117,13 @@ fn envelope(sandbox: &Sandbox, job: &Job, applied: &mut Vec<String>) -> String {
 }
 
 fn set_order_notify(sandbox: &Sandbox, job: &Job, state: &str, attempted: bool) {
-    if job.original_type != "transaction" {
+    if let Some(no) = &job.refund {
+        if let Some(r) = sandbox.v3.state().refunds.get_mut(no) {
+            r.notify_state = state.to_owned();
+            if attempted {
+                r.notify_attempts += 1;
+            }
+        }
         return;
     }
     if let Some(o) = sandbox.v3.state().orders.get_mut(&job.key) {
@@ -147,19 +166,25 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
         let body = envelope(sandbox, job, &mut applied);
         let (headers, signed_faults) = signature_headers(&sandbox.v3, body.as_bytes());
         applied.extend(signed_faults);
-        let serial = headers
-            .iter()
-            .find(|(k, _)| *k == "Wechatpay-Serial")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let mut record = V3NotifyRecord {
             out_trade_no: job.key.clone(),
+            out_refund_no: job.refund.clone(),
+            timestamp: header("Wechatpay-Timestamp"),
+            nonce: header("Wechatpay-Nonce"),
+            signature: header("Wechatpay-Signature"),
             event_type: job.event_type.to_owned(),
             attempt: attempt as u32 + 1,
             at_ms: clock::unix_ms(),
             url: job.url.clone(),
             request: body.clone(),
-            serial,
+            serial: header("Wechatpay-Serial"),
             status: None,
             response: None,
             error: None,

@@ -24,7 +24,8 @@ pub use client::{Merchant, V3Client};
 pub use error::V3Error;
 pub use keys::{KeyError, MerchantKey, PublicKey};
 pub use model::{
-    JsapiOrder, OrderAmount, Payer, Refund, RefundAmountRequest, RefundRequest, Transaction,
+    JsapiOrder, OrderAmount, Payer, Refund, RefundAmountRequest, RefundNotice, RefundNoticeAmount,
+    RefundRequest, Transaction,
 };
 pub use notify::{Notification, NotifyError, OpenedNotify};
 pub use verify::{PlatformCertificate, PlatformKeys, SignatureHeaders, VerifyError};

@@ -15,7 +15,7 @@ use crate::pay::v3::error::V3Error;
 use crate::pay::v3::jsapi;
 use crate::pay::v3::keys::{MerchantKey, PublicKey};
 use crate::pay::v3::model::{
-    JsapiOrder, PrepayResponse, Refund, RefundRequest, Transaction, rfc3339_unix,
+    JsapiOrder, PrepayResponse, Refund, RefundNotice, RefundRequest, Transaction, rfc3339_unix,
 };
 use crate::pay::v3::notify::{self, NotifyError, OpenedNotify};
 use crate::pay::v3::sign::{SignedRequest, authorization};
@@ -399,6 +399,22 @@ impl V3Client {
         self.check_ours(&tx)
             .map_err(|_| NotifyError::Mismatch("mchid"))?;
         Ok((opened, tx))
+    }
+
+    /// A verified `REFUND.*` notify as its refund, checked to be for our mchid (the refund's
+    /// identity and amounts are the caller's to check against its own records).
+    pub async fn refund_notify(
+        &self,
+        headers: &SignatureHeaders,
+        body: &[u8],
+    ) -> Result<(OpenedNotify, RefundNotice), NotifyError> {
+        let opened = self.open_notify(headers, body).await?;
+        let notice: RefundNotice = serde_json::from_slice(&opened.plaintext)
+            .map_err(|e| NotifyError::Json(e.to_string()))?;
+        if notice.mchid != self.merchant.mchid {
+            return Err(NotifyError::Mismatch("mchid"));
+        }
+        Ok((opened, notice))
     }
 
     /// The transaction is this merchant's (its appid is the caller's to check against the order).

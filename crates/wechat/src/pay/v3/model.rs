@@ -147,6 +147,37 @@ pub struct Refund {
     pub amount: RefundAmount,
 }
 
+/// `amount` of a refund notify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundNoticeAmount {
+    pub total: i64,
+    pub refund: i64,
+    #[serde(default)]
+    pub payer_total: Option<i64>,
+    #[serde(default)]
+    pub payer_refund: Option<i64>,
+}
+
+/// The decrypted resource of a `REFUND.SUCCESS` / `REFUND.ABNORMAL` / `REFUND.CLOSED` notify
+/// (退款结果通知, <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>): `refund_status`, not
+/// the `status` of 查询单笔退款.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundNotice {
+    pub mchid: String,
+    pub out_trade_no: String,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    pub out_refund_no: String,
+    pub refund_id: String,
+    /// `SUCCESS`, `CLOSED` or `ABNORMAL`.
+    pub refund_status: String,
+    #[serde(default)]
+    pub success_time: Option<String>,
+    #[serde(default)]
+    pub user_received_account: Option<String>,
+    pub amount: RefundNoticeAmount,
+}
+
 /// RFC 3339 (`2026-12-01T10:00:00+08:00`) as unix seconds.
 pub fn rfc3339_unix(s: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s)
