@@ -558,22 +558,11 @@ fn v2_refund_cells(view: &View, r: &Refund) -> Vec<String> {
             &records,
         )
     };
-    let mut actions = String::new();
-    if r.refund_status == RefundStatus::Processing {
-        let key = r.out_refund_no.as_str();
-        for (label, outcome) in [
-            ("settle", "success"),
-            ("fail", "change"),
-            ("close", "close"),
-        ] {
-            let fields = [
-                ("mch_id", r.mch_id.as_str()),
-                ("out_refund_no", key),
-                ("outcome", outcome),
-            ];
-            actions.push_str(&button(console_actions::FINISH_REFUND, label, &fields, key));
-        }
-    }
+    let actions = if r.refund_status == RefundStatus::Processing {
+        finish_buttons("v2", &r.mch_id, &r.out_refund_no)
+    } else {
+        String::new()
+    };
     vec![
         format!(
             r#"<code data-refund="{0}">{0}</code>"#,
@@ -606,9 +595,37 @@ fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
         format!("{} of {} fen", r.refund, r.total),
         refund_status_cell(&r.out_refund_no, &r.status),
         notify_cell(&r.notify_state, r.notify_attempts, &records),
-        r#"<span class="empty">settles by itself (SANDBOX_PAY_V3_REFUND_AFTER_MS)</span>"#
-            .to_owned(),
+        if r.status == "PROCESSING" {
+            finish_buttons("v3", &r.mchid, &r.out_refund_no)
+        } else {
+            String::new()
+        },
     ]
+}
+
+/// The settle / fail / close buttons of a PROCESSING refund (v2: SUCCESS / CHANGE /
+/// REFUNDCLOSE; v3: SUCCESS / ABNORMAL / CLOSED).
+fn finish_buttons(api: &str, mch_id: &str, out_refund_no: &str) -> String {
+    let mut out = String::new();
+    for (label, outcome) in [
+        ("settle", "success"),
+        ("fail", "change"),
+        ("close", "close"),
+    ] {
+        let fields = [
+            ("api", api),
+            ("mch_id", mch_id),
+            ("out_refund_no", out_refund_no),
+            ("outcome", outcome),
+        ];
+        out.push_str(&button(
+            console_actions::FINISH_REFUND,
+            label,
+            &fields,
+            out_refund_no,
+        ));
+    }
+    out
 }
 
 fn refunds(view: &View) -> String {

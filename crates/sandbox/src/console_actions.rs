@@ -292,6 +292,8 @@ pub enum RefundOutcome {
 
 #[derive(Debug, Deserialize)]
 pub struct RefundForm {
+    #[serde(default)]
+    api: Api,
     mch_id: String,
     out_refund_no: String,
     outcome: RefundOutcome,
@@ -307,6 +309,23 @@ pub async fn finish_refund(
 ) -> HttpResponse {
     if let Some(refused) = refuse_cross_site(&req, &form.csrf) {
         return refused;
+    }
+    if form.api == Api::V3 {
+        let end = match form.outcome {
+            RefundOutcome::Success => crate::v3::V3RefundEnd::Success,
+            RefundOutcome::Change => crate::v3::V3RefundEnd::Abnormal,
+            RefundOutcome::Close => crate::v3::V3RefundEnd::Closed,
+        };
+        let sandbox = sandbox.into_inner();
+        return match crate::v3::conclude_refund(&sandbox, &form.out_refund_no, end) {
+            Err(e) => back(&format!("refused: {e}")),
+            Ok(sent) => back(&format!(
+                "refund {} is {}{}",
+                form.out_refund_no,
+                end.as_str(),
+                if sent { ", notify sent" } else { "" }
+            )),
+        };
     }
     let status = match form.outcome {
         RefundOutcome::Success => RefundStatus::Success,

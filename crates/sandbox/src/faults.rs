@@ -60,9 +60,9 @@ pub struct Faults {
     /// Notifies carry a signature made with the wrong key.
     #[arg(long = "fault-notify-bad-signature", env = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", value_name = "SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE", default_value_t = false, action = clap::ArgAction::Set)]
     pub notify_bad_signature: bool,
-    /// Refunds stay PROCESSING until the console settles, fails or closes them (as real
-    /// WeChat refunds stay PROCESSING for minutes or days), instead of settling after
-    /// SANDBOX_REFUND_DELAY_MS.
+    /// Refunds (v2 and v3) stay PROCESSING until the console settles, fails or closes them
+    /// (as real WeChat refunds stay PROCESSING for minutes or days), instead of settling after
+    /// SANDBOX_REFUND_DELAY_MS (v2) or SANDBOX_PAY_V3_REFUND_AFTER_MS (v3).
     #[arg(long = "fault-refund-hold", env = "SANDBOX_FAULT_REFUND_HOLD", value_name = "SANDBOX_FAULT_REFUND_HOLD", default_value_t = false, action = clap::ArgAction::Set)]
     pub refund_hold: bool,
     /// Run time only: refunds are accepted, then settle as CHANGE (v2) / ABNORMAL (v3): failed;

@@ -104,7 +104,8 @@
 //! orders v2 and v3 (trade state, notify attempts), refunds (status, notify attempts), access
 //! tokens and sent subscribe messages, with form buttons posting to `/console/*` (see
 //! `console_actions.rs`): pay / fail payment (v2 and v3), resend / drop a notify, settle / fail
-//! / close a PROCESSING v2 refund (SUCCESS, CHANGE, REFUNDCLOSE, then the refund notify),
+//! / close a PROCESSING refund (v2: SUCCESS, CHANGE, REFUNDCLOSE; v3: SUCCESS, ABNORMAL,
+//! CLOSED; then the refund notify),
 //! expire a token. Each post must carry the page's csrf token and come from the console's own
 //! origin (403 otherwise, nothing changed). Refunds accepted while the `refund_hold` fault is
 //! on stay PROCESSING until the console finishes them.

@@ -418,7 +418,7 @@ pub enum ConcludeError {
     #[error("unknown refund {0}")]
     Unknown(String),
     #[error("refund {0} is {1}, not PROCESSING")]
-    NotProcessing(String, &'static str),
+    NotProcessing(String, String),
     #[error("a refund cannot end PROCESSING")]
     NotFinal,
 }
@@ -447,7 +447,7 @@ pub fn conclude(
         if r.refund_status != RefundStatus::Processing {
             return Err(ConcludeError::NotProcessing(
                 key.1.clone(),
-                r.refund_status.as_str(),
+                r.refund_status.as_str().to_owned(),
             ));
         }
         r.refund_status = outcome;

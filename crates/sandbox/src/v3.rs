@@ -235,4 +235,5 @@ pub fn dev_routes(cfg: &mut web::ServiceConfig) {
     dev_api::routes(cfg);
 }
 
+pub(crate) use api::{V3RefundEnd, conclude_refund};
 pub(crate) use dev_api::{pay_v3_order, settle_v3_payment, spawn_transaction_notify};

@@ -851,3 +851,78 @@ async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
         "{at_drop} then {after}: at most the one in flight"
     );
 }
+
+/// With `refund_hold`, v3 refunds stay PROCESSING until the console's settle / fail / close
+/// conclude them as SUCCESS / ABNORMAL / CLOSED, each followed by its signed, encrypted
+/// REFUND.* notify; a concluded refund cannot be concluded again.
+#[tokio::test]
+async fn console_buttons_settle_fail_and_close_held_v3_refunds() {
+    use common::click;
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3CR0001", &receiver.url))
+        .await
+        .unwrap();
+    let (status, _) = post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
+    assert_eq!(status, 200);
+    receiver.wait_for(1).await;
+    let (status, _) = post(&sb, "/sandbox/faults", json!({"refund_hold": true})).await;
+    assert_eq!(status, 200);
+
+    let ends = [
+        ("V3CR-settle", "success", "SUCCESS"),
+        ("V3CR-fail", "change", "ABNORMAL"),
+        ("V3CR-close", "close", "CLOSED"),
+    ];
+    for (no, _, _) in ends {
+        let r = client
+            .refund(&RefundRequest {
+                out_trade_no: "V3CR0001".into(),
+                out_refund_no: no.into(),
+                reason: None,
+                notify_url: Some(receiver.url.clone()),
+                amount: RefundAmountRequest {
+                    refund: 10,
+                    total: 321,
+                    currency: "CNY".into(),
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.status, "PROCESSING");
+    }
+    // Held: each shows its three buttons, and the query still answers PROCESSING.
+    let html = common::page(&sb).await;
+    for (no, _, _) in ends {
+        assert!(
+            html.contains(&format!(r#"data-action="settle" data-key="{no}""#)),
+            "{no}: {html}"
+        );
+        assert_eq!(client.query_refund(no).await.unwrap().status, "PROCESSING");
+    }
+
+    for (i, (no, outcome, status)) in ends.into_iter().enumerate() {
+        let fields = [
+            ("api", "v3"),
+            ("mch_id", sandbox::DEV_MCH_ID),
+            ("out_refund_no", no),
+            ("outcome", outcome),
+        ];
+        let msg = click(&sb, "/console/refund/finish", &fields).await;
+        assert_eq!(msg, format!("refund {no} is {status}, notify sent"));
+        let seen = receiver.wait_for(2 + i).await;
+        assert!(
+            matches!(&seen[1 + i], Seen::Refunded { out_refund_no, refund_status, event_type, .. }
+                if out_refund_no == no && refund_status == status && *event_type == format!("REFUND.{status}")),
+            "{seen:?}"
+        );
+        assert_eq!(client.query_refund(no).await.unwrap().status, status);
+        let again = click(&sb, "/console/refund/finish", &fields).await;
+        assert_eq!(
+            again,
+            format!("refused: refund {no} is {status}, not PROCESSING")
+        );
+    }
+}

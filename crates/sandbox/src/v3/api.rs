@@ -552,23 +552,85 @@ fn create_refund(
 
 /// After `refund_after_ms` × the time scale: SUCCESS (ABNORMAL with `refund_change`, CLOSED
 /// with `refund_close`), then the refund notify to its `notify_url` (none with
-/// `drop_notify`, from the creating request or set now).
+/// `drop_notify`, from the creating request or set now). With `refund_hold` the refund stays
+/// PROCESSING until the console concludes it.
 async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
     let v3 = &sandbox.v3;
     let delay = Duration::from_secs_f64(v3.refund_after_ms as f64 * v3.time_scale / 1000.0);
     tokio::time::sleep(delay).await;
-    let drop_now = sandbox.current_faults().drop_notify;
-    let notice = {
-        let mut state = v3.state();
-        let Some(r) = state.refunds.get_mut(out_refund_no) else {
+    let status = {
+        let state = v3.state();
+        let Some(r) = state.refunds.get(out_refund_no) else {
             return;
         };
+        if r.faults.refund_hold {
+            tracing::info!(out_refund_no, "sandbox v3 refund held PROCESSING");
+            return;
+        }
         if r.faults.refund_change {
-            r.status = "ABNORMAL".into();
+            V3RefundEnd::Abnormal
         } else if r.faults.refund_close {
-            r.status = "CLOSED".into();
+            V3RefundEnd::Closed
         } else {
-            r.status = "SUCCESS".into();
+            V3RefundEnd::Success
+        }
+    };
+    // Already concluded from the console meanwhile: nothing more to do.
+    let _ = conclude_refund(sandbox, out_refund_no, status);
+}
+
+/// How a v3 refund ends (`status`, as [`refund_json`] cites): SUCCESS, ABNORMAL (the payer's
+/// account cannot take it; the money stays with the merchant) or CLOSED. Each is followed by
+/// its REFUND.* notify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V3RefundEnd {
+    Success,
+    Abnormal,
+    Closed,
+}
+
+impl V3RefundEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Abnormal => "ABNORMAL",
+            Self::Closed => "CLOSED",
+        }
+    }
+
+    fn event(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Success => ("REFUND.SUCCESS", "退款成功"),
+            Self::Abnormal => ("REFUND.ABNORMAL", "退款异常"),
+            Self::Closed => ("REFUND.CLOSED", "退款关闭"),
+        }
+    }
+}
+
+/// WeChat finishes a PROCESSING v3 refund as `end` and sends its notify. One change under the
+/// lock, so the settle timer and the console cannot both conclude it. `Ok(true)` when a notify
+/// was sent (a notify_url, and no drop_notify fault).
+pub fn conclude_refund(
+    sandbox: &Arc<Sandbox>,
+    out_refund_no: &str,
+    end: V3RefundEnd,
+) -> Result<bool, crate::refund::ConcludeError> {
+    let drop_now = sandbox.current_faults().drop_notify;
+    let notice = {
+        let mut state = sandbox.v3.state();
+        let Some(r) = state.refunds.get_mut(out_refund_no) else {
+            return Err(crate::refund::ConcludeError::Unknown(
+                out_refund_no.to_owned(),
+            ));
+        };
+        if r.status != "PROCESSING" {
+            return Err(crate::refund::ConcludeError::NotProcessing(
+                out_refund_no.to_owned(),
+                r.status.clone(),
+            ));
+        }
+        r.status = end.as_str().into();
+        if end == V3RefundEnd::Success {
             r.success_time = Some(rfc3339_ms(clock::unix_ms()));
         }
         match &r.notify_url {
@@ -583,15 +645,15 @@ async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
             }
         }
     };
-    tracing::info!(out_refund_no, "sandbox v3 refund settled");
+    tracing::info!(
+        out_refund_no,
+        status = end.as_str(),
+        "sandbox v3 refund settled"
+    );
     let Some((url, r)) = notice else {
-        return;
+        return Ok(false);
     };
-    let (event_type, summary) = match r.status.as_str() {
-        "SUCCESS" => ("REFUND.SUCCESS", "退款成功"),
-        "ABNORMAL" => ("REFUND.ABNORMAL", "退款异常"),
-        _ => ("REFUND.CLOSED", "退款关闭"),
-    };
+    let (event_type, summary) = end.event();
     notify::spawn(
         Arc::clone(sandbox),
         Job {
@@ -605,6 +667,7 @@ async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
             delay: Duration::ZERO,
         },
     );
+    Ok(true)
 }
 
 async fn refund_query(
