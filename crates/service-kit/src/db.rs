@@ -331,30 +331,22 @@ pub mod testing {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
     }
 
-    /// Test databases older than this are dropped by the next test run: every test makes its
-    /// own, and a developer's server would otherwise collect thousands.
-    pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-
-    /// Creates a uniquely named database and answers its URL. The name carries its creation
-    /// time (`{prefix}_t{unix seconds}_{random}`) so that the first call of a process can
-    /// drop the test databases of runs long gone (see [`drop_stale`]).
+    /// Creates a uniquely named database and answers its URL.
     pub async fn fresh_postgres_url(prefix: &str) -> Result<String, DbError> {
         use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-        static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let admin = admin_url();
+        let name = format!(
+            "{}_{}",
+            prefix,
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .get(..12)
+                .unwrap_or("x")
+        );
         let mut conn = AsyncPgConnection::establish(&admin)
             .await
             .map_err(|e| DbError::Unavailable(e.to_string()))?;
-        if !SWEPT.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            // Best effort: a database another run is still using is kept.
-            let _ = drop_stale(&mut conn, unix_now().saturating_sub(STALE_AFTER.as_secs())).await;
-        }
-        let random = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!(
-            "{prefix}_t{}_{}",
-            unix_now(),
-            random.get(..8).unwrap_or("x")
-        );
         conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
         let base = admin
@@ -362,48 +354,6 @@ pub mod testing {
             .map(|(base, _)| base)
             .unwrap_or(&admin);
         Ok(format!("{base}/{name}"))
-    }
-
-    /// Drops the test databases (named by [`fresh_postgres_url`]) created before `before`
-    /// (unix seconds) that nobody is connected to, and answers how many it dropped.
-    pub async fn drop_stale(conn: &mut AsyncPgConnection, before: u64) -> Result<usize, DbError> {
-        use diesel::sql_types::Text;
-        use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-
-        #[derive(diesel::QueryableByName)]
-        struct Name {
-            #[diesel(sql_type = Text)]
-            datname: String,
-        }
-        let names: Vec<Name> = diesel::sql_query(
-            "SELECT datname FROM pg_database WHERE datname ~ '_t[0-9]{10}_[0-9a-f]{8}$' \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = pg_database.datname)",
-        )
-        .load(conn)
-        .await?;
-        let mut dropped = 0;
-        for Name { datname } in names {
-            if created_at(&datname).is_some_and(|at| at < before) {
-                conn.batch_execute(&format!("DROP DATABASE IF EXISTS \"{datname}\""))
-                    .await?;
-                dropped += 1;
-            }
-        }
-        Ok(dropped)
-    }
-
-    /// The creation time in a test database's name (`…_t1796140000_0123abcd`).
-    fn created_at(name: &str) -> Option<u64> {
-        let (rest, _random) = name.rsplit_once('_')?;
-        let (_, stamp) = rest.rsplit_once("_t")?;
-        stamp.parse().ok()
-    }
-
-    fn unix_now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
     }
 
     /// A fresh SQLite file URL inside `dir`.
