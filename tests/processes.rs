@@ -27,7 +27,7 @@ impl Processes {
         let pay_db = service_kit::db::testing::fresh_postgres_url("wxmp_proc_pay")
             .await
             .expect("PostgreSQL");
-        let [gateway, auth, user, pay, sandbox] = [(); 5].map(|_| free_port());
+        let [gateway, auth, user, pay, sandbox, secapi] = [(); 6].map(|_| free_port());
         let url = |port: u16| format!("http://127.0.0.1:{port}");
         let addr = |port: u16| format!("127.0.0.1:{port}");
         let apps = format!("{}:{}", sandbox::DEV_APP_ID, sandbox::DEV_APP_SECRET);
@@ -37,6 +37,8 @@ impl Processes {
             "wxmp-sandbox",
             vec![
                 ("SANDBOX_LISTEN_ADDR", addr(sandbox)),
+                // Not the default 9001: another sandbox (`make run`, a parallel run) may hold it.
+                ("SANDBOX_SECAPI_LISTEN_ADDR", addr(secapi)),
                 ("SANDBOX_NOTIFY_TIME_SCALE", "0.01".into()),
             ],
             d,

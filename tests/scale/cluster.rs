@@ -106,7 +106,7 @@ impl Cluster {
             ports(options.pay_replicas),
         );
         let gateway_ports = ports(options.gateways);
-        let (sandbox_port, front_port) = (free_port(), free_port());
+        let (sandbox_port, secapi_port, front_port) = (free_port(), free_port(), free_port());
         let front = url(front_port);
         let drain = DRAIN_DELAY_MS.to_string();
         let common = |mut env: Vec<(&'static str, String)>| {
@@ -119,6 +119,8 @@ impl Cluster {
             "wxmp-sandbox",
             vec![
                 ("SANDBOX_LISTEN_ADDR", addr(sandbox_port)),
+                // Not the default 9001: another sandbox (`make run`, a parallel run) may hold it.
+                ("SANDBOX_SECAPI_LISTEN_ADDR", addr(secapi_port)),
                 ("SANDBOX_NOTIFY_TIME_SCALE", "0.01".into()),
                 ("SANDBOX_CODE_RATE_PER_MIN", "1000".into()),
                 ("SANDBOX_APP_RATE_PER_MIN", "100000".into()),

@@ -838,13 +838,27 @@ async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
     assert_eq!(msg, "notify of V3CN0002 dropped");
     let sent = |v: Value| v.as_array().map_or(0, Vec::len);
     let at_drop = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0002").await);
-    // The schedule (15 s, 15 s, 30 s, 3 min … × 0.001) would send 4 more within 240 ms.
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_millis(300) {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let order = get(&sb, "/sandbox/v3/orders/V3CN0002").await;
-        assert_eq!(order["notify_state"], "dropped");
+    // The schedule (15 s, 15 s, 30 s, 3 min … × 0.001) sends 4 more within 240 ms: a witness
+    // order paid after the drop, notified to the same dead URL, reaching its 5th attempt
+    // shows that V3CN0002's would have been sent by now.
+    let witness = client.jsapi(order("V3CN0003", &dead_url)).await.unwrap();
+    click(
+        &sb,
+        "/console/pay",
+        &[("prepay_id", &witness), ("outcome", "success")],
+    )
+    .await;
+    let mut witnessed = 0;
+    for _ in 0..1000 {
+        witnessed = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0003").await);
+        if witnessed >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(witnessed >= 5, "the witness had {witnessed} attempts");
+    let order = get(&sb, "/sandbox/v3/orders/V3CN0002").await;
+    assert_eq!(order["notify_state"], "dropped");
     let after = sent(get(&sb, "/sandbox/v3/notifies?out_trade_no=V3CN0002").await);
     assert!(
         after <= at_drop + 1,
