@@ -414,3 +414,70 @@ async fn refund_on_v3(backend: Backend) {
     assert_eq!(refunds.len(), 1);
 }
 on_both_backends!(a_refund_on_v3_is_settled_by_its_notify, refund_on_v3);
+
+/// As on v2 (`tests/security.rs`): an address over its budget of forged v3 signatures is
+/// throttled — its forgeries get 429 and are not even recorded — yet WeChat's genuine v3
+/// notify from that same address (here 127.0.0.1: no trusted proxy) is applied.
+async fn throttled_address_on_v3(backend: Backend) {
+    let t = TestStack::start_with(backend, |o| {
+        v3(o, sandbox::v3::Mode::PublicKey);
+        o.gateway_args
+            .extend(["--notify-fail-limit", "3"].map(String::from));
+    })
+    .await;
+    let (token, _) = t.login(None).await;
+    let (_, answer) = pay_for(&t, &token).await;
+    let params = answer["data"].clone();
+    let order_no = params["order_no"].as_str().unwrap().to_owned();
+    for (i, path) in ["/pay/notify/v3", "/pay/refund-notify/v3"]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        let reply = t
+            .http
+            .post(t.gateway(path))
+            .header("Wechatpay-Timestamp", unix_now().to_string())
+            .header("Wechatpay-Nonce", format!("n{i}"))
+            .header("Wechatpay-Signature", "Zm9yZ2Vk")
+            .header("Wechatpay-Serial", sandbox::v3::dev::PUBLIC_KEY_ID)
+            .json(&json!({"id": format!("EV-{i}"), "event_type": "TRANSACTION.SUCCESS", "resource": {}}))
+            .send()
+            .await
+            .unwrap();
+        let expected = if i < 3 {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(reply.status(), expected, "forgery {i} to {path}");
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(body["code"], "FAIL");
+    }
+    let forgeries = t
+        .db_verdicts()
+        .await
+        .into_iter()
+        .filter(|(_, v)| v == "bad_signature")
+        .count();
+    // The three judged ones: two payment notifies (refund notifies are filed elsewhere); the
+    // throttled ones after them are not stored.
+    assert_eq!(forgeries, 2, "throttled forgeries are not stored");
+
+    sandbox_pays(&t, &params).await;
+    t.wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
+        .await;
+    assert_eq!(verdicts(&t, &order_no).await, ["applied"]);
+}
+on_both_backends!(
+    a_throttled_address_still_passes_genuine_v3_notifies,
+    throttled_address_on_v3
+);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -266,6 +266,9 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandlePayNotifyV3Request>,
     ) -> Result<Response<pb::HandlePayNotifyV3Response>, Status> {
+        let throttled = request
+            .metadata()
+            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
         let r = request.into_inner();
         let headers = wechat::pay::v3::SignatureHeaders {
             timestamp: r.timestamp,
@@ -273,7 +276,12 @@ impl PayService for Payments {
             signature: r.signature,
             serial: r.serial,
         };
-        let reply = self.handle_pay_notify_v3(&headers, &r.raw_body).await;
+        let reply = if throttled {
+            self.handle_throttled_pay_notify_v3(&headers, &r.raw_body)
+                .await
+        } else {
+            self.handle_pay_notify_v3(&headers, &r.raw_body).await
+        };
         Ok(Response::new(pb::HandlePayNotifyV3Response {
             accepted: reply.accepted,
             verdict: reply.verdict.to_owned(),
@@ -286,6 +294,9 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandleRefundNotifyV3Request>,
     ) -> Result<Response<pb::HandleRefundNotifyV3Response>, Status> {
+        let throttled = request
+            .metadata()
+            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
         let r = request.into_inner();
         let headers = wechat::pay::v3::SignatureHeaders {
             timestamp: r.timestamp,
@@ -293,7 +304,12 @@ impl PayService for Payments {
             signature: r.signature,
             serial: r.serial,
         };
-        let reply = self.handle_refund_notify_v3(&headers, &r.raw_body).await;
+        let reply = if throttled {
+            self.handle_throttled_refund_notify_v3(&headers, &r.raw_body)
+                .await
+        } else {
+            self.handle_refund_notify_v3(&headers, &r.raw_body).await
+        };
         Ok(Response::new(pb::HandleRefundNotifyV3Response {
             accepted: reply.accepted,
             verdict: reply.verdict.to_owned(),

@@ -4,11 +4,15 @@
 //! Such a notify is authenticated before anything else, with no database work: one that
 //! verifies (WeChat sharing an address with a forger, behind a proxy or a NAT) is handled as
 //! any other, so WeChat is never locked out; one that does not is dropped unrecorded with the
-//! verdict `rate_limited`, so a flood of forgeries costs one signature check each.
+//! verdict `rate_limited`, so a flood of forgeries costs one signature check each. The same
+//! holds for v3 notifies (payment and refund), authenticated by their RSA signature.
 
 use wechat::pay::{NotifyError, SignType, notify_reply_fail, verify_notify, xml};
 
-use crate::{notify::NotifyReply, payments::Payments};
+use crate::{
+    notify::{NotifyReply, NotifyV3Reply},
+    payments::Payments,
+};
 
 /// The verdict of a throttled sender's notify that did not verify.
 pub const RATE_LIMITED: &str = "rate_limited";
@@ -27,6 +31,43 @@ impl Payments {
         }
     }
 
+    /// [`Payments::handle_pay_notify_v3`] for a throttled sender.
+    pub async fn handle_throttled_pay_notify_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+    ) -> NotifyV3Reply {
+        if self.v3_notify_is_genuine(headers, raw_body).await {
+            return self.handle_pay_notify_v3(headers, raw_body).await;
+        }
+        rate_limited_v3("wxmp_pay_notifies_total")
+    }
+
+    /// [`Payments::handle_refund_notify_v3`] for a throttled sender.
+    pub async fn handle_throttled_refund_notify_v3(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+    ) -> NotifyV3Reply {
+        if self.v3_notify_is_genuine(headers, raw_body).await {
+            return self.handle_refund_notify_v3(headers, raw_body).await;
+        }
+        rate_limited_v3("wxmp_refund_notifies_total")
+    }
+
+    /// Whether a v3 notify is WeChat's: signed with its key, in the clock window, decryptable
+    /// with our APIv3 key. What it is about is the full handling's to judge.
+    async fn v3_notify_is_genuine(
+        &self,
+        headers: &wechat::pay::v3::SignatureHeaders,
+        raw_body: &[u8],
+    ) -> bool {
+        match self.inner.wechat.v3() {
+            Some(v3) => v3.open_notify(headers, raw_body).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Whether the notify's signature verifies with the key of the merchant of its own appid,
     /// under either algorithm (an order may have been placed before the merchant switched;
     /// the full handling then checks it against the order as usual).
@@ -42,6 +83,15 @@ impl Payments {
                 pay.sign_type = sign_type;
                 signature_verified(&verify_notify(raw_body, &pay))
             })
+    }
+}
+
+fn rate_limited_v3(metric: &'static str) -> NotifyV3Reply {
+    metrics::counter!(metric, "verdict" => RATE_LIMITED).increment(1);
+    NotifyV3Reply {
+        accepted: false,
+        verdict: RATE_LIMITED,
+        message: RATE_LIMITED.to_owned(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aes::cipher::{BlockDecryptMut, KeyInit, block_padding::Pkcs7};
 use base64::Engine as _;

@@ -75,18 +75,15 @@ pub async fn pay_notify(
         Err(e) => return fail(e.status(), &e.to_string()),
     };
     let upstreams = &state.upstreams;
-    let mut request = upstreams.request(
-        &request_id,
-        HandlePayNotifyRequest {
-            raw_body: body.to_vec(),
-        },
+    let request = marked(
+        throttled,
+        upstreams.request(
+            &request_id,
+            HandlePayNotifyRequest {
+                raw_body: body.to_vec(),
+            },
+        ),
     );
-    if throttled {
-        request.metadata_mut().insert(
-            service_kit::grpc::NOTIFY_SENDER_THROTTLED,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-    }
     let outcome = upstreams.pay().handle_pay_notify(request).await;
     match outcome {
         Ok(response) => {
@@ -116,6 +113,17 @@ pub async fn pay_notify(
             "temporarily unavailable",
         ),
     }
+}
+
+/// `request`, marked for pay-service when its sender is throttled (authenticate first).
+fn marked<T>(throttled: bool, mut request: tonic::Request<T>) -> tonic::Request<T> {
+    if throttled {
+        request.metadata_mut().insert(
+            service_kit::grpc::NOTIFY_SENDER_THROTTLED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    request
 }
 
 /// Pay v3's refusal: WeChat retries on any 4xx/5xx; the body is `{"code":"FAIL","message"}`.
@@ -149,6 +157,7 @@ fn accepted_v3() -> HttpResponse {
         (status = 204, description = "accepted (applied now or before)"),
         (status = 400, description = "`{\"code\":\"FAIL\",\"message\"}`: refused (signature, clock, ciphertext, amount, appid...), or an unreadable body", body = String, content_type = "application/json"),
         (status = 413, description = "`{\"code\":\"FAIL\"}`: body too large", body = String, content_type = "application/json"),
+        (status = 429, description = "`{\"code\":\"FAIL\",\"message\":\"rate_limited\"}`: a forgery from an address over its budget of failed signatures", body = String, content_type = "application/json"),
         (status = 500, description = "`{\"code\":\"FAIL\"}`: internal error; WeChat retries", body = String, content_type = "application/json"),
         (status = 503, description = "`{\"code\":\"FAIL\"}`: pay-service unavailable; WeChat retries", body = String, content_type = "application/json"),
     ))]
@@ -188,8 +197,13 @@ pub(crate) async fn relay_v3(
 ) -> HttpResponse {
     let client_ip = extract::client_ip(&req, &state.trusted_proxies);
     let limit = state.notify_fail_limit.as_deref().zip(client_ip);
-    // A v3 notify is never refused by the limiter (a genuine one must always pass, and its
-    // RSA check is cheap); a forged signature still counts against the sender, as on v2.
+    // As on v2: a sender over its budget of forged signatures is marked, and pay-service
+    // authenticates its notifies before anything else (a genuine one is still applied; a
+    // forged one is dropped unrecorded, 429).
+    let throttled = match limit {
+        Some((limit, ip)) => limit.exhausted(ip).await,
+        None => false,
+    };
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -216,15 +230,18 @@ pub(crate) async fn relay_v3(
     let outcome = match kind {
         V3Notify::Payment => upstreams
             .pay()
-            .handle_pay_notify_v3(upstreams.request(
-                &request_id,
-                HandlePayNotifyV3Request {
-                    raw_body,
-                    timestamp,
-                    nonce,
-                    signature,
-                    serial,
-                },
+            .handle_pay_notify_v3(marked(
+                throttled,
+                upstreams.request(
+                    &request_id,
+                    HandlePayNotifyV3Request {
+                        raw_body,
+                        timestamp,
+                        nonce,
+                        signature,
+                        serial,
+                    },
+                ),
             ))
             .await
             .map(|r| {
@@ -237,15 +254,18 @@ pub(crate) async fn relay_v3(
             }),
         V3Notify::Refund => upstreams
             .pay()
-            .handle_refund_notify_v3(upstreams.request(
-                &request_id,
-                HandleRefundNotifyV3Request {
-                    raw_body,
-                    timestamp,
-                    nonce,
-                    signature,
-                    serial,
-                },
+            .handle_refund_notify_v3(marked(
+                throttled,
+                upstreams.request(
+                    &request_id,
+                    HandleRefundNotifyV3Request {
+                        raw_body,
+                        timestamp,
+                        nonce,
+                        signature,
+                        serial,
+                    },
+                ),
             ))
             .await
             .map(|r| {
@@ -266,6 +286,12 @@ pub(crate) async fn relay_v3(
             }
             if response.verdict == "internal_error" {
                 return fail_v3(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+            }
+            if response.verdict == "rate_limited" {
+                if let Some(ip) = client_ip {
+                    tracing::warn!(client_ip = %ip, "{what} refused: too many failed signatures");
+                }
+                return fail_v3(StatusCode::TOO_MANY_REQUESTS, &response.message);
             }
             if response.verdict == "bad_signature"
                 && let Some((limit, ip)) = limit

@@ -81,6 +81,7 @@ pub async fn refund_notify(
         (status = 204, description = "accepted (settled now or before)"),
         (status = 400, description = "`{\"code\":\"FAIL\",\"message\"}`: refused (signature, clock, ciphertext, unknown or mismatched refund...), or an unreadable body", body = String, content_type = "application/json"),
         (status = 413, description = "`{\"code\":\"FAIL\"}`: body too large", body = String, content_type = "application/json"),
+        (status = 429, description = "`{\"code\":\"FAIL\",\"message\":\"rate_limited\"}`: a forgery from an address over its budget of failed signatures", body = String, content_type = "application/json"),
         (status = 500, description = "`{\"code\":\"FAIL\"}`: internal error; WeChat retries", body = String, content_type = "application/json"),
         (status = 503, description = "`{\"code\":\"FAIL\"}`: pay-service unavailable; WeChat retries", body = String, content_type = "application/json"),
     ))]
