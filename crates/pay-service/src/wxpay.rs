@@ -311,9 +311,16 @@ pub struct V3Paid {
 }
 
 impl WechatPay {
-    /// Adds Pay v3; `api` is the API new orders are placed with.
-    pub fn with_v3(mut self, v3: V3Client, api: PayApi) -> Self {
+    /// Adds Pay v3: built whenever its settings are present, whatever API new orders use, so
+    /// that v3 orders keep being queried, closed, refunded and notified after a switch back to
+    /// v2.
+    pub fn with_v3(mut self, v3: V3Client) -> Self {
         self.v3 = Some(v3);
+        self
+    }
+
+    /// `api` is the API new orders are placed with (`WXMP_PAY_API`).
+    pub fn with_api(mut self, api: PayApi) -> Self {
         self.api = api;
         self
     }
@@ -332,10 +339,14 @@ impl WechatPay {
         format!("{}/v3", self.notify_url.trim_end_matches('/'))
     }
 
+    /// The v3 client for an order placed on v3. Without the v3 settings (a service started
+    /// without them while v3 orders are in flight) WeChat is unavailable *to us*: the order
+    /// stays as it is, to be handled by a service that has them, never failed or closed here.
     fn v3_or_unavailable(&self) -> Result<&V3Client, WxError> {
-        self.v3
-            .as_ref()
-            .ok_or_else(|| WxError::Refused("Pay v3 is not configured (WXMP_PAY_API)".into()))
+        self.v3.as_ref().ok_or_else(|| {
+            v3_missing("order");
+            WxError::Unavailable(V3_MISSING.into())
+        })
     }
 
     fn v2_ready(&self) -> Result<(), WxError> {
@@ -481,6 +492,21 @@ impl WechatPay {
             }
         }
     }
+}
+
+/// Why a v3 order or refund cannot be handled here.
+pub(crate) const V3_MISSING: &str = "Pay v3 is not configured on this service (WXMP_PAY_V3_KEY, WXMP_PAY_PRIVATE_KEY_PATH, WXMP_PAY_CERT_SERIAL): the v3 order or refund stays as it is";
+
+/// Logs, loudly, that a v3 order or refund met a service without the v3 settings: an
+/// operator who switched back to v2 must keep them while v3 orders are in flight.
+pub(crate) fn v3_missing(what: &'static str) {
+    tracing::error!(
+        what,
+        "a Pay v3 {what} needs the v3 settings, which this service lacks; it is left as it is \
+         (keep WXMP_PAY_V3_KEY, WXMP_PAY_PRIVATE_KEY_PATH and WXMP_PAY_CERT_SERIAL set while v3 \
+         orders are in flight)"
+    );
+    metrics::counter!("wxmp_pay_v3_unconfigured_total", "what" => what).increment(1);
 }
 
 fn count_v3<T>(api: &'static str, result: &Result<T, V3Error>) {
@@ -638,7 +664,8 @@ impl WechatPay {
                 // Not configured (here, now): a PENDING refund waits for a service that is,
                 // never FAILED (WeChat may hold it from an earlier send).
                 let v3 = self.v3.as_ref().ok_or_else(|| {
-                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                    v3_missing("refund");
+                    RefundCallError::Unknown(V3_MISSING.into())
                 })?;
                 let request = wechat::pay::v3::RefundRequest {
                     out_trade_no: refund.out_trade_no.to_owned(),
@@ -690,7 +717,8 @@ impl WechatPay {
                 // Not configured (here, now): a PENDING refund waits for a service that is,
                 // never FAILED (WeChat may hold it from an earlier send).
                 let v3 = self.v3.as_ref().ok_or_else(|| {
-                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                    v3_missing("refund");
+                    RefundCallError::Unknown(V3_MISSING.into())
                 })?;
                 let result = v3.query_refund(out_refund_no).await;
                 count_v3("refund_query", &result);
