@@ -1186,11 +1186,7 @@ async fn v3_orders_are_served_after_the_switch_back_to_v2(backend: Backend) {
     assert_eq!(record.api, "v3");
     wait_refund(env, "rollback-v3", pb::RefundState::RefundSuccess).await;
     assert_eq!(at_wechat_on(env, Api::V3, &no(&by_notify)).await.len(), 1);
-    assert!(
-        at_wechat_on(env, Api::V2, &no(&by_notify))
-            .await
-            .is_empty()
-    );
+    assert!(at_wechat_on(env, Api::V2, &no(&by_notify)).await.is_empty());
     assert_eq!(
         refunded(&env.get(&no(&by_notify), 0).await.unwrap()),
         (300, 0)
