@@ -253,6 +253,10 @@ impl From<V3Error> for WxError {
             Some(code::ORDERPAID) => Self::OrderPaid,
             Some(code::ORDER_CLOSED) => Self::OrderClosed,
             Some(code::ORDER_NOT_EXIST) => Self::OrderNotExist,
+            // 403 OUT_TRADE_NO_USED (商户订单号重复: the number was placed with other
+            // parameters, JSAPI下单 error codes, https://pay.weixin.qq.com/doc/v3/merchant/4012556398):
+            // v2's duplicate-order answer, no retry can pay it.
+            Some(code::OUT_TRADE_NO_USED) => Self::DuplicateOrder(e.to_string()),
             _ if e.is_retryable() => Self::Unavailable(e.to_string()),
             _ => Self::Refused(e.to_string()),
         }
@@ -336,7 +340,7 @@ impl WechatPay {
 
     /// Where WeChat sends the v3 notifies: `PAY_NOTIFY_URL` + `/v3`.
     pub fn notify_url_v3(&self) -> String {
-        format!("{}/v3", self.notify_url.trim_end_matches('/'))
+        v3_notify_url(&self.notify_url)
     }
 
     /// The v3 client for an order placed on v3. Without the v3 settings (a service started
@@ -392,7 +396,9 @@ impl WechatPay {
                     out_trade_no: order.out_trade_no.to_owned(),
                     time_expire: Some(wechat::pay::v3::model::unix_rfc3339(order.expires_at)),
                     attach: order.attach.map(str::to_owned),
-                    notify_url: self.notify_url_v3(),
+                    // The notify_url bound at the first prepare (+ `/v3`), as on v2: a retry
+                    // must be the first request, whatever PAY_NOTIFY_URL says now.
+                    notify_url: v3_notify_url(order.notify_url.unwrap_or(&self.notify_url)),
                     amount: OrderAmount {
                         total: order.amount_fen,
                         currency: "CNY".into(),
@@ -492,6 +498,11 @@ impl WechatPay {
             }
         }
     }
+}
+
+/// The v3 notify URL of a (v2-style) notify URL: the gateway's `/pay/notify` + `/v3`.
+fn v3_notify_url(notify_url: &str) -> String {
+    format!("{}/v3", notify_url.trim_end_matches('/'))
 }
 
 /// Why a v3 order or refund cannot be handled here.
@@ -769,6 +780,92 @@ mod tests {
 
     fn refused(code: &str) -> Option<String> {
         Some(code.to_owned())
+    }
+
+    /// Each WeChat order failure, v2 and v3, as one meaning and one service error: the same
+    /// word on both APIs (ORDERCLOSED / ORDER_CLOSED, OUT_TRADE_NO_USED on both) acts alike.
+    #[test]
+    fn order_failures_of_both_apis_map_to_one_meaning() {
+        use service_kit::ErrorReason as R;
+        let cases: Vec<(WxError, WxError, R)> = vec![
+            (v2("ORDERPAID").into(), WxError::OrderPaid, R::WechatError),
+            (
+                v3(403, "ORDERPAID").into(),
+                WxError::OrderPaid,
+                R::WechatError,
+            ),
+            (
+                v2("ORDERCLOSED").into(),
+                WxError::OrderClosed,
+                R::WechatError,
+            ),
+            (
+                v3(400, "ORDER_CLOSED").into(),
+                WxError::OrderClosed,
+                R::WechatError,
+            ),
+            (
+                v2("ORDERNOTEXIST").into(),
+                WxError::OrderNotExist,
+                R::WechatError,
+            ),
+            (
+                v3(404, "ORDER_NOT_EXIST").into(),
+                WxError::OrderNotExist,
+                R::WechatError,
+            ),
+        ];
+        for (got, meaning, reason) in cases {
+            assert_eq!(got, meaning);
+            assert_eq!(map_wx_error(got).reason(), reason, "{meaning:?}");
+        }
+        let kind = |e: &WxError| std::mem::discriminant(e);
+        let duplicate = WxError::DuplicateOrder(String::new());
+        let unavailable = WxError::Unavailable(String::new());
+        let refused = WxError::Refused(String::new());
+        let cases: Vec<(WxError, &WxError, R)> = vec![
+            (v2("OUT_TRADE_NO_USED").into(), &duplicate, R::OrderState),
+            (v2("INVALID_REQUEST").into(), &duplicate, R::OrderState),
+            (
+                v3(403, "OUT_TRADE_NO_USED").into(),
+                &duplicate,
+                R::OrderState,
+            ),
+            (v2("SYSTEMERROR").into(), &unavailable, R::WechatUnavailable),
+            (
+                v3(500, "SYSTEM_ERROR").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                v3(429, "FREQUENCY_LIMITED").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                v3(502, "BAD_GATEWAY").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                V3Error::Transport("timeout".into()).into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                V3Error::Verify(wechat::pay::v3::VerifyError::Signature("S".into())).into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (v3(401, "SIGN_ERROR").into(), &refused, R::WechatError),
+            (v3(400, "PARAM_ERROR").into(), &refused, R::WechatError),
+            (v3(400, "INVALID_REQUEST").into(), &refused, R::WechatError),
+            (v2("NOAUTH").into(), &refused, R::WechatError),
+        ];
+        for (got, meaning, reason) in cases {
+            assert_eq!(kind(&got), kind(meaning), "{got:?}");
+            assert_eq!(map_wx_error(got.clone()).reason(), reason, "{got:?}");
+        }
     }
 
     /// Each WeChat refund failure, v2 and v3, as what the refund flow does with it: Unknown
