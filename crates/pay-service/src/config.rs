@@ -314,7 +314,9 @@ impl PayApi {
     }
 }
 
-/// The Pay v3 settings (`WXMP_PAY_API=v3`). WeChat Pay's key is either the public key of
+/// The Pay v3 settings, used whenever the merchant's v3 key is given (`WXMP_PAY_API` only
+/// picks the API of new orders: a service switched back to v2 keeps serving its v3 orders
+/// while they are set; see [`PayV3Config::configured`]), and required with `WXMP_PAY_API=v3`. WeChat Pay's key is either the public key of
 /// public-key mode (`WXMP_PAY_PUBLIC_KEY_PATH` + `WXMP_PAY_PUBLIC_KEY_ID`) or, when neither is
 /// set, platform certificates downloaded from `/v3/certificates` (certificate mode).
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -370,15 +372,21 @@ pub struct PayV3Settings {
 }
 
 impl PayV3Config {
+    /// True when v3 is to be built: with `WXMP_PAY_API=v3`, or whenever the merchant's v3
+    /// signing key (`WXMP_PAY_PRIVATE_KEY_PATH`) is given, whatever `WXMP_PAY_API` says; then
+    /// every v3 setting must be valid. (The APIv3 key alone, e.g. an optional Secret key, does
+    /// not turn v3 on.)
+    pub fn configured(&self) -> bool {
+        self.api == PayApi::V3 || self.private_key_path.is_some()
+    }
+
     /// Reads the key files and checks every piece, naming the variable at fault. Never
     /// includes key material in the message.
     pub fn load(&self) -> Result<PayV3Settings, String> {
         use wechat::pay::v3::{ApiV3Key, MerchantKey, PublicKey};
-        let apiv3_key = self
-            .v3_key
-            .as_ref()
-            .filter(|k| !k.is_empty())
-            .ok_or("WXMP_PAY_V3_KEY is required with WXMP_PAY_API=v3")?;
+        let apiv3_key = self.v3_key.as_ref().filter(|k| !k.is_empty()).ok_or(
+            "WXMP_PAY_V3_KEY is required with WXMP_PAY_API=v3 or WXMP_PAY_PRIVATE_KEY_PATH",
+        )?;
         let apiv3_key =
             ApiV3Key::new(apiv3_key.expose()).map_err(|e| format!("WXMP_PAY_V3_KEY: {e}"))?;
         let path = self
@@ -398,7 +406,7 @@ impl PayV3Config {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .ok_or("WXMP_PAY_CERT_SERIAL is required with WXMP_PAY_API=v3")?;
+            .ok_or("WXMP_PAY_CERT_SERIAL is required with WXMP_PAY_API=v3 or WXMP_PAY_PRIVATE_KEY_PATH")?;
         if !cert_serial.bytes().all(|b| b.is_ascii_hexdigit()) || cert_serial.len() > 64 {
             return Err("WXMP_PAY_CERT_SERIAL must be the certificate's hex serial".into());
         }
@@ -467,14 +475,11 @@ impl Config {
         if self.mch_id.trim().is_empty() {
             return Err("WXMP_PAY_MCH_ID must not be empty".into());
         }
-        match self.v3.api {
-            PayApi::V2 if self.pay_key.is_empty() => {
-                return Err("WXMP_PAY_KEY must not be empty (WXMP_PAY_API=v2)".into());
-            }
-            PayApi::V2 => {}
-            PayApi::V3 => {
-                self.v3.load()?;
-            }
+        if self.v3.api == PayApi::V2 && self.pay_key.is_empty() {
+            return Err("WXMP_PAY_KEY must not be empty (WXMP_PAY_API=v2)".into());
+        }
+        if self.v3.configured() {
+            self.v3.load()?;
         }
         self.sign_type()?;
         if !(self.wechat_pay_base.starts_with("http://")
@@ -661,6 +666,55 @@ mod tests {
         ] {
             assert!(Config::try_parse_from(base.iter().copied().chain(bad)).is_err());
         }
+    }
+
+    /// Rollback: v3 is built whenever the merchant's v3 key is given, also on
+    /// `WXMP_PAY_API=v2`, and then its settings must be whole; the APIv3 key alone (an
+    /// optional Secret key) does not turn it on.
+    #[test]
+    fn v3_is_built_whenever_the_merchant_v3_key_is_given() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("merchant_key.pem");
+        std::fs::write(&key_path, sandbox::v3::dev::MERCHANT_PRIVATE_KEY).unwrap();
+        let v2 = |v3: PayV3Config| {
+            let mut c = Config::try_parse_from([
+                "wxmp-pay",
+                "--database-url",
+                "sqlite::memory:",
+                "--notify-url",
+                "http://127.0.0.1/pay/notify",
+                "--mch-id",
+                "1900000109",
+                "--pay-key",
+                "devpaykey00000000000000000000key",
+            ])
+            .unwrap();
+            c.v3 = v3;
+            c
+        };
+        let only_apiv3_key = PayV3Config {
+            v3_key: Some(Secret::new(sandbox::v3::dev::APIV3_KEY)),
+            ..Default::default()
+        };
+        assert!(!only_apiv3_key.configured());
+        assert_eq!(v2(only_apiv3_key).validate(), Ok(()));
+        let whole = PayV3Config {
+            api: PayApi::V2,
+            v3_key: Some(Secret::new(sandbox::v3::dev::APIV3_KEY)),
+            private_key_path: Some(key_path.clone()),
+            cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
+            public_key_path: None,
+            public_key_id: None,
+        };
+        assert!(whole.configured());
+        assert_eq!(v2(whole.clone()).validate(), Ok(()));
+        let no_serial = PayV3Config {
+            cert_serial: None,
+            ..whole
+        };
+        let err = v2(no_serial).validate().unwrap_err();
+        assert!(err.contains("WXMP_PAY_CERT_SERIAL"), "{err}");
     }
 
     #[test]

@@ -335,6 +335,9 @@ impl Payments {
         record: &mut NewNotification,
     ) -> Result<Judgement, Error> {
         let Some(v3) = self.inner.wechat.v3() else {
+            // Not verifiable here: FAIL, so WeChat retries (a service with the v3 settings,
+            // or this one once they are back, applies it).
+            crate::wxpay::v3_missing("notify");
             return Ok(Judgement::reject("api_mismatch"));
         };
         let (opened, tx) = match v3.transaction_notify(headers, raw_body).await {

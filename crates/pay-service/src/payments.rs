@@ -177,9 +177,12 @@ impl Payments {
             sign_type,
             config.notify_url.clone(),
         );
-        if config.v3.api == crate::config::PayApi::V3 {
-            wechat = wechat.with_v3(v3_client(config, client)?, config.v3.api);
+        // v3 whenever its settings are present (WXMP_PAY_API only picks the API of new
+        // orders): v3 orders stay serviceable after a switch back to v2.
+        if config.v3.configured() {
+            wechat = wechat.with_v3(v3_client(config, client)?);
         }
+        let wechat = wechat.with_api(config.v3.api);
         let settings = Settings {
             catalog: config.products.clone(),
             order_ttl_secs: i64::try_from(config.order_ttl_secs)

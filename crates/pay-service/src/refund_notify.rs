@@ -265,6 +265,8 @@ impl Payments {
     ) -> Result<(&'static str, bool), Error> {
         use wechat::pay::v3::NotifyError as E;
         let Some(v3) = self.inner.wechat.v3() else {
+            // Not verifiable here: FAIL, so WeChat retries.
+            crate::wxpay::v3_missing("refund notify");
             return Ok(("api_mismatch", false));
         };
         let (opened, notice) = match v3.refund_notify(headers, raw_body).await {

@@ -253,6 +253,10 @@ impl From<V3Error> for WxError {
             Some(code::ORDERPAID) => Self::OrderPaid,
             Some(code::ORDER_CLOSED) => Self::OrderClosed,
             Some(code::ORDER_NOT_EXIST) => Self::OrderNotExist,
+            // 403 OUT_TRADE_NO_USED (商户订单号重复: the number was placed with other
+            // parameters, JSAPI下单 error codes, https://pay.weixin.qq.com/doc/v3/merchant/4012556398):
+            // v2's duplicate-order answer, no retry can pay it.
+            Some(code::OUT_TRADE_NO_USED) => Self::DuplicateOrder(e.to_string()),
             _ if e.is_retryable() => Self::Unavailable(e.to_string()),
             _ => Self::Refused(e.to_string()),
         }
@@ -311,9 +315,16 @@ pub struct V3Paid {
 }
 
 impl WechatPay {
-    /// Adds Pay v3; `api` is the API new orders are placed with.
-    pub fn with_v3(mut self, v3: V3Client, api: PayApi) -> Self {
+    /// Adds Pay v3: built whenever its settings are present, whatever API new orders use, so
+    /// that v3 orders keep being queried, closed, refunded and notified after a switch back to
+    /// v2.
+    pub fn with_v3(mut self, v3: V3Client) -> Self {
         self.v3 = Some(v3);
+        self
+    }
+
+    /// `api` is the API new orders are placed with (`WXMP_PAY_API`).
+    pub fn with_api(mut self, api: PayApi) -> Self {
         self.api = api;
         self
     }
@@ -329,13 +340,17 @@ impl WechatPay {
 
     /// Where WeChat sends the v3 notifies: `PAY_NOTIFY_URL` + `/v3`.
     pub fn notify_url_v3(&self) -> String {
-        format!("{}/v3", self.notify_url.trim_end_matches('/'))
+        v3_notify_url(&self.notify_url)
     }
 
+    /// The v3 client for an order placed on v3. Without the v3 settings (a service started
+    /// without them while v3 orders are in flight) WeChat is unavailable *to us*: the order
+    /// stays as it is, to be handled by a service that has them, never failed or closed here.
     fn v3_or_unavailable(&self) -> Result<&V3Client, WxError> {
-        self.v3
-            .as_ref()
-            .ok_or_else(|| WxError::Refused("Pay v3 is not configured (WXMP_PAY_API)".into()))
+        self.v3.as_ref().ok_or_else(|| {
+            v3_missing("order");
+            WxError::Unavailable(V3_MISSING.into())
+        })
     }
 
     fn v2_ready(&self) -> Result<(), WxError> {
@@ -381,7 +396,9 @@ impl WechatPay {
                     out_trade_no: order.out_trade_no.to_owned(),
                     time_expire: Some(wechat::pay::v3::model::unix_rfc3339(order.expires_at)),
                     attach: order.attach.map(str::to_owned),
-                    notify_url: self.notify_url_v3(),
+                    // The notify_url bound at the first prepare (+ `/v3`), as on v2: a retry
+                    // must be the first request, whatever PAY_NOTIFY_URL says now.
+                    notify_url: v3_notify_url(order.notify_url.unwrap_or(&self.notify_url)),
                     amount: OrderAmount {
                         total: order.amount_fen,
                         currency: "CNY".into(),
@@ -481,6 +498,26 @@ impl WechatPay {
             }
         }
     }
+}
+
+/// The v3 notify URL of a (v2-style) notify URL: the gateway's `/pay/notify` + `/v3`.
+fn v3_notify_url(notify_url: &str) -> String {
+    format!("{}/v3", notify_url.trim_end_matches('/'))
+}
+
+/// Why a v3 order or refund cannot be handled here.
+pub(crate) const V3_MISSING: &str = "Pay v3 is not configured on this service (WXMP_PAY_V3_KEY, WXMP_PAY_PRIVATE_KEY_PATH, WXMP_PAY_CERT_SERIAL): the v3 order or refund stays as it is";
+
+/// Logs, loudly, that a v3 order or refund met a service without the v3 settings: an
+/// operator who switched back to v2 must keep them while v3 orders are in flight.
+pub(crate) fn v3_missing(what: &'static str) {
+    tracing::error!(
+        what,
+        "a Pay v3 {what} needs the v3 settings, which this service lacks; it is left as it is \
+         (keep WXMP_PAY_V3_KEY, WXMP_PAY_PRIVATE_KEY_PATH and WXMP_PAY_CERT_SERIAL set while v3 \
+         orders are in flight)"
+    );
+    metrics::counter!("wxmp_pay_v3_unconfigured_total", "what" => what).increment(1);
 }
 
 fn count_v3<T>(api: &'static str, result: &Result<T, V3Error>) {
@@ -638,7 +675,8 @@ impl WechatPay {
                 // Not configured (here, now): a PENDING refund waits for a service that is,
                 // never FAILED (WeChat may hold it from an earlier send).
                 let v3 = self.v3.as_ref().ok_or_else(|| {
-                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                    v3_missing("refund");
+                    RefundCallError::Unknown(V3_MISSING.into())
                 })?;
                 let request = wechat::pay::v3::RefundRequest {
                     out_trade_no: refund.out_trade_no.to_owned(),
@@ -690,7 +728,8 @@ impl WechatPay {
                 // Not configured (here, now): a PENDING refund waits for a service that is,
                 // never FAILED (WeChat may hold it from an earlier send).
                 let v3 = self.v3.as_ref().ok_or_else(|| {
-                    RefundCallError::Unknown("Pay v3 is not configured (WXMP_PAY_API)".into())
+                    v3_missing("refund");
+                    RefundCallError::Unknown(V3_MISSING.into())
                 })?;
                 let result = v3.query_refund(out_refund_no).await;
                 count_v3("refund_query", &result);
@@ -741,6 +780,92 @@ mod tests {
 
     fn refused(code: &str) -> Option<String> {
         Some(code.to_owned())
+    }
+
+    /// Each WeChat order failure, v2 and v3, as one meaning and one service error: the same
+    /// word on both APIs (ORDERCLOSED / ORDER_CLOSED, OUT_TRADE_NO_USED on both) acts alike.
+    #[test]
+    fn order_failures_of_both_apis_map_to_one_meaning() {
+        use service_kit::ErrorReason as R;
+        let cases: Vec<(WxError, WxError, R)> = vec![
+            (v2("ORDERPAID").into(), WxError::OrderPaid, R::WechatError),
+            (
+                v3(403, "ORDERPAID").into(),
+                WxError::OrderPaid,
+                R::WechatError,
+            ),
+            (
+                v2("ORDERCLOSED").into(),
+                WxError::OrderClosed,
+                R::WechatError,
+            ),
+            (
+                v3(400, "ORDER_CLOSED").into(),
+                WxError::OrderClosed,
+                R::WechatError,
+            ),
+            (
+                v2("ORDERNOTEXIST").into(),
+                WxError::OrderNotExist,
+                R::WechatError,
+            ),
+            (
+                v3(404, "ORDER_NOT_EXIST").into(),
+                WxError::OrderNotExist,
+                R::WechatError,
+            ),
+        ];
+        for (got, meaning, reason) in cases {
+            assert_eq!(got, meaning);
+            assert_eq!(map_wx_error(got).reason(), reason, "{meaning:?}");
+        }
+        let kind = |e: &WxError| std::mem::discriminant(e);
+        let duplicate = WxError::DuplicateOrder(String::new());
+        let unavailable = WxError::Unavailable(String::new());
+        let refused = WxError::Refused(String::new());
+        let cases: Vec<(WxError, &WxError, R)> = vec![
+            (v2("OUT_TRADE_NO_USED").into(), &duplicate, R::OrderState),
+            (v2("INVALID_REQUEST").into(), &duplicate, R::OrderState),
+            (
+                v3(403, "OUT_TRADE_NO_USED").into(),
+                &duplicate,
+                R::OrderState,
+            ),
+            (v2("SYSTEMERROR").into(), &unavailable, R::WechatUnavailable),
+            (
+                v3(500, "SYSTEM_ERROR").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                v3(429, "FREQUENCY_LIMITED").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                v3(502, "BAD_GATEWAY").into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                V3Error::Transport("timeout".into()).into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (
+                V3Error::Verify(wechat::pay::v3::VerifyError::Signature("S".into())).into(),
+                &unavailable,
+                R::WechatUnavailable,
+            ),
+            (v3(401, "SIGN_ERROR").into(), &refused, R::WechatError),
+            (v3(400, "PARAM_ERROR").into(), &refused, R::WechatError),
+            (v3(400, "INVALID_REQUEST").into(), &refused, R::WechatError),
+            (v2("NOAUTH").into(), &refused, R::WechatError),
+        ];
+        for (got, meaning, reason) in cases {
+            assert_eq!(kind(&got), kind(meaning), "{got:?}");
+            assert_eq!(map_wx_error(got.clone()).reason(), reason, "{got:?}");
+        }
     }
 
     /// Each WeChat refund failure, v2 and v3, as what the refund flow does with it: Unknown

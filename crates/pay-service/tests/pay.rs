@@ -1,4 +1,7 @@
-//! PayService against the real sandbox, every case on PostgreSQL and SQLite.
+//! PayService against the real sandbox, every case on PostgreSQL and SQLite, and every case
+//! whose behaviour exists on both WeChat Pay APIs on v2 and v3 with the same assertions (v2:
+//! XML notifies signed with the merchant key; v3: JSON notifies signed by WeChat Pay's key,
+//! their resource sealed with the APIv3 key).
 
 mod common;
 mod events;
@@ -17,7 +20,7 @@ use wxmp_proto::pay::v1::{
     prepare_jsapi_payment_request::Target,
 };
 
-on_both_backends!(
+on_both_backends_and_apis!(
     product_payment_is_applied_by_the_notify,
     the_same_notify_applies_once,
     forged_and_mismatched_notifies_change_nothing,
@@ -39,7 +42,8 @@ on_both_backends!(
 
 /// Item 0 of issue 19: WeChat signs an HMAC-SHA256 merchant's notify with HMAC-SHA256 and
 /// sends no `sign_type` (the sandbox does as WeChat); the library must verify with the
-/// merchant's sign type.
+/// merchant's sign type. v2 only: v3 has one signature scheme (SHA256withRSA) and no sign type
+/// to choose.
 mod hmac_notify {
     use super::*;
 
@@ -58,8 +62,47 @@ fn state(o: &pb::Order) -> PbState {
     PbState::try_from(o.state).unwrap()
 }
 
-async fn product_payment_is_applied_by_the_notify(backend: Backend) {
-    let env = Env::new(backend).await;
+/// The second signature (`wx.requestPayment`'s paySign) verifies with the merchant's key: v2
+/// MD5 with the pay key; v3 SHA256withRSA over `appId\ntimeStamp\nnonceStr\npackage\n` (小程序
+/// 调起支付), checked with the merchant's public key by the sandbox's own code.
+fn pay_sign_verifies(api: Api, params: &pb::JsapiParams) -> bool {
+    match api {
+        Api::V2 => wechat::pay::verify(
+            [
+                ("appId", params.app_id.as_str()),
+                ("timeStamp", params.time_stamp.as_str()),
+                ("nonceStr", params.nonce_str.as_str()),
+                ("package", params.package.as_str()),
+                ("signType", params.sign_type.as_str()),
+            ],
+            DEV_PAY_KEY,
+            wechat::SignType::Md5,
+            &params.pay_sign,
+        ),
+        Api::V3 => sandbox::v3::crypto::verify(
+            sandbox::v3::dev::MERCHANT_PUBLIC_KEY,
+            &sandbox::v3::crypto::signed_lines(&[
+                params.app_id.as_bytes(),
+                params.time_stamp.as_bytes(),
+                params.nonce_str.as_bytes(),
+                params.package.as_bytes(),
+            ]),
+            &params.pay_sign,
+        ),
+    }
+}
+
+/// What WeChat calls the order's amount in its view (v2 `total_fee`, v3 `amount.total`, kept
+/// as `total`) and its count of order-placing calls (v2 unifiedorder, v3 JSAPI 下单).
+fn wechat_words(api: Api) -> (&'static str, &'static str) {
+    match api {
+        Api::V2 => ("total_fee", "unifiedorder_calls"),
+        Api::V3 => ("total", "jsapi_calls"),
+    }
+}
+
+async fn product_payment_is_applied_by_the_notify(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let products = PayService::list_products(&env.pay, Request::new(pb::ListProductsRequest {}))
         .await
         .unwrap()
@@ -92,26 +135,22 @@ async fn product_payment_is_applied_by_the_notify(backend: Backend) {
     // The second signature verifies with the merchant key.
     let params = prepared.params.clone().unwrap();
     assert_eq!(params.app_id, DEV_APP_ID);
-    assert_eq!(params.sign_type, "MD5");
-    let signed = [
-        ("appId", params.app_id.as_str()),
-        ("timeStamp", params.time_stamp.as_str()),
-        ("nonceStr", params.nonce_str.as_str()),
-        ("package", params.package.as_str()),
-        ("signType", params.sign_type.as_str()),
-    ];
-    assert!(wechat::pay::verify(
-        signed,
-        DEV_PAY_KEY,
-        wechat::SignType::Md5,
-        &params.pay_sign
-    ));
+    let expected_sign_type = match api {
+        Api::V2 => "MD5",
+        Api::V3 => "RSA",
+    };
+    assert_eq!(params.sign_type, expected_sign_type);
+    assert!(pay_sign_verifies(api, &params));
+    let mut forged = params.clone();
+    forged.nonce_str.push('x');
+    assert!(!pay_sign_verifies(api, &forged));
 
-    // WeChat saw the server's amount, our notify_url, the buyer's openid and IP.
-    let at_wechat = env.sandbox_order(&order.order_no).await;
-    assert_eq!(at_wechat["total_fee"], 990);
+    // WeChat saw the server's amount, our notify_url, the buyer's openid.
+    let (total, _) = wechat_words(api);
+    let at_wechat = env.wechat_order(&order.order_no).await;
+    assert_eq!(at_wechat[total], 990);
     assert_eq!(at_wechat["openid"], buyer.openid.as_str());
-    assert_eq!(at_wechat["notify_url"], env.receiver.url.as_str());
+    assert_eq!(at_wechat["notify_url"], env.wechat_notify_url().as_str());
 
     let paid = env.sandbox_pay(&prepared, None).await;
     let transaction_id = paid["transaction_id"].as_str().unwrap().to_owned();
@@ -122,7 +161,7 @@ async fn product_payment_is_applied_by_the_notify(backend: Backend) {
     assert!(order.paid_at > 0);
     assert_eq!(env.verdicts(&no).await, vec![("applied".to_owned(), true)]);
     // WeChat got SUCCESS and stops.
-    eventually(|| async { env.sandbox_order(&no).await["notify_state"] == "accepted" }).await;
+    eventually(|| async { env.wechat_order(&no).await["notify_state"] == "accepted" }).await;
 
     // A paid order cannot be prepared again.
     let err = env
@@ -132,8 +171,8 @@ async fn product_payment_is_applied_by_the_notify(backend: Backend) {
     assert_eq!(reason(&err), ErrorReason::OrderState);
 }
 
-async fn the_same_notify_applies_once(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn the_same_notify_applies_once(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     env.receiver.forward.store(false, Ordering::SeqCst);
     let prepared = env
         .prepare(&principal(1), Target::ProductId("coins".into()))
@@ -141,23 +180,25 @@ async fn the_same_notify_applies_once(backend: Backend) {
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     env.sandbox_pay(&prepared, None).await;
-    let body = env.captured_notify(1).await;
+    let body = env.captured_notice(1).await;
+    assert_eq!(body.headers.is_some(), api == Api::V3);
 
-    let first = env.notify(&body).await;
+    let first = env.deliver(&body).await;
     assert!(first.accepted);
     assert_eq!(first.verdict, "applied");
-    assert!(first.reply_xml.contains("SUCCESS"));
+    assert!(first.wechat_stops(), "{first:?}");
     let paid = env.get(&no, 0).await.unwrap();
     assert_eq!(state(&paid), PbState::Paid);
 
     // Five times in a row...
     for _ in 0..5 {
-        let again = env.notify(&body).await;
+        let again = env.deliver(&body).await;
         assert!(again.accepted);
+        assert!(again.wechat_stops());
         assert_eq!(again.verdict, "duplicate");
     }
     // ... and five at once.
-    let replies = futures::future::join_all((0..5).map(|_| env.notify(&body))).await;
+    let replies = futures::future::join_all((0..5).map(|_| env.deliver(&body))).await;
     assert!(
         replies
             .iter()
@@ -180,10 +221,10 @@ async fn concurrent_first_notifies(env: &Env) {
         .await
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
-    let n = env.receiver.captured().len();
+    let n = env.receiver.notices.lock().unwrap().len();
     env.sandbox_pay(&prepared, None).await;
-    let body = env.captured_notify(n + 1).await;
-    let replies = futures::future::join_all((0..5).map(|_| env.notify(&body))).await;
+    let body = env.captured_notice(n + 1).await;
+    let replies = futures::future::join_all((0..5).map(|_| env.deliver(&body))).await;
     assert!(replies.iter().all(|r| r.accepted));
     assert_eq!(replies.iter().filter(|r| r.verdict == "applied").count(), 1);
     assert_eq!(
@@ -193,8 +234,84 @@ async fn concurrent_first_notifies(env: &Env) {
     assert_eq!(state(&env.get(&no, 0).await.unwrap()), PbState::Paid);
 }
 
-async fn forged_and_mismatched_notifies_change_nothing(backend: Backend) {
-    let env = Env::new(backend).await;
+/// Notifies that must change nothing, as `(notice, verdict, filed under the order)`: v2
+/// carries out_trade_no in the clear, so even an unverified notify is filed under it; v3's is
+/// inside the sealed resource, so only a verified, decrypted notify of our merchant is.
+fn forged_notices(api: Api, no: &str) -> Vec<(Notice, &'static str, bool)> {
+    let forged = |total: &str, overrides: &[(&str, &str)], forgery| {
+        paid_notice(api, no, total, overrides, forgery)
+    };
+    let genuine = |total: &str, overrides: &[(&str, &str)]| forged(total, overrides, Forgery::None);
+    let v2 = api == Api::V2;
+    let mut cases = vec![
+        (forged("100", &[], Forgery::Signature), "bad_signature", v2),
+        (genuine("1", &[]), "amount_mismatch", true),
+        (
+            genuine("100", &[("mch_id", "1900000999")]),
+            "mch_id_mismatch",
+            v2,
+        ),
+        (
+            genuine("100", &[("appid", "wx0000000000other1")]),
+            "appid_mismatch",
+            true,
+        ),
+        (
+            paid_notice(api, "20261125UnknownOrder0001", "100", &[], Forgery::None),
+            "unknown_order",
+            false,
+        ),
+        // The body changed after WeChat signed it.
+        (tampered(&genuine("100", &[])), "bad_signature", v2),
+    ];
+    match api {
+        Api::V2 => cases.extend([
+            (
+                Notice {
+                    body: b"<xml><return_code>SUCCESS".to_vec(),
+                    headers: None,
+                },
+                "malformed",
+                false,
+            ),
+            (
+                Notice {
+                    body: b"not xml at all".to_vec(),
+                    headers: None,
+                },
+                "malformed",
+                false,
+            ),
+        ]),
+        Api::V3 => cases.extend([
+            // Not WeChat's key id: nothing to verify the signature with.
+            (forged("100", &[], Forgery::Serial), "bad_signature", false),
+            // A replay from 10 minutes ago (WeChat's notifies are fresh; ±5 min is allowed).
+            (forged("100", &[], Forgery::Stale), "bad_signature", false),
+            // Signed, but the resource does not open with the APIv3 key (GCM tag).
+            (forged("100", &[], Forgery::Ciphertext), "malformed", false),
+            // Signed by WeChat, but not a notify.
+            (
+                v3_signed(b"not json at all".to_vec(), Forgery::None),
+                "malformed",
+                false,
+            ),
+            // No headers at all.
+            (
+                Notice {
+                    body: genuine("100", &[]).body,
+                    headers: Some(Default::default()),
+                },
+                "bad_signature",
+                false,
+            ),
+        ]),
+    }
+    cases
+}
+
+async fn forged_and_mismatched_notifies_change_nothing(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     concurrent_first_notifies(&env).await;
 
     let prepared = env
@@ -203,56 +320,12 @@ async fn forged_and_mismatched_notifies_change_nothing(backend: Backend) {
         .unwrap();
     let order = prepared.order.unwrap();
     let no = order.order_no.as_str();
-    let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            signed_notify(
-                &notify_fields(no, "100", &[]),
-                "not-the-merchant-key-000000000000",
-            ),
-            "bad_signature",
-        ),
-        (
-            signed_notify(&notify_fields(no, "1", &[]), DEV_PAY_KEY),
-            "amount_mismatch",
-        ),
-        (
-            signed_notify(
-                &notify_fields(no, "100", &[("mch_id", "1900000999")]),
-                DEV_PAY_KEY,
-            ),
-            "mch_id_mismatch",
-        ),
-        (
-            signed_notify(
-                &notify_fields(no, "100", &[("appid", "wx0000000000other1")]),
-                DEV_PAY_KEY,
-            ),
-            "appid_mismatch",
-        ),
-        (
-            signed_notify(
-                &notify_fields("20261125UnknownOrder0001", "100", &[]),
-                DEV_PAY_KEY,
-            ),
-            "unknown_order",
-        ),
-        (b"<xml><return_code>SUCCESS".to_vec(), "malformed"),
-        (b"not xml at all".to_vec(), "malformed"),
-    ];
-    // A genuine notify with its signature tampered: the amount was changed after signing.
-    let genuine =
-        String::from_utf8(signed_notify(&notify_fields(no, "100", &[]), DEV_PAY_KEY)).unwrap();
-    // (WeChat writes total_fee without CDATA.)
-    let tampered = genuine.replace("<total_fee>100</total_fee>", "<total_fee>1</total_fee>");
-    assert_ne!(genuine, tampered);
-    let mut cases = cases;
-    cases.push((tampered.into_bytes(), "bad_signature"));
-
-    for (body, expected) in &cases {
-        let reply = env.notify(body).await;
+    let cases = forged_notices(api, no);
+    for (notice, expected, _) in &cases {
+        let reply = env.deliver(notice).await;
         assert_eq!(reply.verdict, *expected);
         assert!(!reply.accepted, "{expected}");
-        assert!(reply.reply_xml.contains("FAIL"), "{expected}");
+        assert!(!reply.wechat_stops(), "{expected}: {reply:?}");
         let now = env.get(no, 0).await.unwrap();
         assert_eq!(state(&now), PbState::Paying, "{expected}");
         assert!(
@@ -262,54 +335,86 @@ async fn forged_and_mismatched_notifies_change_nothing(backend: Backend) {
     }
     // Every one is on record (the unknown order under its own number).
     let recorded = env.verdicts(no).await;
-    assert_eq!(recorded.iter().filter(|(_, accepted)| !accepted).count(), 5);
+    assert_eq!(
+        recorded.iter().filter(|(_, accepted)| !accepted).count(),
+        cases.iter().filter(|(_, _, filed)| *filed).count()
+    );
 
-    // The sandbox's own faults, through the receiver: a bad signature and a wrong amount.
-    let bad = env
-        .prepare(&principal(3), Target::ProductId("vip".into()))
-        .await
-        .unwrap();
-    let bad_no = bad.order.clone().unwrap().order_no;
+    // The sandbox's own faults, through the receiver: a bad signature and a wrong amount (this
+    // payment's faults), and on v3 WeChat's envelope gone wrong (its v3 faults): an unknown
+    // serial, a skewed clock, a ciphertext that does not open.
+    use serde_json::json;
+    let mut sent = vec![
+        (
+            json!({"notify_bad_signature": true}),
+            None,
+            "bad_signature",
+            api == Api::V2,
+        ),
+        (
+            json!({"notify_wrong_total_fee": true}),
+            None,
+            "amount_mismatch",
+            true,
+        ),
+    ];
+    if api == Api::V3 {
+        sent.extend([
+            (
+                json!({}),
+                Some(json!({"unknown_serial": true})),
+                "bad_signature",
+                false,
+            ),
+            (
+                json!({}),
+                Some(json!({"clock_skew_secs": -600})),
+                "bad_signature",
+                false,
+            ),
+            (
+                json!({}),
+                Some(json!({"tamper_ciphertext": true})),
+                "malformed",
+                false,
+            ),
+        ]);
+    }
     env.receiver.forward.store(true, Ordering::SeqCst);
-    env.sandbox_pay(
-        &bad,
-        Some(serde_json::json!({"notify_bad_signature": true})),
-    )
-    .await;
-    eventually(|| async { !env.verdicts(&bad_no).await.is_empty() }).await;
-    assert_eq!(
-        env.verdicts(&bad_no).await[0],
-        ("bad_signature".to_owned(), false)
-    );
-    assert_eq!(state(&env.get(&bad_no, 0).await.unwrap()), PbState::Paying);
+    for (i, (faults, v3_faults, expected, filed)) in sent.into_iter().enumerate() {
+        let prepared = env
+            .prepare(&principal(10 + i as i64), Target::ProductId("vip".into()))
+            .await
+            .unwrap();
+        let paid_no = prepared.order.clone().unwrap().order_no;
+        let v3_faults_url = env.sandbox.url("/sandbox/v3/faults");
+        if let Some(f) = &v3_faults {
+            let resp = env.http.post(&v3_faults_url).json(f).send().await.unwrap();
+            assert!(resp.status().is_success());
+        }
+        // An unauthenticated notify is filed with no order number.
+        let filed_as = if filed { paid_no.as_str() } else { "" };
+        let before = env.verdicts(filed_as).await.len();
+        env.sandbox_pay(&prepared, Some(faults)).await;
+        eventually(|| async { env.verdicts(filed_as).await.len() > before }).await;
+        assert_eq!(
+            env.verdicts(filed_as).await[before],
+            (expected.to_owned(), false),
+            "{v3_faults:?}"
+        );
+        assert_eq!(state(&env.get(&paid_no, 0).await.unwrap()), PbState::Paying);
+        if v3_faults.is_some() {
+            env.http.delete(&v3_faults_url).send().await.unwrap();
+        }
+    }
 
-    let wrong = env
-        .prepare(&principal(4), Target::ProductId("vip".into()))
-        .await
-        .unwrap();
-    let wrong_no = wrong.order.clone().unwrap().order_no;
-    env.sandbox_pay(
-        &wrong,
-        Some(serde_json::json!({"notify_wrong_total_fee": true})),
-    )
-    .await;
-    eventually(|| async { !env.verdicts(&wrong_no).await.is_empty() }).await;
-    assert_eq!(
-        env.verdicts(&wrong_no).await[0],
-        ("amount_mismatch".to_owned(), false)
-    );
-    assert_eq!(
-        state(&env.get(&wrong_no, 0).await.unwrap()),
-        PbState::Paying
-    );
-
-    // The genuine notify still applies afterwards.
-    let reply = env.notify(genuine.as_bytes()).await;
+    // A genuine notify still applies afterwards.
+    let reply = env.deliver(&env.paid_notice(no, "100", &[])).await;
     assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
 }
 
-async fn dropped_notify_is_repaired_by_the_reconciler(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn dropped_notify_is_repaired_by_the_reconciler(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let prepared = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
         .await
@@ -336,8 +441,8 @@ async fn dropped_notify_is_repaired_by_the_reconciler(backend: Backend) {
     assert_eq!(again.paid, 0);
 }
 
-async fn expired_orders_are_closed_by_the_reconciler(backend: Backend) {
-    let env = Env::with(backend, |c| c.reconcile_after_secs = 600).await;
+async fn expired_orders_are_closed_by_the_reconciler(backend: Backend, api: Api) {
+    let env = Env::with_on(backend, api, |c| c.reconcile_after_secs = 600).await;
     let created = env.create(1, 500, "never prepared", "").await.unwrap();
     let prepared = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
@@ -377,7 +482,7 @@ async fn expired_orders_are_closed_by_the_reconciler(backend: Backend) {
     }
     // Closed at WeChat too: the prepay_id can no longer be paid.
     assert_eq!(
-        env.sandbox_order(&paying.order_no).await["trade_state"],
+        env.wechat_order(&paying.order_no).await["trade_state"],
         "CLOSED"
     );
     let resp = env
@@ -391,8 +496,8 @@ async fn expired_orders_are_closed_by_the_reconciler(backend: Backend) {
     assert_eq!(env.pay.reconcile_once().await.unwrap().closed, 0);
 }
 
-async fn second_prepare_reuses_the_prepay_id(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn second_prepare_reuses_the_prepay_id(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let buyer = principal(1);
     let order = env.create(1, 1234, "a shop order", "").await.unwrap();
     assert_eq!(state(&order), PbState::Created);
@@ -422,7 +527,7 @@ async fn second_prepare_reuses_the_prepay_id(backend: Backend) {
     .into_inner();
     assert_eq!(prepay_id(&again), ids[0]);
     assert_eq!(
-        env.sandbox_order(&order.order_no).await["prepay_id"],
+        env.wechat_order(&order.order_no).await["prepay_id"],
         ids[0].as_str()
     );
     assert_eq!(again.order.unwrap().amount_fen, 1234);
@@ -455,7 +560,7 @@ async fn second_prepare_reuses_the_prepay_id(backend: Backend) {
     let no = local.order.unwrap().order_no;
     // The sandbox keeps the request's fields; the IP it got is visible through its order view
     // only indirectly, so check the order was placed.
-    assert_eq!(env.sandbox_order(&no).await["out_trade_no"], no.as_str());
+    assert_eq!(env.wechat_order(&no).await["out_trade_no"], no.as_str());
 
     // An unknown product is NOT_FOUND; a missing target MISSING_PARAMETER.
     let err = env
@@ -477,8 +582,8 @@ async fn second_prepare_reuses_the_prepay_id(backend: Backend) {
     assert_eq!(reason(&err), ErrorReason::MissingParameter);
 }
 
-async fn another_user_cannot_pay_or_read_the_order(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn another_user_cannot_pay_or_read_the_order(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let prepared = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
         .await
@@ -527,8 +632,8 @@ async fn another_user_cannot_pay_or_read_the_order(backend: Backend) {
     assert_eq!(reason(&err), ErrorReason::OrderState);
 }
 
-async fn create_order_is_idempotent_and_validated(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn create_order_is_idempotent_and_validated(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let a = env.create(7, 2500, "ticket", "key-1").await.unwrap();
     let b = env.create(7, 2500, "ticket", "key-1").await.unwrap();
     assert_eq!(a.order_no, b.order_no);
@@ -588,8 +693,8 @@ async fn create_order_is_idempotent_and_validated(backend: Backend) {
     );
 }
 
-async fn close_order_rules(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn close_order_rules(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     // An unprepared order closes locally.
     let created = env.create(1, 100, "to close", "").await.unwrap();
     let closed = env.close(&created.order_no, 1).await.unwrap();
@@ -613,7 +718,7 @@ async fn close_order_rules(backend: Backend) {
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     assert_eq!(state(&env.close(&no, 1).await.unwrap()), PbState::Closed);
-    assert_eq!(env.sandbox_order(&no).await["trade_state"], "CLOSED");
+    assert_eq!(env.wechat_order(&no).await["trade_state"], "CLOSED");
 
     // A PAID order cannot be closed.
     let prepared = env
@@ -646,8 +751,8 @@ async fn close_order_rules(backend: Backend) {
     );
 }
 
-async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     env.receiver.forward.store(false, Ordering::SeqCst);
     let prepared = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
@@ -655,7 +760,7 @@ async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend) {
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     let paid = env.sandbox_pay(&prepared, None).await;
-    let body = env.captured_notify(1).await;
+    let body = env.captured_notice(1).await;
     // The order was closed here while the user paid (as a close racing the payment would).
     let row = pay_service::store::find_order(env.pay.database(), &no)
         .await
@@ -668,8 +773,8 @@ async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend) {
     );
 
     for _ in 0..2 {
-        let reply = env.notify(&body).await;
-        assert!(reply.accepted, "WeChat must stop retrying");
+        let reply = env.deliver(&body).await;
+        assert!(reply.wechat_stops(), "WeChat must stop retrying");
         assert_eq!(reply.verdict, "paid_after_close");
     }
     let order = env.get(&no, 1).await.unwrap();
@@ -688,8 +793,8 @@ async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend) {
     assert_eq!(row.state(), Some(OrderState::Closed));
 }
 
-async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let mut orders = Vec::new();
     for user in 1..=3 {
         let prepared = env
@@ -718,7 +823,7 @@ async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend) {
         assert_eq!(state(&order), PbState::Paid);
         assert_eq!(
             order.transaction_id,
-            env.sandbox_order(no).await["transaction_id"]
+            env.wechat_order(no).await["transaction_id"]
                 .as_str()
                 .unwrap()
         );
@@ -728,8 +833,8 @@ async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend) {
     assert!(reports.into_iter().all(|r| r.unwrap().paid == 0));
 }
 
-async fn wechat_failures_are_mapped(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn wechat_failures_are_mapped(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let set_faults = |faults: serde_json::Value| {
         let (http, url) = (env.http.clone(), env.sandbox.url("/sandbox/faults"));
         async move {
@@ -762,14 +867,34 @@ async fn wechat_failures_are_mapped(backend: Backend) {
         .unwrap();
     assert_eq!(state(&ok.order.unwrap()), PbState::Paying);
 
-    // A merchant WeChat does not know: WECHAT_ERROR.
-    let env2 = Env::with(backend, |c| c.mch_id = "1900000999".into()).await;
+    // A merchant WeChat does not know (v2 MCHID_NOT_EXIST, v3 400 MCH_NOT_EXISTS):
+    // WECHAT_ERROR, and the order is not placed.
+    let env2 = Env::with_on(backend, api, |c| c.mch_id = "1900000999".into()).await;
     let err = env2
         .prepare(&principal(1), Target::ProductId("vip".into()))
         .await
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::WechatError);
     assert_eq!(DEV_MCH_ID, "1900000109");
+
+    // A request WeChat cannot authenticate (v2 a wrong pay key: 签名错误; v3 a wrong
+    // certificate serial: 401 SIGN_ERROR) is the merchant's configuration, not WeChat being
+    // down: WECHAT_ERROR, nothing placed.
+    let env3 = Env::with_on(backend, api, |c| match api {
+        Api::V2 => c.pay_key = service_kit::Secret::new("not-the-merchant-key-000000000000"),
+        Api::V3 => c.v3.cert_serial = Some("0123456789ABCDEF0123456789ABCDEF01234567".into()),
+    })
+    .await;
+    let order = env3.create(1, 100, "unsigned", "").await.unwrap();
+    let err = env3
+        .prepare(&principal(1), Target::OrderNo(order.order_no.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatError, "{err:?}");
+    assert_eq!(
+        state(&env3.get(&order.order_no, 1).await.unwrap()),
+        PbState::Created
+    );
 }
 
 async fn hmac_sha256_merchant_pays_end_to_end(backend: Backend) {
@@ -805,39 +930,36 @@ async fn hmac_sha256_merchant_pays_end_to_end(backend: Backend) {
 
 /// A genuine notify of another transaction for an order already PAID: answered SUCCESS (WeChat
 /// must stop), recorded as `conflicting_transaction`, and the order keeps its payment.
-async fn another_transaction_for_a_paid_order_changes_nothing(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn another_transaction_for_a_paid_order_changes_nothing(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let prepared = env
         .prepare(&principal(1), Target::ProductId("coins".into()))
         .await
         .unwrap();
     let no = prepared.order.unwrap().order_no;
-    let first = signed_notify(&notify_fields(&no, "100", &[]), DEV_PAY_KEY);
-    let reply = env.notify(&first).await;
+    let first = env.paid_notice(&no, "100", &[]);
+    let reply = env.deliver(&first).await;
     assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
     let paid = env.get(&no, 0).await.unwrap();
     assert_eq!(state(&paid), PbState::Paid);
     assert_eq!(paid.transaction_id, "4200000000202611250000000001");
 
-    let other = signed_notify(
-        &notify_fields(
-            &no,
-            "100",
-            &[
-                ("transaction_id", "4200000000202611259999999999"),
-                ("time_end", "20261125130000"),
-            ],
-        ),
-        DEV_PAY_KEY,
+    let other = env.paid_notice(
+        &no,
+        "100",
+        &[
+            ("transaction_id", "4200000000202611259999999999"),
+            ("time_end", "20261125130000"),
+        ],
     );
-    let reply = env.notify(&other).await;
+    let reply = env.deliver(&other).await;
     assert_eq!(
         (reply.verdict.as_str(), reply.accepted),
         ("conflicting_transaction", true)
     );
-    assert!(reply.reply_xml.contains("SUCCESS"));
+    assert!(reply.wechat_stops(), "{reply:?}");
     // The first transaction is still a duplicate, not a conflict.
-    let reply = env.notify(&first).await;
+    let reply = env.deliver(&first).await;
     assert_eq!(
         (reply.verdict.as_str(), reply.accepted),
         ("duplicate", true)
@@ -858,8 +980,11 @@ async fn another_transaction_for_a_paid_order_changes_nothing(backend: Backend) 
 /// An expired order paid at WeChat whose notify has not arrived: the reconciler's closeorder
 /// meets ORDERPAID and applies the payment instead of closing; the late notify is then a
 /// duplicate. And the same with the notify arriving while the reconciler closes: paid once.
-async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(backend: Backend) {
-    let env = Env::with(backend, |c| c.reconcile_after_secs = 600).await;
+async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(
+    backend: Backend,
+    api: Api,
+) {
+    let env = Env::with_on(backend, api, |c| c.reconcile_after_secs = 600).await;
     // The receiver records the notifies but answers 503, so WeChat holds on to them.
     env.receiver.forward.store(false, Ordering::SeqCst);
     let ttl = env.config.order_ttl_secs as i64;
@@ -870,7 +995,7 @@ async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(backe
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     let paid = env.sandbox_pay(&prepared, None).await;
-    let held = env.captured_notify(1).await;
+    let held = env.captured_notice(1).await;
     env.clock.advance(ttl + 1);
     let report = env.pay.reconcile_once().await.unwrap();
     assert_eq!(
@@ -884,8 +1009,8 @@ async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(backe
         order.transaction_id,
         paid["transaction_id"].as_str().unwrap()
     );
-    assert_eq!(env.sandbox_order(&no).await["trade_state"], "SUCCESS");
-    let reply = env.notify(&held).await;
+    assert_eq!(env.wechat_order(&no).await["trade_state"], "SUCCESS");
+    let reply = env.deliver(&held).await;
     assert_eq!(
         (reply.verdict.as_str(), reply.accepted),
         ("duplicate", true)
@@ -899,9 +1024,9 @@ async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(backe
         .unwrap();
     let raced = prepared.order.clone().unwrap().order_no;
     let paid = env.sandbox_pay(&prepared, None).await;
-    let held = env.captured_notify(2).await;
+    let held = env.captured_notice(2).await;
     env.clock.advance(ttl + 1);
-    let (report, reply) = tokio::join!(env.pay.reconcile_once(), env.notify(&held));
+    let (report, reply) = tokio::join!(env.pay.reconcile_once(), env.deliver(&held));
     let report = report.unwrap();
     assert!(reply.accepted, "{reply:?}");
     assert!(
@@ -920,13 +1045,16 @@ async fn expired_order_paid_at_wechat_is_applied_by_the_closing_reconciler(backe
         order.transaction_id,
         paid["transaction_id"].as_str().unwrap()
     );
-    assert_eq!(env.sandbox_order(&raced).await["trade_state"], "SUCCESS");
+    assert_eq!(env.wechat_order(&raced).await["trade_state"], "SUCCESS");
 }
 
 /// The notify was lost for a while; the reconciler's orderquery repaired the order; then
 /// WeChat's retry arrives: answered SUCCESS as a duplicate, nothing changes.
-async fn a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate(
+    backend: Backend,
+    api: Api,
+) {
+    let env = Env::on(backend, api).await;
     env.receiver.forward.store(false, Ordering::SeqCst);
     let prepared = env
         .prepare(&principal(1), Target::ProductId("coins".into()))
@@ -934,7 +1062,7 @@ async fn a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate(ba
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     let paid = env.sandbox_pay(&prepared, None).await;
-    let late = env.captured_notify(1).await;
+    let late = env.captured_notice(1).await;
 
     let report = env.pay.reconcile_once().await.unwrap();
     assert_eq!((report.queried, report.paid), (1, 1), "{report:?}");
@@ -946,12 +1074,12 @@ async fn a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate(ba
     );
 
     for _ in 0..2 {
-        let reply = env.notify(&late).await;
+        let reply = env.deliver(&late).await;
         assert_eq!(
             (reply.verdict.as_str(), reply.accepted),
             ("duplicate", true)
         );
-        assert!(reply.reply_xml.contains("SUCCESS"), "{}", reply.reply_xml);
+        assert!(reply.wechat_stops(), "{reply:?}");
     }
     assert_eq!(env.get(&no, 1).await.unwrap(), repaired);
     assert_eq!(
@@ -963,8 +1091,8 @@ async fn a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate(ba
 /// A CLOSED order is paid at WeChat twice (two transactions, e.g. two phones racing the
 /// close): both notifies are answered SUCCESS and kept for a manual refund; the order stays
 /// CLOSED with the first transaction.
-async fn a_closed_order_paid_by_a_second_transaction_keeps_the_first(backend: Backend) {
-    let env = Env::new(backend).await;
+async fn a_closed_order_paid_by_a_second_transaction_keeps_the_first(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let prepared = env
         .prepare(&principal(1), Target::ProductId("coins".into()))
         .await
@@ -972,27 +1100,21 @@ async fn a_closed_order_paid_by_a_second_transaction_keeps_the_first(backend: Ba
     let no = prepared.order.unwrap().order_no;
     assert_eq!(state(&env.close(&no, 1).await.unwrap()), PbState::Closed);
 
-    let first = signed_notify(
-        &notify_fields(
-            &no,
-            "100",
-            &[("transaction_id", "4200000000202611250000000101")],
-        ),
-        DEV_PAY_KEY,
+    let first = env.paid_notice(
+        &no,
+        "100",
+        &[("transaction_id", "4200000000202611250000000101")],
     );
-    let second = signed_notify(
-        &notify_fields(
-            &no,
-            "100",
-            &[
-                ("transaction_id", "4200000000202611250000000102"),
-                ("time_end", "20261125120500"),
-            ],
-        ),
-        DEV_PAY_KEY,
+    let second = env.paid_notice(
+        &no,
+        "100",
+        &[
+            ("transaction_id", "4200000000202611250000000102"),
+            ("time_end", "20261125120500"),
+        ],
     );
     for body in [&first, &second, &first] {
-        let reply = env.notify(body).await;
+        let reply = env.deliver(body).await;
         assert_eq!(
             (reply.verdict.as_str(), reply.accepted),
             ("paid_after_close", true)
@@ -1009,16 +1131,17 @@ async fn a_closed_order_paid_by_a_second_transaction_keeps_the_first(backend: Ba
 }
 
 /// Concurrent PrepareJsapiPayment calls of one order, counted at WeChat (the sandbox's
-/// `unifiedorder_calls`): at most one unifiedorder per caller while none is stored, all
+/// `unifiedorder_calls`, on v3 `jsapi_calls`): at most one unifiedorder per caller while none is stored, all
 /// answered the same prepay_id; once it is stored, no caller asks WeChat again.
-async fn concurrent_prepares_count_unifiedorder_calls_at_wechat(backend: Backend) {
+async fn concurrent_prepares_count_unifiedorder_calls_at_wechat(backend: Backend, api: Api) {
     const CALLERS: u64 = 6;
-    let env = Env::new(backend).await;
+    let env = Env::on(backend, api).await;
     let buyer = principal(1);
     let order = env.create(1, 700, "counted", "").await.unwrap();
     let target = || Target::OrderNo(order.order_no.clone());
+    let (_, placing_calls) = wechat_words(api);
     let calls = || async {
-        env.sandbox_order(&order.order_no).await["unifiedorder_calls"]
+        env.wechat_order(&order.order_no).await[placing_calls]
             .as_u64()
             .unwrap()
     };
@@ -1045,7 +1168,7 @@ async fn concurrent_prepares_count_unifiedorder_calls_at_wechat(backend: Backend
     );
     assert_eq!(calls().await, placed, "the stored prepay_id is reused");
     assert_eq!(
-        env.sandbox_order(&order.order_no).await["prepay_id"],
+        env.wechat_order(&order.order_no).await["prepay_id"],
         ids[0].as_str()
     );
 }

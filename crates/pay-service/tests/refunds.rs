@@ -1087,6 +1087,130 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     .await;
 }
 
+/// The first v3 pay notify WeChat sent for `out_trade_no`, headers and all (the sandbox keeps
+/// every attempt; the receiver's copies are not told apart, their resource being sealed).
+async fn sent_v3_notice(env: &Env, out_trade_no: &str) -> common::Notice {
+    let path = format!("/sandbox/v3/notifies?out_trade_no={out_trade_no}");
+    let sent = std::sync::Mutex::new(Value::Null);
+    eventually(|| async {
+        let listed = sandbox_get(env, &path).await;
+        let found = listed.as_array().is_some_and(|a| !a.is_empty());
+        *sent.lock().unwrap() = listed;
+        found
+    })
+    .await;
+    let first = sent.into_inner().unwrap()[0].clone();
+    let field = |name: &str| first[name].as_str().unwrap().to_owned();
+    common::Notice {
+        body: field("request").into_bytes(),
+        headers: Some([
+            field("timestamp"),
+            field("nonce"),
+            field("signature"),
+            field("serial"),
+        ]),
+    }
+}
+
+/// Rollback (issue 13): orders placed on v3, then the service restarted with
+/// `WXMP_PAY_API=v2` and the v3 settings still set. New orders go to v2; the v3 orders are
+/// still paid by their v3 notify and by the reconciler's v3 query, and refund on v3. Without
+/// the v3 settings a v3 order is left as it is (PAYING, its notify refused so that WeChat
+/// retries), never closed or failed.
+async fn v3_orders_are_served_after_the_switch_back_to_v2(backend: Backend) {
+    use std::sync::atomic::Ordering;
+    let env = Env::refunding_on(backend, Api::V3).await;
+    // Notifies are held at the receiver, to be handed to the restarted service.
+    env.receiver.forward.store(false, Ordering::SeqCst);
+    let env = &env;
+    let place = |user| async move {
+        env.prepare(&principal(user), Target::ProductId("vip".into()))
+            .await
+            .unwrap()
+    };
+    let by_notify = place(21).await;
+    let by_query = place(22).await;
+    let stranded = place(23).await;
+    for prepared in [&by_notify, &by_query, &stranded] {
+        assert_eq!(prepared.order.as_ref().unwrap().pay_api, "v3");
+    }
+    let no = |p: &pb::PrepareJsapiPaymentResponse| p.order.as_ref().unwrap().order_no.clone();
+
+    // The restart: WXMP_PAY_API=v2, the v3 variables still set.
+    let switched = env.replica_with(|c| c.v3.api = pay_service::config::PayApi::V2);
+    let fresh = PayService::prepare_jsapi_payment(
+        &switched,
+        Request::new(pb::PrepareJsapiPaymentRequest {
+            principal: Some(principal(24)),
+            target: Some(Target::ProductId("vip".into())),
+            client_ip: "203.0.113.7".into(),
+            idempotency_key: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(fresh.order.as_ref().unwrap().pay_api, "v2");
+    assert_eq!(fresh.params.as_ref().unwrap().sign_type, "MD5");
+
+    // Paid by its v3 notify, verified and applied by the v2-configured service.
+    env.sandbox_pay(&by_notify, None).await;
+    let notice = sent_v3_notice(env, &no(&by_notify)).await;
+    let reply = common::deliver_to(&switched, &notice).await;
+    assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
+    assert_eq!(
+        env.get(&no(&by_notify), 0).await.unwrap().state,
+        pb::OrderState::Paid as i32
+    );
+
+    // Paid with the notify lost: the reconciler's v3 query applies it.
+    env.sandbox_pay(&by_query, Some(json!({ "drop_notify": true })))
+        .await;
+    let report = switched.reconcile_once().await.unwrap();
+    assert_eq!((report.paid, report.errors), (1, 0), "{report:?}");
+    let paid = env.get(&no(&by_query), 0).await.unwrap();
+    assert_eq!(paid.state, pb::OrderState::Paid as i32);
+    assert!(!paid.transaction_id.is_empty());
+
+    // Refunded on v3 by the switched service, settled by WeChat's v3 refund notify.
+    env.receiver.forward.store(true, Ordering::SeqCst);
+    let (record, _) = switched
+        .refund(pay_service::RefundOrder {
+            order_no: no(&by_notify),
+            refund_fen: 300,
+            reason: String::new(),
+            out_refund_no: "rollback-v3".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(record.api, "v3");
+    wait_refund(env, "rollback-v3", pb::RefundState::RefundSuccess).await;
+    assert_eq!(at_wechat_on(env, Api::V3, &no(&by_notify)).await.len(), 1);
+    assert!(at_wechat_on(env, Api::V2, &no(&by_notify)).await.is_empty());
+    assert_eq!(
+        refunded(&env.get(&no(&by_notify), 0).await.unwrap()),
+        (300, 0)
+    );
+
+    // A service without the v3 settings leaves a paid v3 order alone: its query is WeChat
+    // unavailable (not closed, not failed), its notify is refused so that WeChat retries.
+    env.receiver.forward.store(false, Ordering::SeqCst);
+    let bare = env.replica_with(|c| c.v3 = Default::default());
+    env.sandbox_pay(&stranded, None).await;
+    let notice = sent_v3_notice(env, &no(&stranded)).await;
+    let reply = common::deliver_to(&bare, &notice).await;
+    assert!(!reply.accepted && !reply.wechat_stops(), "{reply:?}");
+    let report = bare.reconcile_once().await.unwrap();
+    assert_eq!(report.paid, 0, "{report:?}");
+    assert_eq!(
+        env.get(&no(&stranded), 0).await.unwrap().state,
+        pb::OrderState::Paying as i32
+    );
+    // The service with them applies the same notify.
+    let reply = common::deliver_to(&switched, &notice).await;
+    assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
+}
+
 /// v3 only (v2 answers carry no signature of WeChat's own to fake): WeChat records the refund
 /// but its answer's signature fails. That is WeChat unavailable: the refund stays PENDING with
 /// its amount held, and the retry with the same out_refund_no gets the same refund.
@@ -1207,7 +1331,10 @@ mod v2_only {
 mod v3_only {
     use super::*;
 
-    on_both_backends!(an_unverifiable_refund_answer_is_wechat_unavailable);
+    on_both_backends!(
+        an_unverifiable_refund_answer_is_wechat_unavailable,
+        v3_orders_are_served_after_the_switch_back_to_v2,
+    );
 }
 
 /// Not storage-specific: once is enough.

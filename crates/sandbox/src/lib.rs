@@ -122,8 +122,8 @@
 //!   "quota_exceeded": true,         // jscode2session / token calls: errcode 45011
 //!   "drop_notify": true,            // payments succeed, no notify is ever sent
 //!   "duplicate_notify": 3,          // each notify attempt is sent 3 times at once
-//!   "notify_wrong_total_fee": true, // notifies say total_fee + 1 (validly signed)
-//!   "notify_bad_signature": true,   // notifies are signed with a wrong key
+//!   "notify_wrong_total_fee": true, // notifies say total_fee (v3 amount.total) + 1 (validly signed)
+//!   "notify_bad_signature": true,   // notifies are signed with a wrong key (v3: not WeChat Pay's)
 //!   "refund_change": true,          // refunds settle as CHANGE / v3 ABNORMAL (failed), not SUCCESS
 //!   "refund_close": true,           // refunds settle as REFUNDCLOSE / v3 CLOSED
 //!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH / v3 403 NOT_ENOUGH

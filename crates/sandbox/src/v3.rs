@@ -18,7 +18,7 @@
 //!
 //! Every request must carry a valid `WECHATPAY2-SHA256-RSA2048` Authorization by the merchant
 //! (401 `SIGN_ERROR` otherwise). Developer endpoints: `POST /sandbox/pay` pays v3 orders too
-//! (their notify is v3 JSON), `GET /sandbox/v3/orders/{out_trade_no}`, `GET /sandbox/v3/refunds`
+//! (their notify is v3 JSON), `GET /sandbox/v3/orders/{out_trade_no}` (with `jsapi_calls`), `GET /sandbox/v3/refunds`
 //! `[?out_trade_no=]`, `GET /sandbox/v3/refunds/{out_refund_no}`, `GET /sandbox/v3/notifies`
 //! `[?out_trade_no=|out_refund_no=]`,
 //! `GET|POST|DELETE /sandbox/v3/faults` ([`V3Faults`]), `POST /sandbox/v3/rotate` (certificate
@@ -130,6 +130,10 @@ pub struct V3Order {
     pub created_at_ms: i64,
     pub notify_state: String,
     pub notify_attempts: u32,
+    /// Developer view only (`GET /sandbox/v3/orders/{no}`): valid JSAPI calls naming this
+    /// out_trade_no, answered or not (v2's `unifiedorder_calls`).
+    #[serde(default)]
+    pub jsapi_calls: u32,
 }
 
 /// A v3 refund as WeChat keeps it (`GET /sandbox/v3/refunds/{out_refund_no}`).

@@ -260,7 +260,8 @@ fn arg(args: &mut Vec<String>, flag: &str, value: impl Into<String>) {
 
 /// Pay v3 against the sandbox: its APIv3 key and merchant serial, the dev merchant key and (in
 /// public-key mode) WeChat Pay's public key, written to files as a merchant would have them.
-/// They are used when `WXMP_PAY_API=v3`; the keys are the sandbox's public dev keys.
+/// pay-service loads them whatever `WXMP_PAY_API` says (it picks the API of new orders only);
+/// the keys are the sandbox's public dev keys.
 fn sandbox_v3_args(args: &mut Vec<String>, v3: &sandbox::V3Config) -> Result<(), StackError> {
     use sandbox::v3::{Mode, dev};
     let dir = std::env::temp_dir().join(format!("wxmp-sandbox-keys-{}", std::process::id()));

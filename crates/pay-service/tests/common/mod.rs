@@ -182,7 +182,37 @@ pub struct Receiver {
     /// The same server's refund notify path (`/pay/refund-notify`).
     pub refund_url: String,
     pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The pay notifies as received (v3 with their `Wechatpay-*` headers), for replays.
+    pub notices: Arc<Mutex<Vec<Notice>>>,
     pub forward: Arc<AtomicBool>,
+}
+
+/// A payment notify as WeChat sends it: the body, and on v3 the `Wechatpay-Timestamp`,
+/// `-Nonce`, `-Signature` and `-Serial` headers.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub body: Vec<u8>,
+    pub headers: Option<[String; 4]>,
+}
+
+/// HandlePayNotify's answer on either API: what WeChat would be told.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub accepted: bool,
+    pub verdict: String,
+    /// v2: the reply XML; v3: "" (HTTP 204) or the `{"code":"FAIL",...}` body.
+    pub answer: String,
+}
+
+impl Reply {
+    /// WeChat takes it as received and stops retrying: v2 `return_code` SUCCESS, v3 HTTP 204.
+    pub fn wechat_stops(&self) -> bool {
+        if self.answer.starts_with("<xml>") {
+            self.answer.contains("SUCCESS") && !self.answer.contains("FAIL")
+        } else {
+            self.accepted && self.answer.is_empty()
+        }
+    }
 }
 
 impl Receiver {
@@ -193,6 +223,7 @@ impl Receiver {
             url: format!("http://{addr}/pay/notify"),
             refund_url: format!("http://{addr}/pay/refund-notify"),
             bodies: Arc::default(),
+            notices: Arc::default(),
             forward: Arc::new(AtomicBool::new(true)),
         };
         let r = receiver.clone();
@@ -255,6 +286,20 @@ impl Receiver {
         let refund = head.starts_with("post /pay/refund-notify");
         let v3 = head.starts_with("post /pay/notify/v3 ")
             || head.starts_with("post /pay/refund-notify/v3 ");
+        if !refund {
+            let headers = v3.then(|| {
+                [
+                    header("wechatpay-timestamp"),
+                    header("wechatpay-nonce"),
+                    header("wechatpay-signature"),
+                    header("wechatpay-serial"),
+                ]
+            });
+            self.notices.lock().unwrap().push(Notice {
+                body: body.clone(),
+                headers,
+            });
+        }
         if v3 {
             let forward = self.forward.load(Ordering::SeqCst);
             let (status, reply) = if !forward {
@@ -423,6 +468,16 @@ impl Env {
 
     pub async fn with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
         Self::with_sandbox(backend, sandbox::Config::dev(), false, tweak).await
+    }
+
+    /// A core placing new orders on `api` (v3: the sandbox's dev keys, public-key mode).
+    pub async fn on(backend: Backend, api: Api) -> Self {
+        Self::with_on(backend, api, |_| {}).await
+    }
+
+    /// [`Env::on`] with the config tweaked.
+    pub async fn with_on(backend: Backend, api: Api, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::with_sandbox_on(backend, sandbox::Config::dev(), false, api, tweak).await
     }
 
     /// A core with refunds on: the sandbox's dev merchant certificate in files, its secapi
@@ -654,6 +709,278 @@ impl Env {
         })
         .await;
         self.receiver.captured()[n - 1].clone()
+    }
+
+    /// Waits until the receiver has got `n` pay notifies; the `n`th, headers and all.
+    pub async fn captured_notice(&self, n: usize) -> Notice {
+        let receiver = self.receiver.clone();
+        eventually(|| {
+            let receiver = receiver.clone();
+            async move { receiver.notices.lock().unwrap().len() >= n }
+        })
+        .await;
+        self.receiver.notices.lock().unwrap()[n - 1].clone()
+    }
+
+    /// Hands a pay notify to HandlePayNotify (v2) or HandlePayNotifyV3 (with headers).
+    pub async fn deliver(&self, notice: &Notice) -> Reply {
+        deliver_to(&self.pay, notice).await
+    }
+
+    /// A genuine-looking payment notify of the env's API for `order_no` (see
+    /// [`paid_notice`]).
+    pub fn paid_notice(
+        &self,
+        order_no: &str,
+        total_fee: &str,
+        overrides: &[(&str, &str)],
+    ) -> Notice {
+        paid_notice(self.api, order_no, total_fee, overrides, Forgery::None)
+    }
+
+    /// WeChat's view of an order of the env's API (`/sandbox/orders/` or `/sandbox/v3/orders/`).
+    pub async fn wechat_order(&self, out_trade_no: &str) -> serde_json::Value {
+        let path = match self.api {
+            Api::V2 => format!("/sandbox/orders/{out_trade_no}"),
+            Api::V3 => format!("/sandbox/v3/orders/{out_trade_no}"),
+        };
+        self.http
+            .get(self.sandbox.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Where WeChat sends the pay notifies of the env's API (v3: `PAY_NOTIFY_URL` + `/v3`).
+    pub fn wechat_notify_url(&self) -> String {
+        match self.api {
+            Api::V2 => self.receiver.url.clone(),
+            Api::V3 => format!("{}/v3", self.receiver.url),
+        }
+    }
+
+    /// Sets the sandbox's global faults (`/sandbox/faults`).
+    pub async fn set_faults(&self, faults: serde_json::Value) {
+        let resp = self
+            .http
+            .post(self.sandbox.url("/sandbox/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+}
+
+/// Hands a pay notify to `pay`'s HandlePayNotify (v2) or HandlePayNotifyV3 (with headers).
+pub async fn deliver_to(pay: &Payments, notice: &Notice) -> Reply {
+    match &notice.headers {
+        None => {
+            let r = PayService::handle_pay_notify(
+                pay,
+                Request::new(pb::HandlePayNotifyRequest {
+                    raw_body: notice.body.clone(),
+                }),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+            Reply {
+                accepted: r.accepted,
+                verdict: r.verdict,
+                answer: r.reply_xml,
+            }
+        }
+        Some([timestamp, nonce, signature, serial]) => {
+            let r = PayService::handle_pay_notify_v3(
+                pay,
+                Request::new(pb::HandlePayNotifyV3Request {
+                    raw_body: notice.body.clone(),
+                    timestamp: timestamp.clone(),
+                    nonce: nonce.clone(),
+                    signature: signature.clone(),
+                    serial: serial.clone(),
+                }),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+            let answer = if r.accepted {
+                String::new()
+            } else {
+                serde_json::json!({"code": "FAIL", "message": r.message}).to_string()
+            };
+            Reply {
+                accepted: r.accepted,
+                verdict: r.verdict,
+                answer,
+            }
+        }
+    }
+}
+
+/// How a test notify is forged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forgery {
+    /// As WeChat sends it.
+    None,
+    /// Signed with a key that is not WeChat's (v2: not the merchant key).
+    Signature,
+    /// v3: `Wechatpay-Serial` names a key nobody published.
+    Serial,
+    /// v3: `Wechatpay-Timestamp` 10 minutes old (WeChat's own notifies are fresh).
+    Stale,
+    /// v3: one character of the resource's ciphertext changed, then signed (the GCM tag fails).
+    Ciphertext,
+}
+
+/// A payment notify written the way WeChat writes it, by the sandbox's WeChat-side code and
+/// keys (never the library pay-service verifies with): v2 the signed XML of
+/// [`notify_fields`] (`overrides` by v2 name); v3 the `TRANSACTION.SUCCESS` envelope of the
+/// same facts (appid, mch_id → mchid, total_fee → amount.total, transaction_id, time_end →
+/// success_time), its resource sealed with the APIv3 key, signed with WeChat Pay's key.
+pub fn paid_notice(
+    api: Api,
+    order_no: &str,
+    total_fee: &str,
+    overrides: &[(&str, &str)],
+    forgery: Forgery,
+) -> Notice {
+    let fields = notify_fields(order_no, total_fee, overrides);
+    match api {
+        Api::V2 => {
+            let key = match forgery {
+                Forgery::None => DEV_PAY_KEY,
+                Forgery::Signature => "not-the-merchant-key-000000000000",
+                other => panic!("{other:?} is a v3 forgery"),
+            };
+            Notice {
+                body: signed_notify(&fields, key),
+                headers: None,
+            }
+        }
+        Api::V3 => {
+            let get = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| *v)
+                    .unwrap_or_default()
+            };
+            let total: i64 = get("total_fee").parse().unwrap();
+            let t = get("time_end");
+            let success_time = format!(
+                "{}-{}-{}T{}:{}:{}+08:00",
+                &t[0..4],
+                &t[4..6],
+                &t[6..8],
+                &t[8..10],
+                &t[10..12],
+                &t[12..14]
+            );
+            let transaction = serde_json::json!({
+                "appid": get("appid"), "mchid": get("mch_id"), "out_trade_no": order_no,
+                "transaction_id": get("transaction_id"), "trade_type": "JSAPI",
+                "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS",
+                "success_time": success_time,
+                "payer": { "openid": get("openid") },
+                "amount": { "total": total, "payer_total": total, "currency": "CNY",
+                            "payer_currency": "CNY" },
+            });
+            v3_notice(&transaction, forgery)
+        }
+    }
+}
+
+/// A v3 `TRANSACTION.SUCCESS` notify of `transaction` (the decrypted resource), by the
+/// sandbox's crypto and WeChat Pay's dev key (public-key mode), forged as `forgery` says.
+pub fn v3_notice(transaction: &serde_json::Value, forgery: Forgery) -> Notice {
+    use sandbox::v3::{crypto, dev};
+    let key: [u8; 32] = dev::APIV3_KEY.as_bytes().try_into().unwrap();
+    let nonce = crypto::resource_nonce();
+    let mut ciphertext = crypto::seal(
+        &key,
+        &nonce,
+        b"transaction",
+        transaction.to_string().as_bytes(),
+    );
+    if forgery == Forgery::Ciphertext {
+        let mid = ciphertext.len() / 2;
+        let flipped = if &ciphertext[mid..=mid] == "A" {
+            "B"
+        } else {
+            "A"
+        };
+        ciphertext.replace_range(mid..=mid, flipped);
+    }
+    let body = serde_json::json!({
+        "id": "EV-018352ea-notify-test",
+        "create_time": "2026-12-01T12:00:00+08:00",
+        "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS",
+        "summary": "支付成功",
+        "resource": {
+            "original_type": "transaction",
+            "algorithm": "AEAD_AES_256_GCM",
+            "ciphertext": ciphertext,
+            "associated_data": "transaction",
+            "nonce": String::from_utf8_lossy(&nonce),
+        }
+    })
+    .to_string();
+    v3_signed(body.into_bytes(), forgery)
+}
+
+/// `body` with the four `Wechatpay-*` headers WeChat Pay's dev key (public-key mode) gives it,
+/// forged as `forgery` says (`Ciphertext` is the caller's to do).
+pub fn v3_signed(body: Vec<u8>, forgery: Forgery) -> Notice {
+    use sandbox::v3::{crypto, dev};
+    let mut timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    if forgery == Forgery::Stale {
+        timestamp -= 600;
+    }
+    let timestamp = timestamp.to_string();
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let signer = crypto::Signer::from_pem(match forgery {
+        // A valid RSA signature by a key WeChat never published.
+        Forgery::Signature => dev::MERCHANT_PRIVATE_KEY,
+        _ => dev::WECHATPAY_PRIVATE_KEY,
+    })
+    .unwrap();
+    let signature = signer.sign(&crypto::signed_lines(&[
+        timestamp.as_bytes(),
+        nonce.as_bytes(),
+        &body,
+    ]));
+    let serial = match forgery {
+        Forgery::Serial => "PUB_KEY_ID_0119000001092026120100000000009999".to_owned(),
+        _ => dev::PUBLIC_KEY_ID.to_owned(),
+    };
+    Notice {
+        body,
+        headers: Some([timestamp, nonce, signature, serial]),
+    }
+}
+
+/// A genuine notice with its body changed after signing: v2 total_fee 100 → 1, v3 the
+/// envelope's summary.
+pub fn tampered(notice: &Notice) -> Notice {
+    let body = String::from_utf8(notice.body.clone()).unwrap();
+    let changed = match notice.headers {
+        // (WeChat writes total_fee without CDATA.)
+        None => body.replace("<total_fee>100</total_fee>", "<total_fee>1</total_fee>"),
+        Some(_) => body.replace("支付成功", "支付失败"),
+    };
+    assert_ne!(body, changed);
+    Notice {
+        body: changed.into_bytes(),
+        headers: notice.headers.clone(),
     }
 }
 

@@ -36,9 +36,15 @@ crate::on_both_backends!(
     a_late_release_leaves_the_new_lease_alone,
     a_double_tap_pays_one_order,
     only_verified_notifies_are_kept_whole_and_old_ones_are_pruned,
-    a_unifiedorder_retry_is_the_first_ones_request,
     orders_are_read_for_a_user_or_by_an_explicit_admin,
 );
+
+/// The cases whose behaviour exists on both WeChat Pay APIs, on v2 and v3 alike.
+mod both_apis {
+    use super::*;
+
+    crate::on_both_backends_and_apis!(a_unifiedorder_retry_is_the_first_ones_request);
+}
 
 fn state(o: &wxmp_proto::pay::v1::Order) -> PbState {
     PbState::try_from(o.state).unwrap()
@@ -587,16 +593,23 @@ async fn force_new_unifiedorder(env: &Env, order_no: &str, description: Option<&
     );
 }
 
-async fn a_unifiedorder_retry_is_the_first_ones_request(backend: Backend) {
-    let env = Env::new(backend).await;
+/// A retry of the order's placement (unifiedorder, v3 JSAPI 下单) after the configuration
+/// changed is the first request, byte for byte: WeChat answers the same prepay_id.
+async fn a_unifiedorder_retry_is_the_first_ones_request(backend: Backend, api: Api) {
+    let env = Env::on(backend, api).await;
     let first = env
         .prepare(&principal(1), Target::ProductId("coins".into()))
         .await
         .unwrap();
     let no = first.order.clone().unwrap().order_no;
-    let placed = env.sandbox_order(&no).await;
-    assert_eq!(placed["notify_url"], env.config.notify_url.as_str());
-    assert_eq!(placed["sign_type"], "MD5");
+    let placed = env.wechat_order(&no).await;
+    assert_eq!(placed["notify_url"], env.wechat_notify_url().as_str());
+    // v2 signs with the merchant's sign type; v3 has none to choose (always RSA).
+    let sign_type = match api {
+        Api::V2 => serde_json::json!("MD5"),
+        Api::V3 => serde_json::Value::Null,
+    };
+    assert_eq!(placed["sign_type"], sign_type);
 
     // The configuration changed (another notify URL, HMAC-SHA256) on the replica that retries
     // the unifiedorder (the held prepay_id is no longer usable).
@@ -616,28 +629,27 @@ async fn a_unifiedorder_retry_is_the_first_ones_request(backend: Backend) {
         (order.notify_url.as_str(), order.sign_type.as_str()),
         (env.config.notify_url.as_str(), "MD5")
     );
-    // The phone's paySign must use the unifiedorder's algorithm.
-    assert_eq!(params.sign_type, "MD5");
-    let signed = [
-        ("appId", params.app_id.as_str()),
-        ("timeStamp", params.time_stamp.as_str()),
-        ("nonceStr", params.nonce_str.as_str()),
-        ("package", params.package.as_str()),
-        ("signType", params.sign_type.as_str()),
-    ];
-    assert!(wechat::pay::verify(
-        signed,
-        DEV_PAY_KEY,
-        wechat::SignType::Md5,
-        &params.pay_sign
-    ));
-    assert_eq!(
-        env.sandbox_order(&no).await["notify_url"],
-        env.config.notify_url.as_str()
-    );
+    // The phone's paySign must use the placement's algorithm (v2 MD5, v3 RSA).
+    let params = wxmp_proto::pay::v1::JsapiParams {
+        app_id: params.app_id,
+        time_stamp: params.time_stamp,
+        nonce_str: params.nonce_str,
+        package: params.package,
+        sign_type: params.sign_type,
+        pay_sign: params.pay_sign,
+    };
+    let expected = match api {
+        Api::V2 => "MD5",
+        Api::V3 => "RSA",
+    };
+    assert_eq!(params.sign_type, expected);
+    assert!(crate::pay_sign_verifies(api, &params));
+    let placed = env.wechat_order(&no).await;
+    assert_eq!(placed["notify_url"], env.wechat_notify_url().as_str());
+    assert_eq!(placed["sign_type"], sign_type);
 
-    // WeChat holds the number with other parameters ("201 商户订单号重复"): a clear
-    // ORDER_STATE, not a WeChat failure, and nothing changes.
+    // WeChat holds the number with other parameters (v2 "201 商户订单号重复", v3 403
+    // OUT_TRADE_NO_USED): a clear ORDER_STATE, not a WeChat failure, and nothing changes.
     force_new_unifiedorder(&env, &no, Some("something else")).await;
     let before = env.get(&no, 1).await.unwrap();
     let err = env

@@ -50,6 +50,15 @@ pub(crate) fn signature_headers(
     v3: &V3,
     body: &[u8],
 ) -> (Vec<(&'static str, String)>, Vec<String>) {
+    signature_headers_forged(v3, body, false)
+}
+
+/// [`signature_headers`], signed by a stranger's key when `bad_signature` (a per-notify fault).
+pub(crate) fn signature_headers_forged(
+    v3: &V3,
+    body: &[u8],
+    bad_signature: bool,
+) -> (Vec<(&'static str, String)>, Vec<String>) {
     let (faults, rotated) = {
         let s = v3.state();
         (s.faults.clone(), s.rotated)
@@ -64,7 +73,7 @@ pub(crate) fn signature_headers(
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let (mut serial, signer) = v3.signers.current(v3.mode, rotated);
     let message = signed_lines(&[timestamp.as_bytes(), nonce.as_bytes(), body]);
-    let signature = if faults.bad_signature {
+    let signature = if faults.bad_signature || bad_signature {
         applied.push("bad_signature".to_owned());
         v3.signers.stranger().sign(&message)
     } else {
@@ -257,7 +266,9 @@ async fn jsapi(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes) 
         return param_error(v3, "payer.openid 为必填");
     };
     let mut state = v3.state();
-    if let Some(existing) = state.orders.get(out_trade_no).cloned() {
+    if let Some(existing) = state.orders.get_mut(out_trade_no) {
+        existing.jsapi_calls += 1;
+        let existing = existing.clone();
         // Never answer while holding the state lock: signing reads it too.
         drop(state);
         return match existing.trade_state.as_str() {
@@ -290,6 +301,7 @@ async fn jsapi(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes) 
         created_at_ms: clock::unix_ms(),
         notify_state: "none".into(),
         notify_attempts: 0,
+        jsapi_calls: 1,
     };
     state
         .prepay_ids
@@ -665,6 +677,7 @@ pub fn conclude_refund(
             original_type: "refund",
             plaintext: refund_notice(&r),
             delay: Duration::ZERO,
+            bad_signature: false,
         },
     );
     Ok(true)

@@ -100,15 +100,16 @@ pub(crate) fn settle_v3_payment(
         }
         _ => {}
     }
+    // This payment's faults, else the global set (as v2 reads them).
+    let faults = faults.cloned().unwrap_or_else(|| sandbox.current_faults());
     let mut deliver = false;
     match outcome {
         PayOutcome::Success => {
             order.trade_state = "SUCCESS".into();
             order.transaction_id = Some(ids::transaction_id());
             order.success_time = Some(rfc3339_ms(clock::unix_ms()));
-            // drop_notify (this payment's faults, else the global set): paid, never notified.
-            let drop =
-                faults.map_or_else(|| sandbox.current_faults().drop_notify, |f| f.drop_notify);
+            // drop_notify: paid, never notified.
+            let drop = faults.drop_notify;
             order.notify_state = if drop { "dropped" } else { "pending" }.into();
             deliver = !drop;
         }
@@ -120,13 +121,30 @@ pub(crate) fn settle_v3_payment(
     drop(state);
     tracing::info!(out_trade_no, ?outcome, "sandbox v3 payment");
     if deliver {
-        spawn_transaction_notify(sandbox, &order);
+        spawn_forged_transaction_notify(sandbox, &order, &faults);
     }
     Ok(order)
 }
 
 /// Sends the TRANSACTION.SUCCESS notify of a paid v3 order (again), from the first attempt.
 pub(crate) fn spawn_transaction_notify(sandbox: &web::Data<Sandbox>, order: &crate::v3::V3Order) {
+    spawn_forged_transaction_notify(sandbox, order, &crate::faults::Faults::default());
+}
+
+/// [`spawn_transaction_notify`] under a payment's notify faults, as on v2:
+/// `notify_wrong_total_fee` says `amount.total` + 1 (validly signed and encrypted: what a
+/// merchant must still refuse), `notify_bad_signature` signs with a key WeChat never published.
+fn spawn_forged_transaction_notify(
+    sandbox: &web::Data<Sandbox>,
+    order: &crate::v3::V3Order,
+    faults: &crate::faults::Faults,
+) {
+    let mut plaintext = transaction_of(order);
+    if faults.notify_wrong_total_fee {
+        let wrong = order.total + 1;
+        plaintext["amount"]["total"] = json!(wrong);
+        plaintext["amount"]["payer_total"] = json!(wrong);
+    }
     notify::spawn(
         Arc::clone(&sandbox.clone().into_inner()),
         Job {
@@ -136,8 +154,9 @@ pub(crate) fn spawn_transaction_notify(sandbox: &web::Data<Sandbox>, order: &cra
             event_type: "TRANSACTION.SUCCESS",
             summary: "支付成功",
             original_type: "transaction",
-            plaintext: transaction_of(order),
+            plaintext,
             delay: Duration::ZERO,
+            bad_signature: faults.notify_bad_signature,
         },
     );
 }

@@ -19,8 +19,9 @@ pub mod dev {
     /// WeChat Pay's public key in public-key mode (`WXMP_PAY_PUBLIC_KEY_PATH`) and its id.
     pub const WECHATPAY_PUBLIC_KEY: &str = include_str!("../../devkeys/wechatpay_pub.pem");
     pub const PUBLIC_KEY_ID: &str = "PUB_KEY_ID_0119000001092026120100000000000001";
-    pub(crate) const WECHATPAY_PRIVATE_KEY: &str =
-        include_str!("../../devkeys/wechatpay_pub_key.pem");
+    /// WeChat Pay's private key of public-key mode: what signs answers and notifies (public so
+    /// that tests can write a WeChat notify of their own, e.g. a mismatched one).
+    pub const WECHATPAY_PRIVATE_KEY: &str = include_str!("../../devkeys/wechatpay_pub_key.pem");
     /// Platform certificate A (the first one) and B (after a rotation).
     pub const PLATFORM_A_SERIAL: &str = "3A1F0C5E7B2D4A6C8E0F1A2B3C4D5E6F70819203";
     pub const PLATFORM_B_SERIAL: &str = "4B2E1D6F8C3E5B7D9F1A2B3C4D5E6F7081920314";

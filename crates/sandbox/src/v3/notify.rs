@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::clock;
 use crate::notify::RETRY_SCHEDULE_SECS;
 use crate::state::Sandbox;
-use crate::v3::api::{rfc3339_ms, signature_headers};
+use crate::v3::api::{rfc3339_ms, signature_headers_forged};
 use crate::v3::crypto;
 
 const MAX_ANSWER_CHARS: usize = 4096;
@@ -65,6 +65,8 @@ pub struct Job {
     pub plaintext: Value,
     /// Wait this long before the first attempt.
     pub delay: Duration,
+    /// Sign with a key WeChat never published (the payment's `notify_bad_signature` fault).
+    pub bad_signature: bool,
 }
 
 /// Delivers `job` in the background until accepted, given up, or shutdown.
@@ -164,7 +166,8 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
         }
         let mut applied = Vec::new();
         let body = envelope(sandbox, job, &mut applied);
-        let (headers, signed_faults) = signature_headers(&sandbox.v3, body.as_bytes());
+        let (headers, signed_faults) =
+            signature_headers_forged(&sandbox.v3, body.as_bytes(), job.bad_signature);
         applied.extend(signed_faults);
         let header = |name: &str| {
             headers
