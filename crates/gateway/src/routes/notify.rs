@@ -14,7 +14,8 @@
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use wxmp_proto::pay::v1::{
-    HandlePayNotifyRequest, HandlePayNotifyV3Request, HandleRefundNotifyV3Request,
+    HandlePayNotifyRequest, HandlePayNotifyV3Request, HandlePayNotifyV3Response,
+    HandleRefundNotifyV3Request, HandleRefundNotifyV3Response,
 };
 
 use super::notify_body::{read_bounded, upstream_failure};
@@ -179,11 +180,31 @@ pub(crate) enum V3Notify {
     Refund,
 }
 
-/// What pay-service answered a v3 notify.
+/// What pay-service answered a v3 notify (payment or refund: the same three fields).
 struct V3Answer {
     accepted: bool,
     verdict: String,
     message: String,
+}
+
+impl From<HandlePayNotifyV3Response> for V3Answer {
+    fn from(r: HandlePayNotifyV3Response) -> Self {
+        Self {
+            accepted: r.accepted,
+            verdict: r.verdict,
+            message: r.message,
+        }
+    }
+}
+
+impl From<HandleRefundNotifyV3Response> for V3Answer {
+    fn from(r: HandleRefundNotifyV3Response) -> Self {
+        Self {
+            accepted: r.accepted,
+            verdict: r.verdict,
+            message: r.message,
+        }
+    }
 }
 
 /// Relays one v3 notify: bound the body, pass it with the four `Wechatpay-*` headers to
@@ -244,14 +265,7 @@ pub(crate) async fn relay_v3(
                 ),
             ))
             .await
-            .map(|r| {
-                let r = r.into_inner();
-                V3Answer {
-                    accepted: r.accepted,
-                    verdict: r.verdict,
-                    message: r.message,
-                }
-            }),
+            .map(|r| V3Answer::from(r.into_inner())),
         V3Notify::Refund => upstreams
             .pay()
             .handle_refund_notify_v3(marked(
@@ -268,14 +282,7 @@ pub(crate) async fn relay_v3(
                 ),
             ))
             .await
-            .map(|r| {
-                let r = r.into_inner();
-                V3Answer {
-                    accepted: r.accepted,
-                    verdict: r.verdict,
-                    message: r.message,
-                }
-            }),
+            .map(|r| V3Answer::from(r.into_inner())),
     };
     match outcome {
         Ok(response) => {
