@@ -119,6 +119,15 @@ impl Setup {
             .await
     }
 
+    /// `count` unused login codes, each for a new user (openid) of the sandbox.
+    pub async fn new_codes(&self, count: usize) -> Result<Vec<String>, String> {
+        stream::iter(0..count)
+            .map(|_| async { self.login_code(None).await.map(|(code, _)| code) })
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     /// The `/userinfo/` body of each user: a profile encrypted by the sandbox with the user's
     /// current session_key, exactly what `wx.getUserProfile` hands the mini program.
     pub async fn userinfo_bodies(&self, users: &[User]) -> Result<Vec<Vec<u8>>, String> {
