@@ -240,3 +240,104 @@ async fn killed_postgres_connections_are_replaced() {
     }
     assert_eq!(count(&db).await.unwrap(), 2);
 }
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// Named prepared statements of the connection `conn` whose text starts with `prefix`.
+async fn prepared_like(conn: &mut diesel_async::AsyncPgConnection, prefix: &str) -> i64 {
+    let rows: Vec<Count> = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(format!("{prefix}%"))
+    .load(conn)
+    .await
+    .unwrap();
+    rows[0].n
+}
+
+/// diesel marks every UPDATE unsafe to cache, so diesel-async prepares it anew (parse, plan,
+/// an extra round trip) on each execution; `Cached` keeps one prepared statement per SQL
+/// text on the connection and answers the same rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_updates_are_prepared_once_per_connection() {
+    use service_kit::db::Cached;
+    let url = testing::fresh_postgres_url("wxmp_kit").await.unwrap();
+    let db = Database::connect(
+        &url,
+        PoolOptions {
+            max_size: 1,
+            ..PoolOptions::default()
+        },
+    )
+    .unwrap();
+    db.migrate(&url, &MIGRATIONS).await.unwrap();
+    let id = add(&db, "before").await.unwrap();
+    let Database::Postgres(pool) = &db else {
+        panic!("a postgres:// URL makes a PostgreSQL pool")
+    };
+    let mut conn = pool.get().await.unwrap();
+    // Plain: answered, never kept.
+    for n in 0..3 {
+        let body: String = diesel::update(notes::table.filter(notes::id.eq(id)))
+            .set(notes::body.eq(format!("plain {n}")))
+            .returning(notes::body)
+            .get_result(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(body, format!("plain {n}"));
+    }
+    assert_eq!(prepared_like(&mut conn, "UPDATE").await, 0);
+    // Cached: the same answers, one statement kept.
+    for n in 0..3 {
+        let body: String = Cached(
+            diesel::update(notes::table.filter(notes::id.eq(id)))
+                .set(notes::body.eq(format!("cached {n}")))
+                .returning(notes::body),
+        )
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!(body, format!("cached {n}"));
+    }
+    assert_eq!(prepared_like(&mut conn, "UPDATE").await, 1);
+    // A different text is a different statement, not a wrong reuse.
+    let rows =
+        Cached(diesel::update(notes::table.filter(notes::id.eq(-1))).set(notes::body.eq("x")))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(prepared_like(&mut conn, "UPDATE").await, 2);
+    drop(conn);
+    assert_eq!(body_of(&db, id).await.unwrap(), "cached 2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_statements_run_on_sqlite() {
+    use service_kit::db::Cached;
+    let dir = tempfile::tempdir().unwrap();
+    let url = testing::fresh_sqlite_url(dir.path(), "cached");
+    let db = Database::connect(&url, PoolOptions::default()).unwrap();
+    db.migrate(&url, &MIGRATIONS).await.unwrap();
+    let id = add(&db, "before").await.unwrap();
+    async fn set(db: &Database, id: i64, body: &str) -> Result<String, DbError> {
+        Ok(service_kit::with_conn!(db, |conn| {
+            Cached(
+                diesel::update(notes::table.filter(notes::id.eq(id)))
+                    .set(notes::body.eq(body))
+                    .returning(notes::body),
+            )
+            .get_result(conn)
+            .await
+        })?)
+    }
+    for n in 0..3 {
+        let body = format!("cached {n}");
+        assert_eq!(set(&db, id, &body).await.unwrap(), body);
+    }
+    assert_eq!(body_of(&db, id).await.unwrap(), "cached 2");
+}
