@@ -523,7 +523,8 @@ fn me_source(users: &[prep::User]) -> load::Source {
 
 /// Fresh bodies every time: a login window in between rotated every user's session_key.
 async fn userinfo_source(setup: &Setup, users: &[prep::User]) -> Result<load::Source, String> {
-    eprintln!("bench: setup: encrypting a profile per user ...");
+    eprintln!("bench: setup: one login per user, then a profile encrypted per user ...");
+    setup.relogin(users).await?;
     let bodies = setup.userinfo_bodies(users).await?;
     Ok(load::cycle(
         bodies
