@@ -44,6 +44,9 @@ impl Setup {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(SETUP_CONCURRENCY)
+            // Shorter than the servers' keep-alive (actix: 5 s), so a connection left idle
+            // while the floors run is dropped here rather than closed under a request.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self {
@@ -54,13 +57,15 @@ impl Setup {
     }
 
     async fn post(&self, url: String, body: Value) -> Result<Value, String> {
-        let response = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+        // One retry when the request could not be sent at all (a pooled connection the
+        // server had just closed): nothing reached the server, so nothing is repeated.
+        let response = match self.http.post(&url).json(&body).send().await {
+            Err(e) if e.is_connect() || e.is_request() => {
+                self.http.post(&url).json(&body).send().await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status();
         let value: Value = response
             .json()
