@@ -2,11 +2,18 @@
 # `make bench`: builds the services (profile bench-release = release without LTO), starts each
 # one as its own process on PostgreSQL (a fresh database per service) + Redis (a fresh key
 # prefix) with the WeChat sandbox, loads every user-facing path through the gateway with
-# bench/loadgen, and writes the table into bench/results.md. Everything it starts it stops.
+# bench/loadgen, measures the floors of their storage and WeChat steps alone (pgbench,
+# redis-benchmark, the sandbox's jscode2session) at the same concurrency and duration, runs the
+# scale curve of /me and /userinfo/ (plotted to bench/scale.svg), and writes the tables into
+# bench/results.md. Everything it starts it stops.
+#
+# Needs: psql, pgbench (postgresql-client), redis-benchmark and redis-cli (redis-tools), curl.
 #
 # Knobs (environment):
-#   BENCH_CONNECTIONS (32)   open connections per path
-#   BENCH_DURATION_SECS (10) seconds per path
+#   BENCH_CONNECTIONS (32,128) open connections per path: every path and floor at each
+#   BENCH_SCALE (8,32,128,512) the scale curve's connections (/me, /userinfo/); empty: none
+#   BENCH_FLOORS (1)         0 skips the floors
+#   BENCH_DURATION_SECS (10) seconds per path, per floor and per point of the curve
 #   BENCH_PATHS              subset of healthz,me,userinfo,pay,notify,notify-dup,login
 #   BENCH_USERS (200)        users logged in during setup
 #   BENCH_LOGIN_CODES        login codes made before the /login/ window (3000 per second)
@@ -16,7 +23,9 @@
 #   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_USER (postgres)
 #   BENCH_REDIS_URL (redis://127.0.0.1:6379)
 #   BENCH_PORT_BASE (18000)  gateway +80, auth +51, user +52, pay +53, sandbox +90
-#   BENCH_OUT (bench/results.md), BENCH_JSON (target/bench/last-run.json)
+#   BENCH_OUT (bench/results.md), BENCH_JSON (target/bench/last-run.json), BENCH_PLOT (bench/scale.svg)
+#   BENCH_SERVICES_BIN       run the services from this folder instead of the fresh build
+#                            (A/B runs against an older build; the load generator is this tree's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started_at=$(date +%s)
@@ -39,6 +48,11 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 for tool in psql curl; do
   command -v "$tool" >/dev/null || { say "needs $tool (apt-get install -y postgresql-client curl)"; exit 1; }
 done
+if [ "${BENCH_FLOORS:-1}" = 1 ]; then
+  for tool in pgbench redis-benchmark; do
+    command -v "$tool" >/dev/null || { say "needs $tool for the floors (apt-get install -y postgresql-client redis-tools), or BENCH_FLOORS=0"; exit 1; }
+  done
+fi
 psql_admin() { psql -h "$pg_host" -p "$pg_port" -U "$pg_user" -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
 psql_admin -c 'SELECT 1' >/dev/null || { say "PostgreSQL is not reachable at $pg_host:$pg_port as $pg_user"; exit 1; }
 for port in $gw_port $auth_port $user_port $pay_port $sandbox_port; do
@@ -49,11 +63,16 @@ done
 
 say "building (cargo profile $profile) ..."
 build_started=$(date +%s)
-${CARGO:-cargo} build --profile "$profile" --locked \
-  -p sandbox -p auth-service -p user-service -p pay-service -p gateway -p wxmp-loadgen --bins
+packages=(-p wxmp-loadgen)
+# With BENCH_SERVICES_BIN the services are already built (an older build to compare with).
+if [ -z "${BENCH_SERVICES_BIN:-}" ]; then
+  packages+=(-p sandbox -p auth-service -p user-service -p pay-service -p gateway)
+fi
+${CARGO:-cargo} build --profile "$profile" --locked "${packages[@]}" --bins
 build_secs=$(( $(date +%s) - build_started ))
 say "build took ${build_secs}s"
 bin=target/$profile
+services_bin=${BENCH_SERVICES_BIN:-$bin}
 
 run_id="$(date +%Y%m%d%H%M%S)_$$"
 user_db="wxmp_bench_user_$run_id"
@@ -94,7 +113,7 @@ export WXMP_WECHAT_PAY_BASE=http://127.0.0.1:$sandbox_port
 
 start() { # name binary VAR=value...
   local name=$1 binary=$2; shift 2
-  env "$@" "$bin/$binary" >"$logs/$name.log" 2>&1 &
+  env "$@" "$services_bin/$binary" >"$logs/$name.log" 2>&1 &
   pids+=("$!")
   eval "${name}_pid=$!"
 }
@@ -136,9 +155,19 @@ sleep 1 # let start-up allocations settle before reading idle RSS
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit+dirty"; fi
+if [ -n "${BENCH_SERVICES_BIN:-}" ]; then commit="services from $BENCH_SERVICES_BIN, load generator $commit"; fi
+say "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+floor_args=()
+if [ "${BENCH_FLOORS:-1}" = 1 ]; then
+  floor_args=(--user-db "$user_db" --pay-db "$pay_db" --pg-host "$pg_host" --pg-port "$pg_port"
+    --pg-user "$pg_user" --redis-url "$redis_url" --redis-prefix "${redis_prefix}floor:")
+fi
 
 "$bin/wxmp-loadgen" \
   --gateway "http://127.0.0.1:$gw_port" --sandbox "http://127.0.0.1:$sandbox_port" \
   --procs "gateway=$gateway_pid,auth=$auth_pid,user=$user_pid,pay=$pay_pid,sandbox=$sandbox_pid" \
   --commit "$commit" --profile "$profile" --out "$out" --json "$json" \
+  --connections "${BENCH_CONNECTIONS:-32,128}" --scale "${BENCH_SCALE-8,32,128,512}" \
+  --plot "${BENCH_PLOT:-bench/scale.svg}" "${floor_args[@]}" \
   --storage "PostgreSQL $(psql_admin -c 'SHOW server_version' | cut -d' ' -f1) (a fresh database per service) + Redis (a fresh key prefix); services log RUST_LOG=$RUST_LOG as $WXMP_LOG_FORMAT to files"

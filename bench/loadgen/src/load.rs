@@ -76,6 +76,8 @@ pub enum Check {
     Envelope,
     /// WeChat's notify reply says `return_code` SUCCESS.
     NotifyAccepted,
+    /// A jscode2session answer with a session (WeChat's errors carry an `errcode` instead).
+    SessionAnswered,
 }
 
 impl Check {
@@ -83,6 +85,9 @@ impl Check {
         match self {
             Check::Envelope => envelope_code(body) == Some(200),
             Check::NotifyAccepted => contains(body, b"<return_code><![CDATA[SUCCESS]]>"),
+            Check::SessionAnswered => {
+                contains(body, b"\"session_key\"") && !contains(body, b"\"errcode\":4")
+            }
         }
     }
 }
@@ -327,6 +332,10 @@ mod tests {
                 .passes(b"<xml><return_code><![CDATA[FAIL]]></return_code></xml>")
         );
         assert!(!Check::Envelope.passes(br#"{"code":213,"msg":"x","data":null}"#));
+        assert!(
+            Check::SessionAnswered.passes(br#"{"openid":"o","session_key":"k","unionid":"u"}"#)
+        );
+        assert!(!Check::SessionAnswered.passes(br#"{"errcode":40163,"errmsg":"code been used"}"#));
     }
 
     #[test]

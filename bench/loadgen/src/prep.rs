@@ -44,6 +44,9 @@ impl Setup {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(SETUP_CONCURRENCY)
+            // Shorter than the servers' keep-alive (actix: 5 s), so a connection left idle
+            // while the floors run is dropped here rather than closed under a request.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self {
@@ -54,13 +57,15 @@ impl Setup {
     }
 
     async fn post(&self, url: String, body: Value) -> Result<Value, String> {
-        let response = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+        // One retry when the request could not be sent at all (a pooled connection the
+        // server had just closed): nothing reached the server, so nothing is repeated.
+        let response = match self.http.post(&url).json(&body).send().await {
+            Err(e) if e.is_connect() || e.is_request() => {
+                self.http.post(&url).json(&body).send().await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status();
         let value: Value = response
             .json()
@@ -114,6 +119,34 @@ impl Setup {
                     .await
                     .map(|(code, _)| code)
             })
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Logs every user in once more, one login per user at a time: the login window's
+    /// concurrent logins of one user can leave auth-service holding an older session_key than
+    /// the one WeChat (the sandbox) considers current (auth stores each login's key as its
+    /// code2Session answers, and two answers' writes can land in either order). Encrypted
+    /// bodies made after this open with the key auth holds.
+    pub async fn relogin(&self, users: &[User]) -> Result<(), String> {
+        stream::iter(users)
+            .map(|u| async move {
+                let (code, _) = self.login_code(Some(&u.openid)).await?;
+                self.post(format!("{}/login/", self.gateway), json!({ "code": code }))
+                    .await
+                    .map(drop)
+            })
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+    }
+
+    /// `count` unused login codes, each for a new user (openid) of the sandbox.
+    pub async fn new_codes(&self, count: usize) -> Result<Vec<String>, String> {
+        stream::iter(0..count)
+            .map(|_| async { self.login_code(None).await.map(|(code, _)| code) })
             .buffer_unordered(SETUP_CONCURRENCY)
             .try_collect()
             .await
@@ -192,7 +225,9 @@ impl Setup {
 pub fn notify_xml(merchant: &Merchant, order: &PaidOrder, total_fee: i64, n: usize) -> String {
     let total_fee = total_fee.to_string();
     let nonce = format!("bench{n:027}");
-    let transaction_id = format!("4200{n:024}");
+    // Unique across the whole run (WeChat's transaction_id is unique, and pay-service's index
+    // says so): the out_trade_no is, so it is folded in.
+    let transaction_id = format!("4200{:0>24}", fold(&order.order_no));
     let time_end = chrono::Local::now().format("%Y%m%d%H%M%S").to_string();
     let mut fields: Vec<(&str, &str)> = vec![
         ("return_code", "SUCCESS"),
@@ -217,6 +252,17 @@ pub fn notify_xml(merchant: &Merchant, order: &PaidOrder, total_fee: i64, n: usi
     xml::to_xml(fields)
 }
 
+/// A 24-digit number from an order number (FNV-1a, 64 bits, zero-padded): distinct order
+/// numbers give distinct transaction ids but for a 2^-64 chance.
+fn fold(order_no: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in order_no.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +280,25 @@ mod tests {
             openid: "o1".into(),
         };
         let body = notify_xml(&merchant, &order, 1800, 7);
+        let other = PaidOrder {
+            order_no: "W124".into(),
+            ..order.clone()
+        };
+        assert_ne!(
+            verify_notify(
+                body.as_bytes(),
+                &PayConfig::new(&merchant.appid, &merchant.mch_id, &merchant.key)
+            )
+            .unwrap()
+            .transaction_id,
+            verify_notify(
+                notify_xml(&merchant, &other, 1800, 7).as_bytes(),
+                &PayConfig::new(&merchant.appid, &merchant.mch_id, &merchant.key)
+            )
+            .unwrap()
+            .transaction_id,
+            "every order its own transaction_id, whatever n"
+        );
         let config = PayConfig::new(&merchant.appid, &merchant.mch_id, &merchant.key);
         let notify = verify_notify(body.as_bytes(), &config).expect("verifies");
         assert_eq!(notify.total_fee, 1800);

@@ -13,9 +13,9 @@ use tonic::{
 use wechat::WechatClient;
 use wxmp_proto::{
     auth::v1::{
-        AuthenticateRequest, AuthenticateResponse, GetAccessTokenRequest, GetAccessTokenResponse,
-        GetSessionKeyRequest, GetSessionKeyResponse, LoginRequest, LoginResponse, LogoutRequest,
-        LogoutResponse, Principal, auth_service_server,
+        AuthenticateRequest, AuthenticateResponse, AuthenticateWithSessionKeyResponse,
+        GetAccessTokenRequest, GetAccessTokenResponse, GetSessionKeyRequest, GetSessionKeyResponse,
+        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, Principal, auth_service_server,
     },
     user::v1::{EnsureUserRequest, user_service_client::UserServiceClient},
 };
@@ -190,6 +190,32 @@ impl<S: SessionStore> Auth<S> {
         })
     }
 
+    /// Authenticate and GetSessionKey in one call (for user-service): the token's principal
+    /// and the newest session_key of its (app_id, openid), empty when none is live.
+    async fn authenticate_with_session_key(
+        &self,
+        req: AuthenticateRequest,
+    ) -> Result<AuthenticateWithSessionKeyResponse, Error> {
+        if !token::is_well_formed(&req.token) {
+            return Err(Error::InvalidToken);
+        }
+        let (record, remaining) = self
+            .store
+            .get_session(&token::hash(&req.token))
+            .await?
+            .ok_or(Error::InvalidToken)?;
+        let session_key = self
+            .store
+            .get_session_key(&record.app_id, &record.openid)
+            .await?
+            .unwrap_or_default();
+        Ok(AuthenticateWithSessionKeyResponse {
+            principal: Some(principal(record)),
+            expires_in: secs(remaining),
+            session_key,
+        })
+    }
+
     async fn logout(&self, req: LogoutRequest) -> Result<LogoutResponse, Error> {
         // A token we could never have issued is simply not revoked.
         if !token::is_well_formed(&req.token) {
@@ -259,6 +285,15 @@ impl<S: SessionStore> auth_service_server::AuthService for Auth<S> {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         Ok(Response::new(
             Auth::authenticate(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn authenticate_with_session_key(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateWithSessionKeyResponse>, Status> {
+        Ok(Response::new(
+            Auth::authenticate_with_session_key(self, request.into_inner()).await?,
         ))
     }
 

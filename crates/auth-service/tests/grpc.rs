@@ -35,6 +35,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     login_then_authenticate,
     newest_session_key_wins,
+    one_call_authenticates_and_answers_the_newest_key,
     logout_invalidates,
     expired_session_is_refused,
     reused_code_is_invalid_code,
@@ -155,6 +156,58 @@ async fn newest_session_key_wins(store: Store) {
     assert_eq!(plain["openId"], code.openid.as_str());
     assert!(
         wechat::crypto::decrypt_user_data(&first, &data.encrypted_data, &data.iv, DEV_APP).is_err()
+    );
+}
+
+/// AuthenticateWithSessionKey is Authenticate + GetSessionKey in one call: the same principal
+/// and expiry as Authenticate, the same (newest) key as GetSessionKey, the same refusals.
+async fn one_call_authenticates_and_answers_the_newest_key(store: Store) {
+    let stack = start(Options::on(store)).await;
+    let code = stack.new_code().await;
+    let first = stack.login("", &code.code).await.unwrap();
+    // A second login rotates the key: the first token must answer the newest key too.
+    let second = stack
+        .login("", &stack.code_for(&code.openid).await.code)
+        .await
+        .unwrap();
+    let newest = stack.session_key(DEV_APP, &code.openid).await.unwrap();
+    for login in [&first, &second] {
+        let both = stack
+            .authenticate_with_session_key(&login.token)
+            .await
+            .unwrap();
+        let alone = stack.authenticate(&login.token).await.unwrap();
+        assert_eq!(both.principal, alone.principal);
+        assert_eq!(both.principal, login.principal);
+        assert!(
+            both.expires_in > 0 && both.expires_in <= 3600,
+            "{}",
+            both.expires_in
+        );
+        assert_eq!(both.session_key, newest);
+    }
+    let data = stack.user_data(&code.openid).await;
+    let answered = stack
+        .authenticate_with_session_key(&first.token)
+        .await
+        .unwrap()
+        .session_key;
+    let plain =
+        wechat::crypto::decrypt_user_data(&answered, &data.encrypted_data, &data.iv, DEV_APP)
+            .expect("the answered key is WeChat's current one");
+    assert_eq!(plain["openId"], code.openid.as_str());
+
+    for refused in ["", "short", &"A".repeat(43)] {
+        assert_eq!(
+            reason(stack.authenticate_with_session_key(refused).await),
+            ErrorReason::InvalidToken,
+            "{refused:?}"
+        );
+    }
+    assert!(stack.logout(&first.token).await);
+    assert_eq!(
+        reason(stack.authenticate_with_session_key(&first.token).await),
+        ErrorReason::InvalidToken
     );
 }
 

@@ -105,8 +105,8 @@ async fn not_found() -> Result<actix_web::HttpResponse, crate::envelope::ApiErro
 /// runtime, starts each worker on its own thread with its own single-threaded runtime, and the
 /// returned server future is driven by the caller's runtime. So this works from
 /// `#[tokio::main]`, `#[tokio::test]` (either flavour) and next to other servers in
-/// `wxmp up`. The gRPC channels are created here, on the caller's runtime, which drives
-/// their connections for the workers.
+/// `wxmp up`. The health-check channels are created here, on the caller's runtime; each
+/// worker makes its own API channels on its own runtime ([`Upstreams::for_this_thread`]).
 pub async fn serve(
     config: Config,
     listener: std::net::TcpListener,
@@ -121,12 +121,20 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let workers = config.workers();
-    let server = HttpServer::new(move || app(state.clone()))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        // Called on each worker's thread: give the worker channels driven by its own runtime.
+        let mut state = state.clone();
+        match state.upstreams.for_this_thread() {
+            Ok(upstreams) => state.upstreams = upstreams,
+            Err(e) => tracing::warn!(error = %e, "worker uses the shared upstream channels"),
+        }
+        app(state)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
+    .listen(listener)?
+    .run();
     tracing::info!(%addr, workers, "gateway listening");
     let handle = server.handle();
     let stopper = tokio::spawn(async move {

@@ -15,7 +15,7 @@ use std::{
 
 use service_kit::{
     ErrorReason, Shutdown,
-    grpc::{AttachToken, REQUEST_ID, channel_tls},
+    grpc::{AttachToken, GrpcTls, REQUEST_ID, channel_tls},
 };
 use tonic::{
     Request, Status,
@@ -101,6 +101,43 @@ pub struct Upstreams {
     health: [(&'static str, HealthClient<HealthSvc>); 3],
     board: Arc<HealthBoard>,
     rpc_timeout: Duration,
+    recipe: Arc<Recipe>,
+}
+
+/// What the API channels are made from, kept to make more of them ([`Upstreams::for_this_thread`]).
+#[derive(Debug)]
+struct Recipe {
+    urls: [String; 3],
+    connect_timeout: Duration,
+    rpc_timeout: Duration,
+    tls: Option<GrpcTls>,
+    token: AttachToken,
+}
+
+impl Recipe {
+    fn channel(&self, index: usize) -> Result<Channel, crate::Error> {
+        let url = &self.urls[index];
+        channel_tls(
+            url,
+            self.connect_timeout,
+            self.rpc_timeout,
+            self.tls.as_ref(),
+        )
+        .map_err(|source| crate::Error::Upstream {
+            name: NAMES[index],
+            url: url.clone(),
+            source,
+        })
+    }
+
+    fn gated(&self, index: usize, channel: Channel, board: &Arc<HealthBoard>) -> Svc {
+        let gate = Gate {
+            index,
+            board: board.clone(),
+            token: self.token.clone(),
+        };
+        InterceptedService::new(channel, gate)
+    }
 }
 
 impl Upstreams {
@@ -108,45 +145,53 @@ impl Upstreams {
     /// a tokio runtime, which keeps driving the channels for as long as it lives.
     pub fn new(config: &Config) -> Result<Self, crate::Error> {
         let rpc_timeout = config.rpc_timeout();
-        // A refused or silent connect must fail well inside the call's deadline.
-        let connect_timeout = rpc_timeout.min(Duration::from_secs(2));
-        let token = AttachToken::new(config.internal.internal_token.as_ref());
-        let tls = config.internal.grpc_tls()?;
-        let board = Arc::new(HealthBoard::default());
-        let make = |index: usize, url: &str| -> Result<(Svc, HealthSvc), crate::Error> {
-            let name = NAMES[index];
-            let ch =
-                channel_tls(url, connect_timeout, rpc_timeout, tls.as_ref()).map_err(|source| {
-                    crate::Error::Upstream {
-                        name,
-                        url: url.to_owned(),
-                        source,
-                    }
-                })?;
-            let gate = Gate {
-                index,
-                board: board.clone(),
-                token: token.clone(),
-            };
-            Ok((
-                InterceptedService::new(ch.clone(), gate),
-                InterceptedService::new(ch, token.clone()),
-            ))
-        };
-        let (auth, auth_health) = make(0, &config.auth_url)?;
-        let (user, user_health) = make(1, &config.user_url)?;
-        let (pay, pay_health) = make(2, &config.pay_url)?;
-        Ok(Self {
-            health: [
-                (NAMES[0], HealthClient::new(auth_health)),
-                (NAMES[1], HealthClient::new(user_health)),
-                (NAMES[2], HealthClient::new(pay_health)),
+        let recipe = Arc::new(Recipe {
+            urls: [
+                config.auth_url.clone(),
+                config.user_url.clone(),
+                config.pay_url.clone(),
             ],
-            auth: AuthServiceClient::new(auth),
-            user: UserServiceClient::new(user),
-            pay: PayServiceClient::new(pay),
+            // A refused or silent connect must fail well inside the call's deadline.
+            connect_timeout: rpc_timeout.min(Duration::from_secs(2)),
+            rpc_timeout,
+            tls: config.internal.grpc_tls()?,
+            token: AttachToken::new(config.internal.internal_token.as_ref()),
+        });
+        let board = Arc::new(HealthBoard::default());
+        let channels = [recipe.channel(0)?, recipe.channel(1)?, recipe.channel(2)?];
+        let health = |index: usize| {
+            (
+                NAMES[index],
+                HealthClient::new(InterceptedService::new(
+                    channels[index].clone(),
+                    recipe.token.clone(),
+                )),
+            )
+        };
+        Ok(Self {
+            health: [health(0), health(1), health(2)],
+            auth: AuthServiceClient::new(recipe.gated(0, channels[0].clone(), &board)),
+            user: UserServiceClient::new(recipe.gated(1, channels[1].clone(), &board)),
+            pay: PayServiceClient::new(recipe.gated(2, channels[2].clone(), &board)),
             board,
             rpc_timeout,
+            recipe,
+        })
+    }
+
+    /// The same upstreams on API channels of their own, driven by the runtime this is called
+    /// on; health checks and the fail-fast gate stay shared. Each actix worker is a thread
+    /// with its own single-threaded runtime: with its own channels a call's connection task
+    /// runs on the handler's thread, instead of every call hopping to the main runtime's
+    /// threads (the channel's buffer task and its HTTP/2 connection) and back. It also makes
+    /// one HTTP/2 connection per worker and upstream instead of one per upstream.
+    pub fn for_this_thread(&self) -> Result<Self, crate::Error> {
+        let recipe = &self.recipe;
+        Ok(Self {
+            auth: AuthServiceClient::new(recipe.gated(0, recipe.channel(0)?, &self.board)),
+            user: UserServiceClient::new(recipe.gated(1, recipe.channel(1)?, &self.board)),
+            pay: PayServiceClient::new(recipe.gated(2, recipe.channel(2)?, &self.board)),
+            ..self.clone()
         })
     }
 

@@ -193,6 +193,28 @@ async fn userinfo_and_phone() {
         (200, &json!("13800138000"))
     );
     assert_eq!(s.calls.of("update_phone_number")[0].detail, "7|P|I");
+    // The token goes to user-service, which authenticates it with the session_key in one
+    // auth-service call: the gateway itself calls auth for none of these.
+    assert!(
+        s.calls.of("authenticate").is_empty(),
+        "{:?}",
+        s.calls.calls()
+    );
+    assert_failure(
+        &s.post_json(
+            "/userinfo/",
+            json!({"token": "tok-unknown", "encryptedData": "ED", "iv": "IV"}),
+        )
+        .await,
+        202,
+        401,
+    );
+    assert_failure(
+        &s.post_json("/phone/", json!({"token": "tok-unknown", "code": "C"}))
+            .await,
+        202,
+        401,
+    );
     s.stop().await;
 }
 

@@ -214,7 +214,9 @@ macro_rules! append_event {
         async {
             $conn.lock_outbox().await?;
             diesel_async::RunQueryDsl::execute(
-                diesel::insert_into($crate::schema::order_events::table).values(&event),
+                service_kit::db::Cached(
+                    diesel::insert_into($crate::schema::order_events::table).values(&event),
+                ),
                 $conn,
             )
             .await

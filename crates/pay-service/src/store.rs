@@ -15,7 +15,7 @@ pub mod refunds;
 
 use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use service_kit::db::Database;
+use service_kit::db::{Cached, Database};
 
 use crate::{
     error::Error,
@@ -95,11 +95,13 @@ impl PaidOutcome {
 
 pub async fn insert_order(db: &Database, new: &NewOrder) -> Result<Order, Error> {
     Ok(service_kit::with_conn!(db, |conn| {
-        diesel::insert_into(orders::table)
-            .values(new)
-            .returning(Order::as_returning())
-            .get_result(conn)
-            .await
+        Cached(
+            diesel::insert_into(orders::table)
+                .values(new)
+                .returning(Order::as_returning()),
+        )
+        .get_result(conn)
+        .await
     })?)
 }
 
@@ -146,21 +148,23 @@ pub async fn bind_payer(
     now: i64,
 ) -> Result<Option<Order>, Error> {
     Ok(service_kit::with_conn!(db, |conn| {
-        diesel::update(
-            orders::table
-                .filter(orders::order_no.eq(order_no))
-                .filter(orders::app_id.eq(""))
-                .filter(orders::state.eq_any(OPEN_STATES)),
+        Cached(
+            diesel::update(
+                orders::table
+                    .filter(orders::order_no.eq(order_no))
+                    .filter(orders::app_id.eq(""))
+                    .filter(orders::state.eq_any(OPEN_STATES)),
+            )
+            .set((
+                orders::app_id.eq(app_id),
+                orders::openid.eq(openid),
+                orders::client_ip.eq(client_ip),
+                orders::notify_url.eq(notify_url),
+                orders::sign_type.eq(sign_type),
+                orders::updated_at.eq(now),
+            ))
+            .returning(Order::as_returning()),
         )
-        .set((
-            orders::app_id.eq(app_id),
-            orders::openid.eq(openid),
-            orders::client_ip.eq(client_ip),
-            orders::notify_url.eq(notify_url),
-            orders::sign_type.eq(sign_type),
-            orders::updated_at.eq(now),
-        ))
-        .returning(Order::as_returning())
         .get_result(conn)
         .await
         .optional()
@@ -177,19 +181,21 @@ pub async fn set_prepay(
     now: i64,
 ) -> Result<Option<Order>, Error> {
     Ok(service_kit::with_conn!(db, |conn| {
-        diesel::update(
-            orders::table
-                .filter(orders::order_no.eq(order_no))
-                .filter(orders::state.eq_any(OPEN_STATES)),
+        Cached(
+            diesel::update(
+                orders::table
+                    .filter(orders::order_no.eq(order_no))
+                    .filter(orders::state.eq_any(OPEN_STATES)),
+            )
+            .set((
+                orders::state.eq(OrderState::Paying.as_str()),
+                orders::prepay_id.eq(prepay_id),
+                orders::prepay_expires_at.eq(prepay_expires_at),
+                orders::prepared_at.eq(now),
+                orders::updated_at.eq(now),
+            ))
+            .returning(Order::as_returning()),
         )
-        .set((
-            orders::state.eq(OrderState::Paying.as_str()),
-            orders::prepay_id.eq(prepay_id),
-            orders::prepay_expires_at.eq(prepay_expires_at),
-            orders::prepared_at.eq(now),
-            orders::updated_at.eq(now),
-        ))
-        .returning(Order::as_returning())
         .get_result(conn)
         .await
         .optional()
@@ -263,18 +269,20 @@ macro_rules! mark_paid_on {
         let verdict_of: fn(&PaidOutcome) -> (&'static str, bool) = $verdict_of;
         $conn
             .transaction::<_, Error, _>(async |conn| {
-                let applied: Option<Order> = diesel::update(
-                    orders::table
-                        .filter(orders::order_no.eq(order_no))
-                        .filter(orders::state.eq_any(OPEN_STATES)),
+                let applied: Option<Order> = service_kit::db::Cached(
+                    diesel::update(
+                        orders::table
+                            .filter(orders::order_no.eq(order_no))
+                            .filter(orders::state.eq_any(OPEN_STATES)),
+                    )
+                    .set((
+                        orders::state.eq(OrderState::Paid.as_str()),
+                        orders::transaction_id.eq(transaction_id),
+                        orders::paid_at.eq(Some(paid_at)),
+                        orders::updated_at.eq(now),
+                    ))
+                    .returning(Order::as_returning()),
                 )
-                .set((
-                    orders::state.eq(OrderState::Paid.as_str()),
-                    orders::transaction_id.eq(transaction_id),
-                    orders::paid_at.eq(Some(paid_at)),
-                    orders::updated_at.eq(now),
-                ))
-                .returning(Order::as_returning())
                 .get_result(conn)
                 .await
                 .optional()?;
@@ -330,10 +338,11 @@ macro_rules! mark_paid_on {
                     let (verdict, accepted) = verdict_of(&outcome);
                     record.verdict = verdict.to_owned();
                     record.accepted = accepted;
-                    diesel::insert_into(pay_notifications::table)
-                        .values(&record)
-                        .execute(conn)
-                        .await?;
+                    service_kit::db::Cached(
+                        diesel::insert_into(pay_notifications::table).values(&record),
+                    )
+                    .execute(conn)
+                    .await?;
                 }
                 Ok(outcome)
             })
@@ -418,8 +427,7 @@ pub async fn settle_notify<R>(
                 let (verdict, accepted) = verdict_of(&outcome);
                 record.verdict = verdict.to_owned();
                 record.accepted = accepted;
-                diesel::insert_into(pay_notifications::table)
-                    .values(&record)
+                Cached(diesel::insert_into(pay_notifications::table).values(&record))
                     .execute(conn)
                     .await?;
                 Ok(Ok(outcome))
@@ -449,8 +457,7 @@ pub async fn settle_notify<R>(
 
 pub async fn insert_notification(db: &Database, record: &NewNotification) -> Result<(), Error> {
     service_kit::with_conn!(db, |conn| {
-        diesel::insert_into(pay_notifications::table)
-            .values(record)
+        Cached(diesel::insert_into(pay_notifications::table).values(record))
             .execute(conn)
             .await
     })?;

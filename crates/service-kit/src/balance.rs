@@ -118,14 +118,7 @@ pub fn balanced_channel(
         if let Some(tls) = &tls {
             endpoint = endpoint.tls_config(tls.clone()).ok()?;
         }
-        Some(
-            endpoint
-                .connect_timeout(connect_timeout)
-                .timeout(call_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true),
-        )
+        Some(crate::grpc::tune(endpoint, connect_timeout, call_timeout))
     };
     let (channel, changes) = Channel::balance_channel::<String>(64);
     // Until the first probe answers, every given URL as is (fail-open from the start).

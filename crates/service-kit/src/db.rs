@@ -132,6 +132,45 @@ impl Default for PoolOptions {
     }
 }
 
+/// A single-row statement whose prepared form the connection may keep: diesel marks every
+/// UPDATE (and every INSERT with a defaulted column) "unsafe to cache", because the SQL of one
+/// Rust type can vary (a changeset's `Option` fields). diesel-async then prepares an unnamed
+/// statement for each execution: a Parse/Describe round trip before the Bind/Execute one, and
+/// PostgreSQL parses and plans the text every time. Wrapped, the statement is cached under its
+/// SQL text (not its Rust type), so each distinct text is prepared once per connection and a
+/// varying text simply gets its own entry. Only for statements whose text takes a bounded
+/// number of forms: never a multi-row INSERT (its text grows with the row count).
+#[derive(Debug, Clone, Copy)]
+pub struct Cached<Q>(pub Q);
+
+impl<Q, DB> diesel::query_builder::QueryFragment<DB> for Cached<Q>
+where
+    DB: diesel::backend::Backend,
+    Q: diesel::query_builder::QueryFragment<DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &DB) -> diesel::QueryResult<bool> {
+        // Safe: the cache key is the SQL text (no static query id below).
+        Ok(true)
+    }
+}
+
+impl<Q> diesel::query_builder::QueryId for Cached<Q> {
+    type QueryId = ();
+    // No type-based key: the statement cache keys this query by its SQL text and bind types.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Cached<Q> {
+    type SqlType = Q::SqlType;
+}
+
 /// Which back end a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -316,7 +316,9 @@ where
             }
         }
     };
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.server())?;
     }
@@ -438,6 +440,33 @@ pub fn with_reflection(routes: Routes, names: &[&str], token: Option<Secret>) ->
     }
 }
 
+/// HTTP/2 flow-control windows of every gRPC connection, both directions. h2's default is
+/// 64 KiB for a stream and for the whole connection: with hundreds of small calls in flight
+/// on one connection, the receiver then sends a WINDOW_UPDATE frame (a write, and a wake-up
+/// of the connection task on each side) after every ~32 KiB of answers. The windows are
+/// credit, not buffers: a reader that keeps up holds no more memory with larger ones.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Client-side settings every channel shares (single or balanced): timeouts, Nagle off (a
+/// call is several small frames; Nagle with delayed ACKs would hold the last one ~40 ms), the
+/// windows above, keep-alive pings so a dead peer is noticed while idle.
+pub(crate) fn tune(
+    endpoint: Endpoint,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+) -> Endpoint {
+    endpoint
+        .connect_timeout(connect_timeout)
+        .timeout(call_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+}
+
 /// The standard health service's name, served by [`serve`] next to every service.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
@@ -500,13 +529,7 @@ fn single_channel(
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls.client())?;
     }
-    Ok(endpoint
-        .connect_timeout(connect_timeout)
-        .timeout(call_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    Ok(tune(endpoint, connect_timeout, call_timeout).connect_lazy())
 }
 
 /// The request id of an incoming call, if the caller sent one.

@@ -27,6 +27,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("user not found")]
     NotFound,
+    /// The session token given instead of a principal is unknown or expired.
+    #[error("invalid or expired token")]
+    InvalidToken,
     #[error("decrypt failed: {0}")]
     DecryptFailed(#[from] DecryptCause),
     #[error("auth-service call failed: {0}")]
@@ -77,6 +80,7 @@ impl Error {
             Self::MissingParameter(_) => ErrorReason::MissingParameter,
             Self::InvalidArgument(_) => ErrorReason::InvalidArgument,
             Self::NotFound => ErrorReason::NotFound,
+            Self::InvalidToken => ErrorReason::InvalidToken,
             Self::DecryptFailed(_) => ErrorReason::DecryptFailed,
             Self::AuthService(_) => ErrorReason::DependencyUnavailable,
             Self::PhoneCodeInvalid => ErrorReason::PhoneCodeInvalid,
@@ -108,13 +112,14 @@ impl From<Error> for tonic::Status {
                 status(reason, error.to_string())
             }
             Error::NotFound => status(reason, "user not found"),
+            Error::InvalidToken => status(reason, error.to_string()),
             Error::DecryptFailed(cause) => {
                 // The cause stays in the logs; the key is never in it.
                 tracing::debug!(%cause, "rejected encrypted data");
                 status(reason, DECRYPT_FAILED_MESSAGE)
             }
             Error::AuthService(s) => {
-                tracing::warn!(code = ?s.code(), message = s.message(), "auth-service GetSessionKey failed");
+                tracing::warn!(code = ?s.code(), message = s.message(), "auth-service call failed");
                 status(reason, "auth-service unavailable")
             }
             Error::PhoneCodeInvalid | Error::WechatBusy => status(reason, error.to_string()),

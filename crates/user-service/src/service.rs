@@ -1,7 +1,8 @@
 //! `wxmp.user.v1.UserService` on top of the store, the session-key source and the decryption
 //! checks.
 
-use tonic::{Request, Response, Status};
+use service_kit::Secret;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 use wxmp_proto::{auth::v1::Principal, user::v1 as pb};
 
 use crate::{
@@ -15,6 +16,8 @@ use crate::{
 
 /// Longest accepted appid / openid / unionid (WeChat's are 18 and 28 characters).
 const MAX_ID: usize = 128;
+/// Longest session token passed on to auth-service (real ones are 43 characters).
+const MAX_TOKEN: usize = 128;
 
 /// The gRPC service. `K` is where session keys come from: auth-service in production.
 #[derive(Clone, Debug)]
@@ -44,23 +47,63 @@ impl<K: SessionKeys> Service<K> {
         pb::user_service_server::UserServiceServer::new(self)
     }
 
+    /// Who calls: the session token's owner (one auth-service call that also answers the
+    /// session_key, `Some(key)`), or the principal a caller authenticated itself (`None`: the
+    /// key is asked for separately, only once the input passed its checks).
+    async fn caller(
+        &self,
+        metadata: &MetadataMap,
+        token: &str,
+        principal: Option<&Principal>,
+    ) -> Result<(Principal, Option<Option<Secret>>), Error> {
+        if token.is_empty() {
+            return Ok((check_principal(principal)?.clone(), None));
+        }
+        // Real tokens are 43 characters; a longer one is never sent on.
+        if token.len() > MAX_TOKEN {
+            return Err(Error::InvalidToken);
+        }
+        let (principal, key) = self.keys.authenticate(metadata, token).await?;
+        // auth-service answers complete principals; anything else is its failure.
+        check_principal(Some(&principal)).map_err(|_| {
+            Error::AuthService(Status::internal("answered an incomplete principal"))
+        })?;
+        Ok((principal, Some(key)))
+    }
+
+    /// The key `caller` answered, or the newest one of the principal's (app_id, openid).
+    async fn key_of(
+        &self,
+        metadata: &MetadataMap,
+        principal: &Principal,
+        known: Option<Option<Secret>>,
+    ) -> Result<Secret, Error> {
+        let key = match known {
+            Some(key) => key,
+            None => {
+                self.keys
+                    .session_key(metadata, &principal.app_id, &principal.openid)
+                    .await?
+            }
+        };
+        Ok(key.ok_or(DecryptCause::NoSessionKey)?)
+    }
+
     async fn store_profile(
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<pb::User, Error> {
         let (metadata, _, body) = request.into_parts();
-        let principal = principal(body.principal.as_ref())?;
+        let (principal, known_key) = self
+            .caller(&metadata, &body.token, body.principal.as_ref())
+            .await?;
         let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
         let signed = Signed::new(&body.raw_data, &body.signature)?;
-        let key = self
-            .keys
-            .session_key(&metadata, &principal.app_id, &principal.openid)
-            .await?
-            .ok_or(DecryptCause::NoSessionKey)?;
+        let key = self.key_of(&metadata, &principal, known_key).await?;
         let changes = open_profile(&key, sealed, signed, &principal.app_id, &principal.openid)?;
         let user = self
             .users
-            .update_profile(owner(principal), &changes)
+            .update_profile(owner(&principal), &changes)
             .await?
             .ok_or(Error::NotFound)?;
         tracing::info!(user_id = user.id, "profile stored");
@@ -72,14 +115,12 @@ impl<K: SessionKeys> Service<K> {
         request: Request<pb::UpdatePhoneNumberRequest>,
     ) -> Result<pb::User, Error> {
         let (metadata, _, body) = request.into_parts();
-        let principal = principal(body.principal.as_ref())?;
+        let (principal, known_key) = self
+            .caller(&metadata, &body.token, body.principal.as_ref())
+            .await?;
         let changes = if body.code.is_empty() {
             let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
-            let key = self
-                .keys
-                .session_key(&metadata, &principal.app_id, &principal.openid)
-                .await?
-                .ok_or(DecryptCause::NoSessionKey)?;
+            let key = self.key_of(&metadata, &principal, known_key).await?;
             open_phone(&key, sealed, &principal.app_id)?
         } else {
             self.phones
@@ -90,7 +131,7 @@ impl<K: SessionKeys> Service<K> {
         };
         let user = self
             .users
-            .update_phone(owner(principal), &changes)
+            .update_phone(owner(&principal), &changes)
             .await?
             .ok_or(Error::NotFound)?;
         tracing::info!(user_id = user.id, "phone number stored");
@@ -99,7 +140,7 @@ impl<K: SessionKeys> Service<K> {
 }
 
 /// The authenticated caller, complete: every update is keyed on all three fields.
-fn principal(principal: Option<&Principal>) -> Result<&Principal, Error> {
+fn check_principal(principal: Option<&Principal>) -> Result<&Principal, Error> {
     match principal {
         Some(p) if p.user_id > 0 && !p.app_id.is_empty() && !p.openid.is_empty() => Ok(p),
         _ => Err(Error::MissingParameter("principal")),

@@ -1,4 +1,6 @@
-//! Where the user's latest `session_key` comes from: auth-service's `GetSessionKey`.
+//! Where the user's latest `session_key` comes from: auth-service's `GetSessionKey` (for a
+//! caller named by its principal), or `AuthenticateWithSessionKey` (for a caller named by its
+//! session token: who it is and the key in one auth-service call).
 //!
 //! Behind a trait so the service logic can be tested with keys held in memory as well as
 //! over the wire.
@@ -11,7 +13,9 @@ use service_kit::{
     reason::reason_of,
 };
 use tonic::{metadata::MetadataMap, service::interceptor::InterceptedService, transport::Channel};
-use wxmp_proto::auth::v1::{GetSessionKeyRequest, auth_service_client::AuthServiceClient};
+use wxmp_proto::auth::v1::{
+    AuthenticateRequest, GetSessionKeyRequest, Principal, auth_service_client::AuthServiceClient,
+};
 
 use crate::Error;
 
@@ -25,6 +29,15 @@ pub trait SessionKeys: Send + Sync + 'static {
         app_id: &str,
         openid: &str,
     ) -> impl Future<Output = Result<Option<Secret>, Error>> + Send;
+
+    /// The principal of a session token and the newest session_key of its (app_id, openid)
+    /// (`None` when none is live), in one call. An unknown or expired token is
+    /// [`Error::InvalidToken`].
+    fn authenticate(
+        &self,
+        incoming: &MetadataMap,
+        token: &str,
+    ) -> impl Future<Output = Result<(Principal, Option<Secret>), Error>> + Send;
 }
 
 /// auth-service over gRPC, on one lazily connected channel cloned per call.
@@ -75,6 +88,38 @@ impl SessionKeys for AuthSessionKeys {
             }
             // NOT_FOUND: the user has no live session (logged out, or it expired).
             Err(status) if reason_of(&status) == service_kit::ErrorReason::NotFound => Ok(None),
+            Err(status) => Err(Error::AuthService(status)),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        incoming: &MetadataMap,
+        token: &str,
+    ) -> Result<(Principal, Option<Secret>), Error> {
+        let request = forward(
+            incoming,
+            AuthenticateRequest {
+                token: token.to_owned(),
+            },
+        );
+        match self
+            .client
+            .clone()
+            .authenticate_with_session_key(request)
+            .await
+        {
+            Ok(response) => {
+                let answer = response.into_inner();
+                let principal = answer.principal.ok_or_else(|| {
+                    Error::AuthService(tonic::Status::internal("answered without a principal"))
+                })?;
+                let key = answer.session_key;
+                Ok((principal, (!key.is_empty()).then(|| Secret::new(key))))
+            }
+            Err(status) if reason_of(&status) == service_kit::ErrorReason::InvalidToken => {
+                Err(Error::InvalidToken)
+            }
             Err(status) => Err(Error::AuthService(status)),
         }
     }

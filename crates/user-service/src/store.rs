@@ -6,7 +6,7 @@ use diesel::{
     SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
-use service_kit::db::{Database, DbError};
+use service_kit::db::{Cached, Database, DbError};
 use wxmp_proto::user::v1 as pb;
 
 use crate::schema::users;
@@ -183,12 +183,14 @@ impl Users {
             return Ok(existing);
         }
         let updated: Option<User> = service_kit::with_conn!(&self.db, |conn| {
-            diesel::update(users::table.filter(users::id.eq(existing.id)))
-                .set((users::unionid.eq(unionid), users::updated_at.eq(ts)))
-                .returning(User::as_returning())
-                .get_result(conn)
-                .await
-                .optional()
+            Cached(
+                diesel::update(users::table.filter(users::id.eq(existing.id)))
+                    .set((users::unionid.eq(unionid), users::updated_at.eq(ts)))
+                    .returning(User::as_returning()),
+            )
+            .get_result(conn)
+            .await
+            .optional()
         })?;
         Ok(updated.unwrap_or(existing))
     }
@@ -214,14 +216,17 @@ impl Users {
     ) -> Result<Option<User>, DbError> {
         let ts = now();
         let user = service_kit::with_conn!(&self.db, |conn| {
-            diesel::update(
-                users::table
-                    .filter(users::id.eq(owner.user_id))
-                    .filter(users::app_id.eq(owner.app_id))
-                    .filter(users::openid.eq(owner.openid)),
+            // Cached: diesel would prepare (parse, plan) this UPDATE anew every time.
+            Cached(
+                diesel::update(
+                    users::table
+                        .filter(users::id.eq(owner.user_id))
+                        .filter(users::app_id.eq(owner.app_id))
+                        .filter(users::openid.eq(owner.openid)),
+                )
+                .set((changes, users::updated_at.eq(ts)))
+                .returning(User::as_returning()),
             )
-            .set((changes, users::updated_at.eq(ts)))
-            .returning(User::as_returning())
             .get_result(conn)
             .await
             .optional()
@@ -237,14 +242,17 @@ impl Users {
     ) -> Result<Option<User>, DbError> {
         let ts = now();
         let user = service_kit::with_conn!(&self.db, |conn| {
-            diesel::update(
-                users::table
-                    .filter(users::id.eq(owner.user_id))
-                    .filter(users::app_id.eq(owner.app_id))
-                    .filter(users::openid.eq(owner.openid)),
+            // Cached: diesel would prepare (parse, plan) this UPDATE anew every time.
+            Cached(
+                diesel::update(
+                    users::table
+                        .filter(users::id.eq(owner.user_id))
+                        .filter(users::app_id.eq(owner.app_id))
+                        .filter(users::openid.eq(owner.openid)),
+                )
+                .set((changes, users::updated_at.eq(ts)))
+                .returning(User::as_returning()),
             )
-            .set((changes, users::updated_at.eq(ts)))
-            .returning(User::as_returning())
             .get_result(conn)
             .await
             .optional()

@@ -24,6 +24,7 @@ on_both_backends!(
     every_decrypt_failure_is_one_answer_and_changes_nothing,
     bad_requests_are_refused_before_decrypting,
     principal_must_match_the_row,
+    a_token_names_the_caller_instead_of_a_principal,
     phone_number_is_stored,
     phone_failures_change_nothing,
     official_wechat_vector_through_update_profile,
@@ -61,6 +62,7 @@ fn profile_request(user: &pb::User, encrypted_data: &str, iv: &str) -> UpdatePro
         iv: iv.into(),
         raw_data: String::new(),
         signature: String::new(),
+        token: String::new(),
     }
 }
 
@@ -419,6 +421,72 @@ async fn principal_must_match_the_row(backend: Backend) {
     assert_reason(&err, ErrorReason::NotFound);
     assert_eq!(get(&h, grace.id).await, grace);
     assert_eq!(get(&h, heidi.id).await, heidi);
+}
+
+/// With a session token the caller is the token's owner (the principal field is ignored, so a
+/// forged one changes nothing), checked before the encrypted data; an unknown token is
+/// INVALID_TOKEN.
+async fn a_token_names_the_caller_instead_of_a_principal(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let ivan = logged_in(&h, "o-ivan").await;
+    let judy = logged_in(&h, "o-judy").await;
+    h.keys.sign_in("tok-ivan", principal_of(&ivan));
+    let data = seal(&key(1), &iv(1), &profile_json(APP, "o-ivan", "伊万"));
+    let stored = update_profile(
+        &h,
+        UpdateProfileRequest {
+            token: "tok-ivan".into(),
+            principal: Some(principal_of(&judy)),
+            ..profile_request(&ivan, &data, &iv(1))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((stored.id, stored.nickname.as_str()), (ivan.id, "伊万"));
+    assert_eq!(
+        get(&h, judy.id).await,
+        judy,
+        "the principal field is ignored"
+    );
+
+    // An unknown token is refused before the data is looked at, and nothing changes.
+    for body in [data.as_str(), "%%% not base64"] {
+        let err = update_profile(
+            &h,
+            UpdateProfileRequest {
+                token: "tok-unknown".into(),
+                ..profile_request(&ivan, body, &iv(1))
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_reason(&err, ErrorReason::InvalidToken);
+    }
+    let err = h
+        .service
+        .update_phone_number(Request::new(UpdatePhoneNumberRequest {
+            token: "x".repeat(200),
+            encrypted_data: data.clone(),
+            iv: iv(1),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_reason(&err, ErrorReason::InvalidToken);
+    assert_eq!(get(&h, ivan.id).await, stored);
+
+    // The token's owner without a live key: the uniform decryption failure.
+    h.keys.forget(APP, "o-ivan");
+    let err = update_profile(
+        &h,
+        UpdateProfileRequest {
+            token: "tok-ivan".into(),
+            ..profile_request(&ivan, &data, &iv(1))
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_reason(&err, ErrorReason::DecryptFailed);
 }
 
 async fn phone_number_is_stored(backend: Backend) {

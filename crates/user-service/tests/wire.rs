@@ -19,6 +19,7 @@ use wxmp_proto::user::v1::{
 
 on_both_backends!(
     profile_and_phone_over_the_wire,
+    a_session_token_costs_one_auth_call,
     internal_token_is_required,
     auth_service_down_is_a_dependency_error,
 );
@@ -111,6 +112,7 @@ async fn profile_and_phone_over_the_wire(backend: Backend) {
         iv: iv(1),
         raw_data: String::new(),
         signature: String::new(),
+        token: String::new(),
     };
     let stored = client
         .update_profile(with_request_id(request.clone(), "req-wire-1"))
@@ -182,6 +184,86 @@ async fn profile_and_phone_over_the_wire(backend: Backend) {
     running.stop().await;
 }
 
+/// The gateway's way: the session token instead of a principal. auth-service is asked once
+/// (AuthenticateWithSessionKey: who, and the key), never GetSessionKey as well.
+async fn a_session_token_costs_one_auth_call(backend: Backend) {
+    let running = Running::start(backend, None).await;
+    let mut client = running.client(Some(TOKEN));
+    let user = client
+        .ensure_user(EnsureUserRequest {
+            app_id: APP.into(),
+            openid: "o-token".into(),
+            unionid: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    running.fake.keys.rotate(APP, "o-token", &key(1));
+    running
+        .fake
+        .keys
+        .sign_in("session-tok", principal_of(&user));
+
+    let request = UpdateProfileRequest {
+        token: "session-tok".into(),
+        encrypted_data: seal(&key(1), &iv(1), &profile_json(APP, "o-token", "一次")),
+        iv: iv(1),
+        ..Default::default()
+    };
+    let stored = client
+        .update_profile(with_request_id(request, "req-tok-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!((stored.id, stored.nickname.as_str()), (user.id, "一次"));
+    let seen: Vec<SeenCall> = running.fake.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one auth-service call: {seen:?}");
+    assert_eq!(seen[0].method, "authenticate_with_session_key");
+    assert_eq!(seen[0].request_id.as_deref(), Some("req-tok-1"));
+    assert_eq!(seen[0].internal_token.as_deref(), Some(TOKEN));
+
+    // The encrypted phone form: also one call.
+    let phone = client
+        .update_phone_number(UpdatePhoneNumberRequest {
+            token: "session-tok".into(),
+            encrypted_data: seal(&key(1), &iv(2), &phone_json(APP, "13800138000", "86")),
+            iv: iv(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(phone.phone, "13800138000");
+    assert_eq!(running.fake.seen.lock().unwrap().len(), 2);
+
+    // An unknown token is INVALID_TOKEN and changes nothing.
+    let err = client
+        .update_profile(UpdateProfileRequest {
+            token: "stolen-tok".into(),
+            encrypted_data: seal(&key(1), &iv(1), &profile_json(APP, "o-token", "x")),
+            iv: iv(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_reason(&err, ErrorReason::InvalidToken);
+    let got = client
+        .get_user(GetUserRequest { user_id: user.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(got.nickname, "一次");
+    running.stop().await;
+}
+
 async fn internal_token_is_required(backend: Backend) {
     let running = Running::start(backend, None).await;
     for token in [None, Some("wrong-token")] {
@@ -231,6 +313,7 @@ async fn auth_service_down_is_a_dependency_error(backend: Backend) {
             iv: iv(1),
             raw_data: String::new(),
             signature: String::new(),
+            token: String::new(),
         })
         .await
         .unwrap_err();

@@ -295,6 +295,19 @@ impl Stack {
             .map(Response::into_inner)
     }
 
+    pub async fn authenticate_with_session_key(
+        &self,
+        token: &str,
+    ) -> Result<wxmp_proto::auth::v1::AuthenticateWithSessionKeyResponse, Status> {
+        self.auth
+            .clone()
+            .authenticate_with_session_key(AuthenticateRequest {
+                token: token.into(),
+            })
+            .await
+            .map(Response::into_inner)
+    }
+
     pub async fn session_key(&self, app_id: &str, openid: &str) -> Result<String, Status> {
         self.auth
             .clone()

@@ -8,7 +8,7 @@ use super::{authenticate, required};
 use crate::{envelope::Envelope, openapi::ErrorEnvelope};
 use crate::{
     envelope::{ApiError, Code, ok},
-    extract::JsonBody,
+    extract::{self, JsonBody},
     request_id::RequestId,
     server::AppState,
 };
@@ -130,7 +130,9 @@ pub async fn userinfo(
     req: HttpRequest,
     JsonBody(body): JsonBody<EncryptedBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &request_id, &req, body.token.as_deref()).await?;
+    // No Authenticate here: user-service authenticates the token and gets the session_key in
+    // one auth-service call (an unknown token is still 202).
+    let token = extract::token(&req, body.token.as_deref())?;
     let encrypted_data = required(&body.encrypted_data, "encryptedData")?.to_owned();
     let iv = required(&body.iv, "iv")?.to_owned();
     let upstreams = &state.upstreams;
@@ -139,7 +141,8 @@ pub async fn userinfo(
         .update_profile(upstreams.request(
             &request_id,
             UpdateProfileRequest {
-                principal: Some(principal),
+                principal: None,
+                token,
                 encrypted_data,
                 iv,
                 raw_data: body.raw_data.unwrap_or_default(),
@@ -186,18 +189,20 @@ pub async fn phone(
     req: HttpRequest,
     JsonBody(body): JsonBody<PhoneBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = authenticate(&state, &request_id, &req, body.token.as_deref()).await?;
+    // As /userinfo/: user-service authenticates the token (one auth-service call).
+    let token = extract::token(&req, body.token.as_deref())?;
     let request = match body.code.as_deref().filter(|c| !c.is_empty()) {
         Some(code) => UpdatePhoneNumberRequest {
-            principal: Some(principal),
+            token,
             code: code.to_owned(),
             ..Default::default()
         },
         None => UpdatePhoneNumberRequest {
-            principal: Some(principal),
+            principal: None,
             encrypted_data: required(&body.encrypted_data, "code or encryptedData")?.to_owned(),
             iv: required(&body.iv, "iv")?.to_owned(),
             code: String::new(),
+            token,
         },
     };
     let upstreams = &state.upstreams;

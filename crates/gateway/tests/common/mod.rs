@@ -13,8 +13,9 @@ use service_kit::{ErrorReason, Shutdown, reason::status};
 use tonic::{Request, Response, Status, service::Routes};
 use wxmp_proto::{
     auth::v1::{
-        AuthenticateRequest, AuthenticateResponse, GetSessionKeyRequest, GetSessionKeyResponse,
-        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, Principal,
+        AuthenticateRequest, AuthenticateResponse, AuthenticateWithSessionKeyResponse,
+        GetSessionKeyRequest, GetSessionKeyResponse, LoginRequest, LoginResponse, LogoutRequest,
+        LogoutResponse, Principal,
         auth_service_server::{AuthService, AuthServiceServer},
     },
     pay::v1::{
@@ -107,6 +108,25 @@ fn user(id: i64) -> User {
     }
 }
 
+/// The fakes' sessions: the user id of a token, as auth-service would answer it.
+fn user_of_token(token: &str) -> Result<i64, Status> {
+    match token {
+        GOOD_TOKEN => Ok(7),
+        "tok-other" => Ok(8),
+        _ => Err(status(ErrorReason::InvalidToken, "invalid token")),
+    }
+}
+
+/// The caller of an update, as user-service resolves it: the token when one is sent (the
+/// gateway's way), else the principal.
+fn caller(token: &str, principal: Option<&Principal>) -> Result<i64, Status> {
+    if token.is_empty() {
+        Ok(principal.map_or(0, |p| p.user_id))
+    } else {
+        user_of_token(token)
+    }
+}
+
 struct FakeAuth(Recorder);
 
 #[tonic::async_trait]
@@ -144,11 +164,7 @@ impl AuthService for FakeAuth {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let token = req.get_ref().token.clone();
         self.0.record("authenticate", &req, token.clone());
-        let user_id = match token.as_str() {
-            GOOD_TOKEN => 7,
-            "tok-other" => 8,
-            _ => return Err(status(ErrorReason::InvalidToken, "invalid token")),
-        };
+        let user_id = user_of_token(&token)?;
         Ok(Response::new(AuthenticateResponse {
             principal: Some(principal(user_id)),
             expires_in: 100,
@@ -170,6 +186,13 @@ impl AuthService for FakeAuth {
         &self,
         _: Request<GetSessionKeyRequest>,
     ) -> Result<Response<GetSessionKeyResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn authenticate_with_session_key(
+        &self,
+        _: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateWithSessionKeyResponse>, Status> {
         Err(Status::unimplemented("not for the gateway"))
     }
 
@@ -208,7 +231,7 @@ impl UserService for FakeUser {
         req: Request<UpdateProfileRequest>,
     ) -> Result<Response<UpdateProfileResponse>, Status> {
         let r = req.get_ref().clone();
-        let uid = r.principal.as_ref().map_or(0, |p| p.user_id);
+        let uid = caller(&r.token, r.principal.as_ref())?;
         self.0.record(
             "update_profile",
             &req,
@@ -230,7 +253,7 @@ impl UserService for FakeUser {
         req: Request<UpdatePhoneNumberRequest>,
     ) -> Result<Response<UpdatePhoneNumberResponse>, Status> {
         let r = req.get_ref().clone();
-        let uid = r.principal.as_ref().map_or(0, |p| p.user_id);
+        let uid = caller(&r.token, r.principal.as_ref())?;
         self.0.record(
             "update_phone_number",
             &req,

@@ -78,32 +78,51 @@ macro_rules! on_both_backends {
     };
 }
 
-/// The newest session_key per (app_id, openid), as auth-service keeps them.
+/// The newest session_key per (app_id, openid) and the live session tokens, as auth-service
+/// keeps them.
 #[derive(Clone, Debug, Default)]
-pub struct Keys(Arc<Mutex<HashMap<(String, String), String>>>);
+pub struct Keys {
+    keys: Arc<Mutex<HashMap<(String, String), String>>>,
+    sessions: Arc<Mutex<HashMap<String, Principal>>>,
+}
 
 impl Keys {
     /// A login: the user's key becomes `key`, replacing any older one.
     pub fn rotate(&self, app_id: &str, openid: &str, key: &str) {
-        self.0
+        self.keys
             .lock()
             .unwrap()
             .insert((app_id.to_owned(), openid.to_owned()), key.to_owned());
     }
 
     pub fn forget(&self, app_id: &str, openid: &str) {
-        self.0
+        self.keys
             .lock()
             .unwrap()
             .remove(&(app_id.to_owned(), openid.to_owned()));
     }
 
     pub fn get(&self, app_id: &str, openid: &str) -> Option<String> {
-        self.0
+        self.keys
             .lock()
             .unwrap()
             .get(&(app_id.to_owned(), openid.to_owned()))
             .cloned()
+    }
+
+    /// A live session: `token` stands for `principal`.
+    pub fn sign_in(&self, token: &str, principal: Principal) {
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), principal);
+    }
+
+    /// What AuthenticateWithSessionKey answers for `token`.
+    pub fn session(&self, token: &str) -> Option<(Principal, Option<String>)> {
+        let principal = self.sessions.lock().unwrap().get(token).cloned()?;
+        let key = self.get(&principal.app_id, &principal.openid);
+        Some((principal, key))
     }
 }
 
@@ -115,6 +134,15 @@ impl SessionKeys for Keys {
         openid: &str,
     ) -> Result<Option<Secret>, Error> {
         Ok(self.get(app_id, openid).map(Secret::new))
+    }
+
+    async fn authenticate(
+        &self,
+        _incoming: &MetadataMap,
+        token: &str,
+    ) -> Result<(Principal, Option<Secret>), Error> {
+        let (principal, key) = self.session(token).ok_or(Error::InvalidToken)?;
+        Ok((principal, key.map(Secret::new)))
     }
 }
 
@@ -200,9 +228,11 @@ pub fn assert_reason(status: &Status, reason: ErrorReason) {
     );
 }
 
-/// What the fake auth-service saw of one GetSessionKey call.
+/// What the fake auth-service saw of one GetSessionKey or AuthenticateWithSessionKey call.
 #[derive(Clone, Debug, Default)]
 pub struct SeenCall {
+    /// `get_session_key` or `authenticate_with_session_key`.
+    pub method: &'static str,
     pub request_id: Option<String>,
     pub internal_token: Option<String>,
     pub app_id: String,
@@ -251,6 +281,7 @@ impl AuthService for FakeAuth {
                 .map(str::to_owned)
         };
         let call = SeenCall {
+            method: "get_session_key",
             request_id: text(REQUEST_ID),
             internal_token: text(INTERNAL_TOKEN),
             app_id: request.get_ref().app_id.clone(),
@@ -261,6 +292,35 @@ impl AuthService for FakeAuth {
             Some(session_key) => Ok(Response::new(auth::GetSessionKeyResponse { session_key })),
             None => Err(status(ErrorReason::NotFound, "no live session")),
         }
+    }
+
+    async fn authenticate_with_session_key(
+        &self,
+        request: Request<auth::AuthenticateRequest>,
+    ) -> Result<Response<auth::AuthenticateWithSessionKeyResponse>, Status> {
+        let text = |k: &str| {
+            request
+                .metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (principal, key) = self
+            .keys
+            .session(&request.get_ref().token)
+            .ok_or_else(|| status(ErrorReason::InvalidToken, "invalid token"))?;
+        self.seen.lock().unwrap().push(SeenCall {
+            method: "authenticate_with_session_key",
+            request_id: text(REQUEST_ID),
+            internal_token: text(INTERNAL_TOKEN),
+            app_id: principal.app_id.clone(),
+            openid: principal.openid.clone(),
+        });
+        Ok(Response::new(auth::AuthenticateWithSessionKeyResponse {
+            principal: Some(principal),
+            expires_in: 100,
+            session_key: key.unwrap_or_default(),
+        }))
     }
 
     async fn get_access_token(
