@@ -432,8 +432,8 @@ async fn wrong_pay_sign(backend: Backend, v3: bool) {
     let t = start_on(backend, v3).await;
     let (token, _) = t.login(None).await;
     let (_, answer) = t.pay_product(&token, "coffee").await;
-    let (order_no, phone) = order_and_prepay(&answer)
-        .unwrap_or_else(|| panic!("wx.requestPayment params in {answer}"));
+    let (order_no, phone) =
+        order_and_prepay(&answer).unwrap_or_else(|| panic!("wx.requestPayment params in {answer}"));
     let mut forged = phone.clone();
     let pay_sign = phone["paySign"].as_str().unwrap();
     let flipped = if pay_sign.starts_with('A') { "B" } else { "A" };

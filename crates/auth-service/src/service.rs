@@ -122,6 +122,9 @@ impl<S: SessionStore> Auth<S> {
             .await;
         meter::code2session(session.as_ref().map(drop), started.elapsed());
         let session = session?;
+        let answered_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
 
         // WeChat has just rotated the key, so from now on only this one decrypts what the phone
         // sends, whether or not the login completes: it is stored in any case, while
@@ -132,6 +135,7 @@ impl<S: SessionStore> Auth<S> {
             &app.app_id,
             &session.openid,
             &session.session_key,
+            answered_at_ms,
             self.session_ttl,
         );
         let mut users = self.users.clone();

@@ -59,13 +59,16 @@ pub trait SessionStore: Send + Sync + 'static {
         token_hash: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Stores the user's session_key for `ttl`, replacing any older one: only the newest
-    /// code2Session's key decrypts what the phone sends next.
+    /// Stores the user's session_key for `ttl`, unless a key answered later is already
+    /// stored: only the newest code2Session's key decrypts what the phone sends next, and two
+    /// logins of one user (a double tap) may store theirs in either order. `answered_at_ms`
+    /// is when WeChat's answer arrived (unix ms); the later one wins, a tie overwrites.
     fn put_session_key(
         &self,
         app_id: &str,
         openid: &str,
         session_key: &str,
+        answered_at_ms: i64,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -131,9 +134,10 @@ impl SessionStore for AnyStore {
         app_id: &str,
         openid: &str,
         session_key: &str,
+        answered_at_ms: i64,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_session_key(app_id, openid, session_key, ttl))
+        dispatch!(self, s => s.put_session_key(app_id, openid, session_key, answered_at_ms, ttl))
     }
 
     async fn get_session_key(

@@ -85,6 +85,7 @@ async fn sessions_expire(store: impl SessionStore) {
             "wxa",
             "o-expiring",
             "a2V5a2V5a2V5a2V5a2V5aw==",
+            1,
             Duration::from_secs(1),
         )
         .await
@@ -115,11 +116,11 @@ async fn sessions_expire(store: impl SessionStore) {
 
 async fn session_key_is_replaced_by_the_newest(store: impl SessionStore) {
     store
-        .put_session_key("wxa", "o1", "old-key", HOUR)
+        .put_session_key("wxa", "o1", "old-key", 1_000, HOUR)
         .await
         .unwrap();
     store
-        .put_session_key("wxa", "o1", "new-key", HOUR)
+        .put_session_key("wxa", "o1", "new-key", 2_000, HOUR)
         .await
         .unwrap();
     assert_eq!(
@@ -128,11 +129,11 @@ async fn session_key_is_replaced_by_the_newest(store: impl SessionStore) {
     );
     // Keyed by (app_id, openid): another app or user is untouched.
     store
-        .put_session_key("wxb", "o1", "b-key", HOUR)
+        .put_session_key("wxb", "o1", "b-key", 1_000, HOUR)
         .await
         .unwrap();
     store
-        .put_session_key("wxa", "o2", "o2-key", HOUR)
+        .put_session_key("wxa", "o2", "o2-key", 1_000, HOUR)
         .await
         .unwrap();
     assert_eq!(
@@ -147,6 +148,42 @@ async fn session_key_is_replaced_by_the_newest(store: impl SessionStore) {
         store.get_session_key("wxa", "o2").await.unwrap().as_deref(),
         Some("o2-key")
     );
+}
+
+/// Two logins of one user (a double tap) store their keys in either order: the key WeChat
+/// answered last stays, whichever write lands last.
+async fn an_earlier_answer_never_replaces_a_later_key(store: impl SessionStore) {
+    store
+        .put_session_key("wxa", "tap", "second-key", 2_000, HOUR)
+        .await
+        .unwrap();
+    store
+        .put_session_key("wxa", "tap", "first-key", 1_000, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_session_key("wxa", "tap")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("second-key")
+    );
+    // A later answer still replaces it, and a tie overwrites.
+    for (key, at) in [("third-key", 3_000), ("third-again", 3_000)] {
+        store
+            .put_session_key("wxa", "tap", key, at, HOUR)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_session_key("wxa", "tap")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(key)
+        );
+    }
 }
 
 async fn overwriting_a_session_refreshes_it(store: impl SessionStore) {
@@ -207,6 +244,7 @@ contract!(
     unknown_token,
     sessions_expire,
     session_key_is_replaced_by_the_newest,
+    an_earlier_answer_never_replaces_a_later_key,
     overwriting_a_session_refreshes_it,
     ping,
 );
@@ -232,7 +270,7 @@ async fn redis_keys_are_prefixed_hashed_and_expiring() {
     let h = hash();
     store.put_session(&h, &record(9), HOUR).await.unwrap();
     store
-        .put_session_key("wxa", "o9", "the-key", HOUR)
+        .put_session_key("wxa", "o9", "the-key", 1_000, HOUR)
         .await
         .unwrap();
 
@@ -247,6 +285,7 @@ async fn redis_keys_are_prefixed_hashed_and_expiring() {
         keys,
         vec![
             format!("{prefix}session:{h}"),
+            format!("{prefix}skey-at:wxa:o9"),
             format!("{prefix}skey:wxa:o9")
         ]
     );

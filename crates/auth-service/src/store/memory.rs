@@ -28,7 +28,8 @@ impl<T> Entry<T> {
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, Entry<SessionRecord>>,
-    session_keys: HashMap<(String, String), Entry<String>>,
+    /// The key and when WeChat's answer carrying it arrived (unix ms).
+    session_keys: HashMap<(String, String), Entry<(String, i64)>>,
     writes_since_sweep: usize,
     last_sweep: Option<Instant>,
 }
@@ -133,14 +134,23 @@ impl SessionStore for MemoryStore {
         app_id: &str,
         openid: &str,
         session_key: &str,
+        answered_at_ms: i64,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
         let mut inner = self.lock();
+        let key = (app_id.to_owned(), openid.to_owned());
+        let newer_stored = inner
+            .session_keys
+            .get(&key)
+            .is_some_and(|e| e.live(now) && e.value.1 > answered_at_ms);
+        if newer_stored {
+            return Ok(());
+        }
         inner.session_keys.insert(
-            (app_id.to_owned(), openid.to_owned()),
+            key,
             Entry {
-                value: session_key.to_owned(),
+                value: (session_key.to_owned(), answered_at_ms),
                 expires: expiry(now, ttl),
             },
         );
@@ -157,7 +167,7 @@ impl SessionStore for MemoryStore {
         let key = (app_id.to_owned(), openid.to_owned());
         let mut inner = self.lock();
         match inner.session_keys.get(&key) {
-            Some(e) if e.live(now) => Ok(Some(e.value.clone())),
+            Some(e) if e.live(now) => Ok(Some(e.value.0.clone())),
             Some(_) => {
                 inner.session_keys.remove(&key);
                 Ok(None)

@@ -86,6 +86,11 @@ impl RedisStore {
         format!("{}skey:{app_id}:{openid}", self.prefix)
     }
 
+    /// When WeChat's answer carrying the stored session_key arrived (unix ms).
+    fn skey_at_key(&self, app_id: &str, openid: &str) -> String {
+        format!("{}skey-at:{app_id}:{openid}", self.prefix)
+    }
+
     /// The shared connection, opened on first use or after a failure.
     async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
         let mut slot = tokio::time::timeout(self.options.wait_timeout, self.conn.lock())
@@ -144,6 +149,18 @@ fn ttl_secs(ttl: Duration) -> u64 {
     secs.max(1)
 }
 
+/// KEYS: the session_key, its answer time; ARGV: key, answer time (unix ms), TTL (s). Writes
+/// both unless a later answer's key is stored; answers 1 when written.
+const PUT_NEWEST_SESSION_KEY: &str = r"
+local stored = redis.call('GET', KEYS[2])
+if stored and tonumber(stored) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+";
+
 impl SessionStore for RedisStore {
     async fn put_session(
         &self,
@@ -200,14 +217,21 @@ impl SessionStore for RedisStore {
         app_id: &str,
         openid: &str,
         session_key: &str,
+        answered_at_ms: i64,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut set = redis::cmd("SET");
-        set.arg(self.skey_key(app_id, openid))
+        // One script, so no other login's SET lands between the comparison and ours. The key
+        // itself stays a plain string (a reader needs one GET; replicas of an older version
+        // read and write it unchanged); its answer time lives beside it.
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(PUT_NEWEST_SESSION_KEY)
+            .arg(2)
+            .arg(self.skey_key(app_id, openid))
+            .arg(self.skey_at_key(app_id, openid))
             .arg(session_key)
-            .arg("EX")
+            .arg(answered_at_ms)
             .arg(ttl_secs(ttl));
-        self.query::<()>(&set).await
+        self.query::<i64>(&eval).await.map(drop)
     }
 
     async fn get_session_key(
