@@ -328,7 +328,10 @@ async fn refund_on_v3(backend: Backend) {
     let (token, _) = t.login(None).await;
     let (_, answer) = pay_for(&t, &token).await;
     let params = answer["data"].clone();
-    let order_no = params["order_no"].as_str().unwrap().to_owned();
+    let order_no = params["order_no"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an order in {answer}"))
+        .to_owned();
     sandbox_pays(&t, &params).await;
     t.wait_for_order_state(&token, &order_no, "PAID", PAID_WITHIN)
         .await;

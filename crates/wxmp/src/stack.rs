@@ -505,17 +505,33 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Waits until the gateway's `path` answers 200; `/readyz` means every upstream serves,
-    /// so callers never race the migrations.
+    /// Waits until the gateway's `path` answers 200; for `/readyz`, also until its `data`
+    /// names every upstream serving (it is 200 as soon as auth serves), so callers never race
+    /// the migrations nor meet the gateway's fail-fast gate, which a probe of a service still
+    /// starting may have closed.
     async fn wait_for(&self, path: &str) -> Result<(), StackError> {
         let http = reqwest::Client::new();
         let url = format!("{}{path}", self.gateway_url);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Once /readyz is 200, how long to wait for the other upstreams before answering
+        // anyway (a service may be slow to report; its routes then recover on their own).
+        let mut first_ready: Option<tokio::time::Instant> = None;
         loop {
             if let Ok(response) = http.get(&url).send().await
                 && response.status().is_success()
             {
-                return Ok(());
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                let serving = ["auth", "user", "pay"]
+                    .iter()
+                    .all(|name| body["data"][*name] == "serving");
+                let since = *first_ready.get_or_insert_with(tokio::time::Instant::now);
+                if path != "/readyz" || serving {
+                    return Ok(());
+                }
+                if since.elapsed() > std::time::Duration::from_secs(10) {
+                    tracing::warn!(readiness = %body["data"], "not every upstream serves yet; starting anyway");
+                    return Ok(());
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(StackError::Service {
