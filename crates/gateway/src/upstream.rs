@@ -41,9 +41,9 @@ type HealthSvc = InterceptedService<Channel, AttachToken>;
 /// The upstreams, in the order of [`Upstreams::readiness`].
 const NAMES: [&str; 3] = ["auth", "user", "pay"];
 
-/// Consecutive failed checks after which an upstream counts as down: one check that times out
-/// on a busy machine must not turn a route away.
-const DOWN_AFTER: u32 = 2;
+/// Consecutive failed checks after which an upstream counts as down: a check or two that time
+/// out on a saturated machine (a live upstream, slow to answer) must not turn a route away.
+const DOWN_AFTER: u32 = 3;
 
 /// Consecutive failed health checks of each upstream (0 until first checked: calls go through).
 #[derive(Debug, Default)]
