@@ -66,11 +66,15 @@ impl From<diesel::result::Error> for DbError {
 
 /// True for the errors of a connection that is gone: closed by the server (SQLSTATE 57P01
 /// `admin_shutdown`, 57P02 `crash_shutdown`, 57P03 `cannot_connect_now` carry these messages),
-/// or broken mid-transaction.
+/// unable to carry a command (the socket is gone: "error communicating with the server"), or
+/// broken mid-transaction.
 fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
         Error::BrokenTransactionManager => true,
         Error::DatabaseError(_, info) => {
             let message = info.message();
@@ -429,6 +433,10 @@ mod tests {
                 "terminating connection due to administrator command",
             ),
             db_error(DatabaseErrorKind::ClosedConnection, "connection closed"),
+            db_error(
+                DatabaseErrorKind::UnableToSendCommand,
+                "error communicating with the server",
+            ),
             Error::BrokenTransactionManager,
         ] {
             assert!(matches!(DbError::from(lost), DbError::Unavailable(_)));
