@@ -310,42 +310,38 @@ pub async fn finish_refund(
     if let Some(refused) = refuse_cross_site(&req, &form.csrf) {
         return refused;
     }
-    if form.api == Api::V3 {
+    // Each API concludes in its own words; the console says the same of both.
+    let (status, concluded) = if form.api == Api::V3 {
         let end = match form.outcome {
             RefundOutcome::Success => crate::v3::V3RefundEnd::Success,
             RefundOutcome::Change => crate::v3::V3RefundEnd::Abnormal,
             RefundOutcome::Close => crate::v3::V3RefundEnd::Closed,
         };
         let sandbox = sandbox.into_inner();
-        return match crate::v3::conclude_refund(&sandbox, &form.out_refund_no, end) {
-            Err(e) => back(&format!("refused: {e}")),
-            Ok(sent) => back(&format!(
-                "refund {} is {}{}",
-                form.out_refund_no,
-                end.as_str(),
-                if sent { ", notify sent" } else { "" }
-            )),
+        (
+            end.as_str(),
+            crate::v3::conclude_refund(&sandbox, &form.out_refund_no, end),
+        )
+    } else {
+        let status = match form.outcome {
+            RefundOutcome::Success => RefundStatus::Success,
+            RefundOutcome::Change => RefundStatus::Change,
+            RefundOutcome::Close => RefundStatus::RefundClose,
         };
-    }
-    let status = match form.outcome {
-        RefundOutcome::Success => RefundStatus::Success,
-        RefundOutcome::Change => RefundStatus::Change,
-        RefundOutcome::Close => RefundStatus::RefundClose,
-    };
-    let key = (form.mch_id.clone(), form.out_refund_no.clone());
-    match refund::conclude(&sandbox, &key, status) {
-        Err(e) => back(&format!("refused: {e}")),
-        Ok(deliver) => {
-            if deliver {
-                refund::spawn_notify(sandbox.into_inner(), key);
-            }
-            back(&format!(
-                "refund {} is {}{}",
-                form.out_refund_no,
-                status.as_str(),
-                if deliver { ", notify sent" } else { "" }
-            ))
+        let key = (form.mch_id.clone(), form.out_refund_no.clone());
+        let concluded = refund::conclude(&sandbox, &key, status);
+        if concluded == Ok(true) {
+            refund::spawn_notify(sandbox.into_inner(), key);
         }
+        (status.as_str(), concluded)
+    };
+    match concluded {
+        Err(e) => back(&format!("refused: {e}")),
+        Ok(sent) => back(&format!(
+            "refund {} is {status}{}",
+            form.out_refund_no,
+            if sent { ", notify sent" } else { "" }
+        )),
     }
 }
 
