@@ -91,9 +91,7 @@ impl PayService for Payments {
         request: Request<pb::HandlePayNotifyRequest>,
     ) -> Result<Response<pb::HandlePayNotifyResponse>, Status> {
         // The gateway marks notifies of a sender over its budget of failed signatures.
-        let throttled = request
-            .metadata()
-            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        let throttled = sender_throttled(&request);
         let body = request.into_inner().raw_body;
         let reply = if throttled {
             self.handle_throttled_pay_notify(&body).await
@@ -266,9 +264,7 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandlePayNotifyV3Request>,
     ) -> Result<Response<pb::HandlePayNotifyV3Response>, Status> {
-        let throttled = request
-            .metadata()
-            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        let throttled = sender_throttled(&request);
         let r = request.into_inner();
         let headers = wechat::pay::v3::SignatureHeaders {
             timestamp: r.timestamp,
@@ -294,9 +290,7 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandleRefundNotifyV3Request>,
     ) -> Result<Response<pb::HandleRefundNotifyV3Response>, Status> {
-        let throttled = request
-            .metadata()
-            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        let throttled = sender_throttled(&request);
         let r = request.into_inner();
         let headers = wechat::pay::v3::SignatureHeaders {
             timestamp: r.timestamp,
@@ -316,4 +310,12 @@ impl PayService for Payments {
             message: reply.message,
         }))
     }
+}
+
+/// Whether the gateway marked the notify's sender as throttled (too many forged signatures
+/// from its address): its notify is authenticated before anything else.
+fn sender_throttled<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED)
 }
