@@ -36,6 +36,22 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Sends the stack's logs (warnings and errors; `WXMP_TEST_LOG` for more, in `RUST_LOG` syntax)
+/// to the test's captured output: a failing test prints what the services said, a passing one
+/// prints nothing. Threads the test spawns (its runtime, the gateway's workers) inherit the
+/// capture. A binary that installs its own subscriber first keeps it.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WXMP_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 pub fn redis_url() -> String {
     std::env::var("WXMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
@@ -57,6 +73,7 @@ impl TestStack {
 
     /// Starts the stack after `adjust` had its say on the options.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut StackOptions)) -> Self {
+        capture_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let (user_db, pay_db, redis) = match backend {
             Backend::Postgres => (

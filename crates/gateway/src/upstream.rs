@@ -255,7 +255,11 @@ impl Upstreams {
                 let outcome =
                     match tokio::time::timeout(HEALTH_TIMEOUT, client.check(request)).await {
                         Err(_) => Err("timed out".to_owned()),
-                        Ok(Err(status)) => Err(format!("unreachable ({:?})", status.code())),
+                        Ok(Err(status)) => Err(format!(
+                            "unreachable ({:?}: {})",
+                            status.code(),
+                            status.message()
+                        )),
                         Ok(Ok(response)) => match response.into_inner().status() {
                             ServingStatus::Serving => Ok(()),
                             other => Err(format!("not serving ({})", other.as_str_name())),
