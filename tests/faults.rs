@@ -508,3 +508,56 @@ async fn notify_faults_never_pay_wrongly_and_the_reconciler_repairs() {
     );
     assert!(of(&order_nos[2]).is_empty());
 }
+
+/// A service that cannot start (pay-service, its database directory impossible to create)
+/// fails `Stack::start` with its own error: a stack whose routes would answer 213 never
+/// looks started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_that_cannot_start_fails_the_stack_with_its_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = wxmp::stack::StackOptions::ephemeral(
+        service_kit::db::testing::fresh_sqlite_url(dir.path(), "users"),
+        "sqlite:///proc/wxmp-no-such-dir/pay.db".to_owned(),
+    );
+    let Err(error) = wxmp::stack::Stack::start(options).await else {
+        panic!("a stack without its pay-service started");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("pay-service") && error.contains("/proc/wxmp-no-such-dir"),
+        "{error}"
+    );
+}
+
+/// Stacks side by side in one process keep their own key and certificate files: one stopping
+/// (and removing its files) leaves the other's pay-service able to start again and be paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn side_by_side_stacks_keep_their_own_key_files() {
+    let (gone, kept) = tokio::join!(
+        TestStack::start(Backend::Sqlite),
+        TestStack::start(Backend::Sqlite)
+    );
+    drop(gone);
+    kept.stack
+        .stop_service("pay-service", StopMode::Graceful)
+        .await
+        .expect("pay-service stops");
+    kept.stack
+        .start_service("pay-service")
+        .await
+        .expect("pay-service starts again");
+    let (token, _) = kept.login(None).await;
+    let last = std::sync::Mutex::new(Value::Null);
+    let paid = eventually(Duration::from_secs(15), || async {
+        let (_, answer) = kept.pay_product(&token, "coffee").await;
+        let order = order_and_prepay(&answer).map(|_| ());
+        *last.lock().unwrap() = answer;
+        order
+    })
+    .await;
+    assert!(
+        paid.is_some(),
+        "last /pay/ answer: {}",
+        last.lock().unwrap()
+    );
+}

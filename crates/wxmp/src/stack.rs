@@ -8,6 +8,7 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
 };
 
 use clap::Parser;
@@ -121,14 +122,16 @@ pub struct Stack {
     /// doing, and whether it is listening.
     controls: HashMap<&'static str, (watch::Sender<Wanted>, watch::Receiver<bool>)>,
     /// The sandbox's certificates when the stack wrote them to a directory of its own.
-    _cert_dir: Option<CertDir>,
+    _own_dirs: Vec<OwnDir>,
 }
 
-/// A directory the stack made for the sandbox's dev certificates; removed with the stack.
+/// A directory the stack made for the sandbox's dev certificates and keys; removed with the
+/// stack. Named after the stack's secapi port, so stacks running side by side in one process
+/// (the tests) never write each other's files while a pay-service reads them.
 #[derive(Debug)]
-struct CertDir(std::path::PathBuf);
+struct OwnDir(std::path::PathBuf);
 
-impl Drop for CertDir {
+impl Drop for OwnDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -262,11 +265,14 @@ fn arg(args: &mut Vec<String>, flag: &str, value: impl Into<String>) {
 /// public-key mode) WeChat Pay's public key, written to files as a merchant would have them.
 /// pay-service loads them whatever `WXMP_PAY_API` says (it picks the API of new orders only);
 /// the keys are the sandbox's public dev keys.
-fn sandbox_v3_args(args: &mut Vec<String>, v3: &sandbox::V3Config) -> Result<(), StackError> {
+fn sandbox_v3_args(
+    args: &mut Vec<String>,
+    v3: &sandbox::V3Config,
+    dir: &Path,
+) -> Result<(), StackError> {
     use sandbox::v3::{Mode, dev};
-    let dir = std::env::temp_dir().join(format!("wxmp-sandbox-keys-{}", std::process::id()));
     let write = |name: &str, pem: &str| -> Result<String, StackError> {
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(dir.join(name), pem))
             .map_err(|e| StackError::Service {
                 service: "sandbox",
@@ -311,7 +317,7 @@ impl Stack {
         let mut auth_args = Vec::new();
         let mut pay_args = Vec::new();
         let mut sandbox_url = None;
-        let mut cert_dir = None;
+        let mut own_dirs = Vec::new();
         let (api_base, pay_base) = match &options.wechat {
             WechatTarget::Sandbox(config) => {
                 let listener = bind_std(options.host, options.sandbox_port)?;
@@ -342,7 +348,7 @@ impl Stack {
                             "wxmp-sandbox-certs-{}-{secapi_port}",
                             std::process::id()
                         ));
-                        cert_dir = Some(CertDir(dir.clone()));
+                        own_dirs.push(OwnDir(dir.clone()));
                         dir
                     }
                 };
@@ -377,7 +383,12 @@ impl Stack {
                     "--refund-notify-url",
                     format!("{gateway_url}/pay/refund-notify"),
                 );
-                sandbox_v3_args(&mut pay_args, &config.pay_v3)?;
+                let keys = std::env::temp_dir().join(format!(
+                    "wxmp-sandbox-keys-{}-{secapi_port}",
+                    std::process::id()
+                ));
+                own_dirs.push(OwnDir(keys.clone()));
+                sandbox_v3_args(&mut pay_args, &config.pay_v3, &keys)?;
                 let config = (**config).clone();
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
@@ -484,7 +495,7 @@ impl Stack {
                 })
         });
 
-        let stack = Self {
+        let mut stack = Self {
             gateway_url,
             auth_url,
             user_url,
@@ -493,7 +504,7 @@ impl Stack {
             shutdown,
             tasks,
             controls,
-            _cert_dir: cert_dir,
+            _own_dirs: own_dirs,
         };
         stack
             .wait_for(if options.wait_ready {
@@ -508,8 +519,8 @@ impl Stack {
     /// Waits until the gateway's `path` answers 200; for `/readyz`, also until its `data`
     /// names every upstream serving (it is 200 as soon as auth serves), so callers never race
     /// the migrations nor meet the gateway's fail-fast gate, which a probe of a service still
-    /// starting may have closed.
-    async fn wait_for(&self, path: &str) -> Result<(), StackError> {
+    /// starting may have closed. A service that fails to start ends the wait with its error.
+    async fn wait_for(&mut self, path: &str) -> Result<(), StackError> {
         let http = reqwest::Client::new();
         let url = format!("{}{path}", self.gateway_url);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -517,6 +528,13 @@ impl Stack {
         // anyway (a service may be slow to report; its routes then recover on their own).
         let mut first_ready: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(done) = self.tasks.try_join_next() {
+                flatten(done)?;
+                return Err(StackError::Service {
+                    service: "stack",
+                    message: "a service stopped while the stack was starting".to_owned(),
+                });
+            }
             if let Ok(response) = http.get(&url).send().await
                 && response.status().is_success()
             {
