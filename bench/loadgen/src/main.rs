@@ -737,7 +737,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             ),
             &scale_levels,
             &series,
-        );
+        )?;
         std::fs::write(&cli.plot, svg).map_err(|e| format!("{}: {e}", cli.plot))?;
         plot = Some(relative_link(&cli.out, &cli.plot));
     }

@@ -1,8 +1,8 @@
-//! The scale curve as an SVG written by hand: two panels (throughput, p99 latency) against the
-//! connection count on a log-2 axis, one line per path. (`plotters` is not in the offline
-//! registry this project builds from, and two line charts need no library.)
+//! The scale curve, drawn with `plotters` as SVG: two panels (throughput, p99 latency) against
+//! the connection count, one line per path. The levels (8, 32, 128, 512) grow by ×4, so they
+//! sit evenly spaced: the x axis is log-scaled by construction.
 
-use std::fmt::Write as _;
+use plotters::prelude::*;
 
 /// One point: (connections, req/s, p99 ms).
 type Point = (usize, f64, f64);
@@ -15,13 +15,13 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
-const W: f64 = 920.0;
-const H: f64 = 400.0;
-const PANEL_W: f64 = 380.0;
-const PANEL_H: f64 = 280.0;
-const TOP: f64 = 60.0;
-const LEFTS: [f64; 2] = [80.0, 540.0];
-const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+const SIZE: (u32, u32) = (960, 420);
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+];
 
 /// A round upper bound for an axis: 1, 2 or 5 times a power of ten, at least `max`.
 fn nice_max(max: f64) -> f64 {
@@ -36,127 +36,85 @@ fn nice_max(max: f64) -> f64 {
         .unwrap_or(10.0 * power)
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// The x-axis label at `x`: the connection count when `x` is a level's position, else none.
+fn level_label(levels: &[usize], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() > 1e-6 || i < 0.0 {
+        return String::new();
+    }
+    levels
+        .get(i as usize)
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    format!("drawing the scale curve: {e}")
 }
 
 /// The SVG document for `series` over the connection counts `levels`.
-pub fn svg(title: &str, levels: &[usize], series: &[Series]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        escape(title)
-    );
-    let x_of = |i: usize, left: f64| {
-        let n = levels.len().max(2) - 1;
-        left + PANEL_W * i as f64 / n as f64
-    };
-    let panels: [Panel; 2] = [("req/s", |p| p.1), ("p99 latency, ms", |p| p.2)];
-    for (panel, (label, value)) in panels.iter().enumerate() {
-        let left = LEFTS[panel];
-        let max = series
-            .iter()
-            .flat_map(|s| s.points.iter().map(value))
-            .fold(0.0, f64::max);
-        let top_value = nice_max(max);
-        let y_of = |v: f64| TOP + PANEL_H - PANEL_H * (v / top_value).clamp(0.0, 1.0);
-        // Frame, grid and labels.
-        let _ = writeln!(
-            s,
-            r##"<rect x="{left}" y="{TOP}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#444"/>"##
-        );
-        for tick in 0..=4 {
-            let v = top_value * f64::from(tick) / 4.0;
-            let y = y_of(v);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-                left + PANEL_W,
-                left - 6.0,
-                y + 4.0,
-                if top_value >= 10.0 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.1}")
-                }
-            );
-        }
-        for (i, level) in levels.iter().enumerate() {
-            let x = x_of(i, left);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{level}</text>"##,
-                TOP + PANEL_H,
-                TOP + PANEL_H + 16.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">connections (log scale)</text>"#,
-            left + PANEL_W / 2.0,
-            TOP + PANEL_H + 34.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
-            left + PANEL_W / 2.0,
-            TOP - 10.0,
-            escape(label)
-        );
-        // One polyline with dots per series.
-        for (n, one) in series.iter().enumerate() {
-            let color = COLORS[n % COLORS.len()];
-            let points: Vec<(f64, f64)> = one
-                .points
+pub fn svg(title: &str, levels: &[usize], series: &[Series]) -> Result<String, String> {
+    let mut doc = String::new();
+    {
+        let root = SVGBackend::with_string(&mut doc, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(failed)?;
+        let root = root.titled(title, ("sans-serif", 17)).map_err(failed)?;
+        let panels: [Panel; 2] = [("req/s", |p| p.1), ("p99 latency, ms", |p| p.2)];
+        let last = levels.len().saturating_sub(1).max(1) as f64;
+        for (area, (label, value)) in root.split_evenly((1, 2)).iter().zip(panels) {
+            let top = series
                 .iter()
-                .filter_map(|p| {
-                    let i = levels.iter().position(|l| *l == p.0)?;
-                    Some((x_of(i, left), y_of(value(p))))
+                .flat_map(|s| s.points.iter().map(value))
+                .fold(0.0, f64::max);
+            let top = nice_max(top);
+            let mut chart = ChartBuilder::on(area)
+                .caption(label, ("sans-serif", 14))
+                .margin(14)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(-0.25..last + 0.25, 0.0..top)
+                .map_err(failed)?;
+            chart
+                .configure_mesh()
+                .x_labels(levels.len())
+                .x_label_formatter(&|x| level_label(levels, *x))
+                .x_desc("connections (log scale)")
+                .y_label_formatter(&|y| match top >= 10.0 {
+                    true => format!("{y:.0}"),
+                    false => format!("{y:.1}"),
                 })
-                .collect();
-            let path: Vec<String> = points
-                .iter()
-                .map(|(x, y)| format!("{x:.1},{y:.1}"))
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
-                path.join(" ")
-            );
-            for (x, y) in &points {
-                let _ = writeln!(
-                    s,
-                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{color}"/>"#
-                );
+                .light_line_style(TRANSPARENT)
+                .draw()
+                .map_err(failed)?;
+            for (n, one) in series.iter().enumerate() {
+                let color = COLORS[n % COLORS.len()];
+                let points: Vec<(f64, f64)> = one
+                    .points
+                    .iter()
+                    .filter_map(|p| Some((levels.iter().position(|l| *l == p.0)? as f64, value(p))))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                    .map_err(failed)?
+                    .label(one.name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .map_err(failed)?;
             }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(failed)?;
         }
+        root.present().map_err(failed)?;
     }
-    // Legend under the panels.
-    for (n, one) in series.iter().enumerate() {
-        let x = LEFTS[0] + 200.0 * n as f64;
-        let y = H - 12.0;
-        let color = COLORS[n % COLORS.len()];
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{y}">{}</text>"#,
-            y - 4.0,
-            x + 24.0,
-            y - 4.0,
-            x + 30.0,
-            escape(&one.name)
-        );
-    }
-    let _ = writeln!(s, "</svg>");
-    s
+    Ok(doc)
 }
 
 #[cfg(test)]
@@ -172,7 +130,17 @@ mod tests {
     }
 
     #[test]
-    fn every_point_is_drawn() {
+    fn only_level_positions_are_labelled() {
+        let levels = [8, 32, 128, 512];
+        assert_eq!(level_label(&levels, 0.0), "8");
+        assert_eq!(level_label(&levels, 3.0), "512");
+        assert_eq!(level_label(&levels, 1.5), "");
+        assert_eq!(level_label(&levels, 4.0), "");
+        assert_eq!(level_label(&levels, -1.0), "");
+    }
+
+    #[test]
+    fn every_point_and_level_is_drawn() {
         let series = [
             Series {
                 name: "GET /me".into(),
@@ -183,10 +151,29 @@ mod tests {
                 points: vec![(8, 500.0, 4.0), (32, 900.0, 20.0)],
             },
         ];
-        let doc = svg("scale", &[8, 32, 128], &series);
-        assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
+        let doc = svg("scale", &[8, 32, 128], &series).expect("drawn");
+        // plotters puts a text's content on a line of its own.
+        let texts = doc.replace('\n', "");
+        assert!(
+            doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"),
+            "{doc}"
+        );
         // Two panels × (3 + 2) points.
-        assert_eq!(doc.matches("<circle").count(), 10);
-        assert!(doc.contains("&lt;x&gt;") && !doc.contains("<x>"));
+        assert_eq!(doc.matches("<circle").count(), 10, "{doc}");
+        // Each level labels the x axis of both panels.
+        for level in ["8", "32", "128"] {
+            assert_eq!(
+                texts.matches(&format!(">{level}</text>")).count(),
+                2,
+                "{level}"
+            );
+        }
+        // Both legends name both paths, escaped.
+        assert_eq!(
+            texts.matches(">POST /userinfo/ &lt;x&gt;</text>").count(),
+            2,
+            "{doc}"
+        );
+        assert!(!doc.contains("<x>"));
     }
 }
