@@ -8,8 +8,10 @@ export CARGO_TERM_COLOR ?= never
 run:
 	$(CARGO) run -p wxmp -- up
 
-## test: every test (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; see README)
+## test: every test (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; see README),
+## after dropping the databases earlier runs left behind
 test:
+	@bash tests/drop-stale-databases.sh
 	$(CARGO) test --workspace --no-fail-fast
 
 ## scale-test: 3 gateways behind HAProxy and 2 replicas of each service as real processes:
