@@ -121,7 +121,7 @@ pub struct Stack {
     /// Per gRPC service ("auth-service", "user-service", "pay-service"): what it should be
     /// doing, and whether it is listening.
     controls: HashMap<&'static str, (watch::Sender<Wanted>, watch::Receiver<bool>)>,
-    /// The sandbox's certificates when the stack wrote them to a directory of its own.
+    /// The directories the stack wrote the sandbox's certificates and keys to (removed on drop).
     _own_dirs: Vec<OwnDir>,
 }
 
