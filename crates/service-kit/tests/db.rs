@@ -214,18 +214,21 @@ async fn killed_postgres_connections_are_replaced() {
         .unwrap();
         assert!(rows[0].pid > 0, "round {round}: the pool held connections");
 
-        // Each dead connection may fail one query (if its closing was not seen yet), as
-        // Unavailable, never as a query error; then every query succeeds.
+        // Each dead connection may fail up to two queries, as Unavailable, never as a query
+        // error: one answered by the server's FATAL "terminating connection", and one more if
+        // the pool hands it out again before its socket's close was seen (diesel-async's
+        // `is_broken` reads the client's `is_closed`, set by the connection task a moment
+        // later). Then every query succeeds.
         let mut failures = 0;
         let mut served = Vec::new();
-        for _ in 0..(3 * SIZE) {
+        for _ in 0..(4 * SIZE) {
             match backend_pid(&db).await {
                 Ok(pid) => served.push(pid),
                 Err(DbError::Unavailable(_)) => failures += 1,
                 Err(other) => panic!("round {round}: a lost connection surfaced as {other:?}"),
             }
         }
-        assert!(failures <= SIZE, "round {round}: {failures} failures");
+        assert!(failures <= 2 * SIZE, "round {round}: {failures} failures");
         assert!(
             served.len() >= 2 * SIZE,
             "round {round}: the pool recovered"
