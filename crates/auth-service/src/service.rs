@@ -179,15 +179,19 @@ impl<S: SessionStore> Auth<S> {
         })
     }
 
-    async fn authenticate(&self, req: AuthenticateRequest) -> Result<AuthenticateResponse, Error> {
-        if !token::is_well_formed(&req.token) {
+    /// The live session of `token` and its remaining lifetime; InvalidToken when there is none.
+    async fn live_session(&self, token: &str) -> Result<(SessionRecord, Duration), Error> {
+        if !token::is_well_formed(token) {
             return Err(Error::InvalidToken);
         }
-        let (record, remaining) = self
-            .store
-            .get_session(&token::hash(&req.token))
+        self.store
+            .get_session(&token::hash(token))
             .await?
-            .ok_or(Error::InvalidToken)?;
+            .ok_or(Error::InvalidToken)
+    }
+
+    async fn authenticate(&self, req: AuthenticateRequest) -> Result<AuthenticateResponse, Error> {
+        let (record, remaining) = self.live_session(&req.token).await?;
         Ok(AuthenticateResponse {
             principal: Some(principal(record)),
             expires_in: secs(remaining),
@@ -200,14 +204,7 @@ impl<S: SessionStore> Auth<S> {
         &self,
         req: AuthenticateRequest,
     ) -> Result<AuthenticateWithSessionKeyResponse, Error> {
-        if !token::is_well_formed(&req.token) {
-            return Err(Error::InvalidToken);
-        }
-        let (record, remaining) = self
-            .store
-            .get_session(&token::hash(&req.token))
-            .await?
-            .ok_or(Error::InvalidToken)?;
+        let (record, remaining) = self.live_session(&req.token).await?;
         let session_key = self
             .store
             .get_session_key(&record.app_id, &record.openid)
