@@ -1,12 +1,21 @@
 //! `wxmp-auth`'s configuration, from the environment (see ARCHITECTURE.md).
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use service_kit::{
     Secret,
     grpc::{DrainConfig, InternalAuthConfig},
+    settings::{Listen, ListenVar, WechatApi},
     telemetry::{LogFormat, TelemetryConfig},
 };
+
+/// `AUTH_LISTEN_ADDR`, by default port 50051.
+pub struct ListenAddr;
+
+impl ListenVar for ListenAddr {
+    const ENV: &'static str = "AUTH_LISTEN_ADDR";
+    const DEFAULT: &'static str = "0.0.0.0:50051";
+}
 
 /// One mini program this deployment serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,14 +124,8 @@ impl clap::builder::TypedValueParser for AppsParser {
     about = "wxmp auth-service: WeChat login and sessions"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(
-        long,
-        env = "AUTH_LISTEN_ADDR",
-        value_name = "AUTH_LISTEN_ADDR",
-        default_value = "0.0.0.0:50051"
-    )]
-    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub listen: Listen<ListenAddr>,
 
     /// Redis for sessions, e.g. redis://127.0.0.1:6379/0. Unset keeps sessions in memory
     /// (one replica only; sessions are lost on restart).
@@ -161,14 +164,8 @@ pub struct Config {
     #[arg(long, env = "WXMP_APPS", value_name = "WXMP_APPS", hide_env_values = true, value_parser = AppsParser)]
     pub apps: Apps,
 
-    /// Base URL of WeChat's API (or the sandbox).
-    #[arg(long, env = "WXMP_WECHAT_API_BASE", value_name = "WXMP_WECHAT_API_BASE", default_value = wechat::config::DEFAULT_API_BASE)]
-    pub wechat_api_base: String,
-
-    /// Time allowed for one WeChat call, in milliseconds.
-    #[arg(long, env = "WXMP_WECHAT_TIMEOUT_MS", value_name = "WXMP_WECHAT_TIMEOUT_MS", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=120_000))]
-    pub wechat_timeout_ms: u64,
+    #[command(flatten)]
+    pub wechat: WechatApi,
 
     /// Which WeChat endpoint issues access_tokens: `stable` (`/cgi-bin/stable_token`, a fetch
     /// does not invalidate the token others hold) or `legacy` (`/cgi-bin/token`).
@@ -227,14 +224,13 @@ impl Config {
         user_service_url: impl Into<String>,
     ) -> Self {
         Self {
-            listen_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            listen: Listen::default_addr(),
             redis_url: None,
             redis_prefix: "wxmp:".into(),
             session_ttl_secs: 604_800,
             user_service_url: user_service_url.into(),
             apps,
-            wechat_api_base: wechat_api_base.into(),
-            wechat_timeout_ms: 5000,
+            wechat: WechatApi::new(wechat_api_base),
             access_token_api: crate::access_token::TokenApi::Stable,
             access_token_refresh_before_secs: DEFAULT_REFRESH_BEFORE_SECS,
             access_token_lock_ttl_ms: DEFAULT_LOCK_TTL_MS,
@@ -257,19 +253,12 @@ impl Config {
         if self.session_ttl_secs == 0 {
             return Err("AUTH_SESSION_TTL_SECS must be at least 1".into());
         }
-        if self.wechat_timeout_ms == 0 {
-            return Err("WXMP_WECHAT_TIMEOUT_MS must be at least 1".into());
-        }
         if !(self.user_service_url.starts_with("http://")
             || self.user_service_url.starts_with("https://"))
         {
             return Err("AUTH_USER_SERVICE_URL must start with http:// or https://".into());
         }
-        if !(self.wechat_api_base.starts_with("http://")
-            || self.wechat_api_base.starts_with("https://"))
-        {
-            return Err("WXMP_WECHAT_API_BASE must start with http:// or https://".into());
-        }
+        self.wechat.validate()?;
         if self.access_token_wait_ms <= self.access_token_lock_ttl_ms {
             return Err(
                 "AUTH_ACCESS_TOKEN_WAIT_MS must exceed AUTH_ACCESS_TOKEN_LOCK_TTL_MS (a waiter must outlive a dead holder's lock)".into(),
@@ -285,10 +274,6 @@ impl Config {
 
     pub fn session_ttl(&self) -> Duration {
         Duration::from_secs(self.session_ttl_secs)
-    }
-
-    pub fn wechat_timeout(&self) -> Duration {
-        Duration::from_millis(self.wechat_timeout_ms)
     }
 
     /// The access_token refresh protocol's knobs.

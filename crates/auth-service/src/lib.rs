@@ -6,7 +6,7 @@
 //! `GetSessionKey` hands user-service the key it decrypts profile data with.
 //!
 //! - [`config`]: the environment (`AUTH_*`, `WXMP_APPS`, `WXMP_WECHAT_*`).
-//! - [`service`]: the gRPC handlers.
+//! - [`grpc`]: the gRPC handlers (the tonic adapter).
 //! - [`store`]: sessions in Redis or in memory, behind [`store::SessionStore`].
 //! - [`token`]: token generation, shape check and hashing.
 //! - [`error`]: the one error enum and its mapping to gRPC statuses.
@@ -24,14 +24,14 @@ use wxmp_proto::{
 pub mod access_token;
 pub mod config;
 pub mod error;
+pub mod grpc;
 mod meter;
-pub mod service;
 pub mod store;
 pub mod token;
 
 pub use config::{App, Apps, Config};
 pub use error::Error;
-pub use service::Auth;
+pub use grpc::Auth;
 pub use store::{
     AnyStore, MemoryStore, RedisOptions, RedisStore, SessionRecord, SessionStore, StoreError,
 };
@@ -83,28 +83,14 @@ pub fn access_tokens<C: access_token::TokenCache>(
 }
 
 fn wechat_client(config: &Config) -> Result<wechat::WechatClient, Error> {
-    let timeout = config.wechat_timeout();
-    wechat::WechatClient::new(wechat::WechatConfig {
-        api_base: config.wechat_api_base.clone(),
-        connect_timeout: timeout.min(Duration::from_secs(2)),
-        request_timeout: timeout,
-        ..wechat::WechatConfig::default()
-    })
-    .map_err(|e| Error::Config(e.to_string()))
+    config.wechat.client().map_err(Error::Config)
 }
 
 /// Builds the service from `config` with `store`: the WeChat client and the user-service
 /// channel are made here, once.
 pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>, Error> {
     config.validate().map_err(Error::Config)?;
-    let timeout = config.wechat_timeout();
-    let wechat = wechat::WechatClient::new(wechat::WechatConfig {
-        api_base: config.wechat_api_base.clone(),
-        connect_timeout: timeout.min(Duration::from_secs(2)),
-        request_timeout: timeout,
-        ..wechat::WechatConfig::default()
-    })
-    .map_err(|e| Error::Config(e.to_string()))?;
+    let wechat = wechat_client(config)?;
     let tls = config
         .internal
         .grpc_tls()

@@ -13,13 +13,10 @@ async fn main() -> std::process::ExitCode {
         tracing::error!("invalid configuration: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen_addr).await {
+    let listener = match config.listen.bind().await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(
-                "cannot listen on {} (AUTH_LISTEN_ADDR): {e}",
-                config.listen_addr
-            );
+            tracing::error!("{e}");
             return std::process::ExitCode::FAILURE;
         }
     };

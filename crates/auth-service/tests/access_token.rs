@@ -34,7 +34,7 @@ fn config(sandbox: &sandbox::SandboxHandle, prefix: &str, redis: Option<String>)
     );
     c.redis_url = redis.map(Secret::new);
     c.redis_prefix = prefix.to_owned();
-    c.wechat_timeout_ms = 3000;
+    c.wechat.timeout_ms = 3000;
     c
 }
 

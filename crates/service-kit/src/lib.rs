@@ -7,12 +7,14 @@
 //! - [`reason`]: the `wxmp-error-reason` metadata that carries an [`ErrorReason`] across gRPC.
 //! - [`db`]: PostgreSQL or SQLite behind one pool type, with embedded migrations.
 //! - [`secret`]: a string that never shows in `Debug` output or logs.
+//! - [`settings`]: configuration blocks several binaries share (listen address, WeChat's API).
 
 pub mod balance;
 pub mod db;
 pub mod grpc;
 pub mod reason;
 pub mod secret;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,12 +1,19 @@
 //! What `wxmp-user` reads at start, from the environment.
 
-use std::net::SocketAddr;
-
 use service_kit::{
     Secret,
     grpc::{DrainConfig, InternalAuthConfig},
+    settings::{Listen, ListenVar, WechatApi},
     telemetry::TelemetryConfig,
 };
+
+/// `USER_LISTEN_ADDR`, by default port 50052.
+pub struct ListenAddr;
+
+impl ListenVar for ListenAddr {
+    const ENV: &'static str = "USER_LISTEN_ADDR";
+    const DEFAULT: &'static str = "0.0.0.0:50052";
+}
 
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -15,14 +22,8 @@ use service_kit::{
     about = "wxmp user-service: users, encrypted profile and phone data"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(
-        long,
-        env = "USER_LISTEN_ADDR",
-        value_name = "USER_LISTEN_ADDR",
-        default_value = "0.0.0.0:50052"
-    )]
-    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub listen: Listen<ListenAddr>,
 
     /// The users database: postgres://user:pass@host/db or sqlite://path/to/users.db.
     #[arg(
@@ -52,14 +53,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=120_000))]
     pub rpc_timeout_ms: u64,
 
-    /// Base URL of WeChat's API (or the sandbox), for getuserphonenumber.
-    #[arg(long, env = "WXMP_WECHAT_API_BASE", value_name = "WXMP_WECHAT_API_BASE", default_value = wechat::config::DEFAULT_API_BASE)]
-    pub wechat_api_base: String,
-
-    /// Time allowed for one WeChat call, in milliseconds.
-    #[arg(long, env = "WXMP_WECHAT_TIMEOUT_MS", value_name = "WXMP_WECHAT_TIMEOUT_MS", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=120_000))]
-    pub wechat_timeout_ms: u64,
+    /// WeChat's API, for getuserphonenumber.
+    #[command(flatten)]
+    pub wechat: WechatApi,
 
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
@@ -76,13 +72,12 @@ impl Config {
     /// auth-service: for tests and `wxmp up`. Every field is public to adjust.
     pub fn new(database_url: impl Into<String>, auth_service_url: impl Into<String>) -> Self {
         Self {
-            listen_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            listen: Listen::default_addr(),
             database_url: Secret::new(database_url),
             db_pool_size: 16,
             auth_service_url: auth_service_url.into(),
             rpc_timeout_ms: 3000,
-            wechat_api_base: wechat::config::DEFAULT_API_BASE.to_owned(),
-            wechat_timeout_ms: 5000,
+            wechat: WechatApi::default(),
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
                 metrics_addr: None,
@@ -104,7 +99,7 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ones() {
         let c = Config::try_parse_from(["wxmp-user", "--database-url", "sqlite://x.db"]).unwrap();
-        assert_eq!(c.listen_addr.port(), 50052);
+        assert_eq!(c.listen.addr.port(), 50052);
         assert_eq!(c.db_pool_size, 16);
         assert_eq!(c.auth_service_url, "http://127.0.0.1:50051");
         assert_eq!(c.rpc_timeout_ms, 3000);

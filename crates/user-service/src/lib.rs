@@ -7,9 +7,9 @@
 mod config;
 mod decrypt;
 mod error;
+mod grpc;
 mod phone_code;
 mod schema;
-mod service;
 mod session_keys;
 mod store;
 
@@ -25,8 +25,8 @@ use wxmp_proto::user::v1::user_service_server::UserServiceServer;
 pub use config::Config;
 pub use decrypt::{MAX_ENCRYPTED_DATA, MAX_IV, MAX_RAW_DATA, MAX_SIGNATURE};
 pub use error::{DECRYPT_FAILED_MESSAGE, DecryptCause, Error};
+pub use grpc::Service;
 pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
-pub use service::Service;
 pub use session_keys::{AuthSessionKeys, SessionKeys};
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
 
@@ -73,8 +73,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         &config.auth_service_url,
         timeout,
         config.internal.internal_token.as_ref(),
-        &config.wechat_api_base,
-        Duration::from_millis(config.wechat_timeout_ms),
+        &config.wechat,
     )?;
     let probe_db = db.clone();
     let service = Service::new(Users::new(db), keys).with_phone_codes(phones);

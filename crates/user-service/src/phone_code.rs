@@ -31,18 +31,11 @@ impl PhoneCodes {
         auth_url: &str,
         rpc_timeout: Duration,
         internal_token: Option<&Secret>,
-        wechat_api_base: &str,
-        wechat_timeout: Duration,
+        wechat: &service_kit::settings::WechatApi,
     ) -> Result<Self, Error> {
         let channel = service_kit::grpc::channel(auth_url, rpc_timeout, rpc_timeout)
             .map_err(|e| Error::Config(format!("USER_AUTH_SERVICE_URL {auth_url:?}: {e}")))?;
-        let wechat = WechatClient::new(wechat::WechatConfig {
-            api_base: wechat_api_base.to_owned(),
-            connect_timeout: wechat_timeout.min(Duration::from_secs(2)),
-            request_timeout: wechat_timeout,
-            ..wechat::WechatConfig::default()
-        })
-        .map_err(|e| Error::Config(format!("WXMP_WECHAT_API_BASE: {e}")))?;
+        let wechat = wechat.client().map_err(Error::Config)?;
         Ok(Self {
             auth: AuthServiceClient::with_interceptor(channel, AttachToken::new(internal_token)),
             wechat,

@@ -215,7 +215,7 @@ pub async fn start(options: Options) -> Stack {
     config.session_ttl_secs = options.session_ttl_secs;
     config.internal.internal_token = token.clone();
     config.redis_prefix = redis_prefix.clone();
-    config.wechat_timeout_ms = 3000;
+    config.wechat.timeout_ms = 3000;
     if options.store == Store::Redis {
         config.redis_url = Some(Secret::new(options.redis_url.unwrap_or_else(redis_url)));
     }
