@@ -3,7 +3,8 @@
 //!
 //! * [`keys`]: the merchant private key (PKCS#8 PEM) and WeChat Pay's public keys,
 //! * [`sign`](mod@sign): the signed strings and the `Authorization` header,
-//! * [`verify`]: `Wechatpay-*` header checks with public-key mode and certificate mode,
+//! * [`verify`]: `Wechatpay-*` header checks with public keys, certificates or both (the migration),
+//! * [`refresh`]: one certificate download at a time, backing off while it fails,
 //! * [`aead`]: AES-256-GCM with the APIv3 key,
 //! * [`client`]: JSAPI, query, close, refund, refund query and `/v3/certificates`,
 //! * [`notify`]: opening a notify, [`jsapi`]: `wx.requestPayment` with `signType` RSA,
@@ -16,6 +17,7 @@ pub mod jsapi;
 pub mod keys;
 pub mod model;
 pub mod notify;
+pub mod refresh;
 pub mod sign;
 pub mod verify;
 

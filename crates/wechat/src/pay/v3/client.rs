@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +19,7 @@ use crate::pay::v3::model::{
     JsapiOrder, PrepayResponse, Refund, RefundNotice, RefundRequest, Transaction, rfc3339_unix,
 };
 use crate::pay::v3::notify::{self, NotifyError, OpenedNotify};
+use crate::pay::v3::refresh::RefreshGate;
 use crate::pay::v3::sign::{SignedRequest, authorization};
 use crate::pay::v3::verify::{PlatformCertificate, PlatformKeys, SignatureHeaders, VerifyError};
 
@@ -44,6 +46,10 @@ impl fmt::Debug for Merchant {
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
+/// How long a call or notify waits for a certificate download when it holds no key to verify
+/// with; with keys in hand it never waits (the download runs in the background).
+pub const DEFAULT_CERTIFICATE_WAIT: Duration = Duration::from_secs(3);
+
 /// Pay v3 for one merchant: WeChat's base URL and timeouts from the [`WechatClient`], the
 /// merchant's keys, and WeChat Pay's keys (with the certificate cache in certificate mode).
 /// Cheap to clone.
@@ -52,6 +58,8 @@ pub struct V3Client {
     wechat: WechatClient,
     merchant: Arc<Merchant>,
     platform: Arc<PlatformKeys>,
+    refresh: Arc<RefreshGate>,
+    certificate_wait: Duration,
     clock: Clock,
 }
 
@@ -98,8 +106,22 @@ impl V3Client {
             wechat,
             merchant: Arc::new(merchant),
             platform: Arc::new(platform),
+            refresh: Arc::default(),
+            certificate_wait: DEFAULT_CERTIFICATE_WAIT,
             clock: Arc::new(system_now),
         }
+    }
+
+    /// Changes the bound on waiting for a certificate download (see
+    /// [`DEFAULT_CERTIFICATE_WAIT`]).
+    pub fn with_certificate_wait(mut self, wait: Duration) -> Self {
+        self.certificate_wait = wait;
+        self
+    }
+
+    /// The certificate download gate (single flight, backoff), for metrics and tests.
+    pub fn certificate_refresh(&self) -> &RefreshGate {
+        &self.refresh
     }
 
     /// Replaces the clock (unix seconds) used for timestamps and the ±5 min check.
@@ -146,6 +168,10 @@ impl V3Client {
             .request(method, join(&self.wechat.config().pay_base, url))
             .header(reqwest::header::AUTHORIZATION, auth)
             .header(reqwest::header::ACCEPT, "application/json");
+        // The key we want the answer signed with (see PlatformKeys::request_serial).
+        if let Some(serial) = self.platform.request_serial(self.now()) {
+            req = req.header(crate::pay::v3::verify::header::SERIAL, serial);
+        }
         if !body.is_empty() {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -188,22 +214,54 @@ impl V3Client {
         }
     }
 
-    /// Downloads certificates first when due (certificate mode).
+    /// Starts a certificate download in the background when one is due (certificate mode).
+    /// Holding a key to verify with, the caller goes on at once; holding none (the first
+    /// download), it waits for the download at most [`Self::with_certificate_wait`].
     async fn ensure_certificates(&self) -> Result<(), V3Error> {
-        if self.platform.refresh_due(self.now())
-            && let Err(e) = self.refresh_certificates().await
-        {
-            // Certificates still valid keep working; without any, nothing can verify.
-            if self.platform.certificate_serials().is_empty() {
-                return Err(e);
-            }
-            tracing::warn!(error = %e, "WeChat Pay certificate refresh failed; keeping the cached ones");
+        let now = self.now();
+        if !self.platform.refresh_due(now) {
+            return Ok(());
         }
-        Ok(())
+        self.refresh_in_background();
+        if self.platform.has_valid_certificate(now) || !self.platform.public_key_ids().is_empty() {
+            return Ok(());
+        }
+        self.refresh.wait(self.certificate_wait).await;
+        if self.platform.has_valid_certificate(self.now()) {
+            Ok(())
+        } else {
+            Err(V3Error::Transport(
+                "no WeChat Pay platform certificate yet: /v3/certificates has not answered".into(),
+            ))
+        }
+    }
+
+    /// Starts the one download unless one is under way or backing off; false when not started.
+    fn refresh_in_background(&self) -> bool {
+        let Some(permit) = self.refresh.begin() else {
+            return false;
+        };
+        let this = self.clone();
+        // Detached: the download outlives a caller that stops waiting for it, and the permit
+        // (dropped with the task) ends the single flight however the task ends.
+        tokio::spawn(async move {
+            match this.refresh_certificates().await {
+                Ok(serials) => {
+                    tracing::info!(?serials, "WeChat Pay platform certificates downloaded");
+                    permit.succeeded();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, failures = this.refresh.failures() + 1,
+                        "WeChat Pay certificate download failed; keeping the cached ones, backing off");
+                }
+            }
+        });
+        true
     }
 
     /// Verifies `headers` + `body` against the platform keys; on an unknown serial in
-    /// certificate mode downloads the certificates once and tries again.
+    /// certificate mode starts a download (at most once per forced-refresh interval) and waits
+    /// for it within the bound before trying again.
     async fn verify_signed(
         &self,
         headers: &SignatureHeaders,
@@ -214,9 +272,8 @@ impl V3Client {
                 if self.platform.claim_forced_refresh(self.now()) =>
             {
                 tracing::info!(%serial, "unknown WeChat Pay serial; downloading certificates");
-                if let Err(e) = self.refresh_certificates().await {
-                    tracing::warn!(error = %e, "WeChat Pay certificate download failed");
-                }
+                self.refresh_in_background();
+                self.refresh.wait(self.certificate_wait).await;
                 self.platform.verify(headers, body, self.now())
             }
             other => other,

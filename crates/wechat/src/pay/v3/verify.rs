@@ -103,9 +103,15 @@ struct CertState {
 }
 
 /// The keys WeChat Pay signs with, as far as we know them. Shared between requests.
+///
+/// During WeChat's move of a merchant from platform certificates to the public key (about seven
+/// days, the share of public-key-signed callbacks rising 0.1 % → 1 % → 5 % → 10 % → 20 % → 50 % →
+/// 100 %), both kinds sign: each message is verified with the key its `Wechatpay-Serial` names.
+/// Several public keys may be held by id, for WeChat's own public-key rotation.
 #[derive(Debug)]
 pub struct PlatformKeys {
-    public_key: Option<(String, PublicKey)>,
+    /// `(PUB_KEY_ID_…, key)`; the first is the one requests name (see [`Self::request_serial`]).
+    public_keys: Vec<(String, PublicKey)>,
     certificate_mode: bool,
     forced_refresh_secs: i64,
     state: RwLock<CertState>,
@@ -114,23 +120,32 @@ pub struct PlatformKeys {
 impl PlatformKeys {
     /// Public-key mode: `id` is the `PUB_KEY_ID_…` WeChat shows with the key.
     pub fn public_key_mode(id: impl Into<String>, key: PublicKey) -> Self {
-        Self::new(Some((id.into(), key)), false)
+        Self::new(vec![(id.into(), key)], false)
     }
 
     /// Certificate mode: keys come from `/v3/certificates` (see
     /// [`V3Client::refresh_certificates`](crate::pay::v3::V3Client::refresh_certificates)).
     pub fn certificate_mode() -> Self {
-        Self::new(None, true)
+        Self::new(Vec::new(), true)
     }
 
     /// Both: the public key and downloaded certificates (while WeChat switches a merchant).
     pub fn public_key_and_certificates(id: impl Into<String>, key: PublicKey) -> Self {
-        Self::new(Some((id.into(), key)), true)
+        Self::new(vec![(id.into(), key)], true)
     }
 
-    fn new(public_key: Option<(String, PublicKey)>, certificate_mode: bool) -> Self {
+    /// Another public key WeChat may sign with (its own key rotation: the old and the new id are
+    /// both trusted until the old one is retired). The first key stays the one requests name.
+    pub fn with_public_key(mut self, id: impl Into<String>, key: PublicKey) -> Self {
+        let id = id.into();
+        self.public_keys.retain(|(held, _)| *held != id);
+        self.public_keys.push((id, key));
+        self
+    }
+
+    fn new(public_keys: Vec<(String, PublicKey)>, certificate_mode: bool) -> Self {
         Self {
-            public_key,
+            public_keys,
             certificate_mode,
             forced_refresh_secs: DEFAULT_FORCED_REFRESH_SECS,
             state: RwLock::default(),
@@ -148,6 +163,34 @@ impl PlatformKeys {
         self.certificate_mode
     }
 
+    /// The ids of the public keys held, in the order given.
+    pub fn public_key_ids(&self) -> Vec<String> {
+        self.public_keys.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// What our requests send as `Wechatpay-Serial`: the key we want WeChat to answer with (and
+    /// the key a request's encrypted fields are sealed for). The public key id when one is held:
+    /// during the move to the public key WeChat signs an answer with the key the request named
+    /// ("应答场景是跟商户请求时的wechatpay-serial保持一致"; without it, answers stay on the platform
+    /// certificate and the answer share never reaches 100 %). Otherwise the newest valid platform
+    /// certificate's serial; `None` before any certificate is downloaded.
+    pub fn request_serial(&self, now: i64) -> Option<String> {
+        if let Some((id, _)) = self.public_keys.first() {
+            return Some(id.clone());
+        }
+        self.read()
+            .certs
+            .values()
+            .filter(|c| c.expires_at > now)
+            .max_by(|a, b| (a.expires_at, &a.serial_no).cmp(&(b.expires_at, &b.serial_no)))
+            .map(|c| c.serial_no.clone())
+    }
+
+    /// Whether a certificate valid at `now` is held.
+    pub fn has_valid_certificate(&self, now: i64) -> bool {
+        self.read().certs.values().any(|c| c.expires_at > now)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CertState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -158,9 +201,7 @@ impl PlatformKeys {
 
     /// The key for `serial` that is valid at `now`.
     pub fn key_for(&self, serial: &str, now: i64) -> Option<PublicKey> {
-        if let Some((id, key)) = &self.public_key
-            && id == serial
-        {
+        if let Some((_, key)) = self.public_keys.iter().find(|(id, _)| id == serial) {
             return Some(key.clone());
         }
         self.read()
@@ -248,4 +289,68 @@ pub fn check_clock(timestamp: &str, now: i64) -> Result<(), VerifyError> {
         return Err(VerifyError::Clock { skew_secs });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    // Test-only keys made with openssl (crates/wechat/testdata/pay_v3/README.md).
+    const PLATFORM_PUB: &str = include_str!("../../../testdata/pay_v3/platform_pub.pem");
+    const OTHER_PUB: &str = include_str!("../../../testdata/pay_v3/merchant_pub.pem");
+    const CURRENT_ID: &str = "PUB_KEY_ID_0112345678902026120100000000000002";
+    const OLD_ID: &str = "PUB_KEY_ID_0112345678902026120100000000000001";
+    const NOW: i64 = 1_800_000_000;
+
+    fn key(pem: &str) -> PublicKey {
+        PublicKey::from_spki_pem(pem).unwrap()
+    }
+
+    fn cert(serial: &str, expires_at: i64) -> PlatformCertificate {
+        PlatformCertificate {
+            serial_no: serial.into(),
+            key: key(OTHER_PUB),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn during_the_move_both_kinds_of_key_are_found_by_serial() {
+        let keys = PlatformKeys::public_key_and_certificates(CURRENT_ID, key(PLATFORM_PUB));
+        keys.install_certificates(vec![cert("5157F09E", NOW + 86_400 * 30)], NOW);
+        assert!(keys.key_for(CURRENT_ID, NOW).is_some());
+        assert!(keys.key_for("5157F09E", NOW).is_some());
+        assert!(keys.key_for("PUB_KEY_ID_unknown", NOW).is_none());
+        assert!(keys.uses_certificates());
+        // Requests name the public key, so WeChat answers with it once the switch is on.
+        assert_eq!(keys.request_serial(NOW).as_deref(), Some(CURRENT_ID));
+    }
+
+    #[test]
+    fn several_public_keys_by_id_the_first_one_named_on_requests() {
+        let keys = PlatformKeys::public_key_mode(CURRENT_ID, key(PLATFORM_PUB))
+            .with_public_key(OLD_ID, key(OTHER_PUB));
+        assert_eq!(keys.public_key_ids(), vec![CURRENT_ID, OLD_ID]);
+        assert!(keys.key_for(OLD_ID, NOW).is_some());
+        assert_eq!(keys.request_serial(NOW).as_deref(), Some(CURRENT_ID));
+        // Adding an id again replaces its key instead of holding two.
+        let keys = keys.with_public_key(OLD_ID, key(PLATFORM_PUB));
+        assert_eq!(keys.public_key_ids(), vec![CURRENT_ID, OLD_ID]);
+        assert!(!keys.uses_certificates());
+    }
+
+    #[test]
+    fn certificate_mode_names_the_newest_valid_certificate() {
+        let keys = PlatformKeys::certificate_mode();
+        assert_eq!(keys.request_serial(NOW), None, "nothing downloaded yet");
+        assert!(!keys.has_valid_certificate(NOW));
+        keys.install_certificates(
+            vec![cert("OLD", NOW + 86_400), cert("NEW", NOW + 86_400 * 365)],
+            NOW,
+        );
+        assert_eq!(keys.request_serial(NOW).as_deref(), Some("NEW"));
+        assert!(keys.has_valid_certificate(NOW));
+        // Past NEW's expiry nothing valid is left to name.
+        assert_eq!(keys.request_serial(NOW + 86_400 * 366), None);
+    }
 }
