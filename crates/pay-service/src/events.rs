@@ -1,7 +1,7 @@
 //! The outbox: every state change of an order inserts its `order_events` row in the same
 //! transaction as the change, so there is no event without its change and no change without its
-//! event. The gRPC stream ([`crate::watch`]) and the webhooks ([`crate::webhooks`]) read only
-//! this table, never the live `orders` rows.
+//! event. Its readers live beside it: the gRPC stream ([`watch`]) and the webhooks
+//! ([`webhooks`]) read only this table, never the live `orders` rows.
 //!
 //! Consumers keep a cursor ("every event after id N"), which is only sound if ids appear in
 //! commit order. A sequence hands ids out at INSERT time, so on PostgreSQL two transactions
@@ -12,12 +12,15 @@
 //! its row locks), and nothing waits for a row while holding it, so it cannot deadlock; it
 //! serialises only the INSERT-to-COMMIT tail of each change. SQLite has one writer anyway.
 
+pub mod watch;
+pub mod webhooks;
+
 use std::{future::Future, sync::LazyLock, time::Duration};
 
 use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use service_kit::{Shutdown, db::Database};
-use tokio::sync::watch;
+use tokio::sync::watch as signal;
 use wxmp_proto::pay::v1 as pb;
 
 use crate::{
@@ -229,14 +232,14 @@ macro_rules! append_event {
 /// Wakes every live subscriber of this process (the stream and the webhook worker) after a
 /// transaction that may have appended events has committed. Other replicas' events are found
 /// by the subscribers' short poll.
-static WAKE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+static WAKE: LazyLock<signal::Sender<u64>> = LazyLock::new(|| signal::channel(0).0);
 
 pub fn wake() {
     WAKE.send_modify(|generation| *generation = generation.wrapping_add(1));
 }
 
 /// A receiver that changes whenever [`wake`] is called.
-pub fn wake_ups() -> watch::Receiver<u64> {
+pub fn wake_ups() -> signal::Receiver<u64> {
     WAKE.subscribe()
 }
 

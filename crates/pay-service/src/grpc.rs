@@ -7,10 +7,10 @@ use wxmp_proto::pay::v1::{
 
 use crate::{
     error::Error,
-    events::EventKind,
-    payments::{CreateOrder, PayTarget, Payer, Payments},
-    refunding::RefundOrder,
-    webhooks,
+    events::{EventKind, webhooks},
+    orders::{CreateOrder, PayTarget, Payer},
+    payments::Payments,
+    refunds::RefundOrder,
 };
 
 /// The fully qualified service name, as reported by gRPC health.
@@ -150,7 +150,7 @@ impl PayService for Payments {
         }))
     }
 
-    type WatchOrderEventsStream = crate::watch::EventStream;
+    type WatchOrderEventsStream = crate::events::watch::EventStream;
 
     #[tracing::instrument(skip_all, fields(after_id))]
     async fn watch_order_events(

@@ -1,11 +1,28 @@
 //! wxmp pay-service: `wxmp.pay.v1.PayService`.
 //!
+//! One folder per capability, each holding its rules (pure functions, unit-tested), its flow,
+//! its notify handling and its SQL side by side:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`orders`] | `rules.rs` (order states, what a payment means), `flow.rs` (create, prepare, get, close, sync), `notify.rs` (pay notifies v2/v3), `store.rs` (orders and notifies SQL), `reconciler.rs` |
+//! | [`refunds`] | `rules.rs` (refund states and totals), `flow.rs` (Refund, reconciling), `notify.rs` (refund notifies v2/v3), `store.rs` |
+//! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs` |
+//! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
+//! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
+//! | [`config`] | [`Config`], with one file per sub-config under `config/` |
+//! | [`payments`] | the core [`Payments`] every capability implements its part of |
+//! | [`grpc`] | the thin tonic adapter; [`error`] maps errors to gRPC codes and reasons |
+//!
+//! Shared: [`clock`], [`meter`] (reconciler metrics), [`schema`] (diesel tables) and
+//! [`notify_throttle`] (the cheap check before a throttled sender's notify is handled).
+//!
 //! Orders live in `orders` (PostgreSQL or SQLite through [`service_kit::db::Database`]); every
-//! payment notify is kept in `pay_notifications` with its verdict (see [`notify`]).
+//! payment notify is kept in `pay_notifications` with its verdict (see [`orders::notify`]).
 //!
 //! Order states: `CREATED → PAYING (prepay_id held) → PAID`, `CREATED|PAYING → CLOSED`. Each
-//! transition is one conditional UPDATE (see [`store`]), so a notify, the reconciler and
-//! CloseOrder racing on the same order change it at most once.
+//! transition is one conditional UPDATE (see [`orders::store`]), so a notify, the reconciler
+//! and CloseOrder racing on the same order change it at most once.
 //!
 //! Decisions worth knowing:
 //! - Another user's order is NOT_FOUND (not PERMISSION_DENIED), so order numbers cannot be
@@ -16,11 +33,10 @@
 //! - A genuine payment of a CLOSED order (the user paid while it was being closed) is
 //!   answered SUCCESS so WeChat stops retrying, kept on the order (transaction_id, state stays
 //!   CLOSED) with the notify verdict `paid_after_close`: refund it manually.
-//! - The reconciler ([`reconciler`]) repairs lost notifies with orderquery and closes expired
-//!   orders; it is safe with several replicas.
-//! - Refunds ([`refunds`] for the rules, [`refunding`] for the flow, [`refund_notify`]) are
-//!   rows of their own, written PENDING before WeChat is called; the order's refund totals
-//!   move in the same transaction as the refund's state.
+//! - The reconciler ([`orders::reconciler`]) repairs lost notifies with orderquery and closes
+//!   expired orders; it is safe with several replicas.
+//! - Refunds ([`refunds`]) are rows of their own, written PENDING before WeChat is called; the
+//!   order's refund totals move in the same transaction as the refund's state.
 
 pub mod clock;
 pub mod config;
@@ -28,20 +44,13 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod meter;
-pub mod notify;
 pub mod notify_throttle;
 pub mod orders;
 pub mod payments;
-pub mod reconciler;
-pub mod refund_notify;
-pub mod refunding;
 pub mod refunds;
 pub mod schema;
-pub mod store;
 pub mod subscribe;
-pub mod watch;
-pub mod webhooks;
-pub mod wxpay;
+pub mod wechat_pay;
 
 use diesel_migrations::embed_migrations;
 use service_kit::{
@@ -55,12 +64,20 @@ use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 pub use clock::Clock;
 pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
 pub use error::Error;
-pub use notify::{NotifyReply, NotifyV3Reply};
-pub use orders::{Order, OrderState};
-pub use payments::{CreateOrder, PayTarget, Payer, Payments};
-pub use reconciler::ReconcileReport;
-pub use refunding::{RefundOrder, RefundReconcileReport};
-pub use refunds::{Refund, RefundState};
+/// The webhooks under their old path (`pay_service::webhooks`).
+pub use events::webhooks;
+pub use orders::{
+    CreateOrder, NotifyReply, NotifyV3Reply, Order, OrderState, PayTarget, Payer, ReconcileReport,
+};
+pub use payments::Payments;
+pub use refunds::{Refund, RefundOrder, RefundReconcileReport, RefundState};
+
+/// The SQL under its old paths (`pay_service::store::…` and `pay_service::store::refunds::…`),
+/// for callers outside the crate; inside it, each capability's `store` is named by its folder.
+pub mod store {
+    pub use crate::orders::store::*;
+    pub use crate::refunds::store as refunds;
+}
 
 /// The migrations of pay-service, one set per back end. Their versions
 /// (`2026-11-25-0002xx_*`) do not collide with user-service's when both share a database.
@@ -121,7 +138,10 @@ pub async fn serve_payments(
     };
     // The background tasks stop with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
-    let reconciler = tokio::spawn(reconciler::run(payments.clone(), stop_reconciler.clone()));
+    let reconciler = tokio::spawn(orders::reconciler::run(
+        payments.clone(),
+        stop_reconciler.clone(),
+    ));
     let mut background = vec![tokio::spawn(events::run_retention(
         payments.database().clone(),
         payments.clock().clone(),

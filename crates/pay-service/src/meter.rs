@@ -1,7 +1,7 @@
 //! The reconciler's Prometheus metrics (exported by service-kit's recorder when configured).
 //! The dashboard and alert rules in `deploy/observability/` read these names.
 
-use crate::{error::Error, reconciler::ReconcileReport};
+use crate::{error::Error, orders::ReconcileReport};
 
 /// Orders the reconciler changed or failed on, by `outcome`: `paid` (a payment whose notify
 /// never came, repaired by orderquery or closeorder's ORDERPAID), `closed` (expired unpaid),

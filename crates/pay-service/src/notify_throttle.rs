@@ -10,7 +10,7 @@
 use wechat::pay::{NotifyError, SignType, notify_reply_fail, verify_notify, xml};
 
 use crate::{
-    notify::{NotifyReply, NotifyV3Reply},
+    orders::{NotifyReply, NotifyV3Reply},
     payments::Payments,
 };
 

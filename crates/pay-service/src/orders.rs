@@ -1,227 +1,24 @@
-//! Orders: states, rows, validation rules and order numbers.
+//! Orders, side by side: [`rules`] (order states, the shape of an order, what a payment means:
+//! pure and unit-tested), [`flow`] (CreateOrder, PrepareJsapiPayment, GetOrder, CloseOrder,
+//! syncing with WeChat), [`notify`] (WeChat's pay notifies, v2 and v3), [`store`] (the SQL of
+//! orders and notifies) and [`reconciler`] (lost notifies and expired orders).
+//!
+//! Order states: `CREATED → PAYING (prepay_id held) → PAID`, `CREATED|PAYING → CLOSED`; refunds
+//! move a paid order to `REFUNDING`/`REFUNDED` (see [`crate::refunds`]). Each transition is
+//! one conditional UPDATE, so a notify, the reconciler and CloseOrder racing on the same order
+//! change it at most once.
 
-use diesel::{Queryable, Selectable};
-use rand::{Rng as _, distr::Alphanumeric};
-use wxmp_proto::pay::v1 as pb;
+pub mod flow;
+pub mod notify;
+pub mod reconciler;
+pub mod rules;
+pub mod store;
 
-use crate::{clock, schema::orders};
-
-/// Largest amount of one order: 1,000,000 yuan. Anything above is a bug in the caller.
-pub const MAX_AMOUNT_FEN: i64 = 100_000_000;
-/// WeChat's `body` limit.
-pub const MAX_DESCRIPTION_BYTES: usize = 128;
-/// WeChat's `attach` limit.
-pub const MAX_ATTACH_BYTES: usize = 127;
-/// Longest idempotency key accepted.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
-/// Longest out_trade_no WeChat accepts.
-pub const MAX_ORDER_NO_LEN: usize = 32;
-/// Random characters after the date in an order number: 62^16 ≈ 2^95 per day.
-const ORDER_NO_RANDOM_CHARS: usize = 16;
-
-/// An order's state, stored as its name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OrderState {
-    Created,
-    Paying,
-    Paid,
-    Closed,
-    Refunding,
-    Refunded,
-}
-
-impl OrderState {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "CREATED",
-            Self::Paying => "PAYING",
-            Self::Paid => "PAID",
-            Self::Closed => "CLOSED",
-            Self::Refunding => "REFUNDING",
-            Self::Refunded => "REFUNDED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "CREATED" => Self::Created,
-            "PAYING" => Self::Paying,
-            "PAID" => Self::Paid,
-            "CLOSED" => Self::Closed,
-            "REFUNDING" => Self::Refunding,
-            "REFUNDED" => Self::Refunded,
-            _ => return None,
-        })
-    }
-
-    fn to_proto(self) -> pb::OrderState {
-        match self {
-            Self::Created => pb::OrderState::Created,
-            Self::Paying => pb::OrderState::Paying,
-            Self::Paid => pb::OrderState::Paid,
-            Self::Closed => pb::OrderState::Closed,
-            Self::Refunding => pb::OrderState::Refunding,
-            Self::Refunded => pb::OrderState::Refunded,
-        }
-    }
-}
-
-/// The states from which an order may still be paid or closed.
-pub const OPEN_STATES: [&str; 2] = ["CREATED", "PAYING"];
-
-/// A row of `orders`.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
-#[diesel(table_name = orders)]
-pub struct Order {
-    pub id: i64,
-    pub order_no: String,
-    pub user_id: i64,
-    pub app_id: String,
-    pub openid: String,
-    pub client_ip: String,
-    pub amount_fen: i64,
-    pub description: String,
-    pub attach: String,
-    pub product_id: String,
-    pub state: String,
-    pub prepay_id: String,
-    pub prepay_expires_at: i64,
-    pub prepared_at: i64,
-    pub transaction_id: String,
-    pub idempotency_key: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub paid_at: Option<i64>,
-    pub expires_at: i64,
-    pub closed_at: Option<i64>,
-    pub reconcile_lease_until: i64,
-    pub next_query_at: i64,
-    /// The notify_url of the first unifiedorder ('' for orders placed before it was kept).
-    pub notify_url: String,
-    /// The sign_type of the first unifiedorder, `MD5` or `HMAC-SHA256` ('' as above).
-    pub sign_type: String,
-    /// The random value of the current reconcile claim ('' when none).
-    pub reconcile_lease_owner: String,
-    /// Fen of refunds in flight (PENDING, PROCESSING).
-    pub refunding_fen: i64,
-    /// Fen refunded (SUCCESS).
-    pub refunded_fen: i64,
-    /// `v2` or `v3`: the WeChat Pay API of this order.
-    pub api: String,
-}
-
-impl Order {
-    /// The parsed state; the CHECK constraint keeps unknown names out of the table.
-    pub fn state(&self) -> Option<OrderState> {
-        OrderState::parse(&self.state)
-    }
-
-    /// The API this order is placed, queried and closed with (`orders.api`).
-    pub fn pay_api(&self) -> crate::config::PayApi {
-        if self.api == "v3" {
-            crate::config::PayApi::V3
-        } else {
-            crate::config::PayApi::V2
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        matches!(self.state(), Some(OrderState::Created | OrderState::Paying))
-    }
-
-    pub fn is_expired(&self, now: i64) -> bool {
-        now >= self.expires_at
-    }
-
-    /// The order's prepay_id while WeChat still honours it and the order can be paid.
-    pub fn live_prepay_id(&self, now: i64) -> Option<&str> {
-        (!self.prepay_id.is_empty() && now < self.prepay_expires_at && now < self.expires_at)
-            .then_some(self.prepay_id.as_str())
-    }
-
-    pub fn to_proto(&self) -> pb::Order {
-        pb::Order {
-            order_no: self.order_no.clone(),
-            user_id: self.user_id,
-            app_id: self.app_id.clone(),
-            amount_fen: self.amount_fen,
-            description: self.description.clone(),
-            attach: self.attach.clone(),
-            product_id: self.product_id.clone(),
-            state: self
-                .state()
-                .map_or(pb::OrderState::Unspecified, OrderState::to_proto)
-                as i32,
-            transaction_id: self.transaction_id.clone(),
-            created_at: self.created_at,
-            paid_at: self.paid_at.unwrap_or(0),
-            expires_at: self.expires_at,
-            refunded_fen: self.refunded_fen,
-            refunding_fen: self.refunding_fen,
-            pay_api: self.api.clone(),
-        }
-    }
-}
-
-/// A new order's number: the China date (`yyyyMMdd`, for humans reading statements) and 16
-/// characters of `[0-9A-Za-z]` from the thread-local CSPRNG, so numbers are neither sequential
-/// nor guessable.
-pub fn new_order_no(now: i64) -> String {
-    let mut no = clock::china_date(now);
-    no.extend(
-        rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(ORDER_NO_RANDOM_CHARS)
-            .map(char::from),
-    );
-    no
-}
-
-/// A fresh random value for a reconcile claim (see `store::claim`): two claims never share one,
-/// so a replica can tell its own lease from the one that replaced it.
-pub fn new_lease_owner() -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(ORDER_NO_RANDOM_CHARS)
-        .map(char::from)
-        .collect()
-}
-
-/// The shape of every order number we issue: at most 32 characters of `[0-9A-Za-z]`.
-pub fn valid_order_no(no: &str) -> bool {
-    !no.is_empty() && no.len() <= MAX_ORDER_NO_LEN && no.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_numbers_are_valid_and_distinct() {
-        let now = 1_764_000_000; // 2025-11-24T16:00:00Z = 2025-11-25 00:00 in China
-        let a = new_order_no(now);
-        let b = new_order_no(now);
-        assert_ne!(a, b);
-        assert!(a.starts_with("20251125"), "{a}");
-        assert_eq!(a.len(), 24);
-        assert!(valid_order_no(&a));
-        assert!(!valid_order_no(""));
-        assert!(!valid_order_no("abc-1"));
-        assert!(!valid_order_no(&"1".repeat(33)));
-    }
-
-    #[test]
-    fn states_round_trip() {
-        for s in [
-            OrderState::Created,
-            OrderState::Paying,
-            OrderState::Paid,
-            OrderState::Closed,
-            OrderState::Refunding,
-            OrderState::Refunded,
-        ] {
-            assert_eq!(OrderState::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(OrderState::parse("paid"), None);
-    }
-}
+pub use flow::{CreateOrder, MIN_PAY_WINDOW_SECS, PREPAY_REUSE_SECS, PayTarget, Payer};
+pub use notify::{NotifyReply, NotifyV3Reply};
+pub use reconciler::ReconcileReport;
+pub use rules::{
+    MAX_AMOUNT_FEN, MAX_ATTACH_BYTES, MAX_DESCRIPTION_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_ORDER_NO_LEN, OPEN_STATES, Order, OrderState, PaidOutcome, new_lease_owner, new_order_no,
+    valid_order_no,
+};

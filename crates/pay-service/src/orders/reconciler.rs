@@ -24,9 +24,8 @@ use service_kit::Shutdown;
 
 use crate::{
     error::Error,
-    orders::OrderState,
-    payments::{Closing, Payments},
-    store::{self, PaidOutcome},
+    orders::{OrderState, PaidOutcome, flow::Closing, store},
+    payments::Payments,
 };
 
 /// Orders looked at per scan and pass.
@@ -172,7 +171,7 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
                 }
             }
         }
-        // Refunds in flight (refunding.rs): resend PENDING ones, query PROCESSING ones.
+        // Refunds in flight (refunds/flow.rs): resend PENDING ones, query PROCESSING ones.
         tokio::select! {
             _ = shutdown.wait() => break,
             result = payments.reconcile_refunds_once() => {

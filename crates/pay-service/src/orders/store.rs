@@ -1,5 +1,7 @@
-//! Every query of pay-service, written once and run on PostgreSQL or SQLite through
-//! [`service_kit::with_conn!`].
+//! The SQL of orders and their notifies, written once and run on PostgreSQL or SQLite through
+//! [`service_kit::with_conn!`] (the refunds' is in `refunds/store.rs`, the outbox's in
+//! `events.rs`). What the rows mean is decided in [`super::rules`]; this module only runs the
+//! conditional statements.
 //!
 //! Each state change is ONE conditional UPDATE whose WHERE clause names the states it may
 //! leave; the number of rows it touched says whether this call made the change. That is
@@ -11,16 +13,19 @@
 //! a request's queries that belong together run on one checkout, and UPDATEs answer the row
 //! with RETURNING instead of a second SELECT.
 
-pub mod refunds;
+use std::convert::Infallible;
 
-use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper};
+use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper, dsl};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use service_kit::db::{Cached, Database};
 
+use super::rules::{
+    OPEN_STATES, Order, OrderState, PaidOutcome, is_settled, new_lease_owner, paid_after_close,
+    settled_outcome,
+};
 use crate::{
     error::Error,
     events::{self, EventKind, NewEvent},
-    orders::{OPEN_STATES, Order, OrderState},
     schema::{orders, pay_notifications},
 };
 
@@ -64,33 +69,6 @@ pub struct NewNotification {
     pub accepted: bool,
     pub body_sha256: String,
     pub body_len: i64,
-}
-
-/// What an attempt to mark an order PAID found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PaidOutcome {
-    /// This call moved the order to PAID.
-    Applied(Order),
-    /// Already PAID with the same transaction: nothing changed.
-    Duplicate(Order),
-    /// Already PAID by another transaction: nothing changed; needs a human.
-    OtherTransaction(Order),
-    /// The order was CLOSED: the transaction is recorded on it for a manual refund.
-    PaidAfterClose(Order),
-    /// Any other state (REFUNDING, REFUNDED): nothing changed.
-    Unexpected(Order),
-}
-
-impl PaidOutcome {
-    pub fn order(&self) -> &Order {
-        match self {
-            Self::Applied(o)
-            | Self::Duplicate(o)
-            | Self::OtherTransaction(o)
-            | Self::PaidAfterClose(o)
-            | Self::Unexpected(o) => o,
-        }
-    }
 }
 
 pub async fn insert_order(db: &Database, new: &NewOrder) -> Result<Order, Error> {
@@ -237,154 +215,68 @@ pub async fn close_if_unchanged(db: &Database, seen: &Order, now: i64) -> Result
     Ok(closed)
 }
 
-/// The outcome of a payment for an order that is PAID or later (REFUNDING, REFUNDED), or in a
-/// state nobody expects: nothing can change it any more.
-fn settled_outcome(current: Order, transaction_id: &str) -> PaidOutcome {
-    match current.state() {
-        // PAID, or later (REFUNDING, REFUNDED) by this very transaction.
-        _ if current.transaction_id == transaction_id => PaidOutcome::Duplicate(current),
-        Some(OrderState::Paid) => PaidOutcome::OtherTransaction(current),
-        _ => PaidOutcome::Unexpected(current),
-    }
-}
-
-/// States an order never leaves for an open one (and never for CLOSED): a payment of such an
-/// order changes nothing, so judging it needs no transaction.
-fn is_settled(order: &Order) -> bool {
-    matches!(
-        order.state(),
-        Some(OrderState::Paid | OrderState::Refunding | OrderState::Refunded)
+/// CREATED|PAYING → PAID with `transaction_id`: the paid transition, one conditional UPDATE
+/// (the caller adds `RETURNING`).
+#[dsl::auto_type(no_type_alias)]
+fn pay_open<'a>(order_no: &'a str, transaction_id: &'a str, paid_at: i64, now: i64) -> _ {
+    let open: [&'static str; 2] = OPEN_STATES;
+    let paid: &'static str = PAID;
+    let paid_at: Option<i64> = Some(paid_at);
+    dsl::update(
+        orders::table
+            .filter(orders::order_no.eq(order_no))
+            .filter(orders::state.eq_any(open)),
     )
+    .set((
+        orders::state.eq(paid),
+        orders::transaction_id.eq(transaction_id),
+        orders::paid_at.eq(paid_at),
+        orders::updated_at.eq(now),
+    ))
 }
 
-/// The body of [`mark_paid`] on a checked-out connection `$conn` (expanded once per back end,
-/// like [`service_kit::with_conn!`]): one transaction with the conditional UPDATE, the
-/// closed-order bookkeeping and the notify record; evaluates to `Result<PaidOutcome, Error>`.
-macro_rules! mark_paid_on {
-    ($conn:ident, $order_no:expr, $transaction_id:expr, $paid_at:expr, $now:expr,
-     $notification:expr, $verdict_of:expr) => {{
-        let (order_no, transaction_id, paid_at, now): (&str, &str, i64, i64) =
-            ($order_no, $transaction_id, $paid_at, $now);
-        let notification: Option<NewNotification> = $notification;
-        let verdict_of: fn(&PaidOutcome) -> (&'static str, bool) = $verdict_of;
-        $conn
-            .transaction::<_, Error, _>(async |conn| {
-                let applied: Option<Order> = service_kit::db::Cached(
-                    diesel::update(
-                        orders::table
-                            .filter(orders::order_no.eq(order_no))
-                            .filter(orders::state.eq_any(OPEN_STATES)),
-                    )
-                    .set((
-                        orders::state.eq(OrderState::Paid.as_str()),
-                        orders::transaction_id.eq(transaction_id),
-                        orders::paid_at.eq(Some(paid_at)),
-                        orders::updated_at.eq(now),
-                    ))
-                    .returning(Order::as_returning()),
-                )
-                .get_result(conn)
-                .await
-                .optional()?;
-                let outcome = match applied {
-                    Some(order) => {
-                        crate::append_event!(
-                            conn,
-                            NewEvent::of_order(EventKind::OrderPaid, &order, now)
-                        )?;
-                        PaidOutcome::Applied(order)
-                    }
-                    // The UPDATE touched no row: the current row says why.
-                    None => {
-                        let mut current: Order = orders::table
-                            .filter(orders::order_no.eq(order_no))
-                            .select(Order::as_select())
-                            .first(conn)
-                            .await?;
-                        if current.state() == Some(OrderState::Closed) {
-                            // Keep the transaction on the closed order for the refund; only
-                            // the first one (a closed order is paid at most once at WeChat).
-                            let recorded = diesel::update(
-                                orders::table
-                                    .filter(orders::order_no.eq(order_no))
-                                    .filter(orders::state.eq(OrderState::Closed.as_str()))
-                                    .filter(orders::transaction_id.eq("")),
-                            )
-                            .set((
-                                orders::transaction_id.eq(transaction_id),
-                                orders::updated_at.eq(now),
-                            ))
-                            .execute(conn)
-                            .await?;
-                            if recorded == 1 {
-                                current.transaction_id = transaction_id.to_owned();
-                                current.updated_at = now;
-                                crate::append_event!(
-                                    conn,
-                                    NewEvent::of_order(
-                                        EventKind::OrderPaidAfterClose,
-                                        &current,
-                                        now
-                                    )
-                                )?;
-                            }
-                            PaidOutcome::PaidAfterClose(current)
-                        } else {
-                            settled_outcome(current, transaction_id)
-                        }
-                    }
-                };
-                if let Some(mut record) = notification {
-                    let (verdict, accepted) = verdict_of(&outcome);
-                    record.verdict = verdict.to_owned();
-                    record.accepted = accepted;
-                    service_kit::db::Cached(
-                        diesel::insert_into(pay_notifications::table).values(&record),
-                    )
-                    .execute(conn)
-                    .await?;
-                }
-                Ok(outcome)
-            })
-            .await
-    }};
+/// Keeps `transaction_id` on a CLOSED order for its refund: only the first one (a closed order
+/// is paid at most once at WeChat).
+#[dsl::auto_type(no_type_alias)]
+fn record_on_closed<'a>(order_no: &'a str, transaction_id: &'a str, now: i64) -> _ {
+    let closed: &'static str = CLOSED;
+    let none: &'static str = "";
+    dsl::update(
+        orders::table
+            .filter(orders::order_no.eq(order_no))
+            .filter(orders::state.eq(closed))
+            .filter(orders::transaction_id.eq(none)),
+    )
+    .set((
+        orders::transaction_id.eq(transaction_id),
+        orders::updated_at.eq(now),
+    ))
 }
 
-/// CREATED|PAYING → PAID with `transaction_id`, in one conditional UPDATE, and — in the same
-/// transaction — the notify that caused it with the verdict `verdict_of` gives the outcome.
-/// When the UPDATE touched no row, the current row says why (duplicate, closed, ...).
+const PAID: &str = OrderState::Paid.as_str();
+const CLOSED: &str = OrderState::Closed.as_str();
+
+/// CREATED|PAYING → PAID with `transaction_id`, in one conditional UPDATE (see [`pay`]), with
+/// no notify to record (an orderquery confirmed the payment).
 pub async fn mark_paid(
     db: &Database,
     order_no: &str,
     transaction_id: &str,
     paid_at: i64,
     now: i64,
-    notification: Option<NewNotification>,
-    verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
 ) -> Result<PaidOutcome, Error> {
-    let outcome = service_kit::with_conn!(db, |conn| {
-        mark_paid_on!(
-            conn,
-            order_no,
-            transaction_id,
-            paid_at,
-            now,
-            notification,
-            verdict_of
-        )
-    })?;
-    wake_for(&outcome);
-    Ok(outcome)
-}
-
-/// Wakes the event subscribers after a payment that appended an event has committed.
-fn wake_for(outcome: &PaidOutcome) {
-    if matches!(
-        outcome,
-        PaidOutcome::Applied(_) | PaidOutcome::PaidAfterClose(_)
-    ) {
-        events::wake();
-    }
+    let payment = Payment {
+        transaction_id: transaction_id.to_owned(),
+        paid_at,
+    };
+    let judged = pay(db, Some(order_no), false, now, None, |_| {
+        Ok::<_, Infallible>(payment)
+    })
+    .await?;
+    Ok(match judged {
+        Ok(outcome) => outcome,
+        Err(never) => match never {},
+    })
 }
 
 /// A payment to apply: what [`settle_notify`]'s judge answers for a notify it accepts.
@@ -396,33 +288,50 @@ pub struct Payment {
 
 /// A notify, on one connection: reads the order `order_no` (when given), lets `judge` decide
 /// from it, and when the judge answers a [`Payment`], applies it as [`mark_paid`] does with
-/// `record` stored in the same transaction. An order already PAID (or later) cannot change
-/// any more: its outcome is read off the row and `record` is stored by a lone INSERT, with no
-/// transaction. A rejection is answered as is and stores nothing (the caller stores it).
+/// `record` stored in the same transaction, its verdict what `verdict_of` gives the outcome. An
+/// order already PAID (or later) cannot change any more: its outcome is read off the row and
+/// `record` is stored by a lone INSERT, with no transaction. A rejection is answered as is and
+/// stores nothing (the caller stores it).
 pub async fn settle_notify<R>(
     db: &Database,
     order_no: Option<&str>,
     now: i64,
-    mut record: NewNotification,
+    record: NewNotification,
     verdict_of: fn(&PaidOutcome) -> (&'static str, bool),
+    judge: impl FnOnce(Option<&Order>) -> Result<Payment, R>,
+) -> Result<Result<PaidOutcome, R>, Error> {
+    pay(db, order_no, true, now, Some((record, verdict_of)), judge).await
+}
+
+/// The one body of [`mark_paid`] and [`settle_notify`], on one connection: reads the order
+/// first when `read_first`, lets `judge` decide, then applies the payment in one transaction:
+/// the paid transition ([`pay_open`]); when it touched no row, the current row says why
+/// ([`paid_after_close`], [`settled_outcome`]) and a CLOSED order keeps the transaction
+/// ([`record_on_closed`]); the notify `record` (if any) is stored with its verdict.
+async fn pay<R>(
+    db: &Database,
+    order_no: Option<&str>,
+    read_first: bool,
+    now: i64,
+    record: Option<(NewNotification, Verdicts)>,
     judge: impl FnOnce(Option<&Order>) -> Result<Payment, R>,
 ) -> Result<Result<PaidOutcome, R>, Error> {
     let settled = service_kit::with_conn!(db, |conn| {
         let seen: Option<Order> = match order_no {
-            Some(order_no) => orders::table
+            Some(order_no) if read_first => orders::table
                 .filter(orders::order_no.eq(order_no))
                 .select(Order::as_select())
                 .first(conn)
                 .await
                 .optional()?,
-            None => None,
+            _ => None,
         };
         let payment = match judge(seen.as_ref()) {
             Ok(payment) => payment,
             Err(rejected) => return Ok(Err(rejected)),
         };
-        match seen {
-            Some(current) if is_settled(&current) => {
+        match (seen, record) {
+            (Some(current), Some((mut record, verdict_of))) if is_settled(&current) => {
                 let outcome = settled_outcome(current, &payment.transaction_id);
                 let (verdict, accepted) = verdict_of(&outcome);
                 record.verdict = verdict.to_owned();
@@ -432,19 +341,68 @@ pub async fn settle_notify<R>(
                     .await?;
                 Ok(Ok(outcome))
             }
-            seen => {
+            (seen, record) => {
                 let order_no = seen
                     .as_ref()
                     .map_or(order_no.unwrap_or_default(), |o| o.order_no.as_str());
-                mark_paid_on!(
-                    conn,
-                    order_no,
-                    &payment.transaction_id,
-                    payment.paid_at,
-                    now,
-                    Some(record),
-                    verdict_of
-                )
+                let transaction_id = payment.transaction_id.as_str();
+                conn.transaction::<_, Error, _>(async |conn| {
+                    let applied: Option<Order> = Cached(
+                        pay_open(order_no, transaction_id, payment.paid_at, now)
+                            .returning(Order::as_returning()),
+                    )
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                    let outcome = match applied {
+                        Some(order) => {
+                            crate::append_event!(
+                                conn,
+                                NewEvent::of_order(EventKind::OrderPaid, &order, now)
+                            )?;
+                            PaidOutcome::Applied(order)
+                        }
+                        // The UPDATE touched no row: the current row says why.
+                        None => {
+                            let current: Order = orders::table
+                                .filter(orders::order_no.eq(order_no))
+                                .select(Order::as_select())
+                                .first(conn)
+                                .await?;
+                            if current.state() == Some(OrderState::Closed) {
+                                let recorded = record_on_closed(order_no, transaction_id, now)
+                                    .execute(conn)
+                                    .await?
+                                    == 1;
+                                let outcome =
+                                    paid_after_close(current, transaction_id, now, recorded);
+                                if recorded {
+                                    crate::append_event!(
+                                        conn,
+                                        NewEvent::of_order(
+                                            EventKind::OrderPaidAfterClose,
+                                            outcome.order(),
+                                            now
+                                        )
+                                    )?;
+                                }
+                                outcome
+                            } else {
+                                settled_outcome(current, transaction_id)
+                            }
+                        }
+                    };
+                    if let Some((mut record, verdict_of)) = record {
+                        let (verdict, accepted) = verdict_of(&outcome);
+                        record.verdict = verdict.to_owned();
+                        record.accepted = accepted;
+                        Cached(diesel::insert_into(pay_notifications::table).values(&record))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(outcome)
+                })
+                .await
                 .map(Ok)
             }
         }
@@ -453,6 +411,19 @@ pub async fn settle_notify<R>(
         wake_for(outcome);
     }
     Ok(settled)
+}
+
+/// What a notify's outcome is recorded as: its verdict and whether it was accepted.
+type Verdicts = fn(&PaidOutcome) -> (&'static str, bool);
+
+/// Wakes the event subscribers after a payment that appended an event has committed.
+fn wake_for(outcome: &PaidOutcome) {
+    if matches!(
+        outcome,
+        PaidOutcome::Applied(_) | PaidOutcome::PaidAfterClose(_)
+    ) {
+        events::wake();
+    }
 }
 
 pub async fn insert_notification(db: &Database, record: &NewNotification) -> Result<(), Error> {
@@ -533,7 +504,7 @@ pub async fn claim(
     now: i64,
     until: i64,
 ) -> Result<Option<Lease>, Error> {
-    let owner = crate::orders::new_lease_owner();
+    let owner = new_lease_owner();
     let rows = service_kit::with_conn!(db, |conn| {
         diesel::update(
             orders::table

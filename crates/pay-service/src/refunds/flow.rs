@@ -1,8 +1,8 @@
 //! The refund flow: Refund / GetRefund / ListRefunds, sending refunds to WeChat, the
 //! reconciler's pass over refunds in flight, and recording refunds an `orderquery` REFUND
-//! reveals. What a refund *means* is in [`crate::refunds`]; the SQL in [`crate::store::refunds`].
+//! reveals. What a refund *means* is in [`crate::refunds`]; the SQL in [`super::store`].
 //!
-//! Every call about a refund goes through [`crate::wxpay::WechatPay`] with the API of its
+//! Every call about a refund goes through [`crate::wechat_pay::WechatPay`] with the API of its
 //! order (`refunds.api` = `orders.api`): an order placed on v2 refunds on v2 after a switch
 //! of `WXMP_PAY_API` to v3, and the other way round.
 //!
@@ -13,19 +13,17 @@
 
 use wechat::pay::RefundQueryBy;
 
+use super::store::{self as refund_store, Change, Created, NewRefund, Transition};
 use crate::{
     error::Error,
+    orders::store,
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
         self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
         new_out_refund_no, valid_out_refund_no,
     },
-    store::{
-        self,
-        refunds::{Change, Created, NewRefund, Transition},
-    },
-    wxpay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
+    wechat_pay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
 };
 
 /// Refunds looked at per reconcile pass.
@@ -95,7 +93,7 @@ impl Payments {
         } else {
             req.out_refund_no.clone()
         };
-        if let Some(existing) = store::refunds::find(self.database(), &out_refund_no).await? {
+        if let Some(existing) = refund_store::find(self.database(), &out_refund_no).await? {
             return self.repeat(existing, &req).await;
         }
         let order = store::find_order(self.database(), &req.order_no)
@@ -118,7 +116,7 @@ impl Payments {
             // The first send is this call's; the reconciler waits before sending again.
             next_check_at: now + self.inner.settings.reconcile_after_secs,
         };
-        match store::refunds::create(self.database(), &new).await? {
+        match refund_store::create(self.database(), &new).await? {
             Created::New(refund, order) => {
                 refunds::count("requested");
                 tracing::info!(out_refund_no = %refund.out_refund_no, "refund recorded");
@@ -232,14 +230,14 @@ impl Payments {
             .await
     }
 
-    /// [`store::refunds::transition`] with logging and metrics; answers the refund as it is.
+    /// [`refund_store::transition`] with logging and metrics; answers the refund as it is.
     async fn apply(
         &self,
         out_refund_no: &str,
         from: &[RefundState],
         change: &Change,
     ) -> Result<Refund, Error> {
-        match store::refunds::transition(self.database(), out_refund_no, from, change).await? {
+        match refund_store::transition(self.database(), out_refund_no, from, change).await? {
             Transition::Applied(refund, order) => {
                 refunds::count_settled(change.to);
                 tracing::info!(
@@ -263,7 +261,7 @@ impl Payments {
         if !valid_out_refund_no(out_refund_no) {
             return Err(Error::InvalidArgument("out_refund_no is malformed".into()));
         }
-        store::refunds::find(self.database(), out_refund_no)
+        refund_store::find(self.database(), out_refund_no)
             .await?
             .ok_or(Error::NotFound("refund"))
     }
@@ -271,7 +269,7 @@ impl Payments {
     /// The refunds of an existing order, oldest first.
     pub async fn list_refunds(&self, order_no: &str) -> Result<Vec<Refund>, Error> {
         let order = self.get_order_as_admin(order_no).await?;
-        store::refunds::list_for_order(self.database(), &order.order_no).await
+        refund_store::list_for_order(self.database(), &order.order_no).await
     }
 
     /// One pass over refunds in flight whose check is due: PENDING ones are sent again (same
@@ -280,8 +278,8 @@ impl Payments {
         let mut report = RefundReconcileReport::default();
         let now = self.now();
         let db = self.database();
-        for refund in store::refunds::due(db, now, BATCH).await? {
-            if !store::refunds::claim(db, &refund.out_refund_no, now, now + LEASE_SECS).await? {
+        for refund in refund_store::due(db, now, BATCH).await? {
+            if !refund_store::claim(db, &refund.out_refund_no, now, now + LEASE_SECS).await? {
                 continue; // another replica has it, or it settled
             }
             let result = match refund.state() {
@@ -307,7 +305,7 @@ impl Payments {
             }
             // Still in flight: not looked at again before another reconcile_after.
             let after = self.inner.settings.reconcile_after_secs.max(1);
-            store::refunds::check_again_at(db, &refund.out_refund_no, now + after).await?;
+            refund_store::check_again_at(db, &refund.out_refund_no, now + after).await?;
         }
         if report != RefundReconcileReport::default() {
             tracing::info!(?report, "refund reconcile pass");
@@ -386,7 +384,7 @@ impl Payments {
             Err(e) => return Err(map_error(e)),
         };
         for item in &answer.refunds {
-            let refund = match store::refunds::find(self.database(), &item.out_refund_no).await? {
+            let refund = match refund_store::find(self.database(), &item.out_refund_no).await? {
                 Some(r) => r,
                 None => {
                     let now = self.now();
@@ -401,7 +399,7 @@ impl Payments {
                         updated_at: now,
                         next_check_at: now + self.inner.settings.reconcile_after_secs,
                     };
-                    match store::refunds::create(self.database(), &new).await? {
+                    match refund_store::create(self.database(), &new).await? {
                         Created::New(r, _) | Created::Existing(r) => r,
                         Created::Refused(_) | Created::NoOrder => {
                             tracing::error!(

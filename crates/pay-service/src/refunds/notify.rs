@@ -32,15 +32,13 @@ use wechat::pay::{
     RefundNotifyError, decrypt_refund_notify, notify_reply_fail, notify_reply_success, xml,
 };
 
+use super::store::{self as refund_store, Change, NewRefundNotification, Transition};
 use crate::{
     error::Error,
-    notify::{MAX_STORED_BODY_BYTES, NotifyReply, NotifyV3Reply, UNVERIFIED_PREFIX_BYTES},
+    orders::notify::{MAX_STORED_BODY_BYTES, NotifyReply, NotifyV3Reply, UNVERIFIED_PREFIX_BYTES},
+    orders::store,
     payments::Payments,
     refunds::{Refund, RefundState, WxRefundStatus, valid_out_refund_no},
-    store::{
-        self,
-        refunds::{Change, NewRefundNotification, Transition},
-    },
 };
 
 fn verdict_of_error(e: &RefundNotifyError) -> &'static str {
@@ -109,8 +107,7 @@ impl Payments {
             return Ok(("malformed", false));
         }
         record.out_refund_no = notify.out_refund_no.clone();
-        let Some(refund) = store::refunds::find(self.database(), &notify.out_refund_no).await?
-        else {
+        let Some(refund) = refund_store::find(self.database(), &notify.out_refund_no).await? else {
             return Ok(("unknown_refund", false));
         };
         if refund.api != crate::config::PayApi::V2.as_str() {
@@ -152,7 +149,7 @@ impl Payments {
     ) -> (&'static str, bool) {
         record.verdict = verdict.to_owned();
         record.accepted = accepted;
-        if let Err(e) = store::refunds::insert_notification(self.database(), record).await {
+        if let Err(e) = refund_store::insert_notification(self.database(), record).await {
             tracing::error!(error = %e, verdict, what, "could not store a refund notify");
             if accepted {
                 verdict = "internal_error";
@@ -189,7 +186,7 @@ impl Payments {
         };
         let from = [RefundState::Pending, RefundState::Processing];
         Ok(
-            match store::refunds::transition(self.database(), &refund.out_refund_no, &from, &change)
+            match refund_store::transition(self.database(), &refund.out_refund_no, &from, &change)
                 .await?
             {
                 Transition::Applied(_, order) => {
@@ -266,7 +263,7 @@ impl Payments {
         use wechat::pay::v3::NotifyError as E;
         let Some(v3) = self.inner.wechat.v3() else {
             // Not verifiable here: FAIL, so WeChat retries.
-            crate::wxpay::v3_missing("refund notify");
+            crate::wechat_pay::v3_missing("refund notify");
             return Ok(("api_mismatch", false));
         };
         let (opened, notice) = match v3.refund_notify(headers, raw_body).await {
@@ -299,8 +296,7 @@ impl Payments {
         {
             return Ok(("malformed", false));
         }
-        let Some(refund) = store::refunds::find(self.database(), &notice.out_refund_no).await?
-        else {
+        let Some(refund) = refund_store::find(self.database(), &notice.out_refund_no).await? else {
             return Ok(("unknown_refund", false));
         };
         if refund.api != crate::config::PayApi::V3.as_str() {

@@ -43,9 +43,13 @@ use wechat::pay::{
 
 use crate::{
     error::Error,
-    orders::valid_order_no,
-    payments::{Payments, log_paid_outcome},
-    store::{self, NewNotification, PaidOutcome, Payment},
+    orders::{
+        PaidOutcome,
+        flow::log_paid_outcome,
+        store::{self, NewNotification, Payment},
+        valid_order_no,
+    },
+    payments::Payments,
 };
 
 /// Most bytes of a verified notify body kept in `pay_notifications` (WeChat's are about 1 KiB).
@@ -337,7 +341,7 @@ impl Payments {
         let Some(v3) = self.inner.wechat.v3() else {
             // Not verifiable here: FAIL, so WeChat retries (a service with the v3 settings,
             // or this one once they are back, applies it).
-            crate::wxpay::v3_missing("notify");
+            crate::wechat_pay::v3_missing("notify");
             return Ok(Judgement::reject("api_mismatch"));
         };
         let (opened, tx) = match v3.transaction_notify(headers, raw_body).await {
