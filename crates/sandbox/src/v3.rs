@@ -14,7 +14,7 @@
 //! Once settled, a refund with a `notify_url` gets its `REFUND.SUCCESS` / `REFUND.ABNORMAL` /
 //! `REFUND.CLOSED` notify, encrypted and signed like the payment notify and retried on the same
 //! schedule (unless `drop_notify`).
-//! | `GET /v3/certificates` | certificate mode: the platform certificates, each encrypted (`associated_data` `certificate`) |
+//! | `GET /v3/certificates` | certificate and migration mode: the platform certificates, each encrypted (`associated_data` `certificate`); fault `certificates_delay_ms` holds the answer |
 //!
 //! Every request must carry a valid `WECHATPAY2-SHA256-RSA2048` Authorization by the merchant
 //! (401 `SIGN_ERROR` otherwise). Developer endpoints: `POST /sandbox/pay` pays v3 orders too
@@ -22,7 +22,11 @@
 //! `[?out_trade_no=]`, `GET /sandbox/v3/refunds/{out_refund_no}`, `GET /sandbox/v3/notifies`
 //! `[?out_trade_no=|out_refund_no=]`,
 //! `GET|POST|DELETE /sandbox/v3/faults` ([`V3Faults`]), `POST /sandbox/v3/rotate` (certificate
-//! mode switches to certificate B; A stays listed and valid).
+//! mode switches to certificate B; A stays listed and valid), `GET /sandbox/v3/keys` (the mode,
+//! the public-key share and [`KeyUse`]: which key signed how many answers and callbacks).
+//!
+//! Migration mode ([`Mode::Migration`]) signs with both keys as WeChat does while a merchant
+//! moves from platform certificates to the public key.
 
 mod api;
 pub mod crypto;
@@ -37,7 +41,7 @@ use actix_web::web;
 use serde::{Deserialize, Serialize};
 use service_kit::Secret;
 
-pub use keys::{Mode, dev};
+pub use keys::{Mode, Use, dev};
 pub use notify::V3NotifyRecord;
 
 /// The v3 settings of the sandbox (flattened into [`Config`](crate::Config)).
@@ -56,9 +60,15 @@ pub struct V3Config {
         value_name = "SANDBOX_PAY_V3_MERCHANT_PUBLIC_KEY_PATH"
     )]
     pub merchant_public_key_path: Option<std::path::PathBuf>,
-    /// How WeChat signs: `public-key` (PUB_KEY_ID_…) or `certificate`.
+    /// How WeChat signs: `public-key` (PUB_KEY_ID_…), `certificate`, or `migration` (the move
+    /// from certificates to the public key: both sign, see [`Mode::Migration`]).
     #[arg(long = "pay-v3-mode", env = "SANDBOX_PAY_V3_MODE", value_name = "SANDBOX_PAY_V3_MODE", value_enum, default_value_t = Mode::PublicKey)]
     pub mode: Mode,
+    /// Migration mode: the percentage of callbacks signed with the public key (WeChat raises it
+    /// 0.1 → 1 → 5 → 10 → 20 → 50 → 100 over the seven days of the move).
+    #[arg(long = "pay-v3-public-key-share", env = "SANDBOX_PAY_V3_PUBLIC_KEY_SHARE", value_name = "SANDBOX_PAY_V3_PUBLIC_KEY_SHARE",
+          default_value_t = DEFAULT_PUBLIC_KEY_SHARE, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub public_key_share: u8,
     /// How long a refund stays PROCESSING (times SANDBOX_NOTIFY_TIME_SCALE).
     #[arg(
         long = "pay-v3-refund-after-ms",
@@ -76,10 +86,14 @@ impl Default for V3Config {
             merchant_serial: dev::MERCHANT_SERIAL.to_owned(),
             merchant_public_key_path: None,
             mode: Mode::PublicKey,
+            public_key_share: DEFAULT_PUBLIC_KEY_SHARE,
             refund_after_ms: 5000,
         }
     }
 }
+
+/// Default of `SANDBOX_PAY_V3_PUBLIC_KEY_SHARE`: the sixth day of the move.
+pub const DEFAULT_PUBLIC_KEY_SHARE: u8 = 50;
 
 impl V3Config {
     pub fn validate(&self) -> Result<(), String> {
@@ -88,6 +102,9 @@ impl V3Config {
         }
         if self.merchant_serial.trim().is_empty() {
             return Err("WXMP_PAY_CERT_SERIAL must not be empty".into());
+        }
+        if self.public_key_share > 100 {
+            return Err("SANDBOX_PAY_V3_PUBLIC_KEY_SHARE is a percentage, 0 to 100".into());
         }
         Ok(())
     }
@@ -107,6 +124,23 @@ pub struct V3Faults {
     pub tamper_ciphertext: bool,
     /// Refunds answer 403 NOT_ENOUGH (as the general `refund_not_enough` fault does).
     pub refund_not_enough: bool,
+    /// `/v3/certificates` answers only after this many milliseconds (a hanging download when
+    /// longer than the merchant's timeout).
+    pub certificates_delay_ms: u64,
+}
+
+/// Which keys signed what: the merchant platform's two progress bars of the move (the share of
+/// callbacks, and of answers, signed with the public key), and the certificate downloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyUse {
+    pub answers: u64,
+    pub answers_public_key: u64,
+    pub notifies: u64,
+    pub notifies_public_key: u64,
+    /// `GET /v3/certificates` requests received, and the most ever under way at once.
+    pub certificate_requests: u64,
+    pub certificate_requests_in_flight: u64,
+    pub certificate_requests_max_in_flight: u64,
 }
 
 /// A v3 order as WeChat holds it.
@@ -173,6 +207,7 @@ impl V3Refund {
 #[derive(Default)]
 pub struct V3State {
     pub rotated: bool,
+    pub key_use: KeyUse,
     pub faults: V3Faults,
     pub orders: HashMap<String, V3Order>,
     pub prepay_ids: HashMap<String, String>,
@@ -183,6 +218,8 @@ pub struct V3State {
 /// Everything v3 in the sandbox: settings, WeChat's keys, the world.
 pub struct V3 {
     pub mode: Mode,
+    /// Migration mode: percentage of callbacks signed with the public key.
+    pub public_key_share: u8,
     pub apiv3_key: [u8; 32],
     pub merchant_serial: String,
     pub merchant_public_key: String,
@@ -209,6 +246,7 @@ impl V3 {
         };
         Ok(Self {
             mode: config.mode,
+            public_key_share: config.public_key_share,
             apiv3_key: config
                 .apiv3_key
                 .expose()

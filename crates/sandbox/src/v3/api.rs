@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::state::Sandbox;
 use crate::v3::crypto::{self, parse_authorization, signed_lines};
-use crate::v3::keys::{self, Mode};
+use crate::v3::keys::{self, Use};
 use crate::v3::notify::{self, Job};
 use crate::v3::{V3, V3Order, V3Refund};
 use crate::{clock, faults, ids};
@@ -23,10 +23,30 @@ use crate::{clock, faults, ids};
 /// 很久之前发起的请求").
 const REQUEST_MAX_SKEW_SECS: i64 = 300;
 
+tokio::task_local! {
+    /// The `Wechatpay-Serial` of the request being answered: in migration mode it picks the
+    /// key that signs the answer.
+    static REQUEST_SERIAL: Option<String>;
+}
+
+/// Runs the handler with its request's `Wechatpay-Serial` at hand for [`signed`].
+async fn remember_request_serial(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let serial = req
+        .headers()
+        .get("Wechatpay-Serial")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    REQUEST_SERIAL.scope(serial, next.call(req)).await
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v3")
             .wrap(from_fn(faults::wechat_paths))
+            .wrap(from_fn(remember_request_serial))
             .route("/pay/transactions/jsapi", web::post().to(jsapi))
             .route(
                 "/pay/transactions/out-trade-no/{out_trade_no}",
@@ -45,19 +65,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// The four `Wechatpay-*` headers for `body`, with the v3 faults applied; also names them.
+/// The four `Wechatpay-*` headers for an answer's `body`, with the v3 faults applied; also
+/// names them. The key follows the request's `Wechatpay-Serial` (see [`Mode::Migration`]).
 pub(crate) fn signature_headers(
     v3: &V3,
     body: &[u8],
 ) -> (Vec<(&'static str, String)>, Vec<String>) {
-    signature_headers_forged(v3, body, false)
+    let named_public_key = REQUEST_SERIAL
+        .try_with(|serial| serial.as_deref() == Some(keys::dev::PUBLIC_KEY_ID))
+        .unwrap_or(false);
+    signature_headers_forged(v3, body, false, Use::Answer { named_public_key })
 }
 
-/// [`signature_headers`], signed by a stranger's key when `bad_signature` (a per-notify fault).
+/// The headers for a message of `use_`, signed by a stranger's key when `bad_signature` (a
+/// per-notify fault).
 pub(crate) fn signature_headers_forged(
     v3: &V3,
     body: &[u8],
     bad_signature: bool,
+    use_: Use,
 ) -> (Vec<(&'static str, String)>, Vec<String>) {
     let (faults, rotated) = {
         let s = v3.state();
@@ -71,7 +97,18 @@ pub(crate) fn signature_headers_forged(
     }
     let timestamp = timestamp.to_string();
     let nonce = hex::encode(rand::random::<[u8; 16]>());
-    let (mut serial, signer) = v3.signers.current(v3.mode, rotated);
+    let (mut serial, signer) = v3.signers.for_use(v3.mode, rotated, use_);
+    {
+        let by_public_key = serial == keys::dev::PUBLIC_KEY_ID;
+        let key_use = &mut v3.state().key_use;
+        if matches!(use_, Use::Answer { .. }) {
+            key_use.answers += 1;
+            key_use.answers_public_key += u64::from(by_public_key);
+        } else {
+            key_use.notifies += 1;
+            key_use.notifies_public_key += u64::from(by_public_key);
+        }
+    }
     let message = signed_lines(&[timestamp.as_bytes(), nonce.as_bytes(), body]);
     let signature = if faults.bad_signature || bad_signature {
         applied.push("bad_signature".to_owned());
@@ -715,8 +752,30 @@ async fn certificates(
         return *resp;
     }
     let v3 = &sandbox.v3;
-    let rotated = v3.state().rotated;
-    let data: Vec<Value> = if v3.mode == Mode::Certificate {
+    let (rotated, delay_ms) = {
+        let mut s = v3.state();
+        let key_use = &mut s.key_use;
+        key_use.certificate_requests += 1;
+        key_use.certificate_requests_in_flight += 1;
+        key_use.certificate_requests_max_in_flight = key_use
+            .certificate_requests_max_in_flight
+            .max(key_use.certificate_requests_in_flight);
+        (s.rotated, s.faults.certificates_delay_ms)
+    };
+    // Counted out however the request ends (a client that gives up drops this handler).
+    struct InFlight<'a>(&'a V3);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            let key_use = &mut self.0.state().key_use;
+            key_use.certificate_requests_in_flight =
+                key_use.certificate_requests_in_flight.saturating_sub(1);
+        }
+    }
+    let _in_flight = InFlight(v3);
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
+    let data: Vec<Value> = if v3.mode.lists_certificates() {
         keys::listed_certificates(rotated)
             .into_iter()
             .enumerate()

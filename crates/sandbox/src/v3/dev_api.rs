@@ -12,7 +12,7 @@ use crate::notify::PayOutcome;
 use crate::state::Sandbox;
 use crate::v3::api::{rfc3339_ms, transaction_of};
 use crate::v3::notify::{self, Job};
-use crate::v3::{Mode, V3Faults, dev};
+use crate::v3::{V3Faults, dev};
 use crate::{clock, ids};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -242,9 +242,9 @@ async fn refund(
 
 /// Certificate rotation mid-run: WeChat starts signing with certificate B and lists both.
 async fn rotate(sandbox: web::Data<Sandbox>) -> Result<HttpResponse, DevError> {
-    if sandbox.v3.mode != Mode::Certificate {
+    if !sandbox.v3.mode.lists_certificates() {
         return Err(DevError::Conflict(
-            "rotation needs SANDBOX_PAY_V3_MODE=certificate".into(),
+            "rotation needs SANDBOX_PAY_V3_MODE=certificate or migration".into(),
         ));
     }
     sandbox.v3.state().rotated = true;
@@ -252,16 +252,23 @@ async fn rotate(sandbox: web::Data<Sandbox>) -> Result<HttpResponse, DevError> {
     Ok(HttpResponse::Ok().json(json!({ "serial_no": dev::PLATFORM_B_SERIAL })))
 }
 
-/// What a merchant knows of WeChat's keys: the mode, the serial signing now, the public key id.
+/// What a merchant knows of WeChat's keys: the mode, the serial signing now (in migration mode
+/// the certificate's; the public key signs `public_key_share` % of callbacks and the answers to
+/// requests naming it), the public key id, and which key signed how many messages.
 async fn keys(sandbox: web::Data<Sandbox>) -> HttpResponse {
     let v3 = &sandbox.v3;
-    let rotated = v3.state().rotated;
+    let (rotated, key_use) = {
+        let s = v3.state();
+        (s.rotated, s.key_use.clone())
+    };
     let (serial, _) = v3.signers.current(v3.mode, rotated);
     HttpResponse::Ok().json(json!({
         "mode": v3.mode,
         "signing_serial": serial,
         "public_key_id": dev::PUBLIC_KEY_ID,
         "public_key": dev::WECHATPAY_PUBLIC_KEY,
+        "public_key_share": v3.public_key_share,
+        "key_use": key_use,
     }))
 }
 

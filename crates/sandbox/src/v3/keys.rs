@@ -40,6 +40,34 @@ pub enum Mode {
     PublicKey,
     /// Platform certificates, listed (encrypted) by `/v3/certificates`.
     Certificate,
+    /// The merchant's move from certificates to the public key (平台证书切换微信支付公钥), with the
+    /// switch turned on in the merchant platform. As WeChat Pay's support describes it: callbacks
+    /// are signed with the public key at a share WeChat raises daily (0.1 % → 1 % → 5 % → 10 % →
+    /// 20 % → 50 % → 100 % over seven days; here `SANDBOX_PAY_V3_PUBLIC_KEY_SHARE`), the rest with
+    /// the platform certificate, picked per callback; an API answer is signed with the key the
+    /// request's `Wechatpay-Serial` named (the public key for `PUB_KEY_ID_…`, the certificate for
+    /// anything else or nothing), "应答场景是跟商户请求时的wechatpay-serial保持一致,但回调场景是随机的"
+    /// (developers.weixin.qq.com/community/develop/doc/0004e8c40b09182972936db6d69400,
+    /// …/community/pay/doc/000a4e6c9a00209af2335313c61400; pay.weixin.qq.com/doc/v3/merchant/4012154180).
+    /// `/v3/certificates` still lists the certificates.
+    Migration,
+}
+
+impl Mode {
+    /// Whether `/v3/certificates` lists certificates.
+    pub fn lists_certificates(self) -> bool {
+        matches!(self, Mode::Certificate | Mode::Migration)
+    }
+}
+
+/// Which key signs one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// An API answer; `named_public_key`: the request's `Wechatpay-Serial` was the public key id.
+    Answer { named_public_key: bool },
+    /// A callback; `public_key_draw`: true for the share of callbacks signed with the public key
+    /// (drawn per callback by the caller).
+    Notify { public_key_draw: bool },
 }
 
 /// The signing keys WeChat owns in the sandbox.
@@ -62,13 +90,35 @@ impl Signers {
         }
     }
 
-    /// The serial and key WeChat signs with now.
+    /// The serial and key WeChat signs with now (in migration mode: the certificate, what a
+    /// message gets unless the public key is picked for it).
     pub fn current(&self, mode: Mode, rotated: bool) -> (&'static str, &Signer) {
         match (mode, rotated) {
-            (Mode::PublicKey, _) => (dev::PUBLIC_KEY_ID, &self.public_key),
-            (Mode::Certificate, false) => (dev::PLATFORM_A_SERIAL, &self.platform_a),
-            (Mode::Certificate, true) => (dev::PLATFORM_B_SERIAL, &self.platform_b),
+            (Mode::PublicKey, _) => self.public_key(),
+            (Mode::Certificate | Mode::Migration, false) => {
+                (dev::PLATFORM_A_SERIAL, &self.platform_a)
+            }
+            (Mode::Certificate | Mode::Migration, true) => {
+                (dev::PLATFORM_B_SERIAL, &self.platform_b)
+            }
         }
+    }
+
+    /// The serial and key that sign one message of `use_` (see [`Mode::Migration`]).
+    pub fn for_use(&self, mode: Mode, rotated: bool, use_: Use) -> (&'static str, &Signer) {
+        let public = match use_ {
+            Use::Answer { named_public_key } => named_public_key,
+            Use::Notify { public_key_draw } => public_key_draw,
+        };
+        if mode == Mode::Migration && public {
+            self.public_key()
+        } else {
+            self.current(mode, rotated)
+        }
+    }
+
+    fn public_key(&self) -> (&'static str, &Signer) {
+        (dev::PUBLIC_KEY_ID, &self.public_key)
     }
 
     pub fn stranger(&self) -> &Signer {

@@ -15,6 +15,7 @@ use crate::notify::RETRY_SCHEDULE_SECS;
 use crate::state::Sandbox;
 use crate::v3::api::{rfc3339_ms, signature_headers_forged};
 use crate::v3::crypto;
+use crate::v3::keys::Use;
 
 const MAX_ANSWER_CHARS: usize = 4096;
 
@@ -167,7 +168,13 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
         let mut applied = Vec::new();
         let body = envelope(sandbox, job, &mut applied);
         let (headers, signed_faults) =
-            signature_headers_forged(&sandbox.v3, body.as_bytes(), job.bad_signature);
+            signature_headers_forged(&sandbox.v3, body.as_bytes(), job.bad_signature, {
+                // Migration mode: this callback is signed with the public key at the share.
+                let share = u32::from(sandbox.v3.public_key_share);
+                Use::Notify {
+                    public_key_draw: rand::random_range(0..100u32) < share,
+                }
+            });
         applied.extend(signed_faults);
         let header = |name: &str| {
             headers
