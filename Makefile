@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test scale-test demo bench lint fmt check-deploy build release clean
+.PHONY: run test scale-test demo bench lint fmt check-deploy fuzz build release clean
 
 ## run: the whole stack in one process (SQLite + in-memory sessions + the WeChat sandbox)
 run:
@@ -36,6 +36,11 @@ lint:
 ## check-deploy: render and validate the Kubernetes overlays, the compose file and the Dockerfile
 check-deploy:
 	bash deploy/check.sh
+
+## fuzz: build every fuzz target and run each for FUZZ_SECONDS (20) over fuzz/seeds, as CI does
+## (its own workspace and target dir, fuzz/target; see fuzz/README.md)
+fuzz:
+	bash fuzz/ci.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -20,8 +20,8 @@ pub use errors::{
     RefundCallError, WxError, is_duplicate_order, is_err_code, map_error, map_refund_error,
     map_wx_error,
 };
-use v3::v3_notify_url;
 pub(crate) use v3::v3_missing;
+use v3::v3_notify_url;
 
 use crate::{config::PayApi, refunds::WxRefundStatus};
 

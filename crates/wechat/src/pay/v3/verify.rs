@@ -284,14 +284,64 @@ impl PlatformKeys {
 /// `timestamp` is within [`MAX_CLOCK_SKEW_SECS`] of `now`.
 pub fn check_clock(timestamp: &str, now: i64) -> Result<(), VerifyError> {
     let ts: i64 = timestamp.parse().map_err(|_| VerifyError::BadTimestamp)?;
-    let skew_secs = ts.saturating_sub(now);
-    if skew_secs.abs() > MAX_CLOCK_SKEW_SECS {
-        return Err(VerifyError::Clock { skew_secs });
+    // `abs_diff` cannot overflow: `(ts - now).abs()` did for `i64::MIN` (a panic in debug
+    // builds, and in release `i64::MIN.abs()` wraps to a negative skew that passed the check).
+    if ts.abs_diff(now) > MAX_CLOCK_SKEW_SECS.unsigned_abs() {
+        return Err(VerifyError::Clock {
+            skew_secs: ts.saturating_sub(now),
+        });
     }
     Ok(())
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn clock_accepts_the_window_and_its_edges() {
+        for skew in [-MAX_CLOCK_SKEW_SECS, 0, MAX_CLOCK_SKEW_SECS] {
+            assert_eq!(check_clock(&(NOW + skew).to_string(), NOW), Ok(()));
+        }
+        assert_eq!(
+            check_clock(&(NOW + MAX_CLOCK_SKEW_SECS + 1).to_string(), NOW),
+            Err(VerifyError::Clock { skew_secs: 301 })
+        );
+        assert_eq!(
+            check_clock(&(NOW - MAX_CLOCK_SKEW_SECS - 1).to_string(), NOW),
+            Err(VerifyError::Clock { skew_secs: -301 })
+        );
+    }
+
+    /// Issue 24: `-9223372036854775808` overflowed the skew (found again by the `v3_notify` fuzz
+    /// target, whose seeds keep the value).
+    #[test]
+    fn clock_refuses_the_extremes_of_i64_without_overflow() {
+        assert_eq!(
+            check_clock("-9223372036854775808", NOW),
+            Err(VerifyError::Clock {
+                skew_secs: i64::MIN
+            })
+        );
+        assert_eq!(
+            check_clock("9223372036854775807", NOW),
+            Err(VerifyError::Clock {
+                skew_secs: i64::MAX - NOW
+            })
+        );
+        assert_eq!(
+            check_clock("-9223372036854775808", i64::MAX),
+            Err(VerifyError::Clock {
+                skew_secs: i64::MIN
+            })
+        );
+        assert_eq!(
+            check_clock("-9223372036854775809", NOW),
+            Err(VerifyError::BadTimestamp)
+        );
+
 mod migration_tests {
     use super::*;
 
