@@ -156,12 +156,14 @@ impl Payments {
 ///
 /// [`PayV3Config::load`]: crate::config::PayV3Config::load
 fn v3_client(config: &Config, client: WechatClient) -> Result<wechat::pay::v3::V3Client, Error> {
-    use wechat::pay::v3::{Merchant, PlatformKeys, V3Client};
+    use wechat::pay::v3::{Merchant, V3Client};
     let settings = config.v3.load().map_err(Error::Config)?;
-    let platform = match settings.public_key {
-        Some((id, key)) => PlatformKeys::public_key_mode(id, key),
-        None => PlatformKeys::certificate_mode(),
-    };
+    let platform = settings.platform_keys();
+    tracing::info!(
+        public_keys = ?platform.public_key_ids(),
+        platform_certificates = platform.uses_certificates(),
+        "WeChat Pay v3 verifies with these keys"
+    );
     // v3 orders carry their own appid (the order's); the merchant needs no default one.
     let merchant = Merchant {
         appid: String::new(),
@@ -170,5 +172,6 @@ fn v3_client(config: &Config, client: WechatClient) -> Result<wechat::pay::v3::V
         key: settings.merchant_key,
         apiv3_key: settings.apiv3_key,
     };
-    Ok(V3Client::new(client, merchant, platform))
+    Ok(V3Client::new(client, merchant, platform)
+        .with_certificate_wait(Duration::from_millis(config.v3.certificate_wait_ms)))
 }

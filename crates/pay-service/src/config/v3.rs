@@ -24,9 +24,13 @@ impl PayApi {
 
 /// The Pay v3 settings, used whenever the merchant's v3 key is given (`WXMP_PAY_API` only
 /// picks the API of new orders: a service switched back to v2 keeps serving its v3 orders
-/// while they are set; see [`PayV3Config::configured`]), and required with `WXMP_PAY_API=v3`. WeChat Pay's key is either the public key of
-/// public-key mode (`WXMP_PAY_PUBLIC_KEY_PATH` + `WXMP_PAY_PUBLIC_KEY_ID`) or, when neither is
-/// set, platform certificates downloaded from `/v3/certificates` (certificate mode).
+/// while they are set; see [`PayV3Config::configured`]), and required with `WXMP_PAY_API=v3`.
+///
+/// WeChat Pay's keys: the public key (`WXMP_PAY_PUBLIC_KEY_PATH` + `WXMP_PAY_PUBLIC_KEY_ID`,
+/// comma-separated lists for WeChat's own key rotation, the first being the one requests name),
+/// platform certificates downloaded from `/v3/certificates`, or both at once while WeChat moves
+/// the merchant from certificates to the public key (`WXMP_PAY_PLATFORM_CERTIFICATES=true` with
+/// the public key set: every message is verified with the key its `Wechatpay-Serial` names).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PayV3Config {
     /// `v2` or `v3`: the API new orders are placed with (orders keep the API that placed them).
@@ -68,15 +72,53 @@ pub struct PayV3Config {
         value_name = "WXMP_PAY_PUBLIC_KEY_ID"
     )]
     pub public_key_id: Option<String>,
+    /// Download platform certificates from `/v3/certificates` and verify with them. Unset: only
+    /// when no public key is set. `true` with a public key: both, for WeChat's switch from
+    /// certificates to the public key (README, "Moving Pay v3 to the public key").
+    #[arg(
+        long = "pay-platform-certificates",
+        env = "WXMP_PAY_PLATFORM_CERTIFICATES",
+        value_name = "WXMP_PAY_PLATFORM_CERTIFICATES"
+    )]
+    pub platform_certificates: Option<bool>,
+    /// How long a call or notify waits for a certificate download when no key to verify with
+    /// is held yet, in milliseconds (with keys in hand, downloads never hold anything up).
+    #[arg(long = "pay-certificate-wait-ms", env = "WXMP_PAY_CERTIFICATE_WAIT_MS", value_name = "WXMP_PAY_CERTIFICATE_WAIT_MS",
+          default_value_t = DEFAULT_CERTIFICATE_WAIT_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub certificate_wait_ms: u64,
 }
+
+/// Default of `WXMP_PAY_CERTIFICATE_WAIT_MS`.
+pub const DEFAULT_CERTIFICATE_WAIT_MS: u64 = 3000;
 
 /// Everything v3 needs, read and checked.
 pub struct PayV3Settings {
     pub apiv3_key: wechat::pay::v3::ApiV3Key,
     pub merchant_key: wechat::pay::v3::MerchantKey,
     pub cert_serial: String,
-    /// `None`: certificate mode.
-    pub public_key: Option<(String, wechat::pay::v3::PublicKey)>,
+    /// WeChat Pay's public keys by id, the first the one requests name; empty: certificates only.
+    pub public_keys: Vec<(String, wechat::pay::v3::PublicKey)>,
+    /// Whether platform certificates are downloaded and trusted too.
+    pub platform_certificates: bool,
+}
+
+impl PayV3Settings {
+    /// The keys to verify WeChat's answers and notifies with.
+    pub fn platform_keys(&self) -> wechat::pay::v3::PlatformKeys {
+        use wechat::pay::v3::PlatformKeys;
+        let mut keys = self.public_keys.iter();
+        let mut platform = match keys.next() {
+            None => return PlatformKeys::certificate_mode(),
+            Some((id, key)) if self.platform_certificates => {
+                PlatformKeys::public_key_and_certificates(id.clone(), key.clone())
+            }
+            Some((id, key)) => PlatformKeys::public_key_mode(id.clone(), key.clone()),
+        };
+        for (id, key) in keys {
+            platform = platform.with_public_key(id.clone(), key.clone());
+        }
+        platform
+    }
 }
 
 impl PayV3Config {
@@ -91,7 +133,7 @@ impl PayV3Config {
     /// Reads the key files and checks every piece, naming the variable at fault. Never
     /// includes key material in the message.
     pub fn load(&self) -> Result<PayV3Settings, String> {
-        use wechat::pay::v3::{ApiV3Key, MerchantKey, PublicKey};
+        use wechat::pay::v3::{ApiV3Key, MerchantKey};
         let apiv3_key = self.v3_key.as_ref().filter(|k| !k.is_empty()).ok_or(
             "WXMP_PAY_V3_KEY is required with WXMP_PAY_API=v3 or WXMP_PAY_PRIVATE_KEY_PATH",
         )?;
@@ -118,39 +160,74 @@ impl PayV3Config {
         if !cert_serial.bytes().all(|b| b.is_ascii_hexdigit()) || cert_serial.len() > 64 {
             return Err("WXMP_PAY_CERT_SERIAL must be the certificate's hex serial".into());
         }
-        let public_key = match (&self.public_key_path, &self.public_key_id) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(
-                    "WXMP_PAY_PUBLIC_KEY_ID is required with WXMP_PAY_PUBLIC_KEY_PATH".into(),
-                );
-            }
-            (None, Some(_)) => {
-                return Err(
-                    "WXMP_PAY_PUBLIC_KEY_PATH is required with WXMP_PAY_PUBLIC_KEY_ID".into(),
-                );
-            }
-            (Some(path), Some(id)) => {
-                if !id.starts_with("PUB_KEY_ID_") {
-                    return Err("WXMP_PAY_PUBLIC_KEY_ID must start with PUB_KEY_ID_".into());
-                }
-                let pem = std::fs::read_to_string(path).map_err(|e| {
-                    format!(
-                        "WXMP_PAY_PUBLIC_KEY_PATH: cannot read {}: {e}",
-                        path.display()
-                    )
-                })?;
-                let key = PublicKey::from_spki_pem(&pem)
-                    .map_err(|e| format!("WXMP_PAY_PUBLIC_KEY_PATH: {e}"))?;
-                Some((id.clone(), key))
-            }
-        };
+        let public_keys = self.public_keys()?;
+        if self.platform_certificates == Some(false) && public_keys.is_empty() {
+            return Err("WXMP_PAY_PLATFORM_CERTIFICATES=false needs WXMP_PAY_PUBLIC_KEY_PATH and WXMP_PAY_PUBLIC_KEY_ID: nothing would verify WeChat".into());
+        }
         Ok(PayV3Settings {
             apiv3_key,
             merchant_key,
             cert_serial: cert_serial.to_owned(),
-            public_key,
+            platform_certificates: self.platform_certificates.unwrap_or(public_keys.is_empty()),
+            public_keys,
         })
+    }
+
+    /// `WXMP_PAY_PUBLIC_KEY_PATH` and `WXMP_PAY_PUBLIC_KEY_ID`, as comma-separated lists of the
+    /// same length (one id per key file), read and checked.
+    fn public_keys(&self) -> Result<Vec<(String, wechat::pay::v3::PublicKey)>, String> {
+        use wechat::pay::v3::PublicKey;
+        let list = |v: Option<&str>| -> Vec<String> {
+            v.into_iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let paths = list(
+            self.public_key_path
+                .as_ref()
+                .map(|p| p.to_string_lossy())
+                .as_deref(),
+        );
+        let ids = list(self.public_key_id.as_deref());
+        match (paths.is_empty(), ids.is_empty()) {
+            (true, true) => return Ok(Vec::new()),
+            (false, true) => {
+                return Err(
+                    "WXMP_PAY_PUBLIC_KEY_ID is required with WXMP_PAY_PUBLIC_KEY_PATH".into(),
+                );
+            }
+            (true, false) => {
+                return Err(
+                    "WXMP_PAY_PUBLIC_KEY_PATH is required with WXMP_PAY_PUBLIC_KEY_ID".into(),
+                );
+            }
+            (false, false) if paths.len() != ids.len() => {
+                return Err(format!(
+                    "WXMP_PAY_PUBLIC_KEY_PATH names {} key files and WXMP_PAY_PUBLIC_KEY_ID {} ids: one id per file, in the same order",
+                    paths.len(),
+                    ids.len()
+                ));
+            }
+            (false, false) => {}
+        }
+        let mut keys = Vec::with_capacity(ids.len());
+        for (path, id) in paths.iter().zip(ids) {
+            if !id.starts_with("PUB_KEY_ID_") {
+                return Err("WXMP_PAY_PUBLIC_KEY_ID must start with PUB_KEY_ID_".into());
+            }
+            if keys.iter().any(|(held, _)| *held == id) {
+                return Err(format!("WXMP_PAY_PUBLIC_KEY_ID names {id} twice"));
+            }
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("WXMP_PAY_PUBLIC_KEY_PATH: cannot read {path}: {e}"))?;
+            let key = PublicKey::from_spki_pem(&pem)
+                .map_err(|e| format!("WXMP_PAY_PUBLIC_KEY_PATH: {e}"))?;
+            keys.push((id, key));
+        }
+        Ok(keys)
     }
 }
 
@@ -179,13 +256,15 @@ mod tests {
             public_key_path: Some(pub_path.clone()),
             public_key_id: Some(sandbox::v3::dev::PUBLIC_KEY_ID.into()),
         };
-        assert!(good.load().unwrap().public_key.is_some());
+        assert_eq!(good.load().unwrap().public_keys.len(), 1);
+        assert!(!good.load().unwrap().platform_certificates);
         let certificate_mode = PayV3Config {
             public_key_path: None,
             public_key_id: None,
             ..good.clone()
         };
-        assert!(certificate_mode.load().unwrap().public_key.is_none());
+        assert!(certificate_mode.load().unwrap().public_keys.is_empty());
+        assert!(certificate_mode.load().unwrap().platform_certificates);
         let cases: Vec<(PayV3Config, &str)> = vec![
             (
                 PayV3Config {

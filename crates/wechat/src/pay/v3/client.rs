@@ -267,7 +267,7 @@ impl V3Client {
         headers: &SignatureHeaders,
         body: &[u8],
     ) -> Result<(), VerifyError> {
-        match self.platform.verify(headers, body, self.now()) {
+        let verdict = match self.platform.verify(headers, body, self.now()) {
             Err(VerifyError::UnknownSerial(serial))
                 if self.platform.claim_forced_refresh(self.now()) =>
             {
@@ -277,7 +277,12 @@ impl V3Client {
                 self.platform.verify(headers, body, self.now())
             }
             other => other,
+        };
+        if let Err(VerifyError::UnknownSerial(serial)) = &verdict {
+            let hint = self.platform.unknown_serial_hint(serial);
+            tracing::warn!(%serial, hint, "refused: no WeChat Pay key for this Wechatpay-Serial");
         }
+        verdict
     }
 
     /// One call: sign, send, map errors, verify the 2xx response.

@@ -186,6 +186,27 @@ impl PlatformKeys {
             .map(|c| c.serial_no.clone())
     }
 
+    /// Why no key of `serial` is held, in an operator's words (for the log): during a move
+    /// between certificates and the public key, a message signed with the key not configured
+    /// is refused, and this names which one it was.
+    pub fn unknown_serial_hint(&self, serial: &str) -> &'static str {
+        match (
+            serial.starts_with("PUB_KEY_ID_"),
+            self.public_keys.is_empty(),
+        ) {
+            (true, true) => {
+                "signed with a WeChat Pay public key, but none is configured: is WeChat moving this merchant to the public key?"
+            }
+            (true, false) => {
+                "signed with a WeChat Pay public key whose id is not configured: did WeChat rotate its public key?"
+            }
+            (false, _) if !self.certificate_mode => {
+                "signed with a platform certificate, but certificates are not downloaded: during the move to the public key both must be configured"
+            }
+            (false, _) => "a platform certificate serial that /v3/certificates does not list",
+        }
+    }
+
     /// Whether a certificate valid at `now` is held.
     pub fn has_valid_certificate(&self, now: i64) -> bool {
         self.read().certs.values().any(|c| c.expires_at > now)
@@ -341,7 +362,10 @@ mod tests {
             check_clock("-9223372036854775809", NOW),
             Err(VerifyError::BadTimestamp)
         );
+    }
+}
 
+#[cfg(test)]
 mod migration_tests {
     use super::*;
 
@@ -372,6 +396,23 @@ mod migration_tests {
         assert!(keys.key_for("5157F09E", NOW).is_some());
         assert!(keys.key_for("PUB_KEY_ID_unknown", NOW).is_none());
         assert!(keys.uses_certificates());
+        assert!(
+            keys.unknown_serial_hint("PUB_KEY_ID_unknown")
+                .contains("whose id is not configured")
+        );
+        assert!(keys.unknown_serial_hint("7E57").contains("does not list"));
+        let public_only = PlatformKeys::public_key_mode(CURRENT_ID, key(PLATFORM_PUB));
+        assert!(
+            public_only
+                .unknown_serial_hint("5157F09E")
+                .contains("certificates are not downloaded")
+        );
+        let certificates_only = PlatformKeys::certificate_mode();
+        assert!(
+            certificates_only
+                .unknown_serial_hint(CURRENT_ID)
+                .contains("none is configured")
+        );
         // Requests name the public key, so WeChat answers with it once the switch is on.
         assert_eq!(keys.request_serial(NOW).as_deref(), Some(CURRENT_ID));
     }
