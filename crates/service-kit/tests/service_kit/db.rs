@@ -4,7 +4,8 @@
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 use diesel_migrations::embed_migrations;
-use service_kit::db::{Database, DbError, Migrations, PoolOptions, testing};
+use service_kit::db::{Database, DbError, Migrations, PoolOptions};
+use wxmp_testkit::db as testing;
 
 diesel::table! {
     notes (id) {
