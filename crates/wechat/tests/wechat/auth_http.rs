@@ -1,10 +1,8 @@
 //! code2session and access_token against a local server answering WeChat's documented samples.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Reply, client_for, serve, serve_silence};
+use crate::helpers::{Reply, client_for, serve, serve_silence};
 use wechat::{ApiError, Code2SessionError};
 
 const APPID: &str = "wx4f4bc4dec97d474b";

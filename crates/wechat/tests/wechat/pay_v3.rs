@@ -1,12 +1,10 @@
 //! Pay v3: known-answer tests against vectors made by OpenSSL (commands next to each vector,
 //! run in `testdata/pay_v3/`), and the client against a local server playing WeChat.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use common::{Reply, Request, serve};
+use crate::helpers::{Reply, Request, serve};
 use wechat::pay::v3::aead::{self, ApiV3Key, DecryptError, EncryptedResource};
 use wechat::pay::v3::error::code;
 use wechat::pay::v3::keys::{KeyError, MerchantKey, PublicKey};
@@ -17,10 +15,10 @@ use wechat::pay::v3::{
     V3Client, V3Error, jsapi,
 };
 
-const MERCHANT_KEY: &str = include_str!("../testdata/pay_v3/merchant_key.pem");
-const PLATFORM_KEY: &str = include_str!("../testdata/pay_v3/platform_key.pem");
-const PLATFORM_PUB: &str = include_str!("../testdata/pay_v3/platform_pub.pem");
-const PLATFORM_CERT: &str = include_str!("../testdata/pay_v3/platform_cert.pem");
+const MERCHANT_KEY: &str = include_str!("../../testdata/pay_v3/merchant_key.pem");
+const PLATFORM_KEY: &str = include_str!("../../testdata/pay_v3/platform_key.pem");
+const PLATFORM_PUB: &str = include_str!("../../testdata/pay_v3/platform_pub.pem");
+const PLATFORM_CERT: &str = include_str!("../../testdata/pay_v3/platform_cert.pem");
 const CERT_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
 const PUB_KEY_ID: &str = "PUB_KEY_ID_0112345678902026120100000000000001";
 const APIV3_KEY: &str = "0123456789abcdefghijABCDEFGHIJ01";
@@ -337,7 +335,7 @@ fn merchant() -> Merchant {
     }
 }
 
-fn client(base: &common::Server, now: &Arc<AtomicI64>, platform: PlatformKeys) -> V3Client {
+fn client(base: &crate::helpers::Server, now: &Arc<AtomicI64>, platform: PlatformKeys) -> V3Client {
     let now = now.clone();
     V3Client::new(base.client(), merchant(), platform)
         .with_clock(move || now.load(Ordering::SeqCst))
@@ -400,7 +398,7 @@ fn request_signature_verifies(req: &Request) -> bool {
 
 fn merchant_public() -> PublicKey {
     // openssl pkey -in merchant_key.pem -pubout -out merchant_pub.pem
-    PublicKey::from_spki_pem(include_str!("../testdata/pay_v3/merchant_pub.pem")).unwrap()
+    PublicKey::from_spki_pem(include_str!("../../testdata/pay_v3/merchant_pub.pem")).unwrap()
 }
 
 #[tokio::test]
@@ -637,7 +635,7 @@ async fn certificate_mode_downloads_on_unknown_serial_and_accepts_both_during_ro
     );
     assert_eq!(client.jsapi(order()).await.unwrap(), "wx1");
     assert_eq!(client.platform().certificate_serials(), vec!["OLDSERIAL"]);
-    let count = |s: &common::Server| {
+    let count = |s: &crate::helpers::Server| {
         s.requests()
             .iter()
             .filter(|r| r.target == "/v3/certificates")

@@ -1,11 +1,9 @@
 //! unifiedorder, orderquery and closeorder against a local server answering WeChat's documented
 //! samples (re-signed with the test key).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Reply, Request, client_for, serve, serve_silence};
+use crate::helpers::{Reply, Request, client_for, serve, serve_silence};
 use wechat::pay::sign::{SignType, sign, verify};
 use wechat::pay::xml::{self, Fields, XmlError};
 use wechat::pay::{PayConfig, PayError, TradeState, UnifiedOrderRequest};
