@@ -1,11 +1,9 @@
 //! `serve` for real on 127.0.0.1:0, with a fake auth-service answering GetSessionKey over
 //! gRPC: the production path (channel, internal token, request id, status metadata).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use service_kit::{
     ErrorReason, Secret, Shutdown,
     grpc::{AttachToken, REQUEST_ID},

@@ -1,9 +1,7 @@
 //! UserService cases, each run on PostgreSQL and on SQLite, calling the service directly with
 //! session keys held in memory.
 
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use futures::future::join_all;
 use service_kit::ErrorReason;
 use tonic::Request;

@@ -2,8 +2,6 @@
 //! session-key source held in memory, a fake auth-service on a real port, and payloads
 //! encrypted the way WeChat does.
 
-#![allow(dead_code)]
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -12,7 +10,7 @@ use std::{
 
 use service_kit::{
     ErrorReason, Secret,
-    db::{Database, PoolOptions, testing},
+    db::{Database, PoolOptions},
     grpc::{INTERNAL_TOKEN, REQUEST_ID},
     reason::{reason_of, status},
 };
@@ -23,16 +21,12 @@ use wxmp_proto::auth::v1::{
     self as auth, Principal,
     auth_service_server::{AuthService, AuthServiceServer},
 };
+use wxmp_testkit::db as testing;
 
 pub const APP: &str = "wx0000000000test01";
 pub const OTHER_APP: &str = "wx0000000000test02";
 
-/// Which storage back end a test case runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
+pub use wxmp_testkit::{Backend, on_both_backends};
 
 /// A migrated, empty database; the SQLite file lives as long as this value.
 pub struct TestDb {
@@ -44,7 +38,7 @@ pub struct TestDb {
 pub async fn fresh_db(backend: Backend) -> TestDb {
     let (url, dir) = match backend {
         Backend::Postgres => (
-            testing::fresh_postgres_url("wxmp_user")
+            testing::migrated_postgres_url("wxmp_user", &MIGRATIONS)
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432"),
             None,
@@ -57,25 +51,6 @@ pub async fn fresh_db(backend: Backend) -> TestDb {
     let db = Database::connect(&url, PoolOptions::default()).unwrap();
     db.migrate(&url, &MIGRATIONS).await.unwrap();
     TestDb { url, db, _dir: dir }
-}
-
-/// Runs each named case (an `async fn(Backend)`) once on PostgreSQL and once on SQLite.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        $(
-            mod $case {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$case($crate::common::Backend::Postgres).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$case($crate::common::Backend::Sqlite).await;
-                }
-            }
-        )+
-    };
 }
 
 /// The newest session_key per (app_id, openid) and the live session tokens, as auth-service
@@ -200,7 +175,6 @@ pub struct Harness {
     pub db: TestDb,
     pub keys: Keys,
     pub service: Service<Keys>,
-    pub users: Users,
 }
 
 impl Harness {
@@ -208,13 +182,8 @@ impl Harness {
         let db = fresh_db(backend).await;
         let keys = Keys::default();
         let users = Users::new(db.db.clone());
-        let service = Service::new(users.clone(), keys.clone());
-        Self {
-            db,
-            keys,
-            service,
-            users,
-        }
+        let service = Service::new(users, keys.clone());
+        Self { db, keys, service }
     }
 }
 
