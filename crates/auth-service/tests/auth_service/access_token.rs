@@ -1,19 +1,17 @@
 //! The shared access_token: several auth-service instances on one Redis against the sandbox,
 //! which counts every token fetch and checks every token used.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use crate::helpers::{DEV_APP, Options, Store, bounded, reason, redis_url};
 use auth_service::{
     Config,
     access_token::{AccessTokens, AnyTokenCache, TokenApi, Want},
 };
-use common::{DEV_APP, Options, Store, bounded, reason, redis_url};
 use service_kit::{ErrorReason, Secret};
 use wxmp_proto::auth::v1::GetAccessTokenRequest;
 
@@ -39,7 +37,7 @@ fn config(sandbox: &sandbox::SandboxHandle, prefix: &str, redis: Option<String>)
 }
 
 fn prefix() -> String {
-    format!("wxmp-test:{}:", uuid::Uuid::new_v4().simple())
+    wxmp_testkit::redis::fresh_prefix("wxmp-test")
 }
 
 /// One "replica": its own Redis connection and its own in-process state.
@@ -329,7 +327,7 @@ async fn a_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl() {
 
 #[tokio::test]
 async fn get_access_token_over_grpc_in_memory() {
-    let stack = common::start(Options::on(Store::Memory)).await;
+    let stack = crate::helpers::start(Options::on(Store::Memory)).await;
     let mut auth = stack.auth.clone();
     let get = |force: bool, stale: i64| GetAccessTokenRequest {
         app_id: String::new(),

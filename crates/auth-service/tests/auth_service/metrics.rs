@@ -1,13 +1,17 @@
 //! The Prometheus metrics a login leaves behind, scraped over HTTP as Prometheus would.
-//! A test binary of its own: the recorder is global to the process.
+//! A process of its own: the recorder is global to the process, and the counts are exact.
 
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use service_kit::ErrorReason;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_and_wechat_calls_are_counted() {
+    if !wxmp_testkit::in_own_process(concat!(
+        module_path!(),
+        "::logins_and_wechat_calls_are_counted"
+    )) {
+        return;
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

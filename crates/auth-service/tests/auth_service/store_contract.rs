@@ -7,13 +7,10 @@ use auth_service::{
     MemoryStore, RedisOptions, RedisStore, SessionRecord, SessionStore, StoreError,
 };
 use deadpool_redis::redis;
-
-fn redis_url() -> String {
-    std::env::var("WXMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use wxmp_testkit::redis::url as redis_url;
 
 fn unique_prefix() -> String {
-    format!("wxmp-test:{}:", uuid::Uuid::new_v4().simple())
+    wxmp_testkit::redis::fresh_prefix("wxmp-test")
 }
 
 fn record(user_id: i64) -> SessionRecord {

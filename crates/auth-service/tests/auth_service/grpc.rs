@@ -1,11 +1,9 @@
 //! AuthService end to end over gRPC: the real service on a port, the WeChat sandbox, a small
 //! fake user-service, and sessions in memory or in the real Redis.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use service_kit::{ErrorReason, Secret};
 use tonic::Request;
 use wxmp_proto::auth::v1::{AuthenticateRequest, GetSessionKeyRequest, LoginRequest};

@@ -1,8 +1,6 @@
 //! The stack the gRPC tests run against: the real service on a port, the WeChat sandbox, a
 //! small fake user-service, and sessions in memory or in the real Redis.
 
-#![allow(dead_code)]
-
 use std::{
     collections::HashMap,
     sync::{
@@ -169,9 +167,7 @@ impl Drop for Stack {
     }
 }
 
-pub fn redis_url() -> String {
-    std::env::var("WXMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub use wxmp_testkit::redis::url as redis_url;
 
 pub async fn bind() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -204,7 +200,7 @@ pub async fn start(options: Options) -> Stack {
         shutdown.clone(),
     ));
 
-    let redis_prefix = format!("wxmp-test:{}:", uuid::Uuid::new_v4().simple());
+    let redis_prefix = wxmp_testkit::redis::fresh_prefix("wxmp-test");
     let mut config = Config::new(
         apps.join(",").parse().unwrap(),
         options
