@@ -1,9 +1,8 @@
 //! The gateway over real HTTP in front of fake gRPC services.
 
-mod common;
 mod hardening;
 
-use common::{GOOD_TOKEN, NOTIFY_REPLY, Options, Stack, assert_failure, start};
+use crate::helpers::{GOOD_TOKEN, NOTIFY_REPLY, Options, Stack, assert_failure, start};
 use serde_json::json;
 use service_kit::ErrorReason;
 
@@ -421,7 +420,10 @@ async fn refund_notify_is_relayed_as_xml() {
             .unwrap()
             .starts_with("text/xml")
     );
-    assert_eq!(res.text().await.unwrap(), common::REFUND_NOTIFY_REPLY);
+    assert_eq!(
+        res.text().await.unwrap(),
+        crate::helpers::REFUND_NOTIFY_REPLY
+    );
     let calls = s.calls.of("handle_refund_notify");
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].detail, xml);

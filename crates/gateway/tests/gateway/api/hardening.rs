@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use service_kit::Shutdown;
 
-use crate::common::{
+use crate::helpers::{
     GOOD_TOKEN, NOTIFY_REPLY, Options, OwnRedis, Stack, assert_failure, shared_redis, start,
     start_gateway, wait_until,
 };
@@ -180,7 +180,7 @@ async fn login_and_notify_limits_are_shared_across_replicas() {
 
 #[tokio::test]
 async fn with_redis_down_each_replica_limits_locally_and_says_so() {
-    let metrics = crate::common::metrics();
+    let metrics = crate::helpers::metrics();
     let mut redis = OwnRedis::start().await;
     let s = start(Options {
         login_rate_per_min: Some(3),

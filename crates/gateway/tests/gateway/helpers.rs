@@ -1,8 +1,6 @@
 //! Fake auth-, user- and pay-services (tonic servers on 127.0.0.1:0 that record what they
 //! receive) and a real gateway in front of them.
 
-#![allow(dead_code)]
-
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -660,15 +658,7 @@ pub fn start_gateway(
 
 /// A URL that accepts TCP connections and never answers a byte (kept open for the test).
 async fn hung_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    format!("http://{addr}")
+    wxmp_testkit::http::TestServer::silent().await.base()
 }
 
 impl Stack {
@@ -783,11 +773,9 @@ impl Drop for OwnRedis {
 /// The shared Redis of the tests (`WXMP_TEST_REDIS_URL`, default 127.0.0.1:6379) and a fresh
 /// key prefix.
 pub fn shared_redis() -> (String, String) {
-    let url = std::env::var("WXMP_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     (
-        url,
-        format!("wxmp-gw-test:{}:", uuid::Uuid::new_v4().simple()),
+        wxmp_testkit::redis::url(),
+        wxmp_testkit::redis::fresh_prefix("wxmp-gw-test"),
     )
 }
 

@@ -195,23 +195,6 @@ async fn openapi_covers_every_registered_route() {
     assert!(phantom.is_empty(), "documented but not served: {phantom:?}");
 }
 
-/// Tests that need a tool outside cargo skip with a loud note when it is missing, except in CI
-/// (`CI` set), where a missing tool fails: `.ci/run` installs them.
-fn tool_or_skip(tool: &str, why: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is required in CI ({why}); .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {tool} not installed ({why}); .ci/run installs it");
-    }
-    found
-}
-
 #[actix_web::test]
 async fn openapi_document_and_docs_are_served_offline() {
     let config = Config::new(
@@ -267,7 +250,7 @@ async fn openapi_document_and_docs_are_served_offline() {
 /// The document passes an independent validator (`openapi-spec-validator`, PyPI).
 #[actix_web::test]
 async fn openapi_document_passes_openapi_spec_validator() {
-    if !tool_or_skip("openapi-spec-validator", "validates the OpenAPI document") {
+    if !wxmp_testkit::tool_or_skip("openapi-spec-validator", "validates the OpenAPI document") {
         return;
     }
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("wxmp-openapi.json");
