@@ -1,15 +1,9 @@
 //! The real client (`crates/wechat`) against the sandbox: log in, decrypt a profile, place an
 //! order, receive and verify the notify, query the order.
 
-mod common;
+use std::sync::{Arc, Mutex};
 
-use std::{
-    net::TcpListener,
-    sync::{Arc, Mutex},
-};
-
-use actix_web::{App as ActixApp, HttpResponse, HttpServer, web};
-use common::*;
+use crate::helpers::*;
 use sandbox::{DEV_APP_ID, DEV_APP_SECRET, DEV_MCH_ID, DEV_PAY_KEY};
 use serde_json::json;
 use wechat::{
@@ -25,49 +19,32 @@ struct VerifyingReceiver {
     url: String,
     verified: Arc<Mutex<Vec<PayNotify>>>,
     rejected: Arc<Mutex<Vec<String>>>,
-    _server: actix_web::dev::ServerHandle,
 }
 
 impl VerifyingReceiver {
     async fn start(pay: PayConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/pay/notify", listener.local_addr().unwrap());
         let verified = Arc::new(Mutex::new(Vec::new()));
         let rejected = Arc::new(Mutex::new(Vec::new()));
         let (v, r) = (verified.clone(), rejected.clone());
-        let server = HttpServer::new(move || {
-            let (v, r, pay) = (v.clone(), r.clone(), pay.clone());
-            ActixApp::new().route(
-                "/pay/notify",
-                web::post().to(move |body: web::Bytes| {
-                    let (v, r, pay) = (v.clone(), r.clone(), pay.clone());
-                    async move {
-                        match verify_notify(&body, &pay) {
-                            Ok(notify) => {
-                                v.lock().unwrap().push(notify);
-                                HttpResponse::Ok().body(notify_reply_success())
-                            }
-                            Err(e) => {
-                                r.lock().unwrap().push(e.to_string());
-                                HttpResponse::Ok().body(notify_reply_fail(&e.to_string()))
-                            }
-                        }
-                    }
-                }),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let server =
+            TestServer::start_with(move |request| match verify_notify(&request.body, &pay) {
+                Ok(notify) => {
+                    v.lock().unwrap().push(notify);
+                    wxmp_testkit::http::Response::new("text/plain", notify_reply_success())
+                }
+                Err(e) => {
+                    r.lock().unwrap().push(e.to_string());
+                    wxmp_testkit::http::Response::new(
+                        "text/plain",
+                        notify_reply_fail(&e.to_string()),
+                    )
+                }
+            })
+            .await;
         Self {
-            url,
+            url: server.url("/pay/notify"),
             verified,
             rejected,
-            _server: handle,
         }
     }
 

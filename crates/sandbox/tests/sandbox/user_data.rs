@@ -1,11 +1,9 @@
 //! `/sandbox/user-data`, decrypted with independent AES code and checked against the payload
 //! shapes of WeChat's "开放数据校验与解密" document.
 
-mod common;
-
+use crate::helpers::*;
 use aes::cipher::{BlockDecryptMut, KeyIvInit, block_padding::Pkcs7};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::*;
 use sandbox::{DEV_APP_ID, DEV_APP_SECRET};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};

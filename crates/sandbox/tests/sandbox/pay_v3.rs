@@ -2,13 +2,10 @@
 //! and certificate mode), a merchant notify endpoint that verifies and decrypts like the gateway,
 //! and every v3 fault.
 
-mod common;
-
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App as ActixApp, HttpRequest, HttpResponse, HttpServer, web};
 use sandbox::v3::{Mode, dev};
 use sandbox::{Config, SandboxHandle};
 use serde_json::{Value, json};
@@ -18,6 +15,7 @@ use wechat::pay::v3::{
     VerifyError,
 };
 use wechat::{WechatClient, WechatConfig};
+use wxmp_testkit::http::TestServer;
 
 fn config(mode: Mode) -> Config {
     let mut c = Config {
@@ -149,76 +147,64 @@ enum Seen {
 struct Receiver {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    _server: actix_web::dev::ServerHandle,
 }
 
 impl Receiver {
     async fn start(client: V3Client) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/pay/notify/v3", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let server = HttpServer::new(move || {
+        let server = TestServer::start(move |request: wxmp_testkit::http::Request| {
             let (client, log) = (client.clone(), log.clone());
-            ActixApp::new().route(
-                "/pay/notify/v3",
-                web::post().to(move |req: HttpRequest, body: web::Bytes| {
-                    let (client, log) = (client.clone(), log.clone());
-                    async move {
-                        let headers = SignatureHeaders::from_lookup(|name| {
-                            req.headers().get(name).and_then(|v| v.to_str().ok())
-                        });
-                        let refund = serde_json::from_slice::<Value>(&body)
-                            .ok()
-                            .and_then(|v| v["event_type"].as_str().map(str::to_owned))
-                            .filter(|e| e.starts_with("REFUND."));
-                        let result = match (headers, refund) {
-                            (Ok(h), Some(_)) => {
-                                client.refund_notify(&h, &body).await.map(|(opened, r)| {
-                                    Seen::Refunded {
-                                        event_type: opened.notification.event_type,
-                                        out_refund_no: r.out_refund_no,
-                                        refund_status: r.refund_status,
-                                        refund: r.amount.refund,
-                                    }
-                                })
-                            }
-                            (Ok(h), None) => {
-                                client.transaction_notify(&h, &body).await.map(|(_, tx)| {
-                                    Seen::Paid {
-                                        out_trade_no: tx.out_trade_no.clone(),
-                                        total: tx.total(),
-                                    }
-                                })
-                            }
-                            (Err(e), _) => Err(NotifyError::Verify(e)),
-                        };
-                        match result {
-                            Ok(seen) => {
-                                log.lock().unwrap().push(seen);
-                                HttpResponse::NoContent().finish()
-                            }
-                            Err(e) => {
-                                log.lock().unwrap().push(Seen::Refused(e.clone()));
-                                HttpResponse::InternalServerError()
-                                    .json(json!({"code": "FAIL", "message": e.to_string()}))
-                            }
-                        }
+            async move {
+                let headers = SignatureHeaders::from_lookup(|name| request.header(name));
+                let body = &request.body;
+                let refund = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["event_type"].as_str().map(str::to_owned))
+                    .filter(|e| e.starts_with("REFUND."));
+                let result = match (headers, refund) {
+                    (Ok(h), Some(_)) => {
+                        client
+                            .refund_notify(&h, body)
+                            .await
+                            .map(|(opened, r)| Seen::Refunded {
+                                event_type: opened.notification.event_type,
+                                out_refund_no: r.out_refund_no,
+                                refund_status: r.refund_status,
+                                refund: r.amount.refund,
+                            })
                     }
-                }),
-            )
+                    (Ok(h), None) => {
+                        client
+                            .transaction_notify(&h, body)
+                            .await
+                            .map(|(_, tx)| Seen::Paid {
+                                out_trade_no: tx.out_trade_no.clone(),
+                                total: tx.total(),
+                            })
+                    }
+                    (Err(e), _) => Err(NotifyError::Verify(e)),
+                };
+                match result {
+                    Ok(seen) => {
+                        log.lock().unwrap().push(seen);
+                        wxmp_testkit::http::Response::empty(204)
+                    }
+                    Err(e) => {
+                        log.lock().unwrap().push(Seen::Refused(e.clone()));
+                        wxmp_testkit::http::Response::new(
+                            "application/json",
+                            json!({"code": "FAIL", "message": e.to_string()}).to_string(),
+                        )
+                        .status(500)
+                    }
+                }
+            }
         })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        .await;
         Self {
-            url,
+            url: server.url("/pay/notify/v3"),
             seen,
-            _server: handle,
         }
     }
 
@@ -386,7 +372,7 @@ async fn public_key_mode_order_pay_notify_query_close_refund() {
 async fn requests_signed_wrongly_are_refused_with_sign_error() {
     let sb = start(Mode::PublicKey).await;
     // Signed with a key WeChat does not know for this merchant.
-    let stranger = include_str!("../devkeys/platform_a_key.pem");
+    let stranger = include_str!("../../devkeys/platform_a_key.pem");
     let bad_key = client_with(
         &sb,
         merchant(stranger, dev::MERCHANT_SERIAL),
@@ -751,7 +737,7 @@ async fn refunds_settle_to_each_status_with_their_notify() {
 /// TRANSACTION.SUCCESS notify the merchant verifies and decrypts), resend, drop.
 #[tokio::test]
 async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
-    use common::click;
+    use crate::helpers::click;
     let sb = start(Mode::PublicKey).await;
     let client = client(&sb, public_key_mode());
     let receiver = Receiver::start(client.clone()).await;
@@ -759,7 +745,7 @@ async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
         .jsapi(order("V3CN0001", &receiver.url))
         .await
         .unwrap();
-    let html = common::page(&sb).await;
+    let html = crate::helpers::page(&sb).await;
     assert!(
         html.contains(r#"<span class="trade-state" data-order="V3CN0001">NOTPAY</span>"#),
         "{html}"
@@ -871,7 +857,7 @@ async fn console_buttons_pay_fail_resend_and_drop_v3_orders() {
 /// REFUND.* notify; a concluded refund cannot be concluded again.
 #[tokio::test]
 async fn console_buttons_settle_fail_and_close_held_v3_refunds() {
-    use common::click;
+    use crate::helpers::click;
     let sb = start(Mode::PublicKey).await;
     let client = client(&sb, public_key_mode());
     let receiver = Receiver::start(client.clone()).await;
@@ -908,7 +894,7 @@ async fn console_buttons_settle_fail_and_close_held_v3_refunds() {
         assert_eq!(r.status, "PROCESSING");
     }
     // Held: each shows its three buttons, and the query still answers PROCESSING.
-    let html = common::page(&sb).await;
+    let html = crate::helpers::page(&sb).await;
     for (no, _, _) in ends {
         assert!(
             html.contains(&format!(r#"data-action="settle" data-key="{no}""#)),

@@ -2,13 +2,11 @@
 //! the developer endpoints then answer, a post without the page's token (or from another
 //! origin) changes nothing, and every value on the page is escaped.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::helpers::*;
 use aes::cipher::{BlockDecryptMut, KeyInit, block_padding::Pkcs7};
 use base64::Engine as _;
-use common::*;
 use md5::{Digest as _, Md5};
 use sandbox::{DEV_APP_ID, DEV_APP_SECRET, DEV_MCH_ID, DEV_PAY_KEY, SandboxHandle};
 use serde_json::json;

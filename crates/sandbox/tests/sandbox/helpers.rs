@@ -1,15 +1,11 @@
 //! Test helpers written from WeChat's documents, independent of `crates/wechat`: the sandbox
 //! must not share a bug with the client it tests.
-#![allow(dead_code)]
-
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use actix_web::{App as ActixApp, HttpResponse, HttpServer, web};
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sandbox::{
@@ -17,6 +13,8 @@ use sandbox::{
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
+pub use wxmp_testkit::http::TestServer;
+use wxmp_testkit::http::{Request, Response};
 
 pub const APP2_ID: &str = "wx00000000000dev02";
 pub const APP2_SECRET: &str = "second0000000000000000000secret2";
@@ -262,62 +260,40 @@ pub struct Receiver {
     pub bodies: Arc<Mutex<Vec<String>>>,
     /// (in flight now, most ever in flight at once).
     pub in_flight: Arc<Mutex<(usize, usize)>>,
-    _server: actix_web::dev::ServerHandle,
 }
 
 impl Receiver {
     pub async fn start(answers: Vec<Answer>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/pay/notify", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let answers = Arc::new(answers);
         let in_flight = Arc::new(Mutex::new((0, 0)));
         let (seen, flying) = (bodies.clone(), in_flight.clone());
-        let server = HttpServer::new(move || {
-            let (seen, flying) = (seen.clone(), flying.clone());
-            let answers = answers.clone();
-            ActixApp::new().route(
-                "/pay/notify",
-                web::post().to(move |body: String| {
-                    let (seen, flying) = (seen.clone(), flying.clone());
-                    let answers = answers.clone();
-                    async move {
-                        {
-                            let mut f = flying.lock().unwrap();
-                            f.0 += 1;
-                            f.1 = f.1.max(f.0);
-                        }
-                        let n = {
-                            let mut seen = seen.lock().unwrap();
-                            seen.push(body);
-                            seen.len()
-                        };
-                        let answer = answers[(n - 1).min(answers.len() - 1)].clone();
-                        if answer.delay_ms > 0 {
-                            tokio::time::sleep(Duration::from_millis(answer.delay_ms)).await;
-                        }
-                        flying.lock().unwrap().0 -= 1;
-                        HttpResponse::build(
-                            actix_web::http::StatusCode::from_u16(answer.status).unwrap(),
-                        )
-                        .content_type("text/xml")
-                        .body(answer.body)
-                    }
-                }),
-            )
+        let server = TestServer::start(move |request: Request| {
+            let (seen, flying, answers) = (seen.clone(), flying.clone(), answers.clone());
+            async move {
+                {
+                    let mut f = flying.lock().unwrap();
+                    f.0 += 1;
+                    f.1 = f.1.max(f.0);
+                }
+                let n = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(request.text());
+                    seen.len()
+                };
+                let answer = answers[(n - 1).min(answers.len() - 1)].clone();
+                if answer.delay_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(answer.delay_ms)).await;
+                }
+                flying.lock().unwrap().0 -= 1;
+                Response::new("text/xml", answer.body).status(answer.status)
+            }
         })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        .await;
         Self {
-            url,
+            url: server.url("/pay/notify"),
             bodies,
             in_flight,
-            _server: handle,
         }
     }
 

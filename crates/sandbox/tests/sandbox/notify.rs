@@ -1,10 +1,8 @@
 //! `/sandbox/pay` and the payment notify: content, signature, retry schedule, faults.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 use sandbox::{Config, DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY};
 use serde_json::{Value, json};
 

@@ -1,11 +1,9 @@
 //! Pay v2 paths fed hand-written XML samples signed with independent MD5 / HMAC-SHA256 code,
 //! answers checked field by field against the unifiedorder / orderquery / closeorder documents.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::helpers::*;
 use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY};
 use serde_json::json;
 

@@ -1,11 +1,9 @@
 //! jscode2session, the token paths and `/sandbox/login-code`, checked against the documented
 //! JSON shapes and errcodes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use sandbox::{Config, DEV_APP_ID, DEV_APP_SECRET};
 use serde_json::{Value, json};
 
