@@ -3,14 +3,11 @@
 //! XML notifies signed with the merchant key; v3: JSON notifies signed by WeChat Pay's key,
 //! their resource sealed with the APIv3 key).
 
-mod common;
-mod events;
-#[path = "pay/hardening.rs"]
 mod hardening;
 
 use std::sync::atomic::Ordering;
 
-use common::*;
+use crate::helpers::*;
 use pay_service::OrderState;
 use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY};
 use service_kit::ErrorReason;
@@ -21,6 +18,7 @@ use wxmp_proto::pay::v1::{
 };
 
 on_both_backends_and_apis!(
+    api = crate::helpers::Api;
     product_payment_is_applied_by_the_notify,
     the_same_notify_applies_once,
     forged_and_mismatched_notifies_change_nothing,

@@ -1,11 +1,9 @@
 //! The binary's path: `serve` on a real listener, gRPC with the internal token, the reconciler
 //! running in the background, graceful shutdown. On PostgreSQL and SQLite.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::helpers::*;
 use service_kit::{
     Secret, Shutdown,
     grpc::{AttachToken, InternalAuthConfig},
@@ -78,7 +76,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
         .unwrap()
         .into_inner();
     let no = prepared.order.clone().unwrap().order_no;
-    let mut phone = common::request_payment(&prepared);
+    let mut phone = crate::helpers::request_payment(&prepared);
     phone["faults"] = serde_json::json!({"drop_notify": true});
     let resp = reqwest::Client::new()
         .post(sandbox.url("/sandbox/pay"))

@@ -20,16 +20,12 @@ use pay_service::{
 use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY};
 use service_kit::ErrorReason;
 use sha2::{Digest as _, Sha256};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::Notify,
-};
+use tokio::sync::Notify;
 use wxmp_proto::pay::v1::{OrderState as PbState, prepare_jsapi_payment_request::Target};
 
-use crate::common::*;
+use crate::helpers::*;
 
-crate::on_both_backends!(
+on_both_backends!(
     hmac_notifies_without_sign_type_verify_with_the_orders_algorithm,
     failed_payment_and_return_fail_notifies_are_acknowledged_and_change_nothing,
     reconcilers_with_a_slow_wechat_ask_once_per_order,
@@ -43,7 +39,10 @@ crate::on_both_backends!(
 mod both_apis {
     use super::*;
 
-    crate::on_both_backends_and_apis!(a_unifiedorder_retry_is_the_first_ones_request);
+    on_both_backends_and_apis!(
+        api = crate::helpers::Api;
+        a_unifiedorder_retry_is_the_first_ones_request
+    );
 }
 
 fn state(o: &wxmp_proto::pay::v1::Order) -> PbState {
@@ -232,108 +231,58 @@ async fn failed_payment_and_return_fail_notifies_are_acknowledged_and_change_not
 /// A stand-in for a slow WeChat in front of the sandbox: forwards every Pay call and counts the
 /// orderqueries per out_trade_no. The first orderquery "takes" 5 minutes of the services'
 /// clock (longer than a reconcile lease); the second is held until the test lets it go.
-#[derive(Clone)]
 struct SlowWechat {
     base_url: String,
     queries: Arc<Mutex<HashMap<String, usize>>>,
-    calls: Arc<AtomicUsize>,
     holding: Arc<AtomicBool>,
     release: Arc<Notify>,
 }
 
 impl SlowWechat {
     async fn start(sandbox_base: String, clock: Clock) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Self {
-            base_url: format!("http://{}", listener.local_addr().unwrap()),
-            queries: Arc::default(),
-            calls: Arc::default(),
-            holding: Arc::default(),
-            release: Arc::new(Notify::new()),
-        };
-        let p = proxy.clone();
-        let http = reqwest::Client::new();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (p, http, sandbox, clock) =
-                    (p.clone(), http.clone(), sandbox_base.clone(), clock.clone());
-                tokio::spawn(async move {
-                    let _ = p.serve_one(stream, &http, &sandbox, &clock).await;
-                });
-            }
-        });
-        proxy
-    }
-
-    async fn serve_one(
-        &self,
-        mut stream: tokio::net::TcpStream,
-        http: &reqwest::Client,
-        sandbox: &str,
-        clock: &Clock,
-    ) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-        let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let length: usize = head
-            .to_ascii_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < header_end + length {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = buf[header_end..].to_vec();
-        if path == "/pay/orderquery" {
-            let order_no = wechat::pay::xml::parse(&body)
-                .ok()
-                .and_then(|f| f.get("out_trade_no").cloned())
-                .unwrap_or_default();
-            *self.queries.lock().unwrap().entry(order_no).or_default() += 1;
-            match self.calls.fetch_add(1, Ordering::SeqCst) {
-                0 => clock.advance(300),
-                1 => {
-                    let released = self.release.notified();
-                    self.holding.store(true, Ordering::SeqCst);
-                    released.await;
-                }
-                _ => {}
-            }
-        }
-        let answer = http
-            .post(format!("{sandbox}{path}"))
-            .header("content-type", "text/xml")
-            .body(body)
-            .send()
-            .await
-            .map_err(std::io::Error::other)?;
-        let status = answer.status();
-        let reply = answer.bytes().await.map_err(std::io::Error::other)?;
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            reply.len()
+        let (queries, calls, holding, release) = (
+            Arc::<Mutex<HashMap<String, usize>>>::default(),
+            Arc::<AtomicUsize>::default(),
+            Arc::<AtomicBool>::default(),
+            Arc::new(Notify::new()),
         );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&reply).await?;
-        stream.shutdown().await
+        let (q, c, h, n) = (
+            queries.clone(),
+            calls.clone(),
+            holding.clone(),
+            release.clone(),
+        );
+        let http = reqwest::Client::new();
+        let server = TestServer::start(move |r: TestRequest| {
+            let (queries, calls, holding, release) = (q.clone(), c.clone(), h.clone(), n.clone());
+            let (http, sandbox, clock) = (http.clone(), sandbox_base.clone(), clock.clone());
+            async move {
+                if r.path() == "/pay/orderquery" {
+                    let order_no = wechat::pay::xml::parse(&r.body)
+                        .ok()
+                        .and_then(|f| f.get("out_trade_no").cloned())
+                        .unwrap_or_default();
+                    *queries.lock().unwrap().entry(order_no).or_default() += 1;
+                    match calls.fetch_add(1, Ordering::SeqCst) {
+                        0 => clock.advance(300),
+                        1 => {
+                            let released = release.notified();
+                            holding.store(true, Ordering::SeqCst);
+                            released.await;
+                        }
+                        _ => {}
+                    }
+                }
+                forward(&http, &sandbox, &r).await
+            }
+        })
+        .await;
+        Self {
+            base_url: server.base(),
+            queries,
+            holding,
+            release,
+        }
     }
 
     fn queries(&self) -> HashMap<String, usize> {
@@ -643,7 +592,7 @@ async fn a_unifiedorder_retry_is_the_first_ones_request(backend: Backend, api: A
         Api::V3 => "RSA",
     };
     assert_eq!(params.sign_type, expected);
-    assert!(crate::pay_sign_verifies(api, &params));
+    assert!(super::pay_sign_verifies(api, &params));
     let placed = env.wechat_order(&no).await;
     assert_eq!(placed["notify_url"], env.wechat_notify_url().as_str());
     assert_eq!(placed["sign_type"], sign_type);

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU16, Ordering},
@@ -15,19 +14,16 @@ use futures::StreamExt as _;
 use hmac::{Hmac, Mac};
 use pay_service::{Payments, events, webhooks};
 use sha2::Sha256;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
 use tonic::Request;
 use wxmp_proto::pay::v1::{
     self as pb, OrderEventKind, pay_service_server::PayService,
     prepare_jsapi_payment_request::Target,
 };
 
-use crate::common::*;
+use crate::helpers::*;
 
-crate::on_both_backends!(
+on_both_backends!(
     each_state_change_has_exactly_one_event,
     a_thousand_payments_stream_exactly_once_across_reconnects,
     the_stream_filters_kinds_and_follows_live,
@@ -270,48 +266,17 @@ impl Endpoint {
     async fn start(status: u16) -> (Self, String) {
         let endpoint = Self::default();
         endpoint.status.store(status, Ordering::SeqCst);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
         let e = endpoint.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let e = e.clone();
-                tokio::spawn(async move {
-                    let _ = e.serve_one(stream).await;
-                });
-            }
-        });
-        (endpoint, format!("http://{addr}/hooks/wxmp"))
+        let server = TestServer::start(move |r: TestRequest| {
+            let e = e.clone();
+            async move { e.serve_one(r).await }
+        })
+        .await;
+        (endpoint, server.url("/hooks/wxmp"))
     }
 
-    async fn serve_one(&self, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-        let header = |name: &str| -> String {
-            head.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
-        let length: usize = header("content-length").parse().unwrap_or(0);
-        while buf.len() < header_end + length {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+    async fn serve_one(&self, r: TestRequest) -> TestResponse {
+        let header = |name: &str| r.header(name).unwrap_or_default().to_owned();
         let event_id: i64 = header("x-wxmp-event-id").parse().unwrap_or(-1);
         {
             let mut in_flight = self.in_flight.lock().unwrap();
@@ -326,15 +291,13 @@ impl Endpoint {
         self.requests.lock().unwrap().push(Received {
             event_id,
             timestamp: header("x-wxmp-timestamp").parse().unwrap_or(0),
-            signature: header("x-wxmp-signature"),
-            body: buf[header_end..].to_vec(),
+            // Lower-cased like every header value the receiver compared before.
+            signature: header("x-wxmp-signature").to_ascii_lowercase(),
+            body: r.body,
             answered: status,
         });
         *self.in_flight.lock().unwrap().get_mut(&event_id).unwrap() -= 1;
-        let response =
-            format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        TestResponse::empty(status)
     }
 
     fn requests(&self) -> Vec<Received> {

@@ -1,11 +1,8 @@
 //! Test harness: a pay-service core on a fresh PostgreSQL database or SQLite file, the real
 //! sandbox as WeChat, and a tiny HTTP receiver standing in for the gateway's notify endpoint.
 
-#![allow(dead_code)]
-
 use std::{
     future::Future,
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,50 +14,20 @@ use pay_service::{Catalog, Clock, Config, Payments};
 use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY, SandboxHandle};
 use service_kit::{
     Secret,
-    db::testing::{fresh_postgres_url, fresh_sqlite_url},
     grpc::{DrainConfig, InternalAuthConfig},
     telemetry::{LogFormat, TelemetryConfig},
-};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
 };
 use tonic::{Request, Status};
 use wxmp_proto::{
     auth::v1::Principal,
     pay::v1::{self as pb, pay_service_server::PayService, prepare_jsapi_payment_request::Target},
 };
+use wxmp_testkit::db::{fresh_sqlite_url, migrated_postgres_url};
+pub use wxmp_testkit::http::{Request as TestRequest, Response as TestResponse, TestServer};
 
 pub const PRODUCTS: &str = "vip:990:VIP one month;coins:100:100 coins";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// Runs each named `async fn(Backend)` of the enclosing file on both back ends.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Postgres).await
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite).await
-                }
-            )*
-        }
-    };
-}
+pub use wxmp_testkit::{Backend, on_both_backends, on_both_backends_and_apis};
 
 /// The WeChat Pay API a test runs on, with what differs between them in WeChat's own words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,46 +77,6 @@ impl Api {
             Api::V3 => "NOT_ENOUGH",
         }
     }
-}
-
-/// Runs each named `async fn(Backend, Api)` of the enclosing file on both back ends and both
-/// WeChat Pay APIs: the same assertions four times.
-#[macro_export]
-macro_rules! on_both_backends_and_apis {
-    ($($name:ident),* $(,)?) => {
-        mod postgres_v2 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Postgres, $crate::common::Api::V2).await
-                }
-            )*
-        }
-        mod sqlite_v2 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite, $crate::common::Api::V2).await
-                }
-            )*
-        }
-        mod postgres_v3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Postgres, $crate::common::Api::V3).await
-                }
-            )*
-        }
-        mod sqlite_v3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite, $crate::common::Api::V3).await
-                }
-            )*
-        }
-    };
 }
 
 /// Pay v3 with the sandbox's dev keys (public-key mode), written to `dir` as a merchant has
@@ -217,71 +144,32 @@ impl Reply {
 
 impl Receiver {
     async fn start(payments: Payments) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
         let receiver = Self {
-            url: format!("http://{addr}/pay/notify"),
-            refund_url: format!("http://{addr}/pay/refund-notify"),
+            url: String::new(),
+            refund_url: String::new(),
             bodies: Arc::default(),
             notices: Arc::default(),
             forward: Arc::new(AtomicBool::new(true)),
         };
         let r = receiver.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (r, payments) = (r.clone(), payments.clone());
-                tokio::spawn(async move {
-                    let _ = r.serve_one(stream, payments).await;
-                });
-            }
-        });
-        receiver
+        let server = TestServer::start(move |request: TestRequest| {
+            let (r, payments) = (r.clone(), payments.clone());
+            async move { r.serve_one(request, payments).await }
+        })
+        .await;
+        Self {
+            url: server.url("/pay/notify"),
+            refund_url: server.url("/pay/refund-notify"),
+            ..receiver
+        }
     }
 
-    async fn serve_one(
-        &self,
-        mut stream: tokio::net::TcpStream,
-        payments: Payments,
-    ) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let original_head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-        let head = original_head.to_ascii_lowercase();
+    async fn serve_one(&self, request: TestRequest, payments: Payments) -> TestResponse {
+        // The request line, lower-cased, as the routes below compare it.
+        let head = format!("{} {} ", request.method, request.target).to_ascii_lowercase();
         // A header's value as sent (the v3 signature is case-sensitive base64).
-        let header = |name: &str| -> String {
-            original_head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.trim()
-                        .eq_ignore_ascii_case(name)
-                        .then(|| v.trim().to_owned())
-                })
-                .unwrap_or_default()
-        };
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < header_end + length {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = buf[header_end..].to_vec();
+        let header = |name: &str| -> String { request.header(name).unwrap_or_default().to_owned() };
+        let body = request.body.clone();
         self.bodies.lock().unwrap().push(body.clone());
         let refund = head.starts_with("post /pay/refund-notify");
         let v3 = head.starts_with("post /pay/notify/v3 ")
@@ -303,7 +191,7 @@ impl Receiver {
         if v3 {
             let forward = self.forward.load(Ordering::SeqCst);
             let (status, reply) = if !forward {
-                ("503 Service Unavailable", String::new())
+                (503, String::new())
             } else {
                 let (timestamp, nonce, signature, serial) = (
                     header("wechatpay-timestamp"),
@@ -343,20 +231,15 @@ impl Receiver {
                     (r.accepted, r.message)
                 };
                 if accepted {
-                    ("204 No Content", String::new())
+                    (204, String::new())
                 } else {
                     (
-                        "400 Bad Request",
+                        400,
                         serde_json::json!({"code": "FAIL", "message": message}).to_string(),
                     )
                 }
             };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
-            stream.write_all(response.as_bytes()).await?;
-            return stream.shutdown().await;
+            return TestResponse::new("application/json", reply).status(status);
         }
         let (status, reply) = if self.forward.load(Ordering::SeqCst) && refund {
             let reply = PayService::handle_refund_notify(
@@ -366,7 +249,7 @@ impl Receiver {
             .await
             .map(|r| r.into_inner().reply_xml)
             .unwrap_or_default();
-            ("200 OK", reply)
+            (200, reply)
         } else if self.forward.load(Ordering::SeqCst) {
             let reply = PayService::handle_pay_notify(
                 &payments,
@@ -375,16 +258,11 @@ impl Receiver {
             .await
             .map(|r| r.into_inner().reply_xml)
             .unwrap_or_default();
-            ("200 OK", reply)
+            (200, reply)
         } else {
-            ("503 Service Unavailable", String::new())
+            (503, String::new())
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-            reply.len()
-        );
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        TestResponse::new("text/xml", reply).status(status)
     }
 
     pub fn captured(&self) -> Vec<Vec<u8>> {
@@ -453,7 +331,12 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
 
 pub async fn database_url(backend: Backend) -> (String, Option<tempfile::TempDir>) {
     match backend {
-        Backend::Postgres => (fresh_postgres_url("wxmp_pay").await.unwrap(), None),
+        Backend::Postgres => (
+            migrated_postgres_url("wxmp_pay", &pay_service::MIGRATIONS)
+                .await
+                .unwrap(),
+            None,
+        ),
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             (fresh_sqlite_url(dir.path(), "pay"), Some(dir))
@@ -1082,4 +965,34 @@ pub fn notify_fields<'a>(
         }
     }
     fields
+}
+
+/// Sends `request` on to `upstream` (a base URL) as it came, and answers what came back: the
+/// body of a proxy in front of the sandbox.
+pub async fn forward(
+    http: &reqwest::Client,
+    upstream: &str,
+    request: &TestRequest,
+) -> TestResponse {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
+    let mut onward = http
+        .request(method, format!("{upstream}{}", request.target))
+        .body(request.body.clone());
+    for (name, value) in &request.headers {
+        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+            onward = onward.header(name, value);
+        }
+    }
+    let answer = onward.send().await.unwrap();
+    let mut response = TestResponse::empty(answer.status().as_u16());
+    for (name, value) in answer.headers() {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
+            response = response.header(name.as_str(), value.to_str().unwrap_or_default());
+        }
+    }
+    response.body = answer.bytes().await.unwrap().to_vec();
+    response
 }

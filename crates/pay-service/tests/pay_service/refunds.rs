@@ -5,9 +5,9 @@
 //! NOT_ENOUGH, SYSTEMERROR / SYSTEM_ERROR and a crash between the WeChat call and storing its
 //! answer; plus an order placed on v2 that refunds on v2 after the switch to v3.
 
-mod common;
-
-use common::{Api, Backend, Env, eventually, principal, reason};
+use crate::helpers::{
+    Api, Backend, Env, eventually, on_both_backends, on_both_backends_and_apis, principal, reason,
+};
 use pay_service::{RefundState, store};
 use serde_json::{Value, json};
 use service_kit::ErrorReason;
@@ -73,14 +73,7 @@ async fn wait_refund(env: &Env, out_refund_no: &str, state: pb::RefundState) -> 
 }
 
 async fn set_faults(env: &Env, faults: Value) {
-    let resp = env
-        .http
-        .post(env.sandbox.url("/sandbox/faults"))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
+    env.set_faults(faults).await;
 }
 
 async fn sandbox_get(env: &Env, path: &str) -> Value {
@@ -1020,7 +1013,7 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     let old = paid_order(&env, 17).await;
     // The restart with WXMP_PAY_API=v3 (the v2 key and certificate stay for v2 orders).
     let keys = env.keys_dir().to_owned();
-    let switched = env.replica_with(|c| c.v3 = common::v3_config(&keys, Api::V3));
+    let switched = env.replica_with(|c| c.v3 = crate::helpers::v3_config(&keys, Api::V3));
     let answer = switched
         .refund(pay_service::RefundOrder {
             order_no: old.order_no.clone(),
@@ -1089,7 +1082,7 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
 
 /// The first v3 pay notify WeChat sent for `out_trade_no`, headers and all (the sandbox keeps
 /// every attempt; the receiver's copies are not told apart, their resource being sealed).
-async fn sent_v3_notice(env: &Env, out_trade_no: &str) -> common::Notice {
+async fn sent_v3_notice(env: &Env, out_trade_no: &str) -> crate::helpers::Notice {
     let path = format!("/sandbox/v3/notifies?out_trade_no={out_trade_no}");
     let sent = std::sync::Mutex::new(Value::Null);
     eventually(|| async {
@@ -1101,7 +1094,7 @@ async fn sent_v3_notice(env: &Env, out_trade_no: &str) -> common::Notice {
     .await;
     let first = sent.into_inner().unwrap()[0].clone();
     let field = |name: &str| first[name].as_str().unwrap().to_owned();
-    common::Notice {
+    crate::helpers::Notice {
         body: field("request").into_bytes(),
         headers: Some([
             field("timestamp"),
@@ -1156,7 +1149,7 @@ async fn v3_orders_are_served_after_the_switch_back_to_v2(backend: Backend) {
     // Paid by its v3 notify, verified and applied by the v2-configured service.
     env.sandbox_pay(&by_notify, None).await;
     let notice = sent_v3_notice(env, &no(&by_notify)).await;
-    let reply = common::deliver_to(&switched, &notice).await;
+    let reply = crate::helpers::deliver_to(&switched, &notice).await;
     assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
     assert_eq!(
         env.get(&no(&by_notify), 0).await.unwrap().state,
@@ -1198,7 +1191,7 @@ async fn v3_orders_are_served_after_the_switch_back_to_v2(backend: Backend) {
     let bare = env.replica_with(|c| c.v3 = Default::default());
     env.sandbox_pay(&stranded, None).await;
     let notice = sent_v3_notice(env, &no(&stranded)).await;
-    let reply = common::deliver_to(&bare, &notice).await;
+    let reply = crate::helpers::deliver_to(&bare, &notice).await;
     assert!(!reply.accepted && !reply.wechat_stops(), "{reply:?}");
     let report = bare.reconcile_once().await.unwrap();
     assert_eq!(report.paid, 0, "{report:?}");
@@ -1207,7 +1200,7 @@ async fn v3_orders_are_served_after_the_switch_back_to_v2(backend: Backend) {
         pb::OrderState::Paying as i32
     );
     // The service with them applies the same notify.
-    let reply = common::deliver_to(&switched, &notice).await;
+    let reply = crate::helpers::deliver_to(&switched, &notice).await;
     assert_eq!((reply.verdict.as_str(), reply.accepted), ("applied", true));
 }
 
@@ -1300,6 +1293,7 @@ async fn the_secapi_port_requires_the_merchant_certificate(backend: Backend) {
 }
 
 on_both_backends_and_apis!(
+    api = crate::helpers::Api;
     partial_then_full_refund,
     over_refund_is_refused_and_never_sent,
     concurrent_refunds_race_for_the_last_fen,
