@@ -535,7 +535,7 @@ async fn two_reconcilers_never_ask_about_one_order_at_once() {
 async fn four_replicas_starting_at_once_migrate_once() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let pay_db = service_kit::db::testing::fresh_postgres_url("wxmp_scale_migrate")
+    let pay_db = wxmp_testkit::db::fresh_postgres_url("wxmp_scale_migrate")
         .await
         .expect("PostgreSQL");
     let replicas: Vec<(u16, Service)> = (0..4)

@@ -187,10 +187,7 @@ async fn json_bodies(backend: Backend) {
     assert!(t.db_orders().await.is_empty());
     t.login(Some(&openid)).await;
 }
-on_both_backends!(
-    bad_json_input_gets_a_clear_4xx_and_changes_nothing,
-    json_bodies
-);
+on_both_backends!(workers = 4; json_bodies as bad_json_input_gets_a_clear_4xx_and_changes_nothing);
 
 async fn hostile_notifies(backend: Backend) {
     let t = TestStack::start_with(backend, |o| {
@@ -333,7 +330,7 @@ async fn hostile_notifies(backend: Backend) {
         .count();
     assert_eq!(applied, 1);
 }
-on_both_backends!(hostile_notifies_fail_and_change_nothing, hostile_notifies);
+on_both_backends!(workers = 4; hostile_notifies as hostile_notifies_fail_and_change_nothing);
 
 /// The body of the notify the sandbox delivered for `order_no` (the genuine one).
 async fn wechat_notify_of(t: &TestStack, order_no: &str) -> String {

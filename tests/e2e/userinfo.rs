@@ -64,10 +64,7 @@ async fn profile_round_trip(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["data"]["nickname"], "第二次");
 }
-on_both_backends!(
-    a_sandbox_profile_is_decrypted_and_stored,
-    profile_round_trip
-);
+on_both_backends!(workers = 4; profile_round_trip as a_sandbox_profile_is_decrypted_and_stored);
 
 async fn failures_are_uniform(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -117,10 +114,7 @@ async fn failures_are_uniform(backend: Backend) {
     let (_, me) = t.me(&token).await;
     assert_eq!(me["data"]["nickname"], "原来的", "nothing changed: {me}");
 }
-on_both_backends!(
-    every_decryption_failure_is_205_and_changes_nothing,
-    failures_are_uniform
-);
+on_both_backends!(workers = 4; failures_are_uniform as every_decryption_failure_is_205_and_changes_nothing);
 
 async fn relogin_between(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -139,10 +133,7 @@ async fn relogin_between(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["data"]["nickname"], "新");
 }
-on_both_backends!(
-    a_relogin_between_fetch_and_post_fails_cleanly_then_succeeds,
-    relogin_between
-);
+on_both_backends!(workers = 4; relogin_between as a_relogin_between_fetch_and_post_fails_cleanly_then_succeeds);
 
 async fn phone_number(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -164,7 +155,7 @@ async fn phone_number(backend: Backend) {
     let (_, me) = t.me(&token).await;
     assert_eq!(me["data"]["phone"], "13800138000", "{me}");
 }
-on_both_backends!(a_phone_number_is_stored, phone_number);
+on_both_backends!(workers = 4; phone_number as a_phone_number_is_stored);
 
 async fn token_required(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -180,4 +171,4 @@ async fn token_required(backend: Backend) {
         "{answer}"
     );
 }
-on_both_backends!(an_unknown_token_is_202, token_required);
+on_both_backends!(workers = 4; token_required as an_unknown_token_is_202);

@@ -81,7 +81,7 @@ async fn login_flood(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
 }
-on_both_backends!(login_is_rate_limited_per_client_ip, login_flood);
+on_both_backends!(workers = 4; login_flood as login_is_rate_limited_per_client_ip);
 
 async fn notify_flood(backend: Backend) {
     let t = TestStack::start_with(backend, |o| {
@@ -145,7 +145,7 @@ async fn notify_flood(backend: Backend) {
     let genuine = t.db_verdicts().await;
     assert!(genuine.iter().any(|(_, v)| v == "applied"));
 }
-on_both_backends!(failed_notifies_are_rate_limited_per_client_ip, notify_flood);
+on_both_backends!(workers = 4; notify_flood as failed_notifies_are_rate_limited_per_client_ip);
 
 /// Issue 19 item 1: behind a proxy (or from WeChat's own address) garbage must never lock out
 /// WeChat. Forty bad notifies from the sandbox's own address (127.0.0.1, as every request is
@@ -209,10 +209,7 @@ async fn garbage_then_genuine_notify(backend: Backend) {
         .count();
     assert_eq!(bad, 20, "throttled forgeries are not stored: {verdicts:?}");
 }
-on_both_backends!(
-    genuine_notifies_pass_an_address_throttled_for_forgeries,
-    garbage_then_genuine_notify
-);
+on_both_backends!(workers = 4; garbage_then_genuine_notify as genuine_notifies_pass_an_address_throttled_for_forgeries);
 
 const INTERNAL_TOKEN: &str = "internal-token-for-the-e2e-test-0123456789";
 
@@ -296,7 +293,7 @@ async fn internal_token(backend: Backend) {
         .expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
-on_both_backends!(internal_grpc_requires_the_service_token, internal_token);
+on_both_backends!(workers = 4; internal_token as internal_grpc_requires_the_service_token);
 
 /// Lists the services of one gRPC server through reflection (`grpcurl list`), with `token` as
 /// the internal token if given.

@@ -157,7 +157,7 @@ async fn buy_a_product_on_v3(backend: Backend) {
     );
     assert_eq!(verdicts(&t, order_no).await, ["applied"]);
 }
-on_both_backends!(a_product_is_paid_on_v3, buy_a_product_on_v3);
+on_both_backends!(workers = 4; buy_a_product_on_v3 as a_product_is_paid_on_v3);
 
 async fn pay_for_order(t: &TestStack, token: &str, order_no: &str) -> (StatusCode, Value) {
     t.post(
@@ -220,10 +220,7 @@ async fn bad_notifies_on_v3(backend: Backend) {
     let body: Value = reply.json().await.unwrap();
     assert_eq!(body["code"], "FAIL");
 }
-on_both_backends!(
-    forged_stale_and_tampered_v3_notifies_change_nothing,
-    bad_notifies_on_v3
-);
+on_both_backends!(workers = 4; bad_notifies_on_v3 as forged_stale_and_tampered_v3_notifies_change_nothing);
 
 async fn rotation_mid_run(backend: Backend) {
     let t = start(backend, sandbox::v3::Mode::Certificate).await;
@@ -251,10 +248,7 @@ async fn rotation_mid_run(backend: Backend) {
         .await;
     assert_eq!(verdicts(&t, order_no).await, ["applied"]);
 }
-on_both_backends!(
-    a_platform_certificate_rotated_mid_run_is_picked_up,
-    rotation_mid_run
-);
+on_both_backends!(workers = 4; rotation_mid_run as a_platform_certificate_rotated_mid_run_is_picked_up);
 
 /// The states of every order, oldest first.
 async fn order_states(t: &TestStack) -> Vec<String> {
@@ -286,10 +280,7 @@ async fn unverifiable_answer(backend: Backend) {
     // The retry pays the same order (a double tap buys once: PAY_PRODUCT_REUSE_SECS).
     assert_eq!(order_states(&t).await, ["PAYING"]);
 }
-on_both_backends!(
-    an_unverifiable_answer_is_wechat_unavailable,
-    unverifiable_answer
-);
+on_both_backends!(workers = 4; unverifiable_answer as an_unverifiable_answer_is_wechat_unavailable);
 
 diesel::table! {
     refund_notifications (id) {
@@ -416,7 +407,7 @@ async fn refund_on_v3(backend: Backend) {
     assert_eq!((order.refunded_fen, order.refunding_fen), (500, 0));
     assert_eq!(refunds.len(), 1);
 }
-on_both_backends!(a_refund_on_v3_is_settled_by_its_notify, refund_on_v3);
+on_both_backends!(workers = 4; refund_on_v3 as a_refund_on_v3_is_settled_by_its_notify);
 
 /// As on v2 (`tests/security.rs`): an address over its budget of forged v3 signatures is
 /// throttled — its forgeries get 429 and are not even recorded — yet WeChat's genuine v3
@@ -473,10 +464,7 @@ async fn throttled_address_on_v3(backend: Backend) {
         .await;
     assert_eq!(verdicts(&t, &order_no).await, ["applied"]);
 }
-on_both_backends!(
-    a_throttled_address_still_passes_genuine_v3_notifies,
-    throttled_address_on_v3
-);
+on_both_backends!(workers = 4; throttled_address_on_v3 as a_throttled_address_still_passes_genuine_v3_notifies);
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

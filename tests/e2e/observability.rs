@@ -1,7 +1,8 @@
 //! The operations kit names only metrics that exist: every `wxmp_*` metric in
 //! `deploy/observability/alerts.yml` and `grafana-dashboard.json` is in the services'
 //! `/metrics` after real traffic (login, profile, phone, a paid order, a notify, a repaired
-//! dropped notify, reconciler passes). A test binary of its own: the recorder is global.
+//! dropped notify, reconciler passes). A process of its own: the recorder is global
+//! (a metric handle taken before it was installed would stay a no-op).
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -40,6 +41,12 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
+    if !wxmp_testkit::in_own_process(concat!(
+        module_path!(),
+        "::every_metric_the_dashboard_and_alerts_name_is_exported"
+    )) {
+        return;
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
     let mut named = BTreeSet::new();
     for file in ["alerts.yml", "grafana-dashboard.json"] {

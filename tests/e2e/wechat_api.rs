@@ -121,7 +121,7 @@ async fn phone_by_code(backend: Backend) {
     );
     assert_eq!(stats["rejected_uses"], 1, "{stats}");
 }
-on_both_backends!(phone_number_by_code, phone_by_code);
+on_both_backends!(workers = 4; phone_by_code as phone_number_by_code);
 
 /// (order_no, state, attempts) of every paid message row.
 async fn paid_messages(t: &TestStack) -> Vec<(String, String, i32)> {
@@ -287,4 +287,4 @@ async fn paid_message_once(backend: Backend) {
     assert_eq!((row.1.as_str(), row.2), ("REFUSED", 1), "{row:?}");
     assert!(sent_messages(&t, &other_openid).await.is_empty());
 }
-on_both_backends!(the_paid_message_is_sent_exactly_once, paid_message_once);
+on_both_backends!(workers = 4; paid_message_once as the_paid_message_is_sent_exactly_once);

@@ -29,7 +29,7 @@ async fn seed_client_flow(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["data"]["openid"], openid.as_str());
 }
-on_both_backends!(seed_client_flow_returns_a_token, seed_client_flow);
+on_both_backends!(workers = 4; seed_client_flow as seed_client_flow_returns_a_token);
 
 async fn second_login_reuses_the_user(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -42,10 +42,7 @@ async fn second_login_reuses_the_user(backend: Backend) {
     assert_eq!(me1["data"]["user_id"], me2["data"]["user_id"]);
     assert!(me1["data"]["user_id"].as_i64().unwrap() > 0);
 }
-on_both_backends!(
-    second_login_of_an_openid_reuses_its_user,
-    second_login_reuses_the_user
-);
+on_both_backends!(workers = 4; second_login_reuses_the_user as second_login_of_an_openid_reuses_its_user);
 
 async fn concurrent_first_logins(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -72,10 +69,7 @@ async fn concurrent_first_logins(backend: Backend) {
     user_ids.dedup();
     assert_eq!(user_ids.len(), 1, "one user for one openid: {user_ids:?}");
 }
-on_both_backends!(
-    concurrent_first_logins_make_one_user,
-    concurrent_first_logins
-);
+on_both_backends!(workers = 4; concurrent_first_logins as concurrent_first_logins_make_one_user);
 
 async fn reused_and_invalid_codes(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -96,7 +90,7 @@ async fn reused_and_invalid_codes(backend: Backend) {
         "{missing}"
     );
 }
-on_both_backends!(a_reused_or_unknown_code_is_202, reused_and_invalid_codes);
+on_both_backends!(workers = 4; reused_and_invalid_codes as a_reused_or_unknown_code_is_202);
 
 async fn logout(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -116,7 +110,7 @@ async fn logout(backend: Backend) {
         "{me}"
     );
 }
-on_both_backends!(logout_invalidates_the_token, logout);
+on_both_backends!(workers = 4; logout as logout_invalidates_the_token);
 
 async fn expired_session(backend: Backend) {
     let t = TestStack::start_with(backend, |o| {
@@ -134,7 +128,7 @@ async fn expired_session(backend: Backend) {
     .expect("the session expires");
     assert_eq!(expired["code"], json!(202), "{expired}");
 }
-on_both_backends!(an_expired_session_is_refused, expired_session);
+on_both_backends!(workers = 4; expired_session as an_expired_session_is_refused);
 
 async fn wechat_down(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -144,7 +138,7 @@ async fn wechat_down(backend: Backend) {
     assert_eq!(answer["code"], 212, "{answer}");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
-on_both_backends!(wechat_unavailable_is_212, wechat_down);
+on_both_backends!(workers = 4; wechat_down as wechat_unavailable_is_212);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_is_a_clear_error_within_bounded_time() {

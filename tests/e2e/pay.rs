@@ -146,7 +146,7 @@ async fn buy_a_product(backend: Backend) {
         .collect();
     assert_eq!(verdicts, ["applied"]);
 }
-on_both_backends!(a_product_is_paid_and_the_notify_applied, buy_a_product);
+on_both_backends!(workers = 4; buy_a_product as a_product_is_paid_and_the_notify_applied);
 
 async fn duplicate_notifies(backend: Backend) {
     let t = TestStack::start(backend).await;
@@ -212,7 +212,7 @@ async fn duplicate_notifies(backend: Backend) {
     assert_eq!(again["paid_at"], paid["paid_at"]);
     assert_eq!(again["transaction_id"], paid["transaction_id"]);
 }
-on_both_backends!(duplicate_notifies_make_one_transition, duplicate_notifies);
+on_both_backends!(workers = 4; duplicate_notifies as duplicate_notifies_make_one_transition);
 
 /// A notify for `order_no` as WeChat would send it, with `tweak` applied before signing.
 fn notify_xml(
@@ -317,7 +317,7 @@ async fn forged_notifies(backend: Backend) {
         .await;
     assert_eq!(order["state"], "PAID");
 }
-on_both_backends!(forged_notifies_fail_and_change_nothing, forged_notifies);
+on_both_backends!(workers = 4; forged_notifies as forged_notifies_fail_and_change_nothing);
 
 /// WeChat's notify never comes (drop_notify): the reconciler asks WeChat (v2 orderquery, v3
 /// 查询订单, by the order's API) and applies the payment; no notify is on record.
@@ -366,18 +366,12 @@ async fn dropped_notify(backend: Backend, v3: bool) {
 async fn dropped_notify_v2(backend: Backend) {
     dropped_notify(backend, false).await
 }
-on_both_backends!(
-    a_dropped_notify_is_repaired_by_the_reconciler,
-    dropped_notify_v2
-);
+on_both_backends!(workers = 4; dropped_notify_v2 as a_dropped_notify_is_repaired_by_the_reconciler);
 
 async fn dropped_notify_v3(backend: Backend) {
     dropped_notify(backend, true).await
 }
-on_both_backends!(
-    a_dropped_v3_notify_is_repaired_by_the_reconciler,
-    dropped_notify_v3
-);
+on_both_backends!(workers = 4; dropped_notify_v3 as a_dropped_v3_notify_is_repaired_by_the_reconciler);
 
 async fn prepay_reuse_and_ownership(backend: Backend, v3: bool) {
     let t = start_on(backend, v3).await;
@@ -414,17 +408,11 @@ async fn prepay_reuse_and_ownership(backend: Backend, v3: bool) {
 async fn prepay_reuse_and_ownership_v2(backend: Backend) {
     prepay_reuse_and_ownership(backend, false).await
 }
-on_both_backends!(
-    a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays,
-    prepay_reuse_and_ownership_v2
-);
+on_both_backends!(workers = 4; prepay_reuse_and_ownership_v2 as a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays);
 async fn prepay_reuse_and_ownership_v3(backend: Backend) {
     prepay_reuse_and_ownership(backend, true).await
 }
-on_both_backends!(
-    on_v3_a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays,
-    prepay_reuse_and_ownership_v3
-);
+on_both_backends!(workers = 4; prepay_reuse_and_ownership_v3 as on_v3_a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays);
 
 /// `/sandbox/pay` plays the phone's `wx.requestPayment`: a paySign WeChat would not accept
 /// ends in the fail callback and nothing is paid; the genuine parameters pay.
@@ -472,14 +460,11 @@ async fn wrong_pay_sign(backend: Backend, v3: bool) {
 async fn wrong_pay_sign_v2(backend: Backend) {
     wrong_pay_sign(backend, false).await
 }
-on_both_backends!(a_wrong_pay_sign_is_refused_by_the_phone, wrong_pay_sign_v2);
+on_both_backends!(workers = 4; wrong_pay_sign_v2 as a_wrong_pay_sign_is_refused_by_the_phone);
 async fn wrong_pay_sign_v3(backend: Backend) {
     wrong_pay_sign(backend, true).await
 }
-on_both_backends!(
-    on_v3_a_wrong_pay_sign_is_refused_by_the_phone,
-    wrong_pay_sign_v3
-);
+on_both_backends!(workers = 4; wrong_pay_sign_v3 as on_v3_a_wrong_pay_sign_is_refused_by_the_phone);
 
 /// WeChat's notify was refused for a while (bad signatures), the reconciler repaired the
 /// order from orderquery, then WeChat's next retry is genuine: answered SUCCESS as a
@@ -543,10 +528,7 @@ async fn late_notify_after_repair(backend: Backend) {
         .await;
     assert_eq!(after, repaired);
 }
-on_both_backends!(
-    a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate,
-    late_notify_after_repair
-);
+on_both_backends!(workers = 4; late_notify_after_repair as a_late_notify_after_the_reconciler_repaired_the_order_is_a_duplicate);
 
 /// Item 0 of issue 19: with `WXMP_PAY_SIGN_TYPE=HMAC-SHA256` WeChat signs the payment notify
 /// with HMAC-SHA256 and sends NO `sign_type` (WxJava issue 1585, easy-swoole/pay issue 38;

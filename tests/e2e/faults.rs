@@ -106,8 +106,7 @@ async fn terminate_backends(t: &TestStack) -> usize {
         #[diesel(sql_type = Integer)]
         killed: i32,
     }
-    let admin = std::env::var("WXMP_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin = wxmp_testkit::db::admin_url();
     let mut conn = AsyncPgConnection::establish(&admin)
         .await
         .expect("admin connection");
@@ -384,10 +383,7 @@ async fn kill_pay_service_under_load(backend: Backend) {
 
     check_money(t, &order_nos).await;
 }
-on_both_backends!(
-    pay_service_killed_under_load_loses_and_doubles_nothing,
-    kill_pay_service_under_load
-);
+on_both_backends!(workers = 4; kill_pay_service_under_load as pay_service_killed_under_load_loses_and_doubles_nothing);
 
 /// Every order the sandbox considers paid is PAID exactly once in the database (with the
 /// sandbox's transaction id, at most one `applied` notify), and no other order is PAID.
@@ -516,7 +512,7 @@ async fn notify_faults_never_pay_wrongly_and_the_reconciler_repairs() {
 async fn a_service_that_cannot_start_fails_the_stack_with_its_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = wxmp::stack::StackOptions::ephemeral(
-        service_kit::db::testing::fresh_sqlite_url(dir.path(), "users"),
+        wxmp_testkit::db::fresh_sqlite_url(dir.path(), "users"),
         "sqlite:///proc/wxmp-no-such-dir/pay.db".to_owned(),
     );
     let Err(error) = wxmp::stack::Stack::start(options).await else {

@@ -21,10 +21,10 @@ struct Processes {
 impl Processes {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let user_db = service_kit::db::testing::fresh_postgres_url("wxmp_proc_user")
+        let user_db = wxmp_testkit::db::fresh_postgres_url("wxmp_proc_user")
             .await
             .expect("PostgreSQL");
-        let pay_db = service_kit::db::testing::fresh_postgres_url("wxmp_proc_pay")
+        let pay_db = wxmp_testkit::db::fresh_postgres_url("wxmp_proc_pay")
             .await
             .expect("PostgreSQL");
         let [gateway, auth, user, pay, sandbox, secapi] = [(); 6].map(|_| free_port());
@@ -60,7 +60,7 @@ impl Processes {
                 ("AUTH_REDIS_URL", redis_url()),
                 (
                     "AUTH_REDIS_PREFIX",
-                    format!("wxmp-proc:{}:", uuid::Uuid::new_v4().simple()),
+                    wxmp_testkit::redis::fresh_prefix("wxmp-proc"),
                 ),
                 ("AUTH_USER_SERVICE_URL", url(user)),
                 ("WXMP_APPS", apps),
