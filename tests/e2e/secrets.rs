@@ -1,8 +1,9 @@
 //! Secrets never leak: a full flow (logins, profile, phone, payment, notify, logout and a few
 //! failures) runs with every log line captured at TRACE for wxmp's crates and DEBUG for the
 //! libraries under them; neither the logs nor any answer may contain the AppSecret, the pay
-//! key, the internal service token, a session token or a session_key. The subscriber is
-//! global: each case runs in a process of its own.
+//! key, the Pay v3 merchant private key, the APIv3 key, the webhook secret, the internal
+//! service token, a session token or a session_key. The subscriber is global: each case runs
+//! in a process of its own.
 
 use std::{
     io::Write,
@@ -14,6 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 use wxmp_proto::auth::v1::{GetSessionKeyRequest, auth_service_client::AuthServiceClient};
+use wxmp_testkit::http::{Response, TestServer};
 use wxmp_tests::{Backend, TestStack, on_both_backends, order_and_prepay};
 
 /// Every log line of this test binary.
@@ -70,6 +72,7 @@ fn logs() -> &'static Captured {
 }
 
 const INTERNAL_TOKEN: &str = "internal-token-secret-4f1c9e2b7a";
+const WEBHOOK_SECRET: &str = "whsec-secret-of-the-secrets-test-93d1";
 
 async fn full_flow_leaks_nothing(backend: Backend) {
     let name = match backend {
@@ -83,6 +86,8 @@ async fn full_flow_leaks_nothing(backend: Backend) {
         return;
     }
     let logs = logs();
+    // A webhook endpoint, so the webhook secret signs deliveries during the flow.
+    let webhooks = TestServer::start(|_| async { Response::empty(200) }).await;
     let t = TestStack::start_with(backend, |o| {
         for args in [
             &mut o.auth_args,
@@ -92,6 +97,17 @@ async fn full_flow_leaks_nothing(backend: Backend) {
         ] {
             args.extend(["--internal-token", INTERNAL_TOKEN].map(String::from));
         }
+        o.pay_args.extend(
+            [
+                "--webhook-urls",
+                &webhooks.url("/hooks/wxmp"),
+                "--webhook-secret",
+                WEBHOOK_SECRET,
+                "--event-poll-ms",
+                "50",
+            ]
+            .map(String::from),
+        );
     })
     .await;
     let mut answers: Vec<String> = Vec::new();
@@ -231,6 +247,27 @@ async fn full_flow_leaks_nothing(backend: Backend) {
     })
     .await;
     assert!(answered.is_some(), "both notify copies answered");
+    // And the order's events were delivered to the webhook endpoint, signed.
+    let delivered = wxmp_tests::eventually(Duration::from_secs(20), || async {
+        let requests = webhooks.requests();
+        requests
+            .iter()
+            .any(|r| r.text().contains(&order_no) && r.text().contains("ORDER_PAID"))
+            .then_some(requests)
+    })
+    .await
+    .expect("the paid order's webhook delivered");
+    assert!(
+        delivered.iter().all(|r| r
+            .header("x-wxmp-signature")
+            .is_some_and(|s| s.starts_with("sha256="))),
+        "signed deliveries"
+    );
+    answers.extend(
+        delivered
+            .iter()
+            .map(|r| format!("{:?} {}", r.headers, r.text())),
+    );
     let text = logs.text();
     assert!(
         text.contains("pay notify") && text.contains(&order_no),
@@ -241,7 +278,16 @@ async fn full_flow_leaks_nothing(backend: Backend) {
         ("AppSecret", sandbox::DEV_APP_SECRET.to_owned()),
         ("pay key", sandbox::DEV_PAY_KEY.to_owned()),
         ("internal token", INTERNAL_TOKEN.to_owned()),
+        ("APIv3 key", sandbox::v3::dev::APIV3_KEY.to_owned()),
+        ("webhook secret", WEBHOOK_SECRET.to_owned()),
     ];
+    // A PEM key leaks as any of its base64 lines.
+    secrets.extend(
+        sandbox::v3::dev::MERCHANT_PRIVATE_KEY
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 32)
+            .map(|l| ("v3 merchant private key", l.to_owned())),
+    );
     secrets.extend(tokens.iter().map(|t| ("token", t.clone())));
     secrets.extend(session_keys.iter().map(|k| ("session_key", k.clone())));
     for (what, secret) in &secrets {

@@ -95,8 +95,11 @@ async fn login_then_authenticate(store: Store) {
     assert!(!again.new_user);
     assert_eq!(again.principal.as_ref().unwrap().user_id, principal.user_id);
     assert_ne!(again.token, login.token);
-    assert!(stack.authenticate(&login.token).await.is_ok());
-    assert!(stack.authenticate(&again.token).await.is_ok());
+    for token in [&login.token, &again.token] {
+        let auth = stack.authenticate(token).await.unwrap();
+        assert_eq!(auth.principal.as_ref(), Some(&principal));
+        assert!(auth.expires_in > 0 && auth.expires_in <= 3600, "{auth:?}");
+    }
 
     if store == Store::Redis {
         // Only the token's hash is stored, never the token itself.
@@ -232,8 +235,9 @@ async fn logout_invalidates(store: Store) {
         !stack.logout(&login.token).await,
         "revoking twice answers false"
     );
-    assert!(
-        stack.authenticate(&other.token).await.is_ok(),
+    assert_eq!(
+        stack.authenticate(&other.token).await.unwrap().principal,
+        other.principal,
         "other sessions stay"
     );
     assert!(!stack.logout("not-a-token").await);
@@ -371,7 +375,11 @@ async fn user_service_down_is_dependency_unavailable() {
         ErrorReason::DependencyUnavailable
     );
     // The code was spent at WeChat, so the key it rotated is kept all the same.
-    assert!(stack.session_key(DEV_APP, &code.openid).await.is_ok());
+    let key = stack.session_key(DEV_APP, &code.openid).await.unwrap();
+    let data = stack.user_data(&code.openid).await;
+    let plain = wechat::crypto::decrypt_user_data(&key, &data.encrypted_data, &data.iv, DEV_APP)
+        .expect("the key WeChat rotated");
+    assert_eq!(plain["openId"], code.openid.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +391,12 @@ async fn unknown_app_and_missing_parameters() {
         ErrorReason::UnknownApp
     );
     // The code was not spent: it still logs in with the right app.
-    assert!(stack.login(DEV_APP, &code.code).await.is_ok());
+    let login = stack.login(DEV_APP, &code.code).await.unwrap();
+    let principal = login.principal.unwrap();
+    assert_eq!(
+        (principal.app_id.as_str(), principal.openid.as_str()),
+        (DEV_APP, code.openid.as_str())
+    );
 
     assert_eq!(
         reason(stack.session_key(DEV_APP, "nobody").await),
@@ -465,6 +478,9 @@ async fn internal_token_is_enforced() {
     // With the token: the login goes through, and so does our call to user-service, which
     // requires the same token.
     let login = stack.login("", &stack.new_code().await.code).await.unwrap();
-    assert!(stack.authenticate(&login.token).await.is_ok());
+    assert_eq!(
+        stack.authenticate(&login.token).await.unwrap().principal,
+        login.principal
+    );
     assert!(stack.config.internal.internal_token.is_some());
 }

@@ -5,7 +5,13 @@
 
 mod hardening;
 
-use std::sync::atomic::Ordering;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::helpers::*;
 use pay_service::OrderState;
@@ -671,7 +677,11 @@ async fn create_order_is_idempotent_and_validated(backend: Backend, api: Api) {
         let err = env.create(7, amount, description, "").await.unwrap_err();
         assert_eq!(reason(&err), expected, "{amount} {description:?}");
     }
-    assert!(env.create(7, 1, &"d".repeat(128), "").await.is_ok());
+    let longest = env.create(7, 1, &"d".repeat(128), "").await.unwrap();
+    assert_eq!(
+        (longest.user_id, longest.amount_fen, longest.description),
+        (7, 1, "d".repeat(128))
+    );
     let err = PayService::create_order(
         &env.pay,
         Request::new(pb::CreateOrderRequest {
@@ -1128,12 +1138,58 @@ async fn a_closed_order_paid_by_a_second_transaction_keeps_the_first(backend: Ba
     );
 }
 
-/// Concurrent PrepareJsapiPayment calls of one order, counted at WeChat (the sandbox's
-/// `unifiedorder_calls`, on v3 `jsapi_calls`): at most one unifiedorder per caller while none is stored, all
-/// answered the same prepay_id; once it is stored, no caller asks WeChat again.
+/// WeChat in front of the sandbox, holding every request to `path` until `callers` of them
+/// arrived (or 10 s passed), then forwarding each; answers the proxy and how many arrived.
+/// `upstream` is the sandbox's base URL, filled in once the env made its sandbox.
+async fn held_wechat(
+    path: &'static str,
+    callers: u64,
+    upstream: Arc<Mutex<String>>,
+) -> (TestServer, Arc<AtomicU64>) {
+    let arrived = Arc::new(AtomicU64::new(0));
+    let all_in = Arc::new(tokio::sync::Notify::new());
+    let http = reqwest::Client::new();
+    let count = arrived.clone();
+    let server = TestServer::start(move |r: TestRequest| {
+        let (arrived, all_in, http) = (count.clone(), all_in.clone(), http.clone());
+        let upstream = upstream.lock().unwrap().clone();
+        async move {
+            if r.path() == path {
+                let released = all_in.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if arrived.fetch_add(1, Ordering::SeqCst) + 1 >= callers {
+                    all_in.notify_waiters();
+                } else {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), released).await;
+                }
+            }
+            forward(&http, &upstream, &r).await
+        }
+    })
+    .await;
+    (server, arrived)
+}
+
+/// Concurrent PrepareJsapiPayment calls of one order are not serialised: each caller that
+/// finds no prepay_id stored places the identical unifiedorder (on v3 the identical JSAPI
+/// order), which WeChat answers with the same prepay_id. With WeChat holding its answers
+/// until all callers asked, that is exactly one call per caller, every one answered the
+/// same prepay_id; once it is stored, no caller asks WeChat again (the sandbox's
+/// `unifiedorder_calls`, on v3 `jsapi_calls`).
 async fn concurrent_prepares_count_unifiedorder_calls_at_wechat(backend: Backend, api: Api) {
     const CALLERS: u64 = 6;
-    let env = Env::on(backend, api).await;
+    let placing = match api {
+        Api::V2 => "/pay/unifiedorder",
+        Api::V3 => "/v3/pay/transactions/jsapi",
+    };
+    let upstream = Arc::new(Mutex::new(String::new()));
+    let (wechat, arrived) = held_wechat(placing, CALLERS, upstream.clone()).await;
+    let env = Env::with_on(backend, api, |c| {
+        *upstream.lock().unwrap() = c.wechat_pay_base.clone();
+        c.wechat_pay_base = wechat.base();
+    })
+    .await;
     let buyer = principal(1);
     let order = env.create(1, 700, "counted", "").await.unwrap();
     let target = || Target::OrderNo(order.order_no.clone());
@@ -1151,11 +1207,13 @@ async fn concurrent_prepares_count_unifiedorder_calls_at_wechat(backend: Backend
         .map(|r| prepay_id(r.as_ref().unwrap()))
         .collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    let placed = calls().await;
-    assert!(
-        (1..=CALLERS).contains(&placed),
-        "{placed} unifiedorder calls"
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        CALLERS,
+        "one call per caller"
     );
+    let placed = calls().await;
+    assert_eq!(placed, CALLERS, "{placed} unifiedorder calls");
 
     let again =
         futures::future::join_all((0..CALLERS).map(|_| env.prepare(&buyer, target()))).await;

@@ -125,7 +125,7 @@ async fn serve_runs_the_api_and_the_reconciler(backend: Backend) {
         .await
         .expect("serve stops on shutdown")
         .unwrap();
-    assert!(stopped.is_ok(), "{stopped:?}");
+    stopped.expect("serve returns Ok after a graceful stop");
 }
 
 type Breaker = Box<dyn Fn(&mut pay_service::Config)>;
@@ -134,7 +134,7 @@ async fn config_errors_name_the_variable(backend: Backend) {
     let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
     let (url, _dir) = database_url(backend).await;
     let good = config(url, &sandbox);
-    assert!(good.validate().is_ok());
+    good.validate().expect("the good config validates");
     let cases: Vec<(Breaker, &str)> = vec![
         (
             Box::new(|c| c.notify_url = "ftp://x".into()),
@@ -238,5 +238,5 @@ async fn a_missing_certificate_stops_the_start() {
         .await
         .expect("serve stops on shutdown")
         .unwrap();
-    assert!(stopped.is_ok(), "{stopped:?}");
+    stopped.expect("serve returns Ok after a graceful stop");
 }

@@ -259,10 +259,10 @@ async fn wechat_client_rejects_faulty_notifies() {
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    assert!(
-        client
-            .unified_order(&pay, &order("SYSERR-0001"))
-            .await
-            .is_ok()
-    );
+    let placed = client
+        .unified_order(&pay, &order("SYSERR-0001"))
+        .await
+        .unwrap();
+    assert!(placed.prepay_id.starts_with("wx"), "{}", placed.prepay_id);
+    assert_eq!(placed.trade_type, "JSAPI");
 }

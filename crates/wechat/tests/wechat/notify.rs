@@ -126,7 +126,12 @@ fn the_notify_cannot_choose_the_algorithm() {
     // An MD5-signed notify declaring MD5, for an order placed with HMAC-SHA256: a downgrade.
     let md5 = with(&sample(), "sign_type", "MD5");
     let body_md5 = body(&md5, KEY, SignType::Md5);
-    assert!(verify_notify(body_md5.as_bytes(), &pay()).is_ok());
+    assert_eq!(
+        verify_notify(body_md5.as_bytes(), &pay())
+            .unwrap()
+            .out_trade_no,
+        "1409811653"
+    );
     assert_eq!(
         verify_notify(body_md5.as_bytes(), &pay_with(SignType::HmacSha256)),
         Err(NotifyError::BadSignature)
@@ -143,7 +148,12 @@ fn the_notify_cannot_choose_the_algorithm() {
     // does not switch the check.
     let hmac = with(&sample(), "sign_type", "HMAC-SHA256");
     let body_hmac = body(&hmac, KEY, SignType::HmacSha256);
-    assert!(verify_notify(body_hmac.as_bytes(), &pay_with(SignType::HmacSha256)).is_ok());
+    assert_eq!(
+        verify_notify(body_hmac.as_bytes(), &pay_with(SignType::HmacSha256))
+            .unwrap()
+            .out_trade_no,
+        "1409811653"
+    );
     assert_eq!(
         verify_notify(body_hmac.as_bytes(), &pay()),
         Err(NotifyError::BadSignature)
@@ -202,7 +212,15 @@ fn plain_text_notify_as_wechat_may_send_it() {
         doc.push_str(&format!("  <{k}>{v}</{k}>\n"));
     }
     doc.push_str(&format!("  <sign>{signature}</sign>\n</xml>"));
-    assert!(verify_notify(doc.as_bytes(), &pay()).is_ok());
+    let notify = verify_notify(doc.as_bytes(), &pay()).unwrap();
+    assert_eq!(
+        (
+            notify.out_trade_no.as_str(),
+            notify.total_fee,
+            notify.openid.as_str()
+        ),
+        ("1409811653", 1, "oUpF8uMEb4qRXf22hE3X68TekukE")
+    );
 }
 
 #[test]
