@@ -5,7 +5,9 @@
 # to pile up, thousands of them make autovacuum visit each one in turn and slow PostgreSQL down.
 # Only names the test harness makes are touched, and only databases nobody is connected to (a
 # test binary running elsewhere keeps its own). Without psql or PostgreSQL this does nothing: the
-# tests themselves then say what is missing.
+# tests themselves then say what is missing. The templates the test kit clones migrated
+# databases from (<prefix>_tpl_<12 hex>, one per test process and migration set) have the same
+# shape and go too; a test process whose template was swept builds another.
 set -uo pipefail
 
 url="${WXMP_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -93,10 +93,10 @@ impl Cluster {
     pub async fn start(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        let user_db = service_kit::db::testing::fresh_postgres_url("wxmp_scale_user")
+        let user_db = wxmp_testkit::db::fresh_postgres_url("wxmp_scale_user")
             .await
             .expect("PostgreSQL");
-        let pay_db = service_kit::db::testing::fresh_postgres_url("wxmp_scale_pay")
+        let pay_db = wxmp_testkit::db::fresh_postgres_url("wxmp_scale_pay")
             .await
             .expect("PostgreSQL");
         let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Vec<_>>();
@@ -149,7 +149,7 @@ impl Cluster {
                 ("USER_AUTH_SERVICE_URL", list(&auth_ports)),
             ]
         });
-        let prefix = format!("wxmp-scale:{}:", uuid::Uuid::new_v4().simple());
+        let prefix = wxmp_testkit::redis::fresh_prefix("wxmp-scale");
         let auth = replicas(Kind::Auth, &auth_ports, &|port| {
             vec![
                 ("AUTH_LISTEN_ADDR", addr(port)),

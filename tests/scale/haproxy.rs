@@ -198,6 +198,14 @@ impl Haproxy {
     }
 }
 
+/// True when HAProxy is installed; a test without it skips, or fails under `CI`.
+pub fn installed() -> bool {
+    wxmp_testkit::tool_or_skip(
+        haproxy_binary(),
+        "the scale-out suite balances the gateways with it",
+    )
+}
+
 fn haproxy_binary() -> PathBuf {
     [
         "/usr/sbin/haproxy",

@@ -7,34 +7,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wxmp::stack::{Stack, StackOptions};
+use wxmp_testkit::db::{fresh_sqlite_url, migrated_postgres_url};
 
 pub mod process;
 
-/// Which storage the stack runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Production: PostgreSQL (a fresh database per service) and Redis (a fresh key prefix).
-    Postgres,
-    /// The embedded default: SQLite files in a temp dir and in-memory sessions.
-    Sqlite,
-}
-
-/// Runs an async test body once per back end, as two `#[tokio::test]`s.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres_redis() {
-                super::$body($crate::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite_memory() {
-                super::$body($crate::Backend::Sqlite).await
-            }
-        }
-    };
-}
+/// Which storage the stack runs on: PostgreSQL (a fresh database per service) and Redis (a
+/// fresh key prefix), or SQLite files in a temp dir and in-memory sessions. The matrix runs
+/// each case on both (`on_both_backends!(workers = 4; case as name)`).
+pub use wxmp_testkit::{Backend, on_both_backends};
 
 /// Sends the stack's logs (warnings and errors; `WXMP_TEST_LOG` for more, in `RUST_LOG` syntax)
 /// to the test's captured output: a failing test prints what the services said, a passing one
@@ -52,9 +32,7 @@ pub fn capture_logs() {
     });
 }
 
-pub fn redis_url() -> String {
-    std::env::var("WXMP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+pub use wxmp_testkit::redis::url as redis_url;
 
 /// A running stack plus an HTTP client; stops when dropped.
 pub struct TestStack {
@@ -77,23 +55,23 @@ impl TestStack {
         let dir = tempfile::tempdir().expect("temp dir");
         let (user_db, pay_db, redis) = match backend {
             Backend::Postgres => (
-                service_kit::db::testing::fresh_postgres_url("wxmp_e2e_user")
+                migrated_postgres_url("wxmp_e2e_user", &user_service::MIGRATIONS)
                     .await
                     .expect("PostgreSQL for tests (see README: Tests)"),
-                service_kit::db::testing::fresh_postgres_url("wxmp_e2e_pay")
+                migrated_postgres_url("wxmp_e2e_pay", &pay_service::MIGRATIONS)
                     .await
                     .expect("PostgreSQL for tests (see README: Tests)"),
                 Some(redis_url()),
             ),
             Backend::Sqlite => (
-                service_kit::db::testing::fresh_sqlite_url(dir.path(), "users"),
-                service_kit::db::testing::fresh_sqlite_url(dir.path(), "pay"),
+                fresh_sqlite_url(dir.path(), "users"),
+                fresh_sqlite_url(dir.path(), "pay"),
                 None,
             ),
         };
         let mut options = StackOptions::ephemeral(user_db.clone(), pay_db.clone());
         options.redis_url = redis;
-        options.redis_prefix = Some(format!("wxmp-e2e:{}:", uuid::Uuid::new_v4().simple()));
+        options.redis_prefix = Some(wxmp_testkit::redis::fresh_prefix("wxmp-e2e"));
         adjust(&mut options);
         let stack = Stack::start(options).await.expect("stack starts");
         Self {

@@ -363,48 +363,6 @@ macro_rules! with_conn {
     };
 }
 
-/// Test support: a fresh, empty PostgreSQL database per test, so tests never share rows.
-pub mod testing {
-    use super::*;
-
-    /// Where tests find PostgreSQL: `WXMP_TEST_PG_URL`, default the local server with trust
-    /// auth. Must point at a database the user may `CREATE DATABASE` from.
-    pub fn admin_url() -> String {
-        std::env::var("WXMP_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-    }
-
-    /// Creates a uniquely named database and answers its URL.
-    pub async fn fresh_postgres_url(prefix: &str) -> Result<String, DbError> {
-        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-        let admin = admin_url();
-        let name = format!(
-            "{}_{}",
-            prefix,
-            uuid::Uuid::new_v4()
-                .simple()
-                .to_string()
-                .get(..12)
-                .unwrap_or("x")
-        );
-        let mut conn = AsyncPgConnection::establish(&admin)
-            .await
-            .map_err(|e| DbError::Unavailable(e.to_string()))?;
-        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await?;
-        let base = admin
-            .rsplit_once('/')
-            .map(|(base, _)| base)
-            .unwrap_or(&admin);
-        Ok(format!("{base}/{name}"))
-    }
-
-    /// A fresh SQLite file URL inside `dir`.
-    pub fn fresh_sqlite_url(dir: &Path, name: &str) -> String {
-        format!("sqlite://{}", dir.join(format!("{name}.db")).display())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use diesel::result::{DatabaseErrorKind, Error};

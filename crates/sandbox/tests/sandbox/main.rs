@@ -1,0 +1,12 @@
+//! The sandbox's integration tests, one binary: each WeChat surface it plays (login, user
+//! data, Pay v2 and v3, notifies), its console, `serve`, and the wechat client against it.
+
+mod client;
+mod console;
+mod helpers;
+mod login;
+mod notify;
+mod pay;
+mod pay_v3;
+mod serve;
+mod user_data;

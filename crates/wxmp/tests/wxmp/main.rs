@@ -1,0 +1,3 @@
+//! The wxmp binary's integration tests, one binary: the JavaScript suites under node.
+
+mod node;

@@ -1,0 +1,15 @@
+//! End-to-end tests of the whole stack, one binary: a module per area. The harness
+//! (`TestStack`, mini-program helpers) is this crate's library; the scale-out suite is a
+//! binary of its own (`scale/`).
+
+mod bad_input;
+mod faults;
+mod login;
+mod observability;
+mod pay;
+mod pay_v3;
+mod processes;
+mod secrets;
+mod security;
+mod userinfo;
+mod wechat_api;
