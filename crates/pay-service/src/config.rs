@@ -8,13 +8,22 @@ pub mod refunds;
 pub mod subscribe;
 pub mod v3;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use service_kit::{
     Secret,
     grpc::{DrainConfig, InternalAuthConfig},
+    settings::{Listen, ListenVar, WechatApi},
     telemetry::TelemetryConfig,
 };
+
+/// `PAY_LISTEN_ADDR`, by default port 50053.
+pub struct ListenAddr;
+
+impl ListenVar for ListenAddr {
+    const ENV: &'static str = "PAY_LISTEN_ADDR";
+    const DEFAULT: &'static str = "0.0.0.0:50053";
+}
 use wechat::SignType;
 
 pub use catalog::{Catalog, MAX_PRODUCT_ID_LEN, Product, valid_product_id};
@@ -40,14 +49,8 @@ pub const DEFAULT_RECONCILE_LEASE_SECS: u64 = 120;
     about = "wxmp pay-service: orders and WeChat Pay v2 (JSAPI)"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(
-        long,
-        env = "PAY_LISTEN_ADDR",
-        value_name = "PAY_LISTEN_ADDR",
-        default_value = "0.0.0.0:50053"
-    )]
-    pub listen_addr: SocketAddr,
+    #[command(flatten)]
+    pub listen: Listen<ListenAddr>,
 
     /// postgres://... or sqlite://path (the URL may hold a password: never logged).
     #[arg(
@@ -160,14 +163,9 @@ pub struct Config {
     #[arg(long, env = "WXMP_WECHAT_PAY_BASE", value_name = "WXMP_WECHAT_PAY_BASE", default_value = wechat::config::DEFAULT_PAY_BASE)]
     pub wechat_pay_base: String,
 
-    /// Timeout of one WeChat Pay request.
-    #[arg(
-        long,
-        env = "WXMP_WECHAT_TIMEOUT_MS",
-        value_name = "WXMP_WECHAT_TIMEOUT_MS",
-        default_value_t = 5000
-    )]
-    pub wechat_timeout_ms: u64,
+    /// WeChat's server API (subscribe/send) and the timeout of every WeChat and WeChat Pay call.
+    #[command(flatten)]
+    pub wechat: WechatApi,
 
     #[command(flatten)]
     pub events: EventsConfig,
@@ -232,9 +230,7 @@ impl Config {
         {
             return Err("WXMP_WECHAT_PAY_BASE must be an http(s) URL".into());
         }
-        if self.wechat_timeout_ms == 0 {
-            return Err("WXMP_WECHAT_TIMEOUT_MS must be > 0".into());
-        }
+        self.wechat.validate()?;
         self.refunds.validate()?;
         self.events.validate()
     }
@@ -250,7 +246,7 @@ impl Config {
     }
 
     pub fn wechat_timeout(&self) -> Duration {
-        Duration::from_millis(self.wechat_timeout_ms)
+        self.wechat.timeout()
     }
 }
 
@@ -343,6 +339,7 @@ mod tests {
             cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
             public_key_path: None,
             public_key_id: None,
+            ..Default::default()
         };
         assert!(whole.configured());
         assert_eq!(v2(whole.clone()).validate(), Ok(()));

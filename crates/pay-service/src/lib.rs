@@ -53,6 +53,7 @@ pub mod subscribe;
 pub mod wechat_pay;
 
 use diesel_migrations::embed_migrations;
+use events::webhooks;
 use service_kit::{
     Shutdown,
     db::{Database, Migrations, PoolOptions},
@@ -64,20 +65,11 @@ use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 pub use clock::Clock;
 pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
 pub use error::Error;
-/// The webhooks under their old path (`pay_service::webhooks`).
-pub use events::webhooks;
 pub use orders::{
     CreateOrder, NotifyReply, NotifyV3Reply, Order, OrderState, PayTarget, Payer, ReconcileReport,
 };
 pub use payments::Payments;
 pub use refunds::{Refund, RefundOrder, RefundReconcileReport, RefundState};
-
-/// The SQL under its old paths (`pay_service::store::…` and `pay_service::store::refunds::…`),
-/// for callers outside the crate; inside it, each capability's `store` is named by its folder.
-pub mod store {
-    pub use crate::orders::store::*;
-    pub use crate::refunds::store as refunds;
-}
 
 /// The migrations of pay-service, one set per back end. Their versions
 /// (`2026-11-25-0002xx_*`) do not collide with user-service's when both share a database.

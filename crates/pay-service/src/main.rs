@@ -9,7 +9,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
     service_kit::telemetry::init(&config.telemetry)?;
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
+    let listener = config.listen.bind().await?;
     pay_service::serve(config, listener, Shutdown::on_signals()).await?;
     Ok(())
 }

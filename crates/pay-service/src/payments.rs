@@ -58,9 +58,7 @@ impl Payments {
         let sign_type = config.sign_type().map_err(Error::Config)?;
         let client = WechatClient::new(WechatConfig {
             pay_base: config.wechat_pay_base.clone(),
-            request_timeout: config.wechat_timeout(),
-            connect_timeout: config.wechat_timeout().min(Duration::from_secs(2)),
-            ..WechatConfig::default()
+            ..config.wechat.client_config()
         })
         .map_err(|e| Error::Config(e.to_string()))?;
         // Refunds need the merchant certificate: unreadable files stop the start naming

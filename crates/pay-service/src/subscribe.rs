@@ -154,13 +154,7 @@ impl PaidMessages {
         let timeout = config.wechat_timeout();
         let channel = service_kit::grpc::channel(&c.auth_service_url, timeout, timeout)
             .map_err(|e| format!("PAY_AUTH_SERVICE_URL: {e}"))?;
-        let wechat = WechatClient::new(wechat::WechatConfig {
-            api_base: c.wechat_api_base.clone(),
-            connect_timeout: timeout.min(Duration::from_secs(2)),
-            request_timeout: timeout,
-            ..wechat::WechatConfig::default()
-        })
-        .map_err(|e| format!("WXMP_WECHAT_API_BASE: {e}"))?;
+        let wechat = config.wechat.client()?;
         Ok(Some(Arc::new(Self {
             template_id: template_id.trim().to_owned(),
             fields,

@@ -48,8 +48,4 @@ pub struct PaidMessageConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub auth_service_url: String,
-
-    /// Base URL of WeChat's API (or the sandbox), for subscribe/send.
-    #[arg(long, env = "WXMP_WECHAT_API_BASE", value_name = "WXMP_WECHAT_API_BASE", default_value = wechat::config::DEFAULT_API_BASE)]
-    pub wechat_api_base: String,
 }

@@ -31,7 +31,7 @@ impl PayApi {
 /// platform certificates downloaded from `/v3/certificates`, or both at once while WeChat moves
 /// the merchant from certificates to the public key (`WXMP_PAY_PLATFORM_CERTIFICATES=true` with
 /// the public key set: every message is verified with the key its `Wechatpay-Serial` names).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct PayV3Config {
     /// `v2` or `v3`: the API new orders are placed with (orders keep the API that placed them).
     #[arg(long = "pay-api", env = "WXMP_PAY_API", value_name = "WXMP_PAY_API", value_enum, default_value_t = PayApi::V2)]
@@ -90,6 +90,22 @@ pub struct PayV3Config {
 
 /// Default of `WXMP_PAY_CERTIFICATE_WAIT_MS`.
 pub const DEFAULT_CERTIFICATE_WAIT_MS: u64 = 3000;
+
+impl Default for PayV3Config {
+    /// What clap gives with nothing set: v2, no v3 keys.
+    fn default() -> Self {
+        Self {
+            api: PayApi::V2,
+            v3_key: None,
+            private_key_path: None,
+            cert_serial: None,
+            public_key_path: None,
+            public_key_id: None,
+            platform_certificates: None,
+            certificate_wait_ms: DEFAULT_CERTIFICATE_WAIT_MS,
+        }
+    }
+}
 
 /// Everything v3 needs, read and checked.
 pub struct PayV3Settings {
@@ -255,6 +271,7 @@ mod tests {
             cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
             public_key_path: Some(pub_path.clone()),
             public_key_id: Some(sandbox::v3::dev::PUBLIC_KEY_ID.into()),
+            ..PayV3Config::default()
         };
         assert_eq!(good.load().unwrap().public_keys.len(), 1);
         assert!(!good.load().unwrap().platform_certificates);

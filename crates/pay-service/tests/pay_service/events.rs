@@ -12,7 +12,7 @@ use std::{
 
 use futures::StreamExt as _;
 use hmac::{Hmac, Mac};
-use pay_service::{Payments, events, webhooks};
+use pay_service::{Payments, events, events::webhooks};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tonic::Request;

@@ -97,6 +97,7 @@ pub fn v3_config(dir: &std::path::Path, api: Api) -> pay_service::config::PayV3C
         cert_serial: Some(dev::MERCHANT_SERIAL.into()),
         public_key_path: Some(public),
         public_key_id: Some(dev::PUBLIC_KEY_ID.into()),
+        ..Default::default()
     }
 }
 
@@ -297,7 +298,7 @@ pub fn refund_config(dir: &std::path::Path, sandbox: &SandboxHandle) -> pay_serv
 
 pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
     Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        listen: service_kit::settings::Listen::new("127.0.0.1:0".parse().unwrap()),
         database_url: Secret::new(database_url),
         db_pool_size: 4,
         notify_url: "http://127.0.0.1:9/pay/notify".into(),
@@ -312,7 +313,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         pay_key: Secret::new(DEV_PAY_KEY),
         sign_type: "MD5".into(),
         wechat_pay_base: sandbox.base_url.clone(),
-        wechat_timeout_ms: 5000,
+        wechat: service_kit::settings::WechatApi::new(wechat::config::DEFAULT_API_BASE),
         events: pay_service::EventsConfig::default(),
         paid_message: Default::default(),
         telemetry: TelemetryConfig {
@@ -578,7 +579,7 @@ impl Env {
     }
 
     pub async fn verdicts(&self, order_no: &str) -> Vec<(String, bool)> {
-        pay_service::store::notification_verdicts(self.pay.database(), order_no)
+        pay_service::orders::store::notification_verdicts(self.pay.database(), order_no)
             .await
             .unwrap()
     }

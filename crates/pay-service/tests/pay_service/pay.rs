@@ -770,12 +770,12 @@ async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend, api: Api
     let paid = env.sandbox_pay(&prepared, None).await;
     let body = env.captured_notice(1).await;
     // The order was closed here while the user paid (as a close racing the payment would).
-    let row = pay_service::store::find_order(env.pay.database(), &no)
+    let row = pay_service::orders::store::find_order(env.pay.database(), &no)
         .await
         .unwrap()
         .unwrap();
     assert!(
-        pay_service::store::close_if_unchanged(env.pay.database(), &row, env.clock.now())
+        pay_service::orders::store::close_if_unchanged(env.pay.database(), &row, env.clock.now())
             .await
             .unwrap()
     );
@@ -794,7 +794,7 @@ async fn payment_of_a_closed_order_is_kept_for_refund(backend: Backend, api: Api
     assert_eq!(order.paid_at, 0);
     let verdicts = env.verdicts(&no).await;
     assert_eq!(verdicts, vec![("paid_after_close".to_owned(), true); 2]);
-    let row = pay_service::store::find_order(env.pay.database(), &no)
+    let row = pay_service::orders::store::find_order(env.pay.database(), &no)
         .await
         .unwrap()
         .unwrap();

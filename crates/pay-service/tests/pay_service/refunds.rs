@@ -8,7 +8,7 @@
 use crate::helpers::{
     Api, Backend, Env, eventually, on_both_backends, on_both_backends_and_apis, principal, reason,
 };
-use pay_service::{RefundState, store};
+use pay_service::{RefundState, refunds};
 use serde_json::{Value, json};
 use service_kit::ErrorReason;
 use tonic::{Request, Status};
@@ -200,7 +200,7 @@ async fn partial_then_full_refund(backend: Backend, api: Api) {
     // Each settled by its encrypted notify, on the API of its order.
     for key in ["shop-r1", "shop-r2"] {
         assert_eq!(get_refund(&env, key).await.api, api.as_str());
-        let verdicts = store::refunds::notification_verdicts(env.pay.database(), key)
+        let verdicts = refunds::store::notification_verdicts(env.pay.database(), key)
             .await
             .unwrap();
         assert_eq!(
@@ -227,7 +227,7 @@ async fn over_refund_is_refused_and_never_sent(backend: Backend, api: Api) {
     // Nothing of the refused ones reached WeChat or the table.
     assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
     assert_eq!(
-        store::refunds::find(env.pay.database(), "r-491")
+        refunds::store::find(env.pay.database(), "r-491")
             .await
             .unwrap(),
         None
@@ -255,7 +255,7 @@ async fn concurrent_refunds_race_for_the_last_fen(backend: Backend, api: Api) {
         assert_eq!(reason(lost), ErrorReason::RefundExceedsPaid, "{lost:?}");
     }
     assert_eq!(at_wechat(&env, &order.order_no).await.len(), 2);
-    let listed = store::refunds::list_for_order(env.pay.database(), &order.order_no)
+    let listed = refunds::store::list_for_order(env.pay.database(), &order.order_no)
         .await
         .unwrap();
     assert_eq!(listed.iter().map(|r| r.amount_fen).sum::<i64>(), PRICE);
@@ -351,7 +351,7 @@ async fn refunds_without_a_certificate_are_disabled(backend: Backend, api: Api) 
     assert_eq!(reason(&err), ErrorReason::RefundsDisabled);
     assert!(at_wechat(&env, &order.order_no).await.is_empty());
     assert!(
-        store::refunds::list_for_order(env.pay.database(), &order.order_no)
+        refunds::store::list_for_order(env.pay.database(), &order.order_no)
             .await
             .unwrap()
             .is_empty()
@@ -691,7 +691,7 @@ async fn forged_and_mismatched_notifies_change_nothing(backend: Backend, api: Ap
         refunded(&env.get(&order.order_no, 0).await.unwrap()),
         (100, 0)
     );
-    let verdicts = store::refunds::notification_verdicts(env.pay.database(), "forge-me")
+    let verdicts = refunds::store::notification_verdicts(env.pay.database(), "forge-me")
         .await
         .unwrap();
     assert_eq!(verdicts.last(), Some(&("duplicate".to_owned(), true)));
@@ -907,7 +907,7 @@ async fn killed_between_the_call_and_the_answer(backend: Backend, api: Api) {
     // ...and the service dies before the answer arrives.
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
-    let row = store::refunds::find(env.pay.database(), "crash-1")
+    let row = refunds::store::find(env.pay.database(), "crash-1")
         .await
         .unwrap()
         .unwrap();
@@ -1029,7 +1029,7 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     // Sent to WeChat's v2 refund API only, and settled by its v2 notify.
     assert_eq!(at_wechat_on(&env, Api::V2, &old.order_no).await.len(), 1);
     assert!(at_wechat_on(&env, Api::V3, &old.order_no).await.is_empty());
-    let verdicts = store::refunds::notification_verdicts(env.pay.database(), "switch-v2")
+    let verdicts = refunds::store::notification_verdicts(env.pay.database(), "switch-v2")
         .await
         .unwrap();
     assert_eq!(verdicts.first(), Some(&("applied".to_owned(), true)));

@@ -14,8 +14,8 @@ use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 use pay_service::{
     Clock, OrderState, PayTarget, Payer, Payments,
+    orders::store::{self, NewOrder},
     schema::{orders, pay_notifications},
-    store::{self, NewOrder},
 };
 use sandbox::{DEV_APP_ID, DEV_MCH_ID, DEV_PAY_KEY};
 use service_kit::ErrorReason;
