@@ -408,12 +408,11 @@ async fn check_money(t: &TestStack, order_nos: &[String]) {
             .then_some(orders)
     })
     .await;
-    let orders = match settled {
-        Some(orders) => orders,
-        None => panic!(
+    let Some(orders) = settled else {
+        panic!(
             "some paid orders never became PAID: wechat {paid_at_wechat:?} db {:?}",
             t.db_orders().await
-        ),
+        )
     };
     let verdicts = t.db_verdicts().await;
     let mut applied: HashMap<&str, usize> = HashMap::new();

@@ -2,6 +2,14 @@
 //! (`TestStack`, mini-program helpers) is this crate's library; the scale-out suite is a
 //! binary of its own (`scale/`).
 
+// Test code: a failed unwrap is a failed test (the workspace denies unwrap elsewhere).
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod bad_input;
 mod faults;
 mod login;

@@ -267,7 +267,7 @@ async fn forged_notifies(backend: Backend) {
             notify_xml(&order_no, "1800", key, |f| {
                 f.iter_mut()
                     .filter(|(k, _)| *k == "mch_id")
-                    .for_each(|(_, v)| *v = "1234567890".into())
+                    .for_each(|(_, v)| *v = "1234567890".into());
             }),
         ),
         (
@@ -364,12 +364,12 @@ async fn dropped_notify(backend: Backend, v3: bool) {
 }
 
 async fn dropped_notify_v2(backend: Backend) {
-    dropped_notify(backend, false).await
+    dropped_notify(backend, false).await;
 }
 on_both_backends!(workers = 4; dropped_notify_v2 as a_dropped_notify_is_repaired_by_the_reconciler);
 
 async fn dropped_notify_v3(backend: Backend) {
-    dropped_notify(backend, true).await
+    dropped_notify(backend, true).await;
 }
 on_both_backends!(workers = 4; dropped_notify_v3 as a_dropped_v3_notify_is_repaired_by_the_reconciler);
 
@@ -406,11 +406,11 @@ async fn prepay_reuse_and_ownership(backend: Backend, v3: bool) {
     assert!(status.is_client_error(), "{traversal}");
 }
 async fn prepay_reuse_and_ownership_v2(backend: Backend) {
-    prepay_reuse_and_ownership(backend, false).await
+    prepay_reuse_and_ownership(backend, false).await;
 }
 on_both_backends!(workers = 4; prepay_reuse_and_ownership_v2 as a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays);
 async fn prepay_reuse_and_ownership_v3(backend: Backend) {
-    prepay_reuse_and_ownership(backend, true).await
+    prepay_reuse_and_ownership(backend, true).await;
 }
 on_both_backends!(workers = 4; prepay_reuse_and_ownership_v3 as on_v3_a_second_pay_reuses_the_prepay_id_and_only_the_owner_pays);
 
@@ -458,11 +458,11 @@ async fn wrong_pay_sign(backend: Backend, v3: bool) {
     assert_eq!(order["state"], "PAID", "{order}");
 }
 async fn wrong_pay_sign_v2(backend: Backend) {
-    wrong_pay_sign(backend, false).await
+    wrong_pay_sign(backend, false).await;
 }
 on_both_backends!(workers = 4; wrong_pay_sign_v2 as a_wrong_pay_sign_is_refused_by_the_phone);
 async fn wrong_pay_sign_v3(backend: Backend) {
-    wrong_pay_sign(backend, true).await
+    wrong_pay_sign(backend, true).await;
 }
 on_both_backends!(workers = 4; wrong_pay_sign_v3 as on_v3_a_wrong_pay_sign_is_refused_by_the_phone);
 
@@ -583,10 +583,10 @@ async fn hmac_merchant_notify(backend: Backend) {
 mod an_hmac_sha256_merchant_notify_is_applied {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn postgres_redis() {
-        super::hmac_merchant_notify(wxmp_tests::Backend::Postgres).await
+        super::hmac_merchant_notify(wxmp_tests::Backend::Postgres).await;
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite_memory() {
-        super::hmac_merchant_notify(wxmp_tests::Backend::Sqlite).await
+        super::hmac_merchant_notify(wxmp_tests::Backend::Sqlite).await;
     }
 }

@@ -469,6 +469,5 @@ on_both_backends!(workers = 4; throttled_address_on_v3 as a_throttled_address_st
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs() as i64)
 }

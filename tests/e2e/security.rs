@@ -372,6 +372,6 @@ async fn reflection(backend: Backend) {
 mod grpc_reflection_lists_each_service_behind_the_token {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite_memory() {
-        super::reflection(wxmp_tests::Backend::Sqlite).await
+        super::reflection(wxmp_tests::Backend::Sqlite).await;
     }
 }

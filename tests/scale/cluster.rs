@@ -376,7 +376,7 @@ impl Cluster {
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
             .collect();
-        entries.sort_by_key(|e| e.path());
+        entries.sort_by_key(std::fs::DirEntry::path);
         for entry in entries {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             // The end of each log says most; keep the output readable.

@@ -12,6 +12,14 @@
 //!
 //! The tests take turns (one lock): each runs ~10 processes, and timing matters.
 
+// Test code: a failed unwrap is a failed test (the workspace denies unwrap elsewhere).
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 mod cluster;
 mod haproxy;
 mod load;
@@ -284,8 +292,7 @@ async fn lease_of(url: &str, order_no: &str) -> (String, i64, i64) {
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,6 +2,14 @@
 //! free ports in this process, on PostgreSQL + Redis or SQLite + memory, with a fresh
 //! database and Redis key prefix per test, and small helpers that act like a mini program.
 
+// Test code: a failed unwrap is a failed test (the workspace denies unwrap elsewhere).
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;

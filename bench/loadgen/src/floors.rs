@@ -278,6 +278,8 @@ fn parse_pgbench(text: &str) -> Option<PgbenchOut> {
     Some(PgbenchOut {
         tps: after("tps = ")?,
         avg_ms: after("latency average = ")?,
+        // pgbench prints a whole, non-negative count.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         failed: after("number of failed transactions: ").map_or(0, |f| f as u64),
     })
 }

@@ -198,9 +198,10 @@ fn levels(list: &str) -> Result<Vec<usize>, String> {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 /// A path's identity in the report: its label, what one request does, the floors of its
@@ -335,6 +336,8 @@ impl Bench {
         let before = CpuSnapshot::take(&self.procs);
         let started = std::time::Instant::now();
         let mut floor = floor.await?;
+        // A rate times seconds: non-negative, far below u64::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let requests = (floor.rate * started.elapsed().as_secs_f64()) as u64;
         floor.cpu = CpuSplit::between(
             &before,
@@ -754,7 +757,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let run = Run {
         date: chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string(),
         commit: cli.commit.clone(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         cpu: cpu_model(),
         load_before,
         load_after: loadavg(),

@@ -42,10 +42,10 @@ fn level_label(levels: &[usize], x: f64) -> String {
     if (x - i).abs() > 1e-6 || i < 0.0 {
         return String::new();
     }
-    levels
-        .get(i as usize)
-        .map(ToString::to_string)
-        .unwrap_or_default()
+    // A whole, non-negative position (checked above).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let i = i as usize;
+    levels.get(i).map(ToString::to_string).unwrap_or_default()
 }
 
 fn failed(e: impl std::fmt::Display) -> String {

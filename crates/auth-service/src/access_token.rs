@@ -177,7 +177,10 @@ impl<C: TokenCache> AccessTokens<C> {
     }
 
     fn flight(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         flights.entry(app_id.to_owned()).or_default().clone()
     }
 

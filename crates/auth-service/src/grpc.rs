@@ -124,7 +124,7 @@ impl<S: SessionStore> Auth<S> {
         let session = session?;
         let answered_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
 
         // WeChat has just rotated the key, so from now on only this one decrypts what the phone
         // sends, whether or not the login completes: it is stored in any case, while

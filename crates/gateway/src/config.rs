@@ -173,7 +173,9 @@ impl Config {
     pub fn workers(&self) -> usize {
         self.workers
             .and_then(|w| usize::try_from(w).ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            })
     }
 }
 

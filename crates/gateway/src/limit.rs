@@ -143,7 +143,10 @@ impl RateLimiter {
         let key = key_of(ip);
         // A poisoned lock only means another request panicked mid-update; the counts are
         // still usable.
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !windows.contains_key(&key) {
             if !count {
                 return true;

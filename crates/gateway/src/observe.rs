@@ -26,7 +26,7 @@ pub async fn observe(
     let request_id = RequestId::from_incoming(
         req.headers()
             .get(crate::request_id::HEADER)
-            .map(|v| v.as_bytes()),
+            .map(actix_web::http::header::HeaderValue::as_bytes),
     );
     req.extensions_mut().insert(request_id.clone());
     let span = tracing::info_span!(
@@ -46,7 +46,12 @@ pub async fn observe(
     let status = res.status().as_u16();
     span.record("route", route.as_str());
     span.record("status", status);
-    span.in_scope(|| tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "request"));
+    span.in_scope(|| {
+        tracing::info!(
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request"
+        );
+    });
     metrics::counter!("wxmp_http_requests_total", "route" => route.clone(), "code" => status.to_string())
         .increment(1);
     metrics::histogram!("wxmp_http_request_duration_seconds", "route" => route)

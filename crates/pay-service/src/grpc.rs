@@ -242,7 +242,10 @@ impl PayService for Payments {
     ) -> Result<Response<pb::ListRefundsResponse>, Status> {
         let refunds = Payments::list_refunds(self, &request.into_inner().order_no).await?;
         Ok(Response::new(pb::ListRefundsResponse {
-            refunds: refunds.iter().map(|r| r.to_proto()).collect(),
+            refunds: refunds
+                .iter()
+                .map(super::refunds::rules::Refund::to_proto)
+                .collect(),
         }))
     }
 

@@ -230,7 +230,7 @@ pub async fn on_paid(payments: &Payments, outcome: &PaidOutcome) {
         Ok(true) => messages.wake.notify_one(),
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!(order_no = %order.order_no, error = %e, "could not queue the paid message; the repair scan will")
+            tracing::warn!(order_no = %order.order_no, error = %e, "could not queue the paid message; the repair scan will");
         }
     }
 }
@@ -497,7 +497,7 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
                         tracing::error!(order_no = %row.order_no, error = %e, "could not record a paid message's outcome");
                     }
                 }
-                if rows.len() as i64 == BATCH {
+                if i64::try_from(rows.len()) == Ok(BATCH) {
                     continue;
                 }
             }

@@ -62,7 +62,10 @@ impl Kind {
 
 impl Calls {
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, OrderCalls>) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn begin(&self, order: &str, kind: Kind) {

@@ -372,7 +372,7 @@ impl OrderRow {
             mch_id: o.mch_id.clone(),
             out_trade_no: o.out_trade_no.clone(),
             openid: o.openid.clone(),
-            total_fen: o.total_fee as i64,
+            total_fen: i64::try_from(o.total_fee).unwrap_or(i64::MAX),
             body: o.body.clone(),
             trade_state: o.trade_state.as_str().to_owned(),
             prepay_id: o.prepay_id.clone(),

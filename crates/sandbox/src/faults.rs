@@ -149,7 +149,10 @@ impl Sandbox {
         if let Some(faults) = header {
             return faults;
         }
-        let mut global = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let mut global = self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if global.is_empty() || !global.applies_to(path) {
             return Faults::default();
         }
@@ -167,7 +170,7 @@ impl Sandbox {
     pub fn current_faults(&self) -> Faults {
         self.faults
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
@@ -220,7 +223,10 @@ pub async fn set(sandbox: web::Data<Sandbox>, body: web::Bytes) -> Result<HttpRe
         return Err(DevError::BadRequest("times must be at least 1".into()));
     }
     tracing::info!(?faults, "faults set");
-    *sandbox.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults.clone();
+    *sandbox
+        .faults
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = faults.clone();
     Ok(HttpResponse::Ok().json(faults))
 }
 
@@ -231,7 +237,10 @@ pub async fn get(sandbox: web::Data<Sandbox>) -> HttpResponse {
 
 /// `DELETE /sandbox/faults`: clears every fault.
 pub async fn clear(sandbox: web::Data<Sandbox>) -> HttpResponse {
-    *sandbox.faults.lock().unwrap_or_else(|e| e.into_inner()) = Faults::default();
+    *sandbox
+        .faults
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Faults::default();
     HttpResponse::Ok().json(Faults::default())
 }
 

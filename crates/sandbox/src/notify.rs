@@ -353,7 +353,15 @@ async fn deliver_attempts(sandbox: &Sandbox, key: &OrderKey) {
             let (xml, applied) = (xml.clone(), applied.clone());
             let order = &order;
             async move {
-                let record = send(sandbox, order, xml, attempt as u32 + 1, copy, applied).await;
+                let record = send(
+                    sandbox,
+                    order,
+                    xml,
+                    u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+                    copy,
+                    applied,
+                )
+                .await;
                 sandbox.state().record_notify(record.clone());
                 record.accepted
             }

@@ -531,7 +531,7 @@ async fn deliver_attempts(sandbox: &Sandbox, key: &RefundKey) {
         let mut record = RefundNotifyRecord {
             mch_id: r.mch_id.clone(),
             out_refund_no: r.out_refund_no.clone(),
-            attempt: attempt as u32 + 1,
+            attempt: u32::try_from(attempt + 1).unwrap_or(u32::MAX),
             at_ms: clock::unix_ms(),
             url: url.clone(),
             request: xml.clone(),

@@ -263,7 +263,9 @@ impl V3 {
     }
 
     pub fn state(&self) -> MutexGuard<'_, V3State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -377,7 +377,7 @@ impl Interceptor for RequireToken {
         let given = request
             .metadata()
             .get(INTERNAL_TOKEN)
-            .map(|v| v.as_bytes())
+            .map(tonic::metadata::MetadataValue::as_bytes)
             .unwrap_or_default();
         if bool::from(given.ct_eq(expected.expose().as_bytes())) {
             Ok(request)

@@ -30,8 +30,7 @@ fn url_of(name: &str) -> String {
     let admin = admin_url();
     let base = admin
         .rsplit_once('/')
-        .map(|(base, _)| base)
-        .unwrap_or(&admin);
+        .map_or(admin.as_str(), |(base, _)| base);
     format!("{base}/{name}")
 }
 
@@ -86,7 +85,7 @@ fn forget_template(migrations: &'static Migrations) {
     let key = std::ptr::from_ref(migrations) as usize;
     TEMPLATES
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .retain(|(k, _)| *k != key);
 }
 
@@ -95,7 +94,9 @@ fn forget_template(migrations: &'static Migrations) {
 async fn template(prefix: &str, migrations: &'static Migrations) -> Result<String, DbError> {
     let key = std::ptr::from_ref(migrations) as usize;
     let cell = {
-        let mut templates = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+        let mut templates = TEMPLATES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match templates.iter().find(|(k, _)| *k == key) {
             Some((_, cell)) => cell.clone(),
             None => {

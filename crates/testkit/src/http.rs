@@ -117,7 +117,7 @@ impl TestServer {
                     };
                     recorded
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(request.clone());
                     let response = handler(request).await;
                     let _ = write_response(&mut stream, &response).await;
@@ -176,7 +176,7 @@ impl TestServer {
     pub fn requests(&self) -> Vec<Request> {
         self.requests
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }

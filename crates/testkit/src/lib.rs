@@ -10,6 +10,14 @@
 //! Only ever a `[dev-dependencies]` entry (the `wxmp-tests` crate, test-only itself, is the
 //! exception).
 
+// Test code: a failed unwrap is a failed test (the workspace denies unwrap elsewhere).
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
 pub mod db;
 pub mod http;
 pub mod redis;

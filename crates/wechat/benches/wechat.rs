@@ -70,7 +70,7 @@ fn bench_user_data(c: &mut Criterion) {
     for (name, key, data, iv, _) in cases {
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(name, |b| {
-            b.iter(|| crypto::decrypt(black_box(key), black_box(data), black_box(iv)))
+            b.iter(|| crypto::decrypt(black_box(key), black_box(data), black_box(iv)));
         });
     }
     g.finish();
@@ -86,7 +86,7 @@ fn bench_user_data(c: &mut Criterion) {
                     black_box(iv),
                     black_box(appid),
                 )
-            })
+            });
         });
     }
     g.finish();
@@ -210,7 +210,7 @@ fn bench_sign(c: &mut Criterion) {
     ] {
         let fields = unifiedorder_request_fields(st);
         g.bench_function(name, |b| {
-            b.iter(|| sign(pairs(black_box(&fields)), black_box(PAY_KEY), st))
+            b.iter(|| sign(pairs(black_box(&fields)), black_box(PAY_KEY), st));
         });
     }
     g.finish();
@@ -231,7 +231,7 @@ fn bench_sign(c: &mut Criterion) {
                     st,
                     black_box(&signature),
                 )
-            })
+            });
         });
     }
     g.finish();
@@ -244,7 +244,7 @@ fn bench_xml(c: &mut Criterion) {
     let signature = sign(pairs(&request), PAY_KEY, SignType::Md5);
     request.insert("sign".to_owned(), signature);
     g.bench_function("encode_unifiedorder_request", |b| {
-        b.iter(|| xml::to_xml(pairs(black_box(&request))))
+        b.iter(|| xml::to_xml(pairs(black_box(&request))));
     });
 
     let response = unifiedorder_response_xml();
@@ -254,13 +254,13 @@ fn bench_xml(c: &mut Criterion) {
     );
     g.throughput(Throughput::Bytes(response.len() as u64));
     g.bench_function("parse_unifiedorder_response", |b| {
-        b.iter(|| xml::parse(black_box(response.as_bytes())))
+        b.iter(|| xml::parse(black_box(response.as_bytes())));
     });
 
     let notify_body = notify_xml(SignType::Md5);
     g.throughput(Throughput::Bytes(notify_body.len() as u64));
     g.bench_function("parse_notify", |b| {
-        b.iter(|| xml::parse(black_box(notify_body.as_bytes())))
+        b.iter(|| xml::parse(black_box(notify_body.as_bytes())));
     });
     g.finish();
 }
@@ -278,7 +278,7 @@ fn bench_notify(c: &mut Criterion) {
         assert_eq!(paid.total_fee, 1);
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(name, |b| {
-            b.iter(|| notify::verify_notify(black_box(body.as_bytes()), black_box(&pay)))
+            b.iter(|| notify::verify_notify(black_box(body.as_bytes()), black_box(&pay)));
         });
     }
     g.finish();
@@ -299,7 +299,7 @@ fn bench_request_payment(c: &mut Criterion) {
                     black_box(1_767_225_600),
                     black_box("5K8264ILTKCH16CQ2502SI8ZNMTM67VS"),
                 )
-            })
+            });
         });
     }
     g.finish();

@@ -50,7 +50,7 @@ impl std::fmt::Debug for MerchantCert {
             .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
             .field("secapi_base", &self.secapi_base)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("ca_pem", &self.ca_pem.as_ref().map(std::vec::Vec::len))
             .finish()
     }
 }

@@ -92,7 +92,7 @@ impl Pay {
         self.client
             .refund(request)
             .await
-            .map(|r| r.into_inner())
+            .map(tonic::Response::into_inner)
             .map_err(|s| call_error("Refund", s))
     }
 

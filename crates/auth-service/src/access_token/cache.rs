@@ -252,7 +252,10 @@ pub struct MemoryTokenCache {
 
 impl MemoryTokenCache {
     fn with<T>(&self, app_id: &str, f: impl FnOnce(&mut MemoryApp, Instant) -> T) -> T {
-        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut apps = self
+            .apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let app = apps.entry(app_id.to_owned()).or_default();
         let now = Instant::now();
         if app.lock.is_some_and(|(_, until)| until <= now) {

@@ -145,12 +145,18 @@ impl SharedWindows {
 
     /// True while Redis is being left alone after a failure.
     fn resting(&self) -> bool {
-        let failed_at = self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let failed_at = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
     }
 
     fn healthy(&self) {
-        *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         if !self.shared.swap(true, Ordering::Relaxed) {
             tracing::info!("Redis answers again: rate limits are shared across replicas");
             metrics::gauge!("wxmp_rate_limit_shared").set(1.0);
@@ -160,7 +166,10 @@ impl SharedWindows {
     async fn failed(&self, limit: &str, why: &str) {
         // Reconnect on the next try: the connection may be the broken part.
         *self.conn.lock().await = None;
-        *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         if self.shared.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 limit,

@@ -83,6 +83,8 @@ pub fn backoff_secs(base: Duration, attempts: i32, jitter: f64) -> i64 {
     let base = i64::try_from(base.as_secs()).unwrap_or(1).max(1);
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
     let full = base.saturating_mul(1_i64 << exp).min(MAX_BACKOFF_SECS);
+    // In [full/2, full], full ≤ MAX_BACKOFF_SECS: the float round trip cannot leave i64.
+    #[allow(clippy::cast_possible_truncation)]
     let jittered = (full as f64 * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))).round() as i64;
     jittered.max(1)
 }

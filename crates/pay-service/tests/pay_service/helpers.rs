@@ -212,7 +212,7 @@ impl Receiver {
                         }),
                     )
                     .await
-                    .map(|r| r.into_inner())
+                    .map(tonic::Response::into_inner)
                     .unwrap_or_default();
                     (r.accepted, r.message)
                 } else {
@@ -227,7 +227,7 @@ impl Receiver {
                         }),
                     )
                     .await
-                    .map(|r| r.into_inner())
+                    .map(tonic::Response::into_inner)
                     .unwrap_or_default();
                     (r.accepted, r.message)
                 };
@@ -481,7 +481,7 @@ impl Env {
             }),
         )
         .await
-        .map(|r| r.into_inner())
+        .map(tonic::Response::into_inner)
     }
 
     /// GetOrder as `user_id`; 0 is an internal admin read (`internal_admin`).

@@ -53,12 +53,12 @@ mod hmac_notify {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_hmac_sha256_merchant_pays_end_to_end() {
-        hmac_sha256_merchant_pays_end_to_end(Backend::Postgres).await
+        hmac_sha256_merchant_pays_end_to_end(Backend::Postgres).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_hmac_sha256_merchant_pays_end_to_end() {
-        hmac_sha256_merchant_pays_end_to_end(Backend::Sqlite).await
+        hmac_sha256_merchant_pays_end_to_end(Backend::Sqlite).await;
     }
 }
 
@@ -814,7 +814,8 @@ async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend, api: Api)
         orders.push(prepared.order.unwrap().order_no);
     }
     let replicas = [env.pay.clone(), env.replica(), env.replica()];
-    let reports = futures::future::join_all(replicas.iter().map(|r| r.reconcile_once())).await;
+    let reports =
+        futures::future::join_all(replicas.iter().map(pay_service::Payments::reconcile_once)).await;
     let reports: Vec<_> = reports.into_iter().map(Result::unwrap).collect();
     assert_eq!(
         reports.iter().map(|r| r.paid).sum::<usize>(),
@@ -837,7 +838,8 @@ async fn concurrent_reconcilers_apply_a_payment_once(backend: Backend, api: Api)
         );
     }
     // A late notify after the repair is a duplicate.
-    let reports = futures::future::join_all(replicas.iter().map(|r| r.reconcile_once())).await;
+    let reports =
+        futures::future::join_all(replicas.iter().map(pay_service::Payments::reconcile_once)).await;
     assert!(reports.into_iter().all(|r| r.unwrap().paid == 0));
 }
 

@@ -50,7 +50,7 @@ async fn refund(
         }),
     )
     .await
-    .map(|r| r.into_inner())
+    .map(tonic::Response::into_inner)
 }
 
 async fn get_refund(env: &Env, out_refund_no: &str) -> pb::RefundRecord {

@@ -190,7 +190,7 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
             nonce: header("Wechatpay-Nonce"),
             signature: header("Wechatpay-Signature"),
             event_type: job.event_type.to_owned(),
-            attempt: attempt as u32 + 1,
+            attempt: u32::try_from(attempt + 1).unwrap_or(u32::MAX),
             at_ms: clock::unix_ms(),
             url: job.url.clone(),
             request: body.clone(),
@@ -216,7 +216,7 @@ async fn deliver(sandbox: &Sandbox, job: &Job) {
                 record.accepted = status == 200 || status == 204;
                 match resp.text().await {
                     Ok(text) => {
-                        record.response = Some(text.chars().take(MAX_ANSWER_CHARS).collect())
+                        record.response = Some(text.chars().take(MAX_ANSWER_CHARS).collect());
                     }
                     Err(e) => record.error = Some(e.to_string()),
                 }

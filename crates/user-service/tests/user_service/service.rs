@@ -119,7 +119,7 @@ async fn concurrent_first_logins_make_one_user(backend: Backend) {
                     unionid: String::new(),
                 }))
                 .await
-                .map(|r| r.into_inner())
+                .map(tonic::Response::into_inner)
         })
     });
     let results: Vec<_> = join_all(calls)

@@ -70,7 +70,9 @@ pub fn backoff(failures: u32) -> Duration {
 
 impl RefreshGate {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The permit to download now, unless a download is under way or the last one failed

@@ -213,11 +213,15 @@ impl PlatformKeys {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CertState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, CertState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The key for `serial` that is valid at `now`.
