@@ -343,6 +343,8 @@ mod tests {
             cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
             public_key_path: None,
             public_key_id: None,
+            platform_certificates: None,
+            certificate_wait_ms: super::v3::DEFAULT_CERTIFICATE_WAIT_MS,
         };
         assert!(whole.configured());
         assert_eq!(v2(whole.clone()).validate(), Ok(()));

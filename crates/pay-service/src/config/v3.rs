@@ -255,6 +255,8 @@ mod tests {
             cert_serial: Some(sandbox::v3::dev::MERCHANT_SERIAL.into()),
             public_key_path: Some(pub_path.clone()),
             public_key_id: Some(sandbox::v3::dev::PUBLIC_KEY_ID.into()),
+            platform_certificates: None,
+            certificate_wait_ms: DEFAULT_CERTIFICATE_WAIT_MS,
         };
         assert_eq!(good.load().unwrap().public_keys.len(), 1);
         assert!(!good.load().unwrap().platform_certificates);

@@ -97,6 +97,8 @@ pub fn v3_config(dir: &std::path::Path, api: Api) -> pay_service::config::PayV3C
         cert_serial: Some(dev::MERCHANT_SERIAL.into()),
         public_key_path: Some(public),
         public_key_id: Some(dev::PUBLIC_KEY_ID.into()),
+        platform_certificates: None,
+        certificate_wait_ms: pay_service::config::v3::DEFAULT_CERTIFICATE_WAIT_MS,
     }
 }
 
