@@ -384,10 +384,7 @@ async fn refused_without(backend: Backend, held: Held, share: u8, serial: &str, 
     // WeChat's own attempt (answered by the receiver's core) was refused too.
     eventually(|| async { !sent_notifies(&env).await.is_empty() }).await;
     let sent = sent_notifies(&env).await;
-    assert!(
-        sent.iter().all(|n| n["accepted"] == false),
-        "{sent:#?}"
-    );
+    assert!(sent.iter().all(|n| n["accepted"] == false), "{sent:#?}");
     assert_eq!(state(&env, &order_no).await, pb::OrderState::Paying as i32);
 }
 
