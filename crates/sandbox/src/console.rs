@@ -1,6 +1,7 @@
 //! The sandbox console: `GET /`, one server-rendered HTML page (no CDN, no script) showing
 //! what WeChat knows — apps, users and their session keys' age, orders (Pay v2 and v3) with
-//! their trade state and notify attempts, refunds, access tokens, sent subscribe messages —
+//! their trade state and notify attempts, refunds, Pay v3's keys (the mode, the public-key share
+//! of a migration and which key signed what), access tokens, sent subscribe messages —
 //! with buttons (plain HTML forms, see [`crate::console_actions`]) that play the phone and
 //! WeChat.
 //!
@@ -20,7 +21,7 @@ use crate::{
     order::{NotifyState, Order},
     refund::{Refund, RefundNotifyRecord, RefundStatus},
     state::{Sandbox, State},
-    v3::{V3NotifyRecord, V3Order, V3Refund},
+    v3::{KeyUse, Mode, V3NotifyRecord, V3Order, V3Refund},
 };
 
 /// What a section renders from: the sandbox (config) and its state, locked once per page.
@@ -32,11 +33,13 @@ pub struct View<'a> {
     pub now: Instant,
 }
 
-/// The v3 orders, refunds and notifies at page time.
+/// The v3 orders, refunds and notifies at page time, and which keys signed what.
 pub struct V3Snapshot {
     pub orders: Vec<V3Order>,
     pub refunds: Vec<V3Refund>,
     pub notifies: Vec<V3NotifyRecord>,
+    pub key_use: KeyUse,
+    pub rotated: bool,
 }
 
 impl V3Snapshot {
@@ -46,6 +49,8 @@ impl V3Snapshot {
             orders: v3.orders.values().cloned().collect(),
             refunds: v3.refunds.values().cloned().collect(),
             notifies: v3.notifies.clone(),
+            key_use: v3.key_use.clone(),
+            rotated: v3.rotated,
         }
     }
 }
@@ -62,6 +67,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("Users", users),
     ("Orders", orders),
     ("Refunds", refunds),
+    ("Pay v3 keys", v3_keys),
     ("Access tokens", access_tokens),
     ("Sent subscribe messages", messages),
 ];
@@ -239,6 +245,48 @@ fn apps(view: &View) -> String {
         })
         .collect();
     table(&["appid", "merchant (mch_id)"], rows)
+}
+
+/// How WeChat Pay signs v3 for the merchant: the mode (in migration mode the share of callbacks
+/// signed with the public key) and the counts of `GET /sandbox/v3/keys`.
+fn v3_keys(view: &View) -> String {
+    let v3 = &view.sandbox.v3;
+    let (serial, _) = v3.signers.current(v3.mode, view.v3.rotated);
+    let mode = match v3.mode {
+        Mode::PublicKey => "public-key".to_owned(),
+        Mode::Certificate => "certificate".to_owned(),
+        Mode::Migration => format!(
+            "migration: {} % of callbacks signed with the public key, the rest with the platform certificate; answers with the key the request's Wechatpay-Serial names",
+            v3.public_key_share
+        ),
+    };
+    let k = &view.v3.key_use;
+    let share = |part: u64, all: u64| match all {
+        0 => "–".to_owned(),
+        _ => format!("{} %", part * 100 / all),
+    };
+    let rows = vec![
+        vec![
+            "callbacks".to_owned(),
+            k.notifies.to_string(),
+            k.notifies_public_key.to_string(),
+            share(k.notifies_public_key, k.notifies),
+        ],
+        vec![
+            "answers".to_owned(),
+            k.answers.to_string(),
+            k.answers_public_key.to_string(),
+            share(k.answers_public_key, k.answers),
+        ],
+    ];
+    format!(
+        r#"<p>mode <b class="v3-mode">{}</b>; signing now: <code>{}</code>; certificate downloads: {} (at most {} at once)</p>{}"#,
+        esc(&mode),
+        esc(serial),
+        k.certificate_requests,
+        k.certificate_requests_max_in_flight,
+        table(&["signed", "total", "by the public key", "share"], rows)
+    )
 }
 
 fn users(view: &View) -> String {

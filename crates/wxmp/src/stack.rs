@@ -262,7 +262,8 @@ fn arg(args: &mut Vec<String>, flag: &str, value: impl Into<String>) {
 }
 
 /// Pay v3 against the sandbox: its APIv3 key and merchant serial, the dev merchant key and (in
-/// public-key mode) WeChat Pay's public key, written to files as a merchant would have them.
+/// public-key and migration mode) WeChat Pay's public key, written to files as a merchant would
+/// have them; in migration mode platform certificates are downloaded too.
 /// pay-service loads them whatever `WXMP_PAY_API` says (it picks the API of new orders only);
 /// the keys are the sandbox's public dev keys.
 fn sandbox_v3_args(
@@ -289,13 +290,18 @@ fn sandbox_v3_args(
             write("merchant_key.pem", dev::MERCHANT_PRIVATE_KEY)?,
         );
     }
-    if v3.mode == Mode::PublicKey {
+    if matches!(v3.mode, Mode::PublicKey | Mode::Migration) {
         arg(
             args,
             "--pay-public-key-path",
             write("wechatpay_pub.pem", dev::WECHATPAY_PUBLIC_KEY)?,
         );
         arg(args, "--pay-public-key-id", dev::PUBLIC_KEY_ID);
+    }
+    if v3.mode == Mode::Migration {
+        // Both keys, as the README's runbook has it during WeChat's switch: callbacks come
+        // signed with either.
+        arg(args, "--pay-platform-certificates", "true");
     }
     Ok(())
 }

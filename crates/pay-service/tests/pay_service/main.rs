@@ -1,5 +1,6 @@
 //! pay-service's integration tests, one binary: payments (and their hardening), refunds,
-//! order events and webhooks, and `serve`, against the real sandbox on PostgreSQL and SQLite.
+//! order events and webhooks, Pay v3's move to the public key (`migration`), and `serve`,
+//! against the real sandbox on PostgreSQL and SQLite.
 
 // Test code: a failed unwrap is a failed test (the workspace denies unwrap elsewhere).
 #![allow(
@@ -11,6 +12,7 @@
 
 mod events;
 mod helpers;
+mod migration;
 mod pay;
 mod refunds;
 mod serve;

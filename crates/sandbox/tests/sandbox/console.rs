@@ -136,12 +136,17 @@ async fn page_shows_every_section_and_escapes_what_it_shows() {
         "Users",
         "Orders",
         "Refunds",
+        "Pay v3 keys",
         "Access tokens",
         "Sent subscribe messages",
     ] {
         assert!(html.contains(&format!("<h2>{section}</h2>")), "{section}");
     }
     assert!(!html.contains("<script"), "no script on the page");
+    assert!(
+        html.contains(r#"<b class="v3-mode">public-key</b>"#),
+        "{html}"
+    );
     assert!(!html.contains(DEV_PAY_KEY) && !html.contains(DEV_APP_SECRET));
 
     // A subscribe message whose data is markup: listed, and only as text.
@@ -507,4 +512,31 @@ async fn without_the_hold_refunds_still_settle_by_themselves() {
     )
     .await;
     assert_eq!(msg, "refused: refund RF-AUTO is SUCCESS, not PROCESSING");
+}
+
+/// In migration mode the page says so, with the public-key share, and counts which key signed
+/// what (as `GET /sandbox/v3/keys` does).
+#[tokio::test]
+async fn migration_mode_shows_the_share_and_the_key_counts() {
+    let mut config = config();
+    config.pay_v3.mode = sandbox::v3::Mode::Migration;
+    config.pay_v3.public_key_share = 20;
+    let sb = sandbox::spawn(config).await.unwrap();
+    let html = page(&sb).await;
+    assert!(
+        html.contains("migration: 20 % of callbacks signed with the public key"),
+        "{html}"
+    );
+    assert!(html.contains("by the public key"), "{html}");
+    assert!(html.contains(sandbox::v3::dev::PLATFORM_A_SERIAL), "{html}");
+    assert!(html.contains("certificate downloads: 0"), "{html}");
+    let keys: serde_json::Value = http()
+        .get(sb.url("/sandbox/v3/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["public_key_share"], 20);
 }

@@ -260,21 +260,29 @@ impl V3Client {
     }
 
     /// Verifies `headers` + `body` against the platform keys; on an unknown serial in
-    /// certificate mode starts a download (at most once per forced-refresh interval) and waits
-    /// for it within the bound before trying again.
+    /// certificate mode waits for the download under way, or starts one (at most once per
+    /// forced-refresh interval), within the bound before trying again.
     async fn verify_signed(
         &self,
         headers: &SignatureHeaders,
         body: &[u8],
     ) -> Result<(), VerifyError> {
         let verdict = match self.platform.verify(headers, body, self.now()) {
-            Err(VerifyError::UnknownSerial(serial))
-                if self.platform.claim_forced_refresh(self.now()) =>
-            {
-                tracing::info!(%serial, "unknown WeChat Pay serial; downloading certificates");
-                self.refresh_in_background();
-                self.refresh.wait(self.certificate_wait).await;
-                self.platform.verify(headers, body, self.now())
+            Err(VerifyError::UnknownSerial(serial)) if self.platform.uses_certificates() => {
+                // A download under way (the first one, started by another message) may bring
+                // the certificate: a genuine callback arriving meanwhile waits for it instead
+                // of being refused.
+                let under_way = self.refresh.in_flight();
+                if under_way || self.platform.claim_forced_refresh(self.now()) {
+                    if !under_way {
+                        tracing::info!(%serial, "unknown WeChat Pay serial; downloading certificates");
+                        self.refresh_in_background();
+                    }
+                    self.refresh.wait(self.certificate_wait).await;
+                    self.platform.verify(headers, body, self.now())
+                } else {
+                    Err(VerifyError::UnknownSerial(serial))
+                }
             }
             other => other,
         };
