@@ -997,3 +997,30 @@ pub async fn forward(
     response.body = answer.bytes().await.unwrap().to_vec();
     response
 }
+
+/// The refund `out_refund_no` as GetRefund answers it.
+pub async fn get_refund(env: &Env, out_refund_no: &str) -> pb::RefundRecord {
+    PayService::get_refund(
+        &env.pay,
+        Request::new(pb::GetRefundRequest {
+            out_refund_no: out_refund_no.into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .refund
+    .unwrap()
+}
+
+/// GET of a sandbox developer path (`/sandbox/...`), as JSON.
+pub async fn sandbox_get(env: &Env, path: &str) -> serde_json::Value {
+    env.http
+        .get(env.sandbox.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -18,8 +18,8 @@ use wxmp_proto::pay::v1::{
 };
 
 use crate::helpers::{
-    Api, Backend, Env, Forgery, Notice, deliver_to, eventually, on_both_backends, paid_notice,
-    principal,
+    Api, Backend, Env, Forgery, Notice, deliver_to, eventually, get_refund, on_both_backends,
+    paid_notice, principal, sandbox_get,
 };
 
 /// Which of WeChat Pay's keys pay-service is configured with.
@@ -61,17 +61,6 @@ async fn migrating_env(
         tweak(c);
     })
     .await
-}
-
-async fn sandbox_get(env: &Env, path: &str) -> Value {
-    env.http
-        .get(env.sandbox.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The sandbox's count of which key signed what (`GET /sandbox/v3/keys`).
@@ -199,17 +188,7 @@ async fn pays_and_refunds_at(backend: Backend, share: u8, count_: usize) {
     eventually(|| async { accepted_of(&sent_notifies(&env).await, "REFUND.SUCCESS") == count_ })
         .await;
     for (out_refund_no, (order_no, _)) in refunds.iter().zip(&orders) {
-        let refund = PayService::get_refund(
-            &env.pay,
-            Request::new(pb::GetRefundRequest {
-                out_refund_no: out_refund_no.clone(),
-            }),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-        .refund
-        .unwrap();
+        let refund = get_refund(&env, out_refund_no).await;
         assert_eq!(
             refund.state,
             pb::RefundState::RefundSuccess as i32,

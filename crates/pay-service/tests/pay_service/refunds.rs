@@ -6,7 +6,8 @@
 //! answer; plus an order placed on v2 that refunds on v2 after the switch to v3.
 
 use crate::helpers::{
-    Api, Backend, Env, eventually, on_both_backends, on_both_backends_and_apis, principal, reason,
+    Api, Backend, Env, eventually, get_refund, on_both_backends, on_both_backends_and_apis,
+    principal, reason, sandbox_get,
 };
 use pay_service::{RefundState, refunds};
 use serde_json::{Value, json};
@@ -53,20 +54,6 @@ async fn refund(
     .map(tonic::Response::into_inner)
 }
 
-async fn get_refund(env: &Env, out_refund_no: &str) -> pb::RefundRecord {
-    PayService::get_refund(
-        &env.pay,
-        Request::new(pb::GetRefundRequest {
-            out_refund_no: out_refund_no.into(),
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner()
-    .refund
-    .unwrap()
-}
-
 async fn wait_refund(env: &Env, out_refund_no: &str, state: pb::RefundState) -> pb::RefundRecord {
     eventually(|| async { get_refund(env, out_refund_no).await.state == state as i32 }).await;
     get_refund(env, out_refund_no).await
@@ -74,17 +61,6 @@ async fn wait_refund(env: &Env, out_refund_no: &str, state: pb::RefundState) -> 
 
 async fn set_faults(env: &Env, faults: Value) {
     env.set_faults(faults).await;
-}
-
-async fn sandbox_get(env: &Env, path: &str) -> Value {
-    env.http
-        .get(env.sandbox.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The refunds WeChat (the sandbox) holds for an order on `api`, as `{out_refund_no,
