@@ -103,7 +103,14 @@ impl Payments {
         if !self.inner.wechat.can_refund(order.pay_api()) {
             return Err(Error::RefundsDisabled);
         }
-        check_refund(&order, req.refund_fen).map_err(refusal_error)?;
+        if let Err(refusal) = check_refund(&order, req.refund_fen) {
+            // A concurrent call with this key may have reserved the amount since we looked:
+            // a retry is answered its refund, not refused.
+            if let Some(existing) = refund_store::find(self.database(), &out_refund_no).await? {
+                return self.repeat(existing, &req).await;
+            }
+            return Err(refusal_error(refusal));
+        }
         let new = NewRefund {
             out_refund_no,
             order_no: order.order_no.clone(),

@@ -2,7 +2,9 @@
 //!
 //! Two functions change refunds, each one transaction:
 //! - [`create`] reserves the amount on the order (one conditional UPDATE: paid, and
-//!   `refunding_fen + refunded_fen + amount <= amount_fen`) and inserts the PENDING row;
+//!   `refunding_fen + refunded_fen + amount <= amount_fen`) and inserts the PENDING row; a
+//!   reservation refused because a concurrent call with the same out_refund_no took the
+//!   amount answers that call's refund ([`Created::Existing`]), never a refusal;
 //! - [`transition`] moves a refund between states (one conditional UPDATE on its state) and,
 //!   when it leaves flight, moves the order's totals (one conditional UPDATE) and its state.
 //!
@@ -117,6 +119,18 @@ pub async fn create(db: &Database, new: &NewRefund) -> Result<Created, Error> {
             .await
             .optional()?;
             let Some(mut order) = reserved else {
+                // A concurrent call with this key may have reserved first (its commit is what
+                // refused us): answer its refund, not a refusal. Looked up after the UPDATE,
+                // which waited for that commit.
+                let same_key: Option<Refund> = refunds_t::table
+                    .filter(refunds_t::out_refund_no.eq(&new.out_refund_no))
+                    .select(Refund::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some(existing) = same_key {
+                    return Ok(Created::Existing(existing));
+                }
                 let current: Option<Order> = orders::table
                     .filter(orders::order_no.eq(&new.order_no))
                     .select(Order::as_select())

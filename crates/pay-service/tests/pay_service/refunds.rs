@@ -300,6 +300,30 @@ async fn retries_with_the_same_key_answer_the_first_refund(backend: Backend, api
     );
 }
 
+/// Six callers retry one refund (same out_refund_no, same parameters) at once, for the whole
+/// amount: every one of them is answered that refund, none REFUND_EXCEEDS_PAID (issue 23,
+/// defect 4), and WeChat holds one refund.
+async fn concurrent_retries_of_one_key_answer_one_refund(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 20).await;
+    let calls = (0..6).map(|_| {
+        let env = &env;
+        let order_no = order.order_no.clone();
+        async move { refund(env, &order_no, PRICE, "same-6").await }
+    });
+    let results = futures::future::join_all(calls).await;
+    for result in &results {
+        let answered = result.as_ref().expect("every retry answers the refund");
+        assert_eq!(answered.refund.as_ref().unwrap().out_refund_no, "same-6");
+    }
+    wait_refund(&env, "same-6", pb::RefundState::RefundSuccess).await;
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (PRICE, 0)
+    );
+}
+
 async fn unpaid_and_unknown_orders_are_refused(backend: Backend, api: Api) {
     let env = Env::refunding_on(backend, api).await;
     let created = env.create(5, 100, "unpaid", "").await.unwrap();
@@ -1298,6 +1322,7 @@ on_both_backends_and_apis!(
     over_refund_is_refused_and_never_sent,
     concurrent_refunds_race_for_the_last_fen,
     retries_with_the_same_key_answer_the_first_refund,
+    concurrent_retries_of_one_key_answer_one_refund,
     unpaid_and_unknown_orders_are_refused,
     refunds_without_a_certificate_are_disabled,
     forged_and_mismatched_notifies_change_nothing,
