@@ -128,6 +128,18 @@ async fn wechat_status(env: &Env, out_refund_no: &str) -> Value {
     }
 }
 
+/// Waits until a notify of `key` is stored: the notify settles the refund first and stores
+/// its verdict after, so a refund seen settled may not have its verdict yet.
+async fn stored_verdict(env: &Env, key: &str) {
+    eventually(|| async {
+        !refunds::store::notification_verdicts(env.pay.database(), key)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+}
+
 fn refunded(order: &pb::Order) -> (i64, i64) {
     (order.refunded_fen, order.refunding_fen)
 }
@@ -200,6 +212,7 @@ async fn partial_then_full_refund(backend: Backend, api: Api) {
     // Each settled by its encrypted notify, on the API of its order.
     for key in ["shop-r1", "shop-r2"] {
         assert_eq!(get_refund(&env, key).await.api, api.as_str());
+        stored_verdict(&env, key).await;
         let verdicts = refunds::store::notification_verdicts(env.pay.database(), key)
             .await
             .unwrap();
@@ -1053,6 +1066,7 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     // Sent to WeChat's v2 refund API only, and settled by its v2 notify.
     assert_eq!(at_wechat_on(&env, Api::V2, &old.order_no).await.len(), 1);
     assert!(at_wechat_on(&env, Api::V3, &old.order_no).await.is_empty());
+    stored_verdict(&env, "switch-v2").await;
     let verdicts = refunds::store::notification_verdicts(env.pay.database(), "switch-v2")
         .await
         .unwrap();
