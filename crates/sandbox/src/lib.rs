@@ -129,6 +129,8 @@
 //!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH / v3 403 NOT_ENOUGH
 //!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
 //!   "refund_hold": true,            // refunds stay PROCESSING until the console finishes them
+//!   "refund_answer_lost": true,     // a refund is recorded, then answered SYSTEMERROR / v3 500
+//!   "refund_refused": true,         // refund requests: return_code FAIL / v3 401 SIGN_ERROR
 //!   (all of these apply to v2 and v3 alike: drop_notify also drops refund notifies and v3
 //!   notifies; pay_system_error also fails refunds, on v3 as 500 SYSTEM_ERROR)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear

@@ -276,10 +276,17 @@ pub async fn refund(
     body: web::Bytes,
 ) -> HttpResponse {
     let faults = faults::of_request(&req);
+    if faults.refund_refused {
+        return crate::pay::refused("签名错误");
+    }
     let mut created = None;
     let response = handle(&req, &sandbox, &body, |sandbox, a| {
         let (answer, key) = apply(sandbox, a, &faults)?;
         created = key;
+        if faults.refund_answer_lost {
+            // Recorded (and settled later), but the merchant only hears SYSTEMERROR.
+            return Err(business(ErrCode::SystemError, "系统超时"));
+        }
         Ok(answer)
     });
     if let Some(key) = created {

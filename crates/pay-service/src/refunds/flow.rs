@@ -54,6 +54,14 @@ pub struct RefundReconcileReport {
     pub errors: usize,
 }
 
+/// Whether a send of a PENDING refund is its first (a refusal is final) or a repeat after an
+/// unknown outcome (a refusal is checked with WeChat first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Send {
+    First,
+    Again,
+}
+
 fn refusal_error(refusal: Refusal) -> Error {
     match refusal {
         Refusal::NotPaid => Error::OrderState("order is not paid".into()),
@@ -127,7 +135,7 @@ impl Payments {
             Created::New(refund, order) => {
                 refunds::count("requested");
                 tracing::info!(out_refund_no = %refund.out_refund_no, "refund recorded");
-                let refund = self.send_refund(refund, &order).await?;
+                let refund = self.send_refund(refund, &order, Send::First).await?;
                 Ok((refund, self.reload_order(&order.order_no).await?))
             }
             Created::Existing(existing) => self.repeat(existing, &req).await,
@@ -155,7 +163,7 @@ impl Payments {
             return Err(Error::RefundsDisabled);
         }
         let refund = if pending {
-            self.send_refund(existing, &order).await?
+            self.send_refund(existing, &order, Send::Again).await?
         } else {
             existing
         };
@@ -173,7 +181,17 @@ impl Payments {
     /// FAILED with WeChat's code (the amount is released). No answer (SYSTEMERROR /
     /// SYSTEM_ERROR, FREQUENCY_LIMITED, 5xx, an unauthenticated v3 answer) leaves it PENDING and
     /// is WECHAT_UNAVAILABLE: the same request is sent again later.
-    async fn send_refund(&self, refund: Refund, order: &Order) -> Result<Refund, Error> {
+    ///
+    /// A refusal of a send [`Send::Again`] is not proof: an earlier send may have been accepted
+    /// with its answer lost, and WeChat refuses a resend for reasons of the request (a rotated
+    /// key, v2 `return_code=FAIL`, any v3 4xx) without a word on the refund. WeChat is asked
+    /// first ([`Self::after_refused_resend`]).
+    async fn send_refund(
+        &self,
+        refund: Refund,
+        order: &Order,
+        send: Send,
+    ) -> Result<Refund, Error> {
         let answer = self
             .inner
             .wechat
@@ -219,6 +237,10 @@ impl Payments {
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund not confirmed; stays PENDING");
                 return Err(map_refund_error(e));
             }
+            Err(e) if send == Send::Again => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund resend refused; asking WeChat whether it holds the refund");
+                return self.after_refused_resend(&refund, order, &e).await;
+            }
             Err(e) => {
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund refused by WeChat");
                 if e.is_not_enough() {
@@ -235,6 +257,51 @@ impl Payments {
         };
         self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
             .await
+    }
+
+    /// A resend of a PENDING refund was refused (`refusal`): WeChat decides. It holds the refund
+    /// → settled from its status (PROCESSING when still processing); it holds no such refund →
+    /// FAILED with the refusal's code (the amount is released); no answer → stays PENDING,
+    /// WECHAT_UNAVAILABLE (asked again on a later pass).
+    async fn after_refused_resend(
+        &self,
+        refund: &Refund,
+        order: &Order,
+        refusal: &RefundCallError,
+    ) -> Result<Refund, Error> {
+        let now = self.now();
+        match self
+            .inner
+            .wechat
+            .query_refund(order.pay_api(), &order.app_id, &refund.out_refund_no)
+            .await
+        {
+            Ok(seen)
+                if seen.out_trade_no != order.order_no || seen.refund_fen != refund.amount_fen =>
+            {
+                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat holds a refund of this key that does not match ours; stays PENDING");
+                Err(Error::WechatUnavailable(
+                    "WeChat's refund does not match the refund".into(),
+                ))
+            }
+            Ok(seen) => self.settle_from(refund, seen.status, &seen.refund_id).await,
+            Err(q) if q.is_not_found() => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %refusal, "WeChat holds no such refund: the refusal stands");
+                let change = Change {
+                    to: RefundState::Failed,
+                    refund_id: String::new(),
+                    failure: refusal.code().unwrap_or("REFUSED").to_owned(),
+                    now,
+                    next_check_at: now,
+                };
+                self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
+                    .await
+            }
+            Err(q) => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %q, "refund query after a refused resend failed; stays PENDING");
+                Err(map_refund_error(q))
+            }
+        }
     }
 
     /// [`refund_store::transition`] with logging and metrics; answers the refund as it is.
@@ -293,7 +360,7 @@ impl Payments {
                 Some(RefundState::Pending) => {
                     report.resent += 1;
                     match self.reload_order(&refund.order_no).await {
-                        Ok(order) => self.send_refund(refund.clone(), &order).await,
+                        Ok(order) => self.send_refund(refund.clone(), &order, Send::Again).await,
                         Err(e) => Err(e),
                     }
                 }

@@ -916,6 +916,79 @@ async fn systemerror_is_retried_with_the_same_key(backend: Backend, api: Api) {
     );
 }
 
+/// A first send is accepted and its answer lost (SYSTEMERROR / 500 after WeChat recorded it);
+/// the retry is refused before WeChat looks at the refund (v2 return_code=FAIL, v3 401). The
+/// refusal is not proof: WeChat is asked, holds the refund, and it settles as refunded (issue
+/// 23, defect 3). A refund WeChat never got still fails on a refused resend, its amount
+/// released.
+async fn a_refused_resend_after_a_lost_answer_asks_wechat_first(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 21).await;
+    set_faults(
+        &env,
+        json!({ "refund_answer_lost": true, "drop_notify": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 330, "lost-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    assert_eq!(
+        at_wechat(&env, &order.order_no).await.len(),
+        1,
+        "WeChat has it"
+    );
+    set_faults(
+        &env,
+        json!({ "refund_refused": true, "drop_notify": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let again = refund(&env, &order.order_no, 330, "lost-1")
+        .await
+        .expect("answered from WeChat's query");
+    assert_ne!(
+        again.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32,
+        "a refused resend is not proof"
+    );
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    eventually(|| async {
+        let _ = env.pay.reconcile_refunds_once().await;
+        get_refund(&env, "lost-1").await.state == pb::RefundState::RefundSuccess as i32
+    })
+    .await;
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (330, 0)
+    );
+
+    // Lost before WeChat saw it (a 503), then refused: WeChat holds none, so it fails.
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 100, "never-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    set_faults(
+        &env,
+        json!({ "refund_refused": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let again = refund(&env, &order.order_no, 100, "never-1").await.unwrap();
+    assert_eq!(
+        again.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32
+    );
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (330, 0)
+    );
+}
+
 /// pay-service dies after WeChat recorded the refund but before the answer is stored: the
 /// request's task is dropped mid-call (what SIGKILL does to it). A replica's reconciler sends
 /// the PENDING refund again with the same out_refund_no; WeChat answers the same refund and
@@ -1347,6 +1420,7 @@ on_both_backends_and_apis!(
     notenough_fails_the_refund_and_releases_the_amount,
     systemerror_is_retried_with_the_same_key,
     killed_between_the_call_and_the_answer,
+    a_refused_resend_after_a_lost_answer_asks_wechat_first,
 );
 
 /// v2 only: v3 has no refund list per order to learn refunds made elsewhere from; the switch

@@ -466,7 +466,14 @@ async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes)
         Err(resp) => return *resp,
     };
     let faults = faults::of_request(&req);
-    let answer = create_refund(&sandbox, mchid, &body, &faults);
+    if faults.refund_refused {
+        return error(&sandbox.v3, 401, "SIGN_ERROR", "签名错误");
+    }
+    let mut answer = create_refund(&sandbox, mchid, &body, &faults);
+    if faults.refund_answer_lost && answer.status().is_success() {
+        // Recorded (and settled later), but the merchant only hears SYSTEM_ERROR.
+        answer = error(&sandbox.v3, 500, "SYSTEM_ERROR", "系统超时");
+    }
     if faults.refund_reply_delay_ms > 0 {
         // Recorded, then the answer is lost (a crash, a timeout): the merchant must ask again
         // with the same out_refund_no.
