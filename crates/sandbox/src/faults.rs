@@ -65,8 +65,9 @@ pub struct Faults {
     /// SANDBOX_REFUND_DELAY_MS (v2) or SANDBOX_PAY_V3_REFUND_AFTER_MS (v3).
     #[arg(long = "fault-refund-hold", env = "SANDBOX_FAULT_REFUND_HOLD", value_name = "SANDBOX_FAULT_REFUND_HOLD", default_value_t = false, action = clap::ArgAction::Set)]
     pub refund_hold: bool,
-    /// Run time only: refunds are accepted, then settle as CHANGE (v2) / ABNORMAL (v3): failed;
-    /// the money stays with the merchant.
+    /// Run time only: refunds are accepted, then end CHANGE (v2) / ABNORMAL (v3): the money is
+    /// held by WeChat until re-routed (`POST /sandbox/refunds/{no}/finish` or the console then
+    /// settles or closes it).
     #[arg(skip)]
     pub refund_change: bool,
     /// Run time only: refunds are accepted, then closed without refunding (v2 REFUNDCLOSE,

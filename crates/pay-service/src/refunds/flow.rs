@@ -20,8 +20,8 @@ use crate::{
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
-        self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
-        new_out_refund_no, valid_out_refund_no,
+        self, ABNORMAL_RECHECK_SECS, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal,
+        WxRefundStatus, check_refund, new_out_refund_no, valid_out_refund_no,
     },
     wechat_pay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
 };
@@ -209,7 +209,6 @@ impl Payments {
             )
             .await;
         let now = self.now();
-        let after = self.inner.settings.reconcile_after_secs;
         let change = match answer {
             Ok(seen)
                 if seen.out_trade_no != order.order_no || seen.refund_fen != refund.amount_fen =>
@@ -229,7 +228,7 @@ impl Payments {
                     refund_id: seen.refund_id,
                     failure: failure.to_owned(),
                     now,
-                    next_check_at: now + after,
+                    next_check_at: self.next_check(to, now),
                 }
             }
             Err(e @ RefundCallError::Unknown(_)) => {
@@ -304,6 +303,16 @@ impl Payments {
         }
     }
 
+    /// When the reconciler looks at a refund in state `state` next: ABNORMAL ones wait on a
+    /// person, so hourly; others after `PAY_RECONCILE_AFTER_SECS`.
+    fn next_check(&self, state: RefundState, now: i64) -> i64 {
+        if state == RefundState::Abnormal {
+            now + ABNORMAL_RECHECK_SECS
+        } else {
+            now + self.inner.settings.reconcile_after_secs
+        }
+    }
+
     /// [`refund_store::transition`] with logging and metrics; answers the refund as it is.
     async fn apply(
         &self,
@@ -347,7 +356,8 @@ impl Payments {
     }
 
     /// One pass over refunds in flight whose check is due: PENDING ones are sent again (same
-    /// out_refund_no), PROCESSING ones are asked about (refundquery) and settled.
+    /// out_refund_no), PROCESSING and ABNORMAL ones are asked about (refundquery) and settled
+    /// (ABNORMAL ones every [`ABNORMAL_RECHECK_SECS`]).
     pub async fn reconcile_refunds_once(&self) -> Result<RefundReconcileReport, Error> {
         let mut report = RefundReconcileReport::default();
         let now = self.now();
@@ -369,6 +379,10 @@ impl Payments {
                     self.query_refund(&refund).await
                 }
             };
+            let state = match &result {
+                Ok(r) => r.state(),
+                Err(_) => refund.state(),
+            };
             match result {
                 Ok(r) if r.state().is_some_and(RefundState::is_final) => report.settled += 1,
                 Ok(_) => {}
@@ -377,9 +391,14 @@ impl Payments {
                     tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "reconciling a refund failed");
                 }
             }
-            // Still in flight: not looked at again before another reconcile_after.
-            let after = self.inner.settings.reconcile_after_secs.max(1);
-            refund_store::check_again_at(db, &refund.out_refund_no, now + after).await?;
+            // Still in flight: not looked at again before another reconcile_after (an
+            // ABNORMAL one: ABNORMAL_RECHECK_SECS).
+            let next = if state == Some(RefundState::Abnormal) {
+                self.next_check(RefundState::Abnormal, now)
+            } else {
+                now + self.inner.settings.reconcile_after_secs.max(1)
+            };
+            refund_store::check_again_at(db, &refund.out_refund_no, next).await?;
         }
         if report != RefundReconcileReport::default() {
             tracing::info!(?report, "refund reconcile pass");
@@ -387,8 +406,8 @@ impl Payments {
         Ok(report)
     }
 
-    /// Asks WeChat (with the order's API) about a PROCESSING refund and settles it when
-    /// WeChat has.
+    /// Asks WeChat (with the order's API) about a PROCESSING or ABNORMAL refund and settles it
+    /// when WeChat has.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
         let seen = self
@@ -415,22 +434,28 @@ impl Payments {
         let now = self.now();
         let (to, failure) = match status.settlement() {
             Some(settled) => settled,
-            None if refund.state() == Some(RefundState::Pending) => (RefundState::Processing, ""),
+            // Accepted (again: an abnormal refund re-routed is processed anew).
+            None if matches!(
+                refund.state(),
+                Some(RefundState::Pending | RefundState::Abnormal)
+            ) =>
+            {
+                (RefundState::Processing, "")
+            }
             None => return Ok(refund.clone()),
         };
+        if refund.state() == Some(to) {
+            return Ok(refund.clone()); // nothing new (e.g. still ABNORMAL)
+        }
         let change = Change {
             to,
             refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
-            next_check_at: now + self.inner.settings.reconcile_after_secs,
+            next_check_at: self.next_check(to, now),
         };
-        self.apply(
-            &refund.out_refund_no,
-            &[RefundState::Pending, RefundState::Processing],
-            &change,
-        )
-        .await
+        self.apply(&refund.out_refund_no, &to.moves_from(), &change)
+            .await
     }
 
     /// `orderquery` said REFUND: record the refunds WeChat lists for the order (those made

@@ -7,7 +7,7 @@
 //!
 //! | verdict | reply | meaning |
 //! |---|---|---|
-//! | `applied` | SUCCESS | this notify settled the refund (SUCCESS, FAILED for CHANGE, CLOSED for REFUNDCLOSE) |
+//! | `applied` | SUCCESS | this notify settled the refund (SUCCESS, CLOSED for REFUNDCLOSE) or made it ABNORMAL (CHANGE: in flight, amount reserved) |
 //! | `duplicate` | SUCCESS | the refund was already in that state; nothing changed |
 //! | `conflicting_state` | SUCCESS | the refund was already settled otherwise; nothing changed; manual review |
 //! | `malformed` | FAIL | not WeChat's XML, a field missing or malformed |
@@ -182,9 +182,14 @@ impl Payments {
             refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
-            next_check_at: now,
+            // ABNORMAL stays in flight: queried again at its slow cadence.
+            next_check_at: if to == RefundState::Abnormal {
+                now + crate::refunds::ABNORMAL_RECHECK_SECS
+            } else {
+                now
+            },
         };
-        let from = [RefundState::Pending, RefundState::Processing];
+        let from = to.moves_from();
         Ok(
             match refund_store::transition(self.database(), &refund.out_refund_no, &from, &change)
                 .await?

@@ -9,7 +9,8 @@
 //!   when it leaves flight, moves the order's totals (one conditional UPDATE) and its state.
 //!
 //! Every refund state change goes through these two; a settlement (SUCCESS, FAILED, CLOSED)
-//! writes its outbox event (`REFUND_SUCCEEDED` / `REFUND_FAILED`) in the same transaction.
+//! or ABNORMAL writes its outbox event (`REFUND_SUCCEEDED` / `REFUND_FAILED` /
+//! `REFUND_ABNORMAL`) in the same transaction. ABNORMAL is in flight: it moves no totals.
 
 use diesel::{
     BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
@@ -267,7 +268,7 @@ pub async fn transition(
         })
         .await
     });
-    if matches!(&transitioned, Ok(Transition::Applied(..))) && to.is_final() {
+    if matches!(&transitioned, Ok(Transition::Applied(..))) && to.has_event() {
         events::wake();
     }
     transitioned

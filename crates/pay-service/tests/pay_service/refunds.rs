@@ -805,7 +805,11 @@ async fn refund_events(env: &Env) -> Vec<(String, Value)> {
     events::after(
         env.pay.database(),
         0,
-        &[EventKind::RefundSucceeded, EventKind::RefundFailed],
+        &[
+            EventKind::RefundSucceeded,
+            EventKind::RefundFailed,
+            EventKind::RefundAbnormal,
+        ],
         100,
     )
     .await
@@ -815,7 +819,12 @@ async fn refund_events(env: &Env) -> Vec<(String, Value)> {
     .collect()
 }
 
-async fn change_is_recorded_as_failed(backend: Backend, api: Api) {
+/// v2 CHANGE / v3 ABNORMAL (退款异常): WeChat took the money from the merchant and holds it
+/// until the merchant re-routes it. The refund is ABNORMAL, in flight: its amount stays
+/// reserved, one REFUND_ABNORMAL event (not REFUND_FAILED), queried at a slower cadence; a
+/// later SUCCESS (by query here) settles it as refunded, a CLOSED (by notify) releases it.
+/// (Issue 23, defect 1: this test asserted FAILED with the amount released, which was wrong.)
+async fn change_is_abnormal_and_keeps_the_amount_reserved(backend: Backend, api: Api) {
     let env = Env::refunding_on(backend, api).await;
     set_faults(
         &env,
@@ -826,16 +835,86 @@ async fn change_is_recorded_as_failed(backend: Backend, api: Api) {
     refund(&env, &order.order_no, 300, "change-1")
         .await
         .unwrap();
-    let failed = wait_refund(&env, "change-1", pb::RefundState::RefundFailed).await;
-    assert_eq!(failed.failure, api.abnormal());
+    let abnormal = wait_refund(&env, "change-1", pb::RefundState::RefundAbnormal).await;
+    assert_eq!(abnormal.failure, api.abnormal());
+    assert_eq!(abnormal.settled_at, 0);
     let events = refund_events(&env).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].0, "REFUND_FAILED");
+    assert_eq!(events[0].0, "REFUND_ABNORMAL");
     assert_eq!(events[0].1["refund"]["failure"], api.abnormal());
-    // The money stayed with the merchant: the order is PAID with nothing refunded or held.
+    // The money is held by WeChat: still reserved, the order REFUNDING, not refundable again.
+    let during = env.get(&order.order_no, 0).await.unwrap();
+    assert_eq!(during.state, pb::OrderState::Refunding as i32);
+    assert_eq!(refunded(&during), (0, 300));
+    let err = refund(&env, &order.order_no, PRICE, "change-2")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::RefundExceedsPaid);
+
+    // The merchant re-routes it; no notify reaches us: the reconciler's query settles it, at
+    // the slower cadence (not on the next pass, after ABNORMAL_RECHECK_SECS).
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    let finished: Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/refunds/change-1/finish"))
+        .json(&json!({ "outcome": "success" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(finished["status"], "SUCCESS", "{finished}");
+    assert_eq!(env.pay.reconcile_refunds_once().await.unwrap().queried, 0);
+    env.clock.advance(refunds::ABNORMAL_RECHECK_SECS);
+    let report = env.pay.reconcile_refunds_once().await.unwrap();
+    assert_eq!((report.queried, report.settled), (1, 1), "{report:?}");
+    assert_eq!(
+        get_refund(&env, "change-1").await.state,
+        pb::RefundState::RefundSuccess as i32
+    );
     let after = env.get(&order.order_no, 0).await.unwrap();
     assert_eq!(after.state, pb::OrderState::Paid as i32);
-    assert_eq!(refunded(&after), (0, 0));
+    assert_eq!(refunded(&after), (300, 0));
+
+    // Another goes abnormal, then WeChat closes it (notified): released.
+    set_faults(
+        &env,
+        json!({ "refund_change": true, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    refund(&env, &order.order_no, 200, "change-3")
+        .await
+        .unwrap();
+    wait_refund(&env, "change-3", pb::RefundState::RefundAbnormal).await;
+    set_faults(&env, json!({})).await;
+    let finished: Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/refunds/change-3/finish"))
+        .json(&json!({ "outcome": "close" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(finished["status"], api.closed(), "{finished}");
+    let closed = wait_refund(&env, "change-3", pb::RefundState::RefundClosed).await;
+    assert_eq!(closed.failure, api.closed());
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (300, 0)
+    );
+    let kinds: Vec<String> = refund_events(&env).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        kinds,
+        [
+            "REFUND_ABNORMAL",
+            "REFUND_SUCCEEDED",
+            "REFUND_ABNORMAL",
+            "REFUND_FAILED"
+        ]
+    );
 }
 
 async fn closed_is_recorded_as_closed(backend: Backend, api: Api) {
@@ -1415,7 +1494,7 @@ on_both_backends_and_apis!(
     forged_and_mismatched_notifies_change_nothing,
     duplicate_wechat_notifies_settle_once,
     lost_notify_is_repaired_by_the_reconciler,
-    change_is_recorded_as_failed,
+    change_is_abnormal_and_keeps_the_amount_reserved,
     closed_is_recorded_as_closed,
     notenough_fails_the_refund_and_releases_the_amount,
     systemerror_is_retried_with_the_same_key,

@@ -636,7 +636,8 @@ async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
 }
 
 /// How a v3 refund ends (`status`, as [`refund_json`] cites): SUCCESS, ABNORMAL (the payer's
-/// account cannot take it; the money stays with the merchant) or CLOSED. Each is followed by
+/// account cannot take it; the money is held by WeChat until re-routed, then SUCCESS) or
+/// CLOSED. Each is followed by
 /// its REFUND.* notify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum V3RefundEnd {
@@ -679,7 +680,14 @@ pub fn conclude_refund(
                 out_refund_no.to_owned(),
             ));
         };
-        if r.status != "PROCESSING" {
+        // PROCESSING ends any way; ABNORMAL (money held) is later re-routed (SUCCESS) or
+        // closed.
+        let may = match r.status.as_str() {
+            "PROCESSING" => true,
+            "ABNORMAL" => end != V3RefundEnd::Abnormal,
+            _ => false,
+        };
+        if !may {
             return Err(crate::refund::ConcludeError::NotProcessing(
                 out_refund_no.to_owned(),
                 r.status.clone(),
