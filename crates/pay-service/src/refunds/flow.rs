@@ -96,7 +96,8 @@ impl Payments {
             ));
         }
         let now = self.now();
-        let out_refund_no = if req.out_refund_no.is_empty() {
+        let generated = req.out_refund_no.is_empty();
+        let out_refund_no = if generated {
             new_out_refund_no(now)
         } else {
             req.out_refund_no.clone()
@@ -135,8 +136,17 @@ impl Payments {
             Created::New(refund, order) => {
                 refunds::count("requested");
                 tracing::info!(out_refund_no = %refund.out_refund_no, "refund recorded");
-                let refund = self.send_refund(refund, &order, Send::First).await?;
-                Ok((refund, self.reload_order(&order.order_no).await?))
+                match self.send_refund(refund.clone(), &order, Send::First).await {
+                    Ok(refund) => Ok((refund, self.reload_order(&order.order_no).await?)),
+                    // The key is ours, not the caller's: an error would lose it, and the
+                    // caller's natural retry would make a second refund. Answer the refund as
+                    // it stands (PENDING: the reconciler sends it again) with its key.
+                    Err(e) if generated => {
+                        tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund with a generated key not confirmed; answered PENDING with its key");
+                        self.as_it_stands(refund, order).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Created::Existing(existing) => self.repeat(existing, &req).await,
             // Lost a race for the amount (or the order changed): say why as of now.
@@ -168,6 +178,20 @@ impl Payments {
             existing
         };
         Ok((refund, self.reload_order(&order.order_no).await?))
+    }
+
+    /// `refund` and `order` as the database has them now, or as given when it cannot say
+    /// (never an error: the answer must carry the refund's key).
+    async fn as_it_stands(&self, refund: Refund, order: Order) -> Result<(Refund, Order), Error> {
+        let refund = match refund_store::find(self.database(), &refund.out_refund_no).await {
+            Ok(Some(current)) => current,
+            _ => refund,
+        };
+        let order = match store::find_order(self.database(), &order.order_no).await {
+            Ok(Some(current)) => current,
+            _ => order,
+        };
+        Ok((refund, order))
     }
 
     async fn reload_order(&self, order_no: &str) -> Result<Order, Error> {

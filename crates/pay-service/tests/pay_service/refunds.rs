@@ -1068,6 +1068,37 @@ async fn a_refused_resend_after_a_lost_answer_asks_wechat_first(backend: Backend
     );
 }
 
+/// A Refund without out_refund_no whose answer is lost (WeChat recorded it, answered
+/// SYSTEMERROR / 500) is answered PENDING with its generated key, never an error that loses
+/// it (issue 23, defect 2): the caller's retry with that key answers the same refund, and
+/// WeChat holds one.
+async fn a_keyless_refund_never_loses_its_key(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 22).await;
+    set_faults(
+        &env,
+        json!({ "refund_answer_lost": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let answered = refund(&env, &order.order_no, 250, "")
+        .await
+        .expect("answered with the key, not an error");
+    let record = answered.refund.unwrap();
+    assert_eq!(record.state, pb::RefundState::RefundPending as i32);
+    assert!(!record.out_refund_no.is_empty());
+    assert_eq!(refunded(&answered.order.unwrap()), (0, 250));
+    let again = refund(&env, &order.order_no, 250, &record.out_refund_no)
+        .await
+        .unwrap();
+    assert_eq!(again.refund.unwrap().out_refund_no, record.out_refund_no);
+    wait_refund(&env, &record.out_refund_no, pb::RefundState::RefundSuccess).await;
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (250, 0)
+    );
+}
+
 /// pay-service dies after WeChat recorded the refund but before the answer is stored: the
 /// request's task is dropped mid-call (what SIGKILL does to it). A replica's reconciler sends
 /// the PENDING refund again with the same out_refund_no; WeChat answers the same refund and
@@ -1500,6 +1531,7 @@ on_both_backends_and_apis!(
     systemerror_is_retried_with_the_same_key,
     killed_between_the_call_and_the_answer,
     a_refused_resend_after_a_lost_answer_asks_wechat_first,
+    a_keyless_refund_never_loses_its_key,
 );
 
 /// v2 only: v3 has no refund list per order to learn refunds made elsewhere from; the switch
