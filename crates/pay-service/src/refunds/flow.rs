@@ -52,6 +52,8 @@ pub struct RefundReconcileReport {
     pub settled: usize,
     /// Refunds that failed (WeChat or database errors); retried on a later pass.
     pub errors: usize,
+    /// Refund notifies older than the notify retention, deleted.
+    pub pruned_notifies: usize,
 }
 
 /// Whether a send of a PENDING refund is its first (a refusal is final) or a repeat after an
@@ -423,6 +425,11 @@ impl Payments {
                 now + self.inner.settings.reconcile_after_secs.max(1)
             };
             refund_store::check_again_at(db, &refund.out_refund_no, next).await?;
+        }
+        let retention = self.inner.settings.notify_retention_secs;
+        if retention > 0 {
+            report.pruned_notifies =
+                refund_store::prune_notifications(db, self.now() - retention).await?;
         }
         if report != RefundReconcileReport::default() {
             tracing::info!(?report, "refund reconcile pass");

@@ -583,9 +583,12 @@ fn spoiled_notifies(
                     ("refund_fee", fee.to_owned()),
                     ("total_fee", total.clone()),
                     ("refund_status", "SUCCESS".to_owned()),
-                    ("refund_id", "50000000000000000000000000001".to_owned()),
+                    ("refund_id", refund_id.to_owned()),
                 ]
             };
+            // Our refund in every field but WeChat's refund_id (issue 23: checked on v2 too).
+            let mut other_id = genuine("forge-me", "100", order_no);
+            other_id[5].1 = "50000000000000000000000000001".to_owned();
             let body = |key: &str, v: Vec<(&'static str, String)>| {
                 let fields: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
                 RawNotify::V2(refund_notify(key, &fields))
@@ -613,6 +616,7 @@ fn spoiled_notifies(
                     ),
                     "mismatch",
                 ),
+                (body(sandbox::DEV_PAY_KEY, other_id), "mismatch"),
                 (
                     RawNotify::V2(b"<xml><return_code>SUCCESS</return_code>".to_vec()),
                     "malformed",
@@ -1099,6 +1103,69 @@ async fn a_keyless_refund_never_loses_its_key(backend: Backend, api: Api) {
     );
 }
 
+/// Anyone can post to the refund notify endpoint: a body that does not decrypt is kept as a
+/// short prefix with the SHA-256 and length of the whole, not 8 KiB of it (issue 23, defect 5).
+async fn undecryptable_refund_notifies_keep_a_prefix_and_hash(backend: Backend) {
+    use sha2::Digest as _;
+    let env = Env::refunding(backend).await;
+    let junk = "A".repeat(8000);
+    let body = xml::to_xml([
+        ("return_code", "SUCCESS"),
+        ("mch_id", sandbox::DEV_MCH_ID),
+        ("req_info", junk.as_str()),
+    ])
+    .into_bytes();
+    assert_eq!(
+        send_notify(&env, RawNotify::V2(body.clone())).await,
+        ("undecryptable".to_owned(), false)
+    );
+    let stored = refunds::store::notification_bodies(env.pay.database(), "")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let (raw, sha256, len) = &stored[0];
+    assert!(raw.len() <= 64, "{} bytes kept", raw.len());
+    assert!(body.starts_with(raw.as_bytes()));
+    assert_eq!(*sha256, hex::encode(sha2::Sha256::digest(&body)));
+    assert_eq!(*len, i64::try_from(body.len()).unwrap());
+}
+
+/// Refund notifies are pruned by age with the retention of pay notifies (issue 23, defect 5).
+async fn old_refund_notifies_are_pruned(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let now = env.clock.now();
+    let retention =
+        i64::try_from(pay_service::config::DEFAULT_NOTIFY_RETENTION_DAYS * 86_400).unwrap();
+    for (key, received_at) in [("old-1", now - retention - 10), ("new-1", now - 10)] {
+        refunds::store::insert_notification(
+            env.pay.database(),
+            &refunds::store::NewRefundNotification {
+                received_at,
+                out_refund_no: key.into(),
+                raw_body: "<xml/>".into(),
+                verdict: "unknown_refund".into(),
+                accepted: false,
+                body_sha256: String::new(),
+                body_len: 6,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let report = env.pay.reconcile_refunds_once().await.unwrap();
+    assert_eq!(report.pruned_notifies, 1, "{report:?}");
+    let verdicts = |key: &'static str| {
+        let env = &env;
+        async move {
+            refunds::store::notification_verdicts(env.pay.database(), key)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!((verdicts("old-1").await, verdicts("new-1").await), (0, 1));
+}
+
 /// pay-service dies after WeChat recorded the refund but before the answer is stored: the
 /// request's task is dropped mid-call (what SIGKILL does to it). A replica's reconciler sends
 /// the PENDING refund again with the same out_refund_no; WeChat answers the same refund and
@@ -1532,6 +1599,7 @@ on_both_backends_and_apis!(
     killed_between_the_call_and_the_answer,
     a_refused_resend_after_a_lost_answer_asks_wechat_first,
     a_keyless_refund_never_loses_its_key,
+    old_refund_notifies_are_pruned,
 );
 
 /// v2 only: v3 has no refund list per order to learn refunds made elsewhere from; the switch
@@ -1542,6 +1610,7 @@ mod v2_only {
     on_both_backends!(
         orderquery_refund_records_payment_and_refund,
         an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3,
+        undecryptable_refund_notifies_keep_a_prefix_and_hash,
     );
 }
 
