@@ -1130,6 +1130,69 @@ async fn undecryptable_refund_notifies_keep_a_prefix_and_hash(backend: Backend) 
     assert_eq!(*len, i64::try_from(body.len()).unwrap());
 }
 
+/// A throttled sender's v2 refund notify is decrypted first: one that does not decrypt is
+/// dropped unrecorded (`rate_limited`), WeChat's own is handled as any other.
+async fn throttled_senders_refund_notifies_must_decrypt(backend: Backend) {
+    let env = Env::refunding(backend).await;
+    let order = paid_order(&env, 23).await;
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    refund(&env, &order.order_no, 100, "throttle-1")
+        .await
+        .unwrap();
+    let processing = get_refund(&env, "throttle-1").await;
+    let fields = |key: &str| {
+        refund_notify(
+            key,
+            &[
+                ("out_refund_no", "throttle-1"),
+                ("out_trade_no", order.order_no.as_str()),
+                ("refund_fee", "100"),
+                ("total_fee", &PRICE.to_string()),
+                ("refund_status", "SUCCESS"),
+                ("refund_id", processing.refund_id.as_str()),
+            ],
+        )
+    };
+    let throttled = |body: Vec<u8>| {
+        let mut request = Request::new(pb::HandleRefundNotifyRequest { raw_body: body });
+        request.metadata_mut().insert(
+            service_kit::grpc::NOTIFY_SENDER_THROTTLED,
+            "1".parse().unwrap(),
+        );
+        request
+    };
+    let forged = PayService::handle_refund_notify(
+        &env.pay,
+        throttled(fields("not the merchant key 000000000000")),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (forged.verdict.as_str(), forged.accepted),
+        ("rate_limited", false)
+    );
+    assert!(
+        refunds::store::notification_bodies(env.pay.database(), "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let genuine =
+        PayService::handle_refund_notify(&env.pay, throttled(fields(sandbox::DEV_PAY_KEY)))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        (genuine.verdict.as_str(), genuine.accepted),
+        ("applied", true)
+    );
+    assert_eq!(
+        get_refund(&env, "throttle-1").await.state,
+        pb::RefundState::RefundSuccess as i32
+    );
+}
+
 /// Refund notifies are pruned by age with the retention of pay notifies (issue 23, defect 5).
 async fn old_refund_notifies_are_pruned(backend: Backend, api: Api) {
     let env = Env::refunding_on(backend, api).await;
@@ -1611,6 +1674,7 @@ mod v2_only {
         orderquery_refund_records_payment_and_refund,
         an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3,
         undecryptable_refund_notifies_keep_a_prefix_and_hash,
+        throttled_senders_refund_notifies_must_decrypt,
     );
 }
 
