@@ -45,17 +45,21 @@ pub enum EventKind {
     OrderPaidAfterClose,
     /// A refund settled at WeChat.
     RefundSucceeded,
-    /// A refund failed at WeChat (the money stays with the merchant).
+    /// A refund failed or closed at WeChat (the money stays with the merchant).
     RefundFailed,
+    /// A refund went abnormal at WeChat (v2 CHANGE, v3 ABNORMAL): the money is held by WeChat
+    /// until the merchant re-routes it; the refund stays in flight.
+    RefundAbnormal,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::OrderPaid,
         Self::OrderClosed,
         Self::OrderPaidAfterClose,
         Self::RefundSucceeded,
         Self::RefundFailed,
+        Self::RefundAbnormal,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl EventKind {
             Self::OrderPaidAfterClose => "ORDER_PAID_AFTER_CLOSE",
             Self::RefundSucceeded => "REFUND_SUCCEEDED",
             Self::RefundFailed => "REFUND_FAILED",
+            Self::RefundAbnormal => "REFUND_ABNORMAL",
         }
     }
 
@@ -79,6 +84,7 @@ impl EventKind {
             Self::OrderPaidAfterClose => pb::OrderEventKind::OrderPaidAfterClose,
             Self::RefundSucceeded => pb::OrderEventKind::RefundSucceeded,
             Self::RefundFailed => pb::OrderEventKind::RefundFailed,
+            Self::RefundAbnormal => pb::OrderEventKind::RefundAbnormal,
         }
     }
 
@@ -90,6 +96,7 @@ impl EventKind {
             pb::OrderEventKind::OrderPaidAfterClose => Self::OrderPaidAfterClose,
             pb::OrderEventKind::RefundSucceeded => Self::RefundSucceeded,
             pb::OrderEventKind::RefundFailed => Self::RefundFailed,
+            pb::OrderEventKind::RefundAbnormal => Self::RefundAbnormal,
         })
     }
 }
@@ -116,12 +123,13 @@ impl NewEvent {
         }
     }
 
-    /// A refund settled: the payload is the order (with its refund totals) as the settlement
+    /// A refund settled or went abnormal: the payload is the order (with its refund totals) as the settlement
     /// left it, and the refund under `"refund"`.
     pub fn of_refund(refund: &Refund, order: &Order, now: i64) -> Option<Self> {
         let kind = match refund.state()? {
             RefundState::Success => EventKind::RefundSucceeded,
             RefundState::Failed | RefundState::Closed => EventKind::RefundFailed,
+            RefundState::Abnormal => EventKind::RefundAbnormal,
             RefundState::Pending | RefundState::Processing => return None,
         };
         let mut payload = order_json(order);

@@ -254,7 +254,14 @@ impl PayService for Payments {
         &self,
         request: Request<pb::HandleRefundNotifyRequest>,
     ) -> Result<Response<pb::HandleRefundNotifyResponse>, Status> {
-        let reply = Payments::handle_refund_notify(self, &request.into_inner().raw_body).await;
+        // The gateway marks notifies of a sender over its budget of forged ones.
+        let throttled = sender_throttled(&request);
+        let body = request.into_inner().raw_body;
+        let reply = if throttled {
+            self.handle_throttled_refund_notify(&body).await
+        } else {
+            Payments::handle_refund_notify(self, &body).await
+        };
         Ok(Response::new(pb::HandleRefundNotifyResponse {
             reply_xml: reply.reply_xml,
             accepted: reply.accepted,

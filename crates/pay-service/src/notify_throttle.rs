@@ -5,7 +5,8 @@
 //! verifies (WeChat sharing an address with a forger, behind a proxy or a NAT) is handled as
 //! any other, so WeChat is never locked out; one that does not is dropped unrecorded with the
 //! verdict `rate_limited`, so a flood of forgeries costs one signature check each. The same
-//! holds for v3 notifies (payment and refund), authenticated by their RSA signature.
+//! holds for v3 notifies (payment and refund), authenticated by their RSA signature, and for v2
+//! refund notifies, authenticated by decrypting with the merchant key.
 
 use wechat::pay::{NotifyError, SignType, notify_reply_fail, verify_notify, xml};
 
@@ -41,6 +42,31 @@ impl Payments {
             return self.handle_pay_notify_v3(headers, raw_body).await;
         }
         rate_limited_v3("wxmp_pay_notifies_total")
+    }
+
+    /// [`Payments::handle_refund_notify`] (v2) for a throttled sender: a body that does not
+    /// decrypt with our key is dropped unrecorded (issue 23: anyone can post refund notifies).
+    pub async fn handle_throttled_refund_notify(&self, raw_body: &[u8]) -> NotifyReply {
+        if self.refund_notify_decrypts(raw_body) {
+            return self.handle_refund_notify(raw_body).await;
+        }
+        metrics::counter!("wxmp_refund_notifies_total", "verdict" => RATE_LIMITED).increment(1);
+        NotifyReply {
+            reply_xml: notify_reply_fail(RATE_LIMITED),
+            accepted: false,
+            verdict: RATE_LIMITED,
+        }
+    }
+
+    /// Whether a v2 refund notify's req_info decrypts with the key of the merchant of its
+    /// appid (the refund notify has no signature: decrypting is its authentication).
+    fn refund_notify_decrypts(&self, raw_body: &[u8]) -> bool {
+        let appid = xml::parse(raw_body)
+            .ok()
+            .and_then(|f| f.get("appid").cloned())
+            .unwrap_or_default();
+        let pay = self.inner.wechat.config_for(&appid);
+        wechat::pay::decrypt_refund_notify(raw_body, &pay).is_ok()
     }
 
     /// [`Payments::handle_refund_notify_v3`] for a throttled sender.

@@ -18,8 +18,9 @@ pub mod store;
 
 pub use flow::{RefundOrder, RefundReconcileReport};
 pub use rules::{
-    API_V2, IN_FLIGHT, MAX_OUT_REFUND_NO_LEN, MAX_REASON_BYTES, REFUNDABLE_STATES, Refund,
-    RefundState, Refusal, WxRefundStatus, check_refund, new_out_refund_no, order_state_after,
-    refundable_fen, settlement_of, valid_out_refund_no, was_paid,
+    ABNORMAL_RECHECK_SECS, API_V2, IN_FLIGHT, MAX_OUT_REFUND_NO_LEN, MAX_REASON_BYTES,
+    REFUNDABLE_STATES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
+    new_out_refund_no, order_state_after, refundable_fen, settlement_of, valid_out_refund_no,
+    was_paid,
 };
 pub(crate) use rules::{count, count_settled};

@@ -128,5 +128,7 @@ diesel::table! {
         raw_body -> Text,
         verdict -> Text,
         accepted -> Bool,
+        body_sha256 -> Text,
+        body_len -> BigInt,
     }
 }

@@ -606,8 +606,16 @@ fn v2_refund_cells(view: &View, r: &Refund) -> Vec<String> {
             &records,
         )
     };
-    let actions = if r.refund_status == RefundStatus::Processing {
-        finish_buttons("v2", &r.mch_id, &r.out_refund_no)
+    let actions = if matches!(
+        r.refund_status,
+        RefundStatus::Processing | RefundStatus::Change
+    ) {
+        finish_buttons(
+            "v2",
+            &r.mch_id,
+            &r.out_refund_no,
+            r.refund_status == RefundStatus::Change,
+        )
     } else {
         String::new()
     };
@@ -643,8 +651,8 @@ fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
         format!("{} of {} fen", r.refund, r.total),
         refund_status_cell(&r.out_refund_no, &r.status),
         notify_cell(&r.notify_state, r.notify_attempts, &records),
-        if r.status == "PROCESSING" {
-            finish_buttons("v3", &r.mchid, &r.out_refund_no)
+        if matches!(r.status.as_str(), "PROCESSING" | "ABNORMAL") {
+            finish_buttons("v3", &r.mchid, &r.out_refund_no, r.status == "ABNORMAL")
         } else {
             String::new()
         },
@@ -652,14 +660,18 @@ fn v3_refund_cells(view: &View, r: &V3Refund) -> Vec<String> {
 }
 
 /// The settle / fail / close buttons of a PROCESSING refund (v2: SUCCESS / CHANGE /
-/// REFUNDCLOSE; v3: SUCCESS / ABNORMAL / CLOSED).
-fn finish_buttons(api: &str, mch_id: &str, out_refund_no: &str) -> String {
+/// REFUNDCLOSE; v3: SUCCESS / ABNORMAL / CLOSED); an `abnormal` one (its money held by
+/// WeChat) can still be settled (re-routed) or closed.
+fn finish_buttons(api: &str, mch_id: &str, out_refund_no: &str, abnormal: bool) -> String {
     let mut out = String::new();
     for (label, outcome) in [
         ("settle", "success"),
         ("fail", "change"),
         ("close", "close"),
     ] {
+        if abnormal && outcome == "change" {
+            continue;
+        }
         let fields = [
             ("api", api),
             ("mch_id", mch_id),

@@ -284,7 +284,7 @@ pub async fn drop_notify(
 pub enum RefundOutcome {
     /// SUCCESS: the money reached the payer.
     Success,
-    /// CHANGE (退款异常): the refund failed; the money stays with the merchant.
+    /// CHANGE (退款异常): the money is held by WeChat until re-routed (then settle or close).
     Change,
     /// REFUNDCLOSE (退款关闭).
     Close,
@@ -301,7 +301,8 @@ pub struct RefundForm {
     csrf: String,
 }
 
-/// `POST /console/refund/finish`: WeChat finishes a PROCESSING refund and notifies.
+/// `POST /console/refund/finish`: WeChat finishes a PROCESSING refund (or settles / closes an
+/// abnormal one) and notifies.
 pub async fn finish_refund(
     req: HttpRequest,
     sandbox: web::Data<Sandbox>,

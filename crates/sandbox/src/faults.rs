@@ -65,8 +65,9 @@ pub struct Faults {
     /// SANDBOX_REFUND_DELAY_MS (v2) or SANDBOX_PAY_V3_REFUND_AFTER_MS (v3).
     #[arg(long = "fault-refund-hold", env = "SANDBOX_FAULT_REFUND_HOLD", value_name = "SANDBOX_FAULT_REFUND_HOLD", default_value_t = false, action = clap::ArgAction::Set)]
     pub refund_hold: bool,
-    /// Run time only: refunds are accepted, then settle as CHANGE (v2) / ABNORMAL (v3): failed;
-    /// the money stays with the merchant.
+    /// Run time only: refunds are accepted, then end CHANGE (v2) / ABNORMAL (v3): the money is
+    /// held by WeChat until re-routed (`POST /sandbox/refunds/{no}/finish` or the console then
+    /// settles or closes it).
     #[arg(skip)]
     pub refund_change: bool,
     /// Run time only: refunds are accepted, then closed without refunding (v2 REFUNDCLOSE,
@@ -80,6 +81,19 @@ pub struct Faults {
     /// answer lost to a crash or a timeout).
     #[arg(skip)]
     pub refund_reply_delay_ms: u64,
+    /// Run time only: a refund is recorded (or found) as asked, then answered v2 SYSTEMERROR /
+    /// v3 500 SYSTEM_ERROR instead of the refund: accepted, its answer lost. WeChat answers
+    /// SYSTEMERROR (系统超时) on refunds and says to repeat the same out_refund_no
+    /// (<https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_4>, error codes; v3: 500
+    /// SYSTEM_ERROR "请用相同参数重新调用"), and merchants report such answers for refunds that
+    /// went through (<https://developers.weixin.qq.com/community/develop/doc/0002a2ab414970c1d04a70ee956400>).
+    #[arg(skip)]
+    pub refund_answer_lost: bool,
+    /// Run time only: a refund request is refused before WeChat looks at the refund: v2
+    /// `return_code=FAIL` (unsigned, "签名错误", as for a request signed with a rotated key),
+    /// v3 401 SIGN_ERROR. Nothing is recorded, and nothing said about a refund made earlier.
+    #[arg(skip)]
+    pub refund_refused: bool,
     /// Run time only: the set applies to the next N WeChat-path requests, then clears itself.
     #[arg(skip)]
     pub times: Option<u32>,

@@ -89,7 +89,10 @@
 //!   closeorder about one order in progress at once (see [`calls`]).
 //! - `GET /sandbox/refunds[?out_trade_no=]`, `GET /sandbox/refunds/{out_refund_no}` → the
 //!   refunds as WeChat holds them (refund_status, requests, notify_state, notify_attempts);
-//!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request.
+//!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request;
+//!   `POST /sandbox/refunds/{out_refund_no}/finish` `{"outcome":"success"|"abnormal"|"close"}`
+//!   ends a refund of either API as the console's buttons do (an abnormal one, its money held
+//!   by WeChat, can still be settled or closed), then notifies.
 //! - Pay v3 ([`v3`]): `GET /sandbox/v3/refunds[?out_trade_no=]`, `GET /sandbox/v3/refunds/
 //!   {out_refund_no}` (status, requests, notify_state), `GET /sandbox/v3/notifies[?out_trade_no=
 //!   |out_refund_no=]` (every v3 notify request with its four `Wechatpay-*` headers, so a test
@@ -105,7 +108,7 @@
 //! tokens and sent subscribe messages, with form buttons posting to `/console/*` (see
 //! `console_actions.rs`): pay / fail payment (v2 and v3), resend / drop a notify, settle / fail
 //! / close a PROCESSING refund (v2: SUCCESS, CHANGE, REFUNDCLOSE; v3: SUCCESS, ABNORMAL,
-//! CLOSED; then the refund notify),
+//! CLOSED; then the refund notify), settle / close an abnormal one (CHANGE / ABNORMAL),
 //! expire a token. Each post must carry the page's csrf token and come from the console's own
 //! origin (403 otherwise, nothing changed). Refunds accepted while the `refund_hold` fault is
 //! on stay PROCESSING until the console finishes them.
@@ -124,11 +127,13 @@
 //!   "duplicate_notify": 3,          // each notify attempt is sent 3 times at once
 //!   "notify_wrong_total_fee": true, // notifies say total_fee (v3 amount.total) + 1 (validly signed)
 //!   "notify_bad_signature": true,   // notifies are signed with a wrong key (v3: not WeChat Pay's)
-//!   "refund_change": true,          // refunds settle as CHANGE / v3 ABNORMAL (failed), not SUCCESS
+//!   "refund_change": true,          // refunds end CHANGE / v3 ABNORMAL (money held), not SUCCESS
 //!   "refund_close": true,           // refunds settle as REFUNDCLOSE / v3 CLOSED
 //!   "refund_not_enough": true,      // refunds are refused with NOTENOUGH / v3 403 NOT_ENOUGH
 //!   "refund_reply_delay_ms": 2000,  // a refund is recorded, its answer held back this long
 //!   "refund_hold": true,            // refunds stay PROCESSING until the console finishes them
+//!   "refund_answer_lost": true,     // a refund is recorded, then answered SYSTEMERROR / v3 500
+//!   "refund_refused": true,         // refund requests: return_code FAIL / v3 401 SIGN_ERROR
 //!   (all of these apply to v2 and v3 alike: drop_notify also drops refund notifies and v3
 //!   notifies; pay_system_error also fails refunds, on v3 as 500 SYSTEM_ERROR)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear

@@ -142,7 +142,7 @@ pub(crate) fn xml_response(xml: String) -> HttpResponse {
 }
 
 /// `return_code=FAIL` with the reason; never signed.
-fn refused(reason: &str) -> HttpResponse {
+pub(crate) fn refused(reason: &str) -> HttpResponse {
     tracing::debug!(return_msg = reason, "pay call refused");
     xml_response(wx::to_xml(&pairs([
         ("return_code", "FAIL"),

@@ -61,9 +61,22 @@ impl RefundStatus {
         }
     }
 
-    /// Counts against the order's refundable amount (a failed or closed refund does not).
+    /// Counts against the order's refundable amount (a closed refund does not). CHANGE does:
+    /// the money left the merchant's account and waits in WeChat's intermediate refund
+    /// account until re-routed ("退款资金会停留在退款的中间账户内",
+    /// <https://pay.weixin.qq.com/doc/v3/merchant/4013071031>, 2.4).
     fn holds_money(self) -> bool {
-        matches!(self, Self::Processing | Self::Success)
+        matches!(self, Self::Processing | Self::Success | Self::Change)
+    }
+
+    /// The outcomes a refund in this status may still reach: a PROCESSING one any of the
+    /// three; a CHANGE one SUCCESS (re-routed in the merchant platform) or REFUNDCLOSE.
+    fn may_become(self, outcome: Self) -> bool {
+        match self {
+            Self::Processing => outcome != Self::Processing,
+            Self::Change => matches!(outcome, Self::Success | Self::RefundClose),
+            Self::Success | Self::RefundClose => false,
+        }
     }
 }
 
@@ -276,10 +289,17 @@ pub async fn refund(
     body: web::Bytes,
 ) -> HttpResponse {
     let faults = faults::of_request(&req);
+    if faults.refund_refused {
+        return crate::pay::refused("签名错误");
+    }
     let mut created = None;
     let response = handle(&req, &sandbox, &body, |sandbox, a| {
         let (answer, key) = apply(sandbox, a, &faults)?;
         created = key;
+        if faults.refund_answer_lost {
+            // Recorded (and settled later), but the merchant only hears SYSTEMERROR.
+            return Err(business(ErrCode::SystemError, "系统超时"));
+        }
         Ok(answer)
     });
     if let Some(key) = created {
@@ -424,8 +444,9 @@ pub enum ConcludeError {
 }
 
 /// WeChat finishes a PROCESSING refund: SUCCESS (the money reached the payer; success_time
-/// set), CHANGE (退款异常: e.g. the payer's card is frozen; the money stays with the merchant)
-/// or REFUNDCLOSE (退款关闭). Each of the three ends in a refund notify (退款结果通知: "当商户
+/// set), CHANGE (退款异常: e.g. the payer's card is frozen; the money is held by WeChat, see
+/// [`RefundStatus::holds_money`]) or REFUNDCLOSE (退款关闭); a CHANGE one later SUCCESS (the
+/// merchant re-routed it) or REFUNDCLOSE. Each of the three ends in a refund notify (退款结果通知: "当商户
 /// 申请的退款有结果后(退款状态为:退款成功、退款关闭、退款异常),微信会把相关结果发送给商户",
 /// <https://pay.weixin.qq.com/doc/global/v2/zh/4013636494>). One change under the lock, so the
 /// settle timer and the console cannot both conclude a refund. `Ok(true)` when the notify is
@@ -444,7 +465,7 @@ pub fn conclude(
         let Some(r) = state.refunds.by_key.get_mut(key) else {
             return Err(ConcludeError::Unknown(key.1.clone()));
         };
-        if r.refund_status != RefundStatus::Processing {
+        if !r.refund_status.may_become(outcome) {
             return Err(ConcludeError::NotProcessing(
                 key.1.clone(),
                 r.refund_status.as_str().to_owned(),
@@ -649,4 +670,69 @@ pub async fn notifies(
         })
         .collect();
     HttpResponse::Ok().json(records)
+}
+
+/// How `POST /sandbox/refunds/{out_refund_no}/finish` ends a refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishOutcome {
+    /// SUCCESS (an abnormal one: re-routed by the merchant).
+    Success,
+    /// CHANGE / v3 ABNORMAL (only from PROCESSING).
+    Abnormal,
+    /// REFUNDCLOSE / v3 CLOSED.
+    Close,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FinishBody {
+    pub outcome: FinishOutcome,
+}
+
+/// `POST /sandbox/refunds/{out_refund_no}/finish` `{"outcome": "success" | "abnormal" |
+/// "close"}`: what the console's buttons do, for scripts and tests, on v2 or v3 (whichever
+/// holds the out_refund_no): a PROCESSING refund ends any way; an abnormal one (CHANGE /
+/// ABNORMAL, money held) settles or closes. The refund notify follows.
+pub async fn finish(
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, DevError> {
+    let no = path.into_inner();
+    let FinishBody { outcome } = serde_json::from_slice(&body)
+        .map_err(|e| DevError::BadRequest(format!("expected {{\"outcome\": ...}}: {e}")))?;
+    let v2_key = sandbox
+        .state()
+        .refunds
+        .by_key
+        .keys()
+        .find(|(_, k)| *k == no)
+        .cloned();
+    let sandbox = sandbox.into_inner();
+    let (status, concluded) = if let Some(key) = v2_key {
+        let status = match outcome {
+            FinishOutcome::Success => RefundStatus::Success,
+            FinishOutcome::Abnormal => RefundStatus::Change,
+            FinishOutcome::Close => RefundStatus::RefundClose,
+        };
+        let concluded = conclude(&sandbox, &key, status);
+        if concluded == Ok(true) {
+            spawn_notify(sandbox, key);
+        }
+        (status.as_str(), concluded)
+    } else {
+        let end = match outcome {
+            FinishOutcome::Success => crate::v3::V3RefundEnd::Success,
+            FinishOutcome::Abnormal => crate::v3::V3RefundEnd::Abnormal,
+            FinishOutcome::Close => crate::v3::V3RefundEnd::Closed,
+        };
+        (end.as_str(), crate::v3::conclude_refund(&sandbox, &no, end))
+    };
+    match concluded {
+        Ok(notified) => Ok(HttpResponse::Ok().json(
+            serde_json::json!({ "out_refund_no": no, "status": status, "notified": notified }),
+        )),
+        Err(ConcludeError::Unknown(no)) => Err(DevError::UnknownOrder(no)),
+        Err(e) => Err(DevError::Conflict(e.to_string())),
+    }
 }

@@ -48,6 +48,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/messages", web::get().to(openapi::messages))
                 .route("/refunds", web::get().to(refund::list))
                 .route("/refunds/{out_refund_no}", web::get().to(refund::get))
+                .route(
+                    "/refunds/{out_refund_no}/finish",
+                    web::post().to(refund::finish),
+                )
                 .route("/refund-notifies", web::get().to(refund::notifies))
                 .service(
                     web::resource("/faults")

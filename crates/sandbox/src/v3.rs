@@ -198,9 +198,11 @@ pub struct V3Refund {
 }
 
 impl V3Refund {
-    /// Counts against the order's refundable amount (an ABNORMAL or CLOSED one does not).
+    /// Counts against the order's refundable amount (a CLOSED one does not). ABNORMAL does:
+    /// the money waits in WeChat's intermediate refund account until re-routed
+    /// ("退款资金会停留在退款的中间账户内", <https://pay.weixin.qq.com/doc/v3/merchant/4013071031>).
     pub fn holds_money(&self) -> bool {
-        matches!(self.status.as_str(), "PROCESSING" | "SUCCESS")
+        matches!(self.status.as_str(), "PROCESSING" | "SUCCESS" | "ABNORMAL")
     }
 }
 

@@ -20,8 +20,8 @@ use crate::{
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
-        self, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
-        new_out_refund_no, valid_out_refund_no,
+        self, ABNORMAL_RECHECK_SECS, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal,
+        WxRefundStatus, check_refund, new_out_refund_no, valid_out_refund_no,
     },
     wechat_pay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
 };
@@ -52,6 +52,16 @@ pub struct RefundReconcileReport {
     pub settled: usize,
     /// Refunds that failed (WeChat or database errors); retried on a later pass.
     pub errors: usize,
+    /// Refund notifies older than the notify retention, deleted.
+    pub pruned_notifies: usize,
+}
+
+/// Whether a send of a PENDING refund is its first (a refusal is final) or a repeat after an
+/// unknown outcome (a refusal is checked with WeChat first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Send {
+    First,
+    Again,
 }
 
 fn refusal_error(refusal: Refusal) -> Error {
@@ -88,7 +98,8 @@ impl Payments {
             ));
         }
         let now = self.now();
-        let out_refund_no = if req.out_refund_no.is_empty() {
+        let generated = req.out_refund_no.is_empty();
+        let out_refund_no = if generated {
             new_out_refund_no(now)
         } else {
             req.out_refund_no.clone()
@@ -103,7 +114,14 @@ impl Payments {
         if !self.inner.wechat.can_refund(order.pay_api()) {
             return Err(Error::RefundsDisabled);
         }
-        check_refund(&order, req.refund_fen).map_err(refusal_error)?;
+        if let Err(refusal) = check_refund(&order, req.refund_fen) {
+            // A concurrent call with this key may have reserved the amount since we looked:
+            // a retry is answered its refund, not refused.
+            if let Some(existing) = refund_store::find(self.database(), &out_refund_no).await? {
+                return self.repeat(existing, &req).await;
+            }
+            return Err(refusal_error(refusal));
+        }
         let new = NewRefund {
             out_refund_no,
             order_no: order.order_no.clone(),
@@ -120,8 +138,17 @@ impl Payments {
             Created::New(refund, order) => {
                 refunds::count("requested");
                 tracing::info!(out_refund_no = %refund.out_refund_no, "refund recorded");
-                let refund = self.send_refund(refund, &order).await?;
-                Ok((refund, self.reload_order(&order.order_no).await?))
+                match self.send_refund(refund.clone(), &order, Send::First).await {
+                    Ok(refund) => Ok((refund, self.reload_order(&order.order_no).await?)),
+                    // The key is ours, not the caller's: an error would lose it, and the
+                    // caller's natural retry would make a second refund. Answer the refund as
+                    // it stands (PENDING: the reconciler sends it again) with its key.
+                    Err(e) if generated => {
+                        tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund with a generated key not confirmed; answered PENDING with its key");
+                        self.as_it_stands(refund, order).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Created::Existing(existing) => self.repeat(existing, &req).await,
             // Lost a race for the amount (or the order changed): say why as of now.
@@ -148,11 +175,25 @@ impl Payments {
             return Err(Error::RefundsDisabled);
         }
         let refund = if pending {
-            self.send_refund(existing, &order).await?
+            self.send_refund(existing, &order, Send::Again).await?
         } else {
             existing
         };
         Ok((refund, self.reload_order(&order.order_no).await?))
+    }
+
+    /// `refund` and `order` as the database has them now, or as given when it cannot say
+    /// (never an error: the answer must carry the refund's key).
+    async fn as_it_stands(&self, refund: Refund, order: Order) -> Result<(Refund, Order), Error> {
+        let refund = match refund_store::find(self.database(), &refund.out_refund_no).await {
+            Ok(Some(current)) => current,
+            _ => refund,
+        };
+        let order = match store::find_order(self.database(), &order.order_no).await {
+            Ok(Some(current)) => current,
+            _ => order,
+        };
+        Ok((refund, order))
     }
 
     async fn reload_order(&self, order_no: &str) -> Result<Order, Error> {
@@ -166,7 +207,17 @@ impl Payments {
     /// FAILED with WeChat's code (the amount is released). No answer (SYSTEMERROR /
     /// SYSTEM_ERROR, FREQUENCY_LIMITED, 5xx, an unauthenticated v3 answer) leaves it PENDING and
     /// is WECHAT_UNAVAILABLE: the same request is sent again later.
-    async fn send_refund(&self, refund: Refund, order: &Order) -> Result<Refund, Error> {
+    ///
+    /// A refusal of a send [`Send::Again`] is not proof: an earlier send may have been accepted
+    /// with its answer lost, and WeChat refuses a resend for reasons of the request (a rotated
+    /// key, v2 `return_code=FAIL`, any v3 4xx) without a word on the refund. WeChat is asked
+    /// first ([`Self::after_refused_resend`]).
+    async fn send_refund(
+        &self,
+        refund: Refund,
+        order: &Order,
+        send: Send,
+    ) -> Result<Refund, Error> {
         let answer = self
             .inner
             .wechat
@@ -184,7 +235,6 @@ impl Payments {
             )
             .await;
         let now = self.now();
-        let after = self.inner.settings.reconcile_after_secs;
         let change = match answer {
             Ok(seen)
                 if seen.out_trade_no != order.order_no || seen.refund_fen != refund.amount_fen =>
@@ -204,13 +254,17 @@ impl Payments {
                     refund_id: seen.refund_id,
                     failure: failure.to_owned(),
                     now,
-                    next_check_at: now + after,
+                    next_check_at: self.next_check(to, now),
                 }
             }
             Err(e @ RefundCallError::Unknown(_)) => {
                 // Unanswered or unverifiable: WeChat may have it. Same request again later.
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund not confirmed; stays PENDING");
                 return Err(map_refund_error(e));
+            }
+            Err(e) if send == Send::Again => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund resend refused; asking WeChat whether it holds the refund");
+                return self.after_refused_resend(&refund, order, &e).await;
             }
             Err(e) => {
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund refused by WeChat");
@@ -228,6 +282,61 @@ impl Payments {
         };
         self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
             .await
+    }
+
+    /// A resend of a PENDING refund was refused (`refusal`): WeChat decides. It holds the refund
+    /// → settled from its status (PROCESSING when still processing); it holds no such refund →
+    /// FAILED with the refusal's code (the amount is released); no answer → stays PENDING,
+    /// WECHAT_UNAVAILABLE (asked again on a later pass).
+    async fn after_refused_resend(
+        &self,
+        refund: &Refund,
+        order: &Order,
+        refusal: &RefundCallError,
+    ) -> Result<Refund, Error> {
+        let now = self.now();
+        match self
+            .inner
+            .wechat
+            .query_refund(order.pay_api(), &order.app_id, &refund.out_refund_no)
+            .await
+        {
+            Ok(seen)
+                if seen.out_trade_no != order.order_no || seen.refund_fen != refund.amount_fen =>
+            {
+                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat holds a refund of this key that does not match ours; stays PENDING");
+                Err(Error::WechatUnavailable(
+                    "WeChat's refund does not match the refund".into(),
+                ))
+            }
+            Ok(seen) => self.settle_from(refund, seen.status, &seen.refund_id).await,
+            Err(q) if q.is_not_found() => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %refusal, "WeChat holds no such refund: the refusal stands");
+                let change = Change {
+                    to: RefundState::Failed,
+                    refund_id: String::new(),
+                    failure: refusal.code().unwrap_or("REFUSED").to_owned(),
+                    now,
+                    next_check_at: now,
+                };
+                self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
+                    .await
+            }
+            Err(q) => {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %q, "refund query after a refused resend failed; stays PENDING");
+                Err(map_refund_error(q))
+            }
+        }
+    }
+
+    /// When the reconciler looks at a refund in state `state` next: ABNORMAL ones wait on a
+    /// person, so hourly; others after `PAY_RECONCILE_AFTER_SECS`.
+    fn next_check(&self, state: RefundState, now: i64) -> i64 {
+        if state == RefundState::Abnormal {
+            now + ABNORMAL_RECHECK_SECS
+        } else {
+            now + self.inner.settings.reconcile_after_secs
+        }
     }
 
     /// [`refund_store::transition`] with logging and metrics; answers the refund as it is.
@@ -273,7 +382,8 @@ impl Payments {
     }
 
     /// One pass over refunds in flight whose check is due: PENDING ones are sent again (same
-    /// out_refund_no), PROCESSING ones are asked about (refundquery) and settled.
+    /// out_refund_no), PROCESSING and ABNORMAL ones are asked about (refundquery) and settled
+    /// (ABNORMAL ones every [`ABNORMAL_RECHECK_SECS`]).
     pub async fn reconcile_refunds_once(&self) -> Result<RefundReconcileReport, Error> {
         let mut report = RefundReconcileReport::default();
         let now = self.now();
@@ -286,7 +396,7 @@ impl Payments {
                 Some(RefundState::Pending) => {
                     report.resent += 1;
                     match self.reload_order(&refund.order_no).await {
-                        Ok(order) => self.send_refund(refund.clone(), &order).await,
+                        Ok(order) => self.send_refund(refund.clone(), &order, Send::Again).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -294,6 +404,10 @@ impl Payments {
                     report.queried += 1;
                     self.query_refund(&refund).await
                 }
+            };
+            let state = match &result {
+                Ok(r) => r.state(),
+                Err(_) => refund.state(),
             };
             match result {
                 Ok(r) if r.state().is_some_and(RefundState::is_final) => report.settled += 1,
@@ -303,9 +417,19 @@ impl Payments {
                     tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "reconciling a refund failed");
                 }
             }
-            // Still in flight: not looked at again before another reconcile_after.
-            let after = self.inner.settings.reconcile_after_secs.max(1);
-            refund_store::check_again_at(db, &refund.out_refund_no, now + after).await?;
+            // Still in flight: not looked at again before another reconcile_after (an
+            // ABNORMAL one: ABNORMAL_RECHECK_SECS).
+            let next = if state == Some(RefundState::Abnormal) {
+                self.next_check(RefundState::Abnormal, now)
+            } else {
+                now + self.inner.settings.reconcile_after_secs.max(1)
+            };
+            refund_store::check_again_at(db, &refund.out_refund_no, next).await?;
+        }
+        let retention = self.inner.settings.notify_retention_secs;
+        if retention > 0 {
+            report.pruned_notifies =
+                refund_store::prune_notifications(db, self.now() - retention).await?;
         }
         if report != RefundReconcileReport::default() {
             tracing::info!(?report, "refund reconcile pass");
@@ -313,8 +437,8 @@ impl Payments {
         Ok(report)
     }
 
-    /// Asks WeChat (with the order's API) about a PROCESSING refund and settles it when
-    /// WeChat has.
+    /// Asks WeChat (with the order's API) about a PROCESSING or ABNORMAL refund and settles it
+    /// when WeChat has.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
         let seen = self
@@ -341,22 +465,28 @@ impl Payments {
         let now = self.now();
         let (to, failure) = match status.settlement() {
             Some(settled) => settled,
-            None if refund.state() == Some(RefundState::Pending) => (RefundState::Processing, ""),
+            // Accepted (again: an abnormal refund re-routed is processed anew).
+            None if matches!(
+                refund.state(),
+                Some(RefundState::Pending | RefundState::Abnormal)
+            ) =>
+            {
+                (RefundState::Processing, "")
+            }
             None => return Ok(refund.clone()),
         };
+        if refund.state() == Some(to) {
+            return Ok(refund.clone()); // nothing new (e.g. still ABNORMAL)
+        }
         let change = Change {
             to,
             refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
-            next_check_at: now + self.inner.settings.reconcile_after_secs,
+            next_check_at: self.next_check(to, now),
         };
-        self.apply(
-            &refund.out_refund_no,
-            &[RefundState::Pending, RefundState::Processing],
-            &change,
-        )
-        .await
+        self.apply(&refund.out_refund_no, &to.moves_from(), &change)
+            .await
     }
 
     /// `orderquery` said REFUND: record the refunds WeChat lists for the order (those made

@@ -7,7 +7,7 @@
 //!
 //! | verdict | reply | meaning |
 //! |---|---|---|
-//! | `applied` | SUCCESS | this notify settled the refund (SUCCESS, FAILED for CHANGE, CLOSED for REFUNDCLOSE) |
+//! | `applied` | SUCCESS | this notify settled the refund (SUCCESS, CLOSED for REFUNDCLOSE) or made it ABNORMAL (CHANGE: in flight, amount reserved) |
 //! | `duplicate` | SUCCESS | the refund was already in that state; nothing changed |
 //! | `conflicting_state` | SUCCESS | the refund was already settled otherwise; nothing changed; manual review |
 //! | `malformed` | FAIL | not WeChat's XML, a field missing or malformed |
@@ -15,7 +15,7 @@
 //! | `mch_id_mismatch` | FAIL | not our merchant |
 //! | `undecryptable` | FAIL | req_info does not decrypt with our key (forged or corrupted) |
 //! | `unknown_refund` | FAIL | no such out_refund_no here |
-//! | `mismatch` | FAIL | decrypts, but out_trade_no / refund_fee / total_fee / appid (v3: out_trade_no, amount.refund, amount.total, refund_id) differ from ours |
+//! | `mismatch` | FAIL | decrypts, but out_trade_no / refund_fee / total_fee / appid / refund_id (v3: out_trade_no, amount.refund, amount.total, refund_id) differ from ours |
 //! | `api_mismatch` | FAIL | the refund was sent over the other API |
 //! | `internal_error` | FAIL | the database failed; WeChat will retry |
 //!
@@ -25,8 +25,10 @@
 //! `{"code":"FAIL"}` for FAIL), with v3's checks in place of v2's: `bad_signature` (signature,
 //! unknown serial, timestamp outside ±5 min), `malformed` (tampered or undecryptable resource,
 //! an event_type that is not the resource's refund_status), `mch_id_mismatch`, and
-//! `api_mismatch` (the refund was sent over v2, or v3 is not configured). An unauthenticated
-//! body is kept as a 64-byte prefix only.
+//! `api_mismatch` (the refund was sent over v2, or v3 is not configured). A body that does not
+//! decrypt (v2) or authenticate (v3) is kept as a 64-byte prefix with the SHA-256 and length
+//! of the whole; refund notifies are pruned after `PAY_NOTIFY_RETENTION_DAYS`, as pay notifies
+//! (by the refund reconciler).
 
 use wechat::pay::{
     RefundNotifyError, decrypt_refund_notify, notify_reply_fail, notify_reply_success, xml,
@@ -35,7 +37,7 @@ use wechat::pay::{
 use super::store::{self as refund_store, Change, NewRefundNotification, Transition};
 use crate::{
     error::Error,
-    orders::notify::{MAX_STORED_BODY_BYTES, NotifyReply, NotifyV3Reply, UNVERIFIED_PREFIX_BYTES},
+    orders::notify::{NotifyReply, NotifyV3Reply},
     orders::store,
     payments::Payments,
     refunds::{Refund, RefundState, WxRefundStatus, valid_out_refund_no},
@@ -57,15 +59,8 @@ impl Payments {
     /// reply (WeChat retries later).
     #[tracing::instrument(skip_all)]
     pub async fn handle_refund_notify(&self, raw_body: &[u8]) -> NotifyReply {
-        let now = self.now();
-        let stored_len = raw_body.len().min(MAX_STORED_BODY_BYTES);
-        let mut record = NewRefundNotification {
-            received_at: now,
-            out_refund_no: String::new(),
-            raw_body: String::from_utf8_lossy(&raw_body[..stored_len]).into_owned(),
-            verdict: String::new(),
-            accepted: false,
-        };
+        // Anyone can post here: whole only once it decrypts (judge_refund).
+        let mut record = NewRefundNotification::unverified(raw_body, self.now());
         let (verdict, accepted) = match self.judge_refund(raw_body, &mut record).await {
             Ok(v) => v,
             Err(e) => {
@@ -103,6 +98,8 @@ impl Payments {
             Ok(n) => n,
             Err(e) => return Ok((verdict_of_error(&e), false)),
         };
+        // Decrypted with our key: WeChat's own notify, kept whole.
+        record.keep_whole(raw_body);
         if !valid_out_refund_no(&notify.out_refund_no) {
             return Ok(("malformed", false));
         }
@@ -120,6 +117,7 @@ impl Payments {
             || notify.refund_fee != refund.amount_fen
             || notify.total_fee != order.amount_fen
             || (!order.app_id.is_empty() && notify.appid != order.app_id)
+            || (!refund.refund_id.is_empty() && notify.refund_id != refund.refund_id)
         {
             tracing::error!(
                 out_refund_no = %refund.out_refund_no,
@@ -182,9 +180,14 @@ impl Payments {
             refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
-            next_check_at: now,
+            // ABNORMAL stays in flight: queried again at its slow cadence.
+            next_check_at: if to == RefundState::Abnormal {
+                now + crate::refunds::ABNORMAL_RECHECK_SECS
+            } else {
+                now
+            },
         };
-        let from = [RefundState::Pending, RefundState::Processing];
+        let from = to.moves_from();
         Ok(
             match refund_store::transition(self.database(), &refund.out_refund_no, &from, &change)
                 .await?
@@ -222,17 +225,8 @@ impl Payments {
         headers: &wechat::pay::v3::SignatureHeaders,
         raw_body: &[u8],
     ) -> NotifyV3Reply {
-        let mut record = NewRefundNotification {
-            received_at: self.now(),
-            out_refund_no: String::new(),
-            // Anyone can post here: whole only once authenticated (judge_refund_v3).
-            raw_body: String::from_utf8_lossy(
-                &raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)],
-            )
-            .into_owned(),
-            verdict: String::new(),
-            accepted: false,
-        };
+        // Anyone can post here: whole only once authenticated (judge_refund_v3).
+        let mut record = NewRefundNotification::unverified(raw_body, self.now());
         let (verdict, accepted) = match self.judge_refund_v3(headers, raw_body, &mut record).await {
             Ok(v) => v,
             Err(e) => {
@@ -280,9 +274,7 @@ impl Payments {
             }
         };
         // Authenticated: WeChat's own notify, kept whole.
-        record.raw_body =
-            String::from_utf8_lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)])
-                .into_owned();
+        record.keep_whole(raw_body);
         if !valid_out_refund_no(&notice.out_refund_no) {
             return Ok(("malformed", false));
         }

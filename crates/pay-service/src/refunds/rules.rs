@@ -5,9 +5,16 @@
 //!
 //! Refund states: `PENDING` (written before WeChat is called) → `PROCESSING` (WeChat accepted
 //! it) → `SUCCESS` | `FAILED` | `CLOSED`; `PENDING` may also go straight to a final state (a
-//! refusal, or a notify/query that overtook the answer).
+//! refusal, or a notify/query that overtook the answer). `ABNORMAL` (v2 `CHANGE`, v3
+//! `ABNORMAL`, 退款异常) is not final: WeChat took the money from the merchant's account and
+//! holds it in its intermediate refund account ("退款资金会停留在退款的中间账户内") until the
+//! merchant re-routes it (merchant platform, or v3 `apply-abnormal-refund`)
+//! (<https://pay.weixin.qq.com/doc/v3/merchant/4013071031>, 开发指引 2.3/2.4;
+//! <https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>).
+//! It keeps its amount reserved and is queried at a slower cadence; a later `SUCCESS` settles
+//! it as refunded, `CLOSED` releases it.
 //!
-//! The order keeps two totals: `refunding_fen` (refunds in flight) and `refunded_fen`
+//! The order keeps two totals: `refunding_fen` (refunds in flight, abnormal ones included) and `refunded_fen`
 //! (refunds settled SUCCESS), with `refunding_fen + refunded_fen <= amount_fen`. Its state
 //! follows them ([`order_state_after`]): `REFUNDING` while any refund is in flight,
 //! `REFUNDED` once everything is refunded, otherwise what it was before refunds (`PAID`, or
@@ -36,13 +43,20 @@ const OUT_REFUND_NO_RANDOM_CHARS: usize = 16;
 
 /// The order states a refund may start from (besides a CLOSED order that was paid anyway).
 pub const REFUNDABLE_STATES: [&str; 2] = ["PAID", "REFUNDING"];
-/// Refund states still waiting for WeChat.
-pub const IN_FLIGHT: [&str; 2] = ["PENDING", "PROCESSING"];
+/// Refund states still waiting for WeChat (their amount reserved on the order).
+pub const IN_FLIGHT: [&str; 3] = ["PENDING", "PROCESSING", "ABNORMAL"];
+/// How long the reconciler waits between queries of an ABNORMAL refund: it waits on a person
+/// (re-routing in the merchant platform), so WeChat is asked hourly, not every pass (WeChat's
+/// own guide decays polling of slow refunds to 30-minute steps).
+pub const ABNORMAL_RECHECK_SECS: i64 = 3600;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefundState {
     Pending,
     Processing,
+    /// Accepted, then abnormal at WeChat (v2 CHANGE, v3 ABNORMAL): the money is held by
+    /// WeChat; not final, the amount stays reserved.
+    Abnormal,
     Success,
     Failed,
     Closed,
@@ -53,6 +67,7 @@ impl RefundState {
         match self {
             Self::Pending => "PENDING",
             Self::Processing => "PROCESSING",
+            Self::Abnormal => "ABNORMAL",
             Self::Success => "SUCCESS",
             Self::Failed => "FAILED",
             Self::Closed => "CLOSED",
@@ -63,6 +78,7 @@ impl RefundState {
         Some(match s {
             "PENDING" => Self::Pending,
             "PROCESSING" => Self::Processing,
+            "ABNORMAL" => Self::Abnormal,
             "SUCCESS" => Self::Success,
             "FAILED" => Self::Failed,
             "CLOSED" => Self::Closed,
@@ -75,10 +91,25 @@ impl RefundState {
         matches!(self, Self::Success | Self::Failed | Self::Closed)
     }
 
+    /// Reaching this state writes an outbox event: the final states and ABNORMAL.
+    pub const fn has_event(self) -> bool {
+        self.is_final() || matches!(self, Self::Abnormal)
+    }
+
+    /// The states a refund may move to `self` from: every in-flight state but `self` (so a
+    /// repeated ABNORMAL changes nothing and writes no second event).
+    pub fn moves_from(self) -> Vec<Self> {
+        [Self::Pending, Self::Processing, Self::Abnormal]
+            .into_iter()
+            .filter(|s| *s != self)
+            .collect()
+    }
+
     fn to_proto(self) -> pb::RefundState {
         match self {
             Self::Pending => pb::RefundState::RefundPending,
             Self::Processing => pb::RefundState::RefundProcessing,
+            Self::Abnormal => pb::RefundState::RefundAbnormal,
             Self::Success => pb::RefundState::RefundSuccess,
             Self::Failed => pb::RefundState::RefundFailed,
             Self::Closed => pb::RefundState::RefundClosed,
@@ -199,9 +230,9 @@ pub enum WxRefundStatus {
     Processing,
     /// The money is back with the payer.
     Success,
-    /// The money could not reach the payer and stays with the merchant: v2 `CHANGE`, v3
-    /// `ABNORMAL` (退款异常).
-    Failed(&'static str),
+    /// The money could not reach the payer and is held by WeChat until the merchant re-routes
+    /// it: v2 `CHANGE`, v3 `ABNORMAL` (退款异常). Not a failure (see the module docs).
+    Abnormal(&'static str),
     /// Closed without refunding: v2 `REFUNDCLOSE`, v3 `CLOSED`.
     Closed(&'static str),
 }
@@ -211,7 +242,7 @@ impl WxRefundStatus {
     pub const fn from_v2(status: RefundStatus) -> Self {
         match status {
             RefundStatus::Success => Self::Success,
-            RefundStatus::Change => Self::Failed("CHANGE"),
+            RefundStatus::Change => Self::Abnormal("CHANGE"),
             RefundStatus::RefundClose => Self::Closed("REFUNDCLOSE"),
             RefundStatus::Processing => Self::Processing,
         }
@@ -224,18 +255,18 @@ impl WxRefundStatus {
         Some(match status {
             "SUCCESS" => Self::Success,
             "PROCESSING" => Self::Processing,
-            "ABNORMAL" => Self::Failed("ABNORMAL"),
+            "ABNORMAL" => Self::Abnormal("ABNORMAL"),
             "CLOSED" => Self::Closed("CLOSED"),
             _ => return None,
         })
     }
 
-    /// The final state this status settles a refund to, with the failure text to keep;
-    /// `None` while WeChat is still processing.
+    /// The state this status moves a refund to (final, or ABNORMAL), with the failure text
+    /// to keep; `None` while WeChat is still processing.
     pub const fn settlement(self) -> Option<(RefundState, &'static str)> {
         match self {
             Self::Success => Some((RefundState::Success, "")),
-            Self::Failed(why) => Some((RefundState::Failed, why)),
+            Self::Abnormal(why) => Some((RefundState::Abnormal, why)),
             Self::Closed(why) => Some((RefundState::Closed, why)),
             Self::Processing => None,
         }
@@ -269,7 +300,8 @@ pub fn valid_out_refund_no(no: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
 }
 
-/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed.
+/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed, abnormal (alert on any
+/// `abnormal`: its money waits at WeChat for an operator).
 pub(crate) fn count(event: &'static str) {
     metrics::counter!("wxmp_refunds_total", "event" => event).increment(1);
 }
@@ -280,6 +312,7 @@ pub(crate) fn count_settled(state: RefundState) {
         RefundState::Success => count("succeeded"),
         RefundState::Failed => count("failed"),
         RefundState::Closed => count("closed"),
+        RefundState::Abnormal => count("abnormal"),
         RefundState::Pending | RefundState::Processing => {}
     }
 }
@@ -382,14 +415,15 @@ mod tests {
 
     #[test]
     fn wechat_statuses_settle() {
+        // CHANGE / ABNORMAL are held by WeChat, not failed (issue 23).
         assert_eq!(
             settlement_of(RefundStatus::Change),
-            Some((RefundState::Failed, "CHANGE"))
+            Some((RefundState::Abnormal, "CHANGE"))
         );
         assert_eq!(settlement_of(RefundStatus::Processing), None);
         assert_eq!(
             WxRefundStatus::from_v3("ABNORMAL").and_then(WxRefundStatus::settlement),
-            Some((RefundState::Failed, "ABNORMAL"))
+            Some((RefundState::Abnormal, "ABNORMAL"))
         );
         assert_eq!(
             WxRefundStatus::from_v3("CLOSED").and_then(WxRefundStatus::settlement),
@@ -404,7 +438,19 @@ mod tests {
             Some(WxRefundStatus::Processing)
         );
         assert_eq!(WxRefundStatus::from_v3("CHANGE"), None);
-        for s in ["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CLOSED"] {
+        assert!(!RefundState::Abnormal.is_final());
+        assert_eq!(
+            RefundState::Abnormal.moves_from(),
+            [RefundState::Pending, RefundState::Processing]
+        );
+        for s in [
+            "PENDING",
+            "PROCESSING",
+            "ABNORMAL",
+            "SUCCESS",
+            "FAILED",
+            "CLOSED",
+        ] {
             assert_eq!(RefundState::parse(s).map(RefundState::as_str), Some(s));
         }
     }

@@ -2,12 +2,15 @@
 //!
 //! Two functions change refunds, each one transaction:
 //! - [`create`] reserves the amount on the order (one conditional UPDATE: paid, and
-//!   `refunding_fen + refunded_fen + amount <= amount_fen`) and inserts the PENDING row;
+//!   `refunding_fen + refunded_fen + amount <= amount_fen`) and inserts the PENDING row; a
+//!   reservation refused because a concurrent call with the same out_refund_no took the
+//!   amount answers that call's refund ([`Created::Existing`]), never a refusal;
 //! - [`transition`] moves a refund between states (one conditional UPDATE on its state) and,
 //!   when it leaves flight, moves the order's totals (one conditional UPDATE) and its state.
 //!
 //! Every refund state change goes through these two; a settlement (SUCCESS, FAILED, CLOSED)
-//! writes its outbox event (`REFUND_SUCCEEDED` / `REFUND_FAILED`) in the same transaction.
+//! or ABNORMAL writes its outbox event (`REFUND_SUCCEEDED` / `REFUND_FAILED` /
+//! `REFUND_ABNORMAL`) in the same transaction. ABNORMAL is in flight: it moves no totals.
 
 use diesel::{
     BoolExpressionMethods, ExpressionMethods, Insertable, OptionalExtension, QueryDsl,
@@ -19,6 +22,7 @@ use service_kit::db::Database;
 use crate::{
     error::Error,
     events::{self, NewEvent},
+    orders::notify::{MAX_STORED_BODY_BYTES, UNVERIFIED_PREFIX_BYTES},
     orders::{Order, OrderState},
     refunds::{self, IN_FLIGHT, REFUNDABLE_STATES, Refund, RefundState},
     schema::{orders, refund_notifications, refunds as refunds_t},
@@ -39,7 +43,9 @@ pub struct NewRefund {
     pub next_check_at: i64,
 }
 
-/// A received refund notify, as stored.
+/// A received refund notify, as stored: `raw_body` is the whole body (up to 8 KiB) once it
+/// decrypted (v2) or authenticated (v3), else a 64-byte prefix; `body_sha256` and `body_len`
+/// are always of the whole body.
 #[derive(Clone, Debug, Insertable)]
 #[diesel(table_name = refund_notifications)]
 pub struct NewRefundNotification {
@@ -48,6 +54,33 @@ pub struct NewRefundNotification {
     pub raw_body: String,
     pub verdict: String,
     pub accepted: bool,
+    pub body_sha256: String,
+    pub body_len: i64,
+}
+
+impl NewRefundNotification {
+    /// A notify received at `now`, not (yet) authenticated: its prefix and hash only.
+    pub fn unverified(raw_body: &[u8], now: i64) -> Self {
+        use sha2::Digest as _;
+        Self {
+            received_at: now,
+            out_refund_no: String::new(),
+            raw_body: lossy(&raw_body[..raw_body.len().min(UNVERIFIED_PREFIX_BYTES)]),
+            verdict: String::new(),
+            accepted: false,
+            body_sha256: hex::encode(sha2::Sha256::digest(raw_body)),
+            body_len: i64::try_from(raw_body.len()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Keeps the whole body (up to 8 KiB): it decrypted or authenticated, WeChat's own.
+    pub fn keep_whole(&mut self, raw_body: &[u8]) {
+        self.raw_body = lossy(&raw_body[..raw_body.len().min(MAX_STORED_BODY_BYTES)]);
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// What [`create`] did. (Answered once per call, never held in bulk: the variants' sizes do
@@ -117,6 +150,18 @@ pub async fn create(db: &Database, new: &NewRefund) -> Result<Created, Error> {
             .await
             .optional()?;
             let Some(mut order) = reserved else {
+                // A concurrent call with this key may have reserved first (its commit is what
+                // refused us): answer its refund, not a refusal. Looked up after the UPDATE,
+                // which waited for that commit.
+                let same_key: Option<Refund> = refunds_t::table
+                    .filter(refunds_t::out_refund_no.eq(&new.out_refund_no))
+                    .select(Refund::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some(existing) = same_key {
+                    return Ok(Created::Existing(existing));
+                }
                 let current: Option<Order> = orders::table
                     .filter(orders::order_no.eq(&new.order_no))
                     .select(Order::as_select())
@@ -253,7 +298,7 @@ pub async fn transition(
         })
         .await
     });
-    if matches!(&transitioned, Ok(Transition::Applied(..))) && to.is_final() {
+    if matches!(&transitioned, Ok(Transition::Applied(..))) && to.has_event() {
         events::wake();
     }
     transitioned
@@ -361,5 +406,36 @@ pub async fn notification_verdicts(
             ))
             .load(conn)
             .await
+    })?)
+}
+
+/// Stored refund notifies of `out_refund_no` (empty: those that never named one, e.g.
+/// undecryptable), oldest first: (raw_body, body_sha256, body_len).
+pub async fn notification_bodies(
+    db: &Database,
+    out_refund_no: &str,
+) -> Result<Vec<(String, String, i64)>, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        refund_notifications::table
+            .filter(refund_notifications::out_refund_no.eq(out_refund_no))
+            .order(refund_notifications::id.asc())
+            .select((
+                refund_notifications::raw_body,
+                refund_notifications::body_sha256,
+                refund_notifications::body_len,
+            ))
+            .load(conn)
+            .await
+    })?)
+}
+
+/// Deletes the refund notifies received before `before`; the number deleted.
+pub async fn prune_notifications(db: &Database, before: i64) -> Result<usize, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        diesel::delete(
+            refund_notifications::table.filter(refund_notifications::received_at.lt(before)),
+        )
+        .execute(conn)
+        .await
     })?)
 }

@@ -223,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             seen_v3(refund("ABNORMAL")).unwrap().status,
-            WxRefundStatus::Failed("ABNORMAL")
+            WxRefundStatus::Abnormal("ABNORMAL")
         );
         assert!(matches!(
             seen_v3(refund("REFUNDED?")),

@@ -104,6 +104,18 @@ async fn wechat_status(env: &Env, out_refund_no: &str) -> Value {
     }
 }
 
+/// Waits until a notify of `key` is stored: the notify settles the refund first and stores
+/// its verdict after, so a refund seen settled may not have its verdict yet.
+async fn stored_verdict(env: &Env, key: &str) {
+    eventually(|| async {
+        !refunds::store::notification_verdicts(env.pay.database(), key)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+}
+
 fn refunded(order: &pb::Order) -> (i64, i64) {
     (order.refunded_fen, order.refunding_fen)
 }
@@ -176,6 +188,7 @@ async fn partial_then_full_refund(backend: Backend, api: Api) {
     // Each settled by its encrypted notify, on the API of its order.
     for key in ["shop-r1", "shop-r2"] {
         assert_eq!(get_refund(&env, key).await.api, api.as_str());
+        stored_verdict(&env, key).await;
         let verdicts = refunds::store::notification_verdicts(env.pay.database(), key)
             .await
             .unwrap();
@@ -273,6 +286,30 @@ async fn retries_with_the_same_key_answer_the_first_refund(backend: Backend, api
     assert_eq!(
         refunded(&env.get(&order.order_no, 0).await.unwrap()),
         (200, 0)
+    );
+}
+
+/// Six callers retry one refund (same out_refund_no, same parameters) at once, for the whole
+/// amount: every one of them is answered that refund, none REFUND_EXCEEDS_PAID (issue 23,
+/// defect 4), and WeChat holds one refund.
+async fn concurrent_retries_of_one_key_answer_one_refund(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 20).await;
+    let calls = (0..6).map(|_| {
+        let env = &env;
+        let order_no = order.order_no.clone();
+        async move { refund(env, &order_no, PRICE, "same-6").await }
+    });
+    let results = futures::future::join_all(calls).await;
+    for result in &results {
+        let answered = result.as_ref().expect("every retry answers the refund");
+        assert_eq!(answered.refund.as_ref().unwrap().out_refund_no, "same-6");
+    }
+    wait_refund(&env, "same-6", pb::RefundState::RefundSuccess).await;
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (PRICE, 0)
     );
 }
 
@@ -522,9 +559,12 @@ fn spoiled_notifies(
                     ("refund_fee", fee.to_owned()),
                     ("total_fee", total.clone()),
                     ("refund_status", "SUCCESS".to_owned()),
-                    ("refund_id", "50000000000000000000000000001".to_owned()),
+                    ("refund_id", refund_id.to_owned()),
                 ]
             };
+            // Our refund in every field but WeChat's refund_id (issue 23: checked on v2 too).
+            let mut other_id = genuine("forge-me", "100", order_no);
+            other_id[5].1 = "50000000000000000000000000001".to_owned();
             let body = |key: &str, v: Vec<(&'static str, String)>| {
                 let fields: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
                 RawNotify::V2(refund_notify(key, &fields))
@@ -552,6 +592,7 @@ fn spoiled_notifies(
                     ),
                     "mismatch",
                 ),
+                (body(sandbox::DEV_PAY_KEY, other_id), "mismatch"),
                 (
                     RawNotify::V2(b"<xml><return_code>SUCCESS</return_code>".to_vec()),
                     "malformed",
@@ -744,7 +785,11 @@ async fn refund_events(env: &Env) -> Vec<(String, Value)> {
     events::after(
         env.pay.database(),
         0,
-        &[EventKind::RefundSucceeded, EventKind::RefundFailed],
+        &[
+            EventKind::RefundSucceeded,
+            EventKind::RefundFailed,
+            EventKind::RefundAbnormal,
+        ],
         100,
     )
     .await
@@ -754,7 +799,12 @@ async fn refund_events(env: &Env) -> Vec<(String, Value)> {
     .collect()
 }
 
-async fn change_is_recorded_as_failed(backend: Backend, api: Api) {
+/// v2 CHANGE / v3 ABNORMAL (退款异常): WeChat took the money from the merchant and holds it
+/// until the merchant re-routes it. The refund is ABNORMAL, in flight: its amount stays
+/// reserved, one REFUND_ABNORMAL event (not REFUND_FAILED), queried at a slower cadence; a
+/// later SUCCESS (by query here) settles it as refunded, a CLOSED (by notify) releases it.
+/// (Issue 23, defect 1: this test asserted FAILED with the amount released, which was wrong.)
+async fn change_is_abnormal_and_keeps_the_amount_reserved(backend: Backend, api: Api) {
     let env = Env::refunding_on(backend, api).await;
     set_faults(
         &env,
@@ -765,16 +815,86 @@ async fn change_is_recorded_as_failed(backend: Backend, api: Api) {
     refund(&env, &order.order_no, 300, "change-1")
         .await
         .unwrap();
-    let failed = wait_refund(&env, "change-1", pb::RefundState::RefundFailed).await;
-    assert_eq!(failed.failure, api.abnormal());
+    let abnormal = wait_refund(&env, "change-1", pb::RefundState::RefundAbnormal).await;
+    assert_eq!(abnormal.failure, api.abnormal());
+    assert_eq!(abnormal.settled_at, 0);
     let events = refund_events(&env).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].0, "REFUND_FAILED");
+    assert_eq!(events[0].0, "REFUND_ABNORMAL");
     assert_eq!(events[0].1["refund"]["failure"], api.abnormal());
-    // The money stayed with the merchant: the order is PAID with nothing refunded or held.
+    // The money is held by WeChat: still reserved, the order REFUNDING, not refundable again.
+    let during = env.get(&order.order_no, 0).await.unwrap();
+    assert_eq!(during.state, pb::OrderState::Refunding as i32);
+    assert_eq!(refunded(&during), (0, 300));
+    let err = refund(&env, &order.order_no, PRICE, "change-2")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::RefundExceedsPaid);
+
+    // The merchant re-routes it; no notify reaches us: the reconciler's query settles it, at
+    // the slower cadence (not on the next pass, after ABNORMAL_RECHECK_SECS).
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    let finished: Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/refunds/change-1/finish"))
+        .json(&json!({ "outcome": "success" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(finished["status"], "SUCCESS", "{finished}");
+    assert_eq!(env.pay.reconcile_refunds_once().await.unwrap().queried, 0);
+    env.clock.advance(refunds::ABNORMAL_RECHECK_SECS);
+    let report = env.pay.reconcile_refunds_once().await.unwrap();
+    assert_eq!((report.queried, report.settled), (1, 1), "{report:?}");
+    assert_eq!(
+        get_refund(&env, "change-1").await.state,
+        pb::RefundState::RefundSuccess as i32
+    );
     let after = env.get(&order.order_no, 0).await.unwrap();
     assert_eq!(after.state, pb::OrderState::Paid as i32);
-    assert_eq!(refunded(&after), (0, 0));
+    assert_eq!(refunded(&after), (300, 0));
+
+    // Another goes abnormal, then WeChat closes it (notified): released.
+    set_faults(
+        &env,
+        json!({ "refund_change": true, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    refund(&env, &order.order_no, 200, "change-3")
+        .await
+        .unwrap();
+    wait_refund(&env, "change-3", pb::RefundState::RefundAbnormal).await;
+    set_faults(&env, json!({})).await;
+    let finished: Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/refunds/change-3/finish"))
+        .json(&json!({ "outcome": "close" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(finished["status"], api.closed(), "{finished}");
+    let closed = wait_refund(&env, "change-3", pb::RefundState::RefundClosed).await;
+    assert_eq!(closed.failure, api.closed());
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (300, 0)
+    );
+    let kinds: Vec<String> = refund_events(&env).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        kinds,
+        [
+            "REFUND_ABNORMAL",
+            "REFUND_SUCCEEDED",
+            "REFUND_ABNORMAL",
+            "REFUND_FAILED"
+        ]
+    );
 }
 
 async fn closed_is_recorded_as_closed(backend: Backend, api: Api) {
@@ -853,6 +973,236 @@ async fn systemerror_is_retried_with_the_same_key(backend: Backend, api: Api) {
         refunded(&env.get(&order.order_no, 0).await.unwrap()),
         (120, 0)
     );
+}
+
+/// A first send is accepted and its answer lost (SYSTEMERROR / 500 after WeChat recorded it);
+/// the retry is refused before WeChat looks at the refund (v2 return_code=FAIL, v3 401). The
+/// refusal is not proof: WeChat is asked, holds the refund, and it settles as refunded (issue
+/// 23, defect 3). A refund WeChat never got still fails on a refused resend, its amount
+/// released.
+async fn a_refused_resend_after_a_lost_answer_asks_wechat_first(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 21).await;
+    set_faults(
+        &env,
+        json!({ "refund_answer_lost": true, "drop_notify": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 330, "lost-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    assert_eq!(
+        at_wechat(&env, &order.order_no).await.len(),
+        1,
+        "WeChat has it"
+    );
+    set_faults(
+        &env,
+        json!({ "refund_refused": true, "drop_notify": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let again = refund(&env, &order.order_no, 330, "lost-1")
+        .await
+        .expect("answered from WeChat's query");
+    assert_ne!(
+        again.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32,
+        "a refused resend is not proof"
+    );
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    eventually(|| async {
+        let _ = env.pay.reconcile_refunds_once().await;
+        get_refund(&env, "lost-1").await.state == pb::RefundState::RefundSuccess as i32
+    })
+    .await;
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (330, 0)
+    );
+
+    // Lost before WeChat saw it (a 503), then refused: WeChat holds none, so it fails.
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 100, "never-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    set_faults(
+        &env,
+        json!({ "refund_refused": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let again = refund(&env, &order.order_no, 100, "never-1").await.unwrap();
+    assert_eq!(
+        again.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32
+    );
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (330, 0)
+    );
+}
+
+/// A Refund without out_refund_no whose answer is lost (WeChat recorded it, answered
+/// SYSTEMERROR / 500) is answered PENDING with its generated key, never an error that loses
+/// it (issue 23, defect 2): the caller's retry with that key answers the same refund, and
+/// WeChat holds one.
+async fn a_keyless_refund_never_loses_its_key(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 22).await;
+    set_faults(
+        &env,
+        json!({ "refund_answer_lost": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let answered = refund(&env, &order.order_no, 250, "")
+        .await
+        .expect("answered with the key, not an error");
+    let record = answered.refund.unwrap();
+    assert_eq!(record.state, pb::RefundState::RefundPending as i32);
+    assert!(!record.out_refund_no.is_empty());
+    assert_eq!(refunded(&answered.order.unwrap()), (0, 250));
+    let again = refund(&env, &order.order_no, 250, &record.out_refund_no)
+        .await
+        .unwrap();
+    assert_eq!(again.refund.unwrap().out_refund_no, record.out_refund_no);
+    wait_refund(&env, &record.out_refund_no, pb::RefundState::RefundSuccess).await;
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (250, 0)
+    );
+}
+
+/// Anyone can post to the refund notify endpoint: a body that does not decrypt is kept as a
+/// short prefix with the SHA-256 and length of the whole, not 8 KiB of it (issue 23, defect 5).
+async fn undecryptable_refund_notifies_keep_a_prefix_and_hash(backend: Backend) {
+    use sha2::Digest as _;
+    let env = Env::refunding(backend).await;
+    let junk = "A".repeat(8000);
+    let body = xml::to_xml([
+        ("return_code", "SUCCESS"),
+        ("mch_id", sandbox::DEV_MCH_ID),
+        ("req_info", junk.as_str()),
+    ])
+    .into_bytes();
+    assert_eq!(
+        send_notify(&env, RawNotify::V2(body.clone())).await,
+        ("undecryptable".to_owned(), false)
+    );
+    let stored = refunds::store::notification_bodies(env.pay.database(), "")
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let (raw, sha256, len) = &stored[0];
+    assert!(raw.len() <= 64, "{} bytes kept", raw.len());
+    assert!(body.starts_with(raw.as_bytes()));
+    assert_eq!(*sha256, hex::encode(sha2::Sha256::digest(&body)));
+    assert_eq!(*len, i64::try_from(body.len()).unwrap());
+}
+
+/// A throttled sender's v2 refund notify is decrypted first: one that does not decrypt is
+/// dropped unrecorded (`rate_limited`), WeChat's own is handled as any other.
+async fn throttled_senders_refund_notifies_must_decrypt(backend: Backend) {
+    let env = Env::refunding(backend).await;
+    let order = paid_order(&env, 23).await;
+    set_faults(&env, json!({ "drop_notify": true })).await;
+    refund(&env, &order.order_no, 100, "throttle-1")
+        .await
+        .unwrap();
+    let processing = get_refund(&env, "throttle-1").await;
+    let fields = |key: &str| {
+        refund_notify(
+            key,
+            &[
+                ("out_refund_no", "throttle-1"),
+                ("out_trade_no", order.order_no.as_str()),
+                ("refund_fee", "100"),
+                ("total_fee", &PRICE.to_string()),
+                ("refund_status", "SUCCESS"),
+                ("refund_id", processing.refund_id.as_str()),
+            ],
+        )
+    };
+    let throttled = |body: Vec<u8>| {
+        let mut request = Request::new(pb::HandleRefundNotifyRequest { raw_body: body });
+        request.metadata_mut().insert(
+            service_kit::grpc::NOTIFY_SENDER_THROTTLED,
+            "1".parse().unwrap(),
+        );
+        request
+    };
+    let forged = PayService::handle_refund_notify(
+        &env.pay,
+        throttled(fields("not the merchant key 000000000000")),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (forged.verdict.as_str(), forged.accepted),
+        ("rate_limited", false)
+    );
+    assert!(
+        refunds::store::notification_bodies(env.pay.database(), "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let genuine =
+        PayService::handle_refund_notify(&env.pay, throttled(fields(sandbox::DEV_PAY_KEY)))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        (genuine.verdict.as_str(), genuine.accepted),
+        ("applied", true)
+    );
+    assert_eq!(
+        get_refund(&env, "throttle-1").await.state,
+        pb::RefundState::RefundSuccess as i32
+    );
+}
+
+/// Refund notifies are pruned by age with the retention of pay notifies (issue 23, defect 5).
+async fn old_refund_notifies_are_pruned(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let now = env.clock.now();
+    let retention =
+        i64::try_from(pay_service::config::DEFAULT_NOTIFY_RETENTION_DAYS * 86_400).unwrap();
+    for (key, received_at) in [("old-1", now - retention - 10), ("new-1", now - 10)] {
+        refunds::store::insert_notification(
+            env.pay.database(),
+            &refunds::store::NewRefundNotification {
+                received_at,
+                out_refund_no: key.into(),
+                raw_body: "<xml/>".into(),
+                verdict: "unknown_refund".into(),
+                accepted: false,
+                body_sha256: String::new(),
+                body_len: 6,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let report = env.pay.reconcile_refunds_once().await.unwrap();
+    assert_eq!(report.pruned_notifies, 1, "{report:?}");
+    let verdicts = |key: &'static str| {
+        let env = &env;
+        async move {
+            refunds::store::notification_verdicts(env.pay.database(), key)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!((verdicts("old-1").await, verdicts("new-1").await), (0, 1));
 }
 
 /// pay-service dies after WeChat recorded the refund but before the answer is stored: the
@@ -1005,6 +1355,7 @@ async fn an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3(backend: Bac
     // Sent to WeChat's v2 refund API only, and settled by its v2 notify.
     assert_eq!(at_wechat_on(&env, Api::V2, &old.order_no).await.len(), 1);
     assert!(at_wechat_on(&env, Api::V3, &old.order_no).await.is_empty());
+    stored_verdict(&env, "switch-v2").await;
     let verdicts = refunds::store::notification_verdicts(env.pay.database(), "switch-v2")
         .await
         .unwrap();
@@ -1274,16 +1625,20 @@ on_both_backends_and_apis!(
     over_refund_is_refused_and_never_sent,
     concurrent_refunds_race_for_the_last_fen,
     retries_with_the_same_key_answer_the_first_refund,
+    concurrent_retries_of_one_key_answer_one_refund,
     unpaid_and_unknown_orders_are_refused,
     refunds_without_a_certificate_are_disabled,
     forged_and_mismatched_notifies_change_nothing,
     duplicate_wechat_notifies_settle_once,
     lost_notify_is_repaired_by_the_reconciler,
-    change_is_recorded_as_failed,
+    change_is_abnormal_and_keeps_the_amount_reserved,
     closed_is_recorded_as_closed,
     notenough_fails_the_refund_and_releases_the_amount,
     systemerror_is_retried_with_the_same_key,
     killed_between_the_call_and_the_answer,
+    a_refused_resend_after_a_lost_answer_asks_wechat_first,
+    a_keyless_refund_never_loses_its_key,
+    old_refund_notifies_are_pruned,
 );
 
 /// v2 only: v3 has no refund list per order to learn refunds made elsewhere from; the switch
@@ -1294,6 +1649,8 @@ mod v2_only {
     on_both_backends!(
         orderquery_refund_records_payment_and_refund,
         an_order_placed_on_v2_refunds_on_v2_after_the_switch_to_v3,
+        undecryptable_refund_notifies_keep_a_prefix_and_hash,
+        throttled_senders_refund_notifies_must_decrypt,
     );
 }
 

@@ -466,7 +466,14 @@ async fn refund(req: HttpRequest, sandbox: web::Data<Sandbox>, body: web::Bytes)
         Err(resp) => return *resp,
     };
     let faults = faults::of_request(&req);
-    let answer = create_refund(&sandbox, mchid, &body, &faults);
+    if faults.refund_refused {
+        return error(&sandbox.v3, 401, "SIGN_ERROR", "签名错误");
+    }
+    let mut answer = create_refund(&sandbox, mchid, &body, &faults);
+    if faults.refund_answer_lost && answer.status().is_success() {
+        // Recorded (and settled later), but the merchant only hears SYSTEM_ERROR.
+        answer = error(&sandbox.v3, 500, "SYSTEM_ERROR", "系统超时");
+    }
     if faults.refund_reply_delay_ms > 0 {
         // Recorded, then the answer is lost (a crash, a timeout): the merchant must ask again
         // with the same out_refund_no.
@@ -629,7 +636,8 @@ async fn settle(sandbox: &Arc<Sandbox>, out_refund_no: &str) {
 }
 
 /// How a v3 refund ends (`status`, as [`refund_json`] cites): SUCCESS, ABNORMAL (the payer's
-/// account cannot take it; the money stays with the merchant) or CLOSED. Each is followed by
+/// account cannot take it; the money is held by WeChat until re-routed, then SUCCESS) or
+/// CLOSED. Each is followed by
 /// its REFUND.* notify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum V3RefundEnd {
@@ -672,7 +680,14 @@ pub fn conclude_refund(
                 out_refund_no.to_owned(),
             ));
         };
-        if r.status != "PROCESSING" {
+        // PROCESSING ends any way; ABNORMAL (money held) is later re-routed (SUCCESS) or
+        // closed.
+        let may = match r.status.as_str() {
+            "PROCESSING" => true,
+            "ABNORMAL" => end != V3RefundEnd::Abnormal,
+            _ => false,
+        };
+        if !may {
             return Err(crate::refund::ConcludeError::NotProcessing(
                 out_refund_no.to_owned(),
                 r.status.clone(),

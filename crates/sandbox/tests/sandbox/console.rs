@@ -487,6 +487,26 @@ async fn settle_fail_and_close_finish_held_refunds_and_notify_the_merchant() {
         assert!(accepted, "{no}");
     }
     assert_eq!(refunds.received().len(), 3);
+    // CHANGE is not final (issue 23: the money waits at WeChat until re-routed): its refund
+    // alone keeps buttons, settle and close, not fail; settled, no button is left.
+    let html = page(&sb).await;
+    assert!(
+        html.contains(r#"data-action="settle" data-key="RF-CHANGE""#),
+        "{html}"
+    );
+    assert!(!html.contains(r#"data-action="fail" data-key="RF-CHANGE""#));
+    assert!(!html.contains(r#"data-action="settle" data-key="RF-OK""#));
+    let msg = click(
+        &sb,
+        "/console/refund/finish",
+        &[
+            ("mch_id", DEV_MCH_ID),
+            ("out_refund_no", "RF-CHANGE"),
+            ("outcome", "success"),
+        ],
+    )
+    .await;
+    assert_eq!(msg, "refund RF-CHANGE is SUCCESS, notify sent");
     let html = page(&sb).await;
     assert!(!html.contains(r#"data-action="settle""#), "{html}");
 }

@@ -732,6 +732,49 @@ async fn refunds_settle_to_each_status_with_their_notify() {
     }
 }
 
+/// An answer lost after acceptance (500 SYSTEM_ERROR, the refund recorded) and a refused
+/// resend (401 SIGN_ERROR, nothing recorded, nothing said of the refund): what a merchant must
+/// not take as proof either way. The query knows the truth.
+#[tokio::test]
+async fn lost_refund_answers_and_refused_resends() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3LA0001", &receiver.url))
+        .await
+        .unwrap();
+    let (status, _) = post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
+    assert_eq!(status, 200);
+    receiver.wait_for(1).await;
+    let req = RefundRequest {
+        out_trade_no: "V3LA0001".into(),
+        out_refund_no: "V3LA-1".into(),
+        reason: None,
+        notify_url: None,
+        amount: RefundAmountRequest {
+            refund: 21,
+            total: 321,
+            currency: "CNY".into(),
+        },
+    };
+    let (status, _) = post(&sb, "/sandbox/faults", json!({"refund_answer_lost": true})).await;
+    assert_eq!(status, 200);
+    let err = client.refund(&req).await.unwrap_err();
+    assert_eq!(err.code(), Some("SYSTEM_ERROR"));
+    assert_eq!(get(&sb, "/sandbox/v3/refunds/V3LA-1").await["requests"], 1);
+    let (status, _) = post(&sb, "/sandbox/faults", json!({"refund_refused": true})).await;
+    assert_eq!(status, 200);
+    let err = client.refund(&req).await.unwrap_err();
+    assert_eq!(err.code(), Some("SIGN_ERROR"));
+    assert!(!err.is_retryable());
+    assert_eq!(get(&sb, "/sandbox/v3/refunds/V3LA-1").await["requests"], 1);
+    let (status, _) = post(&sb, "/sandbox/faults", json!({})).await;
+    assert_eq!(status, 200);
+    let queried = client.query_refund("V3LA-1").await.unwrap();
+    assert_eq!(queried.amount.refund, 21);
+}
+
 /// The console plays the phone for v3 orders too (it cannot make the phone's RSA paySign,
 /// so it applies what `/sandbox/pay` applies after checking it): fail, pay (the encrypted
 /// TRANSACTION.SUCCESS notify the merchant verifies and decrypts), resend, drop.
