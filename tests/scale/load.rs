@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -75,6 +75,7 @@ pub struct Load {
     pub epoch: Instant,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
+    last_ok: Arc<AtomicU64>,
     workers: Vec<tokio::task::JoinHandle<Report>>,
 }
 
@@ -86,6 +87,8 @@ struct Ctx {
     epoch: Instant,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
+    /// When the latest successful front-door answer arrived (µs since the epoch).
+    last_ok: Arc<AtomicU64>,
     max_iterations: usize,
     period: Duration,
 }
@@ -104,6 +107,7 @@ impl Load {
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
+        let last_ok = Arc::new(AtomicU64::new(0));
         let ctx = Ctx {
             http,
             front,
@@ -111,6 +115,7 @@ impl Load {
             epoch,
             stop: stop.clone(),
             done: done.clone(),
+            last_ok: last_ok.clone(),
             max_iterations,
             period: Duration::from_secs_f64(workers as f64 / per_sec),
         };
@@ -121,6 +126,7 @@ impl Load {
             epoch,
             stop,
             done,
+            last_ok,
             workers,
         }
     }
@@ -142,6 +148,20 @@ impl Load {
                 started.elapsed() < timeout,
                 "the load made {} of {n} iterations in {timeout:?}",
                 self.iterations()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a front-door request succeeds that finished at `from` or later (at most
+    /// `timeout`): from then on `ok_overlapping(from, now)` holds. Iterations alone do not
+    /// show it, since an iteration starts with sandbox calls the report does not hold.
+    pub async fn wait_ok_since(&self, from: Duration, timeout: Duration) {
+        let started = Instant::now();
+        while self.last_ok.load(Ordering::Relaxed) < micros(from) {
+            assert!(
+                started.elapsed() < timeout,
+                "no request succeeded in the {timeout:?} after {from:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -270,15 +290,24 @@ async fn record(
         }
         Err(e) => (0, Value::Null, error_chain(&e)),
     };
-    report.outcomes.push(Outcome {
+    let outcome = Outcome {
         op,
         started,
         finished: ctx.epoch.elapsed(),
         status,
         code: envelope["code"].as_i64().unwrap_or(0),
         detail,
-    });
+    };
+    if outcome.ok() {
+        ctx.last_ok
+            .fetch_max(micros(outcome.finished), Ordering::Relaxed);
+    }
+    report.outcomes.push(outcome);
     envelope
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 async fn sandbox_post(ctx: &Ctx, path: &str, body: Value) -> Value {
