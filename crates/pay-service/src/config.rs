@@ -41,6 +41,8 @@ pub const DEFAULT_PRODUCT_REUSE_SECS: u64 = 60;
 pub const DEFAULT_NOTIFY_RETENTION_DAYS: u64 = 90;
 /// Default of `PAY_RECONCILE_LEASE_SECS`.
 pub const DEFAULT_RECONCILE_LEASE_SECS: u64 = 120;
+/// Default of `PAY_RECONCILE_CONCURRENCY`.
+pub const DEFAULT_RECONCILE_CONCURRENCY: u64 = 8;
 
 /// Everything `wxmp-pay` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -134,6 +136,11 @@ pub struct Config {
     #[arg(long, env = "PAY_RECONCILE_LEASE_SECS", value_name = "PAY_RECONCILE_LEASE_SECS", default_value_t = DEFAULT_RECONCILE_LEASE_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub reconcile_lease_secs: u64,
+    /// WeChat queries (orderquery, closeorder) one reconciler replica runs at once while it
+    /// drains a backlog page by page.
+    #[arg(long, env = "PAY_RECONCILE_CONCURRENCY", value_name = "PAY_RECONCILE_CONCURRENCY", default_value_t = DEFAULT_RECONCILE_CONCURRENCY,
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub reconcile_concurrency: u64,
 
     /// The merchant id (mch_id).
     #[arg(long, env = "WXMP_PAY_MCH_ID", value_name = "WXMP_PAY_MCH_ID")]
@@ -284,6 +291,7 @@ mod tests {
         ];
         let c = Config::try_parse_from(base).unwrap();
         assert_eq!(c.reconcile_lease_secs, DEFAULT_RECONCILE_LEASE_SECS);
+        assert_eq!(c.reconcile_concurrency, DEFAULT_RECONCILE_CONCURRENCY);
         let c = Config::try_parse_from(base.iter().copied().chain([
             "--reconcile-lease-secs",
             "5",

@@ -30,6 +30,8 @@ pub struct Settings {
     pub notify_retention_secs: i64,
     /// How long a reconciler's claim on an order lasts (`PAY_RECONCILE_LEASE_SECS`).
     pub reconcile_lease_secs: i64,
+    /// WeChat queries a reconcile pass runs at once (`PAY_RECONCILE_CONCURRENCY`).
+    pub reconcile_concurrency: usize,
     /// Where WeChat posts refund notifies (set when refunds are on).
     pub refund_notify_url: Option<String>,
 }
@@ -98,6 +100,9 @@ impl Payments {
                 .ok_or_else(|| Error::Config("PAY_NOTIFY_RETENTION_DAYS is too large".into()))?,
             reconcile_lease_secs: i64::try_from(config.reconcile_lease_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
+            reconcile_concurrency: usize::try_from(config.reconcile_concurrency)
+                .unwrap_or(1)
+                .max(1),
             refund_notify_url: config.refunds.refund_notify_url.clone(),
         };
         Ok(Self {

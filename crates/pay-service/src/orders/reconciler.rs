@@ -18,8 +18,9 @@
 //! lease that still carries its value: when its lease ran out mid-call and another replica
 //! claimed the order, the late release leaves the other replica's lease alone.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
+use futures::{StreamExt, TryStreamExt};
 use service_kit::Shutdown;
 
 use crate::{
@@ -28,7 +29,8 @@ use crate::{
     payments::Payments,
 };
 
-/// Orders looked at per scan and pass.
+/// Orders fetched per page of a scan; a pass goes on page after page until the backlog is
+/// drained (see [`Payments::reconcile_once`]).
 const BATCH: i64 = 100;
 
 /// What one pass did.
@@ -44,64 +46,107 @@ pub struct ReconcileReport {
     pub errors: usize,
     /// Stored notifies deleted for being older than `PAY_NOTIFY_RETENTION_DAYS`.
     pub pruned_notifies: usize,
-    /// Open orders past their expiry found at the start of the pass (at most one batch).
+    /// Open orders past their expiry found by the pass (every page).
     pub overdue: usize,
+    /// Pages fetched (expired and due scans together).
+    pub pages: usize,
+}
+
+/// What happened to one order of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Done {
+    /// Another replica holds it, or it changed meanwhile.
+    Skipped,
+    Queried {
+        paid: bool,
+    },
+    /// Asked about, and the question failed.
+    QueryFailed,
+    Closed,
+    Paid,
+    Nothing,
+    Failed,
+}
+
+impl ReconcileReport {
+    fn add(&mut self, done: Done) {
+        match done {
+            Done::Skipped | Done::Nothing => {}
+            Done::Queried { paid } => {
+                self.queried += 1;
+                self.paid += usize::from(paid);
+            }
+            Done::QueryFailed => {
+                self.queried += 1;
+                self.errors += 1;
+            }
+            Done::Closed => self.closed += 1,
+            Done::Paid => self.paid += 1,
+            Done::Failed => self.errors += 1,
+        }
+    }
 }
 
 impl Payments {
     /// One reconciliation pass: the work of one tick of the background task.
+    ///
+    /// Each scan (expired open orders, then PAYING orders due for a query) is drained in pages
+    /// of [`BATCH`] until a page comes back short, or holds no order this pass has not already
+    /// handled (those it could not finish, say while WeChat fails, are left to the next pass);
+    /// a page's orders are worked on `PAY_RECONCILE_CONCURRENCY` at a time. Handled orders
+    /// leave the scan by themselves: closed or paid, or given a later `next_query_at`.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, Error> {
         let mut report = ReconcileReport::default();
         let after = self.inner.settings.reconcile_after_secs;
-        let lease_secs = self.inner.settings.reconcile_lease_secs;
         let db = self.database();
 
         // Expired orders first: closing one asks WeChat anyway (closeorder answers ORDERPAID
         // for a paid one, whose payment is then applied instead).
-        let expired = store::expired_open(db, self.now(), BATCH).await?;
-        report.overdue = expired.len();
-        for order_no in expired {
-            let now = self.now();
-            let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
-                continue; // another replica has it, or it is no longer open
-            };
-            let Some(order) = store::find_order(db, &order_no).await? else {
-                continue;
-            };
-            match self.try_close(order).await {
-                Ok(Closing::Closed(_)) => report.closed += 1,
-                Ok(Closing::WasClosed(_)) => {}
-                // Paid after all: counted only when this pass applied the payment (a notify
-                // racing the close may have applied it first).
-                Ok(Closing::PaidAtWechat(Some(PaidOutcome::Applied(_)))) => report.paid += 1,
-                Ok(Closing::PaidAtWechat(_)) => {}
-                // Changing under us: the next pass looks again.
-                Err(Error::OrderState(_)) => {}
-                Err(e) => {
-                    report.errors += 1;
-                    tracing::warn!(order_no, error = %e, "closing an expired order failed");
-                }
+        let mut seen = HashSet::new();
+        loop {
+            let page = store::expired_open(db, self.now(), BATCH).await?;
+            report.pages += 1;
+            let full = page.len() >= usize::try_from(BATCH).unwrap_or(usize::MAX);
+            let fresh: Vec<String> = page
+                .into_iter()
+                .filter(|o| seen.insert(o.clone()))
+                .collect();
+            report.overdue += fresh.len();
+            if fresh.is_empty() {
+                break;
             }
-            release(self, &order_no, &lease, None).await?;
+            for done in self
+                .each(fresh, |order_no| self.close_expired(order_no))
+                .await?
+            {
+                report.add(done);
+            }
+            if !full {
+                break;
+            }
         }
 
-        for order_no in store::paying_due(db, self.now() - after, self.now(), BATCH).await? {
-            let now = self.now();
-            let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
-                continue;
-            };
-            report.queried += 1;
-            match self.query_paying(&order_no).await {
-                Ok(true) => report.paid += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    report.errors += 1;
-                    tracing::warn!(order_no, error = %e, "reconcile query failed");
-                }
+        let mut seen = HashSet::new();
+        loop {
+            let page = store::paying_due(db, self.now() - after, self.now(), BATCH).await?;
+            report.pages += 1;
+            let full = page.len() >= usize::try_from(BATCH).unwrap_or(usize::MAX);
+            let fresh: Vec<String> = page
+                .into_iter()
+                .filter(|o| seen.insert(o.clone()))
+                .collect();
+            if fresh.is_empty() {
+                break;
             }
-            // Not asked again before another reconcile_after has passed since the answer.
-            let next_query_at = self.now() + after;
-            release(self, &order_no, &lease, Some(next_query_at)).await?;
+            for done in self
+                .each(fresh, |order_no| self.query_due(order_no))
+                .await?
+            {
+                report.add(done);
+            }
+            if !full {
+                break;
+            }
         }
 
         let retention = self.inner.settings.notify_retention_secs;
@@ -109,10 +154,77 @@ impl Payments {
             report.pruned_notifies = store::prune_notifications(db, self.now() - retention).await?;
         }
 
-        if report != ReconcileReport::default() {
+        if report.queried + report.paid + report.closed + report.errors + report.pruned_notifies > 0
+        {
             tracing::info!(?report, "reconcile pass");
         }
         Ok(report)
+    }
+
+    /// Runs `work` on every order of a page, `PAY_RECONCILE_CONCURRENCY` at a time; the first
+    /// database error (not a WeChat one: those are `Done::Failed`) ends the pass.
+    async fn each<'a, F, Fut>(&'a self, page: Vec<String>, work: F) -> Result<Vec<Done>, Error>
+    where
+        F: Fn(String) -> Fut + 'a,
+        Fut: std::future::Future<Output = Result<Done, Error>> + 'a,
+    {
+        let concurrency = self.inner.settings.reconcile_concurrency.max(1);
+        futures::stream::iter(page.into_iter().map(work))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await
+    }
+
+    /// Claims an expired open order, closes it (at WeChat, then here) and releases it.
+    async fn close_expired(&self, order_no: String) -> Result<Done, Error> {
+        let db = self.database();
+        let lease_secs = self.inner.settings.reconcile_lease_secs;
+        let now = self.now();
+        let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
+            return Ok(Done::Skipped); // another replica has it, or it is no longer open
+        };
+        let Some(order) = store::find_order(db, &order_no).await? else {
+            return Ok(Done::Skipped);
+        };
+        let done = match self.try_close(order).await {
+            Ok(Closing::Closed(_)) => Done::Closed,
+            Ok(Closing::WasClosed(_)) => Done::Nothing,
+            // Paid after all: counted only when this pass applied the payment (a notify
+            // racing the close may have applied it first).
+            Ok(Closing::PaidAtWechat(Some(PaidOutcome::Applied(_)))) => Done::Paid,
+            Ok(Closing::PaidAtWechat(_)) => Done::Nothing,
+            // Changing under us: the next pass looks again.
+            Err(Error::OrderState(_)) => Done::Nothing,
+            Err(e) => {
+                tracing::warn!(order_no, error = %e, "closing an expired order failed");
+                Done::Failed
+            }
+        };
+        release(self, &order_no, &lease, None).await?;
+        Ok(done)
+    }
+
+    /// Claims a PAYING order due for a query, asks WeChat about it and releases it with its
+    /// next query time.
+    async fn query_due(&self, order_no: String) -> Result<Done, Error> {
+        let db = self.database();
+        let lease_secs = self.inner.settings.reconcile_lease_secs;
+        let after = self.inner.settings.reconcile_after_secs;
+        let now = self.now();
+        let Some(lease) = store::claim(db, &order_no, now, now + lease_secs).await? else {
+            return Ok(Done::Skipped);
+        };
+        let done = match self.query_paying(&order_no).await {
+            Ok(paid) => Done::Queried { paid },
+            Err(e) => {
+                tracing::warn!(order_no, error = %e, "reconcile query failed");
+                Done::QueryFailed
+            }
+        };
+        // Not asked again before another reconcile_after has passed since the answer.
+        let next_query_at = self.now() + after;
+        release(self, &order_no, &lease, Some(next_query_at)).await?;
+        Ok(done)
     }
 
     /// Asks WeChat about one PAYING order; true when this call applied its payment.

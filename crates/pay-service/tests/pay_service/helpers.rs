@@ -309,6 +309,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         product_reuse_secs: pay_service::config::DEFAULT_PRODUCT_REUSE_SECS,
         notify_retention_days: pay_service::config::DEFAULT_NOTIFY_RETENTION_DAYS,
         reconcile_lease_secs: pay_service::config::DEFAULT_RECONCILE_LEASE_SECS,
+        reconcile_concurrency: pay_service::config::DEFAULT_RECONCILE_CONCURRENCY,
         mch_id: DEV_MCH_ID.into(),
         pay_key: Secret::new(DEV_PAY_KEY),
         sign_type: "MD5".into(),

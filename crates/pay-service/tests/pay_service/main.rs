@@ -10,6 +10,7 @@
     clippy::cast_sign_loss
 )]
 
+mod catch_up;
 mod events;
 mod helpers;
 mod migration;
