@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test scale-test demo bench lint fmt check-deploy fuzz build release clean
+.PHONY: run test scale-test demo bench bench-data lint fmt check-deploy fuzz build release clean
 
 ## run: the whole stack in one process (SQLite + in-memory sessions + the WeChat sandbox)
 run:
@@ -27,6 +27,11 @@ demo:
 ## bench: load every path of a release build (PostgreSQL + Redis) and write bench/results.md
 bench:
 	bash bench/run.sh
+
+## bench-data: pay-service's periodic queries timed at 1k, 100k and 1M orders (PostgreSQL only;
+## BENCH_DATA_SIZES to choose), with and without issue 29's indexes, into bench/results.md
+bench-data:
+	bash bench/data.sh
 
 ## lint: what CI checks besides the tests
 lint:
