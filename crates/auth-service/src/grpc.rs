@@ -223,6 +223,13 @@ impl<S: SessionStore> Auth<S> {
             return Ok(LogoutResponse { revoked: false });
         }
         let revoked = self.store.delete_session(&token::hash(&req.token)).await?;
+        if revoked {
+            // The Redis store announced it to every replica; this reaches the caches of the
+            // embedded default (one process), and costs nothing elsewhere.
+            service_kit::session_cache::announce_local(service_kit::session_cache::TokenKey::of(
+                &req.token,
+            ));
+        }
         Ok(LogoutResponse { revoked })
     }
 

@@ -8,6 +8,10 @@ use service_kit::{Secret, grpc::InternalAuthConfig, telemetry::TelemetryConfig};
 pub const DEFAULT_REDIS_PREFIX: &str = "wxmp:";
 /// Default of `GATEWAY_UPSTREAM_CHECK_MS`.
 pub const DEFAULT_UPSTREAM_CHECK_MS: u64 = 1000;
+/// Default of `GATEWAY_SESSION_CACHE_TTL_MS`.
+pub const DEFAULT_SESSION_CACHE_TTL_MS: u64 = 5000;
+/// Default of `GATEWAY_SESSION_CACHE_MAX_ENTRIES`.
+pub const DEFAULT_SESSION_CACHE_MAX_ENTRIES: u64 = 10_000;
 
 /// Every setting of the gateway. Parse with `Config::parse()` (environment and flags).
 #[derive(Clone, Debug, clap::Parser)]
@@ -115,6 +119,31 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_UPSTREAM_CHECK_MS", value_name = "GATEWAY_UPSTREAM_CHECK_MS", default_value_t = DEFAULT_UPSTREAM_CHECK_MS,
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub upstream_check_ms: u64,
+    /// How long an `Authenticate` answer is reused (token hash → principal), in
+    /// milliseconds; never past the session's own expiry. A logout is seen at once while the
+    /// revocation feed is connected and within this bound when it is cut silently. The cache
+    /// serves only with a feed: `GATEWAY_REDIS_URL` (the channel below) or, in `wxmp up`, the
+    /// in-process one. 0 turns it off.
+    #[arg(long, env = "GATEWAY_SESSION_CACHE_TTL_MS", value_name = "GATEWAY_SESSION_CACHE_TTL_MS", default_value_t = DEFAULT_SESSION_CACHE_TTL_MS,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub session_cache_ttl_ms: u64,
+    /// Most answers the session cache holds (per replica); 0 turns it off.
+    #[arg(long, env = "GATEWAY_SESSION_CACHE_MAX_ENTRIES", value_name = "GATEWAY_SESSION_CACHE_MAX_ENTRIES", default_value_t = DEFAULT_SESSION_CACHE_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub session_cache_max_entries: u64,
+    /// The Redis channel auth-service announces ended sessions on; default
+    /// `<GATEWAY_REDIS_PREFIX>session-revoked` (auth-service publishes on
+    /// `<AUTH_REDIS_PREFIX>session-revoked`: keep the prefixes equal or set this).
+    #[arg(
+        long,
+        env = "GATEWAY_SESSION_REVOCATION_CHANNEL",
+        value_name = "GATEWAY_SESSION_REVOCATION_CHANNEL"
+    )]
+    pub session_revocation_channel: Option<String>,
+    /// Follow the in-process revocation feed (set by `wxmp up`, where auth-service runs in the
+    /// same process); without Redis it is the session cache's only feed.
+    #[arg(long, hide = true)]
+    pub in_process_revocation: bool,
     /// HTTP worker threads; default: the number of cores.
     #[arg(long, env = "GATEWAY_WORKERS", value_name = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u64).range(1..1024))]
     pub workers: Option<u64>,
@@ -142,6 +171,10 @@ impl Config {
             redis_url: None,
             redis_prefix: DEFAULT_REDIS_PREFIX.into(),
             upstream_check_ms: DEFAULT_UPSTREAM_CHECK_MS,
+            session_cache_ttl_ms: DEFAULT_SESSION_CACHE_TTL_MS,
+            session_cache_max_entries: DEFAULT_SESSION_CACHE_MAX_ENTRIES,
+            session_revocation_channel: None,
+            in_process_revocation: false,
             workers: None,
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
@@ -164,6 +197,17 @@ impl Config {
 
     pub fn upstream_check_interval(&self) -> Duration {
         Duration::from_millis(self.upstream_check_ms)
+    }
+
+    pub fn session_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.session_cache_ttl_ms)
+    }
+
+    /// The channel the session cache follows on `GATEWAY_REDIS_URL`.
+    pub fn session_revocation_channel(&self) -> String {
+        self.session_revocation_channel
+            .clone()
+            .unwrap_or_else(|| service_kit::session_cache::channel(&self.redis_prefix))
     }
 
     pub fn body_limit(&self) -> usize {
@@ -306,6 +350,10 @@ mod tests {
         assert!(c.redis_url.is_none());
         assert_eq!(c.redis_prefix, "wxmp:");
         assert_eq!(c.upstream_check_interval(), Duration::from_secs(1));
+        assert_eq!(c.session_cache_ttl(), Duration::from_secs(5));
+        assert_eq!(c.session_cache_max_entries, 10_000);
+        assert_eq!(c.session_revocation_channel(), "wxmp:session-revoked");
+        assert!(!c.in_process_revocation);
         let bad = Config::try_parse_from(["wxmp-gateway", "--trusted-proxies", "nope"]);
         assert!(bad.is_err());
     }

@@ -84,7 +84,7 @@ pub mod server;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::{AppState, app, serve};
+pub use server::{AppState, app, serve, serve_state};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,4 +100,6 @@ pub enum Error {
     Redis(#[from] limit::shared::InvalidUrl),
     #[error(transparent)]
     Tls(#[from] service_kit::grpc::TlsError),
+    #[error(transparent)]
+    Revocation(service_kit::session_cache::InvalidRedisUrl),
 }

@@ -9,7 +9,11 @@ use actix_web::{
     middleware::from_fn,
     web,
 };
-use service_kit::Shutdown;
+use service_kit::{
+    Shutdown,
+    session_cache::{self, SessionCache},
+};
+use wxmp_proto::auth::v1::Principal;
 
 use crate::{
     Config, Error,
@@ -33,6 +37,9 @@ pub struct AppState {
     pub login_limit: Option<Arc<Limiter>>,
     /// `/pay/notify` signature failures per client IP per window; `None` when off.
     pub notify_fail_limit: Option<Arc<Limiter>>,
+    /// Recent `Authenticate` answers; `None` when off. Serves only while [`serve`] keeps its
+    /// revocation feed connected.
+    pub sessions: Option<Arc<SessionCache<Principal>>>,
 }
 
 impl AppState {
@@ -62,8 +69,42 @@ impl AppState {
                 shared,
             )
             .map(Arc::new),
+            sessions: session_cache(config),
         })
     }
+}
+
+/// The session cache `config` asks for: only with a revocation feed to follow.
+fn session_cache(config: &Config) -> Option<Arc<SessionCache<Principal>>> {
+    if config.redis_url.is_none() && !config.in_process_revocation {
+        return None;
+    }
+    let max = usize::try_from(config.session_cache_max_entries).unwrap_or(usize::MAX);
+    SessionCache::new(config.session_cache_ttl(), max).map(Arc::new)
+}
+
+/// Follows the revocation feed of `state`'s session cache until `shutdown`: the in-process one
+/// in `wxmp up`, else Redis's.
+fn follow_revocations(
+    config: &Config,
+    state: &AppState,
+    shutdown: &Shutdown,
+) -> Result<Option<AbortOnDrop>, Error> {
+    let Some(cache) = state.sessions.clone() else {
+        return Ok(None);
+    };
+    let task = match &config.redis_url {
+        _ if config.in_process_revocation => session_cache::follow_local(cache, shutdown.clone()),
+        Some(url) => session_cache::follow_redis(
+            url.expose(),
+            config.session_revocation_channel(),
+            cache,
+            shutdown.clone(),
+        )
+        .map_err(Error::Revocation)?,
+        None => return Ok(None),
+    };
+    Ok(Some(AbortOnDrop(task)))
 }
 
 /// The whole app: routes, body limits, the envelope for every error, request ids, metrics.
@@ -113,6 +154,25 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let state = AppState::new(&config).map_err(std::io::Error::other)?;
+    serve_state(config, state, listener, shutdown).await
+}
+
+/// [`serve`] with a state made by the caller ([`AppState::new`]), who may keep a clone to look
+/// at, say, its session cache.
+pub async fn serve_state(
+    config: Config,
+    state: AppState,
+    listener: std::net::TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let _revocations =
+        follow_revocations(&config, &state, &shutdown).map_err(std::io::Error::other)?;
+    tracing::info!(
+        session_cache = state.sessions.is_some(),
+        ttl_ms = config.session_cache_ttl_ms,
+        max_entries = config.session_cache_max_entries,
+        "session cache"
+    );
     let _watch = AbortOnDrop(
         state
             .upstreams

@@ -8,12 +8,14 @@
 //! - [`db`]: PostgreSQL or SQLite behind one pool type, with embedded migrations.
 //! - [`secret`]: a string that never shows in `Debug` output or logs.
 //! - [`settings`]: configuration blocks several binaries share (listen address, WeChat's API).
+//! - [`session_cache`]: the bounded cache of `Authenticate` answers and its revocation feed.
 
 pub mod balance;
 pub mod db;
 pub mod grpc;
 pub mod reason;
 pub mod secret;
+pub mod session_cache;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

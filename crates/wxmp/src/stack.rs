@@ -450,6 +450,9 @@ impl Stack {
         arg(&mut gateway_args, "--auth-url", &*auth_url);
         arg(&mut gateway_args, "--user-url", &*user_url);
         arg(&mut gateway_args, "--pay-url", &*pay_url);
+        // auth-service runs in this process: its logouts reach the gateway's session cache
+        // through the in-process feed (also when the sessions are in Redis).
+        gateway_args.push("--in-process-revocation".into());
         gateway_args.extend(options.gateway_args.iter().cloned());
         let gateway_config: gateway::Config = parse("wxmp-gateway", gateway_args)?;
 

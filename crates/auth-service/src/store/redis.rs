@@ -161,6 +161,16 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 return 1
 ";
 
+/// KEYS: the session; ARGV: the revocation channel, the token hash. Deletes the session and,
+/// when one existed, publishes its hash on the channel; answers how many keys were deleted.
+const DELETE_AND_ANNOUNCE: &str = r"
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+return n
+";
+
 impl SessionStore for RedisStore {
     async fn put_session(
         &self,
@@ -206,9 +216,16 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_session(&self, token_hash: &str) -> Result<bool, StoreError> {
-        let mut del = redis::cmd("DEL");
-        del.arg(self.session_key(token_hash));
-        let removed: i64 = self.query(&del).await?;
+        // One script: the session is gone before any replica hears of it, and a session
+        // that existed is always announced (gateways and user-services evict their cached
+        // answer, see `service_kit::session_cache`).
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(DELETE_AND_ANNOUNCE)
+            .arg(1)
+            .arg(self.session_key(token_hash))
+            .arg(service_kit::session_cache::channel(&self.prefix))
+            .arg(token_hash);
+        let removed: i64 = self.query(&eval).await?;
         Ok(removed > 0)
     }
 

@@ -1,6 +1,9 @@
 //! The HTTP routes. Handlers only translate: HTTP input → one gRPC call → envelope.
 
+use std::time::Duration;
+
 use actix_web::{HttpRequest, web};
+use service_kit::session_cache::TokenKey;
 use wxmp_proto::auth::v1::{AuthenticateRequest, Principal};
 
 use crate::{
@@ -50,16 +53,35 @@ pub(crate) async fn authenticate(
     body_token: Option<&str>,
 ) -> Result<Principal, ApiError> {
     let token = extract::token(req, body_token)?;
+    // The session cache (see `service_kit::session_cache`): the epoch is read before asking,
+    // so an answer that crossed a logout is not kept.
+    let cached = state.sessions.as_deref().map(|cache| {
+        let key = TokenKey::of(&token);
+        (cache, key, cache.epoch())
+    });
+    if let Some((cache, key, _)) = &cached
+        && let Some(principal) = cache.get(key)
+    {
+        metrics::counter!("wxmp_session_cache_total", "outcome" => "hit").increment(1);
+        return Ok(principal);
+    }
     let upstreams = &state.upstreams;
     let response = upstreams
         .auth()
         .authenticate(upstreams.request(request_id, AuthenticateRequest { token }))
         .await?
         .into_inner();
-    response.principal.ok_or_else(|| {
+    let principal = response.principal.ok_or_else(|| {
         tracing::error!("auth-service answered Authenticate without a principal");
         ApiError::from(Code::Internal)
-    })
+    })?;
+    if let Some((cache, key, epoch)) = cached {
+        metrics::counter!("wxmp_session_cache_total", "outcome" => "miss").increment(1);
+        // `expires_in` is rounded up to whole seconds: one less never outlives the session.
+        let lifetime = u64::try_from(response.expires_in.saturating_sub(1)).unwrap_or(0);
+        cache.insert(key, principal.clone(), Duration::from_secs(lifetime), epoch);
+    }
+    Ok(principal)
 }
 
 /// A required string field: missing or blank is 201.

@@ -124,6 +124,10 @@ pub async fn logout(
         parse_json(&req, &body)?
     };
     let token = extract::token(&req, body.token.as_deref())?;
+    if let Some(cache) = &state.sessions {
+        // This replica forgets it now; the others hear auth-service's announcement.
+        cache.evict(&service_kit::session_cache::TokenKey::of(&token));
+    }
     let upstreams = &state.upstreams;
     let response = upstreams
         .auth()

@@ -1,0 +1,522 @@
+//! A short-lived, bounded cache of `Authenticate` answers, and the revocation feed that evicts
+//! from it.
+//!
+//! The gateway asks auth-service who a token is on every authenticated request: one gRPC hop
+//! that costs more than the Redis read behind it. [`SessionCache`] keeps each answer for a few
+//! seconds (`ttl`, and never past the session's own remaining lifetime), keyed by the SHA-256 of
+//! the token ([`TokenKey`]; the token itself is never stored), with a hard bound on the number
+//! of entries.
+//!
+//! Revocation: auth-service announces every session it ends (logout) on the Redis channel
+//! [`channel`] (`<prefix>session-revoked`, the message is the token's hex SHA-256, the same
+//! value auth-service keys the session by) and, for the embedded default where every service
+//! shares one process, on an in-process broadcast ([`announce_local`]). Each cache follows one
+//! of them ([`follow_redis`], [`follow_local`]) and evicts. The cache serves only while its
+//! feed is known to be connected: it starts dark, is cleared each time the subscription is
+//! (re)confirmed (whatever was announced meanwhile is forgotten with it), and goes dark again
+//! when the connection is seen to drop. A connection that is cut without being seen to drop
+//! (a silent network partition) leaves each entry bounded by its own deadline: at most `ttl`.
+//!
+//! An answer fetched while an eviction happened is not stored ([`SessionCache::epoch`]), so a
+//! logout racing a request's lookup cannot leave the revoked answer behind.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+use crate::Shutdown;
+
+/// Shards of the map: concurrent lookups of different tokens rarely share a lock.
+const SHARDS: usize = 16;
+
+/// The SHA-256 of a session token: what the cache and the revocation feed name a token by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// The key of `token` (SHA-256 of its text, as auth-service stores it).
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Parses the lowercase or uppercase hex form (what auth-service publishes).
+    pub fn from_hex(hex: &[u8]) -> Option<Self> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            let high = nibble(pair[0])?;
+            let low = nibble(pair[1])?;
+            *byte = (high << 4) | low;
+        }
+        Some(Self(out))
+    }
+
+    /// Lowercase hex (64 characters).
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from(DIGITS[usize::from(b >> 4)]));
+            s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
+        s
+    }
+
+    fn shard(&self) -> usize {
+        usize::from(self.0[0]) % SHARDS
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The key is already a uniform hash: its first 8 bytes are the map's hash.
+#[derive(Clone, Copy, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildKeyHasher;
+
+impl BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
+    }
+}
+
+struct Entry<V> {
+    value: V,
+    deadline: Instant,
+}
+
+type Shard<V> = Mutex<HashMap<TokenKey, Entry<V>, BuildKeyHasher>>;
+
+/// Answers by token key, each until its deadline, at most `max_entries` of them.
+pub struct SessionCache<V> {
+    shards: Vec<Shard<V>>,
+    per_shard: usize,
+    ttl: Duration,
+    /// Bumped by every eviction and clear: an answer fetched across one is not stored.
+    epoch: AtomicU64,
+    /// Whether the revocation feed is known connected; the cache serves only while it is.
+    live: AtomicBool,
+}
+
+impl<V> std::fmt::Debug for SessionCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("ttl", &self.ttl)
+            .field("max_entries", &(self.per_shard * SHARDS))
+            .field("live", &self.live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone> SessionCache<V> {
+    /// A cache keeping answers `ttl` at most, `max_entries` at most (rounded up to a multiple
+    /// of the shard count, at least one per shard). `None` when `ttl` or `max_entries` is 0.
+    /// Nothing is allocated ahead: the maps grow with use.
+    pub fn new(ttl: Duration, max_entries: usize) -> Option<Self> {
+        if ttl.is_zero() || max_entries == 0 {
+            return None;
+        }
+        Some(Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            per_shard: max_entries.div_ceil(SHARDS),
+            ttl,
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+        })
+    }
+
+    /// The longest an answer is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The bound on the number of entries.
+    pub fn max_entries(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    fn shard(
+        &self,
+        key: &TokenKey,
+    ) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Entry<V>, BuildKeyHasher>> {
+        // A panic while holding the lock leaves a plain map: still consistent.
+        self.shards[key.shard()]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The answer kept for `key`, if it is still before its deadline and the feed is live.
+    pub fn get(&self, key: &TokenKey) -> Option<V> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut shard = self.shard(key);
+        let entry = shard.get(key)?;
+        if entry.deadline > Instant::now() {
+            return Some(entry.value.clone());
+        }
+        shard.remove(key);
+        None
+    }
+
+    /// Read before asking the source of truth; pass it to [`Self::insert`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps `value` for `key` until `ttl` or `lifetime` (the session's remaining life),
+    /// whichever is sooner; not at all when an eviction happened since `epoch` was read or the
+    /// feed is not live. A full shard first drops its expired entries, then the entry closest
+    /// to its deadline.
+    pub fn insert(&self, key: TokenKey, value: V, lifetime: Duration, epoch: u64) {
+        let keep = self.ttl.min(lifetime);
+        if keep.is_zero() || !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let mut shard = self.shard(&key);
+        // Checked under the shard lock: an eviction of this key takes the same lock, after
+        // bumping the epoch, so either it sees our entry or we see its bump.
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+            shard.retain(|_, e| e.deadline > now);
+            if shard.len() >= self.per_shard
+                && let Some(oldest) = shard
+                    .iter()
+                    .min_by_key(|(_, e)| e.deadline)
+                    .map(|(k, _)| *k)
+            {
+                shard.remove(&oldest);
+            }
+        }
+        shard.insert(
+            key,
+            Entry {
+                value,
+                deadline: now + keep,
+            },
+        );
+    }
+
+    /// Forgets `key` (a revoked session).
+    pub fn evict(&self, key: &TokenKey) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.shard(key).remove(key);
+    }
+
+    /// Forgets everything (a feed that may have missed announcements).
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for shard in &self.shards {
+            let mut map = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.clear();
+            map.shrink_to_fit();
+        }
+    }
+
+    /// Entries held now (expired ones included until they are met again).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the cache serves (its revocation feed is known connected).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// The feed is (re)connected: forget what it may have missed, then serve.
+    pub fn feed_connected(&self) {
+        self.clear();
+        self.live.store(true, Ordering::Release);
+        metrics::gauge!("wxmp_session_cache_feed_up").set(1.0);
+    }
+
+    /// The feed is down: stop serving and storing until it is back.
+    pub fn feed_lost(&self) {
+        self.live.store(false, Ordering::Release);
+        self.clear();
+        metrics::gauge!("wxmp_session_cache_feed_up").set(0.0);
+    }
+}
+
+/// The Redis channel auth-service announces ended sessions on: `<prefix>session-revoked`.
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}session-revoked")
+}
+
+/// The in-process feed of the embedded default (every service in one process).
+fn local_bus() -> &'static broadcast::Sender<TokenKey> {
+    static BUS: OnceLock<broadcast::Sender<TokenKey>> = OnceLock::new();
+    // 1024 pending announcements per follower; a follower that lags clears its cache.
+    BUS.get_or_init(|| broadcast::channel(1024).0)
+}
+
+/// Announces an ended session to the caches following the in-process feed (none outside the
+/// embedded default: then this costs nothing).
+pub fn announce_local(key: TokenKey) {
+    let _nobody_listening = local_bus().send(key);
+}
+
+/// Evicts from `cache` what [`announce_local`] announces, until `shutdown`.
+pub fn follow_local<V: Clone + Send + Sync + 'static>(
+    cache: Arc<SessionCache<V>>,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = local_bus().subscribe();
+    cache.feed_connected();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                got = rx.recv() => match got {
+                    Ok(key) => cache.evict(&key),
+                    Err(broadcast::error::RecvError::Lagged(_)) => cache.clear(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        cache.feed_lost();
+                        return;
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// Why the revocation feed could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis URL for the revocation feed: {0}")]
+pub struct InvalidRedisUrl(String);
+
+/// Evicts from `cache` what auth-service announces on `channel` of the Redis at `url`, until
+/// `shutdown`. Reconnects after a failure (0.2 s, doubling to 5 s); the cache is dark while
+/// disconnected and cleared on each (re)subscription.
+pub fn follow_redis<V: Clone + Send + Sync + 'static>(
+    url: &str,
+    channel: String,
+    cache: Arc<SessionCache<V>>,
+    shutdown: Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, InvalidRedisUrl> {
+    // redis's URL errors do not echo the URL (which may hold a password).
+    let client = redis::Client::open(url).map_err(|e| InvalidRedisUrl(e.category().to_owned()))?;
+    metrics::gauge!("wxmp_session_cache_feed_up").set(0.0);
+    Ok(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let followed = tokio::select! {
+                _ = shutdown.wait() => return,
+                r = follow_once(&client, &channel, &cache) => r,
+            };
+            cache.feed_lost();
+            match followed {
+                Ok(()) => {
+                    tracing::warn!(
+                        "revocation feed closed; the session cache is off until it is back"
+                    );
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation feed down; the session cache is off until it is back")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }))
+}
+
+/// One subscription: subscribes, marks the cache live, evicts until the stream ends.
+async fn follow_once<V: Clone>(
+    client: &redis::Client,
+    channel: &str,
+    cache: &SessionCache<V>,
+) -> redis::RedisResult<()> {
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        })??;
+    pubsub.subscribe(channel).await?;
+    cache.feed_connected();
+    tracing::info!("revocation feed subscribed; the session cache serves");
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        match TokenKey::from_hex(message.get_payload_bytes()) {
+            Some(key) => cache.evict(&key),
+            // Not ours: forget everything rather than guess.
+            None => cache.clear(),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> TokenKey {
+        TokenKey::of(&format!("token-{n}"))
+    }
+
+    fn live(ttl: Duration, max: usize) -> SessionCache<u32> {
+        let cache = SessionCache::new(ttl, max).unwrap();
+        cache.feed_connected();
+        cache
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_junk() {
+        let k = TokenKey::of("abc");
+        assert_eq!(
+            k.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(TokenKey::from_hex(k.to_hex().as_bytes()), Some(k));
+        assert_eq!(
+            TokenKey::from_hex(k.to_hex().to_uppercase().as_bytes()),
+            Some(k)
+        );
+        assert_eq!(TokenKey::from_hex(b"zz"), None);
+        assert_eq!(TokenKey::from_hex(&[b'g'; 64]), None);
+    }
+
+    #[test]
+    fn zero_ttl_or_size_disables() {
+        assert!(SessionCache::<u32>::new(Duration::ZERO, 10).is_none());
+        assert!(SessionCache::<u32>::new(Duration::from_secs(1), 0).is_none());
+    }
+
+    #[test]
+    fn dark_until_the_feed_is_connected() {
+        let cache = SessionCache::new(Duration::from_secs(5), 100).unwrap();
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        assert_eq!(cache.get(&key(1)), None);
+        cache.feed_connected();
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        assert_eq!(cache.get(&key(1)), Some(1));
+        cache.feed_lost();
+        assert_eq!(cache.get(&key(1)), None);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn never_holds_more_than_its_bound() {
+        let cache = live(Duration::from_secs(60), 100);
+        for n in 0..10_000 {
+            cache.insert(key(n), n, Duration::from_secs(60), cache.epoch());
+            assert!(cache.len() <= cache.max_entries());
+        }
+        assert_eq!(cache.max_entries(), 112);
+        assert!(cache.len() > 50, "the cache still holds entries");
+        // The newest entry survives its own insertion.
+        assert_eq!(cache.get(&key(9_999)), Some(9_999));
+    }
+
+    #[test]
+    fn an_entry_never_outlives_the_session_or_the_ttl() {
+        let cache = live(Duration::from_secs(60), 100);
+        cache.insert(key(1), 1, Duration::ZERO, cache.epoch());
+        assert_eq!(cache.get(&key(1)), None);
+        cache.insert(key(2), 2, Duration::from_millis(1), cache.epoch());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get(&key(2)).is_some() {
+            assert!(Instant::now() < deadline, "entry outlived its session");
+            std::thread::yield_now();
+        }
+        let short = live(Duration::from_millis(1), 100);
+        short.insert(key(3), 3, Duration::from_secs(60), short.epoch());
+        while short.get(&key(3)).is_some() {
+            assert!(Instant::now() < deadline, "entry outlived the ttl");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn an_answer_fetched_across_an_eviction_is_not_kept() {
+        let cache = live(Duration::from_secs(60), 100);
+        let epoch = cache.epoch();
+        cache.evict(&key(1));
+        cache.insert(key(1), 1, Duration::from_secs(60), epoch);
+        assert_eq!(cache.get(&key(1)), None);
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        assert_eq!(cache.get(&key(1)), Some(1));
+        cache.evict(&key(1));
+        assert_eq!(cache.get(&key(1)), None);
+    }
+
+    #[test]
+    fn concurrent_users_each_get_their_own_answer() {
+        let cache = Arc::new(live(Duration::from_secs(60), 64));
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let cache = cache.clone();
+                s.spawn(move || {
+                    for round in 0..2_000u32 {
+                        let n = (t * 1_000_000) + (round % 200);
+                        if let Some(v) = cache.get(&key(n)) {
+                            assert_eq!(v, n, "served another user's answer");
+                        }
+                        cache.insert(key(n), n, Duration::from_secs(60), cache.epoch());
+                        if round % 97 == 0 {
+                            cache.evict(&key(n));
+                        }
+                    }
+                });
+            }
+        });
+        assert!(cache.len() <= cache.max_entries());
+    }
+}
