@@ -11,19 +11,24 @@
 #
 # Knobs (environment):
 #   BENCH_CONNECTIONS (32,128) open connections per path: every path and floor at each
-#   BENCH_SCALE (8,32,128,512) the scale curve's connections (/me, /userinfo/); empty: none
+#   BENCH_SCALE (8,16,32,128,512) the scale curve's connections (/me, /userinfo/); empty: none
 #   BENCH_FLOORS (1)         0 skips the floors
 #   BENCH_DURATION_SECS (10) seconds per path, per floor and per point of the curve
 #   BENCH_PATHS              subset of healthz,me,userinfo,pay,notify,notify-dup,login
 #   BENCH_USERS (200)        users logged in during setup
 #   BENCH_LOGIN_CODES        login codes made before the /login/ window (3000 per second)
 #   BENCH_LOADGEN_THREADS (1) generator threads (it shares the machine with the services)
-#   BENCH_PROFILE (bench-release)  cargo profile; `release` for the LTO build
+#   BENCH_PROFILE (bench-release)  cargo profile; `release` for the LTO build, `dev` to check the wiring quickly
 #   BENCH_RUST_LOG (info), BENCH_LOG_FORMAT (json)  what the services log, as in production
 #   BENCH_PG_HOST (127.0.0.1), BENCH_PG_PORT (5432), BENCH_PG_USER (postgres)
 #   BENCH_REDIS_URL (redis://127.0.0.1:6379)
 #   BENCH_PORT_BASE (18000)  gateway +80, auth +51, user +52, pay +53, sandbox +90
 #   BENCH_OUT (bench/results.md), BENCH_JSON (target/bench/last-run.json), BENCH_PLOT (bench/scale.svg)
+#   BENCH_HOPS (40)          requests per path of the per-hop breakdown (traced, one at a time); 0: none
+#   BENCH_SESSION_CACHE_TTL_MS (5000)  the gateway's session cache (GATEWAY_SESSION_CACHE_TTL_MS; 0: off)
+#   BENCH_CATCHUP_ORDERS (1000)  the catch-up stage: orders paid with their notifies lost, then
+#                            pay-service restarted and timed until its reconciler repaired them all; 0: none
+#   BENCH_RECONCILE_CONCURRENCY (8)  PAY_RECONCILE_CONCURRENCY of the catch-up stage
 #   BENCH_SERVICES_BIN       run the services from this folder instead of the fresh build
 #                            (A/B runs against an older build; the load generator is this tree's)
 set -euo pipefail
@@ -72,6 +77,8 @@ ${CARGO:-cargo} build --profile "$profile" --locked "${packages[@]}" --bins
 build_secs=$(( $(date +%s) - build_started ))
 say "build took ${build_secs}s"
 bin=target/$profile
+# cargo's `dev` profile builds into target/debug (a quick check of the wiring, not numbers).
+if [ "$profile" = dev ]; then bin=target/debug; fi
 services_bin=${BENCH_SERVICES_BIN:-$bin}
 
 run_id="$(date +%Y%m%d%H%M%S)_$$"
@@ -129,14 +136,16 @@ start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
 # Every /pay/ of the load is a purchase of its own, not a double tap: no product reuse.
 start pay wxmp-pay PAY_LISTEN_ADDR=127.0.0.1:$pay_port \
   PAY_DATABASE_URL="$pg_base/$pay_db" PAY_NOTIFY_URL=http://127.0.0.1:$gw_port/pay/notify \
-  "PAY_PRODUCTS=coffee:1800:Coffee;tea:1200:Tea" \
+  "PAY_PRODUCTS=coffee:1800:Coffee;tea:1200:Tea;catchup:100:Catch-up" \
   PAY_RECONCILE_AFTER_SECS=3600 PAY_RECONCILE_INTERVAL_SECS=600 \
   PAY_PRODUCT_REUSE_SECS=0
 # All load comes from one address: the per-client limits would measure only the limiter.
 start gateway wxmp-gateway GATEWAY_LISTEN_ADDR=127.0.0.1:$gw_port \
   GATEWAY_AUTH_URL=http://127.0.0.1:$auth_port GATEWAY_USER_URL=http://127.0.0.1:$user_port \
   GATEWAY_PAY_URL=http://127.0.0.1:$pay_port \
-  GATEWAY_LOGIN_RATE_PER_MIN=0 GATEWAY_NOTIFY_FAIL_LIMIT=0
+  GATEWAY_LOGIN_RATE_PER_MIN=0 GATEWAY_NOTIFY_FAIL_LIMIT=0 \
+  GATEWAY_REDIS_URL="$redis_url" GATEWAY_REDIS_PREFIX="$redis_prefix" \
+  GATEWAY_SESSION_CACHE_TTL_MS="${BENCH_SESSION_CACHE_TTL_MS:-5000}"
 
 say "waiting for /readyz ..."
 ready=0
@@ -168,6 +177,44 @@ fi
   --gateway "http://127.0.0.1:$gw_port" --sandbox "http://127.0.0.1:$sandbox_port" \
   --procs "gateway=$gateway_pid,auth=$auth_pid,user=$user_pid,pay=$pay_pid,sandbox=$sandbox_pid" \
   --commit "$commit" --profile "$profile" --out "$out" --json "$json" \
-  --connections "${BENCH_CONNECTIONS:-32,128}" --scale "${BENCH_SCALE-8,32,128,512}" \
+  --connections "${BENCH_CONNECTIONS:-32,128}" --scale "${BENCH_SCALE-8,16,32,128,512}" \
+  --logs "$logs" --hops "${BENCH_HOPS:-40}" --catch-up "${BENCH_CATCHUP_ORDERS:-1000}" \
   --plot "${BENCH_PLOT:-bench/scale.svg}" "${floor_args[@]}" \
   --storage "PostgreSQL $(psql_admin -c 'SHOW server_version' | cut -d' ' -f1) (a fresh database per service) + Redis (a fresh key prefix); services log RUST_LOG=$RUST_LOG as $WXMP_LOG_FORMAT to files"
+
+# The catch-up stage: the loadgen left BENCH_CATCHUP_ORDERS orders paid at the sandbox whose
+# notifies were lost. pay-service is restarted with its reconciler due at once (every second,
+# PAYING orders asked about right away) and timed until every one of them is PAID. The bench's
+# other PAYING orders (the /pay/ window's, never paid) are parked first, so the pass measures
+# the backlog alone.
+catchup=${BENCH_CATCHUP_ORDERS:-1000}
+if [ "$catchup" -gt 0 ]; then
+  psql_pay() { psql -h "$pg_host" -p "$pg_port" -U "$pg_user" -d "$pay_db" -v ON_ERROR_STOP=1 -qtA "$@"; }
+  backlog=$(psql_pay -c "SELECT count(*) FROM orders WHERE product_id = 'catchup' AND state = 'PAYING'")
+  psql_pay -c "UPDATE orders SET next_query_at = 4102444800 WHERE state = 'PAYING' AND product_id <> 'catchup'" >/dev/null
+  kill -TERM "$pay_pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pay_pid" 2>/dev/null || break; sleep 0.1; done
+  concurrency=${BENCH_RECONCILE_CONCURRENCY:-8}
+  say "catch-up: $backlog orders with lost notifies; pay-service restarted, reconciler every 1 s, concurrency $concurrency ..."
+  restarted=$(date +%s.%N)
+  start pay wxmp-pay PAY_LISTEN_ADDR=127.0.0.1:$pay_port \
+    PAY_DATABASE_URL="$pg_base/$pay_db" PAY_NOTIFY_URL=http://127.0.0.1:$gw_port/pay/notify \
+    "PAY_PRODUCTS=coffee:1800:Coffee;tea:1200:Tea;catchup:100:Catch-up" \
+    PAY_RECONCILE_AFTER_SECS=0 PAY_RECONCILE_INTERVAL_SECS=1 \
+    PAY_RECONCILE_CONCURRENCY="$concurrency" PAY_PRODUCT_REUSE_SECS=0
+  first="" repaired=0
+  for _ in $(seq 3000); do
+    repaired=$(psql_pay -c "SELECT count(*) FROM orders WHERE product_id = 'catchup' AND state = 'PAID'" 2>/dev/null || echo 0)
+    if [ -z "$first" ] && [ "$repaired" -gt 0 ]; then first=$(date +%s.%N); fi
+    [ "$repaired" -ge "$backlog" ] && break
+    sleep 0.1
+  done
+  done_at=$(date +%s.%N)
+  line=$(awk -v n="$repaired" -v of="$backlog" -v r="$restarted" -v f="${first:-$done_at}" -v d="$done_at" -v c="$concurrency" 'BEGIN {
+    total = d - r; drain = d - f; if (drain < 0.001) drain = 0.001;
+    printf "**Catch-up after an outage** (`BENCH_CATCHUP_ORDERS`): %d of %d orders with lost notifies repaired %.1f s after pay-service restarted (start-up included), %.0f orders/s once the first was repaired (`PAY_RECONCILE_CONCURRENCY=%d`, pages of 100 until the backlog is empty).", n, of, total, n / drain, c }')
+  say "$line"
+  if grep -q '<!-- bench:end -->' "$out"; then
+    awk -v line="$line" '/<!-- bench:end -->/ { print line; print "" } { print }' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
+  fi
+fi

@@ -15,6 +15,7 @@
 //! `/userinfo/` at each concurrency of `--scale`, plotted to an SVG.
 
 mod floors;
+mod hops;
 mod load;
 mod plot;
 mod prep;
@@ -53,7 +54,7 @@ struct Cli {
     #[arg(long, env = "BENCH_CONNECTIONS", default_value = "32,128")]
     connections: String,
     /// The scale curve's concurrencies for `/me` and `/userinfo/` (empty: no curve).
-    #[arg(long, env = "BENCH_SCALE", default_value = "8,32,128,512")]
+    #[arg(long, env = "BENCH_SCALE", default_value = "8,16,32,128,512")]
     scale: String,
     /// Where the scale curve's SVG is written (linked from `--out` by its file name).
     #[arg(long, env = "BENCH_PLOT", default_value = "bench/scale.svg")]
@@ -77,6 +78,20 @@ struct Cli {
         default_value = "healthz,me,userinfo,pay,notify,notify-dup,login"
     )]
     paths: String,
+    /// Requests per path in the per-hop breakdown (`/me`, `/userinfo/`, `/pay/`, `/login/`,
+    /// one at a time, traced); 0 skips it.
+    #[arg(long, env = "BENCH_HOPS", default_value_t = 40)]
+    hops: usize,
+    /// Orders of the catch-up stage: paid at the sandbox with their notifies dropped, left
+    /// for the reconciler (bench/run.sh then restarts pay-service and times the repair); 0
+    /// skips it. Their product is `--catch-up-product`.
+    #[arg(long, env = "BENCH_CATCHUP_ORDERS", default_value_t = 0)]
+    catch_up: usize,
+    #[arg(long, env = "BENCH_CATCHUP_PRODUCT", default_value = "catchup")]
+    catch_up_product: String,
+    /// Where the services write their logs (the breakdown reads their `wxmp::hop` lines).
+    #[arg(long, env = "BENCH_LOGS", default_value = "target/bench/logs")]
+    logs: String,
     /// Service processes to watch: `name=pid,...`.
     #[arg(long, env = "BENCH_PROCS", default_value = "")]
     procs: String,
@@ -745,6 +760,32 @@ async fn run(cli: Cli) -> Result<(), String> {
         plot = Some(relative_link(&cli.out, &cli.plot));
     }
 
+    let hop_section = if cli.hops > 0 {
+        let paths = hop_paths(&cli, &setup, &users).await?;
+        let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
+        let mut results = hops::run(
+            bench.gateway,
+            paths,
+            std::path::Path::new(&cli.logs),
+            &names,
+        )
+        .await?;
+        Some(hops::markdown(&mut results))
+    } else {
+        None
+    };
+
+    if cli.catch_up > 0 {
+        eprintln!(
+            "bench: catch-up backlog: {} orders paid at the sandbox, notifies dropped ...",
+            cli.catch_up
+        );
+        let orders = setup
+            .lost_notifies(&users, &cli.catch_up_product, cli.catch_up)
+            .await?;
+        eprintln!("bench:   {} orders wait for the reconciler", orders.len());
+    }
+
     let procs_memory = procs
         .iter()
         .zip(idle)
@@ -772,7 +813,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         plot,
         procs: procs_memory,
     };
-    let section = run.markdown();
+    let mut section = run.markdown();
+    if let Some(hops) = hop_section {
+        section = section.replace(report::END, &format!("\n{hops}\n{}", report::END));
+    }
     println!("{section}");
     let existing = std::fs::read_to_string(&cli.out).unwrap_or_default();
     std::fs::write(&cli.out, report::splice(&existing, &section))
@@ -783,6 +827,75 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     eprintln!("bench: wrote {}", cli.out);
     Ok(())
+}
+
+/// The per-hop breakdown's requests: `/me` and `/userinfo/` cycling over a few users (so the
+/// session cache answers most of them, as under load), a new order per `/pay/`, a fresh code
+/// per `/login/` (last: it rotates the users' session keys).
+async fn hop_paths(
+    cli: &Cli,
+    setup: &Setup,
+    users: &[prep::User],
+) -> Result<Vec<hops::HopPath>, String> {
+    let n = cli.hops;
+    let few: Vec<prep::User> = users.iter().take(4).cloned().collect();
+    let cycle = |items: Vec<Prepared>| -> Vec<Prepared> {
+        (0..n)
+            .filter_map(|i| items.get(i % items.len().max(1)).cloned())
+            .collect()
+    };
+    let me = cycle(
+        few.iter()
+            .map(|u| Prepared::get("/me").header("authorization", format!("Bearer {}", u.token)))
+            .collect(),
+    );
+    setup.relogin(&few).await?;
+    let userinfo = cycle(
+        setup
+            .userinfo_bodies(&few)
+            .await?
+            .into_iter()
+            .map(|b| json_post("/userinfo/", b))
+            .collect(),
+    );
+    let pay = cycle(
+        users
+            .iter()
+            .map(|u| {
+                let body = serde_json::json!({ "token": u.token, "product_id": PRODUCT });
+                json_post("/pay/", body.to_string())
+            })
+            .collect(),
+    );
+    let openids: Vec<String> = few.iter().map(|u| u.openid.clone()).collect();
+    let login = setup
+        .codes(&openids, n)
+        .await?
+        .into_iter()
+        .map(|c| json_post("/login/", serde_json::json!({ "code": c }).to_string()))
+        .collect();
+    Ok(vec![
+        hops::HopPath {
+            label: ME.path,
+            key: "me",
+            requests: me,
+        },
+        hops::HopPath {
+            label: USERINFO.path,
+            key: "userinfo",
+            requests: userinfo,
+        },
+        hops::HopPath {
+            label: PAY.path,
+            key: "pay",
+            requests: pay,
+        },
+        hops::HopPath {
+            label: LOGIN.path,
+            key: "login",
+            requests: login,
+        },
+    ])
 }
 
 /// `plot` as a link from the markdown file `out`: its file name when both share a folder.

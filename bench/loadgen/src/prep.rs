@@ -143,6 +143,53 @@ impl Setup {
             .map(drop)
     }
 
+    /// A reconciler backlog: `count` orders of `product` (users in turn), each paid at the
+    /// sandbox with its notify dropped, as WeChat charges orders while pay-service is down.
+    /// Answers their order numbers.
+    pub async fn lost_notifies(
+        &self,
+        users: &[User],
+        product: &str,
+        count: usize,
+    ) -> Result<Vec<String>, String> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        stream::iter(0..count)
+            .map(|i| async move {
+                let user = &users[i % users.len()];
+                let answer = self
+                    .post(
+                        format!("{}/pay/", self.gateway),
+                        json!({ "token": user.token, "product_id": product }),
+                    )
+                    .await?;
+                let data = &answer["data"];
+                let order_no = data["order_no"]
+                    .as_str()
+                    .ok_or_else(|| format!("/pay/ answered {answer}"))?
+                    .to_owned();
+                let mut body = json!({});
+                for k in [
+                    "appId",
+                    "timeStamp",
+                    "nonceStr",
+                    "package",
+                    "signType",
+                    "paySign",
+                ] {
+                    body[k] = data[k].clone();
+                }
+                body["faults"] = json!({ "drop_notify": true });
+                self.post(format!("{}/sandbox/pay", self.sandbox), body)
+                    .await?;
+                Ok::<_, String>(order_no)
+            })
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     /// `count` unused login codes, each for a new user (openid) of the sandbox.
     pub async fn new_codes(&self, count: usize) -> Result<Vec<String>, String> {
         stream::iter(0..count)

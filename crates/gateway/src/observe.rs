@@ -52,6 +52,9 @@ pub async fn observe(
             "request"
         );
     });
+    if service_kit::hop::traced(request_id.as_str()) {
+        service_kit::hop::record(request_id.as_str(), &route, started);
+    }
     metrics::counter!("wxmp_http_requests_total", "route" => route.clone(), "code" => status.to_string())
         .increment(1);
     metrics::histogram!("wxmp_http_request_duration_seconds", "route" => route)

@@ -323,6 +323,7 @@ where
         builder = builder.tls_config(tls.server())?;
     }
     builder
+        .layer(crate::hop::HopLayer)
         .trace_fn(|req| {
             let request_id = req
                 .headers()

@@ -3,6 +3,7 @@
 //! - [`telemetry`]: tracing (pretty or JSON) and the Prometheus exporter.
 //! - [`shutdown`]: one signal that stops every server of a process gracefully.
 //! - [`grpc`]: serving with health + request ids + internal auth + drain, and client channels.
+//! - [`hop`]: per-hop timings of requests whose id starts with `trace-`.
 //! - [`balance`]: per-call client-side balancing over a service's replicas.
 //! - [`reason`]: the `wxmp-error-reason` metadata that carries an [`ErrorReason`] across gRPC.
 //! - [`db`]: PostgreSQL or SQLite behind one pool type, with embedded migrations.
@@ -13,6 +14,7 @@
 pub mod balance;
 pub mod db;
 pub mod grpc;
+pub mod hop;
 pub mod reason;
 pub mod secret;
 pub mod session_cache;
