@@ -36,7 +36,7 @@ impl Drop for Stopper {
 }
 
 impl Gateway {
-    async fn start(t: &TestStack, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
+    fn start(t: &TestStack, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
         let stack = &t.stack;
         let mut config = gateway::Config::new(&stack.auth_url, &stack.user_url, &stack.pay_url);
         config.workers = Some(2);
@@ -99,7 +99,6 @@ async fn redis_gateway(t: &TestStack, prefix: &str, ttl: Duration, max: u64) -> 
         c.session_cache_ttl_ms = u64::try_from(ttl.as_millis()).unwrap();
         c.session_cache_max_entries = max;
     })
-    .await
     .live()
     .await
 }
@@ -165,7 +164,6 @@ async fn with_the_feed_cut_a_logout_is_refused_within_the_ttl() {
         c.session_revocation_channel = Some(format!("{prefix}nobody-publishes-here"));
         c.session_cache_ttl_ms = u64::try_from(ttl.as_millis()).unwrap();
     })
-    .await
     .live()
     .await;
     let (token, _) = t.login(None).await;
@@ -192,7 +190,6 @@ async fn with_the_feed_cut_a_logout_is_refused_within_the_ttl() {
         c.redis_prefix = prefix.clone();
         c.session_cache_ttl_ms = 60_000;
     })
-    .await
     .live()
     .await;
     let (token, _) = t.login(None).await;

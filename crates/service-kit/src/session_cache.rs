@@ -366,7 +366,7 @@ pub fn follow_redis<V: Clone + Send + Sync + 'static>(
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "revocation feed down; the session cache is off until it is back")
+                    tracing::warn!(error = %e, "revocation feed down; the session cache is off until it is back");
                 }
             }
             tokio::select! {
