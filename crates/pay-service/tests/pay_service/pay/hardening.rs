@@ -291,7 +291,16 @@ impl SlowWechat {
 }
 
 async fn reconcilers_with_a_slow_wechat_ask_once_per_order(backend: Backend) {
-    let env = Env::with(backend, |c| c.reconcile_after_secs = 60).await;
+    // One query at a time: the stand-in below moves the services' clock by 5 minutes during
+    // the first order's query, which must happen before the second order is claimed. (With
+    // several queries at once both orders are claimed together, and that jump would expire
+    // the second one's lease while its own query is in flight: the case of one call outlasting
+    // the lease, counted by wxmp_pay_reconcile_lease_lost_total.)
+    let env = Env::with(backend, |c| {
+        c.reconcile_after_secs = 60;
+        c.reconcile_concurrency = 1;
+    })
+    .await;
     // Two PAYING orders whose payer never paid: each orderquery answers NOTPAY, so nothing
     // changes and every query is the reconcilers' doing.
     let mut orders = Vec::new();
