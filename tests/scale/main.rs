@@ -492,7 +492,9 @@ async fn two_reconcilers_never_ask_about_one_order_at_once() {
         }
         report.placed.push(order_no);
     }
-    // A slow WeChat: a pass over 12 orders (~4.8 s) outlasts the 2 s lease.
+    // A slow WeChat: 400 ms per orderquery. (One query at a time, a pass over 12 orders took
+    // ~4.8 s, longer than the 2 s lease; with PAY_RECONCILE_CONCURRENCY's 8 at once it takes
+    // ~0.8 s. Either way each order's lease is taken right before its own query.)
     cluster
         .post_sandbox(
             "/sandbox/faults",
