@@ -100,6 +100,7 @@ impl Payments {
                 .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
             refund_notify_url: config.refunds.refund_notify_url.clone(),
         };
+        crate::refunds::register_metrics();
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

@@ -24,4 +24,4 @@ pub use rules::{
     new_out_refund_no, order_state_after, refundable_fen, settlement_of, valid_out_refund_no,
     was_paid,
 };
-pub(crate) use rules::{count, count_settled};
+pub(crate) use rules::{count, count_settled, register_metrics};

@@ -406,10 +406,17 @@ pub fn valid_out_refund_no(no: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
 }
 
-/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed, abnormal (alert on any
+/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed, abnormal, rerouted
+/// (ApplyAbnormalRefund taken by WeChat) (alert on any
 /// `abnormal`: its money waits at WeChat for an operator).
 pub(crate) fn count(event: &'static str) {
     metrics::counter!("wxmp_refunds_total", "event" => event).increment(1);
+}
+
+/// Exports `wxmp_refunds_total{event="abnormal"}` at 0 from the start, so that the first
+/// abnormal refund is an `increase()` the alert rule (WxmpRefundAbnormal) sees.
+pub(crate) fn register_metrics() {
+    metrics::counter!("wxmp_refunds_total", "event" => "abnormal").increment(0);
 }
 
 /// Counts a refund reaching `state`.
