@@ -126,7 +126,7 @@ impl Pay {
             bank_type,
             bank_account,
             real_name,
-        });
+        })?;
         self.client
             .apply_abnormal_refund(request)
             .await
