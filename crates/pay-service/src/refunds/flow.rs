@@ -555,14 +555,23 @@ impl Payments {
     ///
     /// On v2 WeChat is asked about the order's refunds (refundquery by out_trade_no): one call
     /// answers this refund and any other of the order, so refunds made outside wxmp are
-    /// recorded as the reconciler goes ([`Self::sync_refunds_from_wechat`]).
+    /// recorded as the reconciler goes ([`Self::sync_refunds_from_wechat`]). When that answer
+    /// does not list this refund (WeChat lists a limited number per order: "如果单个支付订单
+    /// 部分退款次数超过20次请使用退款单号查询") or fails, it is asked about by its own key.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
         if order.pay_api() == crate::config::PayApi::V2 {
-            self.sync_refunds_from_wechat(&order).await?;
-            return refund_store::find(self.database(), &refund.out_refund_no)
-                .await?
-                .ok_or_else(|| Error::Internal("refund vanished".into()));
+            match self.sync_refunds_from_wechat(&order).await {
+                Ok(listed) if listed.contains(&refund.out_refund_no) => {
+                    return refund_store::find(self.database(), &refund.out_refund_no)
+                        .await?
+                        .ok_or_else(|| Error::Internal("refund vanished".into()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refundquery of the order failed; asking by out_refund_no");
+                }
+            }
         }
         let seen = self
             .inner
@@ -634,10 +643,15 @@ impl Payments {
     /// v2 only: v3 has no refund list per order (查询单笔退款 needs the out_refund_no), so on v3
     /// only the payment is recorded; our own refunds of the order settle by notify or by the
     /// refund reconciler's query, and one made in the merchant platform needs manual review.
-    pub(crate) async fn sync_refunds_from_wechat(&self, order: &Order) -> Result<(), Error> {
+    ///
+    /// Answers the out_refund_nos WeChat listed.
+    pub(crate) async fn sync_refunds_from_wechat(
+        &self,
+        order: &Order,
+    ) -> Result<Vec<String>, Error> {
         if order.pay_api() != crate::config::PayApi::V2 {
             tracing::info!(order_no = %order.order_no, "v3 order has refunds at WeChat; ours settle by notify or query");
-            return Ok(());
+            return Ok(Vec::new());
         }
         let answer = match self
             .inner
@@ -649,7 +663,7 @@ impl Payments {
             .await
         {
             Ok(a) => a,
-            Err(e) if is_err_code(&e, "REFUNDNOTEXIST") => return Ok(()),
+            Err(e) if is_err_code(&e, "REFUNDNOTEXIST") => return Ok(Vec::new()),
             Err(e) => return Err(map_error(e)),
         };
         for item in &answer.refunds {
@@ -703,6 +717,10 @@ impl Payments {
             };
             self.settle_from(&refund, &seen).await?;
         }
-        Ok(())
+        Ok(answer
+            .refunds
+            .iter()
+            .map(|r| r.out_refund_no.clone())
+            .collect())
     }
 }
