@@ -450,12 +450,23 @@ impl Payments {
             bank_account,
             real_name,
         };
-        let seen = self
+        let seen = match self
             .inner
             .wechat
             .apply_abnormal_refund(&refund.refund_id, request)
             .await
-            .map_err(map_refund_error)?;
+        {
+            Ok(seen) => seen,
+            Err(e) => {
+                // Unknown (the answer lost: WeChat may have taken it) or refused (WeChat may
+                // have re-routed it already, e.g. in the merchant platform): either way WeChat
+                // is asked soon, not at the hourly cadence of abnormal refunds.
+                tracing::warn!(error = %e, "apply-abnormal-refund not confirmed; the reconciler asks WeChat soon");
+                let soon = self.now() + self.inner.settings.reconcile_after_secs;
+                refund_store::check_again_at(self.database(), &refund.out_refund_no, soon).await?;
+                return Err(map_refund_error(e));
+            }
+        };
         if seen.out_trade_no != refund.order_no || seen.refund_fen != refund.amount_fen {
             return Err(Error::Internal(
                 "WeChat's answer names another refund; not applied".into(),

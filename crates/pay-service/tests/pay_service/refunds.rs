@@ -1974,6 +1974,23 @@ async fn abnormal_refunds_are_rerouted_on_v3(backend: Backend) {
         .unwrap_err();
     assert_eq!(reason(&err), ErrorReason::MissingParameter);
     assert_eq!(wechat_status(&env, "abn-1").await, "ABNORMAL");
+    // WeChat does not answer: nothing changes here, but WeChat is asked soon, not in an hour.
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": "/v3/refund/domestic/refunds" }),
+    )
+    .await;
+    let err = apply(&env, "abn-1", MerchantBankCard, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    let row = refunds::store::find(env.pay.database(), "abn-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state(), Some(RefundState::Abnormal));
+    assert!(row.next_check_at <= env.clock.now() + 1, "{row:?}");
+    assert_eq!(wechat_status(&env, "abn-1").await, "ABNORMAL");
 
     let rerouted = apply(
         &env,
