@@ -43,6 +43,9 @@ pub struct Options {
     pub pay_replicas: usize,
     pub reconcile_lease_secs: u64,
     pub wechat_timeout_ms: u64,
+    /// Refunds on: the sandbox writes its dev CA and merchant certificate, pay-service uses
+    /// them (secapi port) and gets refund notifies through the front door.
+    pub refunds: bool,
 }
 
 impl Default for Options {
@@ -53,6 +56,7 @@ impl Default for Options {
             pay_replicas: 2,
             reconcile_lease_secs: 120,
             wechat_timeout_ms: 5000,
+            refunds: false,
         }
     }
 }
@@ -115,18 +119,36 @@ impl Cluster {
             env
         };
 
-        let sandbox = Service::start(
-            "wxmp-sandbox",
-            vec![
-                ("SANDBOX_LISTEN_ADDR", addr(sandbox_port)),
-                // Not the default 9001: another sandbox (`make run`, a parallel run) may hold it.
-                ("SANDBOX_SECAPI_LISTEN_ADDR", addr(secapi_port)),
-                ("SANDBOX_NOTIFY_TIME_SCALE", "0.01".into()),
-                ("SANDBOX_CODE_RATE_PER_MIN", "1000".into()),
-                ("SANDBOX_APP_RATE_PER_MIN", "100000".into()),
-            ],
-            d,
-        );
+        let cert_dir = d.join("sandbox-certs");
+        let mut sandbox_env = vec![
+            ("SANDBOX_LISTEN_ADDR", addr(sandbox_port)),
+            // Not the default 9001: another sandbox (`make run`, a parallel run) may hold it.
+            ("SANDBOX_SECAPI_LISTEN_ADDR", addr(secapi_port)),
+            ("SANDBOX_NOTIFY_TIME_SCALE", "0.01".into()),
+            ("SANDBOX_CODE_RATE_PER_MIN", "1000".into()),
+            ("SANDBOX_APP_RATE_PER_MIN", "100000".into()),
+        ];
+        if options.refunds {
+            sandbox_env.push(("SANDBOX_CERT_DIR", cert_dir.display().to_string()));
+            sandbox_env.push(("SANDBOX_REFUND_DELAY_MS", "100".into()));
+        }
+        let sandbox = Service::start("wxmp-sandbox", sandbox_env, d);
+        let cert = |file: &str| cert_dir.join(file).display().to_string();
+        if options.refunds {
+            // Written at the sandbox's start: pay-service reads them at its own.
+            let written = wxmp_tests::eventually(Duration::from_secs(30), || async {
+                [
+                    sandbox::devca::CA_FILE,
+                    sandbox::devca::CLIENT_CERT_FILE,
+                    sandbox::devca::CLIENT_KEY_FILE,
+                ]
+                .iter()
+                .all(|f| cert_dir.join(f).exists())
+                .then_some(())
+            })
+            .await;
+            assert!(written.is_some(), "the sandbox wrote no certificates");
+        }
         let replicas =
             |kind: Kind, ports: &[u16], env: &dyn Fn(u16) -> Vec<(&'static str, String)>| {
                 ports
@@ -184,6 +206,32 @@ impl Cluster {
                     options.wechat_timeout_ms.to_string(),
                 ),
             ]
+            .into_iter()
+            .chain(
+                options
+                    .refunds
+                    .then(|| {
+                        [
+                            ("WXMP_PAY_CERT_PATH", cert(sandbox::devca::CLIENT_CERT_FILE)),
+                            (
+                                "WXMP_PAY_CERT_KEY_PATH",
+                                cert(sandbox::devca::CLIENT_KEY_FILE),
+                            ),
+                            ("WXMP_WECHAT_PAY_CA_PATH", cert(sandbox::devca::CA_FILE)),
+                            (
+                                "WXMP_WECHAT_PAY_SECAPI_BASE",
+                                format!("https://127.0.0.1:{secapi_port}"),
+                            ),
+                            (
+                                "PAY_REFUND_NOTIFY_URL",
+                                format!("{front}/pay/refund-notify"),
+                            ),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect()
         });
         let gateways = gateway_ports
             .iter()
@@ -315,6 +363,18 @@ impl Cluster {
 
     pub fn kill(&mut self, kind: Kind, i: usize) {
         self.replicas_mut(kind)[i].service.kill();
+    }
+
+    /// Starts a killed replica again and waits until it serves.
+    pub async fn respawn(&mut self, kind: Kind, i: usize) {
+        let replica = &mut self.replicas_mut(kind)[i];
+        replica.service.spawn();
+        wait_serving(replica, Duration::from_secs(30)).await;
+    }
+
+    /// pay-service's gRPC addresses, one per replica.
+    pub fn pay_urls(&self) -> Vec<String> {
+        self.pay.iter().map(|r| url(r.port)).collect()
     }
 
     pub fn kill_gateway(&mut self, i: usize) {

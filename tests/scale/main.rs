@@ -8,7 +8,9 @@
 //!   or HAProxy's 502 for the killed gateway's), the survivors carry on, and the surviving
 //!   reconciler finishes the killed one's lease once it expires;
 //! - two reconcilers with a slow WeChat never query or close one order at the same time;
-//! - four pay-services starting at once on an empty database migrate it once and all serve.
+//! - four pay-services starting at once on an empty database migrate it once and all serve;
+//! - refunds under SIGKILLs, lost answers, abnormal refunds and lost notifies never pay twice
+//!   and keep wxmp's ledger equal to WeChat's (`refunds.rs`, issue 23).
 //!
 //! The tests take turns (one lock): each runs ~10 processes, and timing matters.
 
@@ -23,6 +25,7 @@
 mod cluster;
 mod haproxy;
 mod load;
+mod refunds;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -453,6 +456,7 @@ async fn two_reconcilers_never_ask_about_one_order_at_once() {
         pay_replicas: 2,
         reconcile_lease_secs: 2,
         wechat_timeout_ms: 10_000,
+        refunds: false,
     })
     .await;
     let (code, _) = cluster.login_code(None).await.expect("login code");

@@ -235,6 +235,38 @@ impl PayService for Payments {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(out_refund_no = %request.get_ref().out_refund_no))]
+    async fn apply_abnormal_refund(
+        &self,
+        request: Request<pb::ApplyAbnormalRefundRequest>,
+    ) -> Result<Response<pb::ApplyAbnormalRefundResponse>, Status> {
+        let r = request.into_inner();
+        let target = match pb::AbnormalRefundTarget::try_from(r.target) {
+            Ok(pb::AbnormalRefundTarget::UserBankCard) => {
+                crate::refunds::AbnormalTarget::UserBankCard {
+                    bank_type: r.bank_type,
+                    bank_account: r.bank_account,
+                    real_name: r.real_name,
+                }
+            }
+            Ok(pb::AbnormalRefundTarget::MerchantBankCard) => {
+                if !(r.bank_type.is_empty() && r.bank_account.is_empty() && r.real_name.is_empty())
+                {
+                    return Err(Error::InvalidArgument(
+                        "MERCHANT_BANK_CARD takes no bank_type, bank_account or real_name".into(),
+                    )
+                    .into());
+                }
+                crate::refunds::AbnormalTarget::MerchantBankCard
+            }
+            _ => return Err(Error::MissingParameter("target").into()),
+        };
+        let refund = Payments::apply_abnormal_refund(self, &r.out_refund_no, target).await?;
+        Ok(Response::new(pb::ApplyAbnormalRefundResponse {
+            refund: Some(refund.to_proto()),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(order_no = %request.get_ref().order_no))]
     async fn list_refunds(
         &self,

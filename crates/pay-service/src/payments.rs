@@ -105,6 +105,7 @@ impl Payments {
                 .max(1),
             refund_notify_url: config.refunds.refund_notify_url.clone(),
         };
+        crate::refunds::register_metrics();
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

@@ -18,9 +18,10 @@ pub mod store;
 
 pub use flow::{RefundOrder, RefundReconcileReport};
 pub use rules::{
-    ABNORMAL_RECHECK_SECS, API_V2, IN_FLIGHT, MAX_OUT_REFUND_NO_LEN, MAX_REASON_BYTES,
+    ABNORMAL_RECHECK_SECS, ABNORMAL_REFUND_BANK_TYPES, API_V2, AbnormalTarget, IN_FLIGHT,
+    MAX_OUT_REFUND_NO_LEN, MAX_REASON_BYTES, MERCHANT_ACCOUNTS, ORIGIN_OUTSIDE, ORIGIN_WXMP,
     REFUNDABLE_STATES, Refund, RefundState, Refusal, WxRefundStatus, check_refund,
     new_out_refund_no, order_state_after, refundable_fen, settlement_of, valid_out_refund_no,
     was_paid,
 };
-pub(crate) use rules::{count, count_settled};
+pub(crate) use rules::{count, count_settled, register_metrics};

@@ -117,6 +117,9 @@ diesel::table! {
         updated_at -> BigInt,
         settled_at -> Nullable<BigInt>,
         next_check_at -> BigInt,
+        notify_url -> Text,
+        origin -> Text,
+        received_account -> Text,
     }
 }
 

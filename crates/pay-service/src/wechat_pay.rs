@@ -178,6 +178,16 @@ impl WechatPay {
         }
     }
 
+    /// Re-routes an abnormal refund (v3 发起异常退款; v2 has no such API: the caller says so
+    /// before calling).
+    pub async fn apply_abnormal_refund(
+        &self,
+        refund_id: &str,
+        request: wechat::pay::v3::AbnormalRefundRequest,
+    ) -> Result<RefundSeen, RefundCallError> {
+        self.apply_abnormal_refund_v3(refund_id, request).await
+    }
+
     /// Asks WeChat about the refund `out_refund_no` of an order placed with `api`.
     pub async fn query_refund(
         &self,
@@ -247,4 +257,6 @@ pub struct RefundSeen {
     pub out_trade_no: String,
     pub refund_fen: i64,
     pub status: WxRefundStatus,
+    /// Where the money went (v3 `user_received_account`; '' when not said).
+    pub received_account: String,
 }

@@ -736,3 +736,94 @@ pub async fn finish(
         Err(e) => Err(DevError::Conflict(e.to_string())),
     }
 }
+
+#[derive(Debug, Deserialize)]
+pub struct OutsideBody {
+    pub out_trade_no: String,
+    pub refund_fee: u64,
+    /// Generated (as the merchant platform does) when absent.
+    pub out_refund_no: Option<String>,
+}
+
+/// `POST /sandbox/refunds/outside` `{"out_trade_no", "refund_fee", "out_refund_no"?}`: a v2
+/// refund made outside the merchant's own system, as an operator makes one in the merchant
+/// platform (交易中心 → 交易订单 → 申请退款). WeChat holds it like any other: it counts against
+/// the order (a later refund beyond what is left is refused, "退款金额大于支付金额"), settles
+/// after `SANDBOX_REFUND_DELAY_MS`, and the order's refundquery lists it (`refund_count`,
+/// `out_refund_no_$n`, ..., <https://pay.weixin.qq.com/wiki/doc/api/jsapi.php?chapter=9_5>);
+/// no notify is sent (it names no notify_url).
+pub async fn outside(
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> Result<HttpResponse, DevError> {
+    let body: OutsideBody = serde_json::from_slice(&body).map_err(|e| {
+        DevError::BadRequest(format!(
+            "expected {{\"out_trade_no\", \"refund_fee\", \"out_refund_no\"?}}: {e}"
+        ))
+    })?;
+    if body.refund_fee == 0 {
+        return Err(DevError::BadRequest("refund_fee must be positive".into()));
+    }
+    let out_refund_no = body
+        .out_refund_no
+        .unwrap_or_else(|| format!("mp{}", ids::refund_id()));
+    let key = {
+        let mut state = sandbox.state();
+        let order = state
+            .orders
+            .values()
+            .find(|o| o.out_trade_no == body.out_trade_no)
+            .cloned()
+            .ok_or_else(|| DevError::UnknownOrder(body.out_trade_no.clone()))?;
+        if order.trade_state != TradeState::Success {
+            return Err(DevError::Conflict("the order is not paid".into()));
+        }
+        let key = (order.mch_id.clone(), out_refund_no.clone());
+        if state.refunds.by_key.contains_key(&key) {
+            return Err(DevError::Conflict(format!(
+                "out_refund_no {out_refund_no} is taken"
+            )));
+        }
+        let held: u64 = state
+            .refunds
+            .by_key
+            .values()
+            .filter(|r| r.mch_id == order.mch_id && r.out_trade_no == order.out_trade_no)
+            .filter(|r| r.refund_status.holds_money())
+            .map(|r| r.refund_fee)
+            .sum();
+        if held + body.refund_fee > order.total_fee {
+            return Err(DevError::Conflict("退款金额大于支付金额".into()));
+        }
+        state.refunds.by_key.insert(
+            key.clone(),
+            Refund {
+                appid: order.appid.clone(),
+                mch_id: order.mch_id.clone(),
+                out_trade_no: order.out_trade_no.clone(),
+                transaction_id: order.transaction_id.clone().unwrap_or_default(),
+                out_refund_no: out_refund_no.clone(),
+                refund_id: ids::refund_id(),
+                total_fee: order.total_fee,
+                refund_fee: body.refund_fee,
+                refund_desc: Some("商户平台退款".into()),
+                notify_url: None,
+                refund_status: RefundStatus::Processing,
+                success_time: None,
+                created_at_ms: clock::unix_ms(),
+                notify_state: NotifyState::None,
+                notify_attempts: 0,
+                requests: 1,
+                faults: Faults::default(),
+            },
+        );
+        key
+    };
+    let sandbox = sandbox.into_inner();
+    sandbox.runtime.clone().spawn(settle(sandbox, key));
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "out_trade_no": body.out_trade_no,
+        "out_refund_no": out_refund_no,
+        "refund_fee": body.refund_fee,
+    })))
+}

@@ -47,6 +47,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/subscribe", web::post().to(openapi::subscribe))
                 .route("/messages", web::get().to(openapi::messages))
                 .route("/refunds", web::get().to(refund::list))
+                .route("/refunds/outside", web::post().to(refund::outside))
                 .route("/refunds/{out_refund_no}", web::get().to(refund::get))
                 .route(
                     "/refunds/{out_refund_no}/finish",

@@ -192,6 +192,14 @@ pub struct V3Refund {
     /// `none`, `pending`, `accepted`, `dropped` (fault `drop_notify`) or `gave_up`.
     pub notify_state: String,
     pub notify_attempts: u32,
+    /// Where the money went (`user_received_account`): 支付用户零钱 unless an abnormal refund
+    /// was re-routed (发起异常退款): then the payer's card or 商户结算银行账户 once SUCCESS.
+    #[serde(default)]
+    pub received_account: Option<String>,
+    /// `type` of an accepted 发起异常退款 (USER_BANK_CARD / MERCHANT_BANK_CARD), and the account
+    /// the re-routed money goes to when it settles.
+    #[serde(default)]
+    pub reroute: Option<(String, String)>,
     /// The faults of the request that created it (they decide how it settles).
     #[serde(skip)]
     pub faults: crate::faults::Faults,
@@ -201,6 +209,11 @@ impl V3Refund {
     /// Counts against the order's refundable amount (a CLOSED one does not). ABNORMAL does:
     /// the money waits in WeChat's intermediate refund account until re-routed
     /// ("退款资金会停留在退款的中间账户内", <https://pay.weixin.qq.com/doc/v3/merchant/4013071031>).
+    /// `user_received_account` as WeChat answers it now.
+    pub fn received_account(&self) -> &str {
+        self.received_account.as_deref().unwrap_or("支付用户零钱")
+    }
+
     pub fn holds_money(&self) -> bool {
         matches!(self.status.as_str(), "PROCESSING" | "SUCCESS" | "ABNORMAL")
     }

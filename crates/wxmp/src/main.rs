@@ -55,12 +55,17 @@ enum Command {
         #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
         internal_token: Option<String>,
     },
-    /// Refund (part of) a paid order through a running pay-service.
+    /// Refund (part of) a paid order through a running pay-service; `wxmp refund
+    /// apply-abnormal` re-routes an abnormal refund.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Refund {
-        order_no: String,
+        #[command(subcommand)]
+        action: Option<RefundAction>,
+        #[arg(required = true)]
+        order_no: Option<String>,
         /// Fen to give back.
-        #[arg(long)]
-        amount_fen: i64,
+        #[arg(long, required = true)]
+        amount_fen: Option<i64>,
         /// Shown to the payer (at most 80 bytes).
         #[arg(long, default_value = "")]
         reason: String,
@@ -80,6 +85,47 @@ enum Command {
     Events(wxmp::events::EventsArgs),
     /// Run user-service's and pay-service's migrations, then exit.
     Migrate,
+}
+
+#[derive(Subcommand, Debug)]
+enum RefundAction {
+    /// Re-route the money of a REFUND_ABNORMAL refund (WeChat Pay v3 发起异常退款) to the
+    /// payer's debit card or to the merchant's bank account. v2 refunds: the merchant
+    /// platform (the error says where).
+    ApplyAbnormal {
+        out_refund_no: String,
+        /// user-bank-card (with --bank-type, --bank-account, --real-name) or
+        /// merchant-bank-card.
+        #[arg(long, value_enum)]
+        to: AbnormalTo,
+        /// WeChat's bank type of the payer's debit card, e.g. ICBC_DEBIT.
+        #[arg(long, default_value = "")]
+        bank_type: String,
+        /// The payer's card number (better from the environment than the command line).
+        #[arg(
+            long,
+            env = "WXMP_REFUND_BANK_ACCOUNT",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        bank_account: String,
+        /// The card holder's name.
+        #[arg(
+            long,
+            env = "WXMP_REFUND_REAL_NAME",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        real_name: String,
+        #[command(flatten)]
+        pay: PayArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AbnormalTo {
+    UserBankCard,
+    MerchantBankCard,
 }
 
 /// pay-service's default gRPC address (`wxmp up`).
@@ -124,6 +170,34 @@ async fn refund(
     if let Some(order) = &answer.order {
         println!("{}", operator::describe_order(order));
     }
+    Ok(())
+}
+
+async fn apply_abnormal(action: RefundAction) -> Result<(), String> {
+    let RefundAction::ApplyAbnormal {
+        out_refund_no,
+        to,
+        bank_type,
+        bank_account,
+        real_name,
+        pay,
+    } = action;
+    let target = match to {
+        AbnormalTo::UserBankCard => operator::AbnormalCard::User {
+            bank_type,
+            bank_account,
+            real_name,
+        },
+        AbnormalTo::MerchantBankCard => operator::AbnormalCard::Merchant,
+    };
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let refund = client
+        .apply_abnormal_refund(&out_refund_no, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", operator::describe_refund(&refund));
     Ok(())
 }
 
@@ -305,12 +379,22 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate().await,
         Command::Events(args) => wxmp::events::run(args).await,
         Command::Refund {
+            action: Some(action),
+            ..
+        } => apply_abnormal(action).await,
+        Command::Refund {
+            action: None,
             order_no,
             amount_fen,
             reason,
             out_refund_no,
             pay,
-        } => refund(order_no, amount_fen, reason, out_refund_no, pay).await,
+        } => match (order_no, amount_fen) {
+            (Some(order_no), Some(amount_fen)) => {
+                refund(order_no, amount_fen, reason, out_refund_no, pay).await
+            }
+            _ => Err("wxmp refund ORDER_NO --amount-fen N".into()),
+        },
         Command::Order { order_no, pay } => order(order_no, pay).await,
         Command::Demo {
             gateway,
@@ -352,5 +436,36 @@ async fn main() -> ExitCode {
             eprintln!("wxmp: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refund_and_its_apply_abnormal_subcommand_parse() {
+        let cli = Cli::try_parse_from(["wxmp", "refund", "A1", "--amount-fen", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Refund { action: None, order_no: Some(ref o), amount_fen: Some(5), .. } if o == "A1"
+        ));
+        let cli = Cli::try_parse_from([
+            "wxmp",
+            "refund",
+            "apply-abnormal",
+            "R1",
+            "--to",
+            "merchant-bank-card",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Refund {
+                action: Some(RefundAction::ApplyAbnormal { ref out_refund_no, to: AbnormalTo::MerchantBankCard, .. }),
+                ..
+            } if out_refund_no == "R1"
+        ));
+        assert!(Cli::try_parse_from(["wxmp", "refund", "A1"]).is_err());
     }
 }

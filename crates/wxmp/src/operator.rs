@@ -96,6 +96,46 @@ impl Pay {
             .map_err(|s| call_error("Refund", s))
     }
 
+    /// ApplyAbnormalRefund: re-routes an abnormal refund's money.
+    pub async fn apply_abnormal_refund(
+        &mut self,
+        out_refund_no: &str,
+        card: AbnormalCard,
+    ) -> Result<pb::RefundRecord, OperatorError> {
+        let (target, bank_type, bank_account, real_name) = match card {
+            AbnormalCard::User {
+                bank_type,
+                bank_account,
+                real_name,
+            } => (
+                pb::AbnormalRefundTarget::UserBankCard,
+                bank_type,
+                bank_account,
+                real_name,
+            ),
+            AbnormalCard::Merchant => (
+                pb::AbnormalRefundTarget::MerchantBankCard,
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let request = self.request(pb::ApplyAbnormalRefundRequest {
+            out_refund_no: out_refund_no.to_owned(),
+            target: target as i32,
+            bank_type,
+            bank_account,
+            real_name,
+        })?;
+        self.client
+            .apply_abnormal_refund(request)
+            .await
+            .map_err(|s| call_error("ApplyAbnormalRefund", s))?
+            .into_inner()
+            .refund
+            .ok_or_else(|| OperatorError::Invalid("ApplyAbnormalRefund answered no refund".into()))
+    }
+
     pub async fn get_refund(
         &mut self,
         out_refund_no: &str,
@@ -174,6 +214,18 @@ pub fn describe_order(order: &pb::Order) -> String {
     )
 }
 
+/// Where `wxmp refund apply-abnormal` sends an abnormal refund's money.
+pub enum AbnormalCard {
+    /// The payer's debit card (card number and name never printed).
+    User {
+        bank_type: String,
+        bank_account: String,
+        real_name: String,
+    },
+    /// The merchant's bank account.
+    Merchant,
+}
+
 /// One line for a refund.
 pub fn describe_refund(refund: &pb::RefundRecord) -> String {
     let mut line = format!(
@@ -193,6 +245,12 @@ pub fn describe_refund(refund: &pb::RefundRecord) -> String {
     }
     if !refund.failure.is_empty() {
         line.push_str(&format!(", failure {}", refund.failure));
+    }
+    if refund.origin == "outside" {
+        line.push_str(", made outside wxmp");
+    }
+    if !refund.received_account.is_empty() {
+        line.push_str(&format!(", received by {}", refund.received_account));
     }
     line
 }

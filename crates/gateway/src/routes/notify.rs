@@ -2,7 +2,8 @@
 //! verifies the signature. The gateway only bounds the body, relays the reply, and throttles
 //! senders of forged notifies.
 //!
-//! The limiter counts only notifies whose signature failed (`bad_signature`): an unknown
+//! The limiter counts only notifies whose signature failed (`bad_signature`; for v2 refund
+//! notifies, which have no signature, those that do not decrypt: `undecryptable`): an unknown
 //! order, a wrong amount or a body our parser rejects can come from WeChat itself, and must
 //! never lock WeChat out. After `GATEWAY_NOTIFY_FAIL_LIMIT` signature failures from a client
 //! IP in `GATEWAY_NOTIFY_FAIL_WINDOW_SECS`, its notifies still reach pay-service, marked
@@ -117,7 +118,7 @@ pub async fn pay_notify(
 }
 
 /// `request`, marked for pay-service when its sender is throttled (authenticate first).
-fn marked<T>(throttled: bool, mut request: tonic::Request<T>) -> tonic::Request<T> {
+pub(crate) fn marked<T>(throttled: bool, mut request: tonic::Request<T>) -> tonic::Request<T> {
     if throttled {
         request.metadata_mut().insert(
             service_kit::grpc::NOTIFY_SENDER_THROTTLED,

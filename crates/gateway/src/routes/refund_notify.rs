@@ -10,10 +10,10 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use wxmp_proto::pay::v1::HandleRefundNotifyRequest;
 
 use super::{
-    notify::{V3Notify, fail, relay_v3, xml},
+    notify::{V3Notify, fail, marked, relay_v3, xml},
     notify_body::{read_bounded, upstream_failure},
 };
-use crate::{request_id::RequestId, server::AppState};
+use crate::{extract, request_id::RequestId, server::AppState};
 
 /// Real refund notifies are about 1.5 KiB; anything this big is not one.
 pub const REFUND_NOTIFY_BODY_LIMIT: usize = 64 * 1024;
@@ -27,6 +27,7 @@ pub const REFUND_NOTIFY_BODY_LIMIT: usize = 64 * 1024;
         (status = 200, description = "return_code SUCCESS (settled, or already settled) or FAIL (refused: undecryptable, unknown or mismatched refund)", body = String, content_type = "text/xml"),
         (status = 400, description = "FAIL: unreadable body", body = String, content_type = "text/xml"),
         (status = 413, description = "FAIL: body too large", body = String, content_type = "text/xml"),
+        (status = 429, description = "FAIL: an undecryptable notify from an address over its budget of undecryptable notifies", body = String, content_type = "text/xml"),
         (status = 500, description = "FAIL: internal error; WeChat retries", body = String, content_type = "text/xml"),
         (status = 503, description = "FAIL: pay-service unavailable; WeChat retries", body = String, content_type = "text/xml"),
     ))]
@@ -36,6 +37,19 @@ pub async fn refund_notify(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
+    // As for pay notifies (see notify.rs): a body that does not decrypt with the merchant key
+    // (`undecryptable`: the v2 refund notify's only credential failed) counts against its
+    // sender; a sender over GATEWAY_NOTIFY_FAIL_LIMIT is marked throttled, and pay-service then
+    // decrypts before anything else and drops a forgery unrecorded (429, `rate_limited`).
+    let client_ip = extract::client_ip(&req, &state.trusted_proxies);
+    let limit = state.notify_fail_limit.as_deref().zip(client_ip);
+    let throttled = match limit {
+        Some((limit, ip)) => limit.exhausted(ip).await,
+        None => false,
+    };
+    if let (true, Some(ip)) = (throttled, client_ip) {
+        tracing::info!(client_ip = %ip, "refund notify from a throttled sender: decrypt first");
+    }
     let body = match read_bounded(&req, payload, REFUND_NOTIFY_BODY_LIMIT).await {
         Ok(body) => body,
         Err(e) => return fail(e.status(), &e.to_string()),
@@ -43,11 +57,14 @@ pub async fn refund_notify(
     let upstreams = &state.upstreams;
     let outcome = upstreams
         .pay()
-        .handle_refund_notify(upstreams.request(
-            &request_id,
-            HandleRefundNotifyRequest {
-                raw_body: body.to_vec(),
-            },
+        .handle_refund_notify(marked(
+            throttled,
+            upstreams.request(
+                &request_id,
+                HandleRefundNotifyRequest {
+                    raw_body: body.to_vec(),
+                },
+            ),
         ))
         .await;
     match outcome {
@@ -56,6 +73,20 @@ pub async fn refund_notify(
             tracing::info!(verdict = %response.verdict, accepted = response.accepted, "refund notify");
             metrics::counter!("wxmp_refund_notify_total", "verdict" => response.verdict.clone())
                 .increment(1);
+            match response.verdict.as_str() {
+                "undecryptable" => {
+                    if let Some((limit, ip)) = limit {
+                        limit.record(ip).await;
+                    }
+                }
+                "rate_limited" => {
+                    if let Some(ip) = client_ip {
+                        tracing::warn!(client_ip = %ip, "refund notify refused: too many undecryptable notifies");
+                    }
+                    return xml(StatusCode::TOO_MANY_REQUESTS, response.reply_xml);
+                }
+                _ => {}
+            }
             xml(StatusCode::OK, response.reply_xml)
         }
         Err(status) => fail(

@@ -17,14 +17,14 @@ use wxmp_proto::{
         auth_service_server::{AuthService, AuthServiceServer},
     },
     pay::v1::{
-        CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
-        GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
-        HandlePayNotifyRequest, HandlePayNotifyResponse, HandlePayNotifyV3Request,
-        HandlePayNotifyV3Response, HandleRefundNotifyRequest, HandleRefundNotifyResponse,
-        HandleRefundNotifyV3Request, HandleRefundNotifyV3Response, JsapiParams,
-        ListProductsRequest, ListProductsResponse, ListRefundsRequest, ListRefundsResponse, Order,
-        OrderState, PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
-        RefundRequest, RefundResponse,
+        ApplyAbnormalRefundRequest, ApplyAbnormalRefundResponse, CloseOrderRequest,
+        CloseOrderResponse, CreateOrderRequest, CreateOrderResponse, GetOrderRequest,
+        GetOrderResponse, GetRefundRequest, GetRefundResponse, HandlePayNotifyRequest,
+        HandlePayNotifyResponse, HandlePayNotifyV3Request, HandlePayNotifyV3Response,
+        HandleRefundNotifyRequest, HandleRefundNotifyResponse, HandleRefundNotifyV3Request,
+        HandleRefundNotifyV3Response, JsapiParams, ListProductsRequest, ListProductsResponse,
+        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -505,17 +505,55 @@ impl PayService for FakePay {
         Err(Status::unimplemented("not for the gateway"))
     }
 
+    /// Plays pay-service's verdicts on v2 refund notifies: a body saying `forged` does not
+    /// decrypt (`undecryptable`, or `rate_limited` from a throttled sender), one saying
+    /// `unknown_refund` gets that verdict, anything else is applied.
     async fn handle_refund_notify(
         &self,
         req: Request<HandleRefundNotifyRequest>,
     ) -> Result<Response<HandleRefundNotifyResponse>, Status> {
         let body = String::from_utf8_lossy(&req.get_ref().raw_body).into_owned();
-        self.0.record("handle_refund_notify", &req, body);
+        let throttled = req
+            .metadata()
+            .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED);
+        self.0.record(
+            if throttled {
+                "handle_refund_notify_throttled"
+            } else {
+                "handle_refund_notify"
+            },
+            &req,
+            body.clone(),
+        );
+        let verdict = if body.contains("forged") {
+            if throttled {
+                "rate_limited"
+            } else {
+                "undecryptable"
+            }
+        } else if body.contains("unknown_refund") {
+            "unknown_refund"
+        } else {
+            return Ok(Response::new(HandleRefundNotifyResponse {
+                reply_xml: REFUND_NOTIFY_REPLY.into(),
+                accepted: true,
+                verdict: "applied".into(),
+            }));
+        };
         Ok(Response::new(HandleRefundNotifyResponse {
-            reply_xml: REFUND_NOTIFY_REPLY.into(),
-            accepted: true,
-            verdict: "applied".into(),
+            reply_xml: format!(
+                "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[{verdict}]]></return_msg></xml>"
+            ),
+            accepted: false,
+            verdict: verdict.into(),
         }))
+    }
+
+    async fn apply_abnormal_refund(
+        &self,
+        _: Request<ApplyAbnormalRefundRequest>,
+    ) -> Result<Response<ApplyAbnormalRefundResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
     }
 }
 

@@ -13,6 +13,12 @@
 
 use wechat::pay::RefundQueryBy;
 
+/// Why ApplyAbnormalRefund refuses a v2 refund: v2 has no 发起异常退款.
+pub const V2_ABNORMAL_HINT: &str = "v2 has no API to re-route an abnormal refund: act in the merchant platform (pay.weixin.qq.com, 交易中心 → 退款管理 → 退款异常); the reconciler then sees its new status";
+
+/// `reason` of a refund made outside wxmp and recorded from WeChat's refundquery.
+pub const OUTSIDE_REASON: &str = "made outside wxmp; recorded from WeChat's refundquery";
+
 use super::store::{self as refund_store, Change, Created, NewRefund, Transition};
 use crate::{
     error::Error,
@@ -20,16 +26,17 @@ use crate::{
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
-        self, ABNORMAL_RECHECK_SECS, API_V2, MAX_REASON_BYTES, Refund, RefundState, Refusal,
-        WxRefundStatus, check_refund, new_out_refund_no, valid_out_refund_no,
+        self, ABNORMAL_RECHECK_SECS, API_V2, AbnormalTarget, MAX_REASON_BYTES, ORIGIN_OUTSIDE,
+        ORIGIN_WXMP, Refund, RefundState, Refusal, WxRefundStatus, check_refund, new_out_refund_no,
+        valid_out_refund_no,
     },
-    wechat_pay::{RefundCallError, SendRefund, is_err_code, map_error, map_refund_error},
+    wechat_pay::{
+        RefundCallError, RefundSeen, SendRefund, is_err_code, map_error, map_refund_error,
+    },
 };
 
 /// Refunds looked at per reconcile pass.
 const BATCH: i64 = 100;
-/// How long the reconciler's claim holds a refund: longer than a WeChat call or two.
-const LEASE_SECS: i64 = 120;
 
 /// What `Refund` asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,6 +140,14 @@ impl Payments {
             updated_at: now,
             // The first send is this call's; the reconciler waits before sending again.
             next_check_at: now + self.inner.settings.reconcile_after_secs,
+            // Bound now, like an order's: every resend is the same request.
+            notify_url: self
+                .inner
+                .settings
+                .refund_notify_url
+                .clone()
+                .unwrap_or_default(),
+            origin: ORIGIN_WXMP.into(),
         };
         match refund_store::create(self.database(), &new).await? {
             Created::New(refund, order) => {
@@ -230,7 +245,7 @@ impl Payments {
                     total_fen: order.amount_fen,
                     refund_fen: refund.amount_fen,
                     reason: (!refund.reason.is_empty()).then_some(refund.reason.as_str()),
-                    notify_url: self.inner.settings.refund_notify_url.as_deref(),
+                    notify_url: self.bound_notify_url(&refund),
                 },
             )
             .await;
@@ -255,6 +270,7 @@ impl Payments {
                     failure: failure.to_owned(),
                     now,
                     next_check_at: self.next_check(to, now),
+                    received_account: seen.received_account,
                 }
             }
             Err(e @ RefundCallError::Unknown(_)) => {
@@ -271,17 +287,40 @@ impl Payments {
                 if e.is_not_enough() {
                     tracing::error!(out_refund_no = %refund.out_refund_no, "merchant balance too low for a refund: top it up, then refund again");
                 }
-                Change {
+                let change = Change {
                     to: RefundState::Failed,
                     refund_id: String::new(),
                     failure: e.code().unwrap_or("REFUSED").to_owned(),
                     now,
                     next_check_at: now,
+                    received_account: String::new(),
+                };
+                let failed = self
+                    .apply(&refund.out_refund_no, &[RefundState::Pending], &change)
+                    .await?;
+                // WeChat may refuse because the order was refunded outside wxmp (the merchant
+                // platform): on v2 its refunds are listed and recorded, so the ledger counts
+                // them and the next over-refund is refused here, nothing sent.
+                if order.pay_api() == crate::config::PayApi::V2
+                    && let Err(e) = self.sync_refunds_from_wechat(order).await
+                {
+                    tracing::warn!(order_no = %order.order_no, error = %e, "refundquery of the order after a refusal failed");
                 }
+                return Ok(failed);
             }
         };
         self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
             .await
+    }
+
+    /// The notify URL a refund is sent with: the one bound at its creation (rows older than
+    /// the binding, `''`: the configured one, as they were sent before).
+    fn bound_notify_url<'a>(&'a self, refund: &'a Refund) -> Option<&'a str> {
+        if refund.notify_url.is_empty() {
+            self.inner.settings.refund_notify_url.as_deref()
+        } else {
+            Some(refund.notify_url.as_str())
+        }
     }
 
     /// A resend of a PENDING refund was refused (`refusal`): WeChat decides. It holds the refund
@@ -309,7 +348,7 @@ impl Payments {
                     "WeChat's refund does not match the refund".into(),
                 ))
             }
-            Ok(seen) => self.settle_from(refund, seen.status, &seen.refund_id).await,
+            Ok(seen) => self.settle_from(refund, &seen).await,
             Err(q) if q.is_not_found() => {
                 tracing::warn!(out_refund_no = %refund.out_refund_no, error = %refusal, "WeChat holds no such refund: the refusal stands");
                 let change = Change {
@@ -318,6 +357,7 @@ impl Payments {
                     failure: refusal.code().unwrap_or("REFUSED").to_owned(),
                     now,
                     next_check_at: now,
+                    received_account: String::new(),
                 };
                 self.apply(&refund.out_refund_no, &[RefundState::Pending], &change)
                     .await
@@ -362,6 +402,81 @@ impl Payments {
         }
     }
 
+    /// Re-routes the money of an ABNORMAL refund (see `ApplyAbnormalRefund` in pay.proto):
+    /// v3 发起异常退款; WeChat answers the refund, processed anew (ABNORMAL → PROCESSING here),
+    /// and it settles by notify or query. A v2 refund: FAILED_PRECONDITION naming the merchant
+    /// platform, v2 has no such API. WeChat's refusal or silence changes nothing here.
+    #[tracing::instrument(skip_all, fields(out_refund_no = %out_refund_no, target = target.kind()))]
+    pub async fn apply_abnormal_refund(
+        &self,
+        out_refund_no: &str,
+        target: AbnormalTarget,
+    ) -> Result<Refund, Error> {
+        target.check().map_err(Error::InvalidArgument)?;
+        let refund = self.get_refund(out_refund_no).await?;
+        if refund.state() != Some(RefundState::Abnormal) {
+            return Err(Error::OrderState(format!(
+                "refund is {}, not ABNORMAL: only an abnormal refund is re-routed",
+                refund.state
+            )));
+        }
+        if refund.api == API_V2 {
+            return Err(Error::OrderState(V2_ABNORMAL_HINT.into()));
+        }
+        if !self.inner.wechat.can_refund(crate::config::PayApi::V3) {
+            return Err(Error::RefundsDisabled);
+        }
+        if refund.refund_id.is_empty() {
+            return Err(Error::Internal(
+                "abnormal refund without WeChat's refund_id".into(),
+            ));
+        }
+        let (bank_type, bank_account, real_name) = match &target {
+            AbnormalTarget::UserBankCard {
+                bank_type,
+                bank_account,
+                real_name,
+            } => (
+                Some(bank_type.clone()),
+                Some(bank_account.clone()),
+                Some(real_name.clone()),
+            ),
+            AbnormalTarget::MerchantBankCard => (None, None, None),
+        };
+        let request = wechat::pay::v3::AbnormalRefundRequest {
+            out_refund_no: refund.out_refund_no.clone(),
+            kind: target.kind().to_owned(),
+            bank_type,
+            bank_account,
+            real_name,
+        };
+        let seen = match self
+            .inner
+            .wechat
+            .apply_abnormal_refund(&refund.refund_id, request)
+            .await
+        {
+            Ok(seen) => seen,
+            Err(e) => {
+                // Unknown (the answer lost: WeChat may have taken it) or refused (WeChat may
+                // have re-routed it already, e.g. in the merchant platform): either way WeChat
+                // is asked soon, not at the hourly cadence of abnormal refunds.
+                tracing::warn!(error = %e, "apply-abnormal-refund not confirmed; the reconciler asks WeChat soon");
+                let soon = self.now() + self.inner.settings.reconcile_after_secs;
+                refund_store::check_again_at(self.database(), &refund.out_refund_no, soon).await?;
+                return Err(map_refund_error(e));
+            }
+        };
+        if seen.out_trade_no != refund.order_no || seen.refund_fen != refund.amount_fen {
+            return Err(Error::Internal(
+                "WeChat's answer names another refund; not applied".into(),
+            ));
+        }
+        tracing::info!(status = ?seen.status, "abnormal refund re-routed at WeChat");
+        refunds::count("rerouted");
+        self.settle_from(&refund, &seen).await
+    }
+
     /// A refund by its out_refund_no.
     pub async fn get_refund(&self, out_refund_no: &str) -> Result<Refund, Error> {
         if out_refund_no.is_empty() {
@@ -384,12 +499,20 @@ impl Payments {
     /// One pass over refunds in flight whose check is due: PENDING ones are sent again (same
     /// out_refund_no), PROCESSING and ABNORMAL ones are asked about (refundquery) and settled
     /// (ABNORMAL ones every [`ABNORMAL_RECHECK_SECS`]).
+    ///
+    /// Each refund is claimed for `PAY_RECONCILE_LEASE_SECS` (as orders are), so a refund
+    /// claimed by a replica that dies mid-call is taken up by another one after that lease,
+    /// not held for longer. The clock is read again for every refund, as the order
+    /// reconciler does: a claim made late in a long pass (slow WeChat calls) runs its lease
+    /// from when it is made, and its next check counts from its own answer, not from the
+    /// start of the pass.
     pub async fn reconcile_refunds_once(&self) -> Result<RefundReconcileReport, Error> {
         let mut report = RefundReconcileReport::default();
-        let now = self.now();
+        let lease_secs = self.inner.settings.reconcile_lease_secs.max(1);
         let db = self.database();
-        for refund in refund_store::due(db, now, BATCH).await? {
-            if !refund_store::claim(db, &refund.out_refund_no, now, now + LEASE_SECS).await? {
+        for refund in refund_store::due(db, self.now(), BATCH).await? {
+            let now = self.now();
+            if !refund_store::claim(db, &refund.out_refund_no, now, now + lease_secs).await? {
                 continue; // another replica has it, or it settled
             }
             let result = match refund.state() {
@@ -418,7 +541,8 @@ impl Payments {
                 }
             }
             // Still in flight: not looked at again before another reconcile_after (an
-            // ABNORMAL one: ABNORMAL_RECHECK_SECS).
+            // ABNORMAL one: ABNORMAL_RECHECK_SECS), counted from this refund's answer.
+            let now = self.now();
             let next = if state == Some(RefundState::Abnormal) {
                 self.next_check(RefundState::Abnormal, now)
             } else {
@@ -439,8 +563,27 @@ impl Payments {
 
     /// Asks WeChat (with the order's API) about a PROCESSING or ABNORMAL refund and settles it
     /// when WeChat has.
+    ///
+    /// On v2 WeChat is asked about the order's refunds (refundquery by out_trade_no): one call
+    /// answers this refund and any other of the order, so refunds made outside wxmp are
+    /// recorded as the reconciler goes ([`Self::sync_refunds_from_wechat`]). When that answer
+    /// does not list this refund (WeChat lists a limited number per order: "如果单个支付订单
+    /// 部分退款次数超过20次请使用退款单号查询") or fails, it is asked about by its own key.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
+        if order.pay_api() == crate::config::PayApi::V2 {
+            match self.sync_refunds_from_wechat(&order).await {
+                Ok(listed) if listed.contains(&refund.out_refund_no) => {
+                    return refund_store::find(self.database(), &refund.out_refund_no)
+                        .await?
+                        .ok_or_else(|| Error::Internal("refund vanished".into()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refundquery of the order failed; asking by out_refund_no");
+                }
+            }
+        }
         let seen = self
             .inner
             .wechat
@@ -452,16 +595,20 @@ impl Payments {
                 "refund query reports a refund that does not match ours; not applied".into(),
             ));
         }
-        self.settle_from(refund, seen.status, &seen.refund_id).await
+        self.settle_from(refund, &seen).await
     }
 
-    /// Applies WeChat's `status` of an in-flight refund (no-op while PROCESSING).
-    async fn settle_from(
-        &self,
-        refund: &Refund,
-        status: WxRefundStatus,
-        refund_id: &str,
-    ) -> Result<Refund, Error> {
+    /// Applies what WeChat says of an in-flight refund (no-op while PROCESSING).
+    ///
+    /// SUCCESS is refunded whatever account took the money: after an abnormal refund was
+    /// re-routed to the merchant's bank account (发起异常退款 MERCHANT_BANK_CARD) WeChat's query
+    /// answers `status` SUCCESS with `user_received_account` 商户结算银行账户 ("退还商户:
+    /// 商户基本账户、商户结算银行账户", 退款结果通知
+    /// <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>): WeChat counts it against the
+    /// order, so the ledger does too; the account is kept on the refund and logged, since the
+    /// payer still has to be paid by other means.
+    async fn settle_from(&self, refund: &Refund, seen: &RefundSeen) -> Result<Refund, Error> {
+        let (status, refund_id) = (seen.status, seen.refund_id.as_str());
         let now = self.now();
         let (to, failure) = match status.settlement() {
             Some(settled) => settled,
@@ -478,27 +625,44 @@ impl Payments {
         if refund.state() == Some(to) {
             return Ok(refund.clone()); // nothing new (e.g. still ABNORMAL)
         }
+        if to == RefundState::Success
+            && refunds::MERCHANT_ACCOUNTS.contains(&seen.received_account.as_str())
+        {
+            tracing::warn!(
+                out_refund_no = %refund.out_refund_no, received_account = %seen.received_account,
+                "refund settled to the merchant's account (abnormal refund re-routed): pay the payer by other means"
+            );
+        }
         let change = Change {
             to,
             refund_id: refund_id.to_owned(),
             failure: failure.to_owned(),
             now,
             next_check_at: self.next_check(to, now),
+            received_account: seen.received_account.clone(),
         };
         self.apply(&refund.out_refund_no, &to.moves_from(), &change)
             .await
     }
 
-    /// `orderquery` said REFUND: record the refunds WeChat lists for the order (those made
-    /// elsewhere, e.g. in the merchant platform, become rows of their own) and settle ours.
+    /// WeChat's v2 refundquery of the order (`refund_count`, `out_refund_no_$n`, ...): record
+    /// the refunds it lists (those made elsewhere, e.g. in the merchant platform, become rows
+    /// of their own with origin `outside`, reserved then settled like ours, so the order's
+    /// `refunded_fen` counts them) and settle ours. Run when `orderquery` says REFUND, when
+    /// the reconciler asks about a v2 refund, and after WeChat refused a v2 refund.
     ///
     /// v2 only: v3 has no refund list per order (查询单笔退款 needs the out_refund_no), so on v3
     /// only the payment is recorded; our own refunds of the order settle by notify or by the
     /// refund reconciler's query, and one made in the merchant platform needs manual review.
-    pub(crate) async fn sync_refunds_from_wechat(&self, order: &Order) -> Result<(), Error> {
+    ///
+    /// Answers the out_refund_nos WeChat listed.
+    pub(crate) async fn sync_refunds_from_wechat(
+        &self,
+        order: &Order,
+    ) -> Result<Vec<String>, Error> {
         if order.pay_api() != crate::config::PayApi::V2 {
             tracing::info!(order_no = %order.order_no, "v3 order has refunds at WeChat; ours settle by notify or query");
-            return Ok(());
+            return Ok(Vec::new());
         }
         let answer = match self
             .inner
@@ -510,7 +674,7 @@ impl Payments {
             .await
         {
             Ok(a) => a,
-            Err(e) if is_err_code(&e, "REFUNDNOTEXIST") => return Ok(()),
+            Err(e) if is_err_code(&e, "REFUNDNOTEXIST") => return Ok(Vec::new()),
             Err(e) => return Err(map_error(e)),
         };
         for item in &answer.refunds {
@@ -522,13 +686,20 @@ impl Payments {
                         out_refund_no: item.out_refund_no.clone(),
                         order_no: order.order_no.clone(),
                         amount_fen: item.refund_fee,
-                        reason: "recorded from WeChat (orderquery REFUND)".into(),
+                        reason: OUTSIDE_REASON.into(),
                         state: RefundState::Pending.as_str().into(),
                         api: API_V2.into(),
                         created_at: now,
                         updated_at: now,
                         next_check_at: now + self.inner.settings.reconcile_after_secs,
+                        notify_url: String::new(),
+                        origin: ORIGIN_OUTSIDE.into(),
                     };
+                    tracing::warn!(
+                        order_no = %order.order_no, out_refund_no = %item.out_refund_no,
+                        refund_fen = item.refund_fee,
+                        "WeChat lists a refund made outside wxmp (merchant platform): recorded against the order"
+                    );
                     match refund_store::create(self.database(), &new).await? {
                         Created::New(r, _) | Created::Existing(r) => r,
                         Created::Refused(_) | Created::NoOrder => {
@@ -544,13 +715,23 @@ impl Payments {
             if refund.state().is_some_and(RefundState::is_final) {
                 continue;
             }
-            self.settle_from(
-                &refund,
-                WxRefundStatus::from_v2(item.status),
-                &item.refund_id,
-            )
-            .await?;
+            if item.refund_fee != refund.amount_fen {
+                tracing::error!(out_refund_no = %item.out_refund_no, "refundquery lists a refund that does not match ours; not applied");
+                continue;
+            }
+            let seen = RefundSeen {
+                refund_id: item.refund_id.clone(),
+                out_trade_no: order.order_no.clone(),
+                refund_fen: item.refund_fee,
+                status: WxRefundStatus::from_v2(item.status),
+                received_account: String::new(),
+            };
+            self.settle_from(&refund, &seen).await?;
         }
-        Ok(())
+        Ok(answer
+            .refunds
+            .iter()
+            .map(|r| r.out_refund_no.clone())
+            .collect())
     }
 }

@@ -129,6 +129,7 @@ impl Payments {
             &refund,
             WxRefundStatus::from_v2(notify.refund_status),
             &notify.refund_id,
+            "",
         )
         .await
     }
@@ -170,6 +171,7 @@ impl Payments {
         refund: &Refund,
         status: WxRefundStatus,
         refund_id: &str,
+        received_account: &str,
     ) -> Result<(&'static str, bool), Error> {
         let Some((to, failure)) = status.settlement() else {
             return Ok(("malformed", false));
@@ -186,6 +188,7 @@ impl Payments {
             } else {
                 now
             },
+            received_account: received_account.to_owned(),
         };
         let from = to.moves_from();
         Ok(
@@ -308,7 +311,12 @@ impl Payments {
             );
             return Ok(("mismatch", false));
         }
-        self.settle_notified(&refund, status, &notice.refund_id)
-            .await
+        self.settle_notified(
+            &refund,
+            status,
+            &notice.refund_id,
+            notice.user_received_account.as_deref().unwrap_or_default(),
+        )
+        .await
     }
 }

@@ -38,6 +38,103 @@ pub const MAX_REASON_BYTES: usize = 80;
 pub const MAX_OUT_REFUND_NO_LEN: usize = 64;
 /// `refunds.api` of a refund recorded from v2's refundquery (refunds made elsewhere).
 pub const API_V2: &str = "v2";
+/// `refunds.origin` of a refund asked for through wxmp.
+pub const ORIGIN_WXMP: &str = "wxmp";
+/// `refunds.origin` of a refund made outside wxmp (e.g. in the merchant platform) that WeChat's
+/// v2 refundquery of its order reported: recorded so the order's totals count it.
+pub const ORIGIN_OUTSIDE: &str = "outside";
+/// WeChat's `user_received_account` of a refund re-routed to the merchant's bank account
+/// ("退还商户: 商户基本账户、商户结算银行账户", 退款结果通知,
+/// <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>): SUCCESS at WeChat, yet the payer
+/// did not get the money.
+pub const MERCHANT_ACCOUNTS: [&str; 2] = ["商户基本账户", "商户结算银行账户"];
+/// The banks whose debit cards 发起异常退款 can send money to (`bank_type`, USER_BANK_CARD):
+/// "仅支持招行、交通银行、农行、建行、工商、中行、平安、浦发、中信、光大、民生、兴业、广发、邮储、宁波银行的借记卡"
+/// (<https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>;
+/// the identifiers as WeChat's API lists them, <https://wechatpay.im/openapi/v3/refund/domestic/refunds/%7Brefund_id%7D/apply-abnormal-refund>).
+pub const ABNORMAL_REFUND_BANK_TYPES: [&str; 15] = [
+    "CMB_DEBIT",
+    "COMM_DEBIT",
+    "ABC_DEBIT",
+    "CCB_DEBIT",
+    "ICBC_DEBIT",
+    "BOC_DEBIT",
+    "PAB_DEBIT",
+    "SPDB_DEBIT",
+    "CITIC_DEBIT",
+    "CEB_DEBIT",
+    "CMBC_DEBIT",
+    "CIB_DEBIT",
+    "GDB_DEBIT",
+    "PSBC_DEBIT",
+    "NBCB_DEBIT",
+];
+
+/// Where 发起异常退款 sends an abnormal refund's money (WeChat's `type`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum AbnormalTarget {
+    /// USER_BANK_CARD: the payer's debit card. Card number and name are personal data: never
+    /// logged (no `Debug` of them) nor stored.
+    UserBankCard {
+        bank_type: String,
+        bank_account: String,
+        real_name: String,
+    },
+    /// MERCHANT_BANK_CARD: the merchant's bank account.
+    MerchantBankCard,
+}
+
+impl std::fmt::Debug for AbnormalTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UserBankCard { bank_type, .. } => {
+                write!(f, "UserBankCard {{ bank_type: {bank_type:?}, .. }}")
+            }
+            Self::MerchantBankCard => f.write_str("MerchantBankCard"),
+        }
+    }
+}
+
+impl AbnormalTarget {
+    /// WeChat's `type`.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::UserBankCard { .. } => "USER_BANK_CARD",
+            Self::MerchantBankCard => "MERCHANT_BANK_CARD",
+        }
+    }
+
+    /// Checks the payer's card details as WeChat requires them ("若退款至用户此字段必填").
+    pub fn check(&self) -> Result<(), String> {
+        let Self::UserBankCard {
+            bank_type,
+            bank_account,
+            real_name,
+        } = self
+        else {
+            return Ok(());
+        };
+        if !ABNORMAL_REFUND_BANK_TYPES.contains(&bank_type.as_str()) {
+            return Err(format!(
+                "bank_type must be one of {}",
+                ABNORMAL_REFUND_BANK_TYPES.join(", ")
+            ));
+        }
+        if !(8..=30).contains(&bank_account.len())
+            || !bank_account.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("bank_account must be 8 to 30 digits".into());
+        }
+        if real_name.trim().is_empty()
+            || real_name.chars().count() > 64
+            || real_name.chars().any(char::is_control)
+        {
+            return Err("real_name must be 1 to 64 characters without control characters".into());
+        }
+        Ok(())
+    }
+}
+
 /// Random characters after `R` + the date in a generated out_refund_no.
 const OUT_REFUND_NO_RANDOM_CHARS: usize = 16;
 
@@ -134,6 +231,13 @@ pub struct Refund {
     pub updated_at: i64,
     pub settled_at: Option<i64>,
     pub next_check_at: i64,
+    /// The refund notify URL bound at creation ('' on rows older than the binding: the
+    /// configured one).
+    pub notify_url: String,
+    /// [`ORIGIN_WXMP`] or [`ORIGIN_OUTSIDE`].
+    pub origin: String,
+    /// Where WeChat says the money went (v3 `user_received_account`), once it says.
+    pub received_account: String,
 }
 
 impl Refund {
@@ -157,6 +261,8 @@ impl Refund {
             created_at: self.created_at,
             updated_at: self.updated_at,
             settled_at: self.settled_at.unwrap_or(0),
+            origin: self.origin.clone(),
+            received_account: self.received_account.clone(),
         }
     }
 
@@ -300,10 +406,17 @@ pub fn valid_out_refund_no(no: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
 }
 
-/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed, abnormal (alert on any
+/// `wxmp_refunds_total{event}`: requested, succeeded, failed, closed, abnormal, rerouted
+/// (ApplyAbnormalRefund taken by WeChat) (alert on any
 /// `abnormal`: its money waits at WeChat for an operator).
 pub(crate) fn count(event: &'static str) {
     metrics::counter!("wxmp_refunds_total", "event" => event).increment(1);
+}
+
+/// Exports `wxmp_refunds_total{event="abnormal"}` at 0 from the start, so that the first
+/// abnormal refund is an `increase()` the alert rule (WxmpRefundAbnormal) sees.
+pub(crate) fn register_metrics() {
+    metrics::counter!("wxmp_refunds_total", "event" => "abnormal").increment(0);
 }
 
 /// Counts a refund reaching `state`.
@@ -399,6 +512,39 @@ mod tests {
         let mut closed = order("REFUNDING", 100, 0, 40);
         closed.closed_at = Some(5);
         assert_eq!(order_state_after(&closed), OrderState::Closed);
+    }
+
+    #[test]
+    fn abnormal_refund_targets_are_checked_as_wechat_requires() {
+        let user = |bank: &str, account: &str, name: &str| AbnormalTarget::UserBankCard {
+            bank_type: bank.into(),
+            bank_account: account.into(),
+            real_name: name.into(),
+        };
+        assert_eq!(
+            user("ICBC_DEBIT", "6222020202020202", "张三").check(),
+            Ok(())
+        );
+        assert_eq!(AbnormalTarget::MerchantBankCard.check(), Ok(()));
+        assert_eq!(
+            AbnormalTarget::MerchantBankCard.kind(),
+            "MERCHANT_BANK_CARD"
+        );
+        for bad in [
+            user("ICBC_CREDIT", "6222020202020202", "张三"),
+            user("ICBC_DEBIT", "6222-0202", "张三"),
+            user("ICBC_DEBIT", "1234567", "张三"),
+            user("ICBC_DEBIT", "6222020202020202", " "),
+            user("ICBC_DEBIT", "6222020202020202", "a\nb"),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        // Card details never reach a log line through Debug.
+        let shown = format!("{:?}", user("ICBC_DEBIT", "6222020202020202", "张三"));
+        assert!(
+            !shown.contains("6222") && !shown.contains("张三"),
+            "{shown}"
+        );
     }
 
     #[test]

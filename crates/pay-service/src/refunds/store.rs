@@ -41,6 +41,10 @@ pub struct NewRefund {
     pub created_at: i64,
     pub updated_at: i64,
     pub next_check_at: i64,
+    /// The refund notify URL sent with it, now and on every resend ('' = none).
+    pub notify_url: String,
+    /// `wxmp`, or `outside` for a refund made elsewhere and recorded from WeChat.
+    pub origin: String,
 }
 
 /// A received refund notify, as stored: `raw_body` is the whole body (up to 8 KiB) once it
@@ -109,6 +113,8 @@ pub struct Change {
     pub now: i64,
     /// The reconciler's next look (ignored once final).
     pub next_check_at: i64,
+    /// Where WeChat says the money went (kept when empty).
+    pub received_account: String,
 }
 
 /// What [`transition`] found (answered once per call, like [`Created`]).
@@ -234,6 +240,17 @@ pub async fn transition(
                     .get_result(conn)
                     .await
                     .optional()?
+            };
+            // Where the money went, when this change says (kept otherwise).
+            let applied = match applied {
+                Some(r) if !change.received_account.is_empty() => Some(
+                    diesel::update(refunds_t::table.filter(refunds_t::id.eq(r.id)))
+                        .set(refunds_t::received_account.eq(&change.received_account))
+                        .returning(Refund::as_returning())
+                        .get_result(conn)
+                        .await?,
+                ),
+                other => other,
             };
             let Some(refund) = applied else {
                 let current: Option<Refund> = refunds_t::table

@@ -162,6 +162,7 @@ impl WechatPay {
             refund_fen: answer.refund_fee,
             // v2 answers acceptance only; the status comes by notify or query.
             status: WxRefundStatus::Processing,
+            received_account: String::new(),
         })
     }
 
@@ -185,6 +186,7 @@ impl WechatPay {
             out_trade_no: answer.out_trade_no.clone(),
             refund_fen: item.refund_fee,
             status: WxRefundStatus::from_v2(item.status),
+            received_account: String::new(),
         })
     }
 }

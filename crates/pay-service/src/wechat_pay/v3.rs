@@ -123,6 +123,18 @@ impl WechatPay {
         seen_v3(result?)
     }
 
+    /// 发起异常退款 of a v3 refund WeChat holds as ABNORMAL.
+    pub(super) async fn apply_abnormal_refund_v3(
+        &self,
+        refund_id: &str,
+        request: wechat::pay::v3::AbnormalRefundRequest,
+    ) -> Result<RefundSeen, RefundCallError> {
+        let v3 = self.v3_for_refund()?;
+        let result = v3.apply_abnormal_refund(refund_id, request).await;
+        count_v3("apply_abnormal_refund", &result);
+        seen_v3(result?)
+    }
+
     pub(super) async fn query_refund_v3(
         &self,
         out_refund_no: &str,
@@ -193,6 +205,7 @@ fn seen_v3(refund: wechat::pay::v3::Refund) -> Result<RefundSeen, RefundCallErro
         out_trade_no: refund.out_trade_no,
         refund_fen: refund.amount.refund,
         status,
+        received_account: refund.user_received_account.unwrap_or_default(),
     })
 }
 
@@ -215,6 +228,7 @@ mod tests {
                 payer_refund: None,
                 currency: None,
             },
+            user_received_account: None,
         };
         let seen = seen_v3(refund("PROCESSING")).unwrap();
         assert_eq!(

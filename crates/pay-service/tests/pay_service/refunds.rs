@@ -1669,3 +1669,404 @@ mod v3_only {
 async fn secapi_requires_the_merchant_certificate() {
     the_secapi_port_requires_the_merchant_certificate(Backend::Sqlite).await;
 }
+
+/// Two refunds of 100 fen PENDING: their first sends failed before WeChat saw them (503).
+async fn two_pending(env: &Env, api: Api, order_no: &str, keys: [&str; 2]) {
+    set_faults(
+        env,
+        json!({ "http_status": 503, "times": 2, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    for key in keys {
+        let err = refund(env, order_no, 100, key).await.unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    }
+    assert!(at_wechat(env, order_no).await.is_empty());
+}
+
+/// A replica dies (SIGKILL: its pass is dropped) while WeChat holds the answer to its resend:
+/// its claim on the refund lasts PAY_RECONCILE_LEASE_SECS, not a hard-coded two minutes, and
+/// then another replica sends it again (issue 23: the lease ignored the setting). Failed
+/// before: the survivor's pass after the 5 s lease resent nothing.
+async fn a_dead_replicas_claim_lasts_only_the_lease(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 31).await;
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 200, "lease-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    let lease = |c: &mut pay_service::Config| c.reconcile_lease_secs = 5;
+    let dying = env.replica_with(lease);
+    set_faults(
+        &env,
+        json!({ "refund_reply_delay_ms": 30000, "drop_notify": true, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let pass = tokio::spawn(async move { dying.reconcile_refunds_once().await });
+    eventually(|| async { at_wechat(&env, &order.order_no).await.len() == 1 }).await;
+    pass.abort();
+    assert!(pass.await.unwrap_err().is_cancelled());
+    let survivor = env.replica_with(lease);
+    // Within the lease the refund is the dead replica's...
+    assert_eq!(survivor.reconcile_refunds_once().await.unwrap().resent, 0);
+    // ...after it, the survivor's.
+    env.clock.advance(6);
+    let report = survivor.reconcile_refunds_once().await.unwrap();
+    assert_eq!((report.resent, report.errors), (1, 0));
+    eventually(|| async {
+        let _ = survivor.reconcile_refunds_once().await;
+        get_refund(&env, "lease-1").await.state == pb::RefundState::RefundSuccess as i32
+    })
+    .await;
+    let wechat = at_wechat(&env, &order.order_no).await;
+    assert_eq!(wechat.len(), 1, "one refund at WeChat");
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (200, 0)
+    );
+}
+
+/// The refund reconciler reads its clock per refund, as the order reconciler does: in a pass
+/// slowed by WeChat, a refund claimed later holds its lease (and its next check) from then,
+/// not from the start of the pass, when it would be born expired and another replica could
+/// take it at once. Failed before: the second refund's claim ran from the pass's start.
+async fn the_refund_reconciler_reads_its_clock_per_refund(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 32).await;
+    two_pending(&env, api, &order.order_no, ["clock-1", "clock-2"]).await;
+    set_faults(
+        &env,
+        json!({ "refund_reply_delay_ms": 1500, "drop_notify": true, "times": 2, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let start = env.clock.now();
+    let replica = env.replica();
+    let pass = tokio::spawn(async move { replica.reconcile_refunds_once().await });
+    eventually(|| async { at_wechat(&env, &order.order_no).await.len() == 1 }).await;
+    let first = at_wechat(&env, &order.order_no).await[0]["out_refund_no"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let later = if first == "clock-1" {
+        "clock-2"
+    } else {
+        "clock-1"
+    };
+    // 1000 s pass while WeChat answers the first one.
+    env.clock.advance(1000);
+    eventually(|| async { at_wechat(&env, &order.order_no).await.len() == 2 }).await;
+    let claimed = refunds::store::find(env.pay.database(), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        claimed.next_check_at >= start + 1000,
+        "claimed at {} for a pass that started at {start}",
+        claimed.next_check_at
+    );
+    let report = pass.await.unwrap().unwrap();
+    assert_eq!((report.resent, report.errors), (2, 0));
+    let after = refunds::store::find(env.pay.database(), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.next_check_at >= start + 1000, "{after:?}");
+}
+
+/// A refund's notify URL is bound when it is created, like an order's: a replica configured
+/// with another PAY_REFUND_NOTIFY_URL sends it again with the first URL (the same request),
+/// and its notify reaches us there. Failed before: the resend carried the replica's URL.
+async fn a_refund_keeps_the_notify_url_it_was_created_with(backend: Backend, api: Api) {
+    let env = Env::refunding_on(backend, api).await;
+    let order = paid_order(&env, 33).await;
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": api.refund_path() }),
+    )
+    .await;
+    let err = refund(&env, &order.order_no, 150, "bound-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    let moved = env.replica_with(|c| {
+        c.refunds.refund_notify_url = Some("http://127.0.0.1:9/moved/refund-notify".into());
+    });
+    let report = moved.reconcile_refunds_once().await.unwrap();
+    assert_eq!((report.resent, report.errors), (1, 0));
+    let bound = env.config.refunds.refund_notify_url.clone().unwrap();
+    let (held, expected) = match api {
+        Api::V2 => (
+            sandbox_get(&env, "/sandbox/refunds/bound-1").await,
+            bound.clone(),
+        ),
+        Api::V3 => (
+            sandbox_get(&env, "/sandbox/v3/refunds/bound-1").await,
+            format!("{}/v3", bound.trim_end_matches('/')),
+        ),
+    };
+    assert_eq!(held["notify_url"], expected.as_str());
+    // Its notify reaches the bound URL and settles it.
+    wait_refund(&env, "bound-1", pb::RefundState::RefundSuccess).await;
+    stored_verdict(&env, "bound-1").await;
+}
+
+/// Refunds made outside wxmp (the merchant platform) are not ignored (issue 23): WeChat's v2
+/// refundquery of the order lists them, and they are recorded against the order with origin
+/// `outside`, so refunded_fen counts them and an over-refund is refused here, nothing sent.
+/// Learnt when WeChat refuses a refund of ours, and by the reconciler's query of the order.
+/// Failed before: the refused refund left the ledger at 0 refunded and the next one was sent.
+async fn refunds_made_outside_wxmp_are_recorded_and_counted(backend: Backend) {
+    let env = Env::refunding(backend).await;
+    let order = paid_order(&env, 34).await;
+    let outside = |order_no: String, fee: i64, no: &'static str| {
+        let env = &env;
+        async move {
+            let r = env
+                .http
+                .post(env.sandbox.url("/sandbox/refunds/outside"))
+                .json(&json!({ "out_trade_no": order_no, "refund_fee": fee, "out_refund_no": no }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+            eventually(|| async {
+                sandbox_get(env, &format!("/sandbox/refunds/{no}")).await["refund_status"]
+                    == "SUCCESS"
+            })
+            .await;
+        }
+    };
+    outside(order.order_no.clone(), 900, "platform-9").await;
+    // Our ledger does not know yet: a refund of 200 goes to WeChat, which refuses it...
+    let refused = refund(&env, &order.order_no, 200, "over-1").await.unwrap();
+    assert_eq!(
+        refused.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32
+    );
+    // ...and the order's refundquery is read: the outside refund is recorded and counted.
+    let recorded = get_refund(&env, "platform-9").await;
+    assert_eq!(
+        (
+            recorded.state,
+            recorded.amount_fen,
+            recorded.origin.as_str()
+        ),
+        (pb::RefundState::RefundSuccess as i32, 900, "outside")
+    );
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (900, 0)
+    );
+    let err = refund(&env, &order.order_no, 200, "over-2")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::RefundExceedsPaid);
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 1);
+    // What is left refunds as usual.
+    refund(&env, &order.order_no, 90, "rest-1").await.unwrap();
+    wait_refund(&env, "rest-1", pb::RefundState::RefundSuccess).await;
+    let done = env.get(&order.order_no, 0).await.unwrap();
+    assert_eq!(
+        (done.state, refunded(&done)),
+        (pb::OrderState::Refunded as i32, (990, 0))
+    );
+    let events: Vec<_> = refund_events(&env)
+        .await
+        .into_iter()
+        .filter(|(kind, e)| {
+            kind == "REFUND_SUCCEEDED" && e["refund"]["out_refund_no"] == "platform-9"
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    // The reconciler's query of one of our refunds lists the order's others too.
+    let second = paid_order(&env, 35).await;
+    set_faults(
+        &env,
+        json!({ "refund_hold": true, "drop_notify": true, "times": 1, "path_prefix": "/secapi/" }),
+    )
+    .await;
+    refund(&env, &second.order_no, 100, "mine-1").await.unwrap();
+    outside(second.order_no.clone(), 300, "platform-3").await;
+    let report = env.pay.reconcile_refunds_once().await.unwrap();
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(
+        get_refund(&env, "platform-3").await.state,
+        pb::RefundState::RefundSuccess as i32
+    );
+    assert_eq!(
+        refunded(&env.get(&second.order_no, 0).await.unwrap()),
+        (300, 100)
+    );
+}
+
+async fn apply(
+    env: &Env,
+    out_refund_no: &str,
+    target: pb::AbnormalRefundTarget,
+    card: Option<(&str, &str, &str)>,
+) -> Result<pb::RefundRecord, Status> {
+    let (bank_type, bank_account, real_name) = card.unwrap_or_default();
+    PayService::apply_abnormal_refund(
+        &env.pay,
+        Request::new(pb::ApplyAbnormalRefundRequest {
+            out_refund_no: out_refund_no.into(),
+            target: target as i32,
+            bank_type: bank_type.into(),
+            bank_account: bank_account.into(),
+            real_name: real_name.into(),
+        }),
+    )
+    .await
+    .map(|r| r.into_inner().refund.unwrap())
+}
+
+/// v3 发起异常退款: an ABNORMAL refund's money re-routed to the payer's debit card (card number
+/// and name sealed for WeChat's public key; the sandbox opens them) or to the merchant's bank
+/// account. WeChat processes it anew (PROCESSING, the amount still reserved), then SUCCESS
+/// with where the money went: the card, or 商户结算银行账户 (the payer then paid otherwise).
+async fn abnormal_refunds_are_rerouted_on_v3(backend: Backend) {
+    use pb::AbnormalRefundTarget::{MerchantBankCard, UserBankCard};
+    let env = Env::refunding_on(backend, Api::V3).await;
+    set_faults(
+        &env,
+        json!({ "refund_change": true, "path_prefix": "/v3/refund/domestic/refunds" }),
+    )
+    .await;
+    let order = paid_order(&env, 36).await;
+    refund(&env, &order.order_no, 300, "abn-1").await.unwrap();
+    refund(&env, &order.order_no, 200, "abn-2").await.unwrap();
+    wait_refund(&env, "abn-1", pb::RefundState::RefundAbnormal).await;
+    wait_refund(&env, "abn-2", pb::RefundState::RefundAbnormal).await;
+    set_faults(&env, json!({})).await;
+    // Bad input: a clear error, nothing sent.
+    for (card, why) in [
+        (("VISA_CREDIT", "6222020202020202", "张三"), "bank_type"),
+        (("ICBC_DEBIT", "6222 0202", "张三"), "bank_account"),
+        (("ICBC_DEBIT", "6222020202020202", ""), "real_name"),
+    ] {
+        let err = apply(&env, "abn-1", UserBankCard, Some(card))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), ErrorReason::InvalidArgument, "{why}");
+        assert!(err.message().contains(why), "{err:?}");
+    }
+    let err = apply(
+        &env,
+        "abn-1",
+        MerchantBankCard,
+        Some(("ICBC_DEBIT", "", "")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::InvalidArgument);
+    let err = apply(&env, "nope-1", MerchantBankCard, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::NotFound);
+    let err = apply(&env, "abn-1", pb::AbnormalRefundTarget::Unspecified, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::MissingParameter);
+    assert_eq!(wechat_status(&env, "abn-1").await, "ABNORMAL");
+    // WeChat does not answer: nothing changes here, but WeChat is asked soon, not in an hour.
+    set_faults(
+        &env,
+        json!({ "http_status": 503, "times": 1, "path_prefix": "/v3/refund/domestic/refunds" }),
+    )
+    .await;
+    let err = apply(&env, "abn-1", MerchantBankCard, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::WechatUnavailable);
+    let row = refunds::store::find(env.pay.database(), "abn-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.state(), Some(RefundState::Abnormal));
+    assert!(row.next_check_at <= env.clock.now() + 1, "{row:?}");
+    assert_eq!(wechat_status(&env, "abn-1").await, "ABNORMAL");
+
+    let rerouted = apply(
+        &env,
+        "abn-1",
+        UserBankCard,
+        Some(("ICBC_DEBIT", "6222020202020202", "张三")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rerouted.state, pb::RefundState::RefundProcessing as i32);
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (0, 500)
+    );
+    let settled = wait_refund(&env, "abn-1", pb::RefundState::RefundSuccess).await;
+    assert_eq!(settled.received_account, "工商银行借记卡0202");
+    // Only an abnormal refund is re-routed.
+    let err = apply(&env, "abn-1", MerchantBankCard, None)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::OrderState);
+
+    apply(&env, "abn-2", MerchantBankCard, None).await.unwrap();
+    let settled = wait_refund(&env, "abn-2", pb::RefundState::RefundSuccess).await;
+    assert_eq!(settled.received_account, "商户结算银行账户");
+    assert_eq!(
+        refunded(&env.get(&order.order_no, 0).await.unwrap()),
+        (500, 0)
+    );
+    let at = sandbox_get(&env, "/sandbox/v3/refunds/abn-2").await;
+    assert_eq!(
+        (at["status"].as_str(), at["received_account"].as_str()),
+        (Some("SUCCESS"), Some("商户结算银行账户"))
+    );
+}
+
+/// v2 has no 发起异常退款: FAILED_PRECONDITION naming the merchant platform, nothing changed.
+async fn v2_abnormal_refunds_are_rerouted_in_the_merchant_platform(backend: Backend) {
+    let env = Env::refunding(backend).await;
+    set_faults(
+        &env,
+        json!({ "refund_change": true, "path_prefix": "/secapi/" }),
+    )
+    .await;
+    let order = paid_order(&env, 37).await;
+    refund(&env, &order.order_no, 300, "abn-v2").await.unwrap();
+    wait_refund(&env, "abn-v2", pb::RefundState::RefundAbnormal).await;
+    let err = apply(
+        &env,
+        "abn-v2",
+        pb::AbnormalRefundTarget::MerchantBankCard,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("merchant platform"), "{err:?}");
+    assert_eq!(
+        get_refund(&env, "abn-v2").await.state,
+        pb::RefundState::RefundAbnormal as i32
+    );
+}
+
+mod issue_23_rest {
+    use super::*;
+
+    on_both_backends_and_apis!(
+        api = crate::helpers::Api;
+        a_dead_replicas_claim_lasts_only_the_lease,
+        the_refund_reconciler_reads_its_clock_per_refund,
+        a_refund_keeps_the_notify_url_it_was_created_with,
+    );
+
+    on_both_backends!(
+        refunds_made_outside_wxmp_are_recorded_and_counted,
+        abnormal_refunds_are_rerouted_on_v3,
+        v2_abnormal_refunds_are_rerouted_in_the_merchant_platform,
+    );
+}

@@ -61,6 +61,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/refund/domestic/refunds/{out_refund_no}",
                 web::get().to(refund_query),
             )
+            .route(
+                "/refund/domestic/refunds/{refund_id}/apply-abnormal-refund",
+                web::post().to(apply_abnormal_refund),
+            )
             .route("/certificates", web::get().to(certificates)),
     );
 }
@@ -420,7 +424,7 @@ fn refund_json(r: &V3Refund) -> Value {
     let mut out = json!({
         "refund_id": r.refund_id, "out_refund_no": r.out_refund_no,
         "transaction_id": r.transaction_id, "out_trade_no": r.out_trade_no,
-        "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
+        "channel": "ORIGINAL", "user_received_account": r.received_account(),
         "create_time": rfc3339_ms(r.created_at_ms),
         "status": r.status,
         "funds_account": "AVAILABLE",
@@ -442,7 +446,7 @@ fn refund_notice(r: &V3Refund) -> Value {
     let mut out = json!({
         "mchid": r.mchid, "out_trade_no": r.out_trade_no, "transaction_id": r.transaction_id,
         "out_refund_no": r.out_refund_no, "refund_id": r.refund_id,
-        "refund_status": r.status, "user_received_account": "支付用户零钱",
+        "refund_status": r.status, "user_received_account": r.received_account(),
         "amount": { "total": r.total, "refund": r.refund, "payer_total": r.total,
                     "payer_refund": r.refund },
     });
@@ -584,6 +588,8 @@ fn create_refund(
         requests: 1,
         notify_state: "none".into(),
         notify_attempts: 0,
+        received_account: None,
+        reroute: None,
         faults: faults.clone(),
     };
     let answer = refund_json(&record);
@@ -696,6 +702,10 @@ pub fn conclude_refund(
         r.status = end.as_str().into();
         if end == V3RefundEnd::Success {
             r.success_time = Some(rfc3339_ms(clock::unix_ms()));
+            // A re-routed abnormal refund lands where 发起异常退款 sent it.
+            if let Some((_, account)) = &r.reroute {
+                r.received_account = Some(account.clone());
+            }
         }
         match &r.notify_url {
             None => None,
@@ -813,4 +823,131 @@ async fn certificates(
         Vec::new()
     };
     signed(v3, StatusCode::OK, json!({ "data": data }).to_string())
+}
+
+/// A bank's name in `user_received_account` ("退回银行卡: {银行名称}{卡类型}{卡尾号}", 退款结果通知
+/// <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>), by 发起异常退款's `bank_type`.
+fn bank_name(bank_type: &str) -> Option<&'static str> {
+    Some(match bank_type {
+        "CMB_DEBIT" => "招商银行",
+        "COMM_DEBIT" => "交通银行",
+        "ABC_DEBIT" => "农业银行",
+        "CCB_DEBIT" => "建设银行",
+        "ICBC_DEBIT" => "工商银行",
+        "BOC_DEBIT" => "中国银行",
+        "PAB_DEBIT" => "平安银行",
+        "SPDB_DEBIT" => "浦发银行",
+        "CITIC_DEBIT" => "中信银行",
+        "CEB_DEBIT" => "光大银行",
+        "CMBC_DEBIT" => "民生银行",
+        "CIB_DEBIT" => "兴业银行",
+        "GDB_DEBIT" => "广发银行",
+        "PSBC_DEBIT" => "邮储银行",
+        "NBCB_DEBIT" => "宁波银行",
+        _ => return None,
+    })
+}
+
+/// 发起异常退款 (`POST /v3/refund/domestic/refunds/{refund_id}/apply-abnormal-refund`,
+/// <https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>):
+/// for a refund whose status is ABNORMAL, `out_refund_no` and `type` USER_BANK_CARD (with
+/// `bank_type` of one of the 15 banks' debit cards, and `bank_account` / `real_name` sealed for
+/// the key the request's `Wechatpay-Serial` names) or MERCHANT_BANK_CARD. Answers the refund,
+/// processed anew (PROCESSING); after `refund_after_ms` × the time scale it is SUCCESS with
+/// `user_received_account` the payer's card ("{银行名称}借记卡{卡尾号}") or, re-routed to the
+/// merchant, 商户结算银行账户 ("退还商户: 商户基本账户、商户结算银行账户", 退款结果通知
+/// <https://pay.weixin.qq.com/doc/v3/merchant/4012082022>), and its REFUND.SUCCESS notify
+/// follows.
+async fn apply_abnormal_refund(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mchid = match authenticate(&sandbox, &req, &body) {
+        Ok(m) => m,
+        Err(resp) => return *resp,
+    };
+    let v3 = &sandbox.v3;
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return param_error(v3, "输入源“/body”映射到值失败");
+    };
+    let (Some(out_refund_no), Some(kind)) = (
+        str_field(&request, "out_refund_no"),
+        str_field(&request, "type"),
+    ) else {
+        return param_error(v3, "out_refund_no 与 type 为必填");
+    };
+    let account = match kind {
+        "MERCHANT_BANK_CARD" => "商户结算银行账户".to_owned(),
+        "USER_BANK_CARD" => {
+            let serial = REQUEST_SERIAL
+                .try_with(Clone::clone)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let open = |name: &str| {
+                str_field(&request, name).and_then(|v| crypto::open_sensitive(&serial, v))
+            };
+            let Some(bank) = str_field(&request, "bank_type").and_then(bank_name) else {
+                return param_error(v3, "bank_type 不支持: 仅支持15家银行的借记卡");
+            };
+            let (Some(card), Some(_name)) = (open("bank_account"), open("real_name")) else {
+                return param_error(
+                    v3,
+                    "bank_account 与 real_name 须用 Wechatpay-Serial 所指的微信支付公钥加密",
+                );
+            };
+            if card.len() < 4 || !card.bytes().all(|b| b.is_ascii_digit()) {
+                return param_error(v3, "bank_account 格式错误");
+            }
+            format!("{bank}借记卡{}", &card[card.len() - 4..])
+        }
+        _ => return param_error(v3, "type 须为 USER_BANK_CARD 或 MERCHANT_BANK_CARD"),
+    };
+    let answer = {
+        let mut state = v3.state();
+        let Some(r) = state
+            .refunds
+            .values_mut()
+            .find(|r| r.refund_id == path.as_str() && r.mchid == mchid)
+        else {
+            drop(state);
+            return error(v3, 404, "RESOURCE_NOT_EXISTS", "退款单不存在");
+        };
+        if r.out_refund_no != out_refund_no {
+            drop(state);
+            return param_error(v3, "out_refund_no 与 refund_id 不匹配");
+        }
+        if r.status != "ABNORMAL" {
+            drop(state);
+            return error(
+                v3,
+                400,
+                "INVALID_REQUEST",
+                "退款单状态不是退款异常，不能发起异常退款",
+            );
+        }
+        r.status = "PROCESSING".into();
+        r.reroute = Some((kind.to_owned(), account));
+        refund_json(r)
+    };
+    let sandbox = Arc::clone(&sandbox.clone().into_inner());
+    let no = out_refund_no.to_owned();
+    let runtime = sandbox.runtime.clone();
+    runtime.spawn(async move {
+        let shutdown = sandbox.shutdown.clone();
+        let delay = Duration::from_secs_f64(
+            sandbox.v3.refund_after_ms as f64 * sandbox.v3.time_scale / 1000.0,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {
+                // Re-routed money settles (the faults of the first request made it abnormal;
+                // they do not apply again).
+                let _ = conclude_refund(&sandbox, &no, V3RefundEnd::Success);
+            }
+            _ = shutdown.wait() => {}
+        }
+    });
+    signed(v3, StatusCode::OK, answer.to_string())
 }

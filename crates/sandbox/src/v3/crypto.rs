@@ -142,6 +142,33 @@ pub fn resource_nonce() -> [u8; 12] {
     out
 }
 
+/// Opens a sensitive request field (敏感信息加密: RSAES-OAEP with SHA-1 / MGF1-SHA-1, base64)
+/// sealed for WeChat's key of `serial` (the request's `Wechatpay-Serial`: the public key id or
+/// a platform certificate serial), as 发起异常退款's `bank_account` / `real_name` are
+/// (<https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>).
+/// `None`: an unknown serial, or not sealed for that key.
+pub fn open_sensitive(serial: &str, sealed_b64: &str) -> Option<String> {
+    use super::keys::dev;
+    use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+    use base64::Engine as _;
+    let pem = match serial {
+        s if s == dev::PUBLIC_KEY_ID => dev::WECHATPAY_PRIVATE_KEY,
+        s if s == dev::PLATFORM_A_SERIAL => dev::PLATFORM_A_KEY,
+        s if s == dev::PLATFORM_B_SERIAL => dev::PLATFORM_B_KEY,
+        _ => return None,
+    };
+    let der = pem_body(pem, "PRIVATE KEY")?;
+    let key = OaepPrivateDecryptingKey::new(PrivateDecryptingKey::from_pkcs8(&der).ok()?).ok()?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(sealed_b64)
+        .ok()?;
+    let mut out = vec![0u8; key.min_output_size()];
+    let plain = key
+        .decrypt(&OAEP_SHA1_MGF1SHA1, &sealed, &mut out, None)
+        .ok()?;
+    String::from_utf8(plain.to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +214,35 @@ mod tests {
         let sig = signer.sign(&msg);
         assert!(verify(dev::MERCHANT_PUBLIC_KEY, &msg, &sig));
         assert!(!verify(dev::WECHATPAY_PUBLIC_KEY, &msg, &sig));
+    }
+
+    #[test]
+    fn sensitive_fields_open_with_the_key_the_serial_names() {
+        use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+        use base64::Engine as _;
+        let der = pem_body(crate::v3::keys::dev::WECHATPAY_PUBLIC_KEY, "PUBLIC KEY").unwrap();
+        let key =
+            OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&der).unwrap()).unwrap();
+        let mut out = vec![0u8; key.ciphertext_size()];
+        let sealed = key
+            .encrypt(
+                &OAEP_SHA1_MGF1SHA1,
+                "6222020202020202".as_bytes(),
+                &mut out,
+                None,
+            )
+            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sealed);
+        let id = crate::v3::keys::dev::PUBLIC_KEY_ID;
+        assert_eq!(
+            open_sensitive(id, &b64).as_deref(),
+            Some("6222020202020202")
+        );
+        assert_eq!(
+            open_sensitive(crate::v3::keys::dev::PLATFORM_A_SERIAL, &b64),
+            None
+        );
+        assert_eq!(open_sensitive("nobody", &b64), None);
+        assert_eq!(open_sensitive(id, "not base64!"), None);
     }
 }

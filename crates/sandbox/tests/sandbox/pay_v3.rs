@@ -10,9 +10,9 @@ use sandbox::v3::{Mode, dev};
 use sandbox::{Config, SandboxHandle};
 use serde_json::{Value, json};
 use wechat::pay::v3::{
-    ApiV3Key, JsapiOrder, Merchant, MerchantKey, NotifyError, OrderAmount, Payer, PlatformKeys,
-    PublicKey, RefundAmountRequest, RefundRequest, SignatureHeaders, V3Client, V3Error,
-    VerifyError,
+    AbnormalRefundRequest, ApiV3Key, JsapiOrder, Merchant, MerchantKey, NotifyError, OrderAmount,
+    Payer, PlatformKeys, PublicKey, RefundAmountRequest, RefundRequest, SignatureHeaders, V3Client,
+    V3Error, VerifyError,
 };
 use wechat::{WechatClient, WechatConfig};
 use wxmp_testkit::http::TestServer;
@@ -968,4 +968,115 @@ async fn console_buttons_settle_fail_and_close_held_v3_refunds() {
             format!("refused: refund {no} is {status}, not PROCESSING")
         );
     }
+}
+
+/// 发起异常退款 as WeChat's document describes it: only an ABNORMAL refund is re-routed
+/// (INVALID_REQUEST otherwise), `out_refund_no`, `type` and `bank_type` are checked, the card
+/// fields are opened with the key `Wechatpay-Serial` names; then PROCESSING, and SUCCESS with
+/// `user_received_account` the payer's card or 商户结算银行账户, with its REFUND.SUCCESS notify.
+#[tokio::test]
+async fn apply_abnormal_refund_reroutes_only_abnormal_refunds() {
+    let sb = start(Mode::PublicKey).await;
+    let client = client(&sb, public_key_mode());
+    let receiver = Receiver::start(client.clone()).await;
+    let prepay = client
+        .jsapi(order("V3AB0001", &receiver.url))
+        .await
+        .unwrap();
+    let (status, _) = post(&sb, "/sandbox/pay", request_payment(&prepay)).await;
+    assert_eq!(status, 200);
+    receiver.wait_for(1).await;
+    let refund = |no: &str| RefundRequest {
+        out_trade_no: "V3AB0001".into(),
+        out_refund_no: no.into(),
+        reason: None,
+        notify_url: Some(receiver.url.clone()),
+        amount: RefundAmountRequest {
+            refund: 30,
+            total: 321,
+            currency: "CNY".into(),
+        },
+    };
+    let (status, _) = post(&sb, "/sandbox/faults", json!({"refund_change": true})).await;
+    assert_eq!(status, 200);
+    let card = client.refund(&refund("V3AB-card")).await.unwrap();
+    let merchant = client.refund(&refund("V3AB-merchant")).await.unwrap();
+    let (status, _) = post(&sb, "/sandbox/faults", json!({})).await;
+    assert_eq!(status, 200);
+    let ok = client.refund(&refund("V3AB-ok")).await.unwrap();
+    receiver.wait_for(4).await;
+    assert_eq!(
+        client.query_refund("V3AB-card").await.unwrap().status,
+        "ABNORMAL"
+    );
+    let to_card = |no: &str, bank: &str| AbnormalRefundRequest {
+        out_refund_no: no.into(),
+        kind: "USER_BANK_CARD".into(),
+        bank_type: Some(bank.into()),
+        bank_account: Some("6222020202020202".into()),
+        real_name: Some("张三".into()),
+    };
+    // Not abnormal, unknown, mismatched, or malformed: refused, nothing changes.
+    let err = client
+        .apply_abnormal_refund(&ok.refund_id, to_card("V3AB-ok", "ICBC_DEBIT"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("INVALID_REQUEST"), "{err:?}");
+    let err = client
+        .apply_abnormal_refund("50000000000000000000", to_card("V3AB-card", "ICBC_DEBIT"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("RESOURCE_NOT_EXISTS"), "{err:?}");
+    for (id, request) in [
+        (&card.refund_id, to_card("V3AB-merchant", "ICBC_DEBIT")),
+        (&card.refund_id, to_card("V3AB-card", "VISA_CREDIT")),
+        (
+            &card.refund_id,
+            AbnormalRefundRequest {
+                kind: "TO_MY_POCKET".into(),
+                ..to_card("V3AB-card", "ICBC_DEBIT")
+            },
+        ),
+    ] {
+        let err = client.apply_abnormal_refund(id, request).await.unwrap_err();
+        assert_eq!(err.code(), Some("PARAM_ERROR"), "{err:?}");
+    }
+    assert_eq!(
+        client.query_refund("V3AB-card").await.unwrap().status,
+        "ABNORMAL"
+    );
+
+    let rerouted = client
+        .apply_abnormal_refund(&card.refund_id, to_card("V3AB-card", "ICBC_DEBIT"))
+        .await
+        .unwrap();
+    assert_eq!(rerouted.status, "PROCESSING");
+    let rerouted = client
+        .apply_abnormal_refund(
+            &merchant.refund_id,
+            AbnormalRefundRequest {
+                out_refund_no: "V3AB-merchant".into(),
+                kind: "MERCHANT_BANK_CARD".into(),
+                bank_type: None,
+                bank_account: None,
+                real_name: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rerouted.status, "PROCESSING");
+    receiver.wait_for(6).await;
+    let card = client.query_refund("V3AB-card").await.unwrap();
+    assert_eq!(
+        (card.status.as_str(), card.user_received_account.as_deref()),
+        ("SUCCESS", Some("工商银行借记卡0202"))
+    );
+    let merchant = client.query_refund("V3AB-merchant").await.unwrap();
+    assert_eq!(
+        (
+            merchant.status.as_str(),
+            merchant.user_received_account.as_deref()
+        ),
+        ("SUCCESS", Some("商户结算银行账户"))
+    );
 }

@@ -26,8 +26,8 @@ pub use client::{Merchant, V3Client};
 pub use error::V3Error;
 pub use keys::{KeyError, MerchantKey, PublicKey};
 pub use model::{
-    JsapiOrder, OrderAmount, Payer, Refund, RefundAmountRequest, RefundNotice, RefundNoticeAmount,
-    RefundRequest, Transaction,
+    AbnormalRefundRequest, JsapiOrder, OrderAmount, Payer, Refund, RefundAmountRequest,
+    RefundNotice, RefundNoticeAmount, RefundRequest, Transaction,
 };
 pub use notify::{Notification, NotifyError, OpenedNotify};
 pub use verify::{PlatformCertificate, PlatformKeys, SignatureHeaders, VerifyError};

@@ -218,3 +218,57 @@ async fn with_redis_down_each_replica_limits_locally_and_says_so() {
     gateway_b.await.unwrap().unwrap();
     s.stop().await;
 }
+
+async fn post_refund_notify(s: &Stack, base: &str, body: &str) -> (u16, String) {
+    let res = s
+        .http
+        .post(format!("{base}/pay/refund-notify"))
+        .header("content-type", "text/xml")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// Issue 23: v2 refund notifies have no signature; one that does not decrypt with the merchant
+/// key counts against its sender as a forged pay notify does. Other refusals (an unknown
+/// refund) never count; over the budget the sender's notifies reach pay-service marked
+/// throttled (a forgery then 429), and a genuine one is still accepted.
+#[tokio::test]
+async fn undecryptable_refund_notifies_count_in_the_notify_throttle() {
+    let s = start(Options {
+        notify_fail_limit: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let base = s.base.clone();
+    for _ in 0..10 {
+        let (status, text) = post_refund_notify(&s, &base, "<xml>unknown_refund</xml>").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    for _ in 0..3 {
+        let (status, text) = post_refund_notify(&s, &base, "<xml>forged</xml>").await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("FAIL"), "{text}");
+    }
+    assert_eq!(s.calls.of("handle_refund_notify").len(), 13);
+    assert!(s.calls.of("handle_refund_notify_throttled").is_empty());
+    let (status, text) = post_refund_notify(&s, &base, "<xml>forged</xml>").await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("<return_code><![CDATA[FAIL]]>"), "{text}");
+    let (status, text) = post_refund_notify(&s, &base, "<xml>genuine</xml>").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+    let throttled = s.calls.of("handle_refund_notify_throttled");
+    assert_eq!(
+        throttled.len(),
+        2,
+        "both went to pay-service, marked throttled"
+    );
+    assert_eq!(throttled[1].detail, "<xml>genuine</xml>");
+    // The pay notify budget is the same one: this sender's pay notifies are throttled too.
+    let (status, _) = post_notify(&s, &base, "<xml>forged</xml>").await;
+    assert_eq!(status, 429);
+    s.stop().await;
+}

@@ -16,7 +16,8 @@ use crate::pay::v3::error::V3Error;
 use crate::pay::v3::jsapi;
 use crate::pay::v3::keys::{MerchantKey, PublicKey};
 use crate::pay::v3::model::{
-    JsapiOrder, PrepayResponse, Refund, RefundNotice, RefundRequest, Transaction, rfc3339_unix,
+    AbnormalRefundRequest, JsapiOrder, PrepayResponse, Refund, RefundNotice, RefundRequest,
+    Transaction, rfc3339_unix,
 };
 use crate::pay::v3::notify::{self, NotifyError, OpenedNotify};
 use crate::pay::v3::refresh::RefreshGate;
@@ -431,6 +432,39 @@ impl V3Client {
             path_segment(out_refund_no)?
         );
         self.call_json(reqwest::Method::GET, &url, b"").await
+    }
+
+    /// 发起异常退款 (`POST /v3/refund/domestic/refunds/{refund_id}/apply-abnormal-refund`):
+    /// re-routes an ABNORMAL refund; WeChat answers the refund (see [`AbnormalRefundRequest`]).
+    /// For the payer's card, `bank_account` and `real_name` are plain here and sealed for the
+    /// key this request names in `Wechatpay-Serial`.
+    pub async fn apply_abnormal_refund(
+        &self,
+        refund_id: &str,
+        mut request: AbnormalRefundRequest,
+    ) -> Result<Refund, V3Error> {
+        let url = format!(
+            "/v3/refund/domestic/refunds/{}/apply-abnormal-refund",
+            path_segment(refund_id)?
+        );
+        if request.bank_account.is_some() || request.real_name.is_some() {
+            self.ensure_certificates().await?;
+            let (_, key) = self.platform.encryption_key(self.now()).ok_or_else(|| {
+                V3Error::Transport("no WeChat Pay public key or certificate to seal with".into())
+            })?;
+            let seal = |plain: Option<String>| -> Result<Option<String>, V3Error> {
+                plain
+                    .map(|p| {
+                        key.encrypt_sensitive(p.as_bytes())
+                            .map_err(|e| V3Error::BadResponse(format!("sealing a field: {e}")))
+                    })
+                    .transpose()
+            };
+            request.bank_account = seal(request.bank_account.take())?;
+            request.real_name = seal(request.real_name.take())?;
+        }
+        let body = serde_json::to_vec(&request).map_err(|e| V3Error::BadResponse(e.to_string()))?;
+        self.call_json(reqwest::Method::POST, &url, &body).await
     }
 
     /// `wx.requestPayment` parameters for `prepay_id`, signed now.

@@ -121,6 +121,25 @@ impl PublicKey {
         Self::from_spki_der(certificate_spki(der)?.to_vec())
     }
 
+    /// A sensitive request field sealed for WeChat (敏感信息加密: RSAES-OAEP, SHA-1 and
+    /// MGF1-SHA-1, under WeChat's public key or a platform certificate's; the request then
+    /// names that key in `Wechatpay-Serial`), base64. E.g. `bank_account` and `real_name` of
+    /// 发起异常退款 (<https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>:
+    /// "该字段需要使用微信支付公钥加密").
+    pub fn encrypt_sensitive(&self, plain: &[u8]) -> Result<String, KeyError> {
+        use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+        use base64::Engine as _;
+        let key = PublicEncryptingKey::from_der(self.key.as_ref())
+            .map_err(|e| KeyError::Rejected(e.to_string()))?;
+        let key = OaepPublicEncryptingKey::new(key)
+            .map_err(|_| KeyError::Rejected("not an RSA encryption key".into()))?;
+        let mut out = vec![0u8; key.ciphertext_size()];
+        let sealed = key
+            .encrypt(&OAEP_SHA1_MGF1SHA1, plain, &mut out, None)
+            .map_err(|_| KeyError::Rejected("plaintext too long for the key".into()))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+    }
+
     /// Whether `signature_b64` is this key's SHA256withRSA signature of `message`.
     pub fn verify(&self, message: &[u8], signature_b64: &str) -> bool {
         let Ok(sig) = B64.decode(signature_b64.trim()) else {

@@ -145,6 +145,26 @@ pub struct Refund {
     #[serde(default)]
     pub success_time: Option<String>,
     pub amount: RefundAmount,
+    /// Where the money went (退款入账账户), e.g. 支付用户零钱, a card, 商户结算银行账户.
+    #[serde(default)]
+    pub user_received_account: Option<String>,
+}
+
+/// The body of 发起异常退款 (`POST /v3/refund/domestic/refunds/{refund_id}/
+/// apply-abnormal-refund`, <https://pay.weixin.qq.com/docs/merchant/apis/refund/refunds/create-abnormal-refund.html>):
+/// `type` USER_BANK_CARD (with `bank_type`, and `bank_account` / `real_name` sealed with
+/// [`crate::pay::v3::PublicKey::encrypt_sensitive`]) or MERCHANT_BANK_CARD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbnormalRefundRequest {
+    pub out_refund_no: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bank_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_name: Option<String>,
 }
 
 /// `amount` of a refund notify.

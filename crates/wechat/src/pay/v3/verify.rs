@@ -186,6 +186,14 @@ impl PlatformKeys {
             .map(|c| c.serial_no.clone())
     }
 
+    /// The key request fields are sealed for, with its serial: the one
+    /// [`Self::request_serial`] names (a request names one key for both).
+    pub fn encryption_key(&self, now: i64) -> Option<(String, PublicKey)> {
+        let serial = self.request_serial(now)?;
+        let key = self.key_for(&serial, now)?;
+        Some((serial, key))
+    }
+
     /// Why no key of `serial` is held, in an operator's words (for the log): during a move
     /// between certificates and the public key, a message signed with the key not configured
     /// is refused, and this names which one it was.
