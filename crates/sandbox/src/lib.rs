@@ -173,6 +173,7 @@
 //! (10000), `SANDBOX_WORKERS` (2). Unset, it is the dev app [`DEV_APP_ID`] and the dev merchant
 //! [`DEV_MCH_ID`].
 
+pub mod bills;
 pub mod calls;
 mod clock;
 pub mod config;

@@ -10,6 +10,7 @@
     clippy::cast_sign_loss
 )]
 
+mod bills;
 mod events;
 mod helpers;
 mod migration;
