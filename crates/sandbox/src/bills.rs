@@ -281,10 +281,12 @@ fn rows(sandbox: &Sandbox, mch_id: &str, date: NaiveDate, bill_type: &str) -> Op
             attach: String::new(),
         });
     }
-    out.retain(|r| {
-        !(r.state == "SUCCESS" && faults.drop_orders.contains(&r.out_trade_no))
-            && !(r.state == "REFUND" && faults.drop_refunds.contains(&r.out_refund_no))
-    });
+    let dropped = |r: &Row| match r.state {
+        "SUCCESS" => faults.drop_orders.contains(&r.out_trade_no),
+        "REFUND" => faults.drop_refunds.contains(&r.out_refund_no),
+        _ => false,
+    };
+    out.retain(|r| !dropped(r));
     for r in &mut out {
         if r.state == "SUCCESS" && faults.amount_plus_one.contains(&r.out_trade_no) {
             r.order_fen += 1;

@@ -404,6 +404,7 @@ struct Fetched {
 /// The daily task: works due days until `stop`.
 pub async fn run(payments: Payments, stop: Shutdown) {
     let settings = payments.bills().clone();
+    meter::init(&settings.apis);
     if !settings.enabled || settings.apis.is_empty() {
         return;
     }

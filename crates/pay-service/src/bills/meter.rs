@@ -9,6 +9,20 @@ pub const BILL_MISMATCHES: &str = "wxmp_pay_bill_mismatches_total";
 /// unreachable), `skipped` (another replica holds it, or nothing due), `error`.
 pub const BILL_RUNS: &str = "wxmp_pay_bill_runs_total";
 
+/// Registers every series at zero, so that the first difference of a kind is an increase
+/// Prometheus sees (a counter born at 1 shows no `increase()`), and the series exist before the
+/// first run.
+pub fn init(apis: &[&'static str]) {
+    for kind in crate::bills::rules::MismatchKind::ALL {
+        metrics::counter!(BILL_MISMATCHES, "kind" => kind.as_str()).increment(0);
+    }
+    for api in apis {
+        for result in ["done", "retry", "skipped", "error"] {
+            metrics::counter!(BILL_RUNS, "api" => *api, "result" => result).increment(0);
+        }
+    }
+}
+
 pub fn mismatches(new: &[Mismatch]) {
     for m in new {
         metrics::counter!(BILL_MISMATCHES, "kind" => m.kind.as_str()).increment(1);

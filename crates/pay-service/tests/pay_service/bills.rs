@@ -236,7 +236,7 @@ async fn a_day_of_2000_orders_finds_exactly_the_five_differences_and_resumes_aft
     assert_eq!(d.matched, 1998 + 39);
     assert_eq!(
         d.wechat_fee_millifen,
-        i64::try_from((1999 * 990 + 1 + 500) * 6 - (39 * 100 + 90) * 6).unwrap()
+        (1999 * 990 + 1 + 500) * 6 - (39 * 100 + 90) * 6
     );
     assert_eq!(mismatch_events(&env).await, 5);
 
