@@ -143,6 +143,11 @@ fn the_writer_round_trips_through_the_parser() {
     // Byte for byte what the independent tool wrote.
     assert_eq!(text.as_bytes(), fixture("v2_all.csv"));
     assert_eq!(TradeBill::parse(text.as_bytes()).unwrap(), bill);
+    // A value with spaces at its ends is quoted so that it reads back the same.
+    let mut spaced = bill.rows.clone();
+    spaced[0].out_trade_no = " W 1 ".into();
+    let again = TradeBill::parse(write_all_bill(&spaced, None).as_bytes()).unwrap();
+    assert_eq!(again.rows[0].out_trade_no, " W 1 ");
     let no_summary = write_all_bill(&bill.rows, None);
     let again = TradeBill::parse(no_summary.as_bytes()).unwrap();
     assert_eq!(again.rows, bill.rows);

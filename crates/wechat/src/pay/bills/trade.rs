@@ -500,10 +500,12 @@ impl TradeRow {
 }
 
 /// Writes an ALL bill the way WeChat does (for tests, benches and fuzz seeds; WeChat writes
-/// the real ones). Values holding a comma or a quote are double-quoted.
+/// the real ones). Values holding a comma or a quote, or with spaces at an end, are
+/// double-quoted.
 pub fn write_all_bill(rows: &[TradeRow], summary: Option<&TradeSummary>) -> String {
     fn value(v: &str) -> String {
-        if v.contains([',', '"', '\n', '\r']) {
+        // Quoted when a bare value would not read back the same (the reader trims bare values).
+        if v.contains([',', '"', '\n', '\r']) || v.trim() != v {
             format!("`\"{}\"", v.replace('"', "\"\""))
         } else {
             format!("`{v}")
