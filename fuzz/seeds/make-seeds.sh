@@ -75,3 +75,10 @@ refund_body 10000100 "$(req_info "$PLAIN" another-merchant-key)" >refund_req_inf
 refund_body 10000999 "$(req_info "$PLAIN" "$V2_KEY")" >refund_req_info/notify_other_mch_id.xml
 # A bare plaintext: the target also encrypts its input and opens it again.
 printf '%s' "$PLAIN" >refund_req_info/plain_root.xml
+
+# bill_csv: the bills crates/wechat's tests use, written by their own independent tool
+# (crates/wechat/tests/wechat/fixtures/bills/make.py: python3, amounts from integer fen).
+python3 ../../crates/wechat/tests/wechat/fixtures/bills/make.py
+for f in v2_all.csv v2_all.csv.gz v2_refund.csv v2_success_nosummary.csv empty_day.csv empty_header_only.csv fund_flow.csv; do
+  cp "../../crates/wechat/tests/wechat/fixtures/bills/$f" "bill_csv/$f"
+done

@@ -11,6 +11,7 @@
 )]
 
 mod bad_input;
+mod bills;
 mod faults;
 mod login;
 mod observability;

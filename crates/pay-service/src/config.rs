@@ -2,6 +2,7 @@
 //! [`Config`] is here; each sub-config it flattens has a file of its own under `config/`
 //! ([`catalog`], [`events`], [`refunds`], [`subscribe`], [`v3`]), the way crates.io and Lemmy split settings.
 
+pub mod bills;
 pub mod catalog;
 pub mod events;
 pub mod refunds;
@@ -26,6 +27,7 @@ impl ListenVar for ListenAddr {
 }
 use wechat::SignType;
 
+pub use bills::BillsConfig;
 pub use catalog::{Catalog, MAX_PRODUCT_ID_LEN, Product, valid_product_id};
 pub use events::{
     DEFAULT_EVENT_POLL_MS, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_WEBHOOK_BACKOFF_SECS,
@@ -194,6 +196,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub v3: PayV3Config,
+
+    #[command(flatten)]
+    pub bills: BillsConfig,
 }
 
 impl Config {
@@ -239,6 +244,7 @@ impl Config {
         }
         self.wechat.validate()?;
         self.refunds.validate()?;
+        self.bills.validate()?;
         self.events.validate()
     }
 

@@ -50,16 +50,19 @@ pub enum EventKind {
     /// A refund went abnormal at WeChat (v2 CHANGE, v3 ABNORMAL): the money is held by WeChat
     /// until the merchant re-routes it; the refund stays in flight.
     RefundAbnormal,
+    /// WeChat's daily bill and the ledger differ (bills/).
+    BillMismatch,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::OrderPaid,
         Self::OrderClosed,
         Self::OrderPaidAfterClose,
         Self::RefundSucceeded,
         Self::RefundFailed,
         Self::RefundAbnormal,
+        Self::BillMismatch,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl EventKind {
             Self::RefundSucceeded => "REFUND_SUCCEEDED",
             Self::RefundFailed => "REFUND_FAILED",
             Self::RefundAbnormal => "REFUND_ABNORMAL",
+            Self::BillMismatch => "BILL_MISMATCH",
         }
     }
 
@@ -85,6 +89,7 @@ impl EventKind {
             Self::RefundSucceeded => pb::OrderEventKind::RefundSucceeded,
             Self::RefundFailed => pb::OrderEventKind::RefundFailed,
             Self::RefundAbnormal => pb::OrderEventKind::RefundAbnormal,
+            Self::BillMismatch => pb::OrderEventKind::BillMismatch,
         }
     }
 
@@ -97,6 +102,7 @@ impl EventKind {
             pb::OrderEventKind::RefundSucceeded => Self::RefundSucceeded,
             pb::OrderEventKind::RefundFailed => Self::RefundFailed,
             pb::OrderEventKind::RefundAbnormal => Self::RefundAbnormal,
+            pb::OrderEventKind::BillMismatch => Self::BillMismatch,
         })
     }
 }

@@ -352,6 +352,26 @@ impl PayService for Payments {
             message: reply.message,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(bill_date = %request.get_ref().bill_date))]
+    async fn reconcile_bills(
+        &self,
+        request: Request<pb::ReconcileBillsRequest>,
+    ) -> Result<Response<pb::BillReport>, Status> {
+        let date = crate::bills::parse_date(&request.into_inner().bill_date)?;
+        let report = Payments::reconcile_bills(self, date).await?;
+        Ok(Response::new(report.to_proto()))
+    }
+
+    #[tracing::instrument(skip_all, fields(bill_date = %request.get_ref().bill_date))]
+    async fn get_bill_report(
+        &self,
+        request: Request<pb::GetBillReportRequest>,
+    ) -> Result<Response<pb::BillReport>, Status> {
+        let date = crate::bills::parse_date(&request.into_inner().bill_date)?;
+        let report = Payments::bill_report(self, date).await?;
+        Ok(Response::new(report.to_proto()))
+    }
 }
 
 /// Whether the gateway marked the notify's sender as throttled (too many forged signatures

@@ -9,6 +9,7 @@
 //! | [`refunds`] | `rules.rs` (refund states and totals), `flow.rs` (Refund, reconciling), `notify.rs` (refund notifies v2/v3), `store.rs` |
 //! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs` |
 //! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
+//! | [`bills`] | WeChat's daily bills: `rules.rs` (matching), `flow.rs` (the daily job), `store.rs`, `meter.rs` |
 //! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
 //! | [`config`] | [`Config`], with one file per sub-config under `config/` |
 //! | [`payments`] | the core [`Payments`] every capability implements its part of |
@@ -38,6 +39,7 @@
 //! - Refunds ([`refunds`]) are rows of their own, written PENDING before WeChat is called; the
 //!   order's refund totals move in the same transaction as the refund's state.
 
+pub mod bills;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -151,6 +153,10 @@ pub async fn serve_payments(
             payments.stop_event_streams();
         }));
     }
+    background.push(tokio::spawn(bills::flow::run(
+        payments.clone(),
+        stop_reconciler.clone(),
+    )));
     let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
     let probe_db = payments.inner.db.clone();
     let tls = config

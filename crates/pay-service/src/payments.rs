@@ -34,6 +34,8 @@ pub struct Settings {
     pub reconcile_concurrency: usize,
     /// Where WeChat posts refund notifies (set when refunds are on).
     pub refund_notify_url: Option<String>,
+    /// The bill job (`PAY_BILLS_*`).
+    pub bills: crate::bills::BillsSettings,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -104,6 +106,7 @@ impl Payments {
                 .unwrap_or(1)
                 .max(1),
             refund_notify_url: config.refunds.refund_notify_url.clone(),
+            bills: bills_settings(config)?,
         };
         crate::refunds::register_metrics();
         Ok(Self {
@@ -154,6 +157,45 @@ impl Payments {
     pub(crate) fn now(&self) -> i64 {
         self.inner.clock.now()
     }
+
+    /// The same core with other bill settings (tests: the crash hook, a batch size).
+    #[doc(hidden)]
+    pub fn with_bill_settings(&self, f: impl FnOnce(&mut crate::bills::BillsSettings)) -> Self {
+        let mut settings = self.inner.settings.clone();
+        f(&mut settings.bills);
+        Self {
+            inner: Arc::new(Inner {
+                db: self.inner.db.clone(),
+                wechat: self.inner.wechat.clone(),
+                settings,
+                paid_messages: self.inner.paid_messages.clone(),
+                clock: self.inner.clock.clone(),
+                streams_stop: self.inner.streams_stop.clone(),
+            }),
+        }
+    }
+}
+
+/// The bill job's settings from `PAY_BILLS_*`: the APIs in use are v2 when the v2 key is set
+/// and v3 when v3 is configured (`PAY_BILLS_APIS=auto`).
+fn bills_settings(config: &Config) -> Result<crate::bills::BillsSettings, Error> {
+    let bills = &config.bills;
+    let apis = bills
+        .api_list(!config.pay_key.is_empty(), config.v3.configured())
+        .map_err(Error::Config)?;
+    Ok(crate::bills::BillsSettings {
+        enabled: bills.enabled,
+        hour: bills.hour,
+        apis,
+        appid: bills.appid.clone().unwrap_or_default(),
+        retry_secs: i64::try_from(bills.retry_secs)
+            .map_err(|_| Error::Config("PAY_BILLS_RETRY_SECS is too large".into()))?,
+        max_attempts: i32::try_from(bills.max_attempts)
+            .map_err(|_| Error::Config("PAY_BILLS_MAX_ATTEMPTS is too large".into()))?,
+        lease_secs: i64::try_from(bills.lease_secs)
+            .map_err(|_| Error::Config("PAY_BILLS_LEASE_SECS is too large".into()))?,
+        ..crate::bills::BillsSettings::default()
+    })
 }
 
 /// The v3 client from `WXMP_PAY_*` (keys read and checked by [`PayV3Config::load`]).

@@ -135,3 +135,66 @@ diesel::table! {
         body_len -> BigInt,
     }
 }
+
+diesel::table! {
+    bill_days (bill_date, api) {
+        bill_date -> Text,
+        api -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_owner -> Text,
+        lease_until -> BigInt,
+        last_error -> Text,
+        raw -> Text,
+        raw_sha1 -> Text,
+        raw_gzip -> Bool,
+        no_bill -> Bool,
+        lines_total -> BigInt,
+        lines_done -> BigInt,
+        wechat_paid_fen -> BigInt,
+        wechat_refunded_fen -> BigInt,
+        wechat_fee_millifen -> BigInt,
+        ledger_paid_fen -> BigInt,
+        ledger_refunded_fen -> BigInt,
+        matched -> BigInt,
+        mismatches -> BigInt,
+        summary_json -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    bill_lines (bill_date, api, line_no) {
+        bill_date -> Text,
+        api -> Text,
+        line_no -> BigInt,
+        kind -> Text,
+        trade_time -> Text,
+        out_trade_no -> Text,
+        transaction_id -> Text,
+        out_refund_no -> Text,
+        refund_id -> Text,
+        amount_fen -> BigInt,
+        fee_millifen -> BigInt,
+        trade_state -> Text,
+    }
+}
+
+diesel::table! {
+    bill_mismatches (id) {
+        id -> BigInt,
+        bill_date -> Text,
+        api -> Text,
+        kind -> Text,
+        key -> Text,
+        order_no -> Text,
+        out_refund_no -> Text,
+        wechat_fen -> Nullable<BigInt>,
+        ledger_fen -> Nullable<BigInt>,
+        detail -> Text,
+        created_at -> BigInt,
+    }
+}

@@ -57,6 +57,11 @@ impl WechatPay {
         }
     }
 
+    /// The WeChat client (v2 calls; bills).
+    pub fn client(&self) -> &WechatClient {
+        &self.client
+    }
+
     pub fn mch_id(&self) -> &str {
         &self.mch_id
     }

@@ -25,6 +25,8 @@
 //! | `POST /pay/closeorder` | `result_msg` OK; ORDERPAID, ORDERCLOSED, ORDERNOTEXIST |
 //! | `POST /secapi/pay/refund` | **HTTPS port `SANDBOX_SECAPI_LISTEN_ADDR` only, client certificate from the dev CA required** (the plain port answers return_code FAIL). transaction_id, out_trade_no, out_refund_no, refund_id, refund_fee, total_fee, cash_fee; the same out_refund_no answers the same refund (other amounts: ERROR); ERROR (unpaid order, more than paid), PARAM_ERROR (total_fee not the order's), NOTENOUGH (fault), SYSTEMERROR (fault, nothing recorded). Settles after `SANDBOX_REFUND_DELAY_MS` to SUCCESS (or CHANGE) and posts the refund notify to notify_url: `return_code, appid, mch_id, nonce_str, req_info` (no sign), req_info = base64(AES-256-ECB(md5hex(key), `<root>…</root>`)), retried on the pay notify schedule |
 //! | `POST /pay/refundquery` | by out_refund_no, refund_id, out_trade_no or transaction_id: refund_count, `out_refund_no_$n`, `refund_id_$n`, `refund_fee_$n`, `refund_status_$n` (PROCESSING, SUCCESS, CHANGE, REFUNDCLOSE), `refund_success_time_$n`; REFUNDNOTEXIST. orderquery answers trade_state REFUND for a paid order with a refund |
+//! | `POST /pay/downloadbill` | the day's trade bill of the merchant (every API's payments with time_end that China-time day and refunds accepted that day) in WeChat's backquoted CSV (ALL columns, summary rows), text or `tar_type=GZIP`; `bill_type` ALL / SUCCESS / REFUND; a day without trades answers XML `return_code` FAIL "No Bill Exist" (20002). Written from WeChat's documents in `src/bills.rs` |
+//! | `GET /v3/bill/tradebill`, `GET /v3/billdownload/file?token=` | v3: the signed `{hash_type: SHA1, hash_value, download_url}` (SHA1 of the uncompressed bill; 400 NO_STATEMENT_EXIST without a bill), then the bill bytes, unsigned, for a signed GET of the url (5 min) |
 //!
 //! Errors of the login and token paths are HTTP 200 `{"errcode": n, "errmsg": "<text>, rid: <id>"}`
 //! (WeChat appends a request id: match on errcode). Pay answers are XML. A request that cannot be
@@ -87,6 +89,10 @@
 //! - `GET /sandbox/calls?out_trade_no=` → `[{"out_trade_no","unifiedorder","orderquery",
 //!   "closeorder","max_in_flight"}]`: WeChat Pay calls per order, and the most orderquery +
 //!   closeorder about one order in progress at once (see [`calls`]).
+//! - `GET|POST /sandbox/bills/faults` → the bill faults: `no_bill` (days), `bad_hash`,
+//!   `drop_orders`, `amount_plus_one`, `drop_refunds`, `extra_payments`; `POST
+//!   /sandbox/bills/outside-refund {out_trade_no, refund_fee}` → a refund made in the merchant
+//!   platform (settled, no notify; in the bill and refundquery).
 //! - `GET /sandbox/refunds[?out_trade_no=]`, `GET /sandbox/refunds/{out_refund_no}` → the
 //!   refunds as WeChat holds them (refund_status, requests, notify_state, notify_attempts);
 //!   `GET /sandbox/refund-notifies[?out_refund_no=]` → every refund notify request;
@@ -173,6 +179,7 @@
 //! (10000), `SANDBOX_WORKERS` (2). Unset, it is the dev app [`DEV_APP_ID`] and the dev merchant
 //! [`DEV_MCH_ID`].
 
+pub mod bills;
 pub mod calls;
 mod clock;
 pub mod config;

@@ -91,7 +91,7 @@ impl Authed {
 }
 
 /// Reads the XML, finds the merchant, checks the appid binding and the signature.
-fn authenticate(sandbox: &Sandbox, body: &[u8]) -> Result<Authed, PayError> {
+pub(crate) fn authenticate(sandbox: &Sandbox, body: &[u8]) -> Result<Authed, PayError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(PayError::Return("post数据为空".into()));
     }

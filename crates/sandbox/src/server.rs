@@ -7,8 +7,8 @@ use service_kit::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::{
-    calls, config::Config, console, devca::DevPki, faults, login, notify, openapi, order, pay,
-    refund, state::Sandbox, token, user_data, v3, wx,
+    bills, calls, config::Config, console, devca::DevPki, faults, login, notify, openapi, order,
+    pay, refund, state::Sandbox, token, user_data, v3, wx,
 };
 
 /// A pay path: POST to `handler`, any other method gets WeChat's "请使用post方法".
@@ -60,7 +60,13 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(faults::set))
                         .route(web::delete().to(faults::clear)),
                 )
-                .configure(v3::dev_routes),
+                .configure(v3::dev_routes)
+                .route("/bills/faults", web::get().to(bills::get_faults))
+                .route("/bills/faults", web::post().to(bills::set_faults))
+                .route(
+                    "/bills/outside-refund",
+                    web::post().to(bills::outside_refund),
+                ),
         )
         .configure(v3::routes)
         // The WeChat paths, each scope behind the fault middleware.
@@ -93,7 +99,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .service(pay_path("/unifiedorder", pay::unifiedorder))
                 .service(pay_path("/orderquery", pay::orderquery))
                 .service(pay_path("/closeorder", pay::closeorder))
-                .service(pay_path("/refundquery", refund::refundquery)),
+                .service(pay_path("/refundquery", refund::refundquery))
+                .service(pay_path("/downloadbill", bills::downloadbill)),
         )
         // Served here too, so a client without its certificate gets WeChat's answer for that.
         .service(

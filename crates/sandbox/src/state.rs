@@ -155,6 +155,8 @@ pub struct State {
     /// (appid, openid) → when its session_key was last rotated (the console shows the age).
     pub session_key_issued: HashMap<(String, String), Instant>,
     pub refunds: crate::refund::Refunds,
+    /// The daily bills' faults and v3 downloads (bills.rs).
+    pub bills: crate::bills::BillState,
 }
 
 impl State {

@@ -295,4 +295,7 @@ pub fn dev_routes(cfg: &mut web::ServiceConfig) {
 }
 
 pub(crate) use api::{V3RefundEnd, conclude_refund};
+pub(crate) use api::{
+    authenticate as authenticate_request, error as error_response, signed as signed_response,
+};
 pub(crate) use dev_api::{pay_v3_order, settle_v3_payment, spawn_transaction_notify};

@@ -7,9 +7,11 @@
 //! * [`refund`]: refunds (mutual TLS), refund queries and the AES-256-ECB refund notify,
 //! * [`jsapi`]: the parameters of `wx.requestPayment`,
 //! * [`time`]: the `yyyyMMddHHmmss` China-time timestamps,
+//! * [`bills`]: the daily trade and fund flow bills (v2 and v3 downloads, the backquoted CSV),
 //! * [`v3`]: WeChat Pay API v3 (JSON, RSA signatures, AES-256-GCM), beside v2.
 
 pub mod api;
+pub mod bills;
 pub mod jsapi;
 pub mod notify;
 pub mod refund;

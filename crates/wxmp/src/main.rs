@@ -81,6 +81,17 @@ enum Command {
         #[command(flatten)]
         pay: PayArgs,
     },
+    /// Download WeChat's bills of a China-time day (yyyy-MM-dd) now and reconcile them against
+    /// orders and refunds through a running pay-service: prints the totals and every
+    /// difference (--csv: the differences as CSV for finance).
+    Bills {
+        bill_date: String,
+        /// Print the differences as CSV.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        pay: PayArgs,
+    },
     /// Follow pay-service's order events, or list dead-lettered webhooks (--failed).
     Events(wxmp::events::EventsArgs),
     /// Run user-service's and pay-service's migrations, then exit.
@@ -198,6 +209,24 @@ async fn apply_abnormal(action: RefundAction) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("{}", operator::describe_refund(&refund));
+    Ok(())
+}
+
+async fn bills(bill_date: String, csv: bool, pay: PayArgs) -> Result<(), String> {
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = client
+        .reconcile_bills(&bill_date)
+        .await
+        .map_err(|e| e.to_string())?;
+    if csv {
+        print!("{}", operator::bills_csv(&report));
+    } else {
+        for line in operator::describe_bills(&report) {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 
@@ -396,6 +425,11 @@ async fn main() -> ExitCode {
             _ => Err("wxmp refund ORDER_NO --amount-fen N".into()),
         },
         Command::Order { order_no, pay } => order(order_no, pay).await,
+        Command::Bills {
+            bill_date,
+            csv,
+            pay,
+        } => bills(bill_date, csv, pay).await,
         Command::Demo {
             gateway,
             sandbox,

@@ -1,4 +1,5 @@
-//! Operator commands against a running pay-service: `wxmp refund` and `wxmp order`.
+//! Operator commands against a running pay-service: `wxmp refund`, `wxmp order` and
+//! `wxmp bills`.
 
 use std::time::Duration;
 
@@ -182,10 +183,120 @@ impl Pay {
             .refunds;
         Ok((order, refunds))
     }
+
+    /// Downloads and reconciles the bills of `bill_date` (yyyy-MM-dd) now.
+    pub async fn reconcile_bills(
+        &mut self,
+        bill_date: &str,
+    ) -> Result<pb::BillReport, OperatorError> {
+        let request = self.request(pb::ReconcileBillsRequest {
+            bill_date: bill_date.to_owned(),
+        })?;
+        self.client
+            .reconcile_bills(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| call_error("ReconcileBills", s))
+    }
+}
+
+/// The bill report for people: one line per API's bill, then one per difference.
+pub fn describe_bills(report: &pb::BillReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for d in &report.days {
+        let mut line = format!(
+            "bill {} {} {}: {} lines, {} matched; WeChat paid {} yuan, refunded {} yuan, fees {} yuan, net {} yuan; wxmp paid {} yuan, refunded {} yuan",
+            report.bill_date,
+            d.api,
+            d.state,
+            d.lines,
+            d.matched,
+            yuan(d.wechat_paid_fen),
+            yuan(d.wechat_refunded_fen),
+            millifen_yuan(d.wechat_fee_millifen),
+            millifen_yuan(d.wechat_net_millifen),
+            yuan(d.ledger_paid_fen),
+            yuan(d.ledger_refunded_fen),
+        );
+        if d.no_bill {
+            line.push_str(" (WeChat has no bill: an empty day)");
+        }
+        if !d.last_error.is_empty() {
+            line.push_str(&format!(
+                ", last error: {} (attempt {})",
+                d.last_error, d.attempts
+            ));
+        }
+        lines.push(line);
+    }
+    if report.mismatches.is_empty() {
+        lines.push(format!("{}: no differences", report.bill_date));
+    }
+    for m in &report.mismatches {
+        lines.push(format!(
+            "  {} {} order {}{}: WeChat {} / wxmp {}: {}",
+            m.kind,
+            m.key,
+            if m.order_no.is_empty() {
+                "-"
+            } else {
+                &m.order_no
+            },
+            if m.out_refund_no.is_empty() {
+                String::new()
+            } else {
+                format!(" refund {}", m.out_refund_no)
+            },
+            m.wechat_fen.map_or("-".into(), yuan),
+            m.ledger_fen.map_or("-".into(), yuan),
+            m.detail
+        ));
+    }
+    lines
+}
+
+/// The differences as CSV for finance (amounts in yuan with two decimals).
+pub fn bills_csv(report: &pb::BillReport) -> String {
+    fn field(v: &str) -> String {
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_owned()
+        }
+    }
+    let mut out = String::from(
+        "bill_date,api,kind,key,order_no,out_refund_no,wechat_yuan,wxmp_yuan,detail\n",
+    );
+    for m in &report.mismatches {
+        let row = [
+            m.bill_date.clone(),
+            m.api.clone(),
+            m.kind.clone(),
+            m.key.clone(),
+            m.order_no.clone(),
+            m.out_refund_no.clone(),
+            m.wechat_fen.map(yuan).unwrap_or_default(),
+            m.ledger_fen.map(yuan).unwrap_or_default(),
+            m.detail.clone(),
+        ];
+        let row: Vec<String> = row.iter().map(|v| field(v)).collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Thousandths of a fen as yuan with five decimals.
+fn millifen_yuan(millifen: i64) -> String {
+    let sign = if millifen < 0 { "-" } else { "" };
+    let m = millifen.unsigned_abs();
+    format!("{sign}{}.{:05}", m / 100_000, m % 100_000)
 }
 
 fn yuan(fen: i64) -> String {
-    format!("{}.{:02}", fen / 100, fen % 100)
+    let sign = if fen < 0 { "-" } else { "" };
+    let f = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", f / 100, f % 100)
 }
 
 pub fn order_state(order: &pb::Order) -> &'static str {
@@ -283,5 +394,46 @@ mod tests {
         let line = describe_refund(&refund);
         assert!(line.contains("R1 FAILED 0.05 yuan"), "{line}");
         assert!(line.ends_with("failure CHANGE"), "{line}");
+    }
+
+    #[test]
+    fn bills_print_and_export_in_yuan() {
+        let report = pb::BillReport {
+            bill_date: "2026-12-05".into(),
+            days: vec![pb::BillDay {
+                api: "v2".into(),
+                state: "DONE".into(),
+                lines: 3,
+                matched: 2,
+                wechat_paid_fen: 1991,
+                wechat_fee_millifen: 11_946,
+                wechat_net_millifen: 1_979_154,
+                ..Default::default()
+            }],
+            mismatches: vec![pb::BillMismatch {
+                bill_date: "2026-12-05".into(),
+                api: "v2".into(),
+                kind: "PAYMENT_AMOUNT".into(),
+                key: "W1".into(),
+                order_no: "W1".into(),
+                wechat_fen: Some(991),
+                ledger_fen: Some(990),
+                detail: "WeChat charged 991 fen, the order is for 990 fen".into(),
+                ..Default::default()
+            }],
+        };
+        let lines = describe_bills(&report);
+        assert!(lines[0].contains("WeChat paid 19.91 yuan"), "{}", lines[0]);
+        assert!(lines[0].contains("fees 0.11946 yuan"), "{}", lines[0]);
+        assert!(
+            lines[1].contains("PAYMENT_AMOUNT W1 order W1: WeChat 9.91 / wxmp 9.90"),
+            "{}",
+            lines[1]
+        );
+        let csv = bills_csv(&report);
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "2026-12-05,v2,PAYMENT_AMOUNT,W1,W1,,9.91,9.90,\"WeChat charged 991 fen, the order is for 990 fen\""
+        );
     }
 }

@@ -406,6 +406,10 @@ impl Stack {
                         })
                 });
                 sandbox_url = Some(url.clone());
+                // The bill job asks with the sandbox's app unless told otherwise.
+                if std::env::var_os("PAY_BILLS_APPID").is_none() {
+                    arg(&mut pay_args, "--bills-appid", sandbox::DEV_APP_ID);
+                }
                 (url.clone(), url)
             }
             WechatTarget::External { api_base, pay_base } => (api_base.clone(), pay_base.clone()),

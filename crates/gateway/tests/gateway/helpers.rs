@@ -430,6 +430,20 @@ impl PayService for FakePay {
         }))
     }
 
+    async fn reconcile_bills(
+        &self,
+        _: Request<wxmp_proto::pay::v1::ReconcileBillsRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::BillReport>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    async fn get_bill_report(
+        &self,
+        _: Request<wxmp_proto::pay::v1::GetBillReportRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::BillReport>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
     async fn get_order(
         &self,
         req: Request<GetOrderRequest>,

@@ -328,6 +328,10 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         drain: DrainConfig::none(),
         refunds: pay_service::RefundConfig::default(),
         v3: Default::default(),
+        bills: pay_service::config::BillsConfig {
+            appid: Some(sandbox::DEV_APP_ID.into()),
+            ..bills_config()
+        },
     }
 }
 
@@ -1024,4 +1028,18 @@ pub async fn sandbox_get(env: &Env, path: &str) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// The bill job's defaults (what clap gives with no variable set).
+pub fn bills_config() -> pay_service::config::BillsConfig {
+    use pay_service::config::bills::*;
+    BillsConfig {
+        enabled: false,
+        hour: DEFAULT_BILLS_HOUR,
+        apis: "auto".into(),
+        appid: None,
+        retry_secs: DEFAULT_BILLS_RETRY_SECS,
+        max_attempts: DEFAULT_BILLS_MAX_ATTEMPTS,
+        lease_secs: DEFAULT_BILLS_LEASE_SECS,
+    }
 }

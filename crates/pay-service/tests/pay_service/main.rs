@@ -11,6 +11,7 @@
 )]
 
 mod catch_up;
+mod bills;
 mod events;
 mod helpers;
 mod migration;

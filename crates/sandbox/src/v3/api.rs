@@ -65,7 +65,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 "/refund/domestic/refunds/{refund_id}/apply-abnormal-refund",
                 web::post().to(apply_abnormal_refund),
             )
-            .route("/certificates", web::get().to(certificates)),
+            .route("/certificates", web::get().to(certificates))
+            .route("/bill/tradebill", web::get().to(crate::bills::tradebill))
+            .route("/billdownload/file", web::get().to(crate::bills::download)),
     );
 }
 
@@ -135,7 +137,7 @@ pub(crate) fn signature_headers_forged(
     )
 }
 
-fn signed(v3: &V3, status: StatusCode, body: String) -> HttpResponse {
+pub(crate) fn signed(v3: &V3, status: StatusCode, body: String) -> HttpResponse {
     let (headers, _) = signature_headers(v3, body.as_bytes());
     let mut resp = HttpResponse::build(status);
     for (k, v) in headers {
@@ -150,7 +152,7 @@ fn signed(v3: &V3, status: StatusCode, body: String) -> HttpResponse {
     }
 }
 
-fn error(v3: &V3, status: u16, code: &str, message: &str) -> HttpResponse {
+pub(crate) fn error(v3: &V3, status: u16, code: &str, message: &str) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     signed(
         v3,
@@ -160,7 +162,7 @@ fn error(v3: &V3, status: u16, code: &str, message: &str) -> HttpResponse {
 }
 
 /// The merchant's request signature, checked as WeChat does; `Err` is the 4xx to send.
-fn authenticate(
+pub(crate) fn authenticate(
     sandbox: &Sandbox,
     req: &HttpRequest,
     body: &[u8],

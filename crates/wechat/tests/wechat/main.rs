@@ -10,6 +10,7 @@
 )]
 
 mod auth_http;
+mod bills;
 mod crypto;
 mod helpers;
 mod notify;

@@ -20,7 +20,7 @@ const PLATFORM_KEY: &str = include_str!("../../testdata/pay_v3/platform_key.pem"
 const PLATFORM_PUB: &str = include_str!("../../testdata/pay_v3/platform_pub.pem");
 const PLATFORM_CERT: &str = include_str!("../../testdata/pay_v3/platform_cert.pem");
 const CERT_SERIAL: &str = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1";
-const PUB_KEY_ID: &str = "PUB_KEY_ID_0112345678902026120100000000000001";
+pub(crate) const PUB_KEY_ID: &str = "PUB_KEY_ID_0112345678902026120100000000000001";
 const APIV3_KEY: &str = "0123456789abcdefghijABCDEFGHIJ01";
 const APPID: &str = "wxd678efh567hg6787";
 const MCHID: &str = "1230000109";
@@ -295,14 +295,14 @@ fn certificates_rotate_with_overlap_and_expire() {
 // ---- the client against a local server playing WeChat ----
 
 /// WeChat's side of the test: signs responses with the platform key.
-struct Wechat {
+pub(crate) struct Wechat {
     signer: MerchantKey,
     serial: String,
     now: Arc<AtomicI64>,
 }
 
 impl Wechat {
-    fn new(serial: &str, now: Arc<AtomicI64>) -> Arc<Self> {
+    pub(crate) fn new(serial: &str, now: Arc<AtomicI64>) -> Arc<Self> {
         Arc::new(Self {
             signer: MerchantKey::from_pkcs8_pem(PLATFORM_KEY).unwrap(),
             serial: serial.into(),
@@ -310,7 +310,7 @@ impl Wechat {
         })
     }
 
-    fn signed(&self, status: u16, body: &str) -> Reply {
+    pub(crate) fn signed(&self, status: u16, body: &str) -> Reply {
         let ts = self.now.load(Ordering::SeqCst).to_string();
         let nonce = "0123456789abcdef";
         let sig = self
@@ -335,13 +335,17 @@ fn merchant() -> Merchant {
     }
 }
 
-fn client(base: &crate::helpers::Server, now: &Arc<AtomicI64>, platform: PlatformKeys) -> V3Client {
+pub(crate) fn client(
+    base: &crate::helpers::Server,
+    now: &Arc<AtomicI64>,
+    platform: PlatformKeys,
+) -> V3Client {
     let now = now.clone();
     V3Client::new(base.client(), merchant(), platform)
         .with_clock(move || now.load(Ordering::SeqCst))
 }
 
-fn public_key_mode() -> PlatformKeys {
+pub(crate) fn public_key_mode() -> PlatformKeys {
     PlatformKeys::public_key_mode(PUB_KEY_ID, PublicKey::from_spki_pem(PLATFORM_PUB).unwrap())
 }
 
@@ -373,7 +377,7 @@ fn authorization_of(req: &Request) -> String {
 }
 
 /// Parses our Authorization header and checks its signature with the merchant's public key.
-fn request_signature_verifies(req: &Request) -> bool {
+pub(crate) fn request_signature_verifies(req: &Request) -> bool {
     let auth = authorization_of(req);
     let Some(params) = auth.strip_prefix("WECHATPAY2-SHA256-RSA2048 ") else {
         return false;

@@ -95,10 +95,10 @@ struct CertificateItem {
     encrypt_certificate: EncryptedResource,
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Vec<u8>,
 }
 
 impl V3Client {
@@ -131,6 +131,11 @@ impl V3Client {
         self
     }
 
+    /// The WeChat client (base URLs) this v3 client sends through.
+    pub fn wechat(&self) -> &WechatClient {
+        &self.wechat
+    }
+
     pub fn merchant(&self) -> &Merchant {
         &self.merchant
     }
@@ -139,7 +144,7 @@ impl V3Client {
         &self.platform
     }
 
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         (self.clock)()
     }
 
@@ -149,6 +154,17 @@ impl V3Client {
         method: reqwest::Method,
         url: &str,
         body: &[u8],
+    ) -> Result<Answer, V3Error> {
+        self.send_limited(method, url, body, MAX_BODY_BYTES).await
+    }
+
+    /// [`Self::send`] reading at most `limit` bytes of the body (bills are large).
+    pub(crate) async fn send_limited(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &[u8],
+        limit: usize,
     ) -> Result<Answer, V3Error> {
         let nonce = nonce_str();
         let auth = authorization(
@@ -190,7 +206,7 @@ impl V3Client {
             .await
             .map_err(|e| V3Error::Transport(http::describe(&e)))?
         {
-            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            if bytes.len() + chunk.len() > limit {
                 return Err(V3Error::BadResponse("response too large".into()));
             }
             bytes.extend_from_slice(&chunk);
@@ -203,7 +219,7 @@ impl V3Client {
     }
 
     /// Maps a non-2xx answer to its error.
-    fn error_of(answer: &Answer) -> V3Error {
+    pub(crate) fn error_of(answer: &Answer) -> V3Error {
         match serde_json::from_slice::<ApiErrorBody>(&answer.body) {
             Ok(e) => V3Error::Api {
                 status: answer.status,
@@ -314,7 +330,7 @@ impl V3Client {
         Ok(answer.body)
     }
 
-    async fn call_json<T: DeserializeOwned>(
+    pub(crate) async fn call_json<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         url: &str,
