@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`orders`] | `rules.rs` (order states, what a payment means), `flow.rs` (create, prepare, get, close, sync), `notify.rs` (pay notifies v2/v3), `store.rs` (orders and notifies SQL), `reconciler.rs` |
 //! | [`refunds`] | `rules.rs` (refund states and totals), `flow.rs` (Refund, reconciling), `notify.rs` (refund notifies v2/v3), `store.rs` |
-//! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs` |
+//! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs`, `relay.rs` (into a message bus; `relay/nats.rs`: NATS JetStream) |
 //! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
 //! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
 //! | [`config`] | [`Config`], with one file per sub-config under `config/` |
@@ -63,7 +63,7 @@ use tonic::service::Routes;
 use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 
 pub use clock::Clock;
-pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
+pub use config::{Catalog, Config, EventsConfig, NatsConfig, Product, RefundConfig};
 pub use error::Error;
 pub use orders::{
     CreateOrder, NotifyReply, NotifyV3Reply, Order, OrderState, PayTarget, Payer, ReconcileReport,
@@ -128,6 +128,26 @@ pub async fn serve_payments(
             Some(worker)
         }
     };
+    // The relay's cursor is registered before anything runs, like the webhooks'.
+    let relay = match config.nats.enabled() {
+        false => None,
+        true => {
+            let sink = events::relay::nats::NatsSink::connect(&config.nats).await?;
+            let relay = events::relay::Relay::new(
+                payments.database().clone(),
+                payments.clock().clone(),
+                sink,
+                relay_settings(config),
+            );
+            relay.register().await?;
+            tracing::info!(
+                relay = relay.name(),
+                "order events relayed to NATS JetStream"
+            );
+            Some(relay)
+        }
+    };
+    let relays: Vec<String> = relay.iter().map(|r| r.name().to_owned()).collect();
     // The background tasks stop with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(orders::reconciler::run(
@@ -138,8 +158,12 @@ pub async fn serve_payments(
         payments.database().clone(),
         payments.clock().clone(),
         config.events.retention(),
+        relays,
         stop_reconciler.clone(),
     ))];
+    if let Some(relay) = relay {
+        background.push(tokio::spawn(relay.run(stop_reconciler.clone())));
+    }
     if let Some(worker) = webhook_worker {
         background.push(tokio::spawn(worker.run(stop_reconciler.clone())));
     }
@@ -193,6 +217,16 @@ pub async fn serve_payments(
     }
     served?;
     Ok(())
+}
+
+/// The relay's settings from the config.
+pub fn relay_settings(config: &Config) -> events::relay::RelaySettings {
+    events::relay::RelaySettings {
+        lease: config.nats.lease(),
+        batch: config.nats.nats_batch,
+        poll: config.events.poll(),
+        secret: config.events.webhook_secret.clone(),
+    }
 }
 
 /// The webhook worker's settings from the config (validated: the secret is set).

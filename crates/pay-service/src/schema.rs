@@ -132,3 +132,13 @@ diesel::table! {
         body_len -> BigInt,
     }
 }
+
+diesel::table! {
+    event_relays (relay) {
+        relay -> Text,
+        after_id -> BigInt,
+        holder -> Text,
+        lease_until_ms -> BigInt,
+        updated_at -> BigInt,
+    }
+}

@@ -15,4 +15,5 @@ mod helpers;
 mod migration;
 mod pay;
 mod refunds;
+mod relay;
 mod serve;
