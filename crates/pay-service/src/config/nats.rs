@@ -275,9 +275,10 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_variable() {
-        let cases: [(&str, fn(&mut NatsConfig)); 8] = [
+        type Spoil = fn(&mut NatsConfig);
+        let cases: [(&str, Spoil); 8] = [
             ("PAY_EVENTS_NATS_ACK_TIMEOUT_MS", |c| {
-                c.nats_ack_timeout_ms = 4000
+                c.nats_ack_timeout_ms = 4000;
             }),
             ("PAY_EVENTS_NATS_STREAM", |c| c.nats_stream = "a.b".into()),
             ("PAY_EVENTS_NATS_SUBJECT_PREFIX", |c| {
@@ -288,7 +289,7 @@ mod tests {
             }),
             ("PAY_EVENTS_NATS_REPLICAS", |c| c.nats_replicas = 2),
             ("PAY_EVENTS_NATS_PASSWORD", |c| {
-                c.nats_user = Some("u".into())
+                c.nats_user = Some("u".into());
             }),
             ("PAY_EVENTS_NATS_NKEY_SEED", |c| {
                 c.nats_nkey_seed = Some(Secret::new("not-a-seed"));

@@ -274,13 +274,13 @@ impl<S: EventSink> Relay<S> {
         let stored = published.acks.len() - duplicates;
         metrics::counter!("wxmp_pay_nats_published_total").increment(stored as u64);
         metrics::counter!("wxmp_pay_nats_duplicates_total").increment(duplicates as u64);
-        if let Some(last) = published.acks.last() {
-            if !advance(&self.db, &self.name, &self.holder, cursor, last.id).await? {
-                // Our lease ran out while publishing and another replica moved on: it
-                // republishes from its cursor, and the bus drops what we already stored.
-                tracing::warn!(relay = %self.name, "relay lease lost while publishing");
-                return Ok(Step::Standby);
-            }
+        if let Some(last) = published.acks.last()
+            && !advance(&self.db, &self.name, &self.holder, cursor, last.id).await?
+        {
+            // Our lease ran out while publishing and another replica moved on: it
+            // republishes from its cursor, and the bus drops what we already stored.
+            tracing::warn!(relay = %self.name, "relay lease lost while publishing");
+            return Ok(Step::Standby);
         }
         match published.error {
             Some(e) => Err(e.into()),

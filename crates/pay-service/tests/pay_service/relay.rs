@@ -436,3 +436,42 @@ async fn nats_down_under_load_loses_nothing_and_the_lag_returns_to_zero() {
     assert_eq!(got.len(), EVENTS);
     check_delivery(&db, &got).await;
 }
+
+/// The relay's SQL on SQLite (the embedded default), in process: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_runs_on_sqlite_too() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = wxmp_testkit::db::fresh_sqlite_url(dir.path(), "relay");
+    pay_service::migrate(&url).await.unwrap();
+    let db = Database::connect(&url, PoolOptions::default()).unwrap();
+    let config = nats_config(&nats.url());
+    let relay = Relay::new(
+        db.clone(),
+        Clock::system(),
+        NatsSink::connect(&config).await.unwrap(),
+        settings(),
+    );
+    relay.register().await.unwrap();
+    let stop = Shutdown::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    write_events(db.clone(), 600, 30, 50, Duration::ZERO).await;
+    let last = events::last_id(&db).await.unwrap();
+    eventually("the relay to publish everything", 60, || async {
+        (cursor(&db).await == last).then_some(())
+    })
+    .await;
+    assert_eq!(
+        relay::lag(&db, &format!("nats:{STREAM}"), Clock::system().now())
+            .await
+            .unwrap(),
+        relay::Lag::default()
+    );
+    stop.trigger();
+    task.await.unwrap();
+    let got = consume(&nats.url(), "sqlite", 600).await;
+    assert_eq!(got.len(), 600);
+    check_delivery(&db, &got).await;
+}

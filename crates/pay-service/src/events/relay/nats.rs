@@ -122,7 +122,7 @@ impl NatsSink {
 
 /// What is wrong with an existing stream for the relay (None: usable).
 pub fn unusable(found: &stream::Config, wanted: &stream::Config) -> Option<String> {
-    let ours = wanted.subjects.first().map(String::as_str).unwrap_or(">");
+    let ours = wanted.subjects.first().map_or(">", String::as_str);
     if !found.subjects.iter().any(|s| s == ours || s == ">") {
         return Some(format!(
             "stream {} holds subjects {:?}, not {ours}",
