@@ -161,9 +161,7 @@ pub async fn serve_payments(
         relays,
         stop_reconciler.clone(),
     ))];
-    if let Some(relay) = relay {
-        background.push(tokio::spawn(relay.run(stop_reconciler.clone())));
-    }
+    let relay_task = relay.map(|relay| tokio::spawn(relay.run(stop_reconciler.clone())));
     if let Some(worker) = webhook_worker {
         background.push(tokio::spawn(worker.run(stop_reconciler.clone())));
     }
@@ -210,6 +208,17 @@ pub async fn serve_payments(
     }
     if let Err(e) = sender.await {
         tracing::warn!(error = %e, "paid message sender ended abnormally");
+    }
+    // The relay lets its lease go as it stops, so another replica takes over at once.
+    if let Some(task) = relay_task {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!("the event relay did not stop within 5 s");
+        }
     }
     for task in background {
         task.abort();

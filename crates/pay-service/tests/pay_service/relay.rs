@@ -474,4 +474,34 @@ async fn the_relay_runs_on_sqlite_too() {
     let got = consume(&nats.url(), "sqlite", 600).await;
     assert_eq!(got.len(), 600);
     check_delivery(&db, &got).await;
+
+    // The README's Rust consumer, as written there (a filtered durable consumer read with
+    // `messages()`), on this server: the ORDER_PAID events, in order.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("WXMP_ORDERS").await.unwrap();
+    let shipping = stream
+        .get_or_create_consumer(
+            "shipping",
+            pull::Config {
+                durable_name: Some("shipping".into()),
+                filter_subject: "wxmp.orders.order_paid".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut messages = shipping.messages().await.unwrap();
+    let mut paid = Vec::new();
+    while paid.len() < 100 {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the README consumer receives")
+            .unwrap()
+            .unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(event["kind"], "ORDER_PAID");
+        paid.push(event["id"].as_i64().unwrap());
+        message.ack().await.unwrap();
+    }
+    assert!(paid.is_sorted(), "{paid:?}");
 }
