@@ -192,6 +192,14 @@ impl<S: EventSink> Relay<S> {
 
     /// Publishes until `shutdown`, then lets the lease go so another replica takes over at once.
     pub async fn run(mut self, shutdown: Shutdown) {
+        // Exported from the start (at 0), so rates and alerts see them before the first event.
+        for counter in [
+            "wxmp_pay_nats_published_total",
+            "wxmp_pay_nats_duplicates_total",
+            "wxmp_pay_nats_publish_errors_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         let mut wake_ups = events::wake_ups();
         let mut failures: u32 = 0;
         loop {
