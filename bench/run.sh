@@ -31,6 +31,9 @@
 #   BENCH_RECONCILE_CONCURRENCY (8)  PAY_RECONCILE_CONCURRENCY of the catch-up stage
 #   BENCH_SERVICES_BIN       run the services from this folder instead of the fresh build
 #                            (A/B runs against an older build; the load generator is this tree's)
+#   BENCH_RELAY (1)          0 skips the NATS JetStream relay window (needs nats-server)
+#   BENCH_RELAY_EVENTS (20000), BENCH_RELAY_WRITERS (8)  its events per window and writers
+#   BENCH_RELAY_ONLY (0)     1 runs only the relay window (no stack, no paths)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started_at=$(date +%s)
@@ -70,7 +73,7 @@ say "building (cargo profile $profile) ..."
 build_started=$(date +%s)
 packages=(-p wxmp-loadgen)
 # With BENCH_SERVICES_BIN the services are already built (an older build to compare with).
-if [ -z "${BENCH_SERVICES_BIN:-}" ]; then
+if [ -z "${BENCH_SERVICES_BIN:-}" ] && [ "${BENCH_RELAY_ONLY:-0}" != 1 ]; then
   packages+=(-p sandbox -p auth-service -p user-service -p pay-service -p gateway)
 fi
 ${CARGO:-cargo} build --profile "$profile" --locked "${packages[@]}" --bins
@@ -84,6 +87,8 @@ services_bin=${BENCH_SERVICES_BIN:-$bin}
 run_id="$(date +%Y%m%d%H%M%S)_$$"
 user_db="wxmp_bench_user_$run_id"
 pay_db="wxmp_bench_pay_$run_id"
+relay_db="wxmp_bench_relay_$run_id"
+nats_store=$(mktemp -d)
 redis_prefix="wxmp-bench:$run_id:"
 pids=()
 
@@ -96,15 +101,42 @@ cleanup() {
   done
   if [ "${BENCH_KEEP_DATA:-0}" != 1 ]; then
     psql_admin -c "DROP DATABASE IF EXISTS \"$user_db\"" -c "DROP DATABASE IF EXISTS \"$pay_db\"" >/dev/null 2>&1 || true
+    psql_admin -c "DROP DATABASE IF EXISTS \"$relay_db\"" >/dev/null 2>&1 || true
     if command -v redis-cli >/dev/null; then
       redis-cli -u "$redis_url" --scan --pattern "${redis_prefix}*" 2>/dev/null \
         | xargs -r -n 500 redis-cli -u "$redis_url" DEL >/dev/null 2>&1 || true
     fi
   fi
+  rm -rf "$nats_store"
   say "done in $(( $(date +%s) - started_at ))s (build ${build_secs:-?}s); logs in $logs"
   exit "$status"
 }
 trap cleanup EXIT INT TERM
+
+# The order-event relay into NATS JetStream beside the outbox's write rate
+# (bench/loadgen/src/relay_bench.rs): its own nats-server -js and database; the section is
+# appended to $out.
+relay_window() {
+  [ "${BENCH_RELAY:-1}" = 1 ] || return 0
+  local nats_bin
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  [ -x "$nats_bin" ] || { say "no nats-server: the relay window is skipped (apt-get install nats-server)"; return 0; }
+  local nats_port=$((base + 22))
+  "$nats_bin" -js -a 127.0.0.1 -p "$nats_port" -sd "$nats_store" >"$logs/nats.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+  psql_admin -c "CREATE DATABASE \"$relay_db\""
+  say "relay window: ${BENCH_RELAY_EVENTS:-20000} events x 3 ..."
+  "$bin/wxmp-relay-bench" --database-url "postgres://$pg_user@$pg_host:$pg_port/$relay_db" \
+    --nats-url "nats://127.0.0.1:$nats_port" --events "${BENCH_RELAY_EVENTS:-20000}" \
+    --writers "${BENCH_RELAY_WRITERS:-8}" --out target/bench/relay.md >/dev/null
+  if [ "${BENCH_RELAY_ONLY:-0}" != 1 ]; then cat target/bench/relay.md >>"$out"; fi
+}
+if [ "${BENCH_RELAY_ONLY:-0}" = 1 ]; then
+  relay_window
+  cat target/bench/relay.md
+  exit 0
+fi
 
 psql_admin -c "CREATE DATABASE \"$user_db\"" -c "CREATE DATABASE \"$pay_db\""
 pg_base="postgres://$pg_user@$pg_host:$pg_port"
@@ -218,3 +250,4 @@ if [ "$catchup" -gt 0 ]; then
     awk -v line="$line" '/<!-- bench:end -->/ { print line; print "" } { print }' "$out" >"$out.tmp" && mv "$out.tmp" "$out"
   fi
 fi
+relay_window

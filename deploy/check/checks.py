@@ -282,7 +282,7 @@ def manifests(repo: Path, overlay: str, rendered: Path) -> None:
     for o in objs:
         by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
     deployments = by_kind.get("Deployment", {})
-    workloads = {**deployments, **by_kind.get("Job", {})}
+    workloads = {**deployments, **by_kind.get("Job", {}), **by_kind.get("StatefulSet", {})}
     configmaps = by_kind.get("ConfigMap", {})
     secrets = by_kind.get("Secret", {})
     namespaces = by_kind.get("Namespace", {})
@@ -372,8 +372,9 @@ def manifests(repo: Path, overlay: str, rendered: Path) -> None:
     # Services select pods and target their named ports.
     for name, s in by_kind.get("Service", {}).items():
         check(s["spec"].get("type", "ClusterIP") == "ClusterIP", f"Service {name}: ClusterIP")
-        targets = [d for d in deployments.values() if selects(s["spec"]["selector"], pod_labels(d))]
-        if check(len(targets) == 1, f"Service {name}: selects one Deployment's pods", str(len(targets))):
+        targets = [d for d in [*deployments.values(), *by_kind.get("StatefulSet", {}).values()]
+                   if selects(s["spec"]["selector"], pod_labels(d))]
+        if check(len(targets) == 1, f"Service {name}: selects one Deployment's (or StatefulSet's) pods", str(len(targets))):
             cports = {p.get("name"): p["containerPort"] for c in pod_spec(targets[0])["containers"] for p in c.get("ports", [])}
             for p in s["spec"]["ports"]:
                 t = p.get("targetPort", p["port"])

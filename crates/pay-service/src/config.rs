@@ -1,10 +1,11 @@
 //! `wxmp-pay`'s configuration: environment variables, validated at start. The top-level
 //! [`Config`] is here; each sub-config it flattens has a file of its own under `config/`
-//! ([`catalog`], [`events`], [`refunds`], [`subscribe`], [`v3`]), the way crates.io and Lemmy split settings.
+//! ([`catalog`], [`events`], [`nats`], [`refunds`], [`subscribe`], [`v3`]), the way crates.io and Lemmy split settings.
 
 pub mod bills;
 pub mod catalog;
 pub mod events;
+pub mod nats;
 pub mod refunds;
 pub mod subscribe;
 pub mod v3;
@@ -33,6 +34,7 @@ pub use events::{
     DEFAULT_EVENT_POLL_MS, DEFAULT_EVENT_RETENTION_DAYS, DEFAULT_WEBHOOK_BACKOFF_SECS,
     DEFAULT_WEBHOOK_MAX_AGE_SECS, DEFAULT_WEBHOOK_TIMEOUT_MS, EventsConfig,
 };
+pub use nats::NatsConfig;
 pub use refunds::RefundConfig;
 pub use subscribe::PaidMessageConfig;
 pub use v3::{PayApi, PayV3Config, PayV3Settings};
@@ -199,6 +201,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub bills: BillsConfig,
+
+    #[command(flatten)]
+    pub nats: NatsConfig,
 }
 
 impl Config {
@@ -245,6 +250,7 @@ impl Config {
         self.wechat.validate()?;
         self.refunds.validate()?;
         self.bills.validate()?;
+        self.nats.validate()?;
         self.events.validate()
     }
 

@@ -1,7 +1,8 @@
 //! The outbox: every state change of an order inserts its `order_events` row in the same
 //! transaction as the change, so there is no event without its change and no change without its
-//! event. Its readers live beside it: the gRPC stream ([`watch`]) and the webhooks
-//! ([`webhooks`]) read only this table, never the live `orders` rows.
+//! event. Its readers live beside it: the gRPC stream ([`watch`]), the webhooks
+//! ([`webhooks`]) and the message-bus relays ([`relay`]: NATS JetStream) read only this table,
+//! never the live `orders` rows.
 //!
 //! Consumers keep a cursor ("every event after id N"), which is only sound if ids appear in
 //! commit order. A sequence hands ids out at INSERT time, so on PostgreSQL two transactions
@@ -12,6 +13,7 @@
 //! its row locks), and nothing waits for a row while holding it, so it cannot deadlock; it
 //! serialises only the INSERT-to-COMMIT tail of each change. SQLite has one writer anyway.
 
+pub mod relay;
 pub mod watch;
 pub mod webhooks;
 
@@ -243,6 +245,32 @@ macro_rules! append_event {
     }};
 }
 
+/// Appends `events` in one transaction of their own, in order, and answers their ids: for
+/// tools, tests and the relay bench. A state change appends inside its own transaction with
+/// [`append_event!`] instead.
+pub async fn append(db: &Database, events: &[NewEvent]) -> Result<Vec<i64>, Error> {
+    use diesel_async::AsyncConnection as _;
+    let ids = service_kit::with_conn!(db, |conn| {
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            conn.lock_outbox().await?;
+            let mut ids = Vec::with_capacity(events.len());
+            for event in events {
+                ids.push(
+                    diesel::insert_into(order_events::table)
+                        .values(event)
+                        .returning(order_events::id)
+                        .get_result::<i64>(conn)
+                        .await?,
+                );
+            }
+            Ok(ids)
+        })
+        .await
+    })?;
+    wake();
+    Ok(ids)
+}
+
 /// Wakes every live subscriber of this process (the stream and the webhook worker) after a
 /// transaction that may have appended events has committed. Other replicas' events are found
 /// by the subscribers' short poll.
@@ -290,31 +318,41 @@ pub async fn last_id(db: &Database) -> Result<i64, Error> {
     Ok(id.unwrap_or(0))
 }
 
-/// Deletes events created before `before`, with their deliveries. Returns the events deleted.
-pub async fn prune(db: &Database, before: i64) -> Result<usize, Error> {
+/// Deletes events created before `before`, with their deliveries, except those after
+/// `keep_after` (the cursor of a running relay: events it has not published yet stay, however
+/// old). Returns the events deleted.
+pub async fn prune(db: &Database, before: i64, keep_after: Option<i64>) -> Result<usize, Error> {
+    let up_to = keep_after.unwrap_or(i64::MAX);
     Ok(service_kit::with_conn!(db, |conn| {
         diesel::delete(
             webhook_deliveries::table.filter(
                 webhook_deliveries::event_id.eq_any(
                     order_events::table
                         .filter(order_events::created_at.lt(before))
+                        .filter(order_events::id.le(up_to))
                         .select(order_events::id),
                 ),
             ),
         )
         .execute(conn)
         .await?;
-        diesel::delete(order_events::table.filter(order_events::created_at.lt(before)))
-            .execute(conn)
-            .await
+        diesel::delete(
+            order_events::table
+                .filter(order_events::created_at.lt(before))
+                .filter(order_events::id.le(up_to)),
+        )
+        .execute(conn)
+        .await
     })?)
 }
 
-/// Prunes events older than `retention` every hour (and once at start) until `shutdown`.
+/// Prunes events older than `retention` every hour (and once at start) until `shutdown`,
+/// never past the cursors of the `relays` this replica runs (see [`prune`]).
 pub async fn run_retention(
     db: Database,
     clock: crate::Clock,
     retention: Duration,
+    relays: Vec<String>,
     shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(3600));
@@ -325,12 +363,30 @@ pub async fn run_retention(
             _ = ticker.tick() => {}
         }
         let before = clock.now() - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-        match prune(&db, before).await {
+        let keep_after = match relay_floor(&db, &relays).await {
+            Ok(floor) => floor,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the relay cursors failed; not pruning");
+                continue;
+            }
+        };
+        match prune(&db, before, keep_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "old order events pruned"),
             Err(e) => tracing::warn!(error = %e, "pruning order events failed"),
         }
     }
+}
+
+/// The lowest cursor of `relays` (None: no relay runs); a relay not registered yet holds
+/// everything (Some(0)).
+async fn relay_floor(db: &Database, relays: &[String]) -> Result<Option<i64>, Error> {
+    let mut floor = None;
+    for name in relays {
+        let cursor = relay::cursor(db, name).await?.unwrap_or(0);
+        floor = Some(floor.map_or(cursor, |f: i64| f.min(cursor)));
+    }
+    Ok(floor)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`orders`] | `rules.rs` (order states, what a payment means), `flow.rs` (create, prepare, get, close, sync), `notify.rs` (pay notifies v2/v3), `store.rs` (orders and notifies SQL), `reconciler.rs` |
 //! | [`refunds`] | `rules.rs` (refund states and totals), `flow.rs` (Refund, reconciling), `notify.rs` (refund notifies v2/v3), `store.rs` |
-//! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs` |
+//! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs`, `relay.rs` (into a message bus; `relay/nats.rs`: NATS JetStream) |
 //! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
 //! | [`bills`] | WeChat's daily bills: `rules.rs` (matching), `flow.rs` (the daily job), `store.rs`, `meter.rs` |
 //! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
@@ -65,7 +65,7 @@ use tonic::service::Routes;
 use wxmp_proto::pay::v1::pay_service_server::PayServiceServer;
 
 pub use clock::Clock;
-pub use config::{Catalog, Config, EventsConfig, Product, RefundConfig};
+pub use config::{Catalog, Config, EventsConfig, NatsConfig, Product, RefundConfig};
 pub use error::Error;
 pub use orders::{
     CreateOrder, NotifyReply, NotifyV3Reply, Order, OrderState, PayTarget, Payer, ReconcileReport,
@@ -130,6 +130,26 @@ pub async fn serve_payments(
             Some(worker)
         }
     };
+    // The relay's cursor is registered before anything runs, like the webhooks'.
+    let relay = match config.nats.enabled() {
+        false => None,
+        true => {
+            let sink = events::relay::nats::NatsSink::connect(&config.nats).await?;
+            let relay = events::relay::Relay::new(
+                payments.database().clone(),
+                payments.clock().clone(),
+                sink,
+                relay_settings(config),
+            );
+            relay.register().await?;
+            tracing::info!(
+                relay = relay.name(),
+                "order events relayed to NATS JetStream"
+            );
+            Some(relay)
+        }
+    };
+    let relays: Vec<String> = relay.iter().map(|r| r.name().to_owned()).collect();
     // The background tasks stop with the server: on shutdown, or when the server fails.
     let stop_reconciler = Shutdown::new();
     let reconciler = tokio::spawn(orders::reconciler::run(
@@ -140,8 +160,10 @@ pub async fn serve_payments(
         payments.database().clone(),
         payments.clock().clone(),
         config.events.retention(),
+        relays,
         stop_reconciler.clone(),
     ))];
+    let relay_task = relay.map(|relay| tokio::spawn(relay.run(stop_reconciler.clone())));
     if let Some(worker) = webhook_worker {
         background.push(tokio::spawn(worker.run(stop_reconciler.clone())));
     }
@@ -193,12 +215,33 @@ pub async fn serve_payments(
     if let Err(e) = sender.await {
         tracing::warn!(error = %e, "paid message sender ended abnormally");
     }
+    // The relay lets its lease go as it stops, so another replica takes over at once.
+    if let Some(task) = relay_task {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!("the event relay did not stop within 5 s");
+        }
+    }
     for task in background {
         task.abort();
         let _ = task.await;
     }
     served?;
     Ok(())
+}
+
+/// The relay's settings from the config.
+pub fn relay_settings(config: &Config) -> events::relay::RelaySettings {
+    events::relay::RelaySettings {
+        lease: config.nats.lease(),
+        batch: config.nats.nats_batch,
+        poll: config.events.poll(),
+        secret: config.events.webhook_secret.clone(),
+    }
 }
 
 /// The webhook worker's settings from the config (validated: the secret is set).

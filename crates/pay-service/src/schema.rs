@@ -198,3 +198,13 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    event_relays (relay) {
+        relay -> Text,
+        after_id -> BigInt,
+        holder -> Text,
+        lease_until_ms -> BigInt,
+        updated_at -> BigInt,
+    }
+}

@@ -5,6 +5,7 @@
 //! - [`redis`]: the test Redis and a key prefix per test;
 //! - [`on_both_backends!`] and [`on_both_backends_and_apis!`]: the back-end matrix;
 //! - [`http`]: one small HTTP/1.1 server for the suites that need a receiver;
+//! - [`nats`]: a `nats-server -js` of the test's own (free port, own store dir), stoppable;
 //! - [`tool_or_skip`]: outside tools (HAProxy, node, …) that skip locally and fail in CI.
 //!
 //! Only ever a `[dev-dependencies]` entry (the `wxmp-tests` crate, test-only itself, is the
@@ -20,6 +21,7 @@
 
 pub mod db;
 pub mod http;
+pub mod nats;
 pub mod redis;
 
 /// Which storage a test runs on.

@@ -483,8 +483,14 @@ async fn pruning_keeps_ids_increasing(backend: Backend) {
     );
     let before = events::last_id(env.pay.database()).await.unwrap();
     assert!(before > 0);
+    // A relay that has not published the event yet holds it, however old.
+    let held = events::prune(env.pay.database(), env.clock.now() + 1, Some(before - 1))
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+    assert_eq!(events::last_id(env.pay.database()).await.unwrap(), before);
     // Older than "now + 1" is everything.
-    let pruned = events::prune(env.pay.database(), env.clock.now() + 1)
+    let pruned = events::prune(env.pay.database(), env.clock.now() + 1, Some(before))
         .await
         .unwrap();
     assert_eq!(pruned, 1);

@@ -332,6 +332,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
             appid: Some(sandbox::DEV_APP_ID.into()),
             ..bills_config()
         },
+        nats: Default::default(),
     }
 }
 

@@ -10,11 +10,12 @@
     clippy::cast_sign_loss
 )]
 
-mod catch_up;
 mod bills;
+mod catch_up;
 mod events;
 mod helpers;
 mod migration;
 mod pay;
 mod refunds;
+mod relay;
 mod serve;
