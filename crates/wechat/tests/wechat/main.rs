@@ -16,4 +16,5 @@ mod notify;
 mod pay_http;
 mod pay_props;
 mod pay_v3;
+mod push;
 mod refund_notify;
