@@ -100,4 +100,6 @@ pub enum Error {
     Redis(#[from] limit::shared::InvalidUrl),
     #[error(transparent)]
     Tls(#[from] service_kit::grpc::TlsError),
+    #[error("{0}")]
+    PushApps(String),
 }
