@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod events;
 pub mod refunds;
+pub mod shipping;
 pub mod subscribe;
 pub mod v3;
 
@@ -32,6 +33,7 @@ pub use events::{
     DEFAULT_WEBHOOK_MAX_AGE_SECS, DEFAULT_WEBHOOK_TIMEOUT_MS, EventsConfig,
 };
 pub use refunds::RefundConfig;
+pub use shipping::ShippingConfig;
 pub use subscribe::PaidMessageConfig;
 pub use v3::{PayApi, PayV3Config, PayV3Settings};
 
@@ -187,6 +189,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub v3: PayV3Config,
+
+    #[command(flatten)]
+    pub shipping: ShippingConfig,
 }
 
 impl Config {
@@ -232,6 +237,7 @@ impl Config {
         }
         self.wechat.validate()?;
         self.refunds.validate()?;
+        self.shipping.validate(&self.products)?;
         self.events.validate()
     }
 

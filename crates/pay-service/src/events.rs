@@ -50,16 +50,25 @@ pub enum EventKind {
     /// A refund went abnormal at WeChat (v2 CHANGE, v3 ABNORMAL): the money is held by WeChat
     /// until the merchant re-routes it; the refund stays in flight.
     RefundAbnormal,
+    /// WeChat took the order's shipping information.
+    OrderShipped,
+    /// The user confirmed receipt.
+    OrderReceived,
+    /// WeChat settled the payment.
+    OrderSettled,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::OrderPaid,
         Self::OrderClosed,
         Self::OrderPaidAfterClose,
         Self::RefundSucceeded,
         Self::RefundFailed,
         Self::RefundAbnormal,
+        Self::OrderShipped,
+        Self::OrderReceived,
+        Self::OrderSettled,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -70,6 +79,9 @@ impl EventKind {
             Self::RefundSucceeded => "REFUND_SUCCEEDED",
             Self::RefundFailed => "REFUND_FAILED",
             Self::RefundAbnormal => "REFUND_ABNORMAL",
+            Self::OrderShipped => "ORDER_SHIPPED",
+            Self::OrderReceived => "ORDER_RECEIVED",
+            Self::OrderSettled => "ORDER_SETTLED",
         }
     }
 
@@ -85,6 +97,9 @@ impl EventKind {
             Self::RefundSucceeded => pb::OrderEventKind::RefundSucceeded,
             Self::RefundFailed => pb::OrderEventKind::RefundFailed,
             Self::RefundAbnormal => pb::OrderEventKind::RefundAbnormal,
+            Self::OrderShipped => pb::OrderEventKind::OrderShipped,
+            Self::OrderReceived => pb::OrderEventKind::OrderReceived,
+            Self::OrderSettled => pb::OrderEventKind::OrderSettled,
         }
     }
 
@@ -97,6 +112,9 @@ impl EventKind {
             pb::OrderEventKind::RefundSucceeded => Self::RefundSucceeded,
             pb::OrderEventKind::RefundFailed => Self::RefundFailed,
             pb::OrderEventKind::RefundAbnormal => Self::RefundAbnormal,
+            pb::OrderEventKind::OrderShipped => Self::OrderShipped,
+            pb::OrderEventKind::OrderReceived => Self::OrderReceived,
+            pb::OrderEventKind::OrderSettled => Self::OrderSettled,
         })
     }
 }

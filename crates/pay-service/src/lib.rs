@@ -9,6 +9,7 @@
 //! | [`refunds`] | `rules.rs` (refund states and totals), `flow.rs` (Refund, reconciling), `notify.rs` (refund notifies v2/v3), `store.rs` |
 //! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs` |
 //! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
+//! | [`shipping`] | shipping info to WeChat (Ship, the uploader with retries) and the message-push events pay-service owns (receipt, settlement) |
 //! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
 //! | [`config`] | [`Config`], with one file per sub-config under `config/` |
 //! | [`payments`] | the core [`Payments`] every capability implements its part of |
@@ -49,6 +50,7 @@ pub mod orders;
 pub mod payments;
 pub mod refunds;
 pub mod schema;
+pub mod shipping;
 pub mod subscribe;
 pub mod wechat_pay;
 
@@ -152,6 +154,11 @@ pub async fn serve_payments(
         }));
     }
     let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
+    background.push(tokio::spawn(shipping::worker::run(
+        payments.clone(),
+        shipping::worker::Uploader::from_config(config)?,
+        stop_reconciler.clone(),
+    )));
     let probe_db = payments.inner.db.clone();
     let tls = config
         .internal

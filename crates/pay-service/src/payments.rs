@@ -32,6 +32,8 @@ pub struct Settings {
     pub reconcile_lease_secs: i64,
     /// Where WeChat posts refund notifies (set when refunds are on).
     pub refund_notify_url: Option<String>,
+    /// Catalog products shipped to WeChat by themselves when paid (`PAY_VIRTUAL_PRODUCTS`).
+    pub virtual_products: Vec<String>,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -99,6 +101,7 @@ impl Payments {
             reconcile_lease_secs: i64::try_from(config.reconcile_lease_secs)
                 .map_err(|_| Error::Config("PAY_RECONCILE_LEASE_SECS is too large".into()))?,
             refund_notify_url: config.refunds.refund_notify_url.clone(),
+            virtual_products: config.shipping.virtual_product_ids(),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -111,6 +114,17 @@ impl Payments {
                     .map_err(Error::Config)?,
             }),
         })
+    }
+
+    /// Whether `product_id` is a virtual product (shipped by itself when paid).
+    pub fn is_virtual_product(&self, product_id: &str) -> bool {
+        !product_id.is_empty()
+            && self
+                .inner
+                .settings
+                .virtual_products
+                .iter()
+                .any(|p| p == product_id)
     }
 
     pub fn database(&self) -> &Database {

@@ -132,3 +132,40 @@ diesel::table! {
         body_len -> BigInt,
     }
 }
+
+diesel::table! {
+    shipments (order_no) {
+        order_no -> Text,
+        app_id -> Text,
+        transaction_id -> Text,
+        openid -> Text,
+        state -> Text,
+        logistics_type -> Integer,
+        delivery_mode -> Integer,
+        request -> Text,
+        modifications -> Integer,
+        uploads -> Integer,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_until -> BigInt,
+        lease_token -> Text,
+        last_error -> Text,
+        requested_at -> BigInt,
+        shipped_at -> Nullable<BigInt>,
+        received_at -> Nullable<BigInt>,
+        settled_at -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    message_pushes (id) {
+        id -> BigInt,
+        dedup_key -> Text,
+        app_id -> Text,
+        event -> Text,
+        message -> Text,
+        verdict -> Text,
+        received_at -> BigInt,
+    }
+}

@@ -327,6 +327,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         drain: DrainConfig::none(),
         refunds: pay_service::RefundConfig::default(),
         v3: Default::default(),
+        shipping: Default::default(),
     }
 }
 

@@ -16,3 +16,4 @@ mod migration;
 mod pay;
 mod refunds;
 mod serve;
+mod shipping;
