@@ -190,6 +190,8 @@ mod pay;
 mod rate;
 pub mod refund;
 mod server;
+pub mod shipping;
+mod shipping_console;
 mod state;
 mod token;
 pub mod user_data;

@@ -59,9 +59,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(faults::set))
                         .route(web::delete().to(faults::clear)),
                 )
-                .configure(v3::dev_routes),
+                .configure(v3::dev_routes)
+                .configure(crate::shipping::dev_routes),
         )
         .configure(v3::routes)
+        .configure(crate::shipping::routes)
         // The WeChat paths, each scope behind the fault middleware.
         .service(
             web::scope("/sns")
