@@ -75,3 +75,13 @@ refund_body 10000100 "$(req_info "$PLAIN" another-merchant-key)" >refund_req_inf
 refund_body 10000999 "$(req_info "$PLAIN" "$V2_KEY")" >refund_req_info/notify_other_mch_id.xml
 # A bare plaintext: the target also encrypts its input and opens it again.
 printf '%s' "$PLAIN" >refund_req_info/plain_root.xml
+
+# message_push: the vectors of crates/wechat/tests/wechat/fixtures/push (made there with openssl and
+# sha1sum by make-vectors.sh), as plaintext bodies and inside safe-mode envelopes.
+PUSH=../../crates/wechat/tests/wechat/fixtures/push
+mkdir -p message_push
+cp "$PUSH/settlement.json" message_push/plain_settlement.json
+cp "$PUSH/remind.xml" message_push/plain_remind.xml
+printf '{"ToUserName":"gh_0000shipping","Encrypt":"%s"}' "$(cat "$PUSH/settlement.json.encrypt.txt")" >message_push/safe_settlement.json
+printf '<xml><ToUserName><![CDATA[gh_0000shipping]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt></xml>' "$(cat "$PUSH/remind.xml.encrypt.txt")" >message_push/safe_remind.xml
+cat "$PUSH/settlement.json.encrypt.txt" >message_push/encrypt_only.txt
