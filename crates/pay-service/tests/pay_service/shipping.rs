@@ -105,14 +105,14 @@ async fn uploader(env: &Env) -> Uploader {
     Uploader::from_config(&config).unwrap()
 }
 
-/// A stack whose "vip" product is virtual; uploads retried after 1 s; the sandbox answers
+/// A stack whose "vip" product is virtual; uploads retried after 2 s (doubling); the sandbox answers
 /// 10060001 for `not_found_secs` after a payment.
 async fn env(backend: Backend, not_found_secs: u64) -> Env {
     let mut sandbox = sandbox::Config::dev();
     sandbox.shipping.shipping_not_found_secs = not_found_secs;
     Env::with_sandbox(backend, sandbox, false, |c| {
         c.shipping.virtual_products = "vip".into();
-        c.shipping.shipping_retry_ms = 1000;
+        c.shipping.shipping_retry_ms = 2000;
         c.shipping.shipping_quota_backoff_secs = 3600;
     })
     .await
@@ -186,7 +186,7 @@ async fn until_shipped(env: &Env, up: &Uploader, order_no: &str) -> pb::Order {
 }
 
 async fn virtual_goods_are_uploaded_once_paid_after_10060001(backend: Backend) {
-    let env = env(backend, 2).await;
+    let env = env(backend, 3).await;
     let up = uploader(&env).await;
     let order = paid_order(&env, "vip").await;
     // The PAID hook queued the upload: no Ship call for a virtual product.
@@ -237,7 +237,7 @@ async fn over_quota_45009_backs_off(backend: Backend) {
     let s = env.get(&order.order_no, 1).await.unwrap().shipping.unwrap();
     assert!(s.last_error.contains("45009"), "{s:?}");
     // PAY_SHIPPING_QUOTA_BACKOFF_SECS (3600), not the short retry.
-    assert!(s.next_attempt_at >= env.pay.now() + 3500, "{s:?}");
+    assert!(s.next_attempt_at >= env.clock.now() + 3500, "{s:?}");
     let (_, calls) = wechat_shipping(&env, &order.transaction_id).await;
     assert_eq!(up.run_once(&env.pay).await.unwrap(), 0);
     assert_eq!(wechat_shipping(&env, &order.transaction_id).await.1, calls);
@@ -280,7 +280,7 @@ async fn an_upload_survives_a_crash_between_payment_and_upload(backend: Backend)
     assert_eq!(made_a.unwrap() + made_b.unwrap(), 1);
     // A replica claims it and dies mid-upload (its lease is never released) ...
     let db = env.pay.database();
-    let held = pay_service::shipping::store::claim(db, &no, env.pay.now(), 60, "dead-replica")
+    let held = pay_service::shipping::store::claim(db, &no, env.clock.now(), 60, "dead-replica")
         .await
         .unwrap();
     assert!(held.is_some());
@@ -393,7 +393,7 @@ async fn settlement_pushes_move_the_state_once_across_replicas(backend: Backend)
     let order = paid_order(&env, "vip").await;
     let order = until_shipped(&env, &up, &order.order_no).await;
     let other = env.replica();
-    let t = env.pay.now();
+    let t = env.clock.now();
     let received = push(&order, serde_json::json!({"confirm_receive_time": t}), t);
     // The same push (WeChat's retries) to both replicas at once: one applies it.
     let (a, b, c) = tokio::join!(
