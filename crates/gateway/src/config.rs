@@ -152,7 +152,9 @@ pub fn parse_push_apps(spec: &str) -> Result<Vec<wechat::push::PushApp>, String>
             return Err("GATEWAY_PUSH_APPS: each entry is appid|token|EncodingAESKey|mode".into());
         };
         if appid.is_empty() || apps.iter().any(|a| a.appid() == appid) {
-            return Err(format!("GATEWAY_PUSH_APPS: appid {appid:?} is empty or listed twice"));
+            return Err(format!(
+                "GATEWAY_PUSH_APPS: appid {appid:?} is empty or listed twice"
+            ));
         }
         let mode = wechat::push::Mode::parse(mode).ok_or_else(|| {
             format!("GATEWAY_PUSH_APPS: mode of {appid} must be safe or plaintext")

@@ -361,14 +361,9 @@ impl PayService for Payments {
         request: Request<pb::HandleMessagePushRequest>,
     ) -> Result<Response<pb::HandleMessagePushResponse>, Status> {
         let r = request.into_inner();
-        let verdict = Payments::handle_message_push(
-            self,
-            &r.app_id,
-            &r.event,
-            &r.message_json,
-            &r.dedup_key,
-        )
-        .await?;
+        let verdict =
+            Payments::handle_message_push(self, &r.app_id, &r.event, &r.message_json, &r.dedup_key)
+                .await?;
         Ok(Response::new(pb::HandleMessagePushResponse {
             verdict: verdict.to_owned(),
         }))

@@ -131,7 +131,9 @@ impl ShippingConfig {
                 return Err("SANDBOX_PUSH_TOKEN must be set with SANDBOX_PUSH_URL".into());
             }
             if self.push_mode == "safe" && aes_key(&self.push_aes_key).is_none() {
-                return Err("SANDBOX_PUSH_AES_KEY must be 43 characters of base64 in safe mode".into());
+                return Err(
+                    "SANDBOX_PUSH_AES_KEY must be 43 characters of base64 in safe mode".into(),
+                );
             }
         }
         Ok(())
@@ -306,11 +308,17 @@ fn find_paid(state: &ShippingState, key: &Value) -> Option<Paid> {
 
 /// Checks one upload's fields (WeChat's rules); the errcode and message of the first fault.
 fn check_upload(body: &Value) -> Result<(), (i64, &'static str)> {
-    let logistics = body.get("logistics_type").and_then(Value::as_i64).unwrap_or(0);
+    let logistics = body
+        .get("logistics_type")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     if !(1..=4).contains(&logistics) {
         return Err((10_060_005, "物流类型有误"));
     }
-    let mode = body.get("delivery_mode").and_then(Value::as_i64).unwrap_or(0);
+    let mode = body
+        .get("delivery_mode")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     if !(1..=2).contains(&mode) {
         return Err((10_060_014, "参数错误: delivery_mode"));
     }
@@ -342,9 +350,15 @@ fn check_upload(body: &Value) -> Result<(), (i64, &'static str)> {
         }
         if logistics == 1 {
             if s("tracking_no").is_empty() || s("express_company").is_empty() {
-                return Err((10_060_014, "参数错误: express needs tracking_no and express_company"));
+                return Err((
+                    10_060_014,
+                    "参数错误: express needs tracking_no and express_company",
+                ));
             }
-            if !EXPRESS_COMPANIES.iter().any(|(id, _)| *id == s("express_company")) {
+            if !EXPRESS_COMPANIES
+                .iter()
+                .any(|(id, _)| *id == s("express_company"))
+            {
                 return Err((10_060_014, "参数错误: unknown express_company"));
             }
             // SF needs a masked phone of the sender or the receiver.
@@ -360,7 +374,10 @@ fn check_upload(body: &Value) -> Result<(), (i64, &'static str)> {
             }
         }
     }
-    let upload_time = body.get("upload_time").and_then(Value::as_str).unwrap_or("");
+    let upload_time = body
+        .get("upload_time")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if chrono::DateTime::parse_from_rfc3339(upload_time).is_err() {
         return Err((10_060_014, "参数错误: upload_time must be RFC 3339"));
     }
@@ -517,7 +534,9 @@ pub async fn get_order_list(
         .collect();
     list.sort_by_key(|o| o.paid_at);
     let list: Vec<Value> = list.into_iter().take(100).map(order_json).collect();
-    Ok(ok(json!({ "order_list": list, "last_index": "", "has_more": false })))
+    Ok(ok(
+        json!({ "order_list": list, "last_index": "", "has_more": false }),
+    ))
 }
 
 /// `POST /wxa/sec/order/notify_confirm_receive`: reminds the user (recorded only).
@@ -534,7 +553,11 @@ pub async fn notify_confirm_receive(
     };
     let s = sandbox.shipping.state();
     Ok(match find_paid(&s, &body).filter(|p| p.appid == appid) {
-        Some(p) if s.orders.get(&p.transaction_id).is_some_and(|o| o.order_state == 2) => {
+        Some(p)
+            if s.orders
+                .get(&p.transaction_id)
+                .is_some_and(|o| o.order_state == 2) =>
+        {
             ok(json!({}))
         }
         Some(_) => wx(10_060_004, "支付单处于不可发货的状态"),
@@ -632,7 +655,10 @@ fn to_xml(message: &Value) -> String {
         for (k, v) in map {
             match v {
                 Value::String(s) => {
-                    out.push_str(&format!("<{k}><![CDATA[{}]]></{k}>", s.replace("]]>", "]]]]><![CDATA[>")));
+                    out.push_str(&format!(
+                        "<{k}><![CDATA[{}]]></{k}>",
+                        s.replace("]]>", "]]]]><![CDATA[>")
+                    ));
                 }
                 other => out.push_str(&format!("<{k}>{other}</{k}>")),
             }
@@ -643,12 +669,21 @@ fn to_xml(message: &Value) -> String {
 }
 
 /// The URL (with query) and body of one push of `message` as configured.
-pub fn build_push(config: &ShippingConfig, appid: &str, message: &Value, now: i64) -> Option<(String, String, &'static str)> {
+pub fn build_push(
+    config: &ShippingConfig,
+    appid: &str,
+    message: &Value,
+    now: i64,
+) -> Option<(String, String, &'static str)> {
     let url = config.push_url.as_deref()?;
     let timestamp = now.to_string();
     let nonce = format!("{}", rand::random::<u32>());
     let xml = config.push_format == "xml";
-    let plain = if xml { to_xml(message) } else { message.to_string() };
+    let plain = if xml {
+        to_xml(message)
+    } else {
+        message.to_string()
+    };
     let content_type = if xml { "text/xml" } else { "application/json" };
     let signature = sha1_sorted(&[&config.push_token, &timestamp, &nonce]);
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -656,14 +691,21 @@ pub fn build_push(config: &ShippingConfig, appid: &str, message: &Value, now: i6
         let key = aes_key(&config.push_aes_key)?;
         let encrypt = encrypt_push(&key, plain.as_bytes(), appid);
         let msg_signature = sha1_sorted(&[&config.push_token, &timestamp, &nonce, &encrypt]);
-        let to_user = message.get("ToUserName").and_then(Value::as_str).unwrap_or("");
+        let to_user = message
+            .get("ToUserName")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let body = if xml {
-            format!("<xml><ToUserName><![CDATA[{to_user}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
+            format!(
+                "<xml><ToUserName><![CDATA[{to_user}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+            )
         } else {
             json!({ "ToUserName": to_user, "Encrypt": encrypt }).to_string()
         };
         Some((
-            format!("{url}{sep}signature={signature}&timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={msg_signature}"),
+            format!(
+                "{url}{sep}signature={signature}&timestamp={timestamp}&nonce={nonce}&encrypt_type=aes&msg_signature={msg_signature}"
+            ),
             body,
             content_type,
         ))
@@ -680,7 +722,11 @@ pub fn build_push(config: &ShippingConfig, appid: &str, message: &Value, now: i6
 /// retries 3 times), each waiting at most 5 s for "success".
 pub fn push(sandbox: &web::Data<Sandbox>, appid: &str, transaction_id: &str, message: Value) {
     let config = sandbox.shipping.config.clone();
-    let event = message.get("Event").and_then(Value::as_str).unwrap_or("").to_owned();
+    let event = message
+        .get("Event")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let sandbox = sandbox.clone();
     let appid = appid.to_owned();
     let transaction_id = transaction_id.to_owned();
@@ -740,7 +786,11 @@ pub enum Step {
 
 /// The user confirms receipt (`Step::Confirmed`) or WeChat settles (`Step::Settled`) the
 /// order `transaction_id`, and pushes `trade_manage_order_settlement`.
-pub fn advance(sandbox: &web::Data<Sandbox>, transaction_id: &str, step: Step) -> Result<u8, String> {
+pub fn advance(
+    sandbox: &web::Data<Sandbox>,
+    transaction_id: &str,
+    step: Step,
+) -> Result<u8, String> {
     let now = clock::unix_ms() / 1000;
     let (appid, message) = {
         let mut s = sandbox.shipping.state();
@@ -751,14 +801,20 @@ pub fn advance(sandbox: &web::Data<Sandbox>, transaction_id: &str, step: Step) -
         match step {
             Step::Confirmed => {
                 if order.order_state != 2 {
-                    return Err(format!("order is in state {}, not shipped (2)", order.order_state));
+                    return Err(format!(
+                        "order is in state {}, not shipped (2)",
+                        order.order_state
+                    ));
                 }
                 order.order_state = 3;
                 order.received_at = Some(now);
             }
             Step::Settled => {
                 if !matches!(order.order_state, 2 | 3) {
-                    return Err(format!("order is in state {}, not shipped or received", order.order_state));
+                    return Err(format!(
+                        "order is in state {}, not shipped or received",
+                        order.order_state
+                    ));
                 }
                 // Not confirmed by the user: WeChat confirms it itself when it settles.
                 if order.received_at.is_none() {
@@ -791,7 +847,12 @@ pub fn advance(sandbox: &web::Data<Sandbox>, transaction_id: &str, step: Step) -
         }
         (order.appid.clone(), message)
     };
-    let state = sandbox.shipping.state().orders.get(transaction_id).map_or(0, |o| o.order_state);
+    let state = sandbox
+        .shipping
+        .state()
+        .orders
+        .get(transaction_id)
+        .map_or(0, |o| o.order_state);
     push(sandbox, &appid, transaction_id, message);
     Ok(state)
 }
@@ -800,14 +861,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/wxa/sec/order")
             .wrap(actix_web::middleware::from_fn(crate::faults::wechat_paths))
-            .route("/upload_shipping_info", web::post().to(upload_shipping_info))
+            .route(
+                "/upload_shipping_info",
+                web::post().to(upload_shipping_info),
+            )
             .route(
                 "/upload_combined_shipping_info",
                 web::post().to(upload_combined_shipping_info),
             )
             .route("/get_order", web::post().to(get_order))
             .route("/get_order_list", web::post().to(get_order_list))
-            .route("/notify_confirm_receive", web::post().to(notify_confirm_receive))
+            .route(
+                "/notify_confirm_receive",
+                web::post().to(notify_confirm_receive),
+            )
             .route("/set_msg_jump_path", web::post().to(set_msg_jump_path))
             .route("/is_trade_managed", web::post().to(is_trade_managed)),
     )
@@ -851,7 +918,10 @@ async fn list(sandbox: web::Data<Sandbox>) -> HttpResponse {
     }))
 }
 
-async fn dev_confirm(sandbox: web::Data<Sandbox>, body: web::Json<TransactionBody>) -> HttpResponse {
+async fn dev_confirm(
+    sandbox: web::Data<Sandbox>,
+    body: web::Json<TransactionBody>,
+) -> HttpResponse {
     dev_step(&sandbox, &body.transaction_id, Step::Confirmed)
 }
 
@@ -913,7 +983,8 @@ mod tests {
             push_aes_key: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into(),
             ..ShippingConfig::default()
         };
-        let (url, body, _) = build_push(&config, "wx1", &json!({"Event": "e"}), 1_700_000_000).unwrap();
+        let (url, body, _) =
+            build_push(&config, "wx1", &json!({"Event": "e"}), 1_700_000_000).unwrap();
         let body: Value = serde_json::from_str(&body).unwrap();
         let encrypt = body["Encrypt"].as_str().unwrap();
         let q: HashMap<String, String> = url
@@ -931,7 +1002,9 @@ mod tests {
             sha1_sorted(&["tok123", "1700000000", &q["nonce"], encrypt])
         );
         // 16 + 4 + msg + appid, padded to 32: ciphertext length is a multiple of 32.
-        let raw = base64::engine::general_purpose::STANDARD.decode(encrypt).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(encrypt)
+            .unwrap();
         assert_eq!(raw.len() % 32, 0);
     }
 }

@@ -58,10 +58,20 @@ pub fn section(view: &View) -> String {
             let fields = [("transaction_id", o.transaction_id.as_str())];
             let mut actions = String::new();
             if o.order_state == 2 {
-                actions.push_str(&button(CONFIRM, "user confirms receipt", &fields, &o.transaction_id));
+                actions.push_str(&button(
+                    CONFIRM,
+                    "user confirms receipt",
+                    &fields,
+                    &o.transaction_id,
+                ));
             }
             if matches!(o.order_state, 2 | 3) {
-                actions.push_str(&button(SETTLE, "WeChat settles", &fields, &o.transaction_id));
+                actions.push_str(&button(
+                    SETTLE,
+                    "WeChat settles",
+                    &fields,
+                    &o.transaction_id,
+                ));
             }
             out.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{actions}</td></tr>",
@@ -98,15 +108,28 @@ pub struct TransactionForm {
     csrf: String,
 }
 
-async fn confirm(req: HttpRequest, sandbox: web::Data<Sandbox>, form: web::Form<TransactionForm>) -> HttpResponse {
+async fn confirm(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    form: web::Form<TransactionForm>,
+) -> HttpResponse {
     step(&req, &sandbox, &form, Step::Confirmed)
 }
 
-async fn settle(req: HttpRequest, sandbox: web::Data<Sandbox>, form: web::Form<TransactionForm>) -> HttpResponse {
+async fn settle(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    form: web::Form<TransactionForm>,
+) -> HttpResponse {
     step(&req, &sandbox, &form, Step::Settled)
 }
 
-fn step(req: &HttpRequest, sandbox: &web::Data<Sandbox>, form: &TransactionForm, step: Step) -> HttpResponse {
+fn step(
+    req: &HttpRequest,
+    sandbox: &web::Data<Sandbox>,
+    form: &TransactionForm,
+    step: Step,
+) -> HttpResponse {
     if let Some(refused) = refuse_cross_site(req, &form.csrf) {
         return refused;
     }

@@ -480,7 +480,11 @@ impl WechatClient {
 
     /// `POST /wxa/sec/order/is_trade_managed`: whether the app is under trade management
     /// (its funds frozen until shipping).
-    pub async fn is_trade_managed(&self, access_token: &str, appid: &str) -> Result<bool, ApiError> {
+    pub async fn is_trade_managed(
+        &self,
+        access_token: &str,
+        appid: &str,
+    ) -> Result<bool, ApiError> {
         #[derive(Deserialize)]
         struct Answer {
             #[serde(default)]
@@ -550,7 +554,9 @@ mod tests {
                 contact: None,
             }],
             upload_time: "2022-12-15T13:29:35.120+08:00".into(),
-            payer: Payer { openid: "o1".into() },
+            payer: Payer {
+                openid: "o1".into(),
+            },
         }
     }
 

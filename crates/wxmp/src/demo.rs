@@ -306,8 +306,7 @@ pub async fn run(
             };
             if let Some(pay) = &target.pay {
                 partial_refund(pay, target.pay_timeout, &mut report, &mut say).await?;
-                ship_and_settle(pay, &http, sb, target.pay_timeout, &mut report, &mut say)
-                    .await?;
+                ship_and_settle(pay, &http, sb, target.pay_timeout, &mut report, &mut say).await?;
             }
             return Ok(report);
         }
@@ -419,7 +418,10 @@ async fn ship_and_settle(
             logistics_type: 1,
             delivery_mode: 1,
             shipping_list: vec![pb::Parcel {
-                tracking_no: format!("ZTO{}", &report.order_no[report.order_no.len().saturating_sub(10)..]),
+                tracking_no: format!(
+                    "ZTO{}",
+                    &report.order_no[report.order_no.len().saturating_sub(10)..]
+                ),
                 express_company: "ZTO".into(),
                 item_desc: "wxmp demo parcel".into(),
                 ..Default::default()
@@ -433,7 +435,11 @@ async fn ship_and_settle(
         let started = Instant::now();
         loop {
             let (order, _) = client.order(&report.order_no).await?;
-            if order.shipping.as_ref().is_some_and(|s| s.state == state as i32) {
+            if order
+                .shipping
+                .as_ref()
+                .is_some_and(|s| s.state == state as i32)
+            {
                 return Ok(order);
             }
             if started.elapsed() > timeout {
@@ -446,7 +452,10 @@ async fn ship_and_settle(
         }
     };
     let shipped = wait_for(pb::ShippingState::Shipped).await?;
-    say(format!("13. WeChat took the shipping: {}", describe_shipping(&shipped)));
+    say(format!(
+        "13. WeChat took the shipping: {}",
+        describe_shipping(&shipped)
+    ));
     post(
         http,
         &format!("{sb}/sandbox/shipping/confirm"),

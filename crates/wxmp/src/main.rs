@@ -4,7 +4,6 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use service_kit::telemetry::{self, TelemetryConfig};
-use wxmp_proto::pay::v1 as pb;
 use wxmp::{
     demo::{self, DemoTarget},
     operator::{self, Pay, PayTarget},
@@ -13,6 +12,7 @@ use wxmp::{
         WechatTarget,
     },
 };
+use wxmp_proto::pay::v1 as pb;
 
 #[derive(Parser, Debug)]
 #[command(name = "wxmp", version, about = "The backend of a WeChat Mini Program")]
@@ -376,7 +376,17 @@ async fn main() -> ExitCode {
             parcels,
             all_delivered,
             pay,
-        } => ship(order_no, logistics_type, delivery_mode, parcels, all_delivered, pay).await,
+        } => {
+            ship(
+                order_no,
+                logistics_type,
+                delivery_mode,
+                parcels,
+                all_delivered,
+                pay,
+            )
+            .await
+        }
         Command::Demo {
             gateway,
             sandbox,

@@ -307,9 +307,15 @@ mod tests {
         let line = describe_shipping(&order);
         assert!(line.starts_with("shipping PENDING_UPLOAD"), "{line}");
         assert!(line.contains("upload attempts 7"), "{line}");
-        assert!(line.ends_with("last error: WeChat error 10060001"), "{line}");
+        assert!(
+            line.ends_with("last error: WeChat error 10060001"),
+            "{line}"
+        );
         let p = parse_parcel("mug,SF123,SF,138****0000").unwrap();
-        assert_eq!((p.tracking_no.as_str(), p.receiver_contact.as_str()), ("SF123", "138****0000"));
+        assert_eq!(
+            (p.tracking_no.as_str(), p.receiver_contact.as_str()),
+            ("SF123", "138****0000")
+        );
         assert!(parse_parcel("").is_err());
     }
 }

@@ -219,7 +219,10 @@ pub async fn receive(
                 }
                 Err(_) => {
                     counted("upstream_timeout", event);
-                    tracing::warn!(event, "message push: pay-service too slow; WeChat will retry");
+                    tracing::warn!(
+                        event,
+                        "message push: pay-service too slow; WeChat will retry"
+                    );
                     text(StatusCode::SERVICE_UNAVAILABLE, "retry")
                 }
             }
@@ -237,7 +240,10 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ROUTES.len());
-        assert_eq!(route("trade_manage_order_settlement").map(|r| r.1), Some(Owner::Pay));
+        assert_eq!(
+            route("trade_manage_order_settlement").map(|r| r.1),
+            Some(Owner::Pay)
+        );
         assert_eq!(route("xpay_unknown_future_event"), None);
     }
 }

@@ -19,13 +19,13 @@ use wxmp_proto::{
     pay::v1::{
         CloseOrderRequest, CloseOrderResponse, CreateOrderRequest, CreateOrderResponse,
         GetOrderRequest, GetOrderResponse, GetRefundRequest, GetRefundResponse,
-        HandlePayNotifyRequest, HandlePayNotifyResponse, HandlePayNotifyV3Request,
-        HandlePayNotifyV3Response, HandleRefundNotifyRequest, HandleRefundNotifyResponse,
-        HandleRefundNotifyV3Request, HandleRefundNotifyV3Response, JsapiParams,
-        ListProductsRequest, ListProductsResponse, ListRefundsRequest, ListRefundsResponse, Order,
-        OrderState, PrepareJsapiPaymentRequest, PrepareJsapiPaymentResponse, Product,
-        RefundRequest, RefundResponse,
-        HandleMessagePushRequest, HandleMessagePushResponse, ShipRequest, ShipResponse,
+        HandleMessagePushRequest, HandleMessagePushResponse, HandlePayNotifyRequest,
+        HandlePayNotifyResponse, HandlePayNotifyV3Request, HandlePayNotifyV3Response,
+        HandleRefundNotifyRequest, HandleRefundNotifyResponse, HandleRefundNotifyV3Request,
+        HandleRefundNotifyV3Response, JsapiParams, ListProductsRequest, ListProductsResponse,
+        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse, ShipRequest,
+        ShipResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -419,7 +419,10 @@ impl PayService for FakePay {
         self.0.record(
             "handle_message_push",
             &req,
-            format!("{}|{}|{}|{}", r.app_id, r.event, r.dedup_key, r.message_json),
+            format!(
+                "{}|{}|{}|{}",
+                r.app_id, r.event, r.dedup_key, r.message_json
+            ),
         );
         Ok(Response::new(HandleMessagePushResponse {
             verdict: "handled".into(),

@@ -94,6 +94,10 @@ mod tests {
         assert_eq!(c.virtual_product_ids(), vec!["vip".to_owned()]);
         assert!(c.validate(&catalog).is_ok());
         c.virtual_products = "vip,nope".into();
-        assert!(c.validate(&catalog).unwrap_err().starts_with("PAY_VIRTUAL_PRODUCTS"));
+        assert!(
+            c.validate(&catalog)
+                .unwrap_err()
+                .starts_with("PAY_VIRTUAL_PRODUCTS")
+        );
     }
 }

@@ -42,20 +42,28 @@ impl Payments {
                 .ok_or_else(|| Error::Internal("shipment vanished".into()))?;
             return Ok((order, shipment));
         }
-        if let Some(shipment) = store::modify(db, &order.order_no, logistics, mode, &request, now).await? {
+        if let Some(shipment) =
+            store::modify(db, &order.order_no, logistics, mode, &request, now).await?
+        {
             tracing::info!("shipping modified (WeChat allows this once)");
             worker::wake();
             return Ok((order, shipment));
         }
         let current = store::find(db, &order.order_no).await?;
-        Err(Error::OrderState(match current.as_ref().and_then(Shipment::state) {
-            Some(ShippingState::PendingUpload) => {
-                "the shipping is still being uploaded to WeChat; retry once it is SHIPPED".into()
-            }
-            Some(ShippingState::Shipped) => "the shipping was already modified once".into(),
-            Some(state) => format!("the order is {}: too late to modify its shipping", state.as_str()),
-            None => "the order's shipping could not be recorded".into(),
-        }))
+        Err(Error::OrderState(
+            match current.as_ref().and_then(Shipment::state) {
+                Some(ShippingState::PendingUpload) => {
+                    "the shipping is still being uploaded to WeChat; retry once it is SHIPPED"
+                        .into()
+                }
+                Some(ShippingState::Shipped) => "the shipping was already modified once".into(),
+                Some(state) => format!(
+                    "the order is {}: too late to modify its shipping",
+                    state.as_str()
+                ),
+                None => "the order's shipping could not be recorded".into(),
+            },
+        ))
     }
 
     /// The order's shipment, if any (GetOrder shows it).

@@ -54,7 +54,10 @@ fn on_notice<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {
 
 /// The handler of `event`, if pay-service owns it.
 pub fn handler(event: &str) -> Option<Handler> {
-    HANDLERS.iter().find(|(name, _)| *name == event).map(|(_, h)| *h)
+    HANDLERS
+        .iter()
+        .find(|(name, _)| *name == event)
+        .map(|(_, h)| *h)
 }
 
 impl Payments {
@@ -110,12 +113,18 @@ fn row(payments: &Payments, push: &Push, verdict: &str) -> NewPush {
 }
 
 /// Records the push once; `duplicate` when seen before.
-async fn record(payments: &Payments, push: &Push, verdict: &'static str) -> Result<&'static str, Error> {
-    Ok(if store::record_push(payments.database(), &row(payments, push, verdict)).await? {
-        verdict
-    } else {
-        "duplicate"
-    })
+async fn record(
+    payments: &Payments,
+    push: &Push,
+    verdict: &'static str,
+) -> Result<&'static str, Error> {
+    Ok(
+        if store::record_push(payments.database(), &row(payments, push, verdict)).await? {
+            verdict
+        } else {
+            "duplicate"
+        },
+    )
 }
 
 /// The order a push names: `merchant_trade_no` is our order_no; else by `transaction_id`.

@@ -145,7 +145,9 @@ pub struct StoredRequest {
 }
 
 /// Checks a Ship request against WeChat's rules and answers what to store.
-pub fn check_ship(req: &ShipRequest) -> Result<(LogisticsType, DeliveryMode, StoredRequest), Error> {
+pub fn check_ship(
+    req: &ShipRequest,
+) -> Result<(LogisticsType, DeliveryMode, StoredRequest), Error> {
     let logistics = u8::try_from(req.logistics_type)
         .ok()
         .and_then(|v| LogisticsType::try_from(v).ok())
@@ -158,7 +160,9 @@ pub fn check_ship(req: &ShipRequest) -> Result<(LogisticsType, DeliveryMode, Sto
     let mode = u8::try_from(req.delivery_mode)
         .ok()
         .and_then(|v| DeliveryMode::try_from(v).ok())
-        .ok_or_else(|| Error::InvalidArgument("delivery_mode must be 1 (unified) or 2 (split)".into()))?;
+        .ok_or_else(|| {
+            Error::InvalidArgument("delivery_mode must be 1 (unified) or 2 (split)".into())
+        })?;
     let parcels: Vec<ws::Parcel> = req
         .parcels
         .iter()
@@ -282,7 +286,10 @@ pub fn int_field(message: &serde_json::Value, name: &str) -> Option<i64> {
 
 /// A string field of a push.
 pub fn str_field<'a>(message: &'a serde_json::Value, name: &str) -> &'a str {
-    message.get(name).and_then(serde_json::Value::as_str).unwrap_or("")
+    message
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
 }
 
 /// What a `trade_manage_order_settlement` push says: WeChat pushes it when the user confirms
@@ -384,8 +391,12 @@ mod tests {
 
     #[test]
     fn settlement_pushes() {
-        let received = serde_json::json!({"confirm_receive_time": 10, "estimated_settlement_time": 20});
-        assert_eq!(settlement_of(&received), Some(Settlement::Received { at: 10 }));
+        let received =
+            serde_json::json!({"confirm_receive_time": 10, "estimated_settlement_time": 20});
+        assert_eq!(
+            settlement_of(&received),
+            Some(Settlement::Received { at: 10 })
+        );
         let settled = serde_json::json!({"confirm_receive_time": "10", "settlement_time": "30"});
         assert_eq!(
             settlement_of(&settled),

@@ -3,9 +3,7 @@
 //! the states it may leave, and for the uploader the lease token it holds), with its outbox
 //! event in the same transaction.
 
-use diesel::{
-    ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper,
-};
+use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use service_kit::db::Database;
 
@@ -42,7 +40,13 @@ pub struct NewShipment {
 
 impl NewShipment {
     /// A row waiting for its first upload.
-    pub fn pending(order: &Order, logistics_type: i32, delivery_mode: i32, request: String, now: i64) -> Self {
+    pub fn pending(
+        order: &Order,
+        logistics_type: i32,
+        delivery_mode: i32,
+        request: String,
+        now: i64,
+    ) -> Self {
         Self {
             order_no: order.order_no.clone(),
             app_id: order.app_id.clone(),
@@ -219,7 +223,10 @@ pub async fn mark_shipped(
                     .select(Order::as_select())
                     .first(conn)
                     .await?;
-                crate::append_event!(conn, shipping_event(EventKind::OrderShipped, &order, s, now))?;
+                crate::append_event!(
+                    conn,
+                    shipping_event(EventKind::OrderShipped, &order, s, now)
+                )?;
             }
             Ok(shipped)
         })

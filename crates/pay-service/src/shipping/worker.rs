@@ -102,12 +102,9 @@ impl From<ApiError> for Failure {
 impl Uploader {
     pub fn from_config(config: &Config) -> Result<Self, Error> {
         let timeout = config.wechat_timeout();
-        let channel = service_kit::grpc::channel(
-            &config.paid_message.auth_service_url,
-            timeout,
-            timeout,
-        )
-        .map_err(|e| Error::Config(format!("PAY_AUTH_SERVICE_URL: {e}")))?;
+        let channel =
+            service_kit::grpc::channel(&config.paid_message.auth_service_url, timeout, timeout)
+                .map_err(|e| Error::Config(format!("PAY_AUTH_SERVICE_URL: {e}")))?;
         let s = &config.shipping;
         Ok(Self {
             wechat: config.wechat.client().map_err(Error::Config)?,
@@ -143,7 +140,11 @@ impl Uploader {
         Ok((t.access_token, t.generation))
     }
 
-    async fn upload(&self, info: &wechat::shipping::ShippingInfo, app_id: &str) -> Result<(), Failure> {
+    async fn upload(
+        &self,
+        info: &wechat::shipping::ShippingInfo,
+        app_id: &str,
+    ) -> Result<(), Failure> {
         let (token, generation) = self.token(app_id, None).await?;
         match self.wechat.upload_shipping_info(&token, info).await {
             Err(e) if e.is_token_rejected() => {
@@ -176,7 +177,10 @@ impl Uploader {
             }
         }
         if made > 0 {
-            tracing::warn!(made, "queued virtual goods' shipping that the PAID hook missed");
+            tracing::warn!(
+                made,
+                "queued virtual goods' shipping that the PAID hook missed"
+            );
         }
         let stuck = store::stuck(db, now - self.stuck_secs).await?;
         #[allow(clippy::cast_precision_loss)]
@@ -209,7 +213,13 @@ impl Uploader {
                 Err(f) => (Err(f.error), f.errcode),
             };
             let now = payments.now();
-            match rules::verdict_of(&result, errcode, shipment.attempts, self.retry_ms, self.quota_secs) {
+            match rules::verdict_of(
+                &result,
+                errcode,
+                shipment.attempts,
+                self.retry_ms,
+                self.quota_secs,
+            ) {
                 UploadVerdict::Shipped => {
                     store::mark_shipped(db, &order_no, &token, now).await?;
                     metrics::counter!("wxmp_pay_shipping_uploads_total", "result" => "shipped")

@@ -180,7 +180,11 @@ async fn until_shipped(env: &Env, up: &Uploader, order_no: &str) -> pb::Order {
         if shipping_state(&order) == pb::ShippingState::Shipped {
             return order;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not shipped: {:?}", order.shipping);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not shipped: {:?}",
+            order.shipping
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -265,7 +269,9 @@ async fn an_upload_survives_a_crash_between_payment_and_upload(backend: Backend)
         .unwrap();
     let no = prepared.order.clone().unwrap().order_no;
     // The notify reaches the "crashed" replica only.
-    env.receiver.forward.store(false, std::sync::atomic::Ordering::SeqCst);
+    env.receiver
+        .forward
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     env.sandbox_pay(&prepared, None).await;
     let notice = env.captured_notice(1).await;
     let reply = crate::helpers::deliver_to(&crashed, &notice).await;
@@ -284,7 +290,11 @@ async fn an_upload_survives_a_crash_between_payment_and_upload(backend: Backend)
         .await
         .unwrap();
     assert!(held.is_some());
-    assert_eq!(a.run_once(&env.pay).await.unwrap(), 0, "leased to the dead replica");
+    assert_eq!(
+        a.run_once(&env.pay).await.unwrap(),
+        0,
+        "leased to the dead replica"
+    );
     // ... and once its lease has run out, another replica uploads it, once.
     env.clock.advance(61);
     let order = until_shipped(&env, &b, &no).await;
@@ -359,7 +369,11 @@ async fn shipping_may_be_modified_once(backend: Backend) {
         .order
         .unwrap();
     assert_eq!(
-        reason(&ship(&env, express(&unpaid.order_no, "X")).await.unwrap_err()),
+        reason(
+            &ship(&env, express(&unpaid.order_no, "X"))
+                .await
+                .unwrap_err()
+        ),
         service_kit::ErrorReason::OrderState
     );
 }
@@ -421,10 +435,20 @@ async fn settlement_pushes_move_the_state_once_across_replicas(backend: Backend)
     assert_eq!(shipping_state(&now), pb::ShippingState::Settled);
     assert_eq!(now.shipping.as_ref().unwrap().settled_at, t + 5);
     // A late receipt push (another key) changes nothing.
-    let late = push(&order, serde_json::json!({"confirm_receive_time": t}), t + 9);
+    let late = push(
+        &order,
+        serde_json::json!({"confirm_receive_time": t}),
+        t + 9,
+    );
     assert_eq!(handle(&other, &late).await, "recorded");
-    assert_eq!(events_of(&env.pay, &order.order_no, EventKind::OrderReceived).await, 1);
-    assert_eq!(events_of(&env.pay, &order.order_no, EventKind::OrderSettled).await, 1);
+    assert_eq!(
+        events_of(&env.pay, &order.order_no, EventKind::OrderReceived).await,
+        1
+    );
+    assert_eq!(
+        events_of(&env.pay, &order.order_no, EventKind::OrderSettled).await,
+        1
+    );
     // The payment state is untouched: shipping sits beside it.
     assert_eq!(now.state, pb::OrderState::Paid as i32);
     // Unknown orders and unknown events are recorded, never an error.

@@ -79,7 +79,8 @@ fn wechat_sample_encrypts_to_the_published_ciphertext() {
 #[test]
 fn wechat_sample_refused_for_another_app_token_or_time() {
     let body = format!(r#"{{"ToUserName":"gh","Encrypt":"{SAMPLE_ENCRYPT}"}}"#);
-    let other_app = PushApp::new("wx0000000000000000", SAMPLE_TOKEN, SAMPLE_KEY, Mode::Safe).unwrap();
+    let other_app =
+        PushApp::new("wx0000000000000000", SAMPLE_TOKEN, SAMPLE_KEY, Mode::Safe).unwrap();
     assert_eq!(
         other_app.open(&sample_query(), body.as_bytes(), sample_now(), 300),
         Err(PushError::AppIdMismatch)
@@ -129,7 +130,9 @@ fn openssl_vectors_json_and_xml() {
         let enc = fixture(&format!("{name}.encrypt.txt"));
         let sig = fixture(&format!("{name}.msg_signature.txt"));
         let body = format!(r#"{{"ToUserName":"gh_0000shipping","Encrypt":"{enc}"}}"#);
-        let m = app.open(&query(Some(sig)), body.as_bytes(), NOW, 300).unwrap();
+        let m = app
+            .open(&query(Some(sig)), body.as_bytes(), NOW, 300)
+            .unwrap();
         assert_eq!(m.event, event, "{name}");
         assert_eq!(m.fields["transaction_id"], "4200000000000001");
         // Our encryption with the same random bytes gives openssl's ciphertext.

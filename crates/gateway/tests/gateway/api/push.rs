@@ -60,7 +60,9 @@ fn safe_push(appid: &str, message: &str, ts: i64, xml: bool) -> (String, String)
         signature(&[TOKEN, &ts, nonce, &encrypt])
     );
     let body = if xml {
-        format!("<xml><ToUserName><![CDATA[gh_1]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>")
+        format!(
+            "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+        )
     } else {
         serde_json::json!({"ToUserName": "gh_1", "Encrypt": encrypt}).to_string()
     };
@@ -137,7 +139,12 @@ async fn plaintext_and_safe_json_and_xml_reach_pay_service() {
         (200, "success".into())
     );
     // Safe mode, JSON envelope around a JSON message, and XML around XML.
-    let (q, body) = safe_push(SAFE_APP, &settlement("4200000003", ts).to_string(), ts, false);
+    let (q, body) = safe_push(
+        SAFE_APP,
+        &settlement("4200000003", ts).to_string(),
+        ts,
+        false,
+    );
     assert_eq!(post(&s, SAFE_APP, &q, body).await, (200, "success".into()));
     let inner = format!(
         "<xml><FromUserName><![CDATA[o_2]]></FromUserName><CreateTime>{ts}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[trade_manage_order_settlement]]></Event><transaction_id>4200000004</transaction_id><settlement_time>{ts}</settlement_time></xml>"
@@ -150,9 +157,21 @@ async fn plaintext_and_safe_json_and_xml_reach_pay_service() {
     assert!(got[0].starts_with(&format!(
         "{PLAIN_APP}|trade_manage_order_settlement|o_1|{ts}|trade_manage_order_settlement|4200000001|"
     )), "{}", got[0]);
-    assert!(got[1].starts_with(&format!("{PLAIN_APP}|trade_manage_remind_shipping|")), "{}", got[1]);
-    assert!(got[2].starts_with(&format!("{SAFE_APP}|trade_manage_order_settlement|")), "{}", got[2]);
-    assert!(got[3].contains(r#""settlement_time":""#), "XML values arrive as strings: {}", got[3]);
+    assert!(
+        got[1].starts_with(&format!("{PLAIN_APP}|trade_manage_remind_shipping|")),
+        "{}",
+        got[1]
+    );
+    assert!(
+        got[2].starts_with(&format!("{SAFE_APP}|trade_manage_order_settlement|")),
+        "{}",
+        got[2]
+    );
+    assert!(
+        got[3].contains(r#""settlement_time":""#),
+        "XML values arrive as strings: {}",
+        got[3]
+    );
     s.stop().await;
 }
 
@@ -182,12 +201,16 @@ async fn forged_replayed_or_foreign_pushes_are_refused_and_forward_nothing() {
     let msg = settlement("4200000005", ts).to_string();
     // Wrong signature (another token).
     assert_eq!(
-        post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone()).await.0,
+        post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone())
+            .await
+            .0,
         401
     );
     // Replay: a genuine signature ten minutes old.
     assert_eq!(
-        post(&s, PLAIN_APP, &plain_query(TOKEN, ts - 600), msg.clone()).await.0,
+        post(&s, PLAIN_APP, &plain_query(TOKEN, ts - 600), msg.clone())
+            .await
+            .0,
         401
     );
     // Encrypted for another app (the appid inside differs), correctly signed.
@@ -206,8 +229,15 @@ async fn forged_replayed_or_foreign_pushes_are_refused_and_forward_nothing() {
     let (q, _) = safe_push(SAFE_APP, &msg, ts, false);
     assert_eq!(post(&s, SAFE_APP, &q, msg.clone()).await.0, 401);
     // Unknown app.
-    assert_eq!(post(&s, "wxunknown", &plain_query(TOKEN, ts), msg).await.0, 404);
-    assert!(pushes(&s).is_empty(), "nothing reached pay-service: {:?}", pushes(&s));
+    assert_eq!(
+        post(&s, "wxunknown", &plain_query(TOKEN, ts), msg).await.0,
+        404
+    );
+    assert!(
+        pushes(&s).is_empty(),
+        "nothing reached pay-service: {:?}",
+        pushes(&s)
+    );
     s.stop().await;
 }
 
@@ -235,13 +265,17 @@ async fn a_sender_of_forged_pushes_is_throttled_but_wechat_is_not() {
     let msg = settlement("4200000006", ts).to_string();
     for _ in 0..2 {
         assert_eq!(
-            post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone()).await.0,
+            post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone())
+                .await
+                .0,
             401
         );
     }
     // Over the limit: refused with 429.
     assert_eq!(
-        post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone()).await.0,
+        post(&s, PLAIN_APP, &plain_query("wrongtoken", ts), msg.clone())
+            .await
+            .0,
         429
     );
     // A genuine push from the same address still gets through.
