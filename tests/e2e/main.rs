@@ -19,5 +19,6 @@ mod pay_v3;
 mod processes;
 mod secrets;
 mod security;
+mod shipping;
 mod userinfo;
 mod wechat_api;

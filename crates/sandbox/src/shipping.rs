@@ -280,11 +280,12 @@ fn count(sandbox: &Sandbox, path: &str) {
         .or_default() += 1;
 }
 
-fn json_body(body: &[u8]) -> Result<Value, HttpResponse> {
+/// The JSON object of a request, or WeChat's 47001 answer.
+fn json_body(body: &[u8]) -> Result<Value, Box<HttpResponse>> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object)
-        .ok_or_else(|| wx(47001, "data format error"))
+        .ok_or_else(|| Box::new(wx(47001, "data format error")))
 }
 
 /// The payment an `order_key` (or a flat `transaction_id` / `merchant_id` +
@@ -394,7 +395,7 @@ pub async fn upload_shipping_info(
     count(&sandbox, "upload_shipping_info");
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let mut s = sandbox.shipping.state();
     if let Some(code) = s.upload_fault {
@@ -444,7 +445,7 @@ pub async fn upload_combined_shipping_info(
     count(&sandbox, "upload_combined_shipping_info");
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let Some(subs) = body.get("sub_orders").and_then(Value::as_array) else {
         return Ok(wx(47_001, "data format error: sub_orders must be an array"));
@@ -499,7 +500,7 @@ pub async fn get_order(
     let appid = authorize(&sandbox, &req)?;
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let s = sandbox.shipping.state();
     let found = find_paid(&s, &body)
@@ -520,7 +521,7 @@ pub async fn get_order_list(
     let appid = authorize(&sandbox, &req)?;
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let state_filter = body.get("order_state").and_then(Value::as_u64);
     let openid = body.get("openid").and_then(Value::as_str);
@@ -549,7 +550,7 @@ pub async fn notify_confirm_receive(
     count(&sandbox, "notify_confirm_receive");
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let s = sandbox.shipping.state();
     Ok(match find_paid(&s, &body).filter(|p| p.appid == appid) {
@@ -574,7 +575,7 @@ pub async fn set_msg_jump_path(
     authorize(&sandbox, &req)?;
     let body = match json_body(&body) {
         Ok(b) => b,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     let Some(path) = body.get("path").and_then(Value::as_str) else {
         return Ok(wx(47_001, "data format error"));

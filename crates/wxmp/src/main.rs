@@ -408,11 +408,10 @@ async fn main() -> ExitCode {
             };
             demo::run(&target, |line| println!("{line}"))
                 .await
-                .map(|report| {
+                .inspect(|report| {
                     if let Some(shipping) = &report.shipping {
                         println!("demo: order {} shipping {shipping}", report.order_no);
                     }
-                    report
                 })
                 .map(|report| match &report.refund {
                     Some((out_refund_no, state, refunded_fen)) => println!(

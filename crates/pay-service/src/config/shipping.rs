@@ -89,8 +89,10 @@ mod tests {
     #[test]
     fn virtual_products_must_be_in_the_catalog() {
         let catalog: super::super::Catalog = "vip:100:VIP".parse().unwrap();
-        let mut c = ShippingConfig::default();
-        c.virtual_products = " vip ,".into();
+        let mut c = ShippingConfig {
+            virtual_products: " vip ,".into(),
+            ..ShippingConfig::default()
+        };
         assert_eq!(c.virtual_product_ids(), vec!["vip".to_owned()]);
         assert!(c.validate(&catalog).is_ok());
         c.virtual_products = "vip,nope".into();
