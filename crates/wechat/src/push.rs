@@ -169,8 +169,8 @@ pub struct PushMessage {
     /// The message as JSON (XML is mapped: an element with children becomes an object, a
     /// repeated element an array, text a string).
     pub fields: Value,
-    /// What identifies WeChat's retries of this push: `MsgId` when present, else
-    /// `FromUserName|CreateTime|Event` (plus the `transaction_id` when the message has one).
+    /// What identifies WeChat's retries of this push: `msgid|<MsgId>` when present, else
+    /// `FromUserName|CreateTime|Event|<first 8 bytes of the SHA-256 of the message, hex>`.
     pub dedup_key: String,
 }
 
@@ -451,13 +451,17 @@ fn message(fields: Value) -> PushMessage {
     };
     let msg_id = get("MsgId");
     let dedup_key = if msg_id.is_empty() {
-        let mut key = format!("{}|{}|{}", get("FromUserName"), get("CreateTime"), event);
-        let transaction_id = get("transaction_id");
-        if !transaction_id.is_empty() {
-            key.push('|');
-            key.push_str(&transaction_id);
-        }
-        key
+        // Two different events can share the sender, second and name (WeChat pushes the
+        // receipt and the settlement of an order at once when the user confirms): the digest
+        // of the whole message tells them apart, and a retry (the same message) keeps it.
+        let digest = sha2::Sha256::digest(fields.to_string().as_bytes());
+        format!(
+            "{}|{}|{}|{}",
+            get("FromUserName"),
+            get("CreateTime"),
+            event,
+            hex::encode(&digest[..8])
+        )
     } else {
         format!("msgid|{msg_id}")
     };

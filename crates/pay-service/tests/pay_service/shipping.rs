@@ -472,3 +472,102 @@ on_both_backends!(
     shipping_may_be_modified_once,
     settlement_pushes_move_the_state_once_across_replicas,
 );
+
+/// A pay-service process SIGKILLed right after it applied a payment (its PAID hook had queued
+/// the virtual goods' upload; nothing was sent to WeChat yet): the next process uploads it,
+/// once. The test runs itself again as a child process (the test binary, this test alone) that
+/// applies the captured notify on the shared database and then `kill -9`s itself.
+async fn sigkill_between_payment_and_upload(backend: Backend, test: &str) {
+    const DB: &str = "WXMP_SHIP_CHILD_DB";
+    const NOTICE: &str = "WXMP_SHIP_CHILD_NOTICE";
+    if let (Ok(db), Ok(notice)) = (std::env::var(DB), std::env::var(NOTICE)) {
+        // The child: a pay-service core of its own on the parent's database.
+        let sandbox = sandbox::spawn(sandbox::Config::dev()).await.unwrap();
+        let mut config = crate::helpers::config(db, &sandbox);
+        config.shipping.virtual_products = "vip".into();
+        let pay = pay_service::connect(&config, pay_service::Clock::system())
+            .await
+            .unwrap();
+        let body = std::fs::read(notice).unwrap();
+        let reply = crate::helpers::deliver_to(
+            &pay,
+            &crate::helpers::Notice {
+                body,
+                headers: None,
+            },
+        )
+        .await;
+        assert!(reply.accepted, "{reply:?}");
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        // Only if `kill` could not run: the parent then sees SIGABRT and fails.
+        std::process::abort();
+    }
+    let env = env(backend, 0).await;
+    env.receiver
+        .forward
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let prepared = env
+        .prepare(&principal(1), Target::ProductId("vip".into()))
+        .await
+        .unwrap();
+    let no = prepared.order.clone().unwrap().order_no;
+    env.sandbox_pay(&prepared, None).await;
+    let notice = env.captured_notice(1).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &notice.body).unwrap();
+    let test = test.split_once("::").map_or(test, |(_, path)| path);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(DB, env.config.database_url.expose())
+        .env(NOTICE, file.path())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the child was to die by SIGKILL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The child paid the order and queued the upload, and died before sending it.
+    let order = env.get(&no, 1).await.unwrap();
+    assert_eq!(order.state, pb::OrderState::Paid as i32);
+    let s = order.shipping.clone().unwrap();
+    assert_eq!(
+        (shipping_state(&order), s.upload_attempts),
+        (pb::ShippingState::PendingUpload, 0)
+    );
+    assert_eq!(wechat_shipping(&env, &order.transaction_id).await.1, 0);
+    // The next process uploads it, once.
+    let up = uploader(&env).await;
+    let order = until_shipped(&env, &up, &no).await;
+    let (at_wechat, calls) = wechat_shipping(&env, &order.transaction_id).await;
+    assert_eq!(at_wechat["uploads"].as_array().unwrap().len(), 1);
+    assert_eq!(calls, 1);
+    assert_eq!(events_of(&env.pay, &no, EventKind::OrderShipped).await, 1);
+}
+
+mod sigkill_between_payment_and_upload {
+    use crate::helpers::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::sigkill_between_payment_and_upload(
+            Backend::Postgres,
+            concat!(module_path!(), "::postgres"),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::sigkill_between_payment_and_upload(
+            Backend::Sqlite,
+            concat!(module_path!(), "::sqlite"),
+        )
+        .await;
+    }
+}

@@ -18,3 +18,4 @@ mod pay_props;
 mod pay_v3;
 mod push;
 mod refund_notify;
+mod shipping_http;

@@ -148,9 +148,30 @@ fn plaintext_mode_json_and_xml() {
     let m = app.open(&query(None), json.as_bytes(), NOW, 300).unwrap();
     assert_eq!(m.event, "trade_manage_order_settlement");
     assert_eq!(m.fields["confirm_receive_method"], 2);
+    assert!(
+        m.dedup_key
+            .starts_with("o_user_0001|1700000000|trade_manage_order_settlement|"),
+        "{}",
+        m.dedup_key
+    );
+    // The same message again (a retry) has the same key; a different event of the same
+    // second (the settlement after the receipt) another one.
     assert_eq!(
-        m.dedup_key,
-        "o_user_0001|1700000000|trade_manage_order_settlement|4200000000000001"
+        app.open(&query(None), json.as_bytes(), NOW, 300)
+            .unwrap()
+            .dedup_key,
+        m.dedup_key
+    );
+    let settled = json.replace(
+        r#""confirm_receive_time":1700000000"#,
+        r#""confirm_receive_time":1700000000,"settlement_time":1700000000"#,
+    );
+    assert_ne!(settled, json);
+    assert_ne!(
+        app.open(&query(None), settled.as_bytes(), NOW, 300)
+            .unwrap()
+            .dedup_key,
+        m.dedup_key
     );
     let xml = fixture("remind.xml");
     let m = app.open(&query(None), xml.as_bytes(), NOW, 300).unwrap();
