@@ -154,11 +154,13 @@ pub async fn serve_payments(
         }));
     }
     let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
-    background.push(tokio::spawn(shipping::worker::run(
-        payments.clone(),
-        shipping::worker::Uploader::from_config(config)?,
-        stop_reconciler.clone(),
-    )));
+    if let Some(uploader) = shipping::worker::Uploader::from_config(config)? {
+        background.push(tokio::spawn(shipping::worker::run(
+            payments.clone(),
+            uploader,
+            stop_reconciler.clone(),
+        )));
+    }
     let probe_db = payments.inner.db.clone();
     let tls = config
         .internal

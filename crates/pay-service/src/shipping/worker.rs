@@ -100,13 +100,21 @@ impl From<ApiError> for Failure {
 }
 
 impl Uploader {
-    pub fn from_config(config: &Config) -> Result<Self, Error> {
+    /// The uploader of `config`; `None` when `PAY_AUTH_SERVICE_URL` is empty (no access_token
+    /// source: shipping is recorded but not uploaded; a warning says so at start).
+    pub fn from_config(config: &Config) -> Result<Option<Self>, Error> {
+        if config.paid_message.auth_service_url.trim().is_empty() {
+            tracing::warn!(
+                "PAY_AUTH_SERVICE_URL is empty: shipping information is recorded but not uploaded to WeChat"
+            );
+            return Ok(None);
+        }
         let timeout = config.wechat_timeout();
         let channel =
             service_kit::grpc::channel(&config.paid_message.auth_service_url, timeout, timeout)
                 .map_err(|e| Error::Config(format!("PAY_AUTH_SERVICE_URL: {e}")))?;
         let s = &config.shipping;
-        Ok(Self {
+        Ok(Some(Self {
             wechat: config.wechat.client().map_err(Error::Config)?,
             auth: AuthServiceClient::with_interceptor(
                 channel,
@@ -116,7 +124,7 @@ impl Uploader {
             quota_secs: s.shipping_quota_backoff_secs,
             lease_secs: i64::try_from(s.shipping_lease_secs).unwrap_or(60),
             stuck_secs: i64::try_from(s.shipping_stuck_secs).unwrap_or(3600),
-        })
+        }))
     }
 
     async fn token(&self, app_id: &str, stale: Option<i64>) -> Result<(String, i64), Failure> {

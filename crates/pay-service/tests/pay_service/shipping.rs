@@ -102,7 +102,9 @@ async fn uploader(env: &Env) -> Uploader {
     let mut config = env.config.clone();
     config.paid_message.auth_service_url = url;
     config.wechat = service_kit::settings::WechatApi::new(&env.sandbox.base_url);
-    Uploader::from_config(&config).unwrap()
+    Uploader::from_config(&config)
+        .unwrap()
+        .expect("an uploader")
 }
 
 /// A stack whose "vip" product is virtual; uploads retried after 2 s (doubling); the sandbox answers
@@ -193,8 +195,13 @@ async fn virtual_goods_are_uploaded_once_paid_after_10060001(backend: Backend) {
     let env = env(backend, 3).await;
     let up = uploader(&env).await;
     let order = paid_order(&env, "vip").await;
-    // The PAID hook queued the upload: no Ship call for a virtual product.
-    assert_eq!(shipping_state(&order), pb::ShippingState::PendingUpload);
+    // The PAID hook queues the upload (right after the payment's commit): no Ship call for a
+    // virtual product.
+    let no = order.order_no.clone();
+    eventually(|| async {
+        shipping_state(&env.get(&no, 1).await.unwrap()) == pb::ShippingState::PendingUpload
+    })
+    .await;
     // Right after the payment WeChat does not know it yet.
     assert_eq!(up.run_once(&env.pay).await.unwrap(), 1);
     let order = env.get(&order.order_no, 1).await.unwrap();
