@@ -48,6 +48,7 @@ impl AppState {
             )),
             None => None,
         };
+        crate::routes::push::register_metrics();
         let push_apps = match &config.push_apps {
             Some(spec) => crate::config::parse_push_apps(spec.expose()).map_err(Error::PushApps)?,
             None => Vec::new(),
