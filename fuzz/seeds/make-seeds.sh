@@ -82,3 +82,12 @@ python3 ../../crates/wechat/tests/wechat/fixtures/bills/make.py
 for f in v2_all.csv v2_all.csv.gz v2_refund.csv v2_success_nosummary.csv empty_day.csv empty_header_only.csv fund_flow.csv; do
   cp "../../crates/wechat/tests/wechat/fixtures/bills/$f" "bill_csv/$f"
 done
+# message_push: the vectors of crates/wechat/tests/wechat/fixtures/push (made there with openssl and
+# sha1sum by make-vectors.sh), as plaintext bodies and inside safe-mode envelopes.
+PUSH=../../crates/wechat/tests/wechat/fixtures/push
+mkdir -p message_push
+cp "$PUSH/settlement.json" message_push/plain_settlement.json
+cp "$PUSH/remind.xml" message_push/plain_remind.xml
+printf '{"ToUserName":"gh_0000shipping","Encrypt":"%s"}' "$(cat "$PUSH/settlement.json.encrypt.txt")" >message_push/safe_settlement.json
+printf '<xml><ToUserName><![CDATA[gh_0000shipping]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt></xml>' "$(cat "$PUSH/remind.xml.encrypt.txt")" >message_push/safe_remind.xml
+cat "$PUSH/settlement.json.encrypt.txt" >message_push/encrypt_only.txt

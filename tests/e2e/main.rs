@@ -21,5 +21,6 @@ mod processes;
 mod secrets;
 mod security;
 mod session_cache;
+mod shipping;
 mod userinfo;
 mod wechat_api;

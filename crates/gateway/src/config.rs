@@ -151,6 +151,49 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[command(flatten)]
     pub internal: InternalAuthConfig,
+    /// The mini programs' message push (`/wechat/push/{appid}`): `appid|token|EncodingAESKey|mode`
+    /// entries separated by `;`, mode `safe` or `plaintext` (the key may be empty in plaintext
+    /// mode). The token and key are the ones typed into the admin (开发管理 → 消息推送).
+    #[arg(
+        long,
+        env = "GATEWAY_PUSH_APPS",
+        value_name = "GATEWAY_PUSH_APPS",
+        hide_env_values = true
+    )]
+    pub push_apps: Option<Secret>,
+    /// A push whose timestamp is further than this from the gateway's clock is refused as a
+    /// replay (seconds).
+    #[arg(long, env = "GATEWAY_PUSH_MAX_SKEW_SECS", value_name = "GATEWAY_PUSH_MAX_SKEW_SECS", default_value_t = DEFAULT_PUSH_MAX_SKEW_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub push_max_skew_secs: u64,
+}
+
+/// Default of `GATEWAY_PUSH_MAX_SKEW_SECS`.
+pub const DEFAULT_PUSH_MAX_SKEW_SECS: u64 = 300;
+
+/// Parses `GATEWAY_PUSH_APPS` (see [`Config::push_apps`]); errors name the variable and the
+/// appid, never the token or key.
+pub fn parse_push_apps(spec: &str) -> Result<Vec<wechat::push::PushApp>, String> {
+    let mut apps: Vec<wechat::push::PushApp> = Vec::new();
+    for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let parts: Vec<&str> = entry.split('|').map(str::trim).collect();
+        let [appid, token, key, mode] = parts[..] else {
+            return Err("GATEWAY_PUSH_APPS: each entry is appid|token|EncodingAESKey|mode".into());
+        };
+        if appid.is_empty() || apps.iter().any(|a| a.appid() == appid) {
+            return Err(format!(
+                "GATEWAY_PUSH_APPS: appid {appid:?} is empty or listed twice"
+            ));
+        }
+        let mode = wechat::push::Mode::parse(mode).ok_or_else(|| {
+            format!("GATEWAY_PUSH_APPS: mode of {appid} must be safe or plaintext")
+        })?;
+        apps.push(
+            wechat::push::PushApp::new(appid, token, key, mode)
+                .map_err(|e| format!("GATEWAY_PUSH_APPS: {appid}: {e}"))?,
+        );
+    }
+    Ok(apps)
 }
 
 impl Config {
@@ -184,6 +227,8 @@ impl Config {
                 internal_token: None,
                 ..Default::default()
             },
+            push_apps: None,
+            push_max_skew_secs: DEFAULT_PUSH_MAX_SKEW_SECS,
         }
     }
 

@@ -102,4 +102,6 @@ pub enum Error {
     Tls(#[from] service_kit::grpc::TlsError),
     #[error(transparent)]
     Revocation(service_kit::session_cache::InvalidRedisUrl),
+    #[error("{0}")]
+    PushApps(String),
 }

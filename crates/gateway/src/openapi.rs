@@ -128,6 +128,8 @@ impl Modify for SecuritySchemes {
         routes::notify::pay_notify_v3,
         routes::refund_notify::refund_notify,
         routes::refund_notify::refund_notify_v3,
+        routes::push::check,
+        routes::push::receive,
         routes::health::healthz,
         routes::health::readyz,
         openapi_json,

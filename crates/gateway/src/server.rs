@@ -40,6 +40,10 @@ pub struct AppState {
     /// Recent `Authenticate` answers; `None` when off. Serves only while [`serve`] keeps its
     /// revocation feed connected.
     pub sessions: Option<Arc<SessionCache<Principal>>>,
+    /// The message push's apps by appid (`GATEWAY_PUSH_APPS`).
+    pub push_apps: Arc<std::collections::HashMap<String, wechat::push::PushApp>>,
+    /// `GATEWAY_PUSH_MAX_SKEW_SECS`.
+    pub push_max_skew_secs: i64,
 }
 
 impl AppState {
@@ -51,7 +55,19 @@ impl AppState {
             )),
             None => None,
         };
+        crate::routes::push::register_metrics();
+        let push_apps = match &config.push_apps {
+            Some(spec) => crate::config::parse_push_apps(spec.expose()).map_err(Error::PushApps)?,
+            None => Vec::new(),
+        };
         Ok(Self {
+            push_apps: Arc::new(
+                push_apps
+                    .into_iter()
+                    .map(|a| (a.appid().to_owned(), a))
+                    .collect(),
+            ),
+            push_max_skew_secs: i64::try_from(config.push_max_skew_secs).unwrap_or(300),
             upstreams: Upstreams::new(config)?,
             trusted_proxies: config.trusted_proxies.clone(),
             body_limit: config.body_limit(),

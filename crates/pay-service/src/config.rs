@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod events;
 pub mod nats;
 pub mod refunds;
+pub mod shipping;
 pub mod subscribe;
 pub mod v3;
 
@@ -36,6 +37,7 @@ pub use events::{
 };
 pub use nats::NatsConfig;
 pub use refunds::RefundConfig;
+pub use shipping::ShippingConfig;
 pub use subscribe::PaidMessageConfig;
 pub use v3::{PayApi, PayV3Config, PayV3Settings};
 
@@ -204,6 +206,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub nats: NatsConfig,
+
+    #[command(flatten)]
+    pub shipping: ShippingConfig,
 }
 
 impl Config {
@@ -251,6 +256,7 @@ impl Config {
         self.refunds.validate()?;
         self.bills.validate()?;
         self.nats.validate()?;
+        self.shipping.validate(&self.products)?;
         self.events.validate()
     }
 

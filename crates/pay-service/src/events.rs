@@ -54,10 +54,16 @@ pub enum EventKind {
     RefundAbnormal,
     /// WeChat's daily bill and the ledger differ (bills/).
     BillMismatch,
+    /// WeChat took the order's shipping information.
+    OrderShipped,
+    /// The user confirmed receipt.
+    OrderReceived,
+    /// WeChat settled the payment.
+    OrderSettled,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::OrderPaid,
         Self::OrderClosed,
         Self::OrderPaidAfterClose,
@@ -65,6 +71,9 @@ impl EventKind {
         Self::RefundFailed,
         Self::RefundAbnormal,
         Self::BillMismatch,
+        Self::OrderShipped,
+        Self::OrderReceived,
+        Self::OrderSettled,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -76,6 +85,9 @@ impl EventKind {
             Self::RefundFailed => "REFUND_FAILED",
             Self::RefundAbnormal => "REFUND_ABNORMAL",
             Self::BillMismatch => "BILL_MISMATCH",
+            Self::OrderShipped => "ORDER_SHIPPED",
+            Self::OrderReceived => "ORDER_RECEIVED",
+            Self::OrderSettled => "ORDER_SETTLED",
         }
     }
 
@@ -92,6 +104,9 @@ impl EventKind {
             Self::RefundFailed => pb::OrderEventKind::RefundFailed,
             Self::RefundAbnormal => pb::OrderEventKind::RefundAbnormal,
             Self::BillMismatch => pb::OrderEventKind::BillMismatch,
+            Self::OrderShipped => pb::OrderEventKind::OrderShipped,
+            Self::OrderReceived => pb::OrderEventKind::OrderReceived,
+            Self::OrderSettled => pb::OrderEventKind::OrderSettled,
         }
     }
 
@@ -105,6 +120,9 @@ impl EventKind {
             pb::OrderEventKind::RefundFailed => Self::RefundFailed,
             pb::OrderEventKind::RefundAbnormal => Self::RefundAbnormal,
             pb::OrderEventKind::BillMismatch => Self::BillMismatch,
+            pb::OrderEventKind::OrderShipped => Self::OrderShipped,
+            pb::OrderEventKind::OrderReceived => Self::OrderReceived,
+            pb::OrderEventKind::OrderSettled => Self::OrderSettled,
         })
     }
 }

@@ -11,6 +11,7 @@ use crate::{
     orders::{CreateOrder, PayTarget, Payer},
     payments::Payments,
     refunds::RefundOrder,
+    shipping::{ShipParcel, ShipRequest},
 };
 
 /// The fully qualified service name, as reported by gRPC health.
@@ -114,9 +115,10 @@ impl PayService for Payments {
             Some(user_id) => Payments::get_order(self, &r.order_no, user_id).await?,
             None => self.get_order_as_admin(&r.order_no).await?,
         };
-        Ok(Response::new(pb::GetOrderResponse {
-            order: Some(order.to_proto()),
-        }))
+        let shipment = self.shipment(&order.order_no).await?;
+        let mut order = order.to_proto();
+        order.shipping = shipment.map(|s| s.to_proto());
+        Ok(Response::new(pb::GetOrderResponse { order: Some(order) }))
     }
 
     async fn close_order(
@@ -371,6 +373,52 @@ impl PayService for Payments {
         let date = crate::bills::parse_date(&request.into_inner().bill_date)?;
         let report = Payments::bill_report(self, date).await?;
         Ok(Response::new(report.to_proto()))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_no = %request.get_ref().order_no))]
+    async fn ship(
+        &self,
+        request: Request<pb::ShipRequest>,
+    ) -> Result<Response<pb::ShipResponse>, Status> {
+        let r = request.into_inner();
+        let (order, shipment) = Payments::ship(
+            self,
+            ShipRequest {
+                order_no: r.order_no,
+                logistics_type: r.logistics_type,
+                delivery_mode: r.delivery_mode,
+                parcels: r
+                    .shipping_list
+                    .into_iter()
+                    .map(|p| ShipParcel {
+                        tracking_no: p.tracking_no,
+                        express_company: p.express_company,
+                        item_desc: p.item_desc,
+                        consignor_contact: p.consignor_contact,
+                        receiver_contact: p.receiver_contact,
+                    })
+                    .collect(),
+                is_all_delivered: r.is_all_delivered,
+            },
+        )
+        .await?;
+        let mut order = order.to_proto();
+        order.shipping = Some(shipment.to_proto());
+        Ok(Response::new(pb::ShipResponse { order: Some(order) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(event = %request.get_ref().event))]
+    async fn handle_message_push(
+        &self,
+        request: Request<pb::HandleMessagePushRequest>,
+    ) -> Result<Response<pb::HandleMessagePushResponse>, Status> {
+        let r = request.into_inner();
+        let verdict =
+            Payments::handle_message_push(self, &r.app_id, &r.event, &r.message_json, &r.dedup_key)
+                .await?;
+        Ok(Response::new(pb::HandleMessagePushResponse {
+            verdict: verdict.to_owned(),
+        }))
     }
 }
 

@@ -10,6 +10,7 @@
 //! | [`events`] | the outbox (`events.rs`) and its readers: `watch.rs` (the gRPC stream), `webhooks.rs`, `relay.rs` (into a message bus; `relay/nats.rs`: NATS JetStream) |
 //! | [`subscribe`] | the "order paid" subscribe message: a durable queue and its sender |
 //! | [`bills`] | WeChat's daily bills: `rules.rs` (matching), `flow.rs` (the daily job), `store.rs`, `meter.rs` |
+//! | [`shipping`] | shipping info to WeChat (Ship, the uploader with retries) and the message-push events pay-service owns (receipt, settlement) |
 //! | [`wechat_pay`] | the one interface over WeChat Pay: `v2.rs`, `v3.rs`, `errors.rs` |
 //! | [`config`] | [`Config`], with one file per sub-config under `config/` |
 //! | [`payments`] | the core [`Payments`] every capability implements its part of |
@@ -51,6 +52,7 @@ pub mod orders;
 pub mod payments;
 pub mod refunds;
 pub mod schema;
+pub mod shipping;
 pub mod subscribe;
 pub mod wechat_pay;
 
@@ -180,6 +182,13 @@ pub async fn serve_payments(
         stop_reconciler.clone(),
     )));
     let sender = tokio::spawn(subscribe::run(payments.clone(), stop_reconciler.clone()));
+    if let Some(uploader) = shipping::worker::Uploader::from_config(config)? {
+        background.push(tokio::spawn(shipping::worker::run(
+            payments.clone(),
+            uploader,
+            stop_reconciler.clone(),
+        )));
+    }
     let probe_db = payments.inner.db.clone();
     let tls = config
         .internal

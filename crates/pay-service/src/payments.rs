@@ -36,6 +36,8 @@ pub struct Settings {
     pub refund_notify_url: Option<String>,
     /// The bill job (`PAY_BILLS_*`).
     pub bills: crate::bills::BillsSettings,
+    /// Catalog products shipped to WeChat by themselves when paid (`PAY_VIRTUAL_PRODUCTS`).
+    pub virtual_products: Vec<String>,
 }
 
 /// The pay-service core. Cheap to clone; clones share everything.
@@ -107,6 +109,7 @@ impl Payments {
                 .max(1),
             refund_notify_url: config.refunds.refund_notify_url.clone(),
             bills: bills_settings(config)?,
+            virtual_products: config.shipping.virtual_product_ids(),
         };
         crate::refunds::register_metrics();
         Ok(Self {
@@ -120,6 +123,17 @@ impl Payments {
                     .map_err(Error::Config)?,
             }),
         })
+    }
+
+    /// Whether `product_id` is a virtual product (shipped by itself when paid).
+    pub fn is_virtual_product(&self, product_id: &str) -> bool {
+        !product_id.is_empty()
+            && self
+                .inner
+                .settings
+                .virtual_products
+                .iter()
+                .any(|p| p == product_id)
     }
 
     pub fn database(&self) -> &Database {

@@ -167,6 +167,31 @@ diesel::table! {
 }
 
 diesel::table! {
+    shipments (order_no) {
+        order_no -> Text,
+        app_id -> Text,
+        transaction_id -> Text,
+        openid -> Text,
+        state -> Text,
+        logistics_type -> Integer,
+        delivery_mode -> Integer,
+        request -> Text,
+        modifications -> Integer,
+        uploads -> Integer,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_until -> BigInt,
+        lease_token -> Text,
+        last_error -> Text,
+        requested_at -> BigInt,
+        shipped_at -> Nullable<BigInt>,
+        received_at -> Nullable<BigInt>,
+        settled_at -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     bill_lines (bill_date, api, line_no) {
         bill_date -> Text,
         api -> Text,
@@ -206,5 +231,17 @@ diesel::table! {
         holder -> Text,
         lease_until_ms -> BigInt,
         updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    message_pushes (id) {
+        id -> BigInt,
+        dedup_key -> Text,
+        app_id -> Text,
+        event -> Text,
+        message -> Text,
+        verdict -> Text,
+        received_at -> BigInt,
     }
 }

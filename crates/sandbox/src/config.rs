@@ -200,10 +200,18 @@ pub struct Config {
     pub pay_v3: crate::v3::V3Config,
 
     #[command(flatten)]
+    pub shipping: crate::shipping::ShippingConfig,
+
+    #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
 
 impl Config {
+    /// The first configured app's appid (the default app).
+    pub fn default_appid(&self) -> &str {
+        self.apps.0.first().map_or("", |a| a.appid.as_str())
+    }
+
     /// The dev app and merchant, no faults, real-time notifies: for tests and `wxmp up`.
     pub fn dev() -> Self {
         Self {
@@ -230,6 +238,7 @@ impl Config {
             refund_delay_ms: 2000,
             faults: Faults::default(),
             pay_v3: crate::v3::V3Config::default(),
+            shipping: crate::shipping::ShippingConfig::default(),
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Pretty,
                 metrics_addr: None,
@@ -256,6 +265,7 @@ impl Config {
                 "SANDBOX_TOKEN_GRACE_MS must be shorter than SANDBOX_TOKEN_EXPIRES_IN_SECS".into(),
             );
         }
+        self.shipping.validate()?;
         if self.workers == 0 {
             return Err("SANDBOX_WORKERS must be > 0".into());
         }

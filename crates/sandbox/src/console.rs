@@ -70,6 +70,10 @@ const SECTIONS: &[(&str, Section)] = &[
     ("Pay v3 keys", v3_keys),
     ("Access tokens", access_tokens),
     ("Sent subscribe messages", messages),
+    (
+        "Shipping (发货信息管理) and message push",
+        crate::shipping_console::section,
+    ),
 ];
 
 /// Registers `GET /` and the console's buttons.

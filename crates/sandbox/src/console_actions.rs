@@ -48,7 +48,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(RESEND_NOTIFY, web::post().to(resend_notify))
         .route(DROP_NOTIFY, web::post().to(drop_notify))
         .route(FINISH_REFUND, web::post().to(finish_refund))
-        .route(EXPIRE_TOKEN, web::post().to(expire_token));
+        .route(EXPIRE_TOKEN, web::post().to(expire_token))
+        .configure(crate::shipping_console::routes);
 }
 
 /// The token every console form posts back: random per process, so only a page that could
@@ -59,7 +60,7 @@ pub fn csrf_token() -> &'static str {
 }
 
 /// 403 unless the post comes from the console page itself.
-fn refuse_cross_site(req: &HttpRequest, csrf: &str) -> Option<HttpResponse> {
+pub(crate) fn refuse_cross_site(req: &HttpRequest, csrf: &str) -> Option<HttpResponse> {
     let forbidden = |why: &str| {
         tracing::warn!(path = req.path(), why, "console post refused");
         Some(
@@ -92,7 +93,7 @@ fn refuse_cross_site(req: &HttpRequest, csrf: &str) -> Option<HttpResponse> {
 }
 
 /// Back to the console with `msg` shown at the top.
-fn back(msg: &str) -> HttpResponse {
+pub(crate) fn back(msg: &str) -> HttpResponse {
     let mut location = String::from("/?msg=");
     for b in msg.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -27,6 +27,7 @@
 //! | `POST /pay/refundquery` | by out_refund_no, refund_id, out_trade_no or transaction_id: refund_count, `out_refund_no_$n`, `refund_id_$n`, `refund_fee_$n`, `refund_status_$n` (PROCESSING, SUCCESS, CHANGE, REFUNDCLOSE), `refund_success_time_$n`; REFUNDNOTEXIST. orderquery answers trade_state REFUND for a paid order with a refund |
 //! | `POST /pay/downloadbill` | the day's trade bill of the merchant (every API's payments with time_end that China-time day and refunds accepted that day) in WeChat's backquoted CSV (ALL columns, summary rows), text or `tar_type=GZIP`; `bill_type` ALL / SUCCESS / REFUND; a day without trades answers XML `return_code` FAIL "No Bill Exist" (20002). Written from WeChat's documents in `src/bills.rs` |
 //! | `GET /v3/bill/tradebill`, `GET /v3/billdownload/file?token=` | v3: the signed `{hash_type: SHA1, hash_value, download_url}` (SHA1 of the uncompressed bill; 400 NO_STATEMENT_EXIST without a bill), then the bill bytes, unsigned, for a signed GET of the url (5 min) |
+//! | `POST /wxa/sec/order/upload_shipping_info?access_token` (and `upload_combined_shipping_info`, `get_order`, `get_order_list`, `notify_confirm_receive`, `set_msg_jump_path`, `is_trade_managed`; `POST /cgi-bin/express/delivery/open_msg/get_delivery_list`) | WeChat's order shipping service: 10060001 for `SANDBOX_SHIPPING_NOT_FOUND_SECS` after a payment (and for unknown payments), WeChat's rules (1 to 15 parcels, unified = 1, split = express with `is_all_delivered`, express needs tracking and a known company, SF a contact, RFC 3339 `upload_time`, the payer's openid), one re-upload (10060003 after). The user confirming receipt and WeChat settling (`POST /sandbox/shipping/confirm|settle {transaction_id}`, console buttons) push `trade_manage_order_settlement` to `SANDBOX_PUSH_URL` in `SANDBOX_PUSH_MODE` (safe: the sandbox's own AES-256-CBC) and `SANDBOX_PUSH_FORMAT`; `GET /sandbox/shipping` lists orders, pushes and calls; `POST /sandbox/shipping/fault {errcode}` answers every upload with it (e.g. 45009). Sources: `src/shipping.rs` |
 //!
 //! Errors of the login and token paths are HTTP 200 `{"errcode": n, "errmsg": "<text>, rid: <id>"}`
 //! (WeChat appends a request id: match on errcode). Pay answers are XML. A request that cannot be
@@ -197,6 +198,8 @@ mod pay;
 mod rate;
 pub mod refund;
 mod server;
+pub mod shipping;
+mod shipping_console;
 mod state;
 mod token;
 pub mod user_data;

@@ -213,6 +213,16 @@ pub async fn pay(
             order.trade_state = TradeState::Success;
             order.transaction_id = Some(ids::transaction_id());
             order.time_end = Some(clock::wx_time(&clock::now()));
+            sandbox.shipping.paid(crate::shipping::Paid {
+                appid: order.appid.clone(),
+                mchid: order.mch_id.clone(),
+                out_trade_no: order.out_trade_no.clone(),
+                transaction_id: order.transaction_id.clone().unwrap_or_default(),
+                openid: order.openid.clone(),
+                amount_fen: order.total_fee,
+                paid_at_ms: clock::unix_ms(),
+                paid: std::time::Instant::now(),
+            });
             let drop = fixed_faults
                 .as_ref()
                 .map_or_else(|| sandbox.current_faults().drop_notify, |f| f.drop_notify);

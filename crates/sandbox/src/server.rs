@@ -66,9 +66,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/bills/outside-refund",
                     web::post().to(bills::outside_refund),
-                ),
+                )
+                .configure(crate::shipping::dev_routes),
         )
         .configure(v3::routes)
+        .configure(crate::shipping::routes)
         // The WeChat paths, each scope behind the fault middleware.
         .service(
             web::scope("/sns")

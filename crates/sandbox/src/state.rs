@@ -55,6 +55,8 @@ pub struct Sandbox {
     pub shutdown: Shutdown,
     /// Everything Pay v3.
     pub v3: crate::v3::V3,
+    /// The order shipping service and the message push.
+    pub shipping: crate::shipping::Shipping,
 }
 
 impl Sandbox {
@@ -99,6 +101,7 @@ impl Sandbox {
             runtime,
             shutdown,
             v3: crate::v3::V3::new(&config.pay_v3, config.notify_time_scale)?,
+            shipping: crate::shipping::Shipping::new(&config.shipping),
         })
     }
 

@@ -10,6 +10,10 @@
 //!   [`pay::v3`] (RSA-SHA256 signatures both ways, AES-256-GCM notifies, public-key and
 //!   certificate mode).
 //!
+//! * [`push`]: the mini program's message push (GET check, plaintext and safe mode, JSON and
+//!   XML),
+//! * [`shipping`]: the order shipping APIs (`upload_shipping_info` and friends).
+//!
 //! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
 //! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.
 //! Secrets (app secret, `session_key`, pay key, access token) never appear in `Debug` output or
@@ -34,6 +38,8 @@ pub mod crypto;
 mod http;
 pub mod openapi;
 pub mod pay;
+pub mod push;
+pub mod shipping;
 
 pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
 pub use client::{ClientBuildError, MerchantCert, WechatClient};

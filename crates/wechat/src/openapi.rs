@@ -97,7 +97,7 @@ struct PhoneAnswer {
 
 impl WechatClient {
     /// POSTs `body` as JSON to `path` (with `access_token` in the query when given).
-    async fn post_json<B: Serialize>(
+    pub(crate) async fn post_json<B: Serialize>(
         &self,
         path: &str,
         access_token: Option<&str>,

@@ -3,7 +3,9 @@
 //! getPhoneNumber (a code) → /phone/ → wx.requestSubscribeMessage → /pay/ → wx.requestPayment
 //! (the sandbox pays) → poll the order until PAID → the "order paid" message in the sandbox;
 //! then, when pay-service's gRPC address is given, the order's PAID event from the event
-//! stream, and the shop refunds part of it while the demo waits for WeChat to settle it.
+//! stream, and the shop refunds part of it while the demo waits for WeChat to settle it; then
+//! the shop ships it, the user confirms receipt in the sandbox and WeChat settles the payment
+//! (both pushed to the gateway's message push).
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,8 @@ pub struct DemoReport {
     pub paid_message: Option<Value>,
     /// The closing partial refund: out_refund_no, its final state, the order's refunded_fen.
     pub refund: Option<(String, String, i64)>,
+    /// The order's last shipping state (SETTLED once shipped, received and settled).
+    pub shipping: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,9 +302,11 @@ pub async fn run(
                 phone_number,
                 paid_message,
                 refund: None,
+                shipping: None,
             };
             if let Some(pay) = &target.pay {
                 partial_refund(pay, target.pay_timeout, &mut report, &mut say).await?;
+                ship_and_settle(pay, &http, sb, target.pay_timeout, &mut report, &mut say).await?;
             }
             return Ok(report);
         }
@@ -389,6 +395,92 @@ async fn partial_refund(
         refund_state(&refund).to_owned(),
         order.refunded_fen,
     ));
+    Ok(())
+}
+
+/// The shop ships the order (pay-service's Ship: uploaded to WeChat in the background, retried
+/// while WeChat answers 10060001), the user confirms receipt in the sandbox and WeChat settles:
+/// both arrive as message pushes at the gateway, and the order shows SETTLED.
+async fn ship_and_settle(
+    pay: &crate::operator::PayTarget,
+    http: &reqwest::Client,
+    sb: &str,
+    timeout: Duration,
+    report: &mut DemoReport,
+    say: &mut impl FnMut(String),
+) -> Result<(), DemoError> {
+    use crate::operator::{Pay, describe_shipping};
+    use wxmp_proto::pay::v1 as pb;
+    let mut client = Pay::connect(pay).await?;
+    let order = client
+        .ship(pb::ShipRequest {
+            order_no: report.order_no.clone(),
+            logistics_type: 1,
+            delivery_mode: 1,
+            shipping_list: vec![pb::Parcel {
+                tracking_no: format!(
+                    "ZTO{}",
+                    &report.order_no[report.order_no.len().saturating_sub(10)..]
+                ),
+                express_company: "ZTO".into(),
+                item_desc: "wxmp demo parcel".into(),
+                ..Default::default()
+            }],
+            is_all_delivered: false,
+        })
+        .await?;
+    say(format!("12. Ship (gRPC): {}", describe_shipping(&order)));
+    let transaction_id = order.transaction_id.clone();
+    let mut wait_for = async |state: pb::ShippingState| -> Result<pb::Order, DemoError> {
+        let started = Instant::now();
+        loop {
+            let (order, _) = client.order(&report.order_no).await?;
+            if order
+                .shipping
+                .as_ref()
+                .is_some_and(|s| s.state == state as i32)
+            {
+                return Ok(order);
+            }
+            if started.elapsed() > timeout {
+                return Err(DemoError::Unexpected {
+                    step: "shipping",
+                    body: describe_shipping(&order),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let shipped = wait_for(pb::ShippingState::Shipped).await?;
+    say(format!(
+        "13. WeChat took the shipping: {}",
+        describe_shipping(&shipped)
+    ));
+    post(
+        http,
+        &format!("{sb}/sandbox/shipping/confirm"),
+        json!({ "transaction_id": transaction_id }),
+        "sandbox confirm receipt",
+    )
+    .await?;
+    let received = wait_for(pb::ShippingState::Received).await?;
+    say(format!(
+        "14. the user confirmed receipt; the push reached pay-service: {}",
+        describe_shipping(&received)
+    ));
+    post(
+        http,
+        &format!("{sb}/sandbox/shipping/settle"),
+        json!({ "transaction_id": transaction_id }),
+        "sandbox settle",
+    )
+    .await?;
+    let settled = wait_for(pb::ShippingState::Settled).await?;
+    say(format!(
+        "15. WeChat settled the payment: {}",
+        describe_shipping(&settled)
+    ));
+    report.shipping = Some("SETTLED".to_owned());
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use wxmp::{
         WechatTarget,
     },
 };
+use wxmp_proto::pay::v1 as pb;
 
 #[derive(Parser, Debug)]
 #[command(name = "wxmp", version, about = "The backend of a WeChat Mini Program")]
@@ -89,6 +90,27 @@ enum Command {
         /// Print the differences as CSV.
         #[arg(long)]
         csv: bool,
+        #[command(flatten)]
+        pay: PayArgs,
+    },
+    /// Ship a paid order through a running pay-service (pay.Ship): its shipping information is
+    /// uploaded to WeChat in the background; a second ship of the order is WeChat's one
+    /// modification.
+    Ship {
+        order_no: String,
+        /// 1 express, 2 same-city, 3 virtual, 4 self pickup.
+        #[arg(long, default_value_t = 1)]
+        logistics_type: i32,
+        /// 1 unified (one parcel), 2 split (up to 15 parcels, express only).
+        #[arg(long, default_value_t = 1)]
+        delivery_mode: i32,
+        /// A parcel: `item_desc[,tracking_no,express_company[,receiver_contact]]`; repeat for
+        /// split delivery.
+        #[arg(long = "parcel", required = true)]
+        parcels: Vec<String>,
+        /// Split delivery: this upload completes the order.
+        #[arg(long)]
+        all_delivered: bool,
         #[command(flatten)]
         pay: PayArgs,
     },
@@ -236,9 +258,44 @@ async fn order(order_no: String, pay: PayArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let (order, refunds) = client.order(&order_no).await.map_err(|e| e.to_string())?;
     println!("{}", operator::describe_order(&order));
+    let shipping = operator::describe_shipping(&order);
+    if !shipping.is_empty() {
+        println!("  {shipping}");
+    }
     for refund in &refunds {
         println!("  {}", operator::describe_refund(refund));
     }
+    Ok(())
+}
+
+async fn ship(
+    order_no: String,
+    logistics_type: i32,
+    delivery_mode: i32,
+    parcels: Vec<String>,
+    all_delivered: bool,
+    pay: PayArgs,
+) -> Result<(), String> {
+    let shipping_list = parcels
+        .iter()
+        .map(|p| operator::parse_parcel(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let order = client
+        .ship(pb::ShipRequest {
+            order_no,
+            logistics_type,
+            delivery_mode,
+            shipping_list,
+            is_all_delivered: all_delivered,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", operator::describe_order(&order));
+    println!("  {}", operator::describe_shipping(&order));
     Ok(())
 }
 
@@ -430,6 +487,24 @@ async fn main() -> ExitCode {
             csv,
             pay,
         } => bills(bill_date, csv, pay).await,
+        Command::Ship {
+            order_no,
+            logistics_type,
+            delivery_mode,
+            parcels,
+            all_delivered,
+            pay,
+        } => {
+            ship(
+                order_no,
+                logistics_type,
+                delivery_mode,
+                parcels,
+                all_delivered,
+                pay,
+            )
+            .await
+        }
         Command::Demo {
             gateway,
             sandbox,
@@ -451,6 +526,11 @@ async fn main() -> ExitCode {
             };
             demo::run(&target, |line| println!("{line}"))
                 .await
+                .inspect(|report| {
+                    if let Some(shipping) = &report.shipping {
+                        println!("demo: order {} shipping {shipping}", report.order_no);
+                    }
+                })
                 .map(|report| match &report.refund {
                     Some((out_refund_no, state, refunded_fen)) => println!(
                         "demo done: order {} is {} with {refunded_fen} fen refunded (refund {out_refund_no} {state})",

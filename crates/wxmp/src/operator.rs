@@ -293,6 +293,73 @@ fn millifen_yuan(millifen: i64) -> String {
     format!("{sign}{}.{:05}", m / 100_000, m % 100_000)
 }
 
+impl Pay {
+    /// Ships a paid order (pay.Ship): the first upload, or WeChat's one modification.
+    pub async fn ship(&mut self, ship: pb::ShipRequest) -> Result<pb::Order, OperatorError> {
+        let request = self.request(ship)?;
+        self.client
+            .ship(request)
+            .await
+            .map_err(|s| call_error("Ship", s))?
+            .into_inner()
+            .order
+            .ok_or_else(|| OperatorError::Invalid("Ship answered no order".into()))
+    }
+}
+
+/// Parses a `wxmp ship --parcel` value: `item_desc[,tracking_no,express_company[,contact]]`.
+pub fn parse_parcel(spec: &str) -> Result<pb::Parcel, OperatorError> {
+    let parts: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let item_desc = parts.first().copied().unwrap_or("");
+    if item_desc.is_empty() {
+        return Err(OperatorError::Invalid(
+            "--parcel is item_desc[,tracking_no,express_company[,receiver_contact]]".into(),
+        ));
+    }
+    let part = |i: usize| parts.get(i).copied().unwrap_or("").to_owned();
+    Ok(pb::Parcel {
+        item_desc: item_desc.to_owned(),
+        tracking_no: part(1),
+        express_company: part(2),
+        receiver_contact: part(3),
+        consignor_contact: String::new(),
+    })
+}
+
+/// One line for an order's shipping ("" when it has none), e.g. `shipping SHIPPED at ...`.
+/// A pending upload shows its attempts and last error: a stuck upload is visible here.
+pub fn describe_shipping(order: &pb::Order) -> String {
+    let Some(s) = &order.shipping else {
+        return String::new();
+    };
+    let state = pb::ShippingState::try_from(s.state).map_or("UNKNOWN", |st| {
+        st.as_str_name().trim_start_matches("SHIPPING_STATE_")
+    });
+    let mut line = format!(
+        "shipping {state} (logistics_type {}, uploads {})",
+        s.logistics_type, s.uploads
+    );
+    for (name, at) in [
+        ("shipped", s.shipped_at),
+        ("received", s.received_at),
+        ("settled", s.settled_at),
+    ] {
+        if at > 0 {
+            line.push_str(&format!(", {name} at {at}"));
+        }
+    }
+    if s.state == pb::ShippingState::PendingUpload as i32 {
+        line.push_str(&format!(
+            ", upload attempts {}, next at {}, requested at {}",
+            s.upload_attempts, s.next_attempt_at, s.requested_at
+        ));
+        if !s.last_error.is_empty() {
+            line.push_str(&format!(", last error: {}", s.last_error));
+        }
+    }
+    line
+}
+
 fn yuan(fen: i64) -> String {
     let sign = if fen < 0 { "-" } else { "" };
     let f = fen.unsigned_abs();
@@ -435,5 +502,30 @@ mod tests {
             csv.lines().nth(1).unwrap(),
             "2026-12-05,v2,PAYMENT_AMOUNT,W1,W1,,9.91,9.90,\"WeChat charged 991 fen, the order is for 990 fen\""
         );
+    }
+
+    #[test]
+    fn shipping_lines_show_a_stuck_upload() {
+        let mut order = pb::Order::default();
+        assert_eq!(describe_shipping(&order), "");
+        order.shipping = Some(pb::OrderShipping {
+            state: pb::ShippingState::PendingUpload as i32,
+            upload_attempts: 7,
+            last_error: "WeChat error 10060001".into(),
+            ..Default::default()
+        });
+        let line = describe_shipping(&order);
+        assert!(line.starts_with("shipping PENDING_UPLOAD"), "{line}");
+        assert!(line.contains("upload attempts 7"), "{line}");
+        assert!(
+            line.ends_with("last error: WeChat error 10060001"),
+            "{line}"
+        );
+        let p = parse_parcel("mug,SF123,SF,138****0000").unwrap();
+        assert_eq!(
+            (p.tracking_no.as_str(), p.receiver_contact.as_str()),
+            ("SF123", "138****0000")
+        );
+        assert!(parse_parcel("").is_err());
     }
 }

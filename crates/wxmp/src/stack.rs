@@ -324,6 +324,8 @@ impl Stack {
         let mut pay_args = Vec::new();
         let mut sandbox_url = None;
         let mut own_dirs = Vec::new();
+        // The dev app's message push: the sandbox pushes to the gateway with these.
+        let mut push_apps: Option<String> = None;
         let (api_base, pay_base) = match &options.wechat {
             WechatTarget::Sandbox(config) => {
                 let listener = bind_std(options.host, options.sandbox_port)?;
@@ -395,7 +397,22 @@ impl Stack {
                 ));
                 own_dirs.push(OwnDir(keys.clone()));
                 sandbox_v3_args(&mut pay_args, &config.pay_v3, &keys)?;
-                let config = (**config).clone();
+                let mut config = (**config).clone();
+                if config.shipping.push_url.is_none() {
+                    let appid = config.default_appid().to_owned();
+                    config.shipping.push_url = Some(format!("{gateway_url}/wechat/push/{appid}"));
+                    config.shipping.push_token = sandbox::shipping::DEV_PUSH_TOKEN.into();
+                    config.shipping.push_aes_key = sandbox::shipping::DEV_PUSH_AES_KEY.into();
+                    push_apps = Some(format!(
+                        "{appid}|{}|{}|{}",
+                        sandbox::shipping::DEV_PUSH_TOKEN,
+                        sandbox::shipping::DEV_PUSH_AES_KEY,
+                        config.shipping.push_mode
+                    ));
+                }
+                // Shipping uploads retried within seconds (the sandbox answers 10060001 for
+                // a few seconds after a payment, as WeChat does).
+                arg(&mut pay_args, "--shipping-retry-ms", "1000");
                 let stop = shutdown.clone();
                 tasks.spawn(async move {
                     sandbox::serve_with(config, listener, secapi, pki, stop)
@@ -457,6 +474,9 @@ impl Stack {
         // auth-service runs in this process: its logouts reach the gateway's session cache
         // through the in-process feed (also when the sessions are in Redis).
         gateway_args.push("--in-process-revocation".into());
+        if let Some(apps) = push_apps {
+            arg(&mut gateway_args, "--push-apps", apps);
+        }
         gateway_args.extend(options.gateway_args.iter().cloned());
         let gateway_config: gateway::Config = parse("wxmp-gateway", gateway_args)?;
 

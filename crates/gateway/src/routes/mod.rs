@@ -17,6 +17,7 @@ pub mod health;
 pub mod notify;
 mod notify_body;
 pub mod pay;
+pub mod push;
 pub mod refund_notify;
 pub mod session;
 pub mod user;
@@ -37,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/pay/refund-notify/v3")
                 .route(web::post().to(refund_notify::refund_notify_v3)),
+        )
+        .service(
+            web::resource("/wechat/push/{appid}")
+                .route(web::get().to(push::check))
+                .route(web::post().to(push::receive)),
         )
         .service(web::resource(["/pay/", "/pay"]).route(web::post().to(pay::pay)))
         .service(web::resource("/orders/{order_no}").route(web::get().to(pay::order)))

@@ -1,6 +1,7 @@
 //! The gateway over real HTTP in front of fake gRPC services.
 
 mod hardening;
+mod push;
 
 use crate::helpers::{GOOD_TOKEN, NOTIFY_REPLY, Options, Stack, assert_failure, start};
 use serde_json::json;

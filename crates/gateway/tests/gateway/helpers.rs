@@ -19,12 +19,14 @@ use wxmp_proto::{
     pay::v1::{
         ApplyAbnormalRefundRequest, ApplyAbnormalRefundResponse, CloseOrderRequest,
         CloseOrderResponse, CreateOrderRequest, CreateOrderResponse, GetOrderRequest,
-        GetOrderResponse, GetRefundRequest, GetRefundResponse, HandlePayNotifyRequest,
-        HandlePayNotifyResponse, HandlePayNotifyV3Request, HandlePayNotifyV3Response,
-        HandleRefundNotifyRequest, HandleRefundNotifyResponse, HandleRefundNotifyV3Request,
-        HandleRefundNotifyV3Response, JsapiParams, ListProductsRequest, ListProductsResponse,
-        ListRefundsRequest, ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
-        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse,
+        GetOrderResponse, GetRefundRequest, GetRefundResponse, HandleMessagePushRequest,
+        HandleMessagePushResponse, HandlePayNotifyRequest, HandlePayNotifyResponse,
+        HandlePayNotifyV3Request, HandlePayNotifyV3Response, HandleRefundNotifyRequest,
+        HandleRefundNotifyResponse, HandleRefundNotifyV3Request, HandleRefundNotifyV3Response,
+        JsapiParams, ListProductsRequest, ListProductsResponse, ListRefundsRequest,
+        ListRefundsResponse, Order, OrderState, PrepareJsapiPaymentRequest,
+        PrepareJsapiPaymentResponse, Product, RefundRequest, RefundResponse, ShipRequest,
+        ShipResponse,
         pay_service_server::{PayService, PayServiceServer},
         prepare_jsapi_payment_request::Target,
     },
@@ -283,6 +285,7 @@ fn order(no: &str, user_id: i64, state: OrderState) -> Order {
         refunded_fen: 0,
         refunding_fen: 0,
         pay_api: "v2".into(),
+        shipping: None,
     }
 }
 
@@ -404,6 +407,29 @@ impl PayService for FakePay {
     }
 
     /// As [`handle_pay_notify_v3`](Self::handle_pay_notify_v3), for v3 refund notifies.
+    async fn ship(&self, _: Request<ShipRequest>) -> Result<Response<ShipResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
+    /// Records `app_id|event|dedup_key|message_json`; answers "handled".
+    async fn handle_message_push(
+        &self,
+        req: Request<HandleMessagePushRequest>,
+    ) -> Result<Response<HandleMessagePushResponse>, Status> {
+        let r = req.get_ref().clone();
+        self.0.record(
+            "handle_message_push",
+            &req,
+            format!(
+                "{}|{}|{}|{}",
+                r.app_id, r.event, r.dedup_key, r.message_json
+            ),
+        );
+        Ok(Response::new(HandleMessagePushResponse {
+            verdict: "handled".into(),
+        }))
+    }
+
     async fn handle_refund_notify_v3(
         &self,
         req: Request<HandleRefundNotifyV3Request>,
@@ -588,6 +614,8 @@ pub struct Options {
     /// GATEWAY_REDIS_URL and a key prefix (fresh per test).
     pub redis: Option<(String, String)>,
     pub upstream_check_ms: Option<u64>,
+    /// GATEWAY_PUSH_APPS.
+    pub push_apps: Option<String>,
 }
 
 pub struct Stack {
@@ -678,6 +706,9 @@ pub async fn start(options: Options) -> Stack {
     }
     if let Some(ms) = options.upstream_check_ms {
         config.upstream_check_ms = ms;
+    }
+    if let Some(apps) = &options.push_apps {
+        config.push_apps = Some(apps.as_str().into());
     }
     let (base, gateway) = start_gateway(config.clone(), shutdown.clone());
     let http = reqwest::Client::builder()

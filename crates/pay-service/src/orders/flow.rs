@@ -503,6 +503,7 @@ impl Payments {
         .await?;
         log_paid_outcome(&outcome, "orderquery");
         crate::subscribe::on_paid(self, &outcome).await;
+        crate::shipping::worker::on_paid(self, &outcome).await;
         if query.state == TradeState::Refund {
             self.sync_refunds_from_wechat(outcome.order()).await?;
         }

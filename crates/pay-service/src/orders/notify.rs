@@ -270,6 +270,7 @@ impl Payments {
         };
         log_paid_outcome(&outcome, "notify");
         crate::subscribe::on_paid(self, &outcome).await;
+        crate::shipping::worker::on_paid(self, &outcome).await;
         let (verdict, accepted) = verdict_of(&outcome);
         Ok(Judgement {
             verdict,
@@ -407,6 +408,7 @@ impl Payments {
         };
         log_paid_outcome(&outcome, "notify_v3");
         crate::subscribe::on_paid(self, &outcome).await;
+        crate::shipping::worker::on_paid(self, &outcome).await;
         let (verdict, accepted) = verdict_of(&outcome);
         Ok(Judgement {
             verdict,

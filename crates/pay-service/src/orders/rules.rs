@@ -162,6 +162,7 @@ impl Order {
             refunded_fen: self.refunded_fen,
             refunding_fen: self.refunding_fen,
             pay_api: self.api.clone(),
+            shipping: None,
         }
     }
 }

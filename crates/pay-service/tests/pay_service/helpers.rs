@@ -333,6 +333,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
             ..bills_config()
         },
         nats: Default::default(),
+        shipping: Default::default(),
     }
 }
 

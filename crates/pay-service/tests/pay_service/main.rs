@@ -19,3 +19,4 @@ mod pay;
 mod refunds;
 mod relay;
 mod serve;
+mod shipping;

@@ -108,6 +108,16 @@ pub(crate) fn settle_v3_payment(
             order.trade_state = "SUCCESS".into();
             order.transaction_id = Some(ids::transaction_id());
             order.success_time = Some(rfc3339_ms(clock::unix_ms()));
+            sandbox.shipping.paid(crate::shipping::Paid {
+                appid: order.appid.clone(),
+                mchid: order.mchid.clone(),
+                out_trade_no: order.out_trade_no.clone(),
+                transaction_id: order.transaction_id.clone().unwrap_or_default(),
+                openid: order.openid.clone(),
+                amount_fen: 0,
+                paid_at_ms: clock::unix_ms(),
+                paid: std::time::Instant::now(),
+            });
             // drop_notify: paid, never notified.
             let drop = faults.drop_notify;
             order.notify_state = if drop { "dropped" } else { "pending" }.into();

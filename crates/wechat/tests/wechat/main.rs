@@ -17,4 +17,6 @@ mod notify;
 mod pay_http;
 mod pay_props;
 mod pay_v3;
+mod push;
 mod refund_notify;
+mod shipping_http;

@@ -1,0 +1,2 @@
+DROP TABLE message_pushes;
+DROP TABLE shipments;
