@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     /// Ends the event streams of this core when its server shuts down.
     pub(crate) streams_stop: service_kit::Shutdown,
+    /// Virtual payment (xpay/); None when no product is sold that way.
+    pub(crate) xpay: Option<crate::xpay::flow::Xpay>,
 }
 
 impl Payments {
@@ -112,6 +114,7 @@ impl Payments {
                 streams_stop: service_kit::Shutdown::new(),
                 paid_messages: crate::subscribe::PaidMessages::from_config(config)
                     .map_err(Error::Config)?,
+                xpay: crate::xpay::flow::Xpay::from_config(config)?,
             }),
         })
     }

@@ -328,6 +328,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         refunds: pay_service::RefundConfig::default(),
         v3: Default::default(),
         shipping: Default::default(),
+        xpay: Default::default(),
     }
 }
 

@@ -17,3 +17,4 @@ mod pay;
 mod refunds;
 mod serve;
 mod shipping;
+mod xpay;
