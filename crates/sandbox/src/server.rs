@@ -60,10 +60,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::delete().to(faults::clear)),
                 )
                 .configure(v3::dev_routes)
-                .configure(crate::shipping::dev_routes),
+                .configure(crate::shipping::dev_routes)
+                .configure(crate::xpay::dev_routes),
         )
         .configure(v3::routes)
         .configure(crate::shipping::routes)
+        .configure(crate::xpay::routes)
         // The WeChat paths, each scope behind the fault middleware.
         .service(
             web::scope("/sns")
