@@ -22,3 +22,4 @@ mod security;
 mod shipping;
 mod userinfo;
 mod wechat_api;
+mod xpay;
