@@ -245,6 +245,7 @@ pub async fn query_order(
         json!({"errcode": 0, "errmsg": "ok", "order": {
             "order_id": id, "status": o.status, "biz_type": 0, "order_fee": o.price,
             "paid_fee": o.price, "openid": o.openid, "wx_order_id": o.wx_order_id,
+            "wxpay_order_id": o.wx_order_id,
             "paid_time": o.paid_time, "env_type": o.env,
         }})
         .to_string(),

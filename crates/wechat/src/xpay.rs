@@ -219,8 +219,8 @@ pub struct GoodsDeliverNotify {
 pub struct XpayOrder {
     #[serde(default)]
     pub order_id: String,
-    /// 0 created, 1 paid-not-delivered... see the document; 2 paid, 3 delivered (发货完成),
-    /// 4 refunding, 5 refunded, 6 closed, 7 refund failed.
+    /// WeChat's order status; 2 (paid, goods to deliver) and 3 (delivered) mean paid (see
+    /// the `query_order` document for the others).
     #[serde(default)]
     pub status: i64,
     #[serde(default)]
@@ -233,6 +233,9 @@ pub struct XpayOrder {
     pub openid: String,
     #[serde(default)]
     pub wx_order_id: String,
+    /// The WeChat Pay transaction behind the order (the push's `WeChatPayInfo.TransactionId`).
+    #[serde(default)]
+    pub wxpay_order_id: String,
     #[serde(default)]
     pub paid_time: i64,
     #[serde(default)]

@@ -7,7 +7,9 @@
 use service_kit::grpc::AttachToken;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use wechat::xpay::{SignData, VirtualPaymentParams, request_params};
-use wxmp_proto::auth::v1::{GetSessionKeyRequest, auth_service_client::AuthServiceClient};
+use wxmp_proto::auth::v1::{
+    GetAccessTokenRequest, GetSessionKeyRequest, auth_service_client::AuthServiceClient,
+};
 
 use super::rules::{XPAY_SIGN_TYPE, XpaySettings};
 use crate::{
@@ -33,6 +35,8 @@ pub struct Xpay {
     pub(crate) settings: XpaySettings,
     /// None without `PAY_AUTH_SERVICE_URL`: no session_key, virtual products cannot be sold.
     auth: Option<AuthClient>,
+    /// For `query_order` (the reconciler's fallback when the delivery push is lost).
+    wechat: wechat::WechatClient,
 }
 
 impl Xpay {
@@ -56,7 +60,12 @@ impl Xpay {
                 AttachToken::new(config.internal.internal_token.as_ref()),
             ))
         };
-        Ok(Some(Self { settings, auth }))
+        let wechat = config.wechat.client().map_err(Error::Config)?;
+        Ok(Some(Self {
+            settings,
+            auth,
+            wechat,
+        }))
     }
 
     /// The user's newest session_key; an error when there is none (log in again).
@@ -95,7 +104,84 @@ impl Xpay {
     }
 }
 
+impl Xpay {
+    /// `query_order` for `order` with auth-service's access_token: WeChat's view of it.
+    async fn query(&self, order: &Order) -> Result<wechat::xpay::XpayOrder, Error> {
+        let Some(auth) = &self.auth else {
+            return Err(Error::Config(
+                "query_order needs PAY_AUTH_SERVICE_URL".into(),
+            ));
+        };
+        let token = auth
+            .clone()
+            .get_access_token(GetAccessTokenRequest {
+                app_id: order.app_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| {
+                Error::WechatUnavailable(format!("auth-service GetAccessToken: {}", s.code()))
+            })?
+            .into_inner()
+            .access_token;
+        self.wechat
+            .xpay_query_order(
+                &token,
+                self.settings.app_key.expose(),
+                &order.openid,
+                self.settings.env,
+                &order.order_no,
+            )
+            .await
+            .map_err(|e| Error::WechatUnavailable(format!("query_order: {e}")))
+    }
+}
+
 impl Payments {
+    /// The reconciler's fallback for a PAYING virtual order whose delivery push is late or
+    /// lost: `query_order`; paid there (status 2 or 3) for the order's payer and amount →
+    /// the same PAID transition as the push (a later push is then a duplicate). True when
+    /// this call paid it.
+    pub(crate) async fn query_xpay_paying(&self, order: &Order) -> Result<bool, Error> {
+        let Some(xpay) = self.xpay() else {
+            return Ok(false);
+        };
+        let at_wechat = xpay.query(order).await?;
+        if !matches!(at_wechat.status, 2 | 3) {
+            return Ok(false);
+        }
+        if at_wechat.paid_fee != order.amount_fen || at_wechat.openid != order.openid {
+            tracing::error!(order_no = %order.order_no, "query_order reports a payment that does not match the order; not applied");
+            return Err(Error::Internal(
+                "WeChat's virtual payment does not match the order".into(),
+            ));
+        }
+        let transaction_id = if !at_wechat.wxpay_order_id.is_empty() {
+            at_wechat.wxpay_order_id.clone()
+        } else if !at_wechat.wx_order_id.is_empty() {
+            at_wechat.wx_order_id.clone()
+        } else {
+            format!("xpay:{}", order.order_no)
+        };
+        let now = self.now();
+        let paid_at = if at_wechat.paid_time > 0 {
+            at_wechat.paid_time
+        } else {
+            now
+        };
+        let outcome = store::mark_paid(
+            self.database(),
+            &order.order_no,
+            &transaction_id,
+            paid_at,
+            now,
+        )
+        .await?;
+        crate::orders::flow::log_paid_outcome(&outcome, "xpay_query_order");
+        crate::subscribe::on_paid(self, &outcome).await;
+        Ok(matches!(outcome, crate::orders::PaidOutcome::Applied(_)))
+    }
+
     pub(crate) fn xpay(&self) -> Option<&Xpay> {
         self.inner.xpay.as_ref()
     }

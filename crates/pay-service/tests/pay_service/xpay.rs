@@ -7,10 +7,16 @@
 //! The session_key comes from a stand-in for auth-service's `GetSessionKey` (auth-service's own
 //! behaviour is tested in its crate).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use pay_service::events::{self, EventKind};
-use sandbox::DEV_APP_ID;
+use sandbox::{
+    DEV_APP_ID, DEV_APP_SECRET,
+    xpay::{DEV_XPAY_OFFER_ID, DEV_XPAY_SANDBOX_APP_KEY},
+};
 use tonic::{Request, Response, Status, service::Routes};
 use wxmp_proto::{
     auth::v1::{self as auth, auth_service_server::AuthService},
@@ -19,12 +25,19 @@ use wxmp_proto::{
 
 use crate::helpers::{Backend, Env, on_both_backends, principal};
 
-const APP_KEY: &str = "xpay-sandbox-app-key-for-tests";
+const APP_KEY: &str = DEV_XPAY_SANDBOX_APP_KEY;
 const SESSION_KEY: &str = "HyVFkGl5F5OQWJZZaNzBBg==";
 
-/// GetSessionKey only: user 1's session_key; no session for anyone else.
+/// GetSessionKey (the keys given; none for anyone else) and GetAccessToken (the sandbox's
+/// stable token, once a sandbox is set).
+#[derive(Clone, Default)]
+struct Stand {
+    keys: Arc<Mutex<HashMap<String, String>>>,
+    wechat: Arc<Mutex<Option<wechat::WechatClient>>>,
+}
+
 struct SessionKeysOnly {
-    keys: HashMap<String, String>,
+    stand: Stand,
 }
 
 #[tonic::async_trait]
@@ -52,9 +65,10 @@ impl AuthService for SessionKeysOnly {
         req: Request<auth::GetSessionKeyRequest>,
     ) -> Result<Response<auth::GetSessionKeyResponse>, Status> {
         let r = req.into_inner();
-        match self.keys.get(&r.openid) {
+        let key = self.stand.keys.lock().unwrap().get(&r.openid).cloned();
+        match key {
             Some(k) if r.app_id == DEV_APP_ID => Ok(Response::new(auth::GetSessionKeyResponse {
-                session_key: k.clone(),
+                session_key: k,
             })),
             _ => Err(Status::not_found("no session")),
         }
@@ -69,16 +83,30 @@ impl AuthService for SessionKeysOnly {
         &self,
         _: Request<auth::GetAccessTokenRequest>,
     ) -> Result<Response<auth::GetAccessTokenResponse>, Status> {
-        Err(Status::unimplemented("session keys only"))
+        let wechat = self.stand.wechat.lock().unwrap().clone();
+        let Some(wechat) = wechat else {
+            return Err(Status::unavailable("no sandbox"));
+        };
+        let t = wechat
+            .stable_token(DEV_APP_ID, DEV_APP_SECRET, false)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(auth::GetAccessTokenResponse {
+            access_token: t.access_token,
+            expires_in: t.expires_in,
+            generation: 1,
+            app_id: DEV_APP_ID.into(),
+        }))
     }
 }
 
-async fn auth_url() -> String {
+async fn auth_url(stand: Stand) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let keys = [(principal(1).openid, SESSION_KEY.to_owned())].into();
     let routes = Routes::new(
-        wxmp_proto::auth::v1::auth_service_server::AuthServiceServer::new(SessionKeysOnly { keys }),
+        wxmp_proto::auth::v1::auth_service_server::AuthServiceServer::new(SessionKeysOnly {
+            stand,
+        }),
     );
     tokio::spawn(async move {
         let _ = service_kit::grpc::serve(
@@ -94,10 +122,20 @@ async fn auth_url() -> String {
 
 /// A stack selling "vip" (990 fen) as the xpay product `vip_month`, in WeChat's sandbox env.
 async fn env(backend: Backend) -> Env {
-    let url = auth_url().await;
+    let stand = Stand::default();
+    stand
+        .keys
+        .lock()
+        .unwrap()
+        .insert(principal(1).openid, SESSION_KEY.to_owned());
+    env_with(backend, stand).await
+}
+
+async fn env_with(backend: Backend, stand: Stand) -> Env {
+    let url = auth_url(stand).await;
     Env::with(backend, move |c| {
         c.xpay.xpay_products = "vip:vip_month".into();
-        c.xpay.xpay_offer_id = "1450000000".into();
+        c.xpay.xpay_offer_id = DEV_XPAY_OFFER_ID.into();
         c.xpay.xpay_sandbox_app_key = service_kit::Secret::new(APP_KEY);
         c.xpay.xpay_env = 1;
         c.paid_message.auth_service_url = url;
@@ -143,7 +181,7 @@ async fn prepare_answers_request_virtual_payment(backend: Backend) {
     let sign_data: serde_json::Value = serde_json::from_str(&p.sign_data).unwrap();
     assert_eq!(
         sign_data,
-        serde_json::json!({"offerId": "1450000000", "buyQuantity": 1, "env": 1,
+        serde_json::json!({"offerId": DEV_XPAY_OFFER_ID, "buyQuantity": 1, "env": 1,
             "currencyType": "CNY", "platform": "android", "productId": "vip_month",
             "goodsPrice": 990, "outTradeNo": order.order_no, "attach": ""})
     );
@@ -269,3 +307,88 @@ async fn pushes_that_do_not_match_change_nothing(backend: Backend) {
     assert_eq!(paid_events(&env, &no).await, 0);
 }
 on_both_backends!(pushes_that_do_not_match_change_nothing);
+
+async fn a_lost_push_is_repaired_by_query_order_and_a_late_push_changes_nothing(backend: Backend) {
+    let stand = Stand::default();
+    let env = env_with(backend, stand.clone()).await;
+    let base = env.sandbox.base_url.clone();
+    *stand.wechat.lock().unwrap() = Some(
+        wechat::WechatClient::new(wechat::WechatConfig {
+            api_base: base.clone(),
+            ..wechat::WechatConfig::default()
+        })
+        .unwrap(),
+    );
+    // The user logs in at the sandbox: the session_key it issued is the one auth-service holds.
+    let openid = principal(1).openid;
+    let code: serde_json::Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/login-code"))
+        .json(&serde_json::json!({"appid": DEV_APP_ID, "openid": openid}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session: serde_json::Value = env
+        .http
+        .get(env.sandbox.url("/sns/jscode2session"))
+        .query(&[
+            ("appid", DEV_APP_ID),
+            ("secret", DEV_APP_SECRET),
+            ("js_code", code["code"].as_str().unwrap()),
+            ("grant_type", "authorization_code"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stand.keys.lock().unwrap().insert(
+        openid.clone(),
+        session["session_key"].as_str().unwrap().to_owned(),
+    );
+    let (order, p) = prepare_vip(&env).await;
+    let no = order.order_no.clone();
+    // The phone pays; the sandbox has no push URL here: the delivery push is lost.
+    let paid: serde_json::Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/xpay/pay"))
+        .json(
+            &serde_json::json!({"openid": openid, "mode": p.mode, "signData": p.sign_data,
+            "paySig": p.pay_sig, "signature": p.signature}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paid["errcode"], 0, "{paid}");
+    assert_eq!(
+        env.get(&no, 1).await.unwrap().state,
+        pb::OrderState::Paying as i32
+    );
+    // The reconciler asks query_order (through the sandbox's WeChat API base).
+    let pay = env.replica_with(|c| {
+        c.wechat = service_kit::settings::WechatApi::new(&base);
+    });
+    let report = pay.reconcile_once().await.unwrap();
+    assert_eq!(report.paid, 1, "{report:?}");
+    let repaired = env.get(&no, 1).await.unwrap();
+    assert_eq!(repaired.state, pb::OrderState::Paid as i32);
+    let wx_order_id = paid["wx_order_id"].as_str().unwrap();
+    assert_eq!(repaired.transaction_id, wx_order_id);
+    // The late push (the same WeChat transaction) changes nothing.
+    let late = deliver(&no, &openid, 990).replace("4200000xpay01", wx_order_id);
+    let verdict = pay
+        .handle_message_push(DEV_APP_ID, "xpay_goods_deliver_notify", &late, "late")
+        .await
+        .unwrap();
+    assert_eq!(verdict, "duplicate");
+    assert_eq!(paid_events(&env, &no).await, 1);
+    assert_eq!(pay.reconcile_once().await.unwrap().paid, 0);
+}
+on_both_backends!(a_lost_push_is_repaired_by_query_order_and_a_late_push_changes_nothing);
