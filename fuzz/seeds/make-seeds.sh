@@ -91,3 +91,8 @@ cp "$PUSH/remind.xml" message_push/plain_remind.xml
 printf '{"ToUserName":"gh_0000shipping","Encrypt":"%s"}' "$(cat "$PUSH/settlement.json.encrypt.txt")" >message_push/safe_settlement.json
 printf '<xml><ToUserName><![CDATA[gh_0000shipping]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt></xml>' "$(cat "$PUSH/remind.xml.encrypt.txt")" >message_push/safe_remind.xml
 cat "$PUSH/settlement.json.encrypt.txt" >message_push/encrypt_only.txt
+
+# xpay_deliver: a delivery push as WeChat documents it, and a partial one.
+mkdir -p xpay_deliver
+printf '%s' '{"ToUserName":"gh_x","FromUserName":"o1","CreateTime":1765000000,"MsgType":"event","Event":"xpay_goods_deliver_notify","OpenId":"o1","OutTradeNo":"N1","Env":1,"WeChatPayInfo":{"MchOrderNo":"m1","TransactionId":"42","PaidTime":1765000000},"GoodsInfo":{"ProductId":"vip_month","Quantity":1,"OrigPrice":990,"ActualPrice":990,"Attach":""}}' >xpay_deliver/deliver.json
+printf '%s' '{"Event":"xpay_goods_deliver_notify","GoodsInfo":{"ProductId":"p"}}' >xpay_deliver/partial.json

@@ -24,3 +24,4 @@ mod session_cache;
 mod shipping;
 mod userinfo;
 mod wechat_api;
+mod xpay;

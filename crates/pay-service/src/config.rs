@@ -10,6 +10,7 @@ pub mod refunds;
 pub mod shipping;
 pub mod subscribe;
 pub mod v3;
+pub mod xpay;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub use refunds::RefundConfig;
 pub use shipping::ShippingConfig;
 pub use subscribe::PaidMessageConfig;
 pub use v3::{PayApi, PayV3Config, PayV3Settings};
+pub use xpay::XpayConfig;
 
 /// Default of `PAY_PRODUCT_REUSE_SECS`.
 pub const DEFAULT_PRODUCT_REUSE_SECS: u64 = 60;
@@ -209,6 +211,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub shipping: ShippingConfig,
+
+    #[command(flatten)]
+    pub xpay: XpayConfig,
 }
 
 impl Config {
@@ -257,6 +262,8 @@ impl Config {
         self.bills.validate()?;
         self.nats.validate()?;
         self.shipping.validate(&self.products)?;
+        self.xpay
+            .validate(&self.products, &self.shipping.virtual_product_ids())?;
         self.events.validate()
     }
 

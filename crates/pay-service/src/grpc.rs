@@ -71,10 +71,26 @@ impl PayService for Payments {
             app_id: principal.app_id,
             openid: principal.openid,
         };
+        if self.is_xpay_target(&target).await? {
+            let (order, params) = self
+                .prepare_virtual_payment(&payer, target, &r.client_ip, &r.idempotency_key)
+                .await?;
+            return Ok(Response::new(pb::PrepareJsapiPaymentResponse {
+                order: Some(order.to_proto()),
+                params: None,
+                virtual_payment: Some(pb::VirtualPaymentParams {
+                    sign_data: params.sign_data,
+                    pay_sig: params.pay_sig,
+                    signature: params.signature,
+                    mode: params.mode,
+                }),
+            }));
+        }
         let (order, params) = self
             .prepare_jsapi_payment(&payer, target, &r.client_ip, &r.idempotency_key)
             .await?;
         Ok(Response::new(pb::PrepareJsapiPaymentResponse {
+            virtual_payment: None,
             order: Some(order.to_proto()),
             params: Some(pb::JsapiParams {
                 app_id: params.app_id,

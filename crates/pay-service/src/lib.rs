@@ -55,6 +55,7 @@ pub mod schema;
 pub mod shipping;
 pub mod subscribe;
 pub mod wechat_pay;
+pub mod xpay;
 
 use diesel_migrations::embed_migrations;
 use events::webhooks;

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     /// Ends the event streams of this core when its server shuts down.
     pub(crate) streams_stop: service_kit::Shutdown,
+    /// Virtual payment (xpay/); None when no product is sold that way.
+    pub(crate) xpay: Option<crate::xpay::flow::Xpay>,
 }
 
 impl Payments {
@@ -121,6 +123,7 @@ impl Payments {
                 streams_stop: service_kit::Shutdown::new(),
                 paid_messages: crate::subscribe::PaidMessages::from_config(config)
                     .map_err(Error::Config)?,
+                xpay: crate::xpay::flow::Xpay::from_config(config)?,
             }),
         })
     }
@@ -185,6 +188,7 @@ impl Payments {
                 paid_messages: self.inner.paid_messages.clone(),
                 clock: self.inner.clock.clone(),
                 streams_stop: self.inner.streams_stop.clone(),
+                xpay: self.inner.xpay.clone(),
             }),
         }
     }

@@ -206,6 +206,7 @@ pub mod user_data;
 pub mod v3;
 pub mod wx;
 mod wx_error;
+pub mod xpay;
 
 pub use config::{App, AppList, Config};
 pub use devca::DevPki;

@@ -67,10 +67,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
                     "/bills/outside-refund",
                     web::post().to(bills::outside_refund),
                 )
-                .configure(crate::shipping::dev_routes),
+                .configure(crate::shipping::dev_routes)
+                .configure(crate::xpay::dev_routes),
         )
         .configure(v3::routes)
         .configure(crate::shipping::routes)
+        .configure(crate::xpay::routes)
         // The WeChat paths, each scope behind the fault middleware.
         .service(
             web::scope("/sns")

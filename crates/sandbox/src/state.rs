@@ -57,6 +57,8 @@ pub struct Sandbox {
     pub v3: crate::v3::V3,
     /// The order shipping service and the message push.
     pub shipping: crate::shipping::Shipping,
+    /// Virtual payment (xpay).
+    pub xpay: crate::xpay::Xpay,
 }
 
 impl Sandbox {
@@ -102,6 +104,7 @@ impl Sandbox {
             shutdown,
             v3: crate::v3::V3::new(&config.pay_v3, config.notify_time_scale)?,
             shipping: crate::shipping::Shipping::new(&config.shipping),
+            xpay: crate::xpay::Xpay::default(),
         })
     }
 

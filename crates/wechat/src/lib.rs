@@ -12,7 +12,8 @@
 //!
 //! * [`push`]: the mini program's message push (GET check, plaintext and safe mode, JSON and
 //!   XML),
-//! * [`shipping`]: the order shipping APIs (`upload_shipping_info` and friends).
+//! * [`shipping`]: the order shipping APIs (`upload_shipping_info` and friends),
+//! * [`xpay`]: virtual payment (`wx.requestVirtualPayment` parameters, `query_order`...).
 //!
 //! Pure functions where possible; the HTTP calls go through one [`WechatClient`] whose base URLs
 //! come from [`WechatConfig`], so the same code talks to WeChat or to the wxmp sandbox.
@@ -40,6 +41,7 @@ pub mod openapi;
 pub mod pay;
 pub mod push;
 pub mod shipping;
+pub mod xpay;
 
 pub use auth::{AccessToken, ApiError, Code2SessionError, Session};
 pub use client::{ClientBuildError, MerchantCert, WechatClient};

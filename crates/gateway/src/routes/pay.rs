@@ -56,6 +56,19 @@ pub(crate) struct PayData {
     order_no: String,
 }
 
+/// For a product sold through virtual payment (虚拟支付): exactly the keys
+/// `wx.requestVirtualPayment` takes (`signData` passed on verbatim), plus the order to poll.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VirtualPayData {
+    sign_data: String,
+    pay_sig: String,
+    signature: String,
+    mode: String,
+    #[serde(rename = "order_no")]
+    order_no: String,
+}
+
 fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
@@ -95,7 +108,7 @@ fn idempotency_key(req: &HttpRequest, body: &PayBody) -> Result<String, ApiError
     request_body(content = PayBody, content_type = "application/json"),
     security(("bearer" = []), ("body_token" = [])),
     responses(
-        (status = 200, description = "code 200: pass everything but order_no to wx.requestPayment", body = Envelope<PayData>),
+        (status = 200, description = "code 200: pass everything but order_no to wx.requestPayment; for a virtual-payment product (PAY_XPAY_PRODUCTS) the data is VirtualPayData, for wx.requestVirtualPayment", body = Envelope<PayData>),
         (status = 400, description = "201 missing order_no/product_id or token, 203 both given or malformed", body = ErrorEnvelope),
         (status = 401, description = "202 invalid token", body = ErrorEnvelope),
         (status = 403, description = "206 not the caller's order", body = ErrorEnvelope),
@@ -142,6 +155,15 @@ pub async fn pay(
         ))
         .await?
         .into_inner();
+    if let (Some(v), Some(order)) = (&response.virtual_payment, &response.order) {
+        return Ok(ok(VirtualPayData {
+            sign_data: v.sign_data.clone(),
+            pay_sig: v.pay_sig.clone(),
+            signature: v.signature.clone(),
+            mode: v.mode.clone(),
+            order_no: order.order_no.clone(),
+        }));
+    }
     let (Some(params), Some(order)) = (response.params, response.order) else {
         tracing::error!("pay-service answered PrepareJsapiPayment without params or order");
         return Err(Code::Internal.into());

@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, Owner)] = &[
     ("trade_manage_remind_access_api", Owner::Pay),
     ("trade_manage_remind_shipping", Owner::Pay),
     ("wxa_trade_controlled", Owner::Pay),
+    // Virtual payment (虚拟支付): a 道具直购 order paid, its goods to deliver.
+    ("xpay_goods_deliver_notify", Owner::Pay),
 ];
 
 /// The owner of `event`, if any.

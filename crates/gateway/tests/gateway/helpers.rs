@@ -321,6 +321,7 @@ impl PayService for FakePay {
             return Err(status(ErrorReason::OrderState, "already paid"));
         }
         Ok(Response::new(PrepareJsapiPaymentResponse {
+            virtual_payment: None,
             order: Some(order(&order_no, uid, OrderState::Paying)),
             params: Some(JsapiParams {
                 app_id: "wxapp".into(),

@@ -156,7 +156,7 @@ impl Payments {
     /// - Otherwise a new order. Nobody else knows it yet, so the payer (and what its
     ///   unifiedorder is placed with) is bound by the INSERT itself, saving the conditional
     ///   bind's round trip.
-    async fn product_order(
+    pub(crate) async fn product_order(
         &self,
         payer: &Payer,
         product_id: &str,
@@ -230,6 +230,16 @@ impl Payments {
                 expires_at: now + self.inner.settings.order_ttl_secs,
                 notify_url: self.inner.wechat.notify_url().to_owned(),
                 sign_type: self.inner.wechat.sign_type().as_str().to_owned(),
+            };
+            // Sold through virtual payment (xpay/): bound to it from the start.
+            let new = if self.is_xpay_product(&product.id) {
+                NewOrder {
+                    notify_url: String::new(),
+                    sign_type: crate::xpay::XPAY_SIGN_TYPE.to_owned(),
+                    ..new
+                }
+            } else {
+                new
             };
             match store::insert_order(self.database(), &new).await {
                 Ok(order) => {
@@ -354,6 +364,11 @@ impl Payments {
             if order.app_id != payer.app_id || order.openid != payer.openid {
                 return Err(Error::OrderState(
                     "order is being paid from another mini program".into(),
+                ));
+            }
+            if order.sign_type == crate::xpay::XPAY_SIGN_TYPE {
+                return Err(Error::OrderState(
+                    "order is paid through virtual payment".into(),
                 ));
             }
             if let Some(prepay_id) = order.live_prepay_id(now) {

@@ -235,6 +235,11 @@ impl Payments {
         if order.state() != Some(OrderState::Paying) {
             return Ok(false);
         }
+        // A virtual-payment order is no WeChat Pay order: orderquery does not know it; its
+        // payment arrives as the xpay_goods_deliver_notify push, query_order is the fallback.
+        if order.sign_type == crate::xpay::XPAY_SIGN_TYPE {
+            return self.query_xpay_paying(&order).await;
+        }
         match self.sync_from_wechat(&order).await {
             Ok(Some(PaidOutcome::Applied(_))) => Ok(true),
             Ok(_) => Ok(false),

@@ -28,7 +28,8 @@ pub struct Push {
     pub dedup_key: String,
 }
 
-type Handled<'a> = Pin<Box<dyn Future<Output = Result<&'static str, Error>> + Send + 'a>>;
+pub(crate) type Handled<'a> =
+    Pin<Box<dyn Future<Output = Result<&'static str, Error>> + Send + 'a>>;
 type Handler = for<'a> fn(&'a Payments, &'a Push) -> Handled<'a>;
 
 /// Event name → handler. Add a row for a new event.
@@ -37,6 +38,11 @@ pub const HANDLERS: &[(&str, Handler)] = &[
     ("trade_manage_remind_access_api", on_notice),
     ("trade_manage_remind_shipping", on_remind_shipping),
     ("wxa_trade_controlled", on_notice),
+    // Virtual payment (issue 26): a 道具直购 order paid.
+    (
+        wechat::xpay::EVENT_GOODS_DELIVER,
+        crate::xpay::push::on_goods_deliver,
+    ),
 ];
 
 fn on_settlement<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {
@@ -113,7 +119,7 @@ fn row(payments: &Payments, push: &Push, verdict: &str) -> NewPush {
 }
 
 /// Records the push once; `duplicate` when seen before.
-async fn record(
+pub(crate) async fn record(
     payments: &Payments,
     push: &Push,
     verdict: &'static str,

@@ -334,6 +334,7 @@ pub fn config(database_url: String, sandbox: &SandboxHandle) -> Config {
         },
         nats: Default::default(),
         shipping: Default::default(),
+        xpay: Default::default(),
     }
 }
 

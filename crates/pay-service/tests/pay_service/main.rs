@@ -20,3 +20,4 @@ mod refunds;
 mod relay;
 mod serve;
 mod shipping;
+mod xpay;

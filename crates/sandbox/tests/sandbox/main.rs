@@ -18,3 +18,4 @@ mod pay;
 mod pay_v3;
 mod serve;
 mod user_data;
+mod xpay;

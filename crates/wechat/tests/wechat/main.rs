@@ -20,3 +20,4 @@ mod pay_v3;
 mod push;
 mod refund_notify;
 mod shipping_http;
+mod xpay;

@@ -1,0 +1,18 @@
+//! Virtual payment (虚拟支付, issue 26): catalog products sold through `wx.requestVirtualPayment`
+//! (道具直购) instead of JSAPI WeChat Pay, as WeChat requires for virtual goods.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | [`rules`] | the xpay settings, which products are sold this way, what a delivery push must match (pure) |
+//! | [`flow`] | `PrepareJsapiPayment` for such a product: the order, bound to the payer, and the `requestVirtualPayment` parameters signed with the AppKey and the user's session_key (from auth-service) |
+//! | [`push`] | `xpay_goods_deliver_notify`: checked against the order, then the order's one PAID transition |
+//!
+//! A virtual order is an ordinary order bound with `sign_type = XPAY`: JSAPI never pays it,
+//! and the PAID transition is the orders' own conditional UPDATE with ORDER_PAID in the outbox,
+//! so a push retried or delivered to several replicas pays it once.
+
+pub mod flow;
+pub mod push;
+pub mod rules;
+
+pub use rules::{XPAY_SIGN_TYPE, XpaySettings};

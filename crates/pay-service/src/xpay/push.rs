@@ -1,0 +1,69 @@
+//! `xpay_goods_deliver_notify`: WeChat's push that a 道具直购 order was paid and its goods are
+//! to be delivered (retried until acknowledged; the payment's fallback is `query_order`):
+//! <https://developers.weixin.qq.com/miniprogram/dev/platform-capabilities/business-capabilities/virtual-payment.html>
+//!
+//! The gateway verified the push (message-push signature, safe-mode decryption, appid, replay
+//! window) and routed it here by event name. The push must name a virtual order of the same
+//! app, payer, env, xpay product and price; then the order's one PAID transition runs (a
+//! conditional UPDATE with ORDER_PAID in the outbox, in one transaction), so retries and
+//! copies handled by other replicas at the same time change nothing more.
+
+use wechat::xpay::GoodsDeliverNotify;
+
+use super::rules::check_delivery;
+use crate::{
+    error::Error,
+    orders::{PaidOutcome, store},
+    payments::Payments,
+    shipping::push::{Handled, Push, record},
+};
+
+pub(crate) fn on_goods_deliver<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {
+    Box::pin(goods_deliver(p, push))
+}
+
+async fn goods_deliver(payments: &Payments, push: &Push) -> Result<&'static str, Error> {
+    let Some(xpay) = payments.xpay() else {
+        return record(payments, push, "not_configured").await;
+    };
+    let Ok(notify) = serde_json::from_value::<GoodsDeliverNotify>(push.message.clone()) else {
+        return record(payments, push, "malformed").await;
+    };
+    let order = if notify.out_trade_no.is_empty() {
+        None
+    } else {
+        store::find_order(payments.database(), &notify.out_trade_no).await?
+    };
+    let Some(order) = order.filter(|o| o.app_id == push.app_id) else {
+        return record(payments, push, "unknown_order").await;
+    };
+    let transaction_id = match check_delivery(&order, &notify, &xpay.settings) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::error!(order_no = %order.order_no, %why, "virtual-payment push does not match its order; not applied");
+            return record(payments, push, "mismatch").await;
+        }
+    };
+    let now = payments.now();
+    let paid_at = if notify.wechat_pay_info.paid_time > 0 {
+        notify.wechat_pay_info.paid_time
+    } else {
+        now
+    };
+    let outcome = store::mark_paid(
+        payments.database(),
+        &order.order_no,
+        &transaction_id,
+        paid_at,
+        now,
+    )
+    .await?;
+    crate::orders::flow::log_paid_outcome(&outcome, "xpay_push");
+    crate::subscribe::on_paid(payments, &outcome).await;
+    let verdict = match outcome {
+        PaidOutcome::Applied(_) => "handled",
+        PaidOutcome::Duplicate(_) => "duplicate",
+        _ => "needs_review",
+    };
+    record(payments, push, verdict).await
+}

@@ -1,0 +1,309 @@
+//! WeChat's virtual payment (虚拟支付, xpay), as the sandbox plays it: the phone's
+//! `wx.requestVirtualPayment` (`POST /sandbox/xpay/pay`), the `xpay_goods_deliver_notify` push
+//! through the message-push channel of [`crate::shipping`], and the server APIs
+//! `/xpay/query_order` and `/xpay/notify_provide_goods`.
+//!
+//! Written from WeChat's documents, not from the code under test (no dependency on `wechat`):
+//! * <https://developers.weixin.qq.com/miniprogram/dev/api/payment/wx.requestVirtualPayment.html>
+//! * <https://developers.weixin.qq.com/miniprogram/dev/platform-capabilities/business-capabilities/virtual-payment.html>
+//!   (WeChat's python example: `hmac.new(key=appkey.encode('utf-8'), msg=(method + '&' +
+//!   sign_data).encode('utf-8'), digestmod=hashlib.sha256).hexdigest()`, also at
+//!   <https://www.tencentcloud.com/document/product/1219/74865>)
+//!
+//! `paySig = hex(HMAC-SHA256(AppKey, "requestVirtualPayment&" + signData))`, refused with
+//! -15005; the user-state `signature = hex(HMAC-SHA256(session_key, signData))`, keyed with the
+//! session_key this sandbox issued to the user at jscode2session, refused with 268490003.
+//! The server APIs: `pay_sig = hex(HMAC-SHA256(AppKey, uri + "&" + body))`, uri without query.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::{
+    clock,
+    state::Sandbox,
+    token::authorize,
+    wx_error::{JSON_CONTENT_TYPE, WxError},
+};
+
+/// The dev app's OfferID.
+pub const DEV_XPAY_OFFER_ID: &str = "1450000001";
+/// The dev app's live AppKey (env 0).
+pub const DEV_XPAY_APP_KEY: &str = "wxmp-dev-xpay-live-app-key-000001";
+/// The dev app's sandbox AppKey (env 1).
+pub const DEV_XPAY_SANDBOX_APP_KEY: &str = "wxmp-dev-xpay-sandbox-app-key-01";
+/// -15005: paySig / pay_sig invalid.
+pub const ERR_PAY_SIG: i64 = -15_005;
+/// 268490003: the user-state signature is invalid.
+pub const ERR_SIGNATURE: i64 = 268_490_003;
+
+/// One virtual order as WeChat keeps it.
+#[derive(Clone, Debug)]
+pub struct XOrder {
+    pub appid: String,
+    pub openid: String,
+    pub env: i64,
+    pub product_id: String,
+    pub price: i64,
+    pub wx_order_id: String,
+    pub paid_time: i64,
+    /// 2 paid (to deliver), 3 delivered.
+    pub status: i64,
+}
+
+/// The sandbox's virtual-payment state.
+#[derive(Debug, Default)]
+pub struct Xpay {
+    orders: Mutex<HashMap<String, XOrder>>,
+}
+
+impl Xpay {
+    pub fn orders(&self) -> MutexGuard<'_, HashMap<String, XOrder>> {
+        self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn hmac_hex(key: &str, msg: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(msg.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The AppKey of `env` (0 live, 1 sandbox).
+fn app_key(env: i64) -> Option<&'static str> {
+    match env {
+        0 => Some(DEV_XPAY_APP_KEY),
+        1 => Some(DEV_XPAY_SANDBOX_APP_KEY),
+        _ => None,
+    }
+}
+
+fn wx(errcode: i64, errmsg: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(JSON_CONTENT_TYPE)
+        .body(json!({ "errcode": errcode, "errmsg": errmsg }).to_string())
+}
+
+/// What the phone passes to `wx.requestVirtualPayment`, and whose phone it is.
+#[derive(Deserialize)]
+pub struct PayBody {
+    appid: Option<String>,
+    openid: String,
+    mode: String,
+    #[serde(rename = "signData")]
+    sign_data: String,
+    #[serde(rename = "paySig")]
+    pay_sig: String,
+    signature: String,
+}
+
+/// `POST /sandbox/xpay/pay`: the user pays on the phone. Checks what
+/// `wx.requestVirtualPayment` checks (mode, signData, paySig with the env's AppKey, the
+/// user-state signature with the user's current session_key), records the order paid and
+/// pushes `xpay_goods_deliver_notify`. Answers `{errcode, out_trade_no, wx_order_id}`.
+pub async fn pay(sandbox: web::Data<Sandbox>, body: web::Json<PayBody>) -> HttpResponse {
+    let body = body.into_inner();
+    let appid = body
+        .appid
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| sandbox.default_app().appid.clone());
+    if body.mode != "short_series_goods" {
+        return wx(
+            -1,
+            "mode: only short_series_goods (道具直购) is played by the sandbox",
+        );
+    }
+    let Ok(data) = serde_json::from_str::<Value>(&body.sign_data) else {
+        return wx(-1, "signData is not JSON");
+    };
+    let field = |k: &str| data.get(k).cloned().unwrap_or(Value::Null);
+    let env = field("env").as_i64().unwrap_or(-1);
+    let Some(key) = app_key(env) else {
+        return wx(-1, "signData.env must be 0 or 1");
+    };
+    if field("offerId").as_str() != Some(DEV_XPAY_OFFER_ID) {
+        return wx(-1, "signData.offerId is not the app's OfferID");
+    }
+    let given = body.pay_sig.to_ascii_lowercase();
+    if given != hmac_hex(key, &format!("requestVirtualPayment&{}", body.sign_data)) {
+        return wx(ERR_PAY_SIG, "pay sig invalid");
+    }
+    let session_key = sandbox
+        .state()
+        .users
+        .get(&(appid.clone(), body.openid.clone()))
+        .and_then(|u| u.session_key.clone());
+    let Some(session_key) = session_key else {
+        return wx(ERR_SIGNATURE, "signature invalid: no session for this user");
+    };
+    if body.signature.to_ascii_lowercase() != hmac_hex(&session_key, &body.sign_data) {
+        return wx(ERR_SIGNATURE, "signature invalid");
+    }
+    let (Some(out_trade_no), Some(product_id), Some(price), Some(1)) = (
+        field("outTradeNo").as_str().map(str::to_owned),
+        field("productId").as_str().map(str::to_owned),
+        field("goodsPrice").as_i64().filter(|p| *p > 0),
+        field("buyQuantity").as_i64(),
+    ) else {
+        return wx(
+            -1,
+            "signData needs outTradeNo, productId, goodsPrice > 0, buyQuantity 1",
+        );
+    };
+    if field("currencyType").as_str() != Some("CNY") {
+        return wx(-1, "signData.currencyType must be CNY");
+    }
+    let now = clock::unix_ms() / 1000;
+    let order = {
+        let mut orders = sandbox.xpay.orders();
+        if orders.contains_key(&out_trade_no) {
+            return wx(-1, "outTradeNo already used");
+        }
+        let order = XOrder {
+            appid: appid.clone(),
+            openid: body.openid.clone(),
+            env,
+            product_id,
+            price,
+            wx_order_id: format!("xpay{}", rand::random::<u64>()),
+            paid_time: now,
+            status: 2,
+        };
+        orders.insert(out_trade_no.clone(), order.clone());
+        order
+    };
+    let to_user = sandbox
+        .app(&appid)
+        .map(|a| format!("gh_{}", a.appid))
+        .unwrap_or_default();
+    let message = json!({
+        "ToUserName": to_user,
+        "FromUserName": order.openid,
+        "CreateTime": now,
+        "MsgType": "event",
+        "Event": "xpay_goods_deliver_notify",
+        "OpenId": order.openid,
+        "OutTradeNo": out_trade_no,
+        "Env": env,
+        "WeChatPayInfo": {"MchOrderNo": format!("mch{out_trade_no}"), "TransactionId": order.wx_order_id, "PaidTime": now},
+        "GoodsInfo": {"ProductId": order.product_id, "Quantity": 1, "OrigPrice": price, "ActualPrice": price, "Attach": field("attach")},
+    });
+    crate::shipping::push(&sandbox, &appid, &order.wx_order_id, message);
+    HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
+        json!({"errcode": 0, "errmsg": "ok", "out_trade_no": out_trade_no, "wx_order_id": order.wx_order_id})
+            .to_string(),
+    )
+}
+
+/// Checks `pay_sig` of a server API call over exactly the body received; the env (and so the
+/// AppKey) is the body's.
+fn check_pay_sig(req: &HttpRequest, uri: &str, body: &[u8]) -> Result<Value, Box<HttpResponse>> {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|_| Box::new(wx(ERR_PAY_SIG, "pay_sig missing")))?;
+    let text = std::str::from_utf8(body).map_err(|_| Box::new(wx(47001, "data format error")))?;
+    let json: Value = serde_json::from_str(text)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| Box::new(wx(47001, "data format error")))?;
+    let key = app_key(json.get("env").and_then(Value::as_i64).unwrap_or(0))
+        .ok_or_else(|| Box::new(wx(-1, "env must be 0 or 1")))?;
+    let given = query.get("pay_sig").map(|s| s.to_ascii_lowercase());
+    if given.as_deref() != Some(hmac_hex(key, &format!("{uri}&{text}")).as_str()) {
+        return Err(Box::new(wx(ERR_PAY_SIG, "pay sig invalid")));
+    }
+    Ok(json)
+}
+
+/// `POST /xpay/query_order?access_token=&pay_sig=` with `{openid, env, order_id}`.
+pub async fn query_order(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> Result<HttpResponse, WxError> {
+    let appid = authorize(&sandbox, &req)?;
+    let json = match check_pay_sig(&req, "/xpay/query_order", &body) {
+        Ok(j) => j,
+        Err(r) => return Ok(*r),
+    };
+    let id = json.get("order_id").and_then(Value::as_str).unwrap_or("");
+    let found = sandbox.xpay.orders().get(id).cloned();
+    let Some(o) = found.filter(|o| o.appid == appid) else {
+        // The sandbox's answer for an unknown order (WeChat's code is not documented here).
+        return Ok(wx(-1, "order not exist"));
+    };
+    Ok(HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
+        json!({"errcode": 0, "errmsg": "ok", "order": {
+            "order_id": id, "status": o.status, "biz_type": 0, "order_fee": o.price,
+            "paid_fee": o.price, "openid": o.openid, "wx_order_id": o.wx_order_id,
+            "wxpay_order_id": o.wx_order_id,
+            "paid_time": o.paid_time, "env_type": o.env,
+        }})
+        .to_string(),
+    ))
+}
+
+/// `POST /xpay/notify_provide_goods?access_token=&pay_sig=` with `{order_id, env}`.
+pub async fn notify_provide_goods(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> Result<HttpResponse, WxError> {
+    let appid = authorize(&sandbox, &req)?;
+    let json = match check_pay_sig(&req, "/xpay/notify_provide_goods", &body) {
+        Ok(j) => j,
+        Err(r) => return Ok(*r),
+    };
+    let id = json.get("order_id").and_then(Value::as_str).unwrap_or("");
+    let mut orders = sandbox.xpay.orders();
+    match orders.get_mut(id).filter(|o| o.appid == appid) {
+        Some(o) => {
+            o.status = 3;
+            Ok(wx(0, "ok"))
+        }
+        None => Ok(wx(-1, "order not exist")),
+    }
+}
+
+/// The WeChat paths.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/xpay")
+            .route("/query_order", web::post().to(query_order))
+            .route(
+                "/notify_provide_goods",
+                web::post().to(notify_provide_goods),
+            ),
+    );
+}
+
+/// The sandbox's own paths (under `/sandbox`).
+pub fn dev_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/xpay/pay", web::post().to(pay))
+        .route("/xpay/orders", web::get().to(list));
+}
+
+async fn list(sandbox: web::Data<Sandbox>) -> HttpResponse {
+    let orders: Vec<Value> = sandbox
+        .xpay
+        .orders()
+        .iter()
+        .map(|(no, o)| {
+            json!({"out_trade_no": no, "openid": o.openid, "env": o.env,
+            "product_id": o.product_id, "price": o.price, "status": o.status,
+            "wx_order_id": o.wx_order_id})
+        })
+        .collect();
+    HttpResponse::Ok()
+        .content_type(JSON_CONTENT_TYPE)
+        .body(json!({ "orders": orders }).to_string())
+}
