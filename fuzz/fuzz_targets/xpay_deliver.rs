@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back, push);
     }
     let text = String::from_utf8_lossy(data);
-    let (key, rest) = text.split_at(text.len() / 2);
+    // Halves at a char boundary (the lossy text may hold multi-byte characters).
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let (key, rest) = text.split_at(mid);
     assert!(!xpay::verify_pay_sig_for_request(key, rest, "not hex"));
     let sig = xpay::user_signature(key, rest);
     assert!(xpay::verify_user_signature(key, rest, &sig));
