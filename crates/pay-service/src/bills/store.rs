@@ -684,20 +684,15 @@ pub async fn record_outside_refund(
     while reason.len() > refunds::MAX_REASON_BYTES {
         reason.pop();
     }
-    let new = refunds::store::NewRefund {
-        out_refund_no: out_refund_no.to_owned(),
-        order_no: order_no.to_owned(),
+    let new = refunds::store::NewRefund::outside(
+        out_refund_no,
+        order_no,
         amount_fen,
         reason,
-        state: RefundState::Pending.as_str().to_owned(),
-        api: api.to_owned(),
-        created_at: now,
-        updated_at: now,
-        next_check_at: now,
-        // WeChat already made it: nothing is sent, so no notify URL.
-        notify_url: String::new(),
-        origin: refunds::rules::ORIGIN_OUTSIDE.to_owned(),
-    };
+        api,
+        now,
+        now,
+    );
     match refunds::store::create(db, &new).await? {
         refunds::store::Created::New(..) | refunds::store::Created::Existing(_) => {}
         refunds::store::Created::Refused(_) | refunds::store::Created::NoOrder => {

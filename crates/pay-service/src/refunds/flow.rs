@@ -26,9 +26,8 @@ use crate::{
     orders::{MAX_AMOUNT_FEN, Order},
     payments::Payments,
     refunds::{
-        self, ABNORMAL_RECHECK_SECS, API_V2, AbnormalTarget, MAX_REASON_BYTES, ORIGIN_OUTSIDE,
-        ORIGIN_WXMP, Refund, RefundState, Refusal, WxRefundStatus, check_refund, new_out_refund_no,
-        valid_out_refund_no,
+        self, ABNORMAL_RECHECK_SECS, API_V2, AbnormalTarget, MAX_REASON_BYTES, ORIGIN_WXMP, Refund,
+        RefundState, Refusal, WxRefundStatus, check_refund, new_out_refund_no, valid_out_refund_no,
     },
     wechat_pay::{
         RefundCallError, RefundSeen, SendRefund, is_err_code, map_error, map_refund_error,
@@ -682,19 +681,15 @@ impl Payments {
                 Some(r) => r,
                 None => {
                     let now = self.now();
-                    let new = NewRefund {
-                        out_refund_no: item.out_refund_no.clone(),
-                        order_no: order.order_no.clone(),
-                        amount_fen: item.refund_fee,
-                        reason: OUTSIDE_REASON.into(),
-                        state: RefundState::Pending.as_str().into(),
-                        api: API_V2.into(),
-                        created_at: now,
-                        updated_at: now,
-                        next_check_at: now + self.inner.settings.reconcile_after_secs,
-                        notify_url: String::new(),
-                        origin: ORIGIN_OUTSIDE.into(),
-                    };
+                    let new = NewRefund::outside(
+                        &item.out_refund_no,
+                        &order.order_no,
+                        item.refund_fee,
+                        OUTSIDE_REASON.into(),
+                        API_V2,
+                        now,
+                        now + self.inner.settings.reconcile_after_secs,
+                    );
                     tracing::warn!(
                         order_no = %order.order_no, out_refund_no = %item.out_refund_no,
                         refund_fen = item.refund_fee,

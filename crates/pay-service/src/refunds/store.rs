@@ -47,6 +47,35 @@ pub struct NewRefund {
     pub origin: String,
 }
 
+impl NewRefund {
+    /// A refund WeChat made outside wxmp (e.g. in the merchant platform), to be recorded
+    /// against its order: reserved as PENDING with origin `outside` and no notify URL (nothing
+    /// is sent), then settled from what WeChat says of it.
+    pub fn outside(
+        out_refund_no: &str,
+        order_no: &str,
+        amount_fen: i64,
+        reason: String,
+        api: &str,
+        now: i64,
+        next_check_at: i64,
+    ) -> Self {
+        Self {
+            out_refund_no: out_refund_no.to_owned(),
+            order_no: order_no.to_owned(),
+            amount_fen,
+            reason,
+            state: RefundState::Pending.as_str().to_owned(),
+            api: api.to_owned(),
+            created_at: now,
+            updated_at: now,
+            next_check_at,
+            notify_url: String::new(),
+            origin: crate::refunds::rules::ORIGIN_OUTSIDE.to_owned(),
+        }
+    }
+}
+
 /// A received refund notify, as stored: `raw_body` is the whole body (up to 8 KiB) once it
 /// decrypted (v2) or authenticated (v3), else a 64-byte prefix; `body_sha256` and `body_len`
 /// are always of the whole body.
