@@ -42,6 +42,7 @@ REQUIRED_ENV = {
 SECRET_KEYS = {
     "WXMP_APPS", "WXMP_PAY_MCH_ID", "WXMP_PAY_KEY", "WXMP_PAY_V3_KEY", "WXMP_INTERNAL_TOKEN",
     "USER_DATABASE_URL", "PAY_DATABASE_URL", "AUTH_REDIS_URL",
+    "GATEWAY_PUSH_APPS", "PAY_XPAY_APP_KEY", "PAY_XPAY_SANDBOX_APP_KEY",
 }
 WECHAT_API = "https://api.weixin.qq.com"
 WECHAT_PAY = "https://api.mch.weixin.qq.com"
@@ -66,6 +67,13 @@ def sandbox_dev_values(repo: Path) -> dict[str, str]:
         if not m:
             raise SystemExit(f"crates/sandbox/src/lib.rs: constant {const} not found")
         values[const] = m.group(1)
+    def const_in(path: str, name: str) -> str:
+        m = re.search(rf'pub const {name}: &str = "([^"]*)";', (repo / path).read_text())
+        if not m:
+            raise SystemExit(f"{path}: constant {name} not found")
+        return m.group(1)
+    push_token = const_in("crates/sandbox/src/shipping.rs", "DEV_PUSH_TOKEN")
+    push_key = const_in("crates/sandbox/src/shipping.rs", "DEV_PUSH_AES_KEY")
     keys = (repo / "crates/sandbox/src/v3/keys.rs").read_text()
     m = re.search(r'pub const APIV3_KEY: &str = "([^"]*)";', keys)
     if not m:
@@ -75,6 +83,9 @@ def sandbox_dev_values(repo: Path) -> dict[str, str]:
         "WXMP_PAY_MCH_ID": values["DEV_MCH_ID"],
         "WXMP_PAY_KEY": values["DEV_PAY_KEY"],
         "WXMP_PAY_V3_KEY": m.group(1),
+        "GATEWAY_PUSH_APPS": f"{values['DEV_APP_ID']}|{push_token}|{push_key}|safe",
+        "PAY_XPAY_APP_KEY": const_in("crates/sandbox/src/xpay.rs", "DEV_XPAY_APP_KEY"),
+        "PAY_XPAY_SANDBOX_APP_KEY": const_in("crates/sandbox/src/xpay.rs", "DEV_XPAY_SANDBOX_APP_KEY"),
     }
 
 
