@@ -18,8 +18,30 @@ use wxmp_proto::pay::v1::{
 use crate::helpers::{Api, Backend, Env, principal};
 
 /// Today in China time (the sandbox stamps payments with the real clock).
-fn today() -> NaiveDate {
-    (chrono::Utc::now() + chrono::Duration::hours(8)).date_naive()
+fn china_now() -> chrono::NaiveDateTime {
+    (chrono::Utc::now() + chrono::Duration::hours(8)).naive_utc()
+}
+
+/// The China day a test's payments all fall on. A test started in the last minutes before
+/// China's midnight (16:00 UTC) would spread its payments over two days' bills, so it waits
+/// for the date to turn first.
+async fn today() -> NaiveDate {
+    // Longer than any of these tests takes to place its payments.
+    const MARGIN_SECS: i64 = 600;
+    let start = china_now();
+    let midnight = start
+        .date()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a next day");
+    if (midnight - start).num_seconds() > MARGIN_SECS {
+        return start.date();
+    }
+    until("China's date to turn", 660, || async {
+        china_now().date() > start.date()
+    })
+    .await;
+    china_now().date()
 }
 
 fn ymd(d: NaiveDate) -> String {
@@ -43,8 +65,8 @@ where
 }
 
 /// Places and pays `n` orders (the vip product, 990 fen) through the sandbox, 16 at a time;
-/// answers their numbers once every one is PAID here.
-async fn pay_orders(env: &Env, n: usize) -> Vec<String> {
+/// answers their numbers once every one is PAID here, on the ledger of `day`.
+async fn pay_orders(env: &Env, day: NaiveDate, n: usize) -> Vec<String> {
     let orders: Vec<String> = stream::iter(0..n)
         .map(|i| async move {
             let prepared = env
@@ -63,16 +85,15 @@ async fn pay_orders(env: &Env, n: usize) -> Vec<String> {
     let pay = env.pay.clone();
     until("every order PAID", 300, || {
         let pay = pay.clone();
-        async move { paid_count(&pay).await == n }
+        async move { paid_count(&pay, day).await == n }
     })
     .await;
     orders
 }
 
-async fn paid_count(pay: &pay_service::Payments) -> usize {
-    let today = today();
-    let bounds = pay_service::bills::rules::day_bounds(today);
-    store::ledger(pay.database(), &ymd(today), "v2", bounds, &[])
+async fn paid_count(pay: &pay_service::Payments, day: NaiveDate) -> usize {
+    let bounds = pay_service::bills::rules::day_bounds(day);
+    store::ledger(pay.database(), &ymd(day), "v2", bounds, &[])
         .await
         .unwrap()
         .day_orders
@@ -130,8 +151,8 @@ async fn mismatch_events(env: &Env) -> usize {
 #[tokio::test]
 async fn a_day_of_2000_orders_finds_exactly_the_five_differences_and_resumes_after_a_crash() {
     let env = Env::refunding(Backend::Postgres).await;
-    let day = today();
-    let orders = pay_orders(&env, 2000).await;
+    let day = today().await;
+    let orders = pay_orders(&env, day, 2000).await;
     // 40 refunds through wxmp (PROCESSING or SUCCESS at WeChat: in the bill either way).
     let mut ours = Vec::new();
     for (i, order_no) in orders.iter().take(40).enumerate() {
@@ -287,7 +308,7 @@ async fn a_day_of_2000_orders_finds_exactly_the_five_differences_and_resumes_aft
 #[tokio::test]
 async fn a_bad_v3_hash_is_refused_and_the_day_retried_later_never_half_applied() {
     let env = Env::with_on(Backend::Sqlite, Api::V3, |c| c.bills.apis = "v3".into()).await;
-    let day = today();
+    let day = today().await;
     let orders = stream::iter(0..5)
         .map(|i| {
             let env = &env;
@@ -349,7 +370,7 @@ async fn a_bad_v3_hash_is_refused_and_the_day_retried_later_never_half_applied()
 #[tokio::test]
 async fn no_bill_yet_is_retried_and_a_quiet_day_is_an_empty_bill() {
     let env = Env::new(Backend::Sqlite).await;
-    let day = today();
+    let day = today().await;
     // A quiet day: WeChat has no bill, wxmp no payment: done, empty.
     let quiet = day.pred_opt().unwrap();
     let report = env.pay.reconcile_bills(quiet).await.unwrap();
