@@ -92,6 +92,16 @@ async fn ship_confirm_settle(t: TestStack) {
     // The payment state is untouched by shipping.
     let (order, _) = pay.order(&order_no).await.unwrap();
     assert_eq!(order.state, pb::OrderState::Paid as i32);
+    // The mini program sees the shipping on its own order.
+    let (status, mine) = t
+        .get(&t.gateway(&format!("/orders/{order_no}")), &token)
+        .await;
+    assert!(status.is_success(), "{mine}");
+    let shipping = &mine["data"]["shipping"];
+    assert_eq!(shipping["state"], "SETTLED", "{mine}");
+    assert_eq!(shipping["logistics_type"], 3);
+    assert_eq!(shipping["settled_at"], settled.settled_at);
+    assert_eq!(mine["data"]["state"], "PAID");
 }
 
 async fn safe_mode_json(backend: Backend) {

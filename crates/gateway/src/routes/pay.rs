@@ -3,8 +3,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use wxmp_proto::pay::v1::{
-    GetOrderRequest, ListProductsRequest, Order, OrderState, PrepareJsapiPaymentRequest,
-    prepare_jsapi_payment_request::Target,
+    GetOrderRequest, ListProductsRequest, Order, OrderShipping, OrderState,
+    PrepareJsapiPaymentRequest, ShippingState, prepare_jsapi_payment_request::Target,
 };
 
 use super::authenticate;
@@ -193,6 +193,44 @@ pub struct OrderView {
     created_at: i64,
     paid_at: i64,
     expires_at: i64,
+    /// Fen refunded so far (a partly refunded order stays PAID).
+    refunded_fen: i64,
+    /// Shipping as WeChat knows it (null until the merchant ships): what a mini program shows
+    /// as "shipped" / "received", and what releases the payment to the merchant (SETTLED).
+    shipping: Option<ShippingView>,
+}
+
+/// The shipping of an order as its owner sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ShippingView {
+    /// PENDING_UPLOAD, SHIPPED, RECEIVED or SETTLED.
+    #[schema(value_type = String, example = "SHIPPED")]
+    state: &'static str,
+    /// WeChat's logistics_type: 1 express, 2 same-city, 3 virtual, 4 self pickup.
+    logistics_type: i32,
+    /// Unix seconds; 0 until it happened.
+    shipped_at: i64,
+    received_at: i64,
+    settled_at: i64,
+}
+
+impl From<OrderShipping> for ShippingView {
+    fn from(s: OrderShipping) -> Self {
+        let state = match s.state() {
+            ShippingState::Unspecified => "UNKNOWN",
+            ShippingState::PendingUpload => "PENDING_UPLOAD",
+            ShippingState::Shipped => "SHIPPED",
+            ShippingState::Received => "RECEIVED",
+            ShippingState::Settled => "SETTLED",
+        };
+        Self {
+            state,
+            logistics_type: s.logistics_type,
+            shipped_at: s.shipped_at,
+            received_at: s.received_at,
+            settled_at: s.settled_at,
+        }
+    }
 }
 
 impl From<Order> for OrderView {
@@ -211,6 +249,8 @@ impl From<Order> for OrderView {
             created_at: o.created_at,
             paid_at: o.paid_at,
             expires_at: o.expires_at,
+            refunded_fen: o.refunded_fen,
+            shipping: o.shipping.map(ShippingView::from),
         }
     }
 }
