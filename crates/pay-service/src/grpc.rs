@@ -391,6 +391,17 @@ impl PayService for Payments {
         Ok(Response::new(report.to_proto()))
     }
 
+    #[tracing::instrument(skip_all, fields(bill_date = %request.get_ref().bill_date))]
+    async fn resolve_bill_mismatch(
+        &self,
+        request: Request<pb::ResolveBillMismatchRequest>,
+    ) -> Result<Response<pb::BillMismatch>, Status> {
+        let r = request.into_inner();
+        let date = crate::bills::parse_date(&r.bill_date)?;
+        let row = Payments::resolve_bill_mismatch(self, date, &r.kind, &r.key, &r.note).await?;
+        Ok(Response::new(row.to_proto()))
+    }
+
     #[tracing::instrument(skip_all, fields(order_no = %request.get_ref().order_no))]
     async fn ship(
         &self,

@@ -221,6 +221,8 @@ diesel::table! {
         ledger_fen -> Nullable<BigInt>,
         detail -> Text,
         created_at -> BigInt,
+        resolved_at -> Nullable<BigInt>,
+        resolution -> Text,
     }
 }
 

@@ -93,6 +93,21 @@ enum Command {
         #[command(flatten)]
         pay: PayArgs,
     },
+    /// Mark one difference of a day's bill report resolved (pay.ResolveBillMismatch), with
+    /// what was found: it stays in the report with the note, and a re-run never reopens it.
+    BillsResolve {
+        /// China-time day, yyyy-MM-dd.
+        bill_date: String,
+        /// The difference's kind, e.g. PAYMENT_AMOUNT.
+        kind: String,
+        /// The difference's key, as `wxmp bills` prints it.
+        key: String,
+        /// What was found or done (1 to 500 characters).
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        pay: PayArgs,
+    },
     /// Ship a paid order through a running pay-service (pay.Ship): its shipping information is
     /// uploaded to WeChat in the background; a second ship of the order is WeChat's one
     /// modification.
@@ -249,6 +264,21 @@ async fn bills(bill_date: String, csv: bool, pay: PayArgs) -> Result<(), String>
             println!("{line}");
         }
     }
+    Ok(())
+}
+
+async fn bills_resolve(
+    resolve: pb::ResolveBillMismatchRequest,
+    pay: PayArgs,
+) -> Result<(), String> {
+    let mut client = Pay::connect(&pay.target())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mismatch = client
+        .resolve_bill_mismatch(resolve)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", operator::describe_mismatch(&mismatch).trim_start());
     Ok(())
 }
 
@@ -487,6 +517,24 @@ async fn main() -> ExitCode {
             csv,
             pay,
         } => bills(bill_date, csv, pay).await,
+        Command::BillsResolve {
+            bill_date,
+            kind,
+            key,
+            note,
+            pay,
+        } => {
+            bills_resolve(
+                pb::ResolveBillMismatchRequest {
+                    bill_date,
+                    kind,
+                    key,
+                    note,
+                },
+                pay,
+            )
+            .await
+        }
         Command::Ship {
             order_no,
             logistics_type,

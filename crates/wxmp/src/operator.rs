@@ -198,6 +198,19 @@ impl Pay {
             .map(tonic::Response::into_inner)
             .map_err(|s| call_error("ReconcileBills", s))
     }
+
+    /// Marks one mismatch of a bill report resolved with `note` (idempotent).
+    pub async fn resolve_bill_mismatch(
+        &mut self,
+        resolve: pb::ResolveBillMismatchRequest,
+    ) -> Result<pb::BillMismatch, OperatorError> {
+        let request = self.request(resolve)?;
+        self.client
+            .resolve_bill_mismatch(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| call_error("ResolveBillMismatch", s))
+    }
 }
 
 /// The bill report for people: one line per API's bill, then one per difference.
@@ -233,26 +246,35 @@ pub fn describe_bills(report: &pb::BillReport) -> Vec<String> {
         lines.push(format!("{}: no differences", report.bill_date));
     }
     for m in &report.mismatches {
-        lines.push(format!(
-            "  {} {} order {}{}: WeChat {} / wxmp {}: {}",
-            m.kind,
-            m.key,
-            if m.order_no.is_empty() {
-                "-"
-            } else {
-                &m.order_no
-            },
-            if m.out_refund_no.is_empty() {
-                String::new()
-            } else {
-                format!(" refund {}", m.out_refund_no)
-            },
-            m.wechat_fen.map_or("-".into(), yuan),
-            m.ledger_fen.map_or("-".into(), yuan),
-            m.detail
-        ));
+        lines.push(describe_mismatch(m));
     }
     lines
+}
+
+/// One difference of a bill report for people.
+pub fn describe_mismatch(m: &pb::BillMismatch) -> String {
+    let mut line = format!(
+        "  {} {} order {}{}: WeChat {} / wxmp {}: {}",
+        m.kind,
+        m.key,
+        if m.order_no.is_empty() {
+            "-"
+        } else {
+            &m.order_no
+        },
+        if m.out_refund_no.is_empty() {
+            String::new()
+        } else {
+            format!(" refund {}", m.out_refund_no)
+        },
+        m.wechat_fen.map_or("-".into(), yuan),
+        m.ledger_fen.map_or("-".into(), yuan),
+        m.detail
+    );
+    if m.resolved_at > 0 {
+        line.push_str(&format!(" [resolved: {}]", m.resolution));
+    }
+    line
 }
 
 /// The differences as CSV for finance (amounts in yuan with two decimals).
@@ -265,7 +287,7 @@ pub fn bills_csv(report: &pb::BillReport) -> String {
         }
     }
     let mut out = String::from(
-        "bill_date,api,kind,key,order_no,out_refund_no,wechat_yuan,wxmp_yuan,detail\n",
+        "bill_date,api,kind,key,order_no,out_refund_no,wechat_yuan,wxmp_yuan,detail,resolution\n",
     );
     for m in &report.mismatches {
         let row = [
@@ -278,6 +300,7 @@ pub fn bills_csv(report: &pb::BillReport) -> String {
             m.wechat_fen.map(yuan).unwrap_or_default(),
             m.ledger_fen.map(yuan).unwrap_or_default(),
             m.detail.clone(),
+            m.resolution.clone(),
         ];
         let row: Vec<String> = row.iter().map(|v| field(v)).collect();
         out.push_str(&row.join(","));
@@ -500,7 +523,30 @@ mod tests {
         let csv = bills_csv(&report);
         assert_eq!(
             csv.lines().nth(1).unwrap(),
-            "2026-12-05,v2,PAYMENT_AMOUNT,W1,W1,,9.91,9.90,\"WeChat charged 991 fen, the order is for 990 fen\""
+            "2026-12-05,v2,PAYMENT_AMOUNT,W1,W1,,9.91,9.90,\"WeChat charged 991 fen, the order is for 990 fen\","
+        );
+        let mut resolved = report.mismatches[0].clone();
+        resolved.resolved_at = 1_765_000_000;
+        resolved.resolution = "customer paid 1 fen more, refunded".into();
+        assert!(
+            describe_mismatch(&resolved)
+                .ends_with("[resolved: customer paid 1 fen more, refunded]"),
+            "{}",
+            describe_mismatch(&resolved)
+        );
+        assert!(!lines[1].contains("resolved"), "{}", lines[1]);
+        let report = pb::BillReport {
+            mismatches: vec![resolved],
+            ..report
+        };
+        assert!(
+            bills_csv(&report)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(",\"customer paid 1 fen more, refunded\""),
+            "{}",
+            bills_csv(&report)
         );
     }
 

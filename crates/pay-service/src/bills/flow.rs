@@ -121,22 +121,33 @@ impl BillReport {
             mismatches: self
                 .mismatches
                 .iter()
-                .map(|m| pb::BillMismatch {
-                    bill_date: m.bill_date.clone(),
-                    api: m.api.clone(),
-                    kind: m.kind.clone(),
-                    key: m.key.clone(),
-                    order_no: m.order_no.clone(),
-                    out_refund_no: m.out_refund_no.clone(),
-                    wechat_fen: m.wechat_fen,
-                    ledger_fen: m.ledger_fen,
-                    detail: m.detail.clone(),
-                    created_at: m.created_at,
-                })
+                .map(store::MismatchRow::to_proto)
                 .collect(),
         }
     }
 }
+
+impl store::MismatchRow {
+    pub fn to_proto(&self) -> wxmp_proto::pay::v1::BillMismatch {
+        wxmp_proto::pay::v1::BillMismatch {
+            bill_date: self.bill_date.clone(),
+            api: self.api.clone(),
+            kind: self.kind.clone(),
+            key: self.key.clone(),
+            order_no: self.order_no.clone(),
+            out_refund_no: self.out_refund_no.clone(),
+            wechat_fen: self.wechat_fen,
+            ledger_fen: self.ledger_fen,
+            detail: self.detail.clone(),
+            created_at: self.created_at,
+            resolved_at: self.resolved_at.unwrap_or(0),
+            resolution: self.resolution.clone(),
+        }
+    }
+}
+
+/// The longest note a mismatch is resolved with.
+const MAX_RESOLUTION_CHARS: usize = 500;
 
 /// Parses `yyyy-MM-dd` (or `yyyyMMdd`).
 pub fn parse_date(s: &str) -> Result<NaiveDate, Error> {
@@ -174,6 +185,40 @@ impl Payments {
             days,
             mismatches,
         })
+    }
+
+    /// Marks the mismatch `(date, kind, key)` of a report resolved with `note`, once.
+    pub async fn resolve_bill_mismatch(
+        &self,
+        date: NaiveDate,
+        kind: &str,
+        key: &str,
+        note: &str,
+    ) -> Result<store::MismatchRow, Error> {
+        let note = note.trim();
+        if note.is_empty() || note.chars().count() > MAX_RESOLUTION_CHARS {
+            return Err(Error::InvalidArgument(format!(
+                "note must be 1 to {MAX_RESOLUTION_CHARS} characters"
+            )));
+        }
+        if rules::MismatchKind::parse(kind).is_none() {
+            let kinds: Vec<&str> = rules::MismatchKind::ALL
+                .map(rules::MismatchKind::as_str)
+                .into();
+            return Err(Error::InvalidArgument(format!(
+                "kind must be one of {}",
+                kinds.join(", ")
+            )));
+        }
+        let bill_date = date.format("%Y-%m-%d").to_string();
+        let now = self.now();
+        let row = store::resolve_mismatch(&self.inner.db, &bill_date, kind, key, note, now)
+            .await?
+            .ok_or(Error::NotFound("bill mismatch"))?;
+        if row.resolved_at == Some(now) {
+            tracing::info!(bill_date, kind, key, "bill mismatch resolved");
+        }
+        Ok(row)
     }
 
     /// One run of one day on one API as `owner`.

@@ -73,6 +73,9 @@ pub struct MismatchRow {
     pub ledger_fen: Option<i64>,
     pub detail: String,
     pub created_at: i64,
+    /// When someone marked it resolved (ResolveBillMismatch), and what they found.
+    pub resolved_at: Option<i64>,
+    pub resolution: String,
 }
 
 #[derive(Insertable)]
@@ -202,6 +205,43 @@ pub async fn report(db: &Database, date: &str) -> Result<(Vec<Day>, Vec<Mismatch
             .load(conn)
             .await?;
         Ok::<_, diesel::result::Error>((days, mismatches))
+    })?)
+}
+
+/// Marks the mismatch `(date, kind, key)` resolved with `note`, once: a second call changes
+/// nothing and answers the row as the first left it. `None` when there is no such mismatch.
+pub async fn resolve_mismatch(
+    db: &Database,
+    date: &str,
+    kind: &str,
+    key: &str,
+    note: &str,
+    now: i64,
+) -> Result<Option<MismatchRow>, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        let the_one = || {
+            bill_mismatches::table
+                .filter(bill_mismatches::bill_date.eq(date))
+                .filter(bill_mismatches::kind.eq(kind))
+                .filter(bill_mismatches::key.eq(key))
+        };
+        let updated = diesel::update(the_one().filter(bill_mismatches::resolved_at.is_null()))
+            .set((
+                bill_mismatches::resolved_at.eq(Some(now)),
+                bill_mismatches::resolution.eq(note),
+            ))
+            .returning(MismatchRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        match updated {
+            Some(row) => Ok::<_, diesel::result::Error>(Some(row)),
+            None => the_one()
+                .select(MismatchRow::as_select())
+                .first(conn)
+                .await
+                .optional(),
+        }
     })?)
 }
 

@@ -303,6 +303,84 @@ async fn a_day_of_2000_orders_finds_exactly_the_five_differences_and_resumes_aft
     .into_inner();
     assert_eq!(rpc.mismatches.len(), 5);
     assert_eq!(rpc.days[0].lines, total_lines);
+
+    // Finance resolves one difference: it stays in the report with its note, resolved once.
+    let amount = rpc
+        .mismatches
+        .iter()
+        .find(|m| m.kind == "PAYMENT_AMOUNT")
+        .unwrap()
+        .clone();
+    assert_eq!((amount.resolved_at, amount.resolution.as_str()), (0, ""));
+    let resolve = |kind: &str, key: &str, note: &str| {
+        PayService::resolve_bill_mismatch(
+            &env.pay,
+            Request::new(pb::ResolveBillMismatchRequest {
+                bill_date: ymd(day),
+                kind: kind.into(),
+                key: key.into(),
+                note: note.into(),
+            }),
+        )
+    };
+    let note = "charged 1 fen more: refunded in the merchant platform";
+    let resolved = resolve(&amount.kind, &amount.key, note)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resolved.resolved_at > 0, "{resolved:?}");
+    assert_eq!(resolved.resolution, note);
+    assert_eq!(
+        (resolved.key.as_str(), resolved.wechat_fen),
+        (amount.key.as_str(), Some(991))
+    );
+    let twice = resolve(&amount.kind, &amount.key, "another note")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twice, resolved, "a second call changes nothing");
+    for (kind, key, note, code) in [
+        (
+            "PAYMENT_AMOUNT",
+            amount.key.as_str(),
+            " ",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "PAYMENT_AMOUNT",
+            amount.key.as_str(),
+            &"x".repeat(501),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "NOT_A_KIND",
+            amount.key.as_str(),
+            "x",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "PAYMENT_MISSING",
+            amount.key.as_str(),
+            "x",
+            tonic::Code::NotFound,
+        ),
+    ] {
+        let refused = resolve(kind, key, note).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{kind} {note:?}: {refused:?}");
+    }
+    // A re-run of the day never reopens it, and resolved nothing else.
+    let rerun = env.pay.reconcile_bills(day).await.unwrap();
+    assert_eq!(kinds(&rerun), expected);
+    let resolved_now: Vec<_> = rerun
+        .mismatches
+        .iter()
+        .filter(|m| m.resolved_at.is_some())
+        .map(|m| (m.kind.as_str(), m.resolution.as_str(), m.resolved_at))
+        .collect();
+    assert_eq!(
+        resolved_now,
+        [("PAYMENT_AMOUNT", note, Some(resolved.resolved_at))]
+    );
 }
 
 #[tokio::test]
