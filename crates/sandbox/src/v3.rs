@@ -29,10 +29,12 @@
 //! moves from platform certificates to the public key.
 
 mod api;
+mod certificates;
 pub mod crypto;
 mod dev_api;
 pub mod keys;
 mod notify;
+mod refund;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -294,8 +296,8 @@ pub fn dev_routes(cfg: &mut web::ServiceConfig) {
     dev_api::routes(cfg);
 }
 
-pub(crate) use api::{V3RefundEnd, conclude_refund};
 pub(crate) use api::{
     authenticate as authenticate_request, error as error_response, signed as signed_response,
 };
 pub(crate) use dev_api::{pay_v3_order, settle_v3_payment, spawn_transaction_notify};
+pub(crate) use refund::{V3RefundEnd, conclude_refund};
