@@ -321,6 +321,9 @@ pub async fn refundquery(
     handle(&req, &sandbox, &body, query)
 }
 
+/// Refunds of one order in a refundquery answer.
+const REFUNDS_PER_PAGE: usize = 10;
+
 fn query(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     let mch = a.merchant.mch_id.clone();
     let state = sandbox.state();
@@ -361,6 +364,33 @@ fn query(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     let first = found[0];
     let total = first.total_fee.to_string();
     let refunded: u64 = found.iter().map(|r| r.refund_fee).sum();
+    // 分页查询: by order, WeChat answers 10 refunds from `offset` (default 0) and, past 10,
+    // `total_refund_count`; an offset past the total is PARAM_ERROR (查询退款,
+    // <https://pay.weixin.qq.com/doc/v2/merchant/4011939577>).
+    let by_order = a.get("out_refund_no").is_none() && a.get("refund_id").is_none();
+    let all = found.len();
+    let offset = match a.get("offset") {
+        None => 0,
+        Some(v) => match v.parse::<usize>() {
+            Ok(o) if o <= all => o,
+            _ => {
+                return Err(business(
+                    ErrCode::ParamError,
+                    "offset 超过 total_refund_count",
+                ));
+            }
+        },
+    };
+    let page: Vec<&Refund> = if by_order {
+        found
+            .iter()
+            .skip(offset)
+            .take(REFUNDS_PER_PAGE)
+            .copied()
+            .collect()
+    } else {
+        found.clone()
+    };
     let mut out = pairs([
         ("transaction_id", first.transaction_id.as_str()),
         ("out_trade_no", &first.out_trade_no),
@@ -368,9 +398,12 @@ fn query(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
         ("cash_fee", &total),
         ("fee_type", "CNY"),
         ("refund_fee", &refunded.to_string()),
-        ("refund_count", &found.len().to_string()),
+        ("refund_count", &page.len().to_string()),
     ]);
-    for (n, r) in found.iter().enumerate() {
+    if by_order && (all > REFUNDS_PER_PAGE || a.get("offset").is_some()) {
+        out.push(("total_refund_count".into(), all.to_string()));
+    }
+    for (n, r) in page.iter().enumerate() {
         out.push((format!("out_refund_no_{n}"), r.out_refund_no.clone()));
         out.push((format!("refund_id_{n}"), r.refund_id.clone()));
         out.push((format!("refund_channel_{n}"), "ORIGINAL".into()));

@@ -1905,6 +1905,56 @@ async fn refunds_made_outside_wxmp_are_recorded_and_counted(backend: Backend) {
     );
 }
 
+/// An order refunded in more than ten parts in the merchant platform: WeChat's refundquery of
+/// the order answers ten at a time (分页查询), and every page is read, so all twelve are
+/// recorded and counted. Failed before: only the first ten were, and wxmp sent a refund of
+/// what it thought was left.
+async fn an_order_refunded_in_twelve_parts_outside_is_read_past_the_first_page(backend: Backend) {
+    let env = Env::refunding(backend).await;
+    let order = paid_order(&env, 36).await;
+    assert_eq!(order.amount_fen, 990);
+    for n in 0..12 {
+        let no = format!("platform-page-{n:02}");
+        let r = env
+            .http
+            .post(env.sandbox.url("/sandbox/refunds/outside"))
+            .json(&json!({ "out_trade_no": order.order_no, "refund_fee": 80, "out_refund_no": no }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    for n in 0..12 {
+        let path = format!("/sandbox/refunds/platform-page-{n:02}");
+        let env = &env;
+        eventually(|| async { sandbox_get(env, &path).await["refund_status"] == "SUCCESS" }).await;
+    }
+    // 960 of 990 refunded at WeChat: a refund of 100 is refused there, and the order's
+    // refunds are read.
+    let refused = refund(&env, &order.order_no, 100, "paged-over-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.refund.unwrap().state,
+        pb::RefundState::RefundFailed as i32
+    );
+    for n in 0..12 {
+        let recorded = get_refund(&env, &format!("platform-page-{n:02}")).await;
+        assert_eq!(
+            (recorded.amount_fen, recorded.origin.as_str()),
+            (80, "outside"),
+            "refund {n}"
+        );
+    }
+    eventually(|| async { refunded(&env.get(&order.order_no, 0).await.unwrap()) == (960, 0) })
+        .await;
+    let err = refund(&env, &order.order_no, 100, "paged-over-2")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), ErrorReason::RefundExceedsPaid);
+    assert_eq!(at_wechat(&env, &order.order_no).await.len(), 12);
+}
+
 async fn apply(
     env: &Env,
     out_refund_no: &str,
@@ -2066,6 +2116,7 @@ mod issue_23_rest {
 
     on_both_backends!(
         refunds_made_outside_wxmp_are_recorded_and_counted,
+        an_order_refunded_in_twelve_parts_outside_is_read_past_the_first_page,
         abnormal_refunds_are_rerouted_on_v3,
         v2_abnormal_refunds_are_rerouted_in_the_merchant_platform,
     );

@@ -142,6 +142,14 @@ pub enum RefundQueryBy {
     OutTradeNo(String),
 }
 
+/// How many refunds of one order [`WechatClient::refund_query`] lists at most.
+const MAX_LISTED_REFUNDS: usize = 1000;
+
+/// An integer field WeChat may leave out.
+fn optional_integer(fields: &Fields, name: &str) -> Result<Option<i64>, PayError> {
+    fields.get(name).map(|_| integer(fields, name)).transpose()
+}
+
 fn integer(fields: &Fields, name: &str) -> Result<i64, PayError> {
     fields
         .get(name)
@@ -200,16 +208,55 @@ impl WechatClient {
 
     /// Queries refunds (`POST {pay_base}/pay/refundquery`; no certificate needed). An unknown
     /// refund is `PayError::Business` with `err_code` `REFUNDNOTEXIST`.
+    ///
+    /// By order, WeChat answers 10 refunds at a time with `total_refund_count` when there are
+    /// more (分页查询, <https://pay.weixin.qq.com/doc/v2/merchant/4011939577>): the pages are
+    /// followed with `offset` until every refund is listed, so an order refunded in many
+    /// parts is never read as having only its first ten.
     pub async fn refund_query(
         &self,
         pay: &PayConfig,
         by: &RefundQueryBy,
+    ) -> Result<RefundQueryResponse, PayError> {
+        let mut answer = self.refund_query_page(pay, by, None).await?;
+        let RefundQueryBy::OutTradeNo(_) = by else {
+            return Ok(answer);
+        };
+        let Some(total) = optional_integer(&answer.fields, "total_refund_count")? else {
+            return Ok(answer);
+        };
+        // WeChat keeps at most a few dozen partial refunds per order; the bound only stops a
+        // confused answer from looping.
+        while i64::try_from(answer.refunds.len()).unwrap_or(i64::MAX) < total
+            && answer.refunds.len() < MAX_LISTED_REFUNDS
+        {
+            let offset = answer.refunds.len();
+            let page = self.refund_query_page(pay, by, Some(offset)).await?;
+            if page.refunds.is_empty() {
+                return Err(PayError::BadResponse(format!(
+                    "refundquery offset {offset}: no refunds of total_refund_count {total}"
+                )));
+            }
+            answer.refunds.extend(page.refunds);
+        }
+        Ok(answer)
+    }
+
+    /// One refundquery call (from `offset` when given).
+    async fn refund_query_page(
+        &self,
+        pay: &PayConfig,
+        by: &RefundQueryBy,
+        offset: Option<usize>,
     ) -> Result<RefundQueryResponse, PayError> {
         let mut fields = Fields::new();
         match by {
             RefundQueryBy::OutRefundNo(no) => fields.insert("out_refund_no".into(), no.clone()),
             RefundQueryBy::OutTradeNo(no) => fields.insert("out_trade_no".into(), no.clone()),
         };
+        if let Some(offset) = offset {
+            fields.insert("offset".into(), offset.to_string());
+        }
         let body = signed_request_xml(pay, fields);
         let resp = self
             .http()
