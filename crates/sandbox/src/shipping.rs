@@ -196,6 +196,9 @@ pub struct ShippingState {
     pub jump_path: Option<String>,
     /// Answer this errcode to every upload instead (e.g. 45009), while set.
     pub upload_fault: Option<i64>,
+    /// Take this many uploads and lose their answers (a 504 from WeChat's gateway, as when
+    /// the merchant's connection drops after WeChat committed the upload).
+    pub answers_lost: u32,
 }
 
 /// The sandbox's shipping world (its own lock, never held with the main state's).
@@ -432,6 +435,10 @@ pub async fn upload_shipping_info(
     order.order_state = 2;
     order.shipped_at = Some(clock::unix_ms() / 1000);
     tracing::info!(transaction_id = %paid.transaction_id, uploads = order.uploads.len(), "sandbox: shipping uploaded");
+    if s.answers_lost > 0 {
+        s.answers_lost -= 1;
+        return Ok(HttpResponse::GatewayTimeout().finish());
+    }
     Ok(ok(json!({})))
 }
 
@@ -894,13 +901,18 @@ pub struct TransactionBody {
 #[derive(Deserialize)]
 pub struct FaultBody {
     /// e.g. 45009; null clears.
+    #[serde(default)]
     pub errcode: Option<i64>,
+    /// The next this many uploads are taken, their answers lost.
+    #[serde(default)]
+    pub answers_lost: u32,
 }
 
 /// Developer endpoints: `POST /sandbox/shipping/confirm {transaction_id}` (the user confirms
 /// receipt), `POST /sandbox/shipping/settle {transaction_id}` (WeChat settles),
-/// `GET /sandbox/shipping` (orders, pushes, calls), `POST /sandbox/shipping/fault {errcode}`
-/// (every upload answers it until cleared with null).
+/// `GET /sandbox/shipping` (orders, pushes, calls), `POST /sandbox/shipping/fault {errcode,
+/// answers_lost}` (every upload answers the errcode until cleared with null; the next
+/// `answers_lost` uploads are taken and answered 504).
 pub fn dev_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/shipping", web::get().to(list))
         .route("/shipping/confirm", web::post().to(dev_confirm))
@@ -938,8 +950,11 @@ fn dev_step(sandbox: &web::Data<Sandbox>, transaction_id: &str, step: Step) -> H
 }
 
 async fn dev_fault(sandbox: web::Data<Sandbox>, body: web::Json<FaultBody>) -> HttpResponse {
-    sandbox.shipping.state().upload_fault = body.errcode;
-    HttpResponse::Ok().json(json!({ "upload_fault": body.errcode }))
+    let mut s = sandbox.shipping.state();
+    s.upload_fault = body.errcode;
+    s.answers_lost = body.answers_lost;
+    HttpResponse::Ok()
+        .json(json!({ "upload_fault": body.errcode, "answers_lost": body.answers_lost }))
 }
 
 #[cfg(test)]

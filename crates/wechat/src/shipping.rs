@@ -270,6 +270,9 @@ pub struct OrderShipping {
     pub shipping_list: Vec<serde_json::Value>,
 }
 
+/// `order_state` 2 (已发货): WeChat holds an upload; 3 and 4 (confirmed, settled) come after.
+pub const ORDER_STATE_SHIPPED: i64 = 2;
+
 /// An order as `get_order` / `get_order_list` describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ShippingOrder {

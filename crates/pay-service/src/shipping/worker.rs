@@ -164,6 +164,34 @@ impl Uploader {
         }
     }
 
+    /// Whether WeChat already holds the first upload of `shipment`, which an earlier attempt
+    /// sent but whose answer never came back (lost on the way, or the replica died before
+    /// recording it). Sending it again would spend the order's one modification (10060003
+    /// for any later change), so a retried first upload asks `get_order` first: 已发货 or later
+    /// means it is there. Any doubt (an error, an unknown payment) uploads as before.
+    async fn already_uploaded(&self, shipment: &rules::Shipment) -> bool {
+        if shipment.uploads > 0 || shipment.attempts <= 1 || shipment.transaction_id.is_empty() {
+            return false;
+        }
+        let Ok((token, _)) = self.token(&shipment.app_id, None).await else {
+            return false;
+        };
+        match self
+            .wechat
+            .get_shipping_order(&token, Some(&shipment.transaction_id), None)
+            .await
+        {
+            Ok(order) if order.order_state >= wechat::shipping::ORDER_STATE_SHIPPED => {
+                tracing::warn!(
+                    order_no = %shipment.order_no, order_state = order.order_state,
+                    "WeChat already holds this shipping upload (an earlier answer was lost): not sent again"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Queues the virtual products' paid orders that have no shipment (repairs a lost
     /// [`on_paid`]) and updates the stuck gauge.
     pub async fn scan(&self, payments: &Payments) -> Result<usize, Error> {
@@ -209,12 +237,16 @@ impl Uploader {
                 continue;
             };
             handled += 1;
-            let result = match rules::upload_body(&shipment, payments.now()) {
-                Ok(info) => self.upload(&info, &shipment.app_id).await,
-                Err(e) => Err(Failure {
-                    error: e,
-                    errcode: None,
-                }),
+            let result = if self.already_uploaded(&shipment).await {
+                Ok(())
+            } else {
+                match rules::upload_body(&shipment, payments.now()) {
+                    Ok(info) => self.upload(&info, &shipment.app_id).await,
+                    Err(e) => Err(Failure {
+                        error: e,
+                        errcode: None,
+                    }),
+                }
             };
             let (result, errcode) = match result {
                 Ok(()) => (Ok(()), None),

@@ -264,6 +264,47 @@ async fn over_quota_45009_backs_off(backend: Backend) {
     assert_eq!(order.shipping.unwrap().uploads, 1);
 }
 
+/// WeChat takes the first upload but its answer is lost (a 504, or a replica dying before it
+/// records the answer): the retry finds the upload at WeChat (`get_order` says 已发货) and
+/// marks the order SHIPPED without sending it again, so the order keeps its one modification.
+/// Failed before: the retry uploaded again, which WeChat counts as the modification.
+async fn a_lost_upload_answer_does_not_spend_the_modification(backend: Backend) {
+    let env = env(backend, 0).await;
+    let up = uploader(&env).await;
+    env.http
+        .post(env.sandbox.url("/sandbox/shipping/fault"))
+        .json(&serde_json::json!({ "answers_lost": 1 }))
+        .send()
+        .await
+        .unwrap();
+    let order = paid_order(&env, "vip").await;
+    assert_eq!(up.run_once(&env.pay).await.unwrap(), 1);
+    let pending = env.get(&order.order_no, 1).await.unwrap();
+    assert_eq!(shipping_state(&pending), pb::ShippingState::PendingUpload);
+    let (at_wechat, calls) = wechat_shipping(&env, &order.transaction_id).await;
+    assert_eq!((at_wechat["order_state"].as_i64(), calls), (Some(2), 1));
+
+    let order = until_shipped(&env, &up, &order.order_no).await;
+    let s = order.shipping.clone().unwrap();
+    assert_eq!(s.uploads, 1, "{s:?}");
+    let (at_wechat, calls) = wechat_shipping(&env, &order.transaction_id).await;
+    assert_eq!(calls, 1, "the upload was not sent again");
+    assert_eq!(at_wechat["uploads"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        events_of(&env.pay, &order.order_no, EventKind::OrderShipped).await,
+        1
+    );
+    // The modification is still there to use.
+    let modified = ship(&env, express(&order.order_no, "SF0000000001"))
+        .await
+        .unwrap();
+    assert_eq!(shipping_state(&modified), pb::ShippingState::PendingUpload);
+    let order = until_shipped(&env, &up, &order.order_no).await;
+    assert_eq!(order.shipping.unwrap().uploads, 2);
+    let (at_wechat, _) = wechat_shipping(&env, &order.transaction_id).await;
+    assert_eq!(at_wechat["uploads"].as_array().unwrap().len(), 2);
+}
+
 async fn an_upload_survives_a_crash_between_payment_and_upload(backend: Backend) {
     let env = env(backend, 0).await;
     // The payment is applied by a replica that "dies" before queuing the upload: one whose
@@ -476,6 +517,7 @@ on_both_backends!(
     virtual_goods_are_uploaded_once_paid_after_10060001,
     over_quota_45009_backs_off,
     an_upload_survives_a_crash_between_payment_and_upload,
+    a_lost_upload_answer_does_not_spend_the_modification,
     shipping_may_be_modified_once,
     settlement_pushes_move_the_state_once_across_replicas,
 );
