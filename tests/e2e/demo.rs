@@ -51,7 +51,8 @@ async fn demo_buys_the_virtual_product_once(backend: Backend) {
     assert_eq!(bought.paid_events, Some(1), "{all}");
     assert!(bought.transaction_id.starts_with("xpay"), "{all}");
     assert!(all.contains("wx.requestVirtualPayment"), "{all}");
-    // The WeChat Pay journey still runs to its end.
+    // The WeChat Pay journey still runs to its end, with its "order paid" message.
+    assert!(report.paid_message.is_some(), "{all}");
     assert_ne!(report.order_no, bought.order_no);
     assert_eq!(report.shipping.as_deref(), Some("SETTLED"), "{all}");
 }

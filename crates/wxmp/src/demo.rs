@@ -5,7 +5,8 @@
 //! then, when pay-service's gRPC address is given, the order's PAID event from the event
 //! stream, and the shop refunds part of it while the demo waits for WeChat to settle it; then
 //! the shop ships it, the user confirms receipt in the sandbox and WeChat settles the payment
-//! (both pushed to the gateway's message push). Before paying, when the catalog sells a product
+//! (both pushed to the gateway's message push). After the phone number (before subscribing, so
+//! the one "order paid" message is the WeChat Pay order's), when the catalog sells a product
 //! through virtual payment, the user buys it through wx.requestVirtualPayment
 //! ([`crate::demo_virtual`]): PAID, delivered once, one ORDER_PAID.
 
@@ -177,18 +178,7 @@ pub async fn run(
         "4b. getPhoneNumber gave a code; POST /phone/ exchanged it at getuserphonenumber (with the shared access_token) for {phone_number}"
     ));
 
-    post(
-        &http,
-        &format!("{sb}/sandbox/subscribe"),
-        json!({ "openid": openid, "template_id": target.paid_template_id }),
-        "sandbox subscribe",
-    )
-    .await?;
-    say(format!(
-        "4c. wx.requestSubscribeMessage: the user accepted template {}",
-        target.paid_template_id
-    ));
-
+    // Before the subscription: the one message it allows is for the WeChat Pay order below.
     let mut virtual_purchase = match &target.virtual_product {
         Some(product) => {
             let buyer = crate::demo_virtual::Buyer {
@@ -203,6 +193,18 @@ pub async fn run(
         }
         None => None,
     };
+
+    post(
+        &http,
+        &format!("{sb}/sandbox/subscribe"),
+        json!({ "openid": openid, "template_id": target.paid_template_id }),
+        "sandbox subscribe",
+    )
+    .await?;
+    say(format!(
+        "4c. wx.requestSubscribeMessage: the user accepted template {}",
+        target.paid_template_id
+    ));
 
     let product_id = match &target.product_id {
         Some(id) => id.clone(),

@@ -60,7 +60,7 @@ pub(crate) async fn buy(
         .is_some_and(|ps| ps.iter().any(|p| p["id"] == product_id));
     if !listed {
         say(format!(
-            "5v. skipped the virtual purchase: {product_id} is not in this catalog"
+            "4d. skipped the virtual purchase: {product_id} is not in this catalog"
         ));
         return Ok(None);
     }
@@ -78,7 +78,7 @@ pub(crate) async fn buy(
     let mode = field(&pay, "/mode", "POST /pay/ (virtual)")?;
     let sign_data = field(&pay, "/signData", "POST /pay/ (virtual)")?;
     say(format!(
-        "5v. POST /pay/ placed order {order_no} for {product_id}: wx.requestVirtualPayment({{mode: {mode}, signData: {sign_data}, paySig, signature}})"
+        "4d. POST /pay/ placed order {order_no} for {product_id}: wx.requestVirtualPayment({{mode: {mode}, signData: {sign_data}, paySig, signature}})"
     ));
     // The phone: wx.requestVirtualPayment with exactly what /pay/ answered; the sandbox checks
     // paySig (the AppKey) and the signature (the session_key it issued) as WeChat does.
@@ -105,7 +105,7 @@ pub(crate) async fn buy(
     }
     let wx_order_id = field(&paid, "/wx_order_id", "sandbox requestVirtualPayment")?;
     say(format!(
-        "6v. the user paid in the sandbox (WeChat order {wx_order_id}); xpay_goods_deliver_notify is on its way"
+        "4e. the user paid in the sandbox (WeChat order {wx_order_id}); xpay_goods_deliver_notify is on its way"
     ));
 
     let started = Instant::now();
@@ -179,7 +179,7 @@ pub(crate) async fn buy(
         .unwrap_or_default()
         .to_owned();
     say(format!(
-        "7v. GET /orders/{order_no}: PAID ({}.{:02} yuan, transaction {transaction_id}); WeChat shows it delivered, its push answered \"success\" {deliveries} time(s)",
+        "4f. GET /orders/{order_no}: PAID ({}.{:02} yuan, transaction {transaction_id}); WeChat shows it delivered, its push answered \"success\" {deliveries} time(s)",
         amount_fen / 100,
         amount_fen % 100,
     ));
