@@ -41,6 +41,9 @@ class WxmpError extends Error {
  *   success: (r: {statusCode: number, data: any}) => void, fail: (e: {errMsg: string}) => void}) => void} request
  * @property {(o: {timeStamp: string, nonceStr: string, package: string, signType: string, paySign: string,
  *   success: (r: any) => void, fail: (e: {errMsg: string}) => void}) => void} requestPayment
+ * @property {(o: {mode: string, signData: string, paySig: string, signature: string,
+ *   success: (r: any) => void, fail: (e: {errMsg: string, errCode?: number}) => void}) => void} [requestVirtualPayment]
+ *   virtual payment (虚拟支付), for payVirtual
  * @property {(o: {desc: string, success: (r: {encryptedData: string, iv: string, rawData?: string, signature?: string}) => void,
  *   fail: (e: {errMsg: string}) => void}) => void} getUserProfile
  * @property {(key: string) => any} getStorageSync
@@ -100,6 +103,16 @@ class WxmpError extends Error {
  * @property {string} package
  * @property {string} signType
  * @property {string} paySign
+ * @property {string} order_no
+ */
+
+/**
+ * @typedef {object} VirtualPayParams what POST /pay/ answers for a product sold through
+ * virtual payment: wx.requestVirtualPayment's keys plus the order
+ * @property {string} mode 'short_series_goods' (道具直购)
+ * @property {string} signData the JSON string the server signed (price from the catalog)
+ * @property {string} paySig HMAC-SHA256 with the virtual-payment AppKey (server side)
+ * @property {string} signature HMAC-SHA256 with the user's session_key (server side)
  * @property {string} order_no
  */
 
@@ -268,6 +281,38 @@ function createClient (options) {
     return waitForOrder(params.order_no)
   }
 
+  /**
+   * Buys a product sold through virtual payment (虚拟支付; WeChat requires it for virtual
+   * goods): POST /pay/ → wx.requestVirtualPayment with exactly the answered mode, signData,
+   * paySig and signature → polls the order until PAID or CLOSED. The server signs both
+   * signatures (the AppKey and the session_key never reach the phone); the user-state
+   * signature is keyed with the session_key of the user's last login, so do not call
+   * wx.login between the two steps (WeChat then refuses with 268490003). A product sold
+   * through WeChat Pay rejects with WxmpError 'NOT_VIRTUAL_PAYMENT' (use pay); a failed sheet
+   * with 'WX_REQUEST_VIRTUAL_PAYMENT_FAILED' and WeChat's errMsg.
+   * @param {string|{productId: string}|{orderNo: string}} what
+   * @returns {Promise<Order>} the order in its final state
+   */
+  async function payVirtual (what) {
+    const target = typeof what === 'string' ? { product_id: what }
+      : what && what.orderNo ? { order_no: what.orderNo }
+        : what && what.productId ? { product_id: what.productId }
+          : null
+    if (!target) throw new TypeError('payVirtual: give a product id, {productId} or {orderNo}')
+    /** @type {VirtualPayParams} */
+    const params = await request({ path: '/pay/', data: target })
+    if (!params.mode || !params.signData) {
+      throw new WxmpError('NOT_VIRTUAL_PAYMENT', `order ${params.order_no} is paid through WeChat Pay: use pay()`)
+    }
+    await call(wxApi, 'requestVirtualPayment', {
+      mode: params.mode,
+      signData: params.signData,
+      paySig: params.paySig,
+      signature: params.signature
+    })
+    return waitForOrder(params.order_no)
+  }
+
   /** Forgets the token here and revokes it at the gateway. */
   async function logout () {
     const token = wxApi.getStorageSync(TOKEN_KEY)
@@ -275,7 +320,7 @@ function createClient (options) {
     if (token) await raw('/logout', 'POST', {}, token)
   }
 
-  return { login, request, updateProfile, phoneByCode, phoneByEncryptedData, order, waitForOrder, pay, logout }
+  return { login, request, updateProfile, phoneByCode, phoneByEncryptedData, order, waitForOrder, pay, payVirtual, logout }
 }
 
 module.exports = { createClient, WxmpError, TOKEN_KEY }

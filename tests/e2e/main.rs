@@ -12,6 +12,7 @@
 
 mod bad_input;
 mod bills;
+mod demo;
 mod faults;
 mod login;
 mod observability;
@@ -25,3 +26,4 @@ mod shipping;
 mod userinfo;
 mod wechat_api;
 mod xpay;
+mod xpay_faults;

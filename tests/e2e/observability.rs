@@ -77,6 +77,8 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
         if let Some(nats) = &nats {
             o.pay_args.extend(["--nats-url".to_owned(), nats.url()]);
         }
+        // Virtual payment's metrics (the wxmp-xpay alerts) exist once it is configured.
+        o.sell_demo_virtual_product();
     })
     .await;
 

@@ -37,7 +37,9 @@ async function startStack () {
   })
   // This stack is SQLite + memory + the in-process sandbox, whatever the caller's shell says.
   for (const name of ['DATABASE_URL', 'REDIS_URL', 'AUTH_REDIS_URL', 'USER_DATABASE_URL',
-    'PAY_DATABASE_URL', 'WXMP_WECHAT_API_BASE', 'WXMP_WECHAT_PAY_BASE', 'WXMP_INTERNAL_TOKEN']) {
+    'PAY_DATABASE_URL', 'WXMP_WECHAT_API_BASE', 'WXMP_WECHAT_PAY_BASE', 'WXMP_INTERNAL_TOKEN',
+    // The demo catalog, with its virtual-payment product (vip_month).
+    'PAY_PRODUCTS', 'PAY_XPAY_PRODUCTS']) {
     delete env[name]
   }
   const ports = ['--gateway-port', '0', '--auth-port', '0', '--user-port', '0', '--pay-port', '0',

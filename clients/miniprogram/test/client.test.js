@@ -117,6 +117,45 @@ test('a failed payment sheet rejects with WeChat\'s errMsg', async () => {
   assert.equal(err.msg, 'requestPayment:fail cancel')
 })
 
+test('payVirtual: /pay/, wx.requestVirtualPayment with the answered params, then PAID', async () => {
+  const { wx, api } = phone()
+  await api.login()
+  const order = await api.payVirtual('vip_month')
+  assert.equal(order.state, 'PAID')
+  assert.equal(order.product_id, 'vip_month')
+  assert.equal(order.amount_fen, 3000, 'the catalog price, from the server')
+  assert.equal(wx.calls.requestVirtualPayment, 1)
+  assert.equal(wx.calls.requestPayment, 0, 'no WeChat Pay sheet for virtual goods')
+  assert.equal(wx.lastVirtualPayment.errcode, 0)
+  assert.equal(order.transaction_id, wx.lastVirtualPayment.wx_order_id)
+  // Paying it again is refused by the gateway (209) before any sheet opens.
+  const err = await api.payVirtual({ orderNo: order.order_no }).then(() => null, (e) => e)
+  assert.ok(err instanceof WxmpError)
+  assert.equal(err.code, 209)
+  assert.equal(wx.calls.requestVirtualPayment, 1)
+})
+
+test('payVirtual: a login between /pay/ and the sheet rotates the session_key: WeChat refuses the signature (268490003)', async () => {
+  const { wx, api } = phone()
+  await api.login()
+  const sheet = wx.requestVirtualPayment
+  wx.requestVirtualPayment = (o) => { api.login().then(() => sheet(o), o.fail) }
+  const err = await api.payVirtual({ productId: 'vip_month' }).then(() => null, (e) => e)
+  assert.ok(err instanceof WxmpError, String(err))
+  assert.equal(err.code, 'WX_REQUEST_VIRTUAL_PAYMENT_FAILED')
+  assert.match(err.msg, /268490003/)
+  assert.equal(wx.lastVirtualPayment.errcode, 268490003)
+})
+
+test('payVirtual of a WeChat Pay product rejects NOT_VIRTUAL_PAYMENT without a sheet', async () => {
+  const { wx, api } = phone()
+  await api.login()
+  const err = await api.payVirtual('tea').then(() => null, (e) => e)
+  assert.ok(err instanceof WxmpError, String(err))
+  assert.equal(err.code, 'NOT_VIRTUAL_PAYMENT')
+  assert.equal(wx.calls.requestVirtualPayment, 0)
+})
+
 test('phoneByEncryptedData stores the number', async () => {
   const { wx, api } = phone()
   await api.login()

@@ -14,11 +14,13 @@ const DEV_APP_ID = 'wx00000000000dev01'
  */
 function createWx (sandbox, user = {}) {
   const storage = new Map()
-  const calls = { login: 0, request: 0, requestPayment: 0, getUserProfile: 0 }
+  const calls = { login: 0, request: 0, requestPayment: 0, requestVirtualPayment: 0, getUserProfile: 0 }
   let openid = user.openid
   const appId = user.appId || DEV_APP_ID
   /** What /sandbox/pay answered to the last requestPayment (the sandbox's order view). */
   let lastPayment = null
+  /** What /sandbox/xpay/pay answered to the last requestVirtualPayment. */
+  let lastVirtualPayment = null
 
   const wrap = (name, fn) => (options) => {
     calls[name] += 1
@@ -32,6 +34,7 @@ function createWx (sandbox, user = {}) {
     calls,
     get openid () { return openid },
     get lastPayment () { return lastPayment },
+    get lastVirtualPayment () { return lastVirtualPayment },
 
     // wx.login(): a fresh single-use code for this user (a new user the first time).
     login: wrap('login', async () => {
@@ -73,6 +76,24 @@ function createWx (sandbox, user = {}) {
         paySign: p.paySign
       })
       return { errMsg: 'requestPayment:ok' }
+    }),
+
+    // wx.requestVirtualPayment(): the user pays in the sandbox, which checks paySig (the
+    // AppKey) and the user-state signature (the session_key it issued to this user) as WeChat
+    // does; a refusal fails like the real one, with WeChat's code in errMsg.
+    requestVirtualPayment: wrap('requestVirtualPayment', async (p) => {
+      lastVirtualPayment = await sandboxPost(sandbox, '/sandbox/xpay/pay', {
+        appid: appId,
+        openid,
+        mode: p.mode,
+        signData: p.signData,
+        paySig: p.paySig,
+        signature: p.signature
+      })
+      if (lastVirtualPayment.errcode !== 0) {
+        throw new Error(`${lastVirtualPayment.errcode} ${lastVirtualPayment.errmsg}`)
+      }
+      return { errMsg: 'requestVirtualPayment:ok' }
     }),
 
     getStorageSync: (key) => (storage.has(key) ? storage.get(key) : ''),

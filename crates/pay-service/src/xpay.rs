@@ -6,12 +6,14 @@
 //! | [`rules`] | the xpay settings, which products are sold this way, what a delivery push must match (pure) |
 //! | [`flow`] | `PrepareJsapiPayment` for such a product: the order, bound to the payer, and the `requestVirtualPayment` parameters signed with the AppKey and the user's session_key (from auth-service) |
 //! | [`push`] | `xpay_goods_deliver_notify`: checked against the order, then the order's one PAID transition |
+//! | [`meter`] | the delivery pushes' and `query_order`'s metrics, the virtual orders waiting for delivery |
 //!
 //! A virtual order is an ordinary order bound with `sign_type = XPAY`: JSAPI never pays it,
 //! and the PAID transition is the orders' own conditional UPDATE with ORDER_PAID in the outbox,
 //! so a push retried or delivered to several replicas pays it once.
 
 pub mod flow;
+pub mod meter;
 pub mod push;
 pub mod rules;
 

@@ -74,6 +74,7 @@ const SECTIONS: &[(&str, Section)] = &[
         "Shipping (发货信息管理) and message push",
         crate::shipping_console::section,
     ),
+    ("Virtual payment (虚拟支付)", crate::xpay_console::section),
 ];
 
 /// Registers `GET /` and the console's buttons.

@@ -49,7 +49,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(DROP_NOTIFY, web::post().to(drop_notify))
         .route(FINISH_REFUND, web::post().to(finish_refund))
         .route(EXPIRE_TOKEN, web::post().to(expire_token))
-        .configure(crate::shipping_console::routes);
+        .configure(crate::shipping_console::routes)
+        .configure(crate::xpay_console::routes);
 }
 
 /// The token every console form posts back: random per process, so only a page that could

@@ -94,6 +94,30 @@ pub struct Faults {
     /// v3 401 SIGN_ERROR. Nothing is recorded, and nothing said about a refund made earlier.
     #[arg(skip)]
     pub refund_refused: bool,
+    /// Virtual payment: the `xpay_goods_deliver_notify` push waits this long before its first
+    /// try (a late push: merchants report callbacks that arrive after they polled
+    /// `query_order`). Read when the push is sent (global set, or the header of the payment).
+    #[arg(
+        long = "fault-xpay-push-late-ms",
+        env = "SANDBOX_FAULT_XPAY_PUSH_LATE_MS",
+        value_name = "SANDBOX_FAULT_XPAY_PUSH_LATE_MS",
+        default_value_t = 0
+    )]
+    pub xpay_push_late_ms: u64,
+    /// Virtual payment: the delivery push is sent this many times at once (0 and 1 mean
+    /// once), each copy with WeChat's own retries (duplicated delivery on retries is a pain
+    /// point merchants report).
+    #[arg(
+        long = "fault-xpay-push-duplicated",
+        env = "SANDBOX_FAULT_XPAY_PUSH_DUPLICATED",
+        value_name = "SANDBOX_FAULT_XPAY_PUSH_DUPLICATED",
+        default_value_t = 0
+    )]
+    pub xpay_push_duplicated: u32,
+    /// Virtual payment: the order is paid but its delivery push is never sent (the
+    /// merchant's `query_order` must find it).
+    #[arg(long = "fault-xpay-push-lost", env = "SANDBOX_FAULT_XPAY_PUSH_LOST", value_name = "SANDBOX_FAULT_XPAY_PUSH_LOST", default_value_t = false, action = clap::ArgAction::Set)]
+    pub xpay_push_lost: bool,
     /// Run time only: the set applies to the next N WeChat-path requests, then clears itself.
     #[arg(skip)]
     pub times: Option<u32>,
@@ -118,6 +142,12 @@ impl Faults {
         if self.latency_ms > 120_000 {
             return Err("latency_ms is at most 120000".into());
         }
+        if self.xpay_push_duplicated > MAX_DUPLICATES {
+            return Err(format!("xpay_push_duplicated is at most {MAX_DUPLICATES}"));
+        }
+        if self.xpay_push_late_ms > 120_000 {
+            return Err("xpay_push_late_ms is at most 120000".into());
+        }
         if self.refund_reply_delay_ms > 120_000 {
             return Err("refund_reply_delay_ms is at most 120000".into());
         }
@@ -131,6 +161,15 @@ impl Faults {
     /// How many copies of each notify attempt to send.
     pub fn copies(&self) -> u32 {
         self.duplicate_notify.max(1)
+    }
+
+    /// How many copies of a virtual-payment delivery push to send (0 when it is lost).
+    pub fn xpay_push_copies(&self) -> u32 {
+        if self.xpay_push_lost {
+            0
+        } else {
+            self.xpay_push_duplicated.max(1)
+        }
     }
 
     fn applies_to(&self, path: &str) -> bool {
@@ -275,5 +314,33 @@ mod tests {
         };
         assert!(bad.validate().is_err());
         assert_eq!(Faults::default().copies(), 1);
+    }
+
+    #[test]
+    fn xpay_push_faults_parse_validate_and_count_copies() {
+        let f: Faults = serde_json::from_str(
+            r#"{"xpay_push_late_ms":1500,"xpay_push_duplicated":3,"xpay_push_lost":false}"#,
+        )
+        .unwrap();
+        assert!(f.validate().is_ok());
+        assert_eq!(f.xpay_push_late_ms, 1500);
+        assert_eq!(f.xpay_push_copies(), 3);
+        assert_eq!(Faults::default().xpay_push_copies(), 1);
+        let lost = Faults {
+            xpay_push_lost: true,
+            xpay_push_duplicated: 3,
+            ..Faults::default()
+        };
+        assert_eq!(lost.xpay_push_copies(), 0);
+        let too_many = Faults {
+            xpay_push_duplicated: MAX_DUPLICATES + 1,
+            ..Faults::default()
+        };
+        assert!(too_many.validate().is_err());
+        let too_late = Faults {
+            xpay_push_late_ms: 120_001,
+            ..Faults::default()
+        };
+        assert!(too_late.validate().is_err());
     }
 }

@@ -116,7 +116,8 @@
 //! `console_actions.rs`): pay / fail payment (v2 and v3), resend / drop a notify, settle / fail
 //! / close a PROCESSING refund (v2: SUCCESS, CHANGE, REFUNDCLOSE; v3: SUCCESS, ABNORMAL,
 //! CLOSED; then the refund notify), settle / close an abnormal one (CHANGE / ABNORMAL),
-//! expire a token. Each post must carry the page's csrf token and come from the console's own
+//! expire a token; pay / fail a virtual order whose payment sheet is open (`/console/xpay/*`,
+//! `xpay_console.rs`). Each post must carry the page's csrf token and come from the console's own
 //! origin (403 otherwise, nothing changed). Refunds accepted while the `refund_hold` fault is
 //! on stay PROCESSING until the console finishes them.
 //!
@@ -141,6 +142,9 @@
 //!   "refund_hold": true,            // refunds stay PROCESSING until the console finishes them
 //!   "refund_answer_lost": true,     // a refund is recorded, then answered SYSTEMERROR / v3 500
 //!   "refund_refused": true,         // refund requests: return_code FAIL / v3 401 SIGN_ERROR
+//!   "xpay_push_late_ms": 5000,      // virtual payment: the delivery push waits this long first
+//!   "xpay_push_duplicated": 3,      // ... is sent 3 times at once (each copy retried on its own)
+//!   "xpay_push_lost": true,         // ... is never sent (query_order still says paid)
 //!   (all of these apply to v2 and v3 alike: drop_notify also drops refund notifies and v3
 //!   notifies; pay_system_error also fails refunds, on v3 as 500 SYSTEM_ERROR)
 //!   "times": 2,                     // only for the next 2 WeChat-path requests, then all clear
@@ -151,12 +155,16 @@
 //! - At start: `SANDBOX_FAULT_LATENCY_MS`, `SANDBOX_FAULT_HTTP_STATUS`,
 //!   `SANDBOX_FAULT_PAY_SYSTEM_ERROR`, `SANDBOX_FAULT_QUOTA_EXCEEDED`, `SANDBOX_FAULT_DROP_NOTIFY`,
 //!   `SANDBOX_FAULT_DUPLICATE_NOTIFY`, `SANDBOX_FAULT_NOTIFY_WRONG_TOTAL_FEE`,
-//!   `SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE`, `SANDBOX_FAULT_REFUND_HOLD` (`true`/`false`,
-//!   numbers).
+//!   `SANDBOX_FAULT_NOTIFY_BAD_SIGNATURE`, `SANDBOX_FAULT_REFUND_HOLD`,
+//!   `SANDBOX_FAULT_XPAY_PUSH_LATE_MS`, `SANDBOX_FAULT_XPAY_PUSH_DUPLICATED`,
+//!   `SANDBOX_FAULT_XPAY_PUSH_LOST` (`true`/`false`, numbers).
 //! - At run time: `POST /sandbox/faults` with the JSON (replaces the whole set; `{}` or
 //!   `DELETE /sandbox/faults` clears it).
 //! - Per request: header `X-Sandbox-Faults: <the JSON>` on a WeChat path (used instead of the
-//!   global set for that request), or on `/sandbox/pay` (fixes that order's notify faults).
+//!   global set for that request), or on `/sandbox/pay` (fixes that order's notify faults), or
+//!   on `/sandbox/xpay/pay` and `/sandbox/xpay/orders/{no}/pay` (that payment's push faults;
+//!   without it the global `xpay_push_*` are read when the push is sent, `times` and
+//!   `path_prefix` aside).
 //!
 //! # WeChat, not a mirror of `crates/wechat`
 //!
@@ -207,6 +215,7 @@ pub mod v3;
 pub mod wx;
 mod wx_error;
 pub mod xpay;
+mod xpay_console;
 
 pub use config::{App, AppList, Config};
 pub use devca::DevPki;

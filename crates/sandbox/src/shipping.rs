@@ -729,6 +729,26 @@ pub fn build_push(
 /// Sends `message` to the configured push URL in the background: up to 4 tries (WeChat
 /// retries 3 times), each waiting at most 5 s for "success".
 pub fn push(sandbox: &web::Data<Sandbox>, appid: &str, transaction_id: &str, message: Value) {
+    push_with(sandbox, appid, transaction_id, message, PushPlan::default());
+}
+
+/// How one push is sent, beyond WeChat's normal schedule (virtual payment's push faults).
+#[derive(Default)]
+pub struct PushPlan {
+    /// Wait this long before the first try (a late push).
+    pub delay_ms: u64,
+    /// Called once when the receiver answered "success".
+    pub on_success: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// [`push`] with a [`PushPlan`].
+pub fn push_with(
+    sandbox: &web::Data<Sandbox>,
+    appid: &str,
+    transaction_id: &str,
+    message: Value,
+    mut plan: PushPlan,
+) {
     let config = sandbox.shipping.config.clone();
     let event = message
         .get("Event")
@@ -748,6 +768,9 @@ pub fn push(sandbox: &web::Data<Sandbox>, appid: &str, transaction_id: &str, mes
             outcome: "not configured".into(),
             at_ms: clock::unix_ms(),
         };
+        if plan.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(plan.delay_ms)).await;
+        }
         for attempt in 0..4u32 {
             let Some((url, body, content_type)) = build_push(&config, &appid, &message, clock::unix_ms() / 1000) else {
                 break;
@@ -766,6 +789,9 @@ pub fn push(sandbox: &web::Data<Sandbox>, appid: &str, transaction_id: &str, mes
                     let text = r.text().await.unwrap_or_default();
                     if text.trim() == "success" || text.is_empty() {
                         record.outcome = "success".into();
+                        if let Some(done) = plan.on_success.take() {
+                            done();
+                        }
                         break;
                     }
                     record.outcome = format!("answered {:?}", text.chars().take(40).collect::<String>());
@@ -777,12 +803,33 @@ pub fn push(sandbox: &web::Data<Sandbox>, appid: &str, transaction_id: &str, mes
             tokio::time::sleep(wait).await;
         }
         tracing::info!(event = %record.event, outcome = %record.outcome, attempts = record.attempts, "sandbox: message push");
-        let mut s = sandbox.shipping.state();
-        if s.pushes.len() >= 10_000 {
-            s.pushes.remove(0);
-        }
-        s.pushes.push(record);
+        keep(&sandbox, record);
     });
+}
+
+fn keep(sandbox: &Sandbox, record: PushRecord) {
+    let mut s = sandbox.shipping.state();
+    if s.pushes.len() >= 10_000 {
+        s.pushes.remove(0);
+    }
+    s.pushes.push(record);
+}
+
+/// Records a push WeChat never sent (a `lost` fault): 0 attempts, `outcome` says why.
+pub fn record_unsent(sandbox: &Sandbox, event: &str, transaction_id: &str, outcome: &str) {
+    let config = &sandbox.shipping.config;
+    keep(
+        sandbox,
+        PushRecord {
+            event: event.to_owned(),
+            transaction_id: transaction_id.to_owned(),
+            mode: config.push_mode.clone(),
+            format: config.push_format.clone(),
+            attempts: 0,
+            outcome: outcome.to_owned(),
+            at_ms: clock::unix_ms(),
+        },
+    );
 }
 
 /// What happened when the user confirmed, or WeChat settled.

@@ -28,6 +28,9 @@ use sha2::Sha256;
 
 use crate::{
     clock,
+    dev_error::DevError,
+    faults::Faults,
+    shipping::PushPlan,
     state::Sandbox,
     token::authorize,
     wx_error::{JSON_CONTENT_TYPE, WxError},
@@ -54,8 +57,13 @@ pub struct XOrder {
     pub price: i64,
     pub wx_order_id: String,
     pub paid_time: i64,
-    /// 2 paid (to deliver), 3 delivered.
+    /// 1 created (the payment sheet is open, unpaid), 2 paid (to deliver), 3 delivered (the
+    /// push was answered "success", or notify_provide_goods).
     pub status: i64,
+    /// The merchant's attach of signData, echoed in the push.
+    pub attach: String,
+    /// The sandbox's note: the console failed this payment (the order stays unpaid).
+    pub failed: bool,
 }
 
 /// The sandbox's virtual-payment state.
@@ -105,13 +113,26 @@ pub struct PayBody {
     #[serde(rename = "paySig")]
     pay_sig: String,
     signature: String,
+    /// The sandbox's own: the payment sheet stays open (status 1) until the console (or
+    /// `/sandbox/xpay/orders/{no}/pay|fail`) pays or fails it.
+    #[serde(default)]
+    hold: bool,
 }
 
 /// `POST /sandbox/xpay/pay`: the user pays on the phone. Checks what
 /// `wx.requestVirtualPayment` checks (mode, signData, paySig with the env's AppKey, the
 /// user-state signature with the user's current session_key), records the order paid and
 /// pushes `xpay_goods_deliver_notify`. Answers `{errcode, out_trade_no, wx_order_id}`.
-pub async fn pay(sandbox: web::Data<Sandbox>, body: web::Json<PayBody>) -> HttpResponse {
+/// The push faults (`xpay_push_*`) are the `x-sandbox-faults` header's, else the global set.
+pub async fn pay(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Json<PayBody>,
+) -> HttpResponse {
+    let faults = match crate::faults::from_header(&req) {
+        Ok(f) => f.unwrap_or_else(|| sandbox.current_faults()),
+        Err(e) => return wx(-1, &e.to_string()),
+    };
     let body = body.into_inner();
     let appid = body
         .appid
@@ -176,12 +197,35 @@ pub async fn pay(sandbox: web::Data<Sandbox>, body: web::Json<PayBody>) -> HttpR
             product_id,
             price,
             wx_order_id: format!("xpay{}", rand::random::<u64>()),
-            paid_time: now,
-            status: 2,
+            paid_time: if body.hold { 0 } else { now },
+            status: if body.hold { 1 } else { 2 },
+            attach: field("attach").as_str().unwrap_or_default().to_owned(),
+            failed: false,
         };
         orders.insert(out_trade_no.clone(), order.clone());
         order
     };
+    if !body.hold {
+        send_delivery(&sandbox, &out_trade_no, &order, &faults);
+    }
+    HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
+        json!({"errcode": 0, "errmsg": "ok", "out_trade_no": out_trade_no,
+            "wx_order_id": order.wx_order_id, "status": order.status})
+        .to_string(),
+    )
+}
+
+/// Pushes `xpay_goods_deliver_notify` for a paid order, as the push faults say: `lost` (never
+/// sent, recorded so), `duplicated` (N copies at once, each retried on its own), `late` (a
+/// delay before the first try). An answered "success" marks the order delivered (3).
+fn send_delivery(
+    sandbox: &web::Data<Sandbox>,
+    out_trade_no: &str,
+    order: &XOrder,
+    faults: &Faults,
+) {
+    let now = order.paid_time;
+    let (appid, env, price) = (order.appid.clone(), order.env, order.price);
     let to_user = sandbox
         .app(&appid)
         .map(|a| format!("gh_{}", a.appid))
@@ -196,13 +240,79 @@ pub async fn pay(sandbox: web::Data<Sandbox>, body: web::Json<PayBody>) -> HttpR
         "OutTradeNo": out_trade_no,
         "Env": env,
         "WeChatPayInfo": {"MchOrderNo": format!("mch{out_trade_no}"), "TransactionId": order.wx_order_id, "PaidTime": now},
-        "GoodsInfo": {"ProductId": order.product_id, "Quantity": 1, "OrigPrice": price, "ActualPrice": price, "Attach": field("attach")},
+        "GoodsInfo": {"ProductId": order.product_id, "Quantity": 1, "OrigPrice": price, "ActualPrice": price, "Attach": order.attach},
     });
-    crate::shipping::push(&sandbox, &appid, &order.wx_order_id, message);
-    HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
-        json!({"errcode": 0, "errmsg": "ok", "out_trade_no": out_trade_no, "wx_order_id": order.wx_order_id})
-            .to_string(),
-    )
+    let copies = faults.xpay_push_copies();
+    if copies == 0 {
+        crate::shipping::record_unsent(
+            sandbox,
+            EVENT_DELIVER,
+            &order.wx_order_id,
+            "lost (fault xpay_push_lost): never sent",
+        );
+        return;
+    }
+    for _ in 0..copies {
+        let (delivered_by, no) = (sandbox.clone(), out_trade_no.to_owned());
+        let plan = PushPlan {
+            delay_ms: faults.xpay_push_late_ms,
+            on_success: Some(Box::new(move || {
+                if let Some(o) = delivered_by.xpay.orders().get_mut(&no)
+                    && o.status == 2
+                {
+                    o.status = 3;
+                }
+            })),
+        };
+        crate::shipping::push_with(sandbox, &appid, &order.wx_order_id, message.clone(), plan);
+    }
+}
+
+/// The push's event.
+const EVENT_DELIVER: &str = "xpay_goods_deliver_notify";
+
+/// The user pays a held order (status 1 → 2) and WeChat pushes the delivery (with the push
+/// faults of `faults`). The order as it is now, or why not.
+pub fn pay_pending(
+    sandbox: &web::Data<Sandbox>,
+    out_trade_no: &str,
+    faults: &Faults,
+) -> Result<XOrder, String> {
+    let order = {
+        let mut orders = sandbox.xpay.orders();
+        let Some(o) = orders.get_mut(out_trade_no) else {
+            return Err(format!("no virtual order {out_trade_no}"));
+        };
+        if o.status != 1 {
+            return Err(format!(
+                "virtual order {out_trade_no} is not pending (status {})",
+                o.status
+            ));
+        }
+        o.status = 2;
+        o.failed = false;
+        o.paid_time = clock::unix_ms() / 1000;
+        o.clone()
+    };
+    send_delivery(sandbox, out_trade_no, &order, faults);
+    Ok(order)
+}
+
+/// The payment of a held order fails (the user's card is refused, or the sheet is closed):
+/// nothing is paid, no push; the order stays unpaid at WeChat (status 1).
+pub fn fail_pending(sandbox: &Sandbox, out_trade_no: &str) -> Result<XOrder, String> {
+    let mut orders = sandbox.xpay.orders();
+    let Some(o) = orders.get_mut(out_trade_no) else {
+        return Err(format!("no virtual order {out_trade_no}"));
+    };
+    if o.status != 1 {
+        return Err(format!(
+            "virtual order {out_trade_no} is not pending (status {})",
+            o.status
+        ));
+    }
+    o.failed = true;
+    Ok(o.clone())
 }
 
 /// Checks `pay_sig` of a server API call over exactly the body received; the env (and so the
@@ -289,7 +399,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// The sandbox's own paths (under `/sandbox`).
 pub fn dev_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/xpay/pay", web::post().to(pay))
-        .route("/xpay/orders", web::get().to(list));
+        .route("/xpay/orders", web::get().to(list))
+        .route("/xpay/orders/{no}/pay", web::post().to(dev_pay_pending))
+        .route("/xpay/orders/{no}/fail", web::post().to(dev_fail_pending));
+}
+
+/// `POST /sandbox/xpay/orders/{no}/pay`: [`pay_pending`] (faults from the header, else the
+/// global set).
+async fn dev_pay_pending(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    no: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let faults = crate::faults::from_header(&req)?.unwrap_or_else(|| sandbox.current_faults());
+    let order = pay_pending(&sandbox, &no, &faults).map_err(DevError::Conflict)?;
+    Ok(HttpResponse::Ok().json(view(&no, &order)))
+}
+
+/// `POST /sandbox/xpay/orders/{no}/fail`: [`fail_pending`].
+async fn dev_fail_pending(
+    sandbox: web::Data<Sandbox>,
+    no: web::Path<String>,
+) -> Result<HttpResponse, DevError> {
+    let order = fail_pending(&sandbox, &no).map_err(DevError::Conflict)?;
+    Ok(HttpResponse::Ok().json(view(&no, &order)))
+}
+
+fn view(no: &str, o: &XOrder) -> Value {
+    json!({"out_trade_no": no, "openid": o.openid, "env": o.env,
+        "product_id": o.product_id, "price": o.price, "status": o.status,
+        "failed": o.failed, "wx_order_id": o.wx_order_id})
 }
 
 async fn list(sandbox: web::Data<Sandbox>) -> HttpResponse {
@@ -297,11 +436,7 @@ async fn list(sandbox: web::Data<Sandbox>) -> HttpResponse {
         .xpay
         .orders()
         .iter()
-        .map(|(no, o)| {
-            json!({"out_trade_no": no, "openid": o.openid, "env": o.env,
-            "product_id": o.product_id, "price": o.price, "status": o.status,
-            "wx_order_id": o.wx_order_id})
-        })
+        .map(|(no, o)| view(no, o))
         .collect();
     HttpResponse::Ok()
         .content_type(JSON_CONTENT_TYPE)

@@ -5,7 +5,10 @@
 //! then, when pay-service's gRPC address is given, the order's PAID event from the event
 //! stream, and the shop refunds part of it while the demo waits for WeChat to settle it; then
 //! the shop ships it, the user confirms receipt in the sandbox and WeChat settles the payment
-//! (both pushed to the gateway's message push).
+//! (both pushed to the gateway's message push). After the phone number (before subscribing, so
+//! the one "order paid" message is the WeChat Pay order's), when the catalog sells a product
+//! through virtual payment, the user buys it through wx.requestVirtualPayment
+//! ([`crate::demo_virtual`]): PAID, delivered once, one ORDER_PAID.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,9 @@ pub struct DemoTarget {
     /// pay-service's gRPC address for the PAID event and the closing partial refund; `None`
     /// skips both.
     pub pay: Option<crate::operator::PayTarget>,
+    /// A product sold through virtual payment, bought first through
+    /// `wx.requestVirtualPayment` (skipped when `None` or not in the catalog).
+    pub virtual_product: Option<String>,
 }
 
 /// What the demo did, for callers that check it (the end-to-end tests).
@@ -44,6 +50,8 @@ pub struct DemoReport {
     pub refund: Option<(String, String, i64)>,
     /// The order's last shipping state (SETTLED once shipped, received and settled).
     pub shipping: Option<String>,
+    /// The virtual purchase, when one was made.
+    pub virtual_purchase: Option<crate::demo_virtual::VirtualPurchase>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +178,22 @@ pub async fn run(
         "4b. getPhoneNumber gave a code; POST /phone/ exchanged it at getuserphonenumber (with the shared access_token) for {phone_number}"
     ));
 
+    // Before the subscription: the one message it allows is for the WeChat Pay order below.
+    let mut virtual_purchase = match &target.virtual_product {
+        Some(product) => {
+            let buyer = crate::demo_virtual::Buyer {
+                http: &http,
+                gw,
+                sb,
+                token: &token,
+                openid: &openid,
+                timeout: target.pay_timeout,
+            };
+            crate::demo_virtual::buy(&buyer, product, &mut say).await?
+        }
+        None => None,
+    };
+
     post(
         &http,
         &format!("{sb}/sandbox/subscribe"),
@@ -276,7 +300,7 @@ pub async fn run(
             }
             if let Some(pay) = &target.pay {
                 let token = pay.internal_token.clone().map(service_kit::Secret::new);
-                let event = crate::events::paid_event(
+                let mut events = crate::events::paid_events_until(
                     &pay.url,
                     token.as_ref(),
                     &order_no,
@@ -286,6 +310,20 @@ pub async fn run(
                 .map_err(|body| DemoError::Unexpected {
                     step: "WatchOrderEvents",
                     body,
+                })?;
+                // Ids follow commit order: the virtual order, paid and delivered before this
+                // one, has all its ORDER_PAID events among these.
+                if let Some(v) = virtual_purchase.as_mut() {
+                    let n = events.iter().filter(|e| e.order_no == v.order_no).count();
+                    v.paid_events = Some(n);
+                    say(format!(
+                        "9v. WatchOrderEvents: {n} ORDER_PAID event(s) for the virtual order {}",
+                        v.order_no
+                    ));
+                }
+                let event = events.pop().ok_or_else(|| DemoError::Unexpected {
+                    step: "WatchOrderEvents",
+                    body: "the event stream ended".to_owned(),
                 })?;
                 say(format!(
                     "9. WatchOrderEvents: event #{} ORDER_PAID for {order_no}, as a shop service receives it",
@@ -303,6 +341,7 @@ pub async fn run(
                 paid_message,
                 refund: None,
                 shipping: None,
+                virtual_purchase,
             };
             if let Some(pay) = &target.pay {
                 partial_refund(pay, target.pay_timeout, &mut report, &mut say).await?;
@@ -484,7 +523,7 @@ async fn ship_and_settle(
     Ok(())
 }
 
-async fn post(
+pub(crate) async fn post(
     http: &reqwest::Client,
     url: &str,
     body: Value,
@@ -502,7 +541,7 @@ async fn post(
         .map_err(|source| DemoError::Http { step, source })
 }
 
-async fn get(
+pub(crate) async fn get(
     http: &reqwest::Client,
     url: &str,
     token: &str,
@@ -521,7 +560,7 @@ async fn get(
 }
 
 /// The `data` of a `{"code":200,"msg":"suc","data":...}` envelope.
-fn envelope(body: Value, step: &'static str) -> Result<Value, DemoError> {
+pub(crate) fn envelope(body: Value, step: &'static str) -> Result<Value, DemoError> {
     if body["code"] == 200 {
         Ok(body["data"].clone())
     } else {
@@ -532,7 +571,7 @@ fn envelope(body: Value, step: &'static str) -> Result<Value, DemoError> {
     }
 }
 
-fn field(value: &Value, pointer: &str, step: &'static str) -> Result<String, DemoError> {
+pub(crate) fn field(value: &Value, pointer: &str, step: &'static str) -> Result<String, DemoError> {
     value
         .pointer(pointer)
         .and_then(Value::as_str)

@@ -132,6 +132,21 @@ pub async fn paid_event(
     order_no: &str,
     timeout: Duration,
 ) -> Result<pb::OrderEvent, String> {
+    let mut events = paid_events_until(pay_url, token, order_no, timeout).await?;
+    events
+        .pop()
+        .ok_or_else(|| "the event stream ended".to_owned())
+}
+
+/// Every ORDER_PAID event from the start of the stream up to and including the first one of
+/// `order_no`. Ids follow commit order, so these are all the payments committed before
+/// `order_no`'s (the demo counts a virtual order's events this way: exactly one).
+pub async fn paid_events_until(
+    pay_url: &str,
+    token: Option<&Secret>,
+    order_no: &str,
+    timeout: Duration,
+) -> Result<Vec<pb::OrderEvent>, String> {
     let mut client = client(pay_url, token)?;
     let wait = async {
         let mut stream = client
@@ -142,13 +157,16 @@ pub async fn paid_event(
             .await
             .map_err(|s| format!("WatchOrderEvents: {}", s.message()))?
             .into_inner();
+        let mut seen = Vec::new();
         while let Some(event) = stream
             .message()
             .await
             .map_err(|s| format!("WatchOrderEvents: {}", s.message()))?
         {
-            if event.order_no == order_no {
-                return Ok(event);
+            let last = event.order_no == order_no;
+            seen.push(event);
+            if last {
+                return Ok(seen);
             }
         }
         Err("the event stream ended".to_owned())

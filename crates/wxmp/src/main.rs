@@ -8,8 +8,8 @@ use wxmp::{
     demo::{self, DemoTarget},
     operator::{self, Pay, PayTarget},
     stack::{
-        DEMO_PAID_TEMPLATE_DATA, DEMO_PAID_TEMPLATE_ID, DEMO_PRODUCTS, Stack, StackOptions,
-        WechatTarget,
+        DEMO_PAID_TEMPLATE_DATA, DEMO_PAID_TEMPLATE_ID, DEMO_PRODUCTS, DEMO_XPAY_PRODUCT, Stack,
+        StackOptions, WechatTarget,
     },
 };
 use wxmp_proto::pay::v1 as pb;
@@ -55,6 +55,10 @@ enum Command {
         pay_url: String,
         #[arg(long, env = "WXMP_INTERNAL_TOKEN", hide_env_values = true)]
         internal_token: Option<String>,
+        /// The virtual-payment product bought through wx.requestVirtualPayment first ("" skips
+        /// it; skipped too when the catalog does not have it).
+        #[arg(long, env = "WXMP_DEMO_VIRTUAL_PRODUCT", default_value = DEMO_XPAY_PRODUCT)]
+        virtual_product: String,
     },
     /// Refund (part of) a paid order through a running pay-service; `wxmp refund
     /// apply-abnormal` re-routes an abnormal refund.
@@ -427,6 +431,15 @@ async fn up(args: UpArgs) -> Result<(), String> {
         gateway_args: Vec::new(),
         wait_ready: true,
     };
+    let mut options = options;
+    // The sandbox sells a virtual product too, unless the catalog or PAY_XPAY_PRODUCTS is
+    // the operator's own.
+    let sells_virtual = sandbox_in_process
+        && options.products == DEMO_PRODUCTS
+        && env("PAY_XPAY_PRODUCTS").is_none();
+    if sells_virtual {
+        options.sell_demo_virtual_product();
+    }
     let stack = Stack::start(options).await.map_err(|e| e.to_string())?;
     let signals = service_kit::Shutdown::on_signals();
     let stop = stack.shutdown_handle();
@@ -451,6 +464,12 @@ async fn up(args: UpArgs) -> Result<(), String> {
         "  gRPC     auth {}  user {}  pay {}",
         stack.auth_url, stack.user_url, stack.pay_url
     );
+    if sells_virtual {
+        println!(
+            "  virtual  {DEMO_XPAY_PRODUCT} sold through wx.requestVirtualPayment (OfferID {}, env 1)",
+            sandbox::xpay::DEV_XPAY_OFFER_ID
+        );
+    }
     println!();
     if sandbox_in_process {
         println!("Try it: `make demo` (or `cargo run -p wxmp -- demo`) in another terminal,");
@@ -560,8 +579,10 @@ async fn main() -> ExitCode {
             paid_template,
             pay_url,
             internal_token,
+            virtual_product,
         } => {
             let target = DemoTarget {
+                virtual_product: (!virtual_product.is_empty()).then_some(virtual_product),
                 gateway,
                 sandbox,
                 product_id: product,
@@ -575,6 +596,17 @@ async fn main() -> ExitCode {
             demo::run(&target, |line| println!("{line}"))
                 .await
                 .inspect(|report| {
+                    if let Some(v) = &report.virtual_purchase {
+                        println!(
+                            "demo: virtual order {} ({}) {}, delivered {} time(s), ORDER_PAID events: {}",
+                            v.order_no,
+                            v.product_id,
+                            v.state,
+                            v.deliveries,
+                            v.paid_events
+                                .map_or_else(|| "not counted".to_owned(), |n| n.to_string())
+                        );
+                    }
                     if let Some(shipping) = &report.shipping {
                         println!("demo: order {} shipping {shipping}", report.order_no);
                     }

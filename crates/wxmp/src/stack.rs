@@ -54,6 +54,11 @@ pub struct StackOptions {
 
 /// The catalog `wxmp up` starts with.
 pub const DEMO_PRODUCTS: &str = "coffee:1800:Coffee (sandbox);tea:1200:Tea (sandbox)";
+/// The virtual product `wxmp up` sells with the in-process sandbox (virtual payment, 道具直购,
+/// issue 26): a catalog id that is also its xpay product id.
+pub const DEMO_XPAY_PRODUCT: &str = "vip_month";
+/// Its catalog entry (`PAY_PRODUCTS` format), added to [`DEMO_PRODUCTS`] by `wxmp up`.
+pub const DEMO_XPAY_CATALOG: &str = "vip_month:3000:VIP month (sandbox virtual payment)";
 /// The "order paid" subscribe message `wxmp up` sends when it runs the sandbox.
 pub const DEMO_PAID_TEMPLATE_ID: &str = "wxmp-demo-order-paid";
 /// Its keywords (`PAY_PAID_TEMPLATE_DATA` format).
@@ -61,6 +66,26 @@ pub const DEMO_PAID_TEMPLATE_DATA: &str =
     "character_string1={order_no};amount2={amount};thing3={description};time4={paid_at}";
 
 impl StackOptions {
+    /// Sells [`DEMO_XPAY_PRODUCT`] through virtual payment, as `wxmp up` does with the
+    /// sandbox: the product in the catalog and pay-service's `PAY_XPAY_*` set to the sandbox's
+    /// dev OfferID and its sandbox AppKey (env 1, WeChat's virtual-payment sandbox).
+    pub fn sell_demo_virtual_product(&mut self) {
+        self.products = format!("{};{DEMO_XPAY_CATALOG}", self.products);
+        self.pay_args.extend(
+            [
+                "--xpay-products",
+                &format!("{DEMO_XPAY_PRODUCT}:{DEMO_XPAY_PRODUCT}"),
+                "--xpay-offer-id",
+                sandbox::xpay::DEV_XPAY_OFFER_ID,
+                "--xpay-sandbox-app-key",
+                sandbox::xpay::DEV_XPAY_SANDBOX_APP_KEY,
+                "--xpay-env",
+                "1",
+            ]
+            .map(str::to_owned),
+        );
+    }
+
     /// Everything on 127.0.0.1 free ports, the sandbox in-process, the given databases.
     pub fn ephemeral(user_database_url: String, pay_database_url: String) -> Self {
         let mut sandbox = sandbox::Config::dev();

@@ -283,6 +283,9 @@ pub async fn run(payments: Payments, shutdown: Shutdown) {
             _ = shutdown.wait() => break,
             result = payments.reconcile_once() => {
                 crate::meter::reconcile_pass(&result);
+                if let Err(e) = payments.export_xpay_waiting().await {
+                    tracing::warn!(error = %e, "counting virtual orders waiting for delivery failed");
+                }
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "reconcile pass failed");
                 }

@@ -473,6 +473,25 @@ pub async fn paying_due(
     })?)
 }
 
+/// Unexpired PAYING virtual-payment orders prepared at or before `prepared_before`: paid
+/// perhaps, delivered neither by a push nor by `query_order` yet.
+pub async fn count_xpay_paying(
+    db: &Database,
+    prepared_before: i64,
+    now: i64,
+) -> Result<i64, Error> {
+    Ok(service_kit::with_conn!(db, |conn| {
+        orders::table
+            .filter(orders::state.eq(OrderState::Paying.as_str()))
+            .filter(orders::sign_type.eq(crate::xpay::XPAY_SIGN_TYPE))
+            .filter(orders::prepared_at.le(prepared_before))
+            .filter(orders::expires_at.gt(now))
+            .count()
+            .get_result(conn)
+            .await
+    })?)
+}
+
 /// Open orders past their expiry whose lease is free.
 pub async fn expired_open(db: &Database, now: i64, limit: i64) -> Result<Vec<String>, Error> {
     Ok(service_kit::with_conn!(db, |conn| {

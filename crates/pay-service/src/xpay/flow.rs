@@ -61,6 +61,7 @@ impl Xpay {
             ))
         };
         let wechat = config.wechat.client().map_err(Error::Config)?;
+        super::meter::register();
         Ok(Some(Self {
             settings,
             auth,
@@ -146,11 +147,16 @@ impl Payments {
         let Some(xpay) = self.xpay() else {
             return Ok(false);
         };
-        let at_wechat = xpay.query(order).await?;
+        let at_wechat = xpay
+            .query(order)
+            .await
+            .inspect_err(|_| super::meter::query_order("error"))?;
         if !matches!(at_wechat.status, 2 | 3) {
+            super::meter::query_order("unpaid");
             return Ok(false);
         }
         if at_wechat.paid_fee != order.amount_fen || at_wechat.openid != order.openid {
+            super::meter::query_order("mismatch");
             tracing::error!(order_no = %order.order_no, "query_order reports a payment that does not match the order; not applied");
             return Err(Error::Internal(
                 "WeChat's virtual payment does not match the order".into(),
@@ -179,7 +185,9 @@ impl Payments {
         .await?;
         crate::orders::flow::log_paid_outcome(&outcome, "xpay_query_order");
         crate::subscribe::on_paid(self, &outcome).await;
-        Ok(matches!(outcome, crate::orders::PaidOutcome::Applied(_)))
+        let repaired = matches!(outcome, crate::orders::PaidOutcome::Applied(_));
+        super::meter::query_order(if repaired { "repaired" } else { "duplicate" });
+        Ok(repaired)
     }
 
     pub(crate) fn xpay(&self) -> Option<&Xpay> {

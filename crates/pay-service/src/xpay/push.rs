@@ -19,7 +19,11 @@ use crate::{
 };
 
 pub(crate) fn on_goods_deliver<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {
-    Box::pin(goods_deliver(p, push))
+    Box::pin(async move {
+        let verdict = goods_deliver(p, push).await?;
+        super::meter::push(verdict);
+        Ok(verdict)
+    })
 }
 
 async fn goods_deliver(payments: &Payments, push: &Push) -> Result<&'static str, Error> {
@@ -41,7 +45,11 @@ async fn goods_deliver(payments: &Payments, push: &Push) -> Result<&'static str,
         Ok(t) => t,
         Err(why) => {
             tracing::error!(order_no = %order.order_no, %why, "virtual-payment push does not match its order; not applied");
-            return record(payments, push, "mismatch").await;
+            let verdict = record(payments, push, "mismatch").await?;
+            if verdict == "mismatch" {
+                super::meter::refused_mismatch(&why);
+            }
+            return Ok(verdict);
         }
     };
     let now = payments.now();
