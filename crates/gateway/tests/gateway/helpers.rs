@@ -471,6 +471,13 @@ impl PayService for FakePay {
         Err(Status::unimplemented("not for the gateway"))
     }
 
+    async fn resolve_bill_mismatch(
+        &self,
+        _: Request<wxmp_proto::pay::v1::ResolveBillMismatchRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::BillMismatch>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
     async fn get_order(
         &self,
         req: Request<GetOrderRequest>,
