@@ -25,7 +25,9 @@
 #   BENCH_PORT_BASE (18000)  gateway +80, auth +51, user +52, pay +53, sandbox +90
 #   BENCH_OUT (bench/results.md), BENCH_JSON (target/bench/last-run.json), BENCH_PLOT (bench/scale.svg)
 #   BENCH_HOPS (40)          requests per path of the per-hop breakdown (traced, one at a time); 0: none
-#   BENCH_SESSION_CACHE_TTL_MS (5000)  the gateway's session cache (GATEWAY_SESSION_CACHE_TTL_MS; 0: off)
+#   BENCH_SESSION_CACHE_TTL_MS (5000)  the session caches of the gateway and user-service
+#                            (GATEWAY_/USER_SESSION_CACHE_TTL_MS; 0: both off)
+#   BENCH_USER_SESSION_CACHE_TTL_MS  user-service's alone (default: BENCH_SESSION_CACHE_TTL_MS)
 #   BENCH_CATCHUP_ORDERS (1000)  the catch-up stage: orders paid with their notifies lost, then
 #                            pay-service restarted and timed until its reconciler repaired them all; 0: none
 #   BENCH_RECONCILE_CONCURRENCY (8)  PAY_RECONCILE_CONCURRENCY of the catch-up stage
@@ -160,7 +162,9 @@ start() { # name binary VAR=value...
 start sandbox wxmp-sandbox SANDBOX_LISTEN_ADDR=127.0.0.1:$sandbox_port \
   SANDBOX_CODE_RATE_PER_MIN=0 SANDBOX_APP_RATE_PER_MIN=0
 start user wxmp-user USER_LISTEN_ADDR=127.0.0.1:$user_port \
-  USER_DATABASE_URL="$pg_base/$user_db" USER_AUTH_SERVICE_URL=http://127.0.0.1:$auth_port
+  USER_DATABASE_URL="$pg_base/$user_db" USER_AUTH_SERVICE_URL=http://127.0.0.1:$auth_port \
+  USER_REDIS_URL="$redis_url" USER_SESSION_REVOCATION_CHANNEL="${redis_prefix}session-revoked" \
+  USER_SESSION_CACHE_TTL_MS="${BENCH_USER_SESSION_CACHE_TTL_MS:-${BENCH_SESSION_CACHE_TTL_MS:-5000}}"
 start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
   AUTH_REDIS_URL="$redis_url" AUTH_REDIS_PREFIX="$redis_prefix" AUTH_SESSION_TTL_SECS=3600 \
   AUTH_USER_SERVICE_URL=http://127.0.0.1:$user_port

@@ -15,6 +15,13 @@ impl ListenVar for ListenAddr {
     const DEFAULT: &'static str = "0.0.0.0:50052";
 }
 
+/// Default of `USER_SESSION_CACHE_TTL_MS`.
+pub const DEFAULT_SESSION_CACHE_TTL_MS: u64 = 5000;
+/// Default of `USER_SESSION_CACHE_MAX_ENTRIES`.
+pub const DEFAULT_SESSION_CACHE_MAX_ENTRIES: u64 = 10_000;
+/// Default of `USER_SESSION_REVOCATION_CHANNEL`: auth-service's default prefix's channel.
+pub const DEFAULT_SESSION_REVOCATION_CHANNEL: &str = "wxmp:session-revoked";
+
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
 #[command(
@@ -53,6 +60,46 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=120_000))]
     pub rpc_timeout_ms: u64,
 
+    /// The Redis auth-service keeps its sessions in: the session cache follows its logout
+    /// announcements there (the channel below). Without it (and outside `wxmp up`) the cache
+    /// is off and every token is asked of auth-service.
+    #[arg(
+        long,
+        env = "USER_REDIS_URL",
+        value_name = "USER_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// The channel auth-service announces ended sessions on: `<AUTH_REDIS_PREFIX>session-revoked`.
+    #[arg(
+        long,
+        env = "USER_SESSION_REVOCATION_CHANNEL",
+        value_name = "USER_SESSION_REVOCATION_CHANNEL",
+        default_value = DEFAULT_SESSION_REVOCATION_CHANNEL
+    )]
+    pub session_revocation_channel: String,
+
+    /// How long an `AuthenticateWithSessionKey` answer (principal and session_key) is reused
+    /// for the same token, in milliseconds; never past the session's expiry. A logout is seen
+    /// at once while the feed is connected, within this bound when it is cut silently. 0 turns
+    /// the cache off.
+    #[arg(long, env = "USER_SESSION_CACHE_TTL_MS", value_name = "USER_SESSION_CACHE_TTL_MS",
+          default_value_t = DEFAULT_SESSION_CACHE_TTL_MS,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub session_cache_ttl_ms: u64,
+
+    /// Most answers the session cache holds; 0 turns it off.
+    #[arg(long, env = "USER_SESSION_CACHE_MAX_ENTRIES", value_name = "USER_SESSION_CACHE_MAX_ENTRIES",
+          default_value_t = DEFAULT_SESSION_CACHE_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub session_cache_max_entries: u64,
+
+    /// Follow the in-process revocation feed (for `wxmp up`, where auth-service runs in the
+    /// same process); without Redis it is the session cache's only feed.
+    #[arg(long, hide = true)]
+    pub in_process_revocation: bool,
+
     /// WeChat's API, for getuserphonenumber.
     #[command(flatten)]
     pub wechat: WechatApi,
@@ -77,6 +124,11 @@ impl Config {
             db_pool_size: 16,
             auth_service_url: auth_service_url.into(),
             rpc_timeout_ms: 3000,
+            redis_url: None,
+            session_revocation_channel: DEFAULT_SESSION_REVOCATION_CHANNEL.into(),
+            session_cache_ttl_ms: DEFAULT_SESSION_CACHE_TTL_MS,
+            session_cache_max_entries: DEFAULT_SESSION_CACHE_MAX_ENTRIES,
+            in_process_revocation: false,
             wechat: WechatApi::default(),
             telemetry: TelemetryConfig {
                 log_format: Default::default(),
@@ -104,8 +156,36 @@ mod tests {
         assert_eq!(c.auth_service_url, "http://127.0.0.1:50051");
         assert_eq!(c.rpc_timeout_ms, 3000);
         assert!(
+            c.redis_url.is_none(),
+            "the session cache needs a feed to be on"
+        );
+        assert_eq!(c.session_revocation_channel, "wxmp:session-revoked");
+        assert_eq!(c.session_cache_ttl_ms, 5000);
+        assert_eq!(c.session_cache_max_entries, 10_000);
+        assert!(!c.in_process_revocation);
+        assert!(
             !format!("{c:?}").contains("x.db"),
             "the database URL may hold a password"
         );
+        let c = Config::try_parse_from([
+            "wxmp-user",
+            "--database-url",
+            "sqlite://x.db",
+            "--redis-url",
+            "redis://:hunter2@h/0",
+        ])
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the Redis URL may hold a password"
+        );
+        let too_long = Config::try_parse_from([
+            "wxmp-user",
+            "--database-url",
+            "sqlite://x.db",
+            "--session-cache-ttl-ms",
+            "60001",
+        ]);
+        assert!(too_long.is_err(), "a TTL over a minute is refused");
     }
 }

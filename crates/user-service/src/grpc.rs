@@ -1,6 +1,8 @@
 //! `wxmp.user.v1.UserService` on top of the store, the session-key source and the decryption
 //! checks.
 
+use std::sync::Arc;
+
 use service_kit::Secret;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use wxmp_proto::{auth::v1::Principal, user::v1 as pb};
@@ -11,6 +13,7 @@ use crate::{
     error::DecryptCause,
     phone_code::PhoneCodes,
     session_keys::SessionKeys,
+    sessions::{SessionAnswers, Sessions},
     store::{Owner, Users},
 };
 
@@ -23,17 +26,39 @@ const MAX_TOKEN: usize = 128;
 #[derive(Clone, Debug)]
 pub struct Service<K> {
     users: Users,
-    keys: K,
+    sessions: Sessions<K>,
     phones: Option<PhoneCodes>,
+}
+
+/// Who calls, and what is known of their session_key so far.
+struct Caller {
+    principal: Principal,
+    key: Known,
+}
+
+enum Known {
+    /// A principal given by the caller: the key is asked for by (app_id, openid).
+    Ask,
+    /// auth-service's answer for the token, just now.
+    Fresh(Option<Secret>),
+    /// The session cache's answer for the token: may predate a newer login's key.
+    Cached(Option<Secret>),
 }
 
 impl<K: SessionKeys> Service<K> {
     pub fn new(users: Users, keys: K) -> Self {
         Self {
             users,
-            keys,
+            sessions: Sessions::new(keys, None),
             phones: None,
         }
+    }
+
+    /// Reuses auth-service's answers for tokens through `cache` (see [`crate::sessions`]);
+    /// whoever made it keeps its revocation feed followed.
+    pub fn with_session_cache(mut self, cache: Arc<SessionAnswers>) -> Self {
+        self.sessions.cache = Some(cache);
+        self
     }
 
     /// Enables UpdatePhoneNumber with a `code` (without, such calls answer INTERNAL).
@@ -47,46 +72,79 @@ impl<K: SessionKeys> Service<K> {
         pb::user_service_server::UserServiceServer::new(self)
     }
 
-    /// Who calls: the session token's owner (one auth-service call that also answers the
-    /// session_key, `Some(key)`), or the principal a caller authenticated itself (`None`: the
-    /// key is asked for separately, only once the input passed its checks).
+    /// Who calls: the session token's owner (auth-service's `AuthenticateWithSessionKey`, or
+    /// the session cache's copy of its answer), or the principal a caller authenticated
+    /// itself (the key is asked for separately, only once the input passed its checks).
     async fn caller(
         &self,
         metadata: &MetadataMap,
         token: &str,
         principal: Option<&Principal>,
-    ) -> Result<(Principal, Option<Option<Secret>>), Error> {
+    ) -> Result<Caller, Error> {
         if token.is_empty() {
-            return Ok((check_principal(principal)?.clone(), None));
+            return Ok(Caller {
+                principal: check_principal(principal)?.clone(),
+                key: Known::Ask,
+            });
         }
         // Real tokens are 43 characters; a longer one is never sent on.
         if token.len() > MAX_TOKEN {
             return Err(Error::InvalidToken);
         }
-        let (principal, key) = self.keys.authenticate(metadata, token).await?;
+        let answer = self.sessions.authenticate(metadata, token).await?;
+        let session = answer.session;
         // auth-service answers complete principals; anything else is its failure.
-        check_principal(Some(&principal)).map_err(|_| {
+        check_principal(Some(&session.principal)).map_err(|_| {
             Error::AuthService(Status::internal("answered an incomplete principal"))
         })?;
-        Ok((principal, Some(key)))
+        Ok(Caller {
+            principal: session.principal,
+            key: if answer.cached {
+                Known::Cached(session.session_key)
+            } else {
+                Known::Fresh(session.session_key)
+            },
+        })
     }
 
-    /// The key `caller` answered, or the newest one of the principal's (app_id, openid).
-    async fn key_of(
+    /// Opens a payload with the caller's newest key: `open` runs with the key and the
+    /// principal. A payload that fails to open with a cached key is opened once more with
+    /// auth-service's answer now (a login since the answer was cached rotates the key).
+    async fn open<T>(
         &self,
         metadata: &MetadataMap,
-        principal: &Principal,
-        known: Option<Option<Secret>>,
-    ) -> Result<Secret, Error> {
-        let key = match known {
-            Some(key) => key,
-            None => {
-                self.keys
+        token: &str,
+        caller: Caller,
+        open: impl Fn(&Secret, &Principal) -> Result<T, DecryptCause>,
+    ) -> Result<(Principal, T), Error> {
+        let Caller { principal, key } = caller;
+        let (key, cached) = match key {
+            Known::Ask => (
+                self.sessions
+                    .keys()
                     .session_key(metadata, &principal.app_id, &principal.openid)
-                    .await?
-            }
+                    .await?,
+                false,
+            ),
+            Known::Fresh(key) => (key, false),
+            Known::Cached(key) => (key, true),
         };
-        Ok(key.ok_or(DecryptCause::NoSessionKey)?)
+        let opened = key
+            .ok_or(DecryptCause::NoSessionKey)
+            .and_then(|key| open(&key, &principal));
+        match opened {
+            Ok(value) => Ok((principal, value)),
+            Err(_) if cached => {
+                let session = self.sessions.refresh(metadata, token).await?;
+                check_principal(Some(&session.principal)).map_err(|_| {
+                    Error::AuthService(Status::internal("answered an incomplete principal"))
+                })?;
+                let key = session.session_key.ok_or(DecryptCause::NoSessionKey)?;
+                let value = open(&key, &session.principal)?;
+                Ok((session.principal, value))
+            }
+            Err(cause) => Err(cause.into()),
+        }
     }
 
     async fn store_profile(
@@ -94,13 +152,16 @@ impl<K: SessionKeys> Service<K> {
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<pb::User, Error> {
         let (metadata, _, body) = request.into_parts();
-        let (principal, known_key) = self
+        let caller = self
             .caller(&metadata, &body.token, body.principal.as_ref())
             .await?;
         let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
         let signed = Signed::new(&body.raw_data, &body.signature)?;
-        let key = self.key_of(&metadata, &principal, known_key).await?;
-        let changes = open_profile(&key, sealed, signed, &principal.app_id, &principal.openid)?;
+        let (principal, changes) = self
+            .open(&metadata, &body.token, caller, |key, p| {
+                open_profile(key, sealed, signed, &p.app_id, &p.openid)
+            })
+            .await?;
         let user = self
             .users
             .update_profile(owner(&principal), &changes)
@@ -115,19 +176,23 @@ impl<K: SessionKeys> Service<K> {
         request: Request<pb::UpdatePhoneNumberRequest>,
     ) -> Result<pb::User, Error> {
         let (metadata, _, body) = request.into_parts();
-        let (principal, known_key) = self
+        let caller = self
             .caller(&metadata, &body.token, body.principal.as_ref())
             .await?;
-        let changes = if body.code.is_empty() {
+        let (principal, changes) = if body.code.is_empty() {
             let sealed = Sealed::new(&body.encrypted_data, &body.iv)?;
-            let key = self.key_of(&metadata, &principal, known_key).await?;
-            open_phone(&key, sealed, &principal.app_id)?
+            self.open(&metadata, &body.token, caller, |key, p| {
+                open_phone(key, sealed, &p.app_id)
+            })
+            .await?
         } else {
-            self.phones
+            let changes = self
+                .phones
                 .as_ref()
                 .ok_or(Error::PhoneCodesOff)?
-                .exchange(&metadata, &principal.app_id, &body.code)
-                .await?
+                .exchange(&metadata, &caller.principal.app_id, &body.code)
+                .await?;
+            (caller.principal, changes)
         };
         let user = self
             .users

@@ -11,9 +11,10 @@ mod grpc;
 mod phone_code;
 mod schema;
 mod session_keys;
+mod sessions;
 mod store;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use service_kit::{
     Shutdown,
@@ -27,7 +28,8 @@ pub use decrypt::{MAX_ENCRYPTED_DATA, MAX_IV, MAX_RAW_DATA, MAX_SIGNATURE};
 pub use error::{DECRYPT_FAILED_MESSAGE, DecryptCause, Error};
 pub use grpc::Service;
 pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
-pub use session_keys::{AuthSessionKeys, SessionKeys};
+pub use session_keys::{AuthSessionKeys, Session, SessionKeys};
+pub use sessions::SessionAnswers;
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
 
 /// The service's migrations, one folder per back end, embedded in the binary.
@@ -45,8 +47,30 @@ pub async fn migrate(database_url: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The session cache `config` asks for (see `sessions.rs`): only with a revocation feed to
+/// follow, and a TTL and a size above 0.
+pub fn session_cache(config: &Config) -> Option<Arc<SessionAnswers>> {
+    if config.redis_url.is_none() && !config.in_process_revocation {
+        return None;
+    }
+    let max = usize::try_from(config.session_cache_max_entries).unwrap_or(usize::MAX);
+    SessionAnswers::new(Duration::from_millis(config.session_cache_ttl_ms), max).map(Arc::new)
+}
+
 /// Migrates the database, then serves `UserService` on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
+    let cache = session_cache(&config);
+    serve_with_cache(config, cache, listener, shutdown).await
+}
+
+/// [`serve`] with a session cache made by the caller ([`session_cache`]), who may keep a clone
+/// to look at. Its revocation feed is followed here until `shutdown`.
+pub async fn serve_with_cache(
+    config: Config,
+    cache: Option<Arc<SessionAnswers>>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let url = config.database_url.expose();
     let db = Database::connect(
         url,
@@ -76,7 +100,21 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
         &config.wechat,
     )?;
     let probe_db = db.clone();
-    let service = Service::new(Users::new(db), keys).with_phone_codes(phones);
+    let mut service = Service::new(Users::new(db), keys).with_phone_codes(phones);
+    let revocations = match cache {
+        Some(cache) => {
+            let follower = follow_revocations(&config, cache.clone(), &shutdown)?;
+            service = service.with_session_cache(cache);
+            follower
+        }
+        None => None,
+    };
+    tracing::info!(
+        session_cache = revocations.is_some(),
+        ttl_ms = config.session_cache_ttl_ms,
+        max_entries = config.session_cache_max_entries,
+        "session cache"
+    );
     let server =
         UserServiceServer::with_interceptor(service, config.internal.require_token(&listener));
     let routes = service_kit::grpc::with_reflection(
@@ -101,4 +139,36 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) ->
     )
     .await?;
     Ok(())
+}
+
+/// Follows the revocation feed for `cache` until `shutdown`: the in-process one in `wxmp up`,
+/// else auth-service's Redis. The task ends with the returned guard.
+fn follow_revocations(
+    config: &Config,
+    cache: Arc<SessionAnswers>,
+    shutdown: &Shutdown,
+) -> Result<Option<AbortOnDrop>, Error> {
+    let task = match &config.redis_url {
+        _ if config.in_process_revocation => {
+            service_kit::session_cache::follow_local(cache, shutdown.clone())
+        }
+        Some(url) => service_kit::session_cache::follow_redis(
+            url.expose(),
+            config.session_revocation_channel.clone(),
+            cache,
+            shutdown.clone(),
+        )
+        .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}")))?,
+        None => return Ok(None),
+    };
+    Ok(Some(AbortOnDrop(task)))
+}
+
+/// Stops the feed's task when serving ends, whichever way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

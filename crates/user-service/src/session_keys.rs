@@ -37,7 +37,17 @@ pub trait SessionKeys: Send + Sync + 'static {
         &self,
         incoming: &MetadataMap,
         token: &str,
-    ) -> impl Future<Output = Result<(Principal, Option<Secret>), Error>> + Send;
+    ) -> impl Future<Output = Result<Session, Error>> + Send;
+}
+
+/// What `AuthenticateWithSessionKey` answers for a live session token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub principal: Principal,
+    /// The newest session_key of the principal's (app_id, openid); `None` when none is live.
+    pub session_key: Option<Secret>,
+    /// How long the session still lives (whole seconds, rounded up by auth-service).
+    pub expires_in: Duration,
 }
 
 /// auth-service over gRPC, on one lazily connected channel cloned per call.
@@ -92,11 +102,7 @@ impl SessionKeys for AuthSessionKeys {
         }
     }
 
-    async fn authenticate(
-        &self,
-        incoming: &MetadataMap,
-        token: &str,
-    ) -> Result<(Principal, Option<Secret>), Error> {
+    async fn authenticate(&self, incoming: &MetadataMap, token: &str) -> Result<Session, Error> {
         let request = forward(
             incoming,
             AuthenticateRequest {
@@ -115,7 +121,11 @@ impl SessionKeys for AuthSessionKeys {
                     Error::AuthService(tonic::Status::internal("answered without a principal"))
                 })?;
                 let key = answer.session_key;
-                Ok((principal, (!key.is_empty()).then(|| Secret::new(key))))
+                Ok(Session {
+                    principal,
+                    session_key: (!key.is_empty()).then(|| Secret::new(key)),
+                    expires_in: Duration::from_secs(u64::try_from(answer.expires_in).unwrap_or(0)),
+                })
             }
             Err(status) if reason_of(&status) == service_kit::ErrorReason::InvalidToken => {
                 Err(Error::InvalidToken)

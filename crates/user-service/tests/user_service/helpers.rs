@@ -16,7 +16,7 @@ use service_kit::{
 };
 use tempfile::TempDir;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
-use user_service::{Error, MIGRATIONS, Service, SessionKeys, Users};
+use user_service::{Error, MIGRATIONS, Service, Session, SessionKeys, Users};
 use wxmp_proto::auth::v1::{
     self as auth, Principal,
     auth_service_server::{AuthService, AuthServiceServer},
@@ -59,6 +59,8 @@ pub async fn fresh_db(backend: Backend) -> TestDb {
 pub struct Keys {
     keys: Arc<Mutex<HashMap<(String, String), String>>>,
     sessions: Arc<Mutex<HashMap<String, Principal>>>,
+    /// How many times `authenticate` was asked (auth-service round trips).
+    pub asked: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Keys {
@@ -86,6 +88,16 @@ impl Keys {
     }
 
     /// A live session: `token` stands for `principal`.
+    /// The session of `token` ends at auth-service (a logout nobody was told of).
+    pub fn sign_out(&self, token: &str) {
+        self.sessions.lock().unwrap().remove(token);
+    }
+
+    /// Calls of `authenticate` so far.
+    pub fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn sign_in(&self, token: &str, principal: Principal) {
         self.sessions
             .lock()
@@ -111,13 +123,14 @@ impl SessionKeys for Keys {
         Ok(self.get(app_id, openid).map(Secret::new))
     }
 
-    async fn authenticate(
-        &self,
-        _incoming: &MetadataMap,
-        token: &str,
-    ) -> Result<(Principal, Option<Secret>), Error> {
+    async fn authenticate(&self, _incoming: &MetadataMap, token: &str) -> Result<Session, Error> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (principal, key) = self.session(token).ok_or(Error::InvalidToken)?;
-        Ok((principal, key.map(Secret::new)))
+        Ok(Session {
+            principal,
+            session_key: key.map(Secret::new),
+            expires_in: std::time::Duration::from_secs(100),
+        })
     }
 }
 

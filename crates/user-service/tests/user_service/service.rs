@@ -1,11 +1,13 @@
 //! UserService cases, each run on PostgreSQL and on SQLite, calling the service directly with
 //! session keys held in memory.
 
+use std::{sync::Arc, time::Duration};
+
 use crate::helpers::*;
 use futures::future::join_all;
 use service_kit::ErrorReason;
 use tonic::Request;
-use user_service::DECRYPT_FAILED_MESSAGE;
+use user_service::{DECRYPT_FAILED_MESSAGE, SessionAnswers};
 use wxmp_proto::user::v1::{
     self as pb, EnsureUserRequest, GetUserRequest, UpdatePhoneNumberRequest, UpdateProfileRequest,
     user_service_server::UserService as _,
@@ -23,6 +25,7 @@ on_both_backends!(
     bad_requests_are_refused_before_decrypting,
     principal_must_match_the_row,
     a_token_names_the_caller_instead_of_a_principal,
+    cached_sessions_save_auth_calls_and_never_open_with_a_stale_key,
     phone_number_is_stored,
     phone_failures_change_nothing,
     official_wechat_vector_through_update_profile,
@@ -485,6 +488,113 @@ async fn a_token_names_the_caller_instead_of_a_principal(backend: Backend) {
     .await
     .unwrap_err();
     assert_reason(&err, ErrorReason::DecryptFailed);
+}
+
+async fn cached_sessions_save_auth_calls_and_never_open_with_a_stale_key(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let cache = Arc::new(SessionAnswers::new(Duration::from_secs(60), 100).unwrap());
+    // The feed is what makes the cache serve; here the test plays it.
+    cache.feed_connected();
+    let service = h.service.clone().with_session_cache(cache.clone());
+    let update = |request: UpdateProfileRequest| {
+        let service = service.clone();
+        async move {
+            service
+                .update_profile(Request::new(request))
+                .await
+                .map(|r| r.into_inner().user.unwrap())
+        }
+    };
+    let ivan = logged_in(&h, "o-ivan").await;
+    let judy = logged_in(&h, "o-judy").await;
+    h.keys.sign_in("tok-ivan", principal_of(&ivan));
+    h.keys.sign_in("tok-judy", principal_of(&judy));
+    let by_token = |token: &str, data: &str, iv: &str| UpdateProfileRequest {
+        token: token.into(),
+        principal: None,
+        ..profile_request(&ivan, data, iv)
+    };
+
+    // Three updates, one auth-service call; another token is asked for separately.
+    for n in 1..=3 {
+        let data = seal(
+            &key(1),
+            &iv(n),
+            &profile_json(APP, "o-ivan", &format!("ivan {n}")),
+        );
+        let stored = update(by_token("tok-ivan", &data, &iv(n))).await.unwrap();
+        assert_eq!((stored.id, stored.nickname), (ivan.id, format!("ivan {n}")));
+    }
+    assert_eq!(h.keys.asked(), 1, "answered from the cache after the first");
+    let data = seal(&key(1), &iv(1), &profile_json(APP, "o-judy", "judy"));
+    let stored = update(by_token("tok-judy", &data, &iv(1))).await.unwrap();
+    assert_eq!((stored.id, stored.nickname.as_str()), (judy.id, "judy"));
+    assert_eq!(h.keys.asked(), 2);
+
+    // Ivan logs in again: key 2. The cached answer holds key 1; the payload sealed with key 2
+    // opens after one fresh call, and the fresh answer is kept.
+    h.keys.rotate(APP, "o-ivan", &key(2));
+    let data = seal(&key(2), &iv(4), &profile_json(APP, "o-ivan", "ivan 4"));
+    assert_eq!(
+        update(by_token("tok-ivan", &data, &iv(4)))
+            .await
+            .unwrap()
+            .nickname,
+        "ivan 4"
+    );
+    assert_eq!(h.keys.asked(), 3, "one refresh");
+    let data = seal(&key(2), &iv(5), &profile_json(APP, "o-ivan", "ivan 5"));
+    update(by_token("tok-ivan", &data, &iv(5))).await.unwrap();
+    assert_eq!(h.keys.asked(), 3, "the refreshed answer is served");
+
+    // A payload no key opens: one refresh, the uniform failure, nothing stored.
+    let data = seal(&key(9), &iv(6), &profile_json(APP, "o-ivan", "forged"));
+    let err = update(by_token("tok-ivan", &data, &iv(6)))
+        .await
+        .unwrap_err();
+    assert_reason(&err, ErrorReason::DecryptFailed);
+    assert_eq!(h.keys.asked(), 4, "exactly one refresh for a bad payload");
+    assert_eq!(get(&h, ivan.id).await.nickname, "ivan 5");
+
+    // A revoked session (the feed's eviction) is asked again, and refused.
+    h.keys.sign_out("tok-ivan");
+    cache.evict(&service_kit::session_cache::TokenKey::of("tok-ivan"));
+    let data = seal(
+        &key(2),
+        &iv(7),
+        &profile_json(APP, "o-ivan", "after logout"),
+    );
+    let err = update(by_token("tok-ivan", &data, &iv(7)))
+        .await
+        .unwrap_err();
+    assert_reason(&err, ErrorReason::InvalidToken);
+    assert_eq!(get(&h, ivan.id).await.nickname, "ivan 5");
+
+    // A session that ended without an announcement, met after its key failed: the refresh
+    // learns it ended, answers INVALID_TOKEN and drops the entry.
+    h.keys.sign_out("tok-judy");
+    h.keys.rotate(APP, "o-judy", &key(3));
+    let data = seal(&key(3), &iv(8), &profile_json(APP, "o-judy", "judy later"));
+    let err = update(by_token("tok-judy", &data, &iv(8)))
+        .await
+        .unwrap_err();
+    assert_reason(&err, ErrorReason::InvalidToken);
+    assert!(
+        cache
+            .get(&service_kit::session_cache::TokenKey::of("tok-judy"))
+            .is_none()
+    );
+    assert_eq!(get(&h, judy.id).await.nickname, "judy");
+
+    // A dark cache (feed lost) serves nothing: every call asks.
+    cache.feed_lost();
+    h.keys.sign_in("tok-ivan-2", principal_of(&ivan));
+    let before = h.keys.asked();
+    for n in 10..12 {
+        let data = seal(&key(2), &iv(n), &profile_json(APP, "o-ivan", "dark"));
+        update(by_token("tok-ivan-2", &data, &iv(n))).await.unwrap();
+    }
+    assert_eq!(h.keys.asked(), before + 2);
 }
 
 async fn phone_number_is_stored(backend: Backend) {
