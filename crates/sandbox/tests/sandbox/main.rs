@@ -19,3 +19,4 @@ mod pay_v3;
 mod serve;
 mod user_data;
 mod xpay;
+mod xpay_coins;
