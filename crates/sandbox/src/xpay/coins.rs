@@ -231,35 +231,35 @@ fn check_user_state(
     req: &HttpRequest,
     uri: &str,
     body: &[u8],
-) -> Result<(Value, i64, String), HttpResponse> {
-    let json = check_pay_sig(req, uri, body).map_err(|r| *r)?;
+) -> Result<(Value, i64, String), Box<HttpResponse>> {
+    let json = check_pay_sig(req, uri, body)?;
     let env = json.get("env").and_then(Value::as_i64).unwrap_or(0);
     let openid = json
         .get("openid")
         .and_then(Value::as_str)
         .filter(|o| !o.is_empty())
-        .ok_or_else(|| wx(ERR_OPENID, "openid missing"))?
+        .ok_or_else(|| Box::new(wx(ERR_OPENID, "openid missing")))?
         .to_owned();
     let session_key = {
         let state = sandbox.state();
         let Some(user) = state.users.get(&(appid.to_owned(), openid.clone())) else {
-            return Err(wx(ERR_OPENID, "openid error"));
+            return Err(Box::new(wx(ERR_OPENID, "openid error")));
         };
         user.session_key.clone()
     };
     let Some(session_key) = session_key else {
-        return Err(wx(
+        return Err(Box::new(wx(
             ERR_SESSION,
             "session_key not exist or expired, login again",
-        ));
+        )));
     };
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map_err(|_| wx(ERR_SIGNATURE, "signature missing"))?;
+        .map_err(|_| Box::new(wx(ERR_SIGNATURE, "signature missing")))?;
     // The body as received: `check_pay_sig` refused anything that is not UTF-8 JSON.
     let text = String::from_utf8_lossy(body);
     let given = query.get("signature").map(|s| s.to_ascii_lowercase());
     if given.as_deref() != Some(hmac_hex(&session_key, &text).as_str()) {
-        return Err(wx(ERR_SIGNATURE, "signature invalid"));
+        return Err(Box::new(wx(ERR_SIGNATURE, "signature invalid")));
     }
     Ok((json, env, openid))
 }
@@ -286,7 +286,7 @@ pub async fn query_user_balance(
     let (_, env, openid) =
         match check_user_state(&sandbox, &appid, &req, "/xpay/query_user_balance", &body) {
             Ok(v) => v,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(*r),
         };
     let a = sandbox.xpay.coins.state().account(&appid, env, &openid);
     Ok(ok(json!({
@@ -308,7 +308,7 @@ pub async fn currency_pay(
     let (json, env, openid) =
         match check_user_state(&sandbox, &appid, &req, "/xpay/currency_pay", &body) {
             Ok(v) => v,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(*r),
         };
     let order_id = str_field(&json, "order_id").to_owned();
     let Some(amount) = amount(&json) else {
@@ -358,7 +358,7 @@ pub async fn cancel_currency_pay(
     let (json, env, openid) =
         match check_user_state(&sandbox, &appid, &req, "/xpay/cancel_currency_pay", &body) {
             Ok(v) => v,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(*r),
         };
     let pay_order_id = str_field(&json, "pay_order_id").to_owned();
     let order_id = str_field(&json, "order_id").to_owned();
