@@ -447,6 +447,61 @@ impl PayService for Payments {
             verdict: verdict.to_owned(),
         }))
     }
+
+    async fn get_coin_balance(
+        &self,
+        request: Request<pb::GetCoinBalanceRequest>,
+    ) -> Result<Response<pb::GetCoinBalanceResponse>, Status> {
+        let r = request.into_inner();
+        let payer = coin_payer(r.principal)?;
+        let b = Payments::coin_balance(self, &payer, &r.client_ip).await?;
+        Ok(Response::new(pb::GetCoinBalanceResponse {
+            balance: b.balance,
+            present_balance: b.present_balance,
+        }))
+    }
+
+    async fn spend_coins(
+        &self,
+        request: Request<pb::SpendCoinsRequest>,
+    ) -> Result<Response<pb::SpendCoinsResponse>, Status> {
+        let r = request.into_inner();
+        let payer = coin_payer(r.principal)?;
+        let spend = Payments::spend_coins(
+            self,
+            &payer,
+            &r.client_ip,
+            r.amount,
+            &r.idempotency_key,
+            &r.remark,
+        )
+        .await?;
+        Ok(Response::new(pb::SpendCoinsResponse {
+            spend: Some(spend.to_proto()),
+        }))
+    }
+
+    async fn cancel_coin_spend(
+        &self,
+        request: Request<pb::CancelCoinSpendRequest>,
+    ) -> Result<Response<pb::CancelCoinSpendResponse>, Status> {
+        let r = request.into_inner();
+        let payer = coin_payer(r.principal)?;
+        let spend = Payments::cancel_coin_spend(self, &payer, &r.client_ip, &r.spend_no).await?;
+        Ok(Response::new(pb::CancelCoinSpendResponse {
+            spend: Some(spend.to_proto()),
+        }))
+    }
+}
+
+/// The user whose coins a coin RPC reads or moves.
+fn coin_payer(principal: Option<wxmp_proto::auth::v1::Principal>) -> Result<Payer, Error> {
+    let p = principal.ok_or(Error::MissingParameter("principal"))?;
+    Ok(Payer {
+        user_id: p.user_id,
+        app_id: p.app_id,
+        openid: p.openid,
+    })
 }
 
 /// Whether the gateway marked the notify's sender as throttled (too many forged signatures

@@ -247,3 +247,20 @@ diesel::table! {
         received_at -> BigInt,
     }
 }
+
+diesel::table! {
+    coin_spends (spend_no) {
+        spend_no -> Text,
+        user_id -> BigInt,
+        app_id -> Text,
+        openid -> Text,
+        env -> Integer,
+        idempotency_key -> Text,
+        amount -> BigInt,
+        state -> Text,
+        balance_after -> BigInt,
+        cancel_no -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

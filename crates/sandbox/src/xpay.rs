@@ -14,6 +14,11 @@
 //! -15005; the user-state `signature = hex(HMAC-SHA256(session_key, signData))`, keyed with the
 //! session_key this sandbox issued to the user at jscode2session, refused with 268490003.
 //! The server APIs: `pay_sig = hex(HMAC-SHA256(AppKey, uri + "&" + body))`, uri without query.
+//!
+//! Coin mode (代币) is in [`coins`], `download_bill` in [`bill`].
+
+pub mod bill;
+pub mod coins;
 
 use std::{
     collections::HashMap,
@@ -70,6 +75,10 @@ pub struct XOrder {
 #[derive(Debug, Default)]
 pub struct Xpay {
     orders: Mutex<HashMap<String, XOrder>>,
+    /// Coin mode: balances, spends, presents.
+    pub coins: coins::Coins,
+    /// Bills handed out by `download_bill`.
+    pub bills: bill::Bills,
 }
 
 impl Xpay {
@@ -136,12 +145,16 @@ pub async fn pay(
     let body = body.into_inner();
     let appid = body
         .appid
+        .clone()
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| sandbox.default_app().appid.clone());
+    if body.mode == "short_series_coin" {
+        return coins::pay(&sandbox, &appid, &body);
+    }
     if body.mode != "short_series_goods" {
         return wx(
             -1,
-            "mode: only short_series_goods (道具直购) is played by the sandbox",
+            "mode: short_series_goods (道具直购) or short_series_coin (代币)",
         );
     }
     let Ok(data) = serde_json::from_str::<Value>(&body.sign_data) else {
@@ -392,7 +405,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(
                 "/notify_provide_goods",
                 web::post().to(notify_provide_goods),
-            ),
+            )
+            .route(
+                "/query_user_balance",
+                web::post().to(coins::query_user_balance),
+            )
+            .route("/currency_pay", web::post().to(coins::currency_pay))
+            .route(
+                "/cancel_currency_pay",
+                web::post().to(coins::cancel_currency_pay),
+            )
+            .route("/present_currency", web::post().to(coins::present_currency))
+            .route("/download_bill", web::post().to(bill::download_bill))
+            .route("/bill/download", web::get().to(bill::download)),
     );
 }
 
@@ -401,7 +426,8 @@ pub fn dev_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/xpay/pay", web::post().to(pay))
         .route("/xpay/orders", web::get().to(list))
         .route("/xpay/orders/{no}/pay", web::post().to(dev_pay_pending))
-        .route("/xpay/orders/{no}/fail", web::post().to(dev_fail_pending));
+        .route("/xpay/orders/{no}/fail", web::post().to(dev_fail_pending))
+        .route("/xpay/coins", web::get().to(coins::show));
 }
 
 /// `POST /sandbox/xpay/orders/{no}/pay`: [`pay_pending`] (faults from the header, else the

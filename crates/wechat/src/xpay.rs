@@ -20,6 +20,9 @@
 //! The signed strings must be the bytes the client or WeChat receives: `signData` is built
 //! here once and handed on verbatim, and the server calls send exactly the body they signed.
 //! Wrong signatures come back as -15005 (`paySig`) and 268490003 (`signature`).
+//!
+//! Coin mode (代币: buying coins, reading and spending them) is in [`coins`], the bill
+//! download in [`bill`].
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,9 @@ use crate::auth::{ApiError, parse_json};
 use crate::client::WechatClient;
 use crate::config::join;
 use crate::http;
+
+pub mod bill;
+pub mod coins;
 
 /// -15005: the pay signature (`paySig` / `pay_sig`) is invalid.
 pub const ERR_PAY_SIG: i64 = -15_005;

@@ -431,6 +431,28 @@ impl PayService for FakePay {
         }))
     }
 
+    // Coin mode (issue 26): internal RPCs for a shop service, not behind the gateway.
+    async fn get_coin_balance(
+        &self,
+        _: Request<wxmp_proto::pay::v1::GetCoinBalanceRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::GetCoinBalanceResponse>, Status> {
+        Err(Status::unimplemented("not behind the gateway"))
+    }
+
+    async fn spend_coins(
+        &self,
+        _: Request<wxmp_proto::pay::v1::SpendCoinsRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::SpendCoinsResponse>, Status> {
+        Err(Status::unimplemented("not behind the gateway"))
+    }
+
+    async fn cancel_coin_spend(
+        &self,
+        _: Request<wxmp_proto::pay::v1::CancelCoinSpendRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::CancelCoinSpendResponse>, Status> {
+        Err(Status::unimplemented("not behind the gateway"))
+    }
+
     async fn handle_refund_notify_v3(
         &self,
         req: Request<HandleRefundNotifyV3Request>,

@@ -43,6 +43,11 @@ pub const HANDLERS: &[(&str, Handler)] = &[
         wechat::xpay::EVENT_GOODS_DELIVER,
         crate::xpay::push::on_goods_deliver,
     ),
+    // Virtual payment, coin mode: a coin purchase paid.
+    (
+        wechat::xpay::coins::EVENT_COIN_PAY,
+        crate::xpay::coins::on_coin_pay,
+    ),
 ];
 
 fn on_settlement<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {

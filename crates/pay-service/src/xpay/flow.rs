@@ -6,7 +6,7 @@
 
 use service_kit::grpc::AttachToken;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-use wechat::xpay::{SignData, VirtualPaymentParams, request_params};
+use wechat::xpay::VirtualPaymentParams;
 use wxmp_proto::auth::v1::{
     GetAccessTokenRequest, GetSessionKeyRequest, auth_service_client::AuthServiceClient,
 };
@@ -34,9 +34,9 @@ type AuthClient = AuthServiceClient<InterceptedService<Channel, AttachToken>>;
 pub struct Xpay {
     pub(crate) settings: XpaySettings,
     /// None without `PAY_AUTH_SERVICE_URL`: no session_key, virtual products cannot be sold.
-    auth: Option<AuthClient>,
+    pub(crate) auth: Option<AuthClient>,
     /// For `query_order` (the reconciler's fallback when the delivery push is lost).
-    wechat: wechat::WechatClient,
+    pub(crate) wechat: wechat::WechatClient,
 }
 
 impl Xpay {
@@ -70,7 +70,7 @@ impl Xpay {
     }
 
     /// The user's newest session_key; an error when there is none (log in again).
-    async fn session_key(&self, app_id: &str, openid: &str) -> Result<String, Error> {
+    pub(crate) async fn session_key(&self, app_id: &str, openid: &str) -> Result<String, Error> {
         let Some(auth) = &self.auth else {
             return Err(Error::Config(
                 "virtual payment needs PAY_AUTH_SERVICE_URL".into(),
@@ -194,10 +194,10 @@ impl Payments {
         self.inner.xpay.as_ref()
     }
 
-    /// Whether `product_id` is sold through virtual payment.
+    /// Whether `product_id` is sold through virtual payment (goods or coins).
     pub fn is_xpay_product(&self, product_id: &str) -> bool {
         self.xpay()
-            .is_some_and(|x| x.settings.xpay_product(product_id).is_some())
+            .is_some_and(|x| x.settings.sold(product_id).is_some())
     }
 
     /// Whether a PrepareJsapiPayment of `target` is a virtual payment: a product sold this
@@ -249,11 +249,10 @@ impl Payments {
             }
             PayTarget::Order(no) => self.get_order(&no, payer.user_id).await?,
         };
-        let xpay_product = xpay
+        let sold = xpay
             .settings
-            .xpay_product(&order.product_id)
-            .ok_or(Error::NotFound("virtual-payment product"))?
-            .to_owned();
+            .sold(&order.product_id)
+            .ok_or(Error::NotFound("virtual-payment product"))?;
         let now = self.now();
         if let Some(e) = state_error(&order, now) {
             return Err(e);
@@ -288,19 +287,8 @@ impl Payments {
                 "order is being paid through WeChat Pay".into(),
             ));
         }
-        let sign_data = SignData {
-            offer_id: xpay.settings.offer_id.clone(),
-            buy_quantity: 1,
-            env: xpay.settings.env,
-            currency_type: "CNY".into(),
-            platform: "android".into(),
-            product_id: xpay_product,
-            goods_price: order.amount_fen,
-            out_trade_no: order.order_no.clone(),
-            attach: String::new(),
-        };
-        let params = request_params(&sign_data, xpay.settings.app_key.expose(), &session_key)
-            .map_err(|e| Error::Internal(format!("signData: {e}")))?;
+        // 道具直购 or 代币 (coins.rs), from the order's server-side price.
+        let params = xpay.settings.request_params(&sold, &order, &session_key)?;
         // CREATED → PAYING (the marker is no JSAPI prepay_id: JSAPI refuses XPAY orders).
         if order.state() == Some(OrderState::Created)
             && let Some(paying) = store::set_prepay(

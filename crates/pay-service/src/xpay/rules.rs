@@ -17,13 +17,16 @@ pub struct XpaySettings {
     pub env: XpayEnv,
     /// `(catalog_id, xpay_product_id)`.
     pub products: Vec<(String, String)>,
+    /// Coin mode (see [`super::coins`]): `(catalog_id, coins)`.
+    pub coin_products: Vec<(String, u32)>,
 }
 
 impl XpaySettings {
     /// None when no product is sold through virtual payment.
     pub fn from_config(c: &XpayConfig) -> Result<Option<Self>, String> {
         let products = c.products()?;
-        if products.is_empty() {
+        let coin_products = c.coin_products()?;
+        if products.is_empty() && coin_products.is_empty() {
             return Ok(None);
         }
         Ok(Some(Self {
@@ -35,6 +38,7 @@ impl XpaySettings {
                 XpayEnv::Live
             },
             products,
+            coin_products,
         }))
     }
 
@@ -112,6 +116,7 @@ mod tests {
             app_key: Secret::new("k"),
             env: XpayEnv::Sandbox,
             products: vec![("vip".into(), "vip_month".into())],
+            coin_products: Vec::new(),
         }
     }
 

@@ -25,15 +25,15 @@ use wxmp_proto::{
 
 use crate::helpers::{Backend, Env, on_both_backends, principal};
 
-const APP_KEY: &str = DEV_XPAY_SANDBOX_APP_KEY;
-const SESSION_KEY: &str = "HyVFkGl5F5OQWJZZaNzBBg==";
+pub(crate) const APP_KEY: &str = DEV_XPAY_SANDBOX_APP_KEY;
+pub(crate) const SESSION_KEY: &str = "HyVFkGl5F5OQWJZZaNzBBg==";
 
 /// GetSessionKey (the keys given; none for anyone else) and GetAccessToken (the sandbox's
 /// stable token, once a sandbox is set).
 #[derive(Clone, Default)]
-struct Stand {
-    keys: Arc<Mutex<HashMap<String, String>>>,
-    wechat: Arc<Mutex<Option<wechat::WechatClient>>>,
+pub(crate) struct Stand {
+    pub(crate) keys: Arc<Mutex<HashMap<String, String>>>,
+    pub(crate) wechat: Arc<Mutex<Option<wechat::WechatClient>>>,
 }
 
 struct SessionKeysOnly {
@@ -100,7 +100,7 @@ impl AuthService for SessionKeysOnly {
     }
 }
 
-async fn auth_url(stand: Stand) -> String {
+pub(crate) async fn auth_url(stand: Stand) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let routes = Routes::new(
@@ -143,7 +143,7 @@ async fn env_with(backend: Backend, stand: Stand) -> Env {
     .await
 }
 
-async fn paid_events(env: &Env, order_no: &str) -> usize {
+pub(crate) async fn paid_events(env: &Env, order_no: &str) -> usize {
     events::after(env.pay.database(), 0, &[EventKind::OrderPaid], 10_000)
         .await
         .unwrap()

@@ -19,4 +19,5 @@ mod pay_v3;
 mod serve;
 mod user_data;
 mod xpay;
+mod xpay_coins;
 mod xpay_push;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::helpers::{get_json, http, login, post_json, start};
 
 /// hex(HMAC-SHA256(key, msg)) by openssl; None when openssl is missing (the test skips).
-fn openssl_hmac(key: &str, msg: &str) -> Option<String> {
+pub(crate) fn openssl_hmac(key: &str, msg: &str) -> Option<String> {
     // `openssl version`, not `--version` (which openssl refuses), so not tool_or_skip.
     let found = std::process::Command::new("openssl")
         .arg("version")

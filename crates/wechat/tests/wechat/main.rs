@@ -21,3 +21,4 @@ mod push;
 mod refund_notify;
 mod shipping_http;
 mod xpay;
+mod xpay_coins;
