@@ -6,6 +6,7 @@
 //! | [`rules`] | the xpay settings, which products are sold this way, what a delivery push must match (pure) |
 //! | [`flow`] | `PrepareJsapiPayment` for such a product: the order, bound to the payer, and the `requestVirtualPayment` parameters signed with the AppKey and the user's session_key (from auth-service) |
 //! | [`push`] | `xpay_goods_deliver_notify`: checked against the order, then the order's one PAID transition |
+//! | [`refund`] | refunds of virtual orders: `refund_order` (sent by the refund flow), `xpay_refund_notify` and `query_order` settling them under the refunds' ledger |
 //!
 //! A virtual order is an ordinary order bound with `sign_type = XPAY`: JSAPI never pays it,
 //! and the PAID transition is the orders' own conditional UPDATE with ORDER_PAID in the outbox,
@@ -13,6 +14,7 @@
 
 pub mod flow;
 pub mod push;
+pub mod refund;
 pub mod rules;
 
 pub use rules::{XPAY_SIGN_TYPE, XpaySettings};

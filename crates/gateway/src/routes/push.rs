@@ -46,6 +46,8 @@ pub const ROUTES: &[(&str, Owner)] = &[
     ("wxa_trade_controlled", Owner::Pay),
     // Virtual payment (虚拟支付): a 道具直购 order paid, its goods to deliver.
     ("xpay_goods_deliver_notify", Owner::Pay),
+    // Virtual payment: the result of a virtual order's refund.
+    ("xpay_refund_notify", Owner::Pay),
 ];
 
 /// The owner of `event`, if any.

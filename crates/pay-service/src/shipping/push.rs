@@ -43,6 +43,11 @@ pub const HANDLERS: &[(&str, Handler)] = &[
         wechat::xpay::EVENT_GOODS_DELIVER,
         crate::xpay::push::on_goods_deliver,
     ),
+    // Virtual payment: the result of a virtual order's refund (refund_order).
+    (
+        wechat::xpay::EVENT_REFUND,
+        crate::xpay::refund::on_refund_notify,
+    ),
 ];
 
 fn on_settlement<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {

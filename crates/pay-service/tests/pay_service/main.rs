@@ -21,3 +21,4 @@ mod relay;
 mod serve;
 mod shipping;
 mod xpay;
+mod xpay_refunds;

@@ -25,15 +25,15 @@ use wxmp_proto::{
 
 use crate::helpers::{Backend, Env, on_both_backends, principal};
 
-const APP_KEY: &str = DEV_XPAY_SANDBOX_APP_KEY;
+pub(crate) const APP_KEY: &str = DEV_XPAY_SANDBOX_APP_KEY;
 const SESSION_KEY: &str = "HyVFkGl5F5OQWJZZaNzBBg==";
 
 /// GetSessionKey (the keys given; none for anyone else) and GetAccessToken (the sandbox's
 /// stable token, once a sandbox is set).
 #[derive(Clone, Default)]
-struct Stand {
-    keys: Arc<Mutex<HashMap<String, String>>>,
-    wechat: Arc<Mutex<Option<wechat::WechatClient>>>,
+pub(crate) struct Stand {
+    pub(crate) keys: Arc<Mutex<HashMap<String, String>>>,
+    pub(crate) wechat: Arc<Mutex<Option<wechat::WechatClient>>>,
 }
 
 struct SessionKeysOnly {
@@ -131,7 +131,7 @@ async fn env(backend: Backend) -> Env {
     env_with(backend, stand).await
 }
 
-async fn env_with(backend: Backend, stand: Stand) -> Env {
+pub(crate) async fn env_with(backend: Backend, stand: Stand) -> Env {
     let url = auth_url(stand).await;
     Env::with(backend, move |c| {
         c.xpay.xpay_products = "vip:vip_month".into();
@@ -164,7 +164,7 @@ fn deliver(order_no: &str, openid: &str, price: i64) -> String {
     .to_string()
 }
 
-async fn prepare_vip(env: &Env) -> (pb::Order, pb::VirtualPaymentParams) {
+pub(crate) async fn prepare_vip(env: &Env) -> (pb::Order, pb::VirtualPaymentParams) {
     let r = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
         .await
