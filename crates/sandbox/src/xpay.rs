@@ -343,13 +343,22 @@ pub async fn refund_order(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        return Ok(wx(ERR_FORMAT, "refund_order_id must be 8 to 32 of [0-9A-Za-z_-]"));
+        return Ok(wx(
+            ERR_FORMAT,
+            "refund_order_id must be 8 to 32 of [0-9A-Za-z_-]",
+        ));
     }
     if biz_meta.len() > 1024
-        || !matches!(text("refund_reason").as_str(), "0" | "1" | "2" | "3" | "4" | "5")
+        || !matches!(
+            text("refund_reason").as_str(),
+            "0" | "1" | "2" | "3" | "4" | "5"
+        )
         || !matches!(text("req_from").as_str(), "1" | "2" | "3")
     {
-        return Ok(wx(ERR_FORMAT, "biz_meta, refund_reason or req_from out of range"));
+        return Ok(wx(
+            ERR_FORMAT,
+            "biz_meta, refund_reason or req_from out of range",
+        ));
     }
     let orders = sandbox.xpay.orders();
     let by_wx = text("wx_order_id");
@@ -378,7 +387,10 @@ pub async fn refund_order(
             if r.appid == appid && r.order_id == order_id && r.refund_fee == refund_fee {
                 answer(r)
             } else {
-                wx(ERR_NO_DATA, "refund_order_id already used for another refund")
+                wx(
+                    ERR_NO_DATA,
+                    "refund_order_id already used for another refund",
+                )
             },
         );
     }
@@ -393,7 +405,10 @@ pub async fn refund_order(
     }
     let left = order.price - refunded_fen(&refunds, &order_id);
     if left_fee != left {
-        return Ok(wx(ERR_LEFT_FEE, "退款left_fee与实际不符,请通过query_order接口查询确认"));
+        return Ok(wx(
+            ERR_LEFT_FEE,
+            "退款left_fee与实际不符,请通过query_order接口查询确认",
+        ));
     }
     if refund_fee <= 0 || refund_fee > left {
         return Ok(wx(ERR_FORMAT, "refund_fee must be in (0, left_fee]"));

@@ -25,7 +25,6 @@ pub const OUTSIDE_REASON: &str = "made outside wxmp; recorded from WeChat's refu
 
 use super::store::{self as refund_store, Change, Created, NewRefund, Transition};
 use crate::{
-    xpay::refund::{API_XPAY, is_xpay_order},
     error::Error,
     orders::store,
     orders::{MAX_AMOUNT_FEN, Order},
@@ -37,6 +36,7 @@ use crate::{
     wechat_pay::{
         RefundCallError, RefundSeen, SendRefund, is_err_code, map_error, map_refund_error,
     },
+    xpay::refund::{API_XPAY, is_xpay_order},
 };
 
 /// Refunds looked at per reconcile pass.

@@ -97,12 +97,12 @@ fn seen_of(order: &Order, at_wechat: &XpayOrder) -> RefundSeen {
         _ => WxRefundStatus::Processing,
     };
     // A refund order of another payer or kind is not ours: the amount check refuses it.
-    let refund_fen = if at_wechat.order_type == ORDER_TYPE_REFUND && at_wechat.openid == order.openid
-    {
-        at_wechat.refund_fee
-    } else {
-        -1
-    };
+    let refund_fen =
+        if at_wechat.order_type == ORDER_TYPE_REFUND && at_wechat.openid == order.openid {
+            at_wechat.refund_fee
+        } else {
+            -1
+        };
     RefundSeen {
         refund_id: at_wechat.wx_order_id.clone(),
         out_trade_no: order.order_no.clone(),
@@ -152,7 +152,8 @@ impl Payments {
         let paid = query(order.order_no.clone())
             .await
             .map_err(|e| refund_call_error("query_order", &e))?;
-        let ours = order.amount_fen - order.refunded_fen - (order.refunding_fen - refund.amount_fen);
+        let ours =
+            order.amount_fen - order.refunded_fen - (order.refunding_fen - refund.amount_fen);
         let left_fee = paid.left_fee.unwrap_or(ours);
         let request = RefundOrder {
             openid: order.openid.clone(),
@@ -181,11 +182,12 @@ impl Payments {
                 })
             }
             // The same refund went through before (its answer lost): WeChat's view of it.
-            Err(e) if is_code(&e, ERR_REPEATED) => match query(refund.out_refund_no.clone()).await
-            {
-                Ok(at_wechat) => Ok(seen_of(order, &at_wechat)),
-                Err(q) => Err(refund_call_error("query_order", &q)),
-            },
+            Err(e) if is_code(&e, ERR_REPEATED) => {
+                match query(refund.out_refund_no.clone()).await {
+                    Ok(at_wechat) => Ok(seen_of(order, &at_wechat)),
+                    Err(q) => Err(refund_call_error("query_order", &q)),
+                }
+            }
             Err(e) => Err(refund_call_error("refund_order", &e)),
         }
     }
@@ -379,7 +381,10 @@ mod tests {
             ..XpayOrder::default()
         };
         let seen = seen_of(&order(), &at(5, 1, "o1"));
-        assert_eq!((seen.status, seen.refund_fen), (WxRefundStatus::Success, 300));
+        assert_eq!(
+            (seen.status, seen.refund_fen),
+            (WxRefundStatus::Success, 300)
+        );
         assert_eq!(
             seen_of(&order(), &at(7, 1, "o1")).status,
             WxRefundStatus::Closed(FAILED_AT_WECHAT)

@@ -60,10 +60,11 @@ async fn at_sandbox(backend: Backend) -> (Env, Payments) {
         .json()
         .await
         .unwrap();
-    stand.keys.lock().unwrap().insert(
-        openid,
-        session["session_key"].as_str().unwrap().to_owned(),
-    );
+    stand
+        .keys
+        .lock()
+        .unwrap()
+        .insert(openid, session["session_key"].as_str().unwrap().to_owned());
     let pay = env.replica_with(|c| {
         c.wechat = service_kit::settings::WechatApi::new(&base);
     });
@@ -77,8 +78,10 @@ async fn paid_vip(env: &Env, pay: &Payments) -> String {
     let paid: Value = env
         .http
         .post(env.sandbox.url("/sandbox/xpay/pay"))
-        .json(&json!({"openid": principal(1).openid, "mode": p.mode, "signData": p.sign_data,
-            "paySig": p.pay_sig, "signature": p.signature}))
+        .json(
+            &json!({"openid": principal(1).openid, "mode": p.mode, "signData": p.sign_data,
+            "paySig": p.pay_sig, "signature": p.signature}),
+        )
         .send()
         .await
         .unwrap()
@@ -159,7 +162,10 @@ async fn refunded_in_parts_and_in_full_never_beyond_what_was_paid(backend: Backe
     let at_wechat = sandbox_refunds(&env).await;
     assert_eq!(at_wechat.len(), 1);
     assert_eq!(
-        (&at_wechat[0]["refund_order_id"], &at_wechat[0]["refund_fee"]),
+        (
+            &at_wechat[0]["refund_order_id"],
+            &at_wechat[0]["refund_fee"]
+        ),
         (&json!("xr-part-0001"), &json!(300))
     );
     // More than is left (990 - 300 in flight): refused, nothing changed here or at WeChat.
@@ -220,7 +226,10 @@ async fn refunded_in_parts_and_in_full_never_beyond_what_was_paid(backend: Backe
         .refund(refund_of(&no, 1, "xr-more-0001"))
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::RefundExceedsPaid { left_fen: 0 }), "{e:?}");
+    assert!(
+        matches!(e, Error::RefundExceedsPaid { left_fen: 0 }),
+        "{e:?}"
+    );
     assert_eq!(
         refund_events(&env, &no, EventKind::RefundSucceeded).await,
         2
@@ -270,7 +279,10 @@ async fn forged_or_mismatched_refund_pushes_change_nothing(backend: Backend) {
         .await
         .unwrap();
     let cases = [
-        (refund_push("xr-push-0001", &no, &openid, 990, 0), "mismatch"),
+        (
+            refund_push("xr-push-0001", &no, &openid, 990, 0),
+            "mismatch",
+        ),
         (
             refund_push("xr-push-0001", &no, &principal(9).openid, 300, 0),
             "mismatch",
@@ -305,8 +317,14 @@ async fn forged_or_mismatched_refund_pushes_change_nothing(backend: Backend) {
     let refund = pay.get_refund("xr-push-0001").await.unwrap();
     assert_eq!(refund.state(), Some(RefundState::Processing));
     let o = order(&env, &no).await;
-    assert_eq!((o.state.as_str(), o.refunding_fen, o.refunded_fen), ("REFUNDING", 300, 0));
-    assert_eq!(refund_events(&env, &no, EventKind::RefundSucceeded).await, 0);
+    assert_eq!(
+        (o.state.as_str(), o.refunding_fen, o.refunded_fen),
+        ("REFUNDING", 300, 0)
+    );
+    assert_eq!(
+        refund_events(&env, &no, EventKind::RefundSucceeded).await,
+        0
+    );
     // A genuine failure push releases the amount (CLOSED, XPAY_REFUND_FAILED), once.
     let failed = refund_push("xr-push-0001", &no, &openid, 300, 1);
     let verdict = pay
@@ -320,7 +338,10 @@ async fn forged_or_mismatched_refund_pushes_change_nothing(backend: Backend) {
         (Some(RefundState::Closed), "XPAY_REFUND_FAILED")
     );
     let o = order(&env, &no).await;
-    assert_eq!((o.state.as_str(), o.refunding_fen, o.refunded_fen), ("PAID", 0, 0));
+    assert_eq!(
+        (o.state.as_str(), o.refunding_fen, o.refunded_fen),
+        ("PAID", 0, 0)
+    );
     assert_eq!(refund_events(&env, &no, EventKind::RefundFailed).await, 1);
 }
 on_both_backends!(forged_or_mismatched_refund_pushes_change_nothing);
@@ -329,7 +350,8 @@ async fn an_expired_virtual_order_is_closed_after_query_order(backend: Backend) 
     let (env, pay) = at_sandbox(backend).await;
     // Unpaid: query_order knows no such order (268490002): closed here.
     let (unpaid, _) = prepare_vip(&env).await;
-    env.clock.advance(i64::try_from(env.config.order_ttl_secs).unwrap() + 1);
+    env.clock
+        .advance(i64::try_from(env.config.order_ttl_secs).unwrap() + 1);
     let report = pay.reconcile_once().await.unwrap();
     assert_eq!(report.closed, 1, "{report:?}");
     assert_eq!(
@@ -341,8 +363,10 @@ async fn an_expired_virtual_order_is_closed_after_query_order(backend: Backend) 
     let paid: Value = env
         .http
         .post(env.sandbox.url("/sandbox/xpay/pay"))
-        .json(&json!({"openid": principal(1).openid, "mode": p.mode, "signData": p.sign_data,
-            "paySig": p.pay_sig, "signature": p.signature}))
+        .json(
+            &json!({"openid": principal(1).openid, "mode": p.mode, "signData": p.sign_data,
+            "paySig": p.pay_sig, "signature": p.signature}),
+        )
         .send()
         .await
         .unwrap()
@@ -350,7 +374,8 @@ async fn an_expired_virtual_order_is_closed_after_query_order(backend: Backend) 
         .await
         .unwrap();
     assert_eq!(paid["errcode"], 0, "{paid}");
-    env.clock.advance(i64::try_from(env.config.order_ttl_secs).unwrap() + 1);
+    env.clock
+        .advance(i64::try_from(env.config.order_ttl_secs).unwrap() + 1);
     let report = pay.reconcile_once().await.unwrap();
     assert_eq!((report.paid, report.closed), (1, 0), "{report:?}");
     assert_eq!(

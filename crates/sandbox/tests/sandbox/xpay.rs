@@ -267,15 +267,33 @@ async fn refund_order_refuses_like_wechat_and_refunds_once() {
     };
     // Refusals, each with WeChat's code; none refunds anything.
     let cases = [
-        (refund("xr-0001", 990, 300, &openid), "wrong-app-key", -15005),
-        (refund("short", 990, 300, &openid), key, 268_490_002),
-        (refund("xr-0001", 100, 100, &openid), key, 268_490_016),
-        (refund("xr-0001", 990, 991, &openid), key, 268_490_002),
-        (refund("xr-0001", 990, 0, &openid), key, 268_490_002),
-        (refund("xr-0001", 990, 300, "o-someone-else"), key, 268_490_001),
         (
-            refund("xr-0001", 990, 300, &openid).as_object().unwrap().clone().into_iter()
-                .map(|(k, v)| if k == "order_id" { (k, json!("xpay-unknown")) } else { (k, v) })
+            refund("xr-r0001", 990, 300, &openid),
+            "wrong-app-key",
+            -15005,
+        ),
+        (refund("short", 990, 300, &openid), key, 268_490_002),
+        (refund("xr-r0001", 100, 100, &openid), key, 268_490_016),
+        (refund("xr-r0001", 990, 991, &openid), key, 268_490_002),
+        (refund("xr-r0001", 990, 0, &openid), key, 268_490_002),
+        (
+            refund("xr-r0001", 990, 300, "o-someone-else"),
+            key,
+            268_490_001,
+        ),
+        (
+            refund("xr-r0001", 990, 300, &openid)
+                .as_object()
+                .unwrap()
+                .clone()
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "order_id" {
+                        (k, json!("xpay-unknown"))
+                    } else {
+                        (k, v)
+                    }
+                })
                 .collect::<serde_json::Map<_, _>>()
                 .into(),
             key,
@@ -287,20 +305,34 @@ async fn refund_order_refuses_like_wechat_and_refunds_once() {
         assert_eq!(r["errcode"], want, "case {i}: {r}");
     }
     let (_, listed) = get_json(&sb, "/sandbox/xpay/orders").await;
-    assert_eq!(listed["refunds"], json!([]), "nothing refunded by refused calls");
+    assert_eq!(
+        listed["refunds"],
+        json!([]),
+        "nothing refunded by refused calls"
+    );
     // A part: refunded; the same refund_order_id again answers the same refund.
-    let r = call(refund("xr-0001", 990, 300, &openid), key).await;
+    let r = call(refund("xr-r0001", 990, 300, &openid), key).await;
     assert_eq!(r["errcode"], 0, "{r}");
     assert_eq!(r["pay_order_id"], "xpayrefund0001");
-    let again = call(refund("xr-0001", 990, 300, &openid), key).await;
-    assert_eq!(again["refund_wx_order_id"], r["refund_wx_order_id"], "{again}");
-    let r = call(refund("xr-0001", 690, 100, &openid), key).await;
-    assert_eq!(r["errcode"], 268_490_002, "another refund under the same id: {r}");
+    let again = call(refund("xr-r0001", 990, 300, &openid), key).await;
+    assert_eq!(
+        again["refund_wx_order_id"], r["refund_wx_order_id"],
+        "{again}"
+    );
+    let r = call(refund("xr-r0001", 690, 100, &openid), key).await;
+    assert_eq!(
+        r["errcode"], 268_490_002,
+        "another refund under the same id: {r}"
+    );
     // query_order answers the refund order by its id, and the order's left_fee.
     let q = |id: &str| json!({"openid": openid, "env": 1, "order_id": id});
-    let r = xpay_call(&sb, &token, "/xpay/query_order", &q("xr-0001"), key).await;
+    let r = xpay_call(&sb, &token, "/xpay/query_order", &q("xr-r0001"), key).await;
     assert_eq!(
-        (&r["order"]["order_type"], &r["order"]["status"], &r["order"]["refund_fee"]),
+        (
+            &r["order"]["order_type"],
+            &r["order"]["status"],
+            &r["order"]["refund_fee"]
+        ),
         (&json!(1), &json!(5), &json!(300)),
         "{r}"
     );
@@ -310,18 +342,25 @@ async fn refund_order_refuses_like_wechat_and_refunds_once() {
     let first = pushes("xpay_refund_notify", 3).await;
     assert!(first.iter().all(|b| b == &first[0]), "{first:?}");
     assert_eq!(
-        (&first[0]["MchRefundId"], &first[0]["MchOrderId"], &first[0]["RefundFee"]),
-        (&json!("xr-0001"), &json!("xpayrefund0001"), &json!(300))
+        (
+            &first[0]["MchRefundId"],
+            &first[0]["MchOrderId"],
+            &first[0]["RefundFee"]
+        ),
+        (&json!("xr-r0001"), &json!("xpayrefund0001"), &json!(300))
     );
-    assert_eq!((&first[0]["RetCode"], &first[0]["OpenId"]), (&json!(0), &json!(openid)));
+    assert_eq!(
+        (&first[0]["RetCode"], &first[0]["OpenId"]),
+        (&json!(0), &json!(openid))
+    );
     // The rest; then nothing is left.
-    let r = call(refund("xr-0002", 690, 690, &openid), key).await;
+    let r = call(refund("xr-r0002", 690, 690, &openid), key).await;
     assert_eq!(r["errcode"], 0, "{r}");
-    let r = call(refund("xr-0003", 0, 1, &openid), key).await;
+    let r = call(refund("xr-r0003", 0, 1, &openid), key).await;
     assert_eq!(r["errcode"], 268_490_002, "{r}");
     let (_, listed) = get_json(&sb, "/sandbox/xpay/orders").await;
     assert_eq!(listed["refunds"].as_array().unwrap().len(), 2);
     assert_eq!(listed["orders"][0]["status"], 5);
     let all = pushes("xpay_refund_notify", 4).await;
-    assert_eq!(all[3]["MchRefundId"], "xr-0002");
+    assert_eq!(all[3]["MchRefundId"], "xr-r0002");
 }
