@@ -116,7 +116,7 @@ async fn duplicated_push_delivers_once(backend: Backend) {
     .await
     .expect("three delivery pushes finished");
     assert!(sent.iter().all(|p| p["outcome"] == "success"), "{sent:?}");
-    assert_eq!(at_wechat(&t, &order_no).await["status"], 3, "delivered");
+    assert_eq!(at_wechat(&t, &order_no).await["status"], 4, "delivered");
     let marker = marker(&t, &token, &openid).await;
     assert_eq!(paid_events(&t, &order_no, &marker).await, 1);
 }
@@ -153,7 +153,7 @@ async fn lost_push_repaired_and_late_push_changes_nothing(backend: Backend) {
     .await
     .expect("the late push is sent");
     assert_eq!(sent["outcome"], "success", "{sent}");
-    assert_eq!(at_wechat(&t, &late).await["status"], 3, "delivered");
+    assert_eq!(at_wechat(&t, &late).await["status"], 4, "delivered");
     let (_, after) = t.get(&t.gateway(&format!("/orders/{late}")), &token).await;
     let after = &after["data"];
     assert_eq!(after["state"], "PAID");

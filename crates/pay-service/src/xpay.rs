@@ -9,6 +9,7 @@
 //! | [`meter`] | the delivery pushes' and `query_order`'s metrics, the virtual orders waiting for delivery |
 //! | [`coins`] | coin mode (代币): coin products' `requestVirtualPayment` parameters, `xpay_coin_pay_notify` |
 //! | [`spends`] | coin mode for a shop service: a user's balance, spending coins once per key (`coin_spends`), the undo |
+//! | [`refund`] | refunds of virtual orders: `refund_order` (sent by the refund flow), `xpay_refund_notify` and `query_order` settling them under the refunds' ledger |
 //!
 //! A virtual order is an ordinary order bound with `sign_type = XPAY`: JSAPI never pays it,
 //! and the PAID transition is the orders' own conditional UPDATE with ORDER_PAID in the outbox,
@@ -18,6 +19,7 @@ pub mod coins;
 pub mod flow;
 pub mod meter;
 pub mod push;
+pub mod refund;
 pub mod rules;
 pub mod spends;
 

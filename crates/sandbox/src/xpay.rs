@@ -1,7 +1,8 @@
 //! WeChat's virtual payment (虚拟支付, xpay), as the sandbox plays it: the phone's
 //! `wx.requestVirtualPayment` (`POST /sandbox/xpay/pay`), the `xpay_goods_deliver_notify` push
 //! through the message-push channel of [`crate::shipping`], and the server APIs
-//! `/xpay/query_order` and `/xpay/notify_provide_goods`.
+//! `/xpay/query_order`, `/xpay/notify_provide_goods` and `/xpay/refund_order` (with its
+//! `xpay_refund_notify` push).
 //!
 //! Written from WeChat's documents, not from the code under test (no dependency on `wechat`):
 //! * <https://developers.weixin.qq.com/miniprogram/dev/api/payment/wx.requestVirtualPayment.html>
@@ -62,14 +63,34 @@ pub struct XOrder {
     pub price: i64,
     pub wx_order_id: String,
     pub paid_time: i64,
-    /// 1 created (the payment sheet is open, unpaid), 2 paid (to deliver), 3 delivered (the
-    /// push was answered "success", or notify_provide_goods).
+    /// query_order's status: 1 created (the payment sheet is open, unpaid), 2 paid (to
+    /// deliver), 4 delivered (the push was answered "success", or notify_provide_goods), 5
+    /// refunded. (3 is WeChat's "being delivered", which the sandbox skips.)
     pub status: i64,
     /// The merchant's attach of signData, echoed in the push.
     pub attach: String,
     /// The sandbox's note: the console failed this payment (the order stays unpaid).
     pub failed: bool,
 }
+
+/// One refund order (`refund_order`) as WeChat keeps it, by its `refund_order_id`.
+#[derive(Clone, Debug)]
+pub struct XRefund {
+    pub appid: String,
+    /// The payment order refunded (its out_trade_no).
+    pub order_id: String,
+    pub openid: String,
+    pub env: i64,
+    pub refund_fee: i64,
+    pub wx_refund_id: String,
+    pub biz_meta: String,
+    pub at: i64,
+    /// 5 refunded (the sandbox refunds at once).
+    pub status: i64,
+}
+
+/// query_order's 4 (已发货): the merchant took the delivery push, or called notify_provide_goods.
+pub const STATUS_DELIVERED: i64 = 4;
 
 /// The sandbox's virtual-payment state.
 #[derive(Debug, Default)]
@@ -79,11 +100,19 @@ pub struct Xpay {
     pub coins: coins::Coins,
     /// Bills handed out by `download_bill`.
     pub bills: bill::Bills,
+    refunds: Mutex<HashMap<String, XRefund>>,
 }
 
 impl Xpay {
     pub fn orders(&self) -> MutexGuard<'_, HashMap<String, XOrder>> {
         self.orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refund orders by refund_order_id (locked after [`Self::orders`] when both are held).
+    pub fn refunds(&self) -> MutexGuard<'_, HashMap<String, XRefund>> {
+        self.refunds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -230,7 +259,7 @@ pub async fn pay(
 
 /// Pushes `xpay_goods_deliver_notify` for a paid order, as the push faults say: `lost` (never
 /// sent, recorded so), `duplicated` (N copies at once, each retried on its own), `late` (a
-/// delay before the first try). An answered "success" marks the order delivered (3).
+/// delay before the first try). An answered "success" marks the order delivered (4).
 fn send_delivery(
     sandbox: &web::Data<Sandbox>,
     out_trade_no: &str,
@@ -273,7 +302,7 @@ fn send_delivery(
                 if let Some(o) = delivered_by.xpay.orders().get_mut(&no)
                     && o.status == 2
                 {
-                    o.status = 3;
+                    o.status = STATUS_DELIVERED;
                 }
             })),
         };
@@ -361,18 +390,190 @@ pub async fn query_order(
     let id = json.get("order_id").and_then(Value::as_str).unwrap_or("");
     let found = sandbox.xpay.orders().get(id).cloned();
     let Some(o) = found.filter(|o| o.appid == appid) else {
-        // The sandbox's answer for an unknown order (WeChat's code is not documented here).
-        return Ok(wx(-1, "order not exist"));
+        // A refund order (order_type 1), asked about by its refund_order_id: "启动后需要调用
+        // query_order接口来查询退款单状态" (refund_order's document).
+        let refund = sandbox.xpay.refunds().get(id).cloned();
+        if let Some(r) = refund.filter(|r| r.appid == appid) {
+            return Ok(HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
+                json!({"errcode": 0, "errmsg": "ok", "order": {
+                    "order_id": id, "status": r.status, "biz_type": 0, "order_type": 1,
+                    "refund_fee": r.refund_fee, "openid": r.openid,
+                    "wx_order_id": r.wx_refund_id, "paid_time": r.at, "env_type": r.env,
+                    "biz_meta": r.biz_meta,
+                }})
+                .to_string(),
+            ));
+        }
+        return Ok(wx(ERR_NO_DATA, "数据不存在"));
     };
+    let left_fee = o.price - refunded_fen(&sandbox.xpay.refunds(), id);
     Ok(HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
         json!({"errcode": 0, "errmsg": "ok", "order": {
-            "order_id": id, "status": o.status, "biz_type": 0, "order_fee": o.price,
-            "paid_fee": o.price, "openid": o.openid, "wx_order_id": o.wx_order_id,
+            "order_id": id, "status": o.status, "biz_type": 0, "order_type": 0,
+            "order_fee": o.price, "paid_fee": o.price, "left_fee": left_fee,
+            "openid": o.openid, "wx_order_id": o.wx_order_id,
             "wxpay_order_id": o.wx_order_id,
             "paid_time": o.paid_time, "env_type": o.env,
         }})
         .to_string(),
     ))
+}
+
+/// Fen refunded from payment order `order_id` (refunds are done at once here).
+fn refunded_fen(refunds: &HashMap<String, XRefund>, order_id: &str) -> i64 {
+    refunds
+        .values()
+        .filter(|r| r.order_id == order_id && r.status == 5)
+        .map(|r| r.refund_fee)
+        .sum()
+}
+
+/// The xpay server APIs' error codes, as the API pages' 错误码 tables list them: 268490001 a
+/// wrong openid, 268490002 a bad field or no such data ("数据不存在" for an unknown order).
+pub const ERR_OPENID: i64 = 268_490_001;
+pub const ERR_NO_DATA: i64 = 268_490_002;
+/// 268490016: left_fee is not what is left ("退款left_fee与实际不符,请通过query_order接口查询确认",
+/// <https://developers.weixin.qq.com/community/develop/doc/000eccdd1e02783df515ffbc16b800>).
+pub const ERR_LEFT_FEE: i64 = 268_490_016;
+/// A field out of its documented range (268490002, "请求参数字段错误").
+pub const ERR_FORMAT: i64 = ERR_NO_DATA;
+
+/// `POST /xpay/refund_order?access_token=&pay_sig=` with `{openid, order_id | wx_order_id,
+/// refund_order_id, left_fee, refund_fee, biz_meta, refund_reason, req_from, env}`, as the
+/// document "启动订单退款任务" describes it
+/// (<https://developers.weixin.qq.com/miniprogram/dev/server/API/VirtualPayment/api_refund_order.md>):
+/// `refund_order_id` 8 to 32 of `[0-9A-Za-z_-]`, `refund_fee` in `(0, left_fee]`, `left_fee`
+/// what is left of the order (else 268490016), `biz_meta` at most 1024 bytes, `refund_reason`
+/// "0".."5", `req_from` "1".."3". Only a paid or delivered order of the payer refunds; the same
+/// refund_order_id again answers the same refund (another request with it: 268490002). The
+/// refund is done at once and its result pushed as `xpay_refund_notify` (with the push
+/// channel's retries); `query_order` by the refund_order_id answers it.
+pub async fn refund_order(
+    req: HttpRequest,
+    sandbox: web::Data<Sandbox>,
+    body: web::Bytes,
+) -> Result<HttpResponse, WxError> {
+    let appid = authorize(&sandbox, &req)?;
+    let json = match check_pay_sig(&req, "/xpay/refund_order", &body) {
+        Ok(j) => j,
+        Err(r) => return Ok(*r),
+    };
+    let text = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let int = |k: &str| json.get(k).and_then(Value::as_i64);
+    let (openid, refund_id, biz_meta) = (text("openid"), text("refund_order_id"), text("biz_meta"));
+    let env = int("env").unwrap_or(0);
+    let (Some(left_fee), Some(refund_fee)) = (int("left_fee"), int("refund_fee")) else {
+        return Ok(wx(ERR_FORMAT, "left_fee and refund_fee are required"));
+    };
+    if !(8..=32).contains(&refund_id.len())
+        || !refund_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Ok(wx(
+            ERR_FORMAT,
+            "refund_order_id must be 8 to 32 of [0-9A-Za-z_-]",
+        ));
+    }
+    if biz_meta.len() > 1024
+        || !matches!(
+            text("refund_reason").as_str(),
+            "0" | "1" | "2" | "3" | "4" | "5"
+        )
+        || !matches!(text("req_from").as_str(), "1" | "2" | "3")
+    {
+        return Ok(wx(
+            ERR_FORMAT,
+            "biz_meta, refund_reason or req_from out of range",
+        ));
+    }
+    let orders = sandbox.xpay.orders();
+    let by_wx = text("wx_order_id");
+    let order_id = match text("order_id") {
+        id if !id.is_empty() => id,
+        _ => orders
+            .iter()
+            .find(|(_, o)| !by_wx.is_empty() && o.wx_order_id == by_wx)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default(),
+    };
+    let Some(order) = orders.get(&order_id).filter(|o| o.appid == appid).cloned() else {
+        return Ok(wx(ERR_NO_DATA, "数据不存在"));
+    };
+    let mut refunds = sandbox.xpay.refunds();
+    let answer = |r: &XRefund| {
+        HttpResponse::Ok().content_type(JSON_CONTENT_TYPE).body(
+            json!({"errcode": 0, "errmsg": "ok", "refund_order_id": refund_id,
+                "refund_wx_order_id": r.wx_refund_id, "pay_order_id": r.order_id,
+                "pay_wx_order_id": order.wx_order_id})
+            .to_string(),
+        )
+    };
+    if let Some(r) = refunds.get(&refund_id) {
+        return Ok(
+            if r.appid == appid && r.order_id == order_id && r.refund_fee == refund_fee {
+                answer(r)
+            } else {
+                wx(
+                    ERR_NO_DATA,
+                    "refund_order_id already used for another refund",
+                )
+            },
+        );
+    }
+    if order.openid != openid {
+        return Ok(wx(ERR_OPENID, "openid is not the order's payer"));
+    }
+    if order.env != env {
+        return Ok(wx(ERR_NO_DATA, "env is not the order's"));
+    }
+    if !matches!(order.status, 2..=5) {
+        return Ok(wx(ERR_NO_DATA, "order is not paid"));
+    }
+    let left = order.price - refunded_fen(&refunds, &order_id);
+    if left_fee != left {
+        return Ok(wx(
+            ERR_LEFT_FEE,
+            "退款left_fee与实际不符,请通过query_order接口查询确认",
+        ));
+    }
+    if refund_fee <= 0 || refund_fee > left {
+        return Ok(wx(ERR_FORMAT, "refund_fee must be in (0, left_fee]"));
+    }
+    let now = clock::unix_ms() / 1000;
+    let refund = XRefund {
+        appid: appid.clone(),
+        order_id: order_id.clone(),
+        openid: openid.clone(),
+        env,
+        refund_fee,
+        wx_refund_id: format!("xpayrefund{}", rand::random::<u64>()),
+        biz_meta,
+        at: now,
+        status: 5,
+    };
+    refunds.insert(refund_id.clone(), refund.clone());
+    let fully = refund_fee == left;
+    drop(refunds);
+    drop(orders);
+    if fully && let Some(o) = sandbox.xpay.orders().get_mut(&order_id) {
+        o.status = 5;
+    }
+    let to_user = sandbox
+        .app(&appid)
+        .map(|a| format!("gh_{}", a.appid))
+        .unwrap_or_default();
+    let message = json!({
+        "ToUserName": to_user, "FromUserName": openid, "CreateTime": now,
+        "MsgType": "event", "Event": "xpay_refund_notify", "OpenId": openid,
+        "WxRefundId": refund.wx_refund_id, "MchRefundId": refund_id,
+        "WxOrderId": order.wx_order_id, "MchOrderId": order_id,
+        "RefundFee": refund_fee, "RetCode": 0, "RetMsg": "ok",
+        "RefundStartTimestamp": now, "RefundSuccTimestamp": now,
+        "WxpayRefundTransactionId": format!("5030{}", rand::random::<u32>()), "RetryTimes": 0,
+    });
+    crate::shipping::push(&sandbox, &appid, &refund.wx_refund_id, message);
+    Ok(answer(&refund))
 }
 
 /// `POST /xpay/notify_provide_goods?access_token=&pay_sig=` with `{order_id, env}`.
@@ -390,10 +591,10 @@ pub async fn notify_provide_goods(
     let mut orders = sandbox.xpay.orders();
     match orders.get_mut(id).filter(|o| o.appid == appid) {
         Some(o) => {
-            o.status = 3;
+            o.status = STATUS_DELIVERED;
             Ok(wx(0, "ok"))
         }
-        None => Ok(wx(-1, "order not exist")),
+        None => Ok(wx(ERR_NO_DATA, "数据不存在")),
     }
 }
 
@@ -417,7 +618,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             )
             .route("/present_currency", web::post().to(coins::present_currency))
             .route("/download_bill", web::post().to(bill::download_bill))
-            .route("/bill/download", web::get().to(bill::download)),
+            .route("/bill/download", web::get().to(bill::download))
+            .route("/refund_order", web::post().to(refund_order)),
     );
 }
 
@@ -464,7 +666,16 @@ async fn list(sandbox: web::Data<Sandbox>) -> HttpResponse {
         .iter()
         .map(|(no, o)| view(no, o))
         .collect();
+    let refunds: Vec<Value> = sandbox
+        .xpay
+        .refunds()
+        .iter()
+        .map(|(no, r)| {
+            json!({"refund_order_id": no, "order_id": r.order_id, "refund_fee": r.refund_fee,
+            "status": r.status, "wx_refund_id": r.wx_refund_id})
+        })
+        .collect();
     HttpResponse::Ok()
         .content_type(JSON_CONTENT_TYPE)
-        .body(json!({ "orders": orders }).to_string())
+        .body(json!({ "orders": orders, "refunds": refunds }).to_string())
 }

@@ -48,6 +48,26 @@ pub const MODE_COIN: &str = "short_series_coin";
 pub const REQUEST_METHOD: &str = "requestVirtualPayment";
 /// The push event of a paid 道具直购 order.
 pub const EVENT_GOODS_DELIVER: &str = "xpay_goods_deliver_notify";
+/// The push event of a refund's result (success or failure).
+pub const EVENT_REFUND: &str = "xpay_refund_notify";
+/// 268490016: `refund_order`'s `left_fee` is not what WeChat has left on the order ("退款
+/// left_fee与实际不符,请通过query_order接口查询确认",
+/// <https://developers.weixin.qq.com/community/develop/doc/000eccdd1e02783df515ffbc16b800>).
+pub const ERR_LEFT_FEE: i64 = 268_490_016;
+/// `query_order`'s `order_type` of a refund order (0 is a payment order).
+pub const ORDER_TYPE_REFUND: i64 = 1;
+/// `query_order`'s `status` of an order refunded / of a refund done (5, 订单已经退款).
+pub const STATUS_REFUNDED: i64 = 5;
+/// `query_order`'s `status` of a refund that failed (7, 订单退款失败).
+pub const STATUS_REFUND_FAILED: i64 = 7;
+/// `refund_order`'s `refund_order_id`: 8 to 32 of `[0-9A-Za-z_-]` (narrower than WeChat Pay's
+/// out_refund_no).
+pub fn valid_refund_order_id(id: &str) -> bool {
+    (8..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 /// `env`: 0 live, 1 sandbox (沙箱, its own AppKey).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,15 +240,66 @@ pub struct GoodsDeliverNotify {
     pub goods_info: GoodsInfo,
 }
 
-/// One order as `query_order` answers it (the fields wxmp reads).
+/// The `xpay_refund_notify` push (JSON mode), after the message-push layer verified and
+/// decrypted it: the result of a `refund_order` (field names as WeChat's push document and
+/// silenceper's `AsyncXPayRefundNotifyRequest` spell them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundNotify {
+    #[serde(rename = "Event", default)]
+    pub event: String,
+    #[serde(rename = "OpenId", alias = "openid", default)]
+    pub openid: String,
+    /// Our `refund_order_id`.
+    #[serde(rename = "MchRefundId", default)]
+    pub mch_refund_id: String,
+    #[serde(rename = "WxRefundId", default)]
+    pub wx_refund_id: String,
+    /// The order refunded: our out_trade_no.
+    #[serde(rename = "MchOrderId", default)]
+    pub mch_order_id: String,
+    #[serde(rename = "WxOrderId", default)]
+    pub wx_order_id: String,
+    /// Fen.
+    #[serde(rename = "RefundFee", default)]
+    pub refund_fee: i64,
+    /// 0: refunded; anything else: the refund failed.
+    #[serde(rename = "RetCode", default = "unset_ret_code")]
+    pub ret_code: i64,
+    #[serde(rename = "RetMsg", default)]
+    pub ret_msg: String,
+    #[serde(rename = "RefundSuccTimestamp", default)]
+    pub refund_succ_timestamp: i64,
+    #[serde(rename = "WxpayRefundTransactionId", default)]
+    pub wxpay_refund_transaction_id: String,
+}
+
+/// A push without `RetCode` is no success.
+const fn unset_ret_code() -> i64 {
+    -1
+}
+
+/// One order as `query_order` answers it (the fields wxmp reads): a payment order, or a
+/// refund order when asked by a `refund_order_id` (`order_type` 1).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XpayOrder {
     #[serde(default)]
     pub order_id: String,
-    /// WeChat's order status; 2 (paid, goods to deliver) and 3 (delivered) mean paid (see
-    /// the `query_order` document for the others).
+    /// WeChat's order status: 0 initialised, 1 created, 2 paid (goods to deliver), 3 being
+    /// delivered, 4 delivered, 5 refunded, 6 closed, 7 refund failed (the `query_order`
+    /// document; silenceper's `OrderItem`). wxmp's sandbox plays 3 as delivered.
     #[serde(default)]
     pub status: i64,
+    /// 0 a payment order, 1 a refund order.
+    #[serde(default)]
+    pub order_type: i64,
+    /// A refund order's amount (fen).
+    #[serde(default)]
+    pub refund_fee: i64,
+    /// A payment order's fen left after its refunds (absent on some answers).
+    #[serde(default)]
+    pub left_fee: Option<i64>,
+    #[serde(default)]
+    pub biz_meta: String,
     #[serde(default)]
     pub biz_type: i64,
     #[serde(default)]

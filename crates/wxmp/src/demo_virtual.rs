@@ -133,7 +133,7 @@ pub(crate) async fn buy(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // WeChat's side: the push answered "success" marks its order delivered (status 3).
+    // WeChat's side: the push answered "success" marks its order delivered (status 4).
     loop {
         let orders = get(
             http,
@@ -146,7 +146,7 @@ pub(crate) async fn buy(
             .as_array()
             .and_then(|os| os.iter().find(|o| o["out_trade_no"] == order_no.as_str()))
             .and_then(|o| o["status"].as_i64());
-        if status == Some(3) {
+        if status == Some(4) {
             break;
         }
         if started.elapsed() > timeout {

@@ -48,6 +48,8 @@ pub const ROUTES: &[(&str, Owner)] = &[
     ("xpay_goods_deliver_notify", Owner::Pay),
     // Virtual payment, coin mode (代币): a coin purchase paid.
     ("xpay_coin_pay_notify", Owner::Pay),
+    // Virtual payment: the result of a virtual order's refund.
+    ("xpay_refund_notify", Owner::Pay),
 ];
 
 /// The owner of `event`, if any.

@@ -561,10 +561,17 @@ impl Payments {
                         .unwrap_or_else(|| Error::OrderState("order cannot be closed".into())));
                 }
             }
+            // A virtual order has no closeorder (nor is it a WeChat Pay order): query_order
+            // says whether it was paid before it is closed here.
+            if order.sign_type == crate::xpay::XPAY_SIGN_TYPE {
+                if let Some(outcome) = self.xpay_before_close(&order).await? {
+                    return Ok(Closing::PaidAtWechat(Some(outcome)));
+                }
+            }
             // A bound order may have been placed at WeChat (even if we never stored a
             // prepay_id: a unifiedorder may be in flight or its answer lost), so close it
             // there first; only then here.
-            if !order.app_id.is_empty() {
+            else if !order.app_id.is_empty() {
                 match self
                     .inner
                     .wechat

@@ -6,6 +6,10 @@
 //! order (`refunds.api` = `orders.api`): an order placed on v2 refunds on v2 after a switch
 //! of `WXMP_PAY_API` to v3, and the other way round.
 //!
+//! A virtual order (`sign_type = XPAY`) is no WeChat Pay order: its refunds go through xpay's
+//! `refund_order` and `query_order` ([`crate::xpay::refund`]), never WeChat Pay's refund or
+//! refundquery, under the same rows, states, events and reconciler.
+//!
 //! Exactly once: the PENDING row (with the reserved amount) is committed before WeChat is
 //! called. If the answer is lost (a crash, a timeout, SYSTEMERROR), the refund stays PENDING
 //! and is sent again with the same out_refund_no (by a retried call or by the reconciler after
@@ -32,6 +36,7 @@ use crate::{
     wechat_pay::{
         RefundCallError, RefundSeen, SendRefund, is_err_code, map_error, map_refund_error,
     },
+    xpay::refund::{API_XPAY, is_xpay_order},
 };
 
 /// Refunds looked at per reconcile pass.
@@ -117,8 +122,13 @@ impl Payments {
             .await?
             .ok_or(Error::NotFound("order"))?;
         // The order's API carries its refunds, whatever WXMP_PAY_API says now.
-        if !self.inner.wechat.can_refund(order.pay_api()) {
+        if !self.can_refund(&order) {
             return Err(Error::RefundsDisabled);
+        }
+        if is_xpay_order(&order) && !wechat::xpay::valid_refund_order_id(&out_refund_no) {
+            return Err(Error::InvalidArgument(
+                "out_refund_no of a virtual order's refund must be 8..=32 characters of [0-9A-Za-z_-] (refund_order's refund_order_id)".into(),
+            ));
         }
         if let Err(refusal) = check_refund(&order, req.refund_fen) {
             // A concurrent call with this key may have reserved the amount since we looked:
@@ -134,7 +144,11 @@ impl Payments {
             amount_fen: req.refund_fen,
             reason: req.reason.clone(),
             state: RefundState::Pending.as_str().into(),
-            api: order.pay_api().as_str().into(),
+            api: if is_xpay_order(&order) {
+                API_XPAY.into()
+            } else {
+                order.pay_api().as_str().into()
+            },
             created_at: now,
             updated_at: now,
             // The first send is this call's; the reconciler waits before sending again.
@@ -185,7 +199,7 @@ impl Payments {
         }
         let order = self.reload_order(&existing.order_no).await?;
         let pending = existing.state() == Some(RefundState::Pending);
-        if pending && !self.inner.wechat.can_refund(order.pay_api()) {
+        if pending && !self.can_refund(&order) {
             return Err(Error::RefundsDisabled);
         }
         let refund = if pending {
@@ -210,6 +224,16 @@ impl Payments {
         Ok((refund, order))
     }
 
+    /// Whether refunds of `order` can be sent: its WeChat Pay API's settings, or virtual
+    /// payment's for a virtual order.
+    fn can_refund(&self, order: &Order) -> bool {
+        if is_xpay_order(order) {
+            self.xpay().is_some()
+        } else {
+            self.inner.wechat.can_refund(order.pay_api())
+        }
+    }
+
     async fn reload_order(&self, order_no: &str) -> Result<Order, Error> {
         store::find_order(self.database(), order_no)
             .await?
@@ -232,22 +256,30 @@ impl Payments {
         order: &Order,
         send: Send,
     ) -> Result<Refund, Error> {
-        let answer = self
-            .inner
-            .wechat
-            .send_refund(
-                order.pay_api(),
-                &SendRefund {
-                    appid: &order.app_id,
-                    out_trade_no: &order.order_no,
-                    out_refund_no: &refund.out_refund_no,
-                    total_fen: order.amount_fen,
-                    refund_fen: refund.amount_fen,
-                    reason: (!refund.reason.is_empty()).then_some(refund.reason.as_str()),
-                    notify_url: self.bound_notify_url(&refund),
-                },
-            )
-            .await;
+        let xpay = is_xpay_order(order);
+        let answer = if xpay {
+            self.xpay_send_refund(&refund, order, send == Send::Again)
+                .await
+        } else {
+            self.inner
+                .wechat
+                .send_refund(
+                    order.pay_api(),
+                    &SendRefund {
+                        appid: &order.app_id,
+                        out_trade_no: &order.order_no,
+                        out_refund_no: &refund.out_refund_no,
+                        total_fen: order.amount_fen,
+                        refund_fen: refund.amount_fen,
+                        reason: (!refund.reason.is_empty()).then_some(refund.reason.as_str()),
+                        notify_url: self.bound_notify_url(&refund),
+                    },
+                )
+                .await
+        };
+        // A virtual order's resend asked query_order first: its refusal is of a refund WeChat
+        // does not hold, final as a first send's.
+        let send = if xpay { Send::First } else { send };
         let now = self.now();
         let change = match answer {
             Ok(seen)
@@ -300,7 +332,8 @@ impl Payments {
                 // WeChat may refuse because the order was refunded outside wxmp (the merchant
                 // platform): on v2 its refunds are listed and recorded, so the ledger counts
                 // them and the next over-refund is refused here, nothing sent.
-                if order.pay_api() == crate::config::PayApi::V2
+                if !xpay
+                    && order.pay_api() == crate::config::PayApi::V2
                     && let Err(e) = self.sync_refunds_from_wechat(order).await
                 {
                     tracing::warn!(order_no = %order.order_no, error = %e, "refundquery of the order after a refusal failed");
@@ -570,6 +603,18 @@ impl Payments {
     /// 部分退款次数超过20次请使用退款单号查询") or fails, it is asked about by its own key.
     async fn query_refund(&self, refund: &Refund) -> Result<Refund, Error> {
         let order = self.reload_order(&refund.order_no).await?;
+        if is_xpay_order(&order) {
+            let seen = self
+                .xpay_query_refund(refund, &order)
+                .await
+                .map_err(map_refund_error)?;
+            if seen.refund_fen != refund.amount_fen {
+                return Err(Error::Internal(
+                    "query_order reports a refund that does not match ours; not applied".into(),
+                ));
+            }
+            return self.settle_from(refund, &seen).await;
+        }
         if order.pay_api() == crate::config::PayApi::V2 {
             match self.sync_refunds_from_wechat(&order).await {
                 Ok(listed) if listed.contains(&refund.out_refund_no) => {

@@ -48,6 +48,11 @@ pub const HANDLERS: &[(&str, Handler)] = &[
         wechat::xpay::coins::EVENT_COIN_PAY,
         crate::xpay::coins::on_coin_pay,
     ),
+    // Virtual payment: the result of a virtual order's refund (refund_order).
+    (
+        wechat::xpay::EVENT_REFUND,
+        crate::xpay::refund::on_refund_notify,
+    ),
 ];
 
 fn on_settlement<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {

@@ -106,17 +106,17 @@ impl Xpay {
 }
 
 impl Xpay {
-    /// `query_order` for `order` with auth-service's access_token: WeChat's view of it.
-    async fn query(&self, order: &Order) -> Result<wechat::xpay::XpayOrder, Error> {
+    /// auth-service's access_token of `app_id` (the xpay server APIs need one).
+    pub(super) async fn access_token(&self, app_id: &str) -> Result<String, Error> {
         let Some(auth) = &self.auth else {
             return Err(Error::Config(
-                "query_order needs PAY_AUTH_SERVICE_URL".into(),
+                "the xpay server APIs need PAY_AUTH_SERVICE_URL".into(),
             ));
         };
-        let token = auth
+        Ok(auth
             .clone()
             .get_access_token(GetAccessTokenRequest {
-                app_id: order.app_id.clone(),
+                app_id: app_id.to_owned(),
                 ..Default::default()
             })
             .await
@@ -124,7 +124,17 @@ impl Xpay {
                 Error::WechatUnavailable(format!("auth-service GetAccessToken: {}", s.code()))
             })?
             .into_inner()
-            .access_token;
+            .access_token)
+    }
+
+    /// The WeChat client the xpay server APIs go through.
+    pub(super) fn wechat(&self) -> &wechat::WechatClient {
+        &self.wechat
+    }
+
+    /// `query_order` for `order` with auth-service's access_token: WeChat's view of it.
+    async fn query(&self, order: &Order) -> Result<wechat::xpay::XpayOrder, Error> {
+        let token = self.access_token(&order.app_id).await?;
         self.wechat
             .xpay_query_order(
                 &token,
@@ -134,26 +144,78 @@ impl Xpay {
                 &order.order_no,
             )
             .await
-            .map_err(|e| Error::WechatUnavailable(format!("query_order: {e}")))
+            .map_err(|e| api_error("query_order", &e))
+    }
+}
+
+/// An xpay API's error: no answer (transport, -1 system busy, an unreadable answer) is
+/// WECHAT_UNAVAILABLE; an errcode answer is WeChat's word (WECHAT_ERROR).
+pub(super) fn api_error(api: &str, e: &wechat::ApiError) -> Error {
+    match e {
+        wechat::ApiError::Transport(_)
+        | wechat::ApiError::SystemBusy
+        | wechat::ApiError::BadResponse(_) => Error::WechatUnavailable(format!("{api}: {e}")),
+        _ => Error::Wechat(format!("{api}: {e}")),
     }
 }
 
 impl Payments {
     /// The reconciler's fallback for a PAYING virtual order whose delivery push is late or
-    /// lost: `query_order`; paid there (status 2 or 3) for the order's payer and amount →
+    /// lost: `query_order`; paid there (status 2, 3 or 4) for the order's payer and amount →
     /// the same PAID transition as the push (a later push is then a duplicate). True when
     /// this call paid it.
     pub(crate) async fn query_xpay_paying(&self, order: &Order) -> Result<bool, Error> {
-        let Some(xpay) = self.xpay() else {
+        if self.xpay().is_none() {
             return Ok(false);
+        }
+        Ok(matches!(
+            self.xpay_paid_outcome(order).await?,
+            Some(crate::orders::PaidOutcome::Applied(_))
+        ))
+    }
+
+    /// Before an expired virtual order is closed: virtual payment has no closeorder (an order
+    /// exists at WeChat only once the phone paid it), so WeChat Pay's is never called for it;
+    /// `query_order` says whether it was paid. Paid → its payment is applied instead (the
+    /// outcome); not paid, or unknown to WeChat (an errcode answer) → None, close it here.
+    /// No answer at all → an error, the close waits for the next pass. A payment made after
+    /// the close arrives as a push for a CLOSED order (paid_after_close, refundable).
+    pub(crate) async fn xpay_before_close(
+        &self,
+        order: &Order,
+    ) -> Result<Option<crate::orders::PaidOutcome>, Error> {
+        if self.xpay().is_none() {
+            tracing::warn!(order_no = %order.order_no, "virtual payment is no longer configured: the expired order is closed without asking query_order");
+            return Ok(None);
+        }
+        match self.xpay_paid_outcome(order).await {
+            Ok(outcome) => Ok(outcome),
+            Err(Error::Wechat(why)) => {
+                tracing::info!(order_no = %order.order_no, %why, "query_order knows no payment of the expired virtual order; closing it");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `query_order` of a virtual order; paid at WeChat → the PAID transition's outcome.
+    async fn xpay_paid_outcome(
+        &self,
+        order: &Order,
+    ) -> Result<Option<crate::orders::PaidOutcome>, Error> {
+        let Some(xpay) = self.xpay() else {
+            return Err(Error::Config(
+                "a virtual-payment order without PAY_XPAY_* settings".into(),
+            ));
         };
         let at_wechat = xpay
             .query(order)
             .await
             .inspect_err(|_| super::meter::query_order("error"))?;
-        if !matches!(at_wechat.status, 2 | 3) {
+        // 2 paid, 3 being delivered, 4 delivered.
+        if !matches!(at_wechat.status, 2..=4) {
             super::meter::query_order("unpaid");
-            return Ok(false);
+            return Ok(None);
         }
         if at_wechat.paid_fee != order.amount_fen || at_wechat.openid != order.openid {
             super::meter::query_order("mismatch");
@@ -187,7 +249,7 @@ impl Payments {
         crate::subscribe::on_paid(self, &outcome).await;
         let repaired = matches!(outcome, crate::orders::PaidOutcome::Applied(_));
         super::meter::query_order(if repaired { "repaired" } else { "duplicate" });
-        Ok(repaired)
+        Ok(Some(outcome))
     }
 
     pub(crate) fn xpay(&self) -> Option<&Xpay> {

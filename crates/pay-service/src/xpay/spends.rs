@@ -26,7 +26,7 @@ use wechat::{
         ERR_SESSION_EXPIRED, UserBalance,
     },
 };
-use wxmp_proto::{auth::v1::GetAccessTokenRequest, pay::v1 as pb};
+use wxmp_proto::pay::v1 as pb;
 
 use super::flow::Xpay;
 use crate::{
@@ -177,26 +177,6 @@ fn coin_error(e: &ApiError, what: &str) -> Error {
         }
         Some(code) if code != -1 => Error::Wechat(format!("{what}: errcode {code}")),
         _ => Error::WechatUnavailable(format!("{what}: {e}")),
-    }
-}
-
-impl Xpay {
-    async fn access_token(&self, app_id: &str) -> Result<String, Error> {
-        let Some(auth) = &self.auth else {
-            return Err(Error::Config("coin mode needs PAY_AUTH_SERVICE_URL".into()));
-        };
-        Ok(auth
-            .clone()
-            .get_access_token(GetAccessTokenRequest {
-                app_id: app_id.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| {
-                Error::WechatUnavailable(format!("auth-service GetAccessToken: {}", s.code()))
-            })?
-            .into_inner()
-            .access_token)
     }
 }
 

@@ -22,3 +22,4 @@ mod serve;
 mod shipping;
 mod xpay;
 mod xpay_coins;
+mod xpay_refunds;

@@ -131,7 +131,7 @@ async fn env(backend: Backend) -> Env {
     env_with(backend, stand).await
 }
 
-async fn env_with(backend: Backend, stand: Stand) -> Env {
+pub(crate) async fn env_with(backend: Backend, stand: Stand) -> Env {
     let url = auth_url(stand).await;
     Env::with(backend, move |c| {
         c.xpay.xpay_products = "vip:vip_month".into();
@@ -164,7 +164,7 @@ fn deliver(order_no: &str, openid: &str, price: i64) -> String {
     .to_string()
 }
 
-async fn prepare_vip(env: &Env) -> (pb::Order, pb::VirtualPaymentParams) {
+pub(crate) async fn prepare_vip(env: &Env) -> (pb::Order, pb::VirtualPaymentParams) {
     let r = env
         .prepare(&principal(1), Target::ProductId("vip".into()))
         .await

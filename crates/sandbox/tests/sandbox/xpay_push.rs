@@ -125,7 +125,7 @@ async fn a_held_payment_is_failed_then_paid_and_pushed_once() {
     assert_eq!(push["Event"], "xpay_goods_deliver_notify");
     assert_eq!(push["OutTradeNo"], "xpayhold0001");
     assert_eq!(push["GoodsInfo"]["ActualPrice"], 3000);
-    assert_eq!(order(&sb, "xpayhold0001").await["status"], 3, "delivered");
+    assert_eq!(order(&sb, "xpayhold0001").await["status"], 4, "delivered");
     // Paid orders are no longer pending.
     let (status, _) = post_json(&sb, "/sandbox/xpay/orders/xpayhold0001/pay", json!({})).await;
     assert_eq!(status, 409);
