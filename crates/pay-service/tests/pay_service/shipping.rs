@@ -133,6 +133,18 @@ async fn paid_order(env: &Env, product: &str) -> pb::Order {
     env.get(&no, 1).await.unwrap()
 }
 
+/// [`paid_order`] of a virtual product, once the PAID hook (which runs right after the
+/// payment's commit) has queued its upload.
+async fn paid_and_queued(env: &Env, product: &str) -> pb::Order {
+    let order = paid_order(env, product).await;
+    let no = order.order_no.clone();
+    eventually(|| async {
+        shipping_state(&env.get(&no, 1).await.unwrap()) == pb::ShippingState::PendingUpload
+    })
+    .await;
+    env.get(&no, 1).await.unwrap()
+}
+
 fn shipping_state(order: &pb::Order) -> pb::ShippingState {
     order
         .shipping
@@ -243,7 +255,7 @@ async fn over_quota_45009_backs_off(backend: Backend) {
         .send()
         .await
         .unwrap();
-    let order = paid_order(&env, "vip").await;
+    let order = paid_and_queued(&env, "vip").await;
     assert_eq!(up.run_once(&env.pay).await.unwrap(), 1);
     let s = env.get(&order.order_no, 1).await.unwrap().shipping.unwrap();
     assert!(s.last_error.contains("45009"), "{s:?}");
@@ -277,7 +289,7 @@ async fn a_lost_upload_answer_does_not_spend_the_modification(backend: Backend) 
         .send()
         .await
         .unwrap();
-    let order = paid_order(&env, "vip").await;
+    let order = paid_and_queued(&env, "vip").await;
     assert_eq!(up.run_once(&env.pay).await.unwrap(), 1);
     let pending = env.get(&order.order_no, 1).await.unwrap();
     assert_eq!(shipping_state(&pending), pb::ShippingState::PendingUpload);
