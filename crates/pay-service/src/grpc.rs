@@ -55,6 +55,42 @@ impl PayService for Payments {
         }))
     }
 
+    async fn prepare_virtual_payment(
+        &self,
+        request: Request<pb::PrepareJsapiPaymentRequest>,
+    ) -> Result<Response<pb::PrepareVirtualPaymentResponse>, Status> {
+        let r = request.into_inner();
+        let principal = r.principal.ok_or(Error::MissingParameter("principal"))?;
+        let target = match r.target {
+            Some(Target::OrderNo(no)) => PayTarget::Order(no),
+            Some(Target::ProductId(id)) => PayTarget::Product(id),
+            None => return Err(Error::MissingParameter("order_no or product_id").into()),
+        };
+        if !self.is_xpay_target(&target).await? {
+            return Err(Error::InvalidArgument(
+                "not sold through virtual payment (use PrepareJsapiPayment)".into(),
+            )
+            .into());
+        }
+        let payer = Payer {
+            user_id: principal.user_id,
+            app_id: principal.app_id,
+            openid: principal.openid,
+        };
+        let (order, params) = Payments::prepare_virtual_payment(
+            self,
+            &payer,
+            target,
+            &r.client_ip,
+            &r.idempotency_key,
+        )
+        .await?;
+        Ok(Response::new(pb::PrepareVirtualPaymentResponse {
+            order: Some(order.to_proto()),
+            params: Some(virtual_params(params)),
+        }))
+    }
+
     async fn prepare_jsapi_payment(
         &self,
         request: Request<pb::PrepareJsapiPaymentRequest>,
@@ -78,12 +114,7 @@ impl PayService for Payments {
             return Ok(Response::new(pb::PrepareJsapiPaymentResponse {
                 order: Some(order.to_proto()),
                 params: None,
-                virtual_payment: Some(pb::VirtualPaymentParams {
-                    sign_data: params.sign_data,
-                    pay_sig: params.pay_sig,
-                    signature: params.signature,
-                    mode: params.mode,
-                }),
+                virtual_payment: Some(virtual_params(params)),
             }));
         }
         let (order, params) = self
@@ -510,4 +541,14 @@ fn sender_throttled<T>(request: &Request<T>) -> bool {
     request
         .metadata()
         .contains_key(service_kit::grpc::NOTIFY_SENDER_THROTTLED)
+}
+
+/// The `requestVirtualPayment` parameters on the wire.
+fn virtual_params(p: wechat::xpay::VirtualPaymentParams) -> pb::VirtualPaymentParams {
+    pb::VirtualPaymentParams {
+        sign_data: p.sign_data,
+        pay_sig: p.pay_sig,
+        signature: p.signature,
+        mode: p.mode,
+    }
 }

@@ -493,6 +493,13 @@ impl PayService for FakePay {
         Err(Status::unimplemented("not for the gateway"))
     }
 
+    async fn prepare_virtual_payment(
+        &self,
+        _: Request<wxmp_proto::pay::v1::PrepareJsapiPaymentRequest>,
+    ) -> Result<Response<wxmp_proto::pay::v1::PrepareVirtualPaymentResponse>, Status> {
+        Err(Status::unimplemented("not for the gateway"))
+    }
+
     async fn resolve_bill_mismatch(
         &self,
         _: Request<wxmp_proto::pay::v1::ResolveBillMismatchRequest>,

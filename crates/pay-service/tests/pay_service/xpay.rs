@@ -233,6 +233,62 @@ async fn prepare_answers_request_virtual_payment(backend: Backend) {
 }
 on_both_backends!(prepare_answers_request_virtual_payment);
 
+/// PrepareVirtualPayment, PrepareJsapiPayment's sibling for a shop service: the same order
+/// and parameters for a virtual product; anything else refused with nothing created.
+async fn prepare_virtual_payment_is_for_virtual_products_only(backend: Backend) {
+    use pb::pay_service_server::PayService;
+    let env = env(backend).await;
+    let call = |target: Target, key: &str| {
+        PayService::prepare_virtual_payment(
+            &env.pay,
+            Request::new(pb::PrepareJsapiPaymentRequest {
+                principal: Some(principal(1)),
+                target: Some(target),
+                client_ip: "203.0.113.7".into(),
+                idempotency_key: key.into(),
+            }),
+        )
+    };
+    let answer = call(Target::ProductId("vip".into()), "sibling-1")
+        .await
+        .unwrap()
+        .into_inner();
+    let (order, params) = (answer.order.unwrap(), answer.params.unwrap());
+    assert_eq!(
+        (order.amount_fen, params.mode.as_str()),
+        (990, "short_series_goods")
+    );
+    assert!(wechat::xpay::verify_pay_sig_for_request(
+        APP_KEY,
+        &params.sign_data,
+        &params.pay_sig
+    ));
+    assert!(wechat::xpay::verify_user_signature(
+        SESSION_KEY,
+        &params.sign_data,
+        &params.signature
+    ));
+    // The same order through the other door answers the same signData.
+    let again = env
+        .prepare(&principal(1), Target::OrderNo(order.order_no.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again.virtual_payment.unwrap().sign_data, params.sign_data);
+    // A product sold through WeChat Pay: refused, no order.
+    let refused = call(Target::ProductId("coins".into()), "sibling-2")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        pay_service::orders::store::find_by_idempotency_key(env.pay.database(), 1, "sibling-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!format!("{params:?}").contains(SESSION_KEY));
+}
+on_both_backends!(prepare_virtual_payment_is_for_virtual_products_only);
+
 async fn delivery_push_retried_and_on_two_replicas_pays_once(backend: Backend) {
     let env = env(backend).await;
     let (order, _) = prepare_vip(&env).await;
