@@ -139,6 +139,13 @@ async fn lost_push_repaired_and_late_push_changes_nothing(backend: Backend) {
     assert_eq!(order["state"], "PAID", "repaired by query_order: {order}");
     assert_eq!(order["transaction_id"], lost_wx.as_str());
     assert_eq!(pushes(&t, &lost_wx).await.len(), 1, "still never sent");
+    // The repair tells WeChat the goods were delivered (notify_provide_goods), since no push
+    // was ever answered "success": its order leaves 待发货.
+    let delivered = eventually(Duration::from_secs(30), || async {
+        (at_wechat(&t, &lost).await["status"] == 4).then_some(())
+    })
+    .await;
+    assert!(delivered.is_some(), "{}", at_wechat(&t, &lost).await);
 
     // Late: the push comes 4 s after the payment, after the reconciler (every second) has
     // repaired the order; it is answered "success" and changes nothing.

@@ -146,6 +146,34 @@ impl Xpay {
             .await
             .map_err(|e| api_error("query_order", &e))
     }
+
+    /// `notify_provide_goods`: tells WeChat a paid order was delivered when its delivery push
+    /// never got our "success" (a lost or late push repaired by `query_order`). WeChat's
+    /// document: "正常通过xpay_goods_deliver_notify消息推送返回成功的不需要调用这个api"; without
+    /// it WeChat keeps the order 待发货. Best effort: the order is paid here either way.
+    async fn provide_goods(&self, order: &Order) {
+        let result = match self.access_token(&order.app_id).await {
+            Ok(token) => self
+                .wechat
+                .xpay_notify_provide_goods(
+                    &token,
+                    self.settings.app_key.expose(),
+                    self.settings.env,
+                    &order.order_no,
+                )
+                .await
+                .map_err(|e| api_error("notify_provide_goods", &e)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(order_no = %order.order_no, "told WeChat the repaired virtual order is delivered");
+            }
+            Err(e) => {
+                tracing::warn!(order_no = %order.order_no, error = %e, "notify_provide_goods failed; WeChat shows the order undelivered");
+            }
+        }
+    }
 }
 
 /// An xpay API's error: no answer (transport, -1 system busy, an unreadable answer) is
@@ -249,6 +277,16 @@ impl Payments {
         crate::subscribe::on_paid(self, &outcome).await;
         let repaired = matches!(outcome, crate::orders::PaidOutcome::Applied(_));
         super::meter::query_order(if repaired { "repaired" } else { "duplicate" });
+        // 2: paid, not delivered at WeChat: no push of ours was answered "success". Only an
+        // order paid here is delivered (one paid after its close waits for a refund).
+        if at_wechat.status == 2
+            && matches!(
+                outcome,
+                crate::orders::PaidOutcome::Applied(_) | crate::orders::PaidOutcome::Duplicate(_)
+            )
+        {
+            xpay.provide_goods(order).await;
+        }
         Ok(Some(outcome))
     }
 
