@@ -280,7 +280,7 @@ test('clicking "fail virtual" then "pay virtual" on a pending virtual order: unp
       // The push was answered "success" once: WeChat shows the order delivered.
       await eventually(async () => {
         await page.load()
-        return (await page.evaluate(statusOf)) === '3 delivered'
+        return (await page.evaluate(statusOf)) === '4 delivered'
       }, 20000, `virtual order ${orderNo} delivered in the console`)
       const pushes = await (await fetch(stack.sandbox + '/sandbox/shipping')).json()
       const ours = pushes.pushes.filter((p) => p.event === 'xpay_goods_deliver_notify' && p.transaction_id === paid.transaction_id)

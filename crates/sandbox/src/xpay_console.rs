@@ -29,7 +29,9 @@ fn status_name(o: &XOrder) -> &'static str {
         (1, true) => "1 payment failed",
         (1, false) => "1 pending (sheet open)",
         (2, _) => "2 paid, to deliver",
-        (3, _) => "3 delivered",
+        (3, _) => "3 delivering",
+        (4, _) => "4 delivered",
+        (5, _) => "5 refunded",
         _ => "?",
     }
 }
