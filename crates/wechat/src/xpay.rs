@@ -373,14 +373,32 @@ impl WechatClient {
         app_key: &str,
         body: &str,
     ) -> Result<Vec<u8>, ApiError> {
+        self.xpay_send(uri, access_token, app_key, None, body).await
+    }
+
+    /// The one xpay sender: `pay_sig` over `body`, and for a user-state API the `signature`
+    /// over the same bytes keyed with the user's session_key.
+    pub(crate) async fn xpay_send(
+        &self,
+        uri: &str,
+        access_token: &str,
+        app_key: &str,
+        session_key: Option<&str>,
+        body: &str,
+    ) -> Result<Vec<u8>, ApiError> {
         let pay_sig = pay_sig_for_api(app_key, uri, body);
+        let signature = session_key.map(|k| user_signature(k, body));
+        let mut query = vec![
+            ("access_token", access_token),
+            ("pay_sig", pay_sig.as_str()),
+        ];
+        if let Some(signature) = &signature {
+            query.push(("signature", signature.as_str()));
+        }
         let resp = self
             .http()
             .post(join(&self.config().api_base, uri))
-            .query(&[
-                ("access_token", access_token),
-                ("pay_sig", pay_sig.as_str()),
-            ])
+            .query(&query)
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()

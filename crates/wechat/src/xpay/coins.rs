@@ -21,13 +21,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Errcode, MODE_COIN, VirtualPaymentParams, WeChatPayInfo, XpayEnv, pay_sig_for_api,
-    pay_sig_for_request, user_signature,
+    Errcode, MODE_COIN, VirtualPaymentParams, WeChatPayInfo, XpayEnv, pay_sig_for_request,
+    user_signature,
 };
 use crate::auth::{ApiError, parse_json};
 use crate::client::WechatClient;
-use crate::config::join;
-use crate::http;
 
 /// The push event of a paid coin purchase.
 pub const EVENT_COIN_PAY: &str = "xpay_coin_pay_notify";
@@ -214,22 +212,8 @@ impl WechatClient {
         session_key: &str,
         body: &str,
     ) -> Result<Vec<u8>, ApiError> {
-        let pay_sig = pay_sig_for_api(app_key, uri, body);
-        let signature = user_signature(session_key, body);
-        let resp = self
-            .http()
-            .post(join(&self.config().api_base, uri))
-            .query(&[
-                ("access_token", access_token),
-                ("pay_sig", pay_sig.as_str()),
-                ("signature", signature.as_str()),
-            ])
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
+        self.xpay_send(uri, access_token, app_key, Some(session_key), body)
             .await
-            .map_err(|e| ApiError::Transport(http::describe(&e)))?;
-        Ok(http::read_body(resp).await?)
     }
 
     /// `POST /xpay/query_user_balance` (user state).
