@@ -19,7 +19,7 @@ use wechat::xpay::{
 use super::rules::{DeliveryMismatch, XPAY_SIGN_TYPE, XpaySettings};
 use crate::{
     error::Error,
-    orders::{Order, PaidOutcome, store},
+    orders::Order,
     payments::Payments,
     shipping::push::{Handled, Push, record},
 };
@@ -122,14 +122,10 @@ pub fn check_coin_pay(
     if paid != order.amount_fen {
         return Err(DeliveryMismatch::Amount);
     }
-    let info = &push.wechat_pay_info;
-    Ok(if !info.transaction_id.is_empty() {
-        info.transaction_id.clone()
-    } else if !info.mch_order_no.is_empty() {
-        info.mch_order_no.clone()
-    } else {
-        format!("xpay:{}", push.out_trade_no)
-    })
+    Ok(super::rules::transaction_of(
+        &push.wechat_pay_info,
+        &push.out_trade_no,
+    ))
 }
 
 pub(crate) fn on_coin_pay<'a>(p: &'a Payments, push: &'a Push) -> Handled<'a> {
@@ -143,12 +139,7 @@ async fn coin_pay(payments: &Payments, push: &Push) -> Result<&'static str, Erro
     let Ok(notify) = serde_json::from_value::<CoinPayNotify>(push.message.clone()) else {
         return record(payments, push, "malformed").await;
     };
-    let order = if notify.out_trade_no.is_empty() {
-        None
-    } else {
-        store::find_order(payments.database(), &notify.out_trade_no).await?
-    };
-    let Some(order) = order.filter(|o| o.app_id == push.app_id) else {
+    let Some(order) = super::push::order_of(payments, push, &notify.out_trade_no).await? else {
         return record(payments, push, "unknown_order").await;
     };
     let transaction_id = match check_coin_pay(&order, &notify, &xpay.settings) {
@@ -158,28 +149,15 @@ async fn coin_pay(payments: &Payments, push: &Push) -> Result<&'static str, Erro
             return record(payments, push, "mismatch").await;
         }
     };
-    let now = payments.now();
-    let paid_at = if notify.wechat_pay_info.paid_time > 0 {
-        notify.wechat_pay_info.paid_time
-    } else {
-        now
-    };
-    let outcome = store::mark_paid(
-        payments.database(),
-        &order.order_no,
+    super::push::pay(
+        payments,
+        push,
+        &order,
         &transaction_id,
-        paid_at,
-        now,
+        notify.wechat_pay_info.paid_time,
+        "xpay_coin_push",
     )
-    .await?;
-    crate::orders::flow::log_paid_outcome(&outcome, "xpay_coin_push");
-    crate::subscribe::on_paid(payments, &outcome).await;
-    let verdict = match outcome {
-        PaidOutcome::Applied(_) => "handled",
-        PaidOutcome::Duplicate(_) => "duplicate",
-        _ => "needs_review",
-    };
-    record(payments, push, verdict).await
+    .await
 }
 
 #[cfg(test)]

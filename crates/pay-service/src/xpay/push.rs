@@ -13,7 +13,7 @@ use wechat::xpay::GoodsDeliverNotify;
 use super::rules::check_delivery;
 use crate::{
     error::Error,
-    orders::{PaidOutcome, store},
+    orders::{Order, PaidOutcome, store},
     payments::Payments,
     shipping::push::{Handled, Push, record},
 };
@@ -33,12 +33,7 @@ async fn goods_deliver(payments: &Payments, push: &Push) -> Result<&'static str,
     let Ok(notify) = serde_json::from_value::<GoodsDeliverNotify>(push.message.clone()) else {
         return record(payments, push, "malformed").await;
     };
-    let order = if notify.out_trade_no.is_empty() {
-        None
-    } else {
-        store::find_order(payments.database(), &notify.out_trade_no).await?
-    };
-    let Some(order) = order.filter(|o| o.app_id == push.app_id) else {
+    let Some(order) = order_of(payments, push, &notify.out_trade_no).await? else {
         return record(payments, push, "unknown_order").await;
     };
     let transaction_id = match check_delivery(&order, &notify, &xpay.settings) {
@@ -52,21 +47,52 @@ async fn goods_deliver(payments: &Payments, push: &Push) -> Result<&'static str,
             return Ok(verdict);
         }
     };
+    pay(
+        payments,
+        push,
+        &order,
+        &transaction_id,
+        notify.wechat_pay_info.paid_time,
+        "xpay_push",
+    )
+    .await
+}
+
+/// The order a virtual-payment push names, if it is one of the push's app.
+pub(super) async fn order_of(
+    payments: &Payments,
+    push: &Push,
+    out_trade_no: &str,
+) -> Result<Option<Order>, Error> {
+    if out_trade_no.is_empty() {
+        return Ok(None);
+    }
+    Ok(store::find_order(payments.database(), out_trade_no)
+        .await?
+        .filter(|o| o.app_id == push.app_id))
+}
+
+/// The order's one PAID transition for a checked push (paid at `paid_time`, or now when
+/// WeChat gave none), then the push recorded with what it did.
+pub(super) async fn pay(
+    payments: &Payments,
+    push: &Push,
+    order: &Order,
+    transaction_id: &str,
+    paid_time: i64,
+    source: &'static str,
+) -> Result<&'static str, Error> {
     let now = payments.now();
-    let paid_at = if notify.wechat_pay_info.paid_time > 0 {
-        notify.wechat_pay_info.paid_time
-    } else {
-        now
-    };
+    let paid_at = if paid_time > 0 { paid_time } else { now };
     let outcome = store::mark_paid(
         payments.database(),
         &order.order_no,
-        &transaction_id,
+        transaction_id,
         paid_at,
         now,
     )
     .await?;
-    crate::orders::flow::log_paid_outcome(&outcome, "xpay_push");
+    crate::orders::flow::log_paid_outcome(&outcome, source);
     crate::subscribe::on_paid(payments, &outcome).await;
     let verdict = match outcome {
         PaidOutcome::Applied(_) => "handled",

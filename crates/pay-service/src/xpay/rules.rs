@@ -95,14 +95,19 @@ pub fn check_delivery(
     if quantity != 1 || paid != order.amount_fen {
         return Err(DeliveryMismatch::Amount);
     }
-    let info = &push.wechat_pay_info;
-    Ok(if !info.transaction_id.is_empty() {
+    Ok(transaction_of(&push.wechat_pay_info, &push.out_trade_no))
+}
+
+/// The transaction a virtual payment's push names: WeChat Pay's, else the merchant order
+/// number, else one made from our order number.
+pub fn transaction_of(info: &wechat::xpay::WeChatPayInfo, out_trade_no: &str) -> String {
+    if !info.transaction_id.is_empty() {
         info.transaction_id.clone()
     } else if !info.mch_order_no.is_empty() {
         info.mch_order_no.clone()
     } else {
-        format!("xpay:{}", push.out_trade_no)
-    })
+        format!("xpay:{out_trade_no}")
+    }
 }
 
 #[cfg(test)]
