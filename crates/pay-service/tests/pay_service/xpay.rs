@@ -448,3 +448,58 @@ async fn a_lost_push_is_repaired_by_query_order_and_a_late_push_changes_nothing(
     assert_eq!(pay.reconcile_once().await.unwrap().paid, 0);
 }
 on_both_backends!(a_lost_push_is_repaired_by_query_order_and_a_late_push_changes_nothing);
+
+/// A stack whose auth stand-in holds the session_key the sandbox issued to principal(1) at a
+/// real login, and answers the sandbox's access_token; `wechat` is a core whose WeChat API
+/// base is the sandbox.
+pub(crate) async fn logged_in(backend: Backend) -> (Env, pay_service::Payments) {
+    let stand = Stand::default();
+    log_in_at_sandbox(env_with(backend, stand.clone()).await, stand).await
+}
+
+/// [`logged_in`] for an `env` made with `stand` (e.g. the coin suite's catalog).
+pub(crate) async fn log_in_at_sandbox(env: Env, stand: Stand) -> (Env, pay_service::Payments) {
+    let base = env.sandbox.base_url.clone();
+    *stand.wechat.lock().unwrap() = Some(
+        wechat::WechatClient::new(wechat::WechatConfig {
+            api_base: base.clone(),
+            ..wechat::WechatConfig::default()
+        })
+        .unwrap(),
+    );
+    let openid = principal(1).openid;
+    let code: serde_json::Value = env
+        .http
+        .post(env.sandbox.url("/sandbox/login-code"))
+        .json(&serde_json::json!({"appid": DEV_APP_ID, "openid": openid}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session: serde_json::Value = env
+        .http
+        .get(env.sandbox.url("/sns/jscode2session"))
+        .query(&[
+            ("appid", DEV_APP_ID),
+            ("secret", DEV_APP_SECRET),
+            ("js_code", code["code"].as_str().unwrap()),
+            ("grant_type", "authorization_code"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stand
+        .keys
+        .lock()
+        .unwrap()
+        .insert(openid, session["session_key"].as_str().unwrap().to_owned());
+    let wechat = env.replica_with(|c| {
+        c.wechat = service_kit::settings::WechatApi::new(&base);
+    });
+    (env, wechat)
+}

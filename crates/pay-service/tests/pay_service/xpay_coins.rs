@@ -11,7 +11,7 @@ use sandbox::{
 use wxmp_proto::pay::v1::{self as pb, prepare_jsapi_payment_request::Target};
 
 use crate::helpers::{Backend, Env, on_both_backends, principal};
-use crate::xpay::{APP_KEY, SESSION_KEY, Stand, auth_url, paid_events};
+use crate::xpay::{APP_KEY, SESSION_KEY, Stand, auth_url, log_in_at_sandbox, paid_events};
 
 const EVENT: &str = "xpay_coin_pay_notify";
 
@@ -273,55 +273,10 @@ async fn a_lost_coin_push_is_repaired_by_query_order(backend: Backend) {
 }
 on_both_backends!(a_lost_coin_push_is_repaired_by_query_order);
 
-/// A stack whose auth stand-in holds the session_key the sandbox issued to principal(1) at a
-/// real login, and answers the sandbox's access_token; `wechat` is a core whose WeChat API
-/// base is the sandbox.
+/// [`crate::xpay::logged_in`] on this suite's coin catalog.
 async fn logged_in(backend: Backend) -> (Env, pay_service::Payments) {
     let stand = Stand::default();
-    let env = env_with(backend, stand.clone()).await;
-    let base = env.sandbox.base_url.clone();
-    *stand.wechat.lock().unwrap() = Some(
-        wechat::WechatClient::new(wechat::WechatConfig {
-            api_base: base.clone(),
-            ..wechat::WechatConfig::default()
-        })
-        .unwrap(),
-    );
-    let openid = principal(1).openid;
-    let code: serde_json::Value = env
-        .http
-        .post(env.sandbox.url("/sandbox/login-code"))
-        .json(&serde_json::json!({"appid": DEV_APP_ID, "openid": openid}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session: serde_json::Value = env
-        .http
-        .get(env.sandbox.url("/sns/jscode2session"))
-        .query(&[
-            ("appid", DEV_APP_ID),
-            ("secret", DEV_APP_SECRET),
-            ("js_code", code["code"].as_str().unwrap()),
-            ("grant_type", "authorization_code"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stand
-        .keys
-        .lock()
-        .unwrap()
-        .insert(openid, session["session_key"].as_str().unwrap().to_owned());
-    let wechat = env.replica_with(|c| {
-        c.wechat = service_kit::settings::WechatApi::new(&base);
-    });
-    (env, wechat)
+    log_in_at_sandbox(env_with(backend, stand.clone()).await, stand).await
 }
 
 /// The user's coins as the sandbox (WeChat) holds them.

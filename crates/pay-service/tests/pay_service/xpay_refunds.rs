@@ -12,64 +12,14 @@ use pay_service::{
     orders::Order,
     refunds::RefundState,
 };
-use sandbox::{DEV_APP_ID, DEV_APP_SECRET};
+use sandbox::DEV_APP_ID;
 use serde_json::{Value, json};
 use wxmp_proto::pay::v1 as pb;
 
 use crate::{
     helpers::{Backend, Env, on_both_backends, principal},
-    xpay::{Stand, env_with, prepare_vip},
+    xpay::{logged_in, prepare_vip},
 };
-
-/// A stack whose WeChat (auth-service's token, the xpay APIs) is the sandbox, the user logged
-/// in there; answers the stack and a replica whose xpay calls reach the sandbox.
-async fn at_sandbox(backend: Backend) -> (Env, Payments) {
-    let stand = Stand::default();
-    let env = env_with(backend, stand.clone()).await;
-    let base = env.sandbox.base_url.clone();
-    *stand.wechat.lock().unwrap() = Some(
-        wechat::WechatClient::new(wechat::WechatConfig {
-            api_base: base.clone(),
-            ..wechat::WechatConfig::default()
-        })
-        .unwrap(),
-    );
-    let openid = principal(1).openid;
-    let code: Value = env
-        .http
-        .post(env.sandbox.url("/sandbox/login-code"))
-        .json(&json!({"appid": DEV_APP_ID, "openid": openid}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session: Value = env
-        .http
-        .get(env.sandbox.url("/sns/jscode2session"))
-        .query(&[
-            ("appid", DEV_APP_ID),
-            ("secret", DEV_APP_SECRET),
-            ("js_code", code["code"].as_str().unwrap()),
-            ("grant_type", "authorization_code"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stand
-        .keys
-        .lock()
-        .unwrap()
-        .insert(openid, session["session_key"].as_str().unwrap().to_owned());
-    let pay = env.replica_with(|c| {
-        c.wechat = service_kit::settings::WechatApi::new(&base);
-    });
-    (env, pay)
-}
 
 /// The phone pays a new "vip" order (990 fen) at the sandbox; the delivery push is lost (no
 /// push URL) and the reconciler's query_order pays it. Answers the order_no.
@@ -148,7 +98,7 @@ fn refund_push(key: &str, order_no: &str, openid: &str, fee: i64, ret_code: i64)
 const EVENT: &str = "xpay_refund_notify";
 
 async fn refunded_in_parts_and_in_full_never_beyond_what_was_paid(backend: Backend) {
-    let (env, pay) = at_sandbox(backend).await;
+    let (env, pay) = logged_in(backend).await;
     let no = paid_vip(&env, &pay).await;
     let openid = principal(1).openid;
     // A part: sent to refund_order (not WeChat Pay), accepted → PROCESSING, 300 reserved.
@@ -239,7 +189,7 @@ async fn refunded_in_parts_and_in_full_never_beyond_what_was_paid(backend: Backe
 on_both_backends!(refunded_in_parts_and_in_full_never_beyond_what_was_paid);
 
 async fn a_refund_retried_on_two_replicas_refunds_once(backend: Backend) {
-    let (env, pay) = at_sandbox(backend).await;
+    let (env, pay) = logged_in(backend).await;
     let no = paid_vip(&env, &pay).await;
     let other = env.replica_with(|c| {
         c.wechat = service_kit::settings::WechatApi::new(&env.sandbox.base_url);
@@ -272,7 +222,7 @@ async fn a_refund_retried_on_two_replicas_refunds_once(backend: Backend) {
 on_both_backends!(a_refund_retried_on_two_replicas_refunds_once);
 
 async fn forged_or_mismatched_refund_pushes_change_nothing(backend: Backend) {
-    let (env, pay) = at_sandbox(backend).await;
+    let (env, pay) = logged_in(backend).await;
     let no = paid_vip(&env, &pay).await;
     let openid = principal(1).openid;
     pay.refund(refund_of(&no, 300, "xr-push-0001"))
@@ -347,7 +297,7 @@ async fn forged_or_mismatched_refund_pushes_change_nothing(backend: Backend) {
 on_both_backends!(forged_or_mismatched_refund_pushes_change_nothing);
 
 async fn an_expired_virtual_order_is_closed_after_query_order(backend: Backend) {
-    let (env, pay) = at_sandbox(backend).await;
+    let (env, pay) = logged_in(backend).await;
     // Unpaid: query_order knows no such order (268490002): closed here.
     let (unpaid, _) = prepare_vip(&env).await;
     env.clock
