@@ -60,23 +60,13 @@ impl PayService for Payments {
         request: Request<pb::PrepareJsapiPaymentRequest>,
     ) -> Result<Response<pb::PrepareVirtualPaymentResponse>, Status> {
         let r = request.into_inner();
-        let principal = r.principal.ok_or(Error::MissingParameter("principal"))?;
-        let target = match r.target {
-            Some(Target::OrderNo(no)) => PayTarget::Order(no),
-            Some(Target::ProductId(id)) => PayTarget::Product(id),
-            None => return Err(Error::MissingParameter("order_no or product_id").into()),
-        };
+        let (payer, target) = payer_and_target(r.principal, r.target)?;
         if !self.is_xpay_target(&target).await? {
             return Err(Error::InvalidArgument(
                 "not sold through virtual payment (use PrepareJsapiPayment)".into(),
             )
             .into());
         }
-        let payer = Payer {
-            user_id: principal.user_id,
-            app_id: principal.app_id,
-            openid: principal.openid,
-        };
         let (order, params) = Payments::prepare_virtual_payment(
             self,
             &payer,
@@ -96,17 +86,7 @@ impl PayService for Payments {
         request: Request<pb::PrepareJsapiPaymentRequest>,
     ) -> Result<Response<pb::PrepareJsapiPaymentResponse>, Status> {
         let r = request.into_inner();
-        let principal = r.principal.ok_or(Error::MissingParameter("principal"))?;
-        let target = match r.target {
-            Some(Target::OrderNo(no)) => PayTarget::Order(no),
-            Some(Target::ProductId(id)) => PayTarget::Product(id),
-            None => return Err(Error::MissingParameter("order_no or product_id").into()),
-        };
-        let payer = Payer {
-            user_id: principal.user_id,
-            app_id: principal.app_id,
-            openid: principal.openid,
-        };
+        let (payer, target) = payer_and_target(r.principal, r.target)?;
         if self.is_xpay_target(&target).await? {
             let (order, params) = self
                 .prepare_virtual_payment(&payer, target, &r.client_ip, &r.idempotency_key)
@@ -484,7 +464,7 @@ impl PayService for Payments {
         request: Request<pb::GetCoinBalanceRequest>,
     ) -> Result<Response<pb::GetCoinBalanceResponse>, Status> {
         let r = request.into_inner();
-        let payer = coin_payer(r.principal)?;
+        let payer = payer_of(r.principal)?;
         let b = Payments::coin_balance(self, &payer, &r.client_ip).await?;
         Ok(Response::new(pb::GetCoinBalanceResponse {
             balance: b.balance,
@@ -497,7 +477,7 @@ impl PayService for Payments {
         request: Request<pb::SpendCoinsRequest>,
     ) -> Result<Response<pb::SpendCoinsResponse>, Status> {
         let r = request.into_inner();
-        let payer = coin_payer(r.principal)?;
+        let payer = payer_of(r.principal)?;
         let spend = Payments::spend_coins(
             self,
             &payer,
@@ -517,7 +497,7 @@ impl PayService for Payments {
         request: Request<pb::CancelCoinSpendRequest>,
     ) -> Result<Response<pb::CancelCoinSpendResponse>, Status> {
         let r = request.into_inner();
-        let payer = coin_payer(r.principal)?;
+        let payer = payer_of(r.principal)?;
         let spend = Payments::cancel_coin_spend(self, &payer, &r.client_ip, &r.spend_no).await?;
         Ok(Response::new(pb::CancelCoinSpendResponse {
             spend: Some(spend.to_proto()),
@@ -525,8 +505,23 @@ impl PayService for Payments {
     }
 }
 
-/// The user whose coins a coin RPC reads or moves.
-fn coin_payer(principal: Option<wxmp_proto::auth::v1::Principal>) -> Result<Payer, Error> {
+/// The buyer and what they pay for, as PrepareJsapiPayment and PrepareVirtualPayment take
+/// them (the principal checked first).
+fn payer_and_target(
+    principal: Option<wxmp_proto::auth::v1::Principal>,
+    target: Option<Target>,
+) -> Result<(Payer, PayTarget), Error> {
+    let payer = payer_of(principal)?;
+    let target = match target {
+        Some(Target::OrderNo(no)) => PayTarget::Order(no),
+        Some(Target::ProductId(id)) => PayTarget::Product(id),
+        None => return Err(Error::MissingParameter("order_no or product_id")),
+    };
+    Ok((payer, target))
+}
+
+/// The user a payment or coin RPC acts for.
+fn payer_of(principal: Option<wxmp_proto::auth::v1::Principal>) -> Result<Payer, Error> {
     let p = principal.ok_or(Error::MissingParameter("principal"))?;
     Ok(Payer {
         user_id: p.user_id,
