@@ -203,6 +203,7 @@ pub mod notify;
 mod openapi;
 pub mod order;
 mod pay;
+mod prune;
 mod rate;
 pub mod refund;
 mod server;

@@ -133,10 +133,13 @@ pub async fn login_code(
 
 /// Forgets codes long past their lifetime (kept a while so a late reuse still says 40163).
 fn prune_codes(state: &mut State, sandbox: &Sandbox) {
-    if state.codes.len() > 1000 {
-        let keep = sandbox.settings.code_ttl * 2;
-        state.codes.retain(|_, c| c.issued.elapsed() < keep);
-    }
+    let keep = sandbox.settings.code_ttl * 2;
+    let State {
+        codes,
+        codes_pruning,
+        ..
+    } = state;
+    codes_pruning.run(codes, 1000, |_, c| c.issued.elapsed() < keep);
 }
 
 /// `GET /sns/jscode2session?appid&secret&js_code&grant_type=authorization_code`.

@@ -11,6 +11,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     windows: HashMap<String, (Instant, u32)>,
+    pruning: crate::prune::Pruning,
 }
 
 impl RateLimiter {
@@ -20,10 +21,10 @@ impl RateLimiter {
         if per_minute == 0 {
             return true;
         }
-        if self.windows.len() > 10_000 {
-            self.windows
-                .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
-        }
+        self.pruning
+            .run(&mut self.windows, 10_000, |_, (start, _)| {
+                now.duration_since(*start) < WINDOW
+            });
         let window = self.windows.entry(key.to_owned()).or_insert((now, 0));
         if now.duration_since(window.0) >= WINDOW {
             *window = (now, 0);

@@ -152,6 +152,7 @@ pub struct State {
     /// unionid → appid → openid: one person across the configured apps.
     pub persons: HashMap<String, HashMap<String, String>>,
     pub codes: HashMap<String, CodeEntry>,
+    pub codes_pruning: crate::prune::Pruning,
     pub limiter: RateLimiter,
     pub tokens: Tokens,
     pub orders: HashMap<OrderKey, Order>,
