@@ -53,6 +53,8 @@ impl Replica {
         let mut config =
             user_service::Config::new(t.user_database_url.clone(), t.stack.auth_url.clone());
         config.redis_url = Some(service_kit::Secret::new(redis_url));
+        // auth-service announces logins on `<prefix>user-changed` beside its revocations.
+        config.user_change_channel = channel.replace("session-revoked", "user-changed");
         config.session_revocation_channel = channel;
         config.session_cache_ttl_ms = u64::try_from(ttl.as_millis()).unwrap();
         config.session_cache_max_entries = max;
@@ -264,7 +266,14 @@ async fn a_newer_login_s_key_opens_the_payload_though_an_older_answer_is_cached(
         .await
         .expect("opened with the new key");
     assert_eq!(user.nickname, "new key");
-    let second_key = cached_key(&replica, &token).expect("the fresh answer is kept");
+    // The login's announcement may cross that fetch (its answer is then not kept): the next
+    // one's is.
+    let second_key = eventually(FEED_BOUND, || async {
+        replica.update(&token, &data).await.unwrap();
+        cached_key(&replica, &token).filter(|key| *key != first_key)
+    })
+    .await
+    .expect("the fresh answer with the new key is kept");
     assert_ne!(first_key, second_key, "the stale key was replaced");
     // The refreshed answer replaced the stale one: the next payload opens from the cache.
     let data = t.user_data(&openid, profile("again")).await;
@@ -318,4 +327,47 @@ async fn the_cache_is_bounded_and_answers_each_token_with_its_own_session() {
     assert_eq!(replica.cache.max_entries(), 16);
     assert!(replica.cache.len() <= 16, "{} entries", replica.cache.len());
     assert!(!replica.cache.is_empty(), "the cache was used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_new_login_the_previous_key_stops_opening_on_every_replica() {
+    let (t, channel) = stack().await;
+    let ttl = Duration::from_secs(60);
+    let a = Replica::start(&t, wxmp_tests::redis_url(), channel.clone(), ttl, 1000).await;
+    let b = Replica::start(&t, wxmp_tests::redis_url(), channel, ttl, 1000).await;
+    let (token, openid) = t.login(None).await;
+    let old = t.user_data(&openid, profile("old key")).await;
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica.update(&token, &old).await.unwrap().nickname,
+            "old key"
+        );
+        assert!(
+            replica.holds(&token),
+            "the answer with the first key is kept (60 s)"
+        );
+    }
+    // A second wx.login() of the same user rotates the key; the first token still lives.
+    // Without the announcement each replica would open the old payload for the whole TTL.
+    t.login(Some(&openid)).await;
+    let started = Instant::now();
+    for (name, replica) in [("A", &a), ("B", &b)] {
+        let refused = eventually(FEED_BOUND, || async {
+            (replica.update(&token, &old).await == Err(ErrorReason::DecryptFailed)).then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "replica {name} still opened the old key's payload {:?} after the login",
+            started.elapsed()
+        );
+    }
+    // The new key's payload opens on both, from a fresh answer.
+    let new = t.user_data(&openid, profile("new key")).await;
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica.update(&token, &new).await.unwrap().nickname,
+            "new key"
+        );
+    }
 }

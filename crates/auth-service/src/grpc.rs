@@ -5,7 +5,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use service_kit::grpc::{AttachToken, forward};
+use service_kit::{
+    announce::Announcer,
+    grpc::{AttachToken, forward},
+    session_cache::UserKey,
+};
 use tonic::{
     Request, Response, Status, metadata::MetadataMap, service::interceptor::InterceptedService,
     transport::Channel,
@@ -45,6 +49,9 @@ pub struct Auth<S> {
     store: Arc<S>,
     session_ttl: Duration,
     access_tokens: Option<Arc<AccessTokens<AnyTokenCache>>>,
+    /// Each completed login's user is announced: its session_key may have rotated, which
+    /// user-service's session cache must hear of (and the gateways' cached row is refreshed).
+    logins: Announcer<UserKey>,
 }
 
 impl<S: SessionStore> Auth<S> {
@@ -62,7 +69,14 @@ impl<S: SessionStore> Auth<S> {
             store,
             session_ttl,
             access_tokens: None,
+            logins: Announcer::local(),
         }
+    }
+
+    /// Announces logins through `logins` (by default on the in-process feed only).
+    pub fn with_logins(mut self, logins: Announcer<UserKey>) -> Self {
+        self.logins = logins;
+        self
     }
 
     /// Serves GetAccessToken from `tokens` (without them it answers INTERNAL).
@@ -153,6 +167,8 @@ impl<S: SessionStore> Auth<S> {
         let user = ensured
             .user
             .ok_or_else(|| Error::Internal("EnsureUser answered without a user".into()))?;
+        // After the key is stored: whoever hears this and asks again gets the new key.
+        self.logins.announce(UserKey(user.id));
 
         let token =
             token::generate().map_err(|e| Error::Internal(format!("no randomness: {e}")))?;

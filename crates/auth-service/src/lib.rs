@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use service_kit::{Shutdown, grpc::AttachToken};
+use service_kit::{Shutdown, announce::Announcer, grpc::AttachToken, session_cache::UserKey};
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, service::Routes};
 use wxmp_proto::{
@@ -117,10 +117,24 @@ pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>,
     .with_access_tokens(Arc::new(tokens)))
 }
 
+/// Where completed logins are announced: the in-process feed always (`wxmp up`), and
+/// `<AUTH_REDIS_PREFIX>user-changed` on the session Redis when there is one.
+fn logins(config: &Config, shutdown: &Shutdown) -> Result<Announcer<UserKey>, Error> {
+    match &config.redis_url {
+        Some(url) => Announcer::redis(
+            url.expose(),
+            service_kit::session_cache::user_channel(&config.redis_prefix),
+            shutdown.clone(),
+        )
+        .map_err(|e| Error::Config(format!("AUTH_REDIS_URL: {e}"))),
+        None => Ok(Announcer::local()),
+    }
+}
+
 /// Serves `AuthService` (and gRPC health) on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     let store = Arc::new(open_store(&config)?);
-    let auth = build(&config, store.clone())?;
+    let auth = build(&config, store.clone())?.with_logins(logins(&config, &shutdown)?);
     tracing::info!(
         addr = ?listener.local_addr().ok(),
         store = ?store,

@@ -11,6 +11,7 @@
 //! - [`settings`]: configuration blocks several binaries share (listen address, WeChat's API).
 //! - [`session_cache`]: the bounded cache of `Authenticate` answers and its revocation feed.
 
+pub mod announce;
 pub mod balance;
 pub mod db;
 pub mod grpc;

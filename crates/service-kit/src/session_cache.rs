@@ -19,10 +19,15 @@
 //!
 //! An answer fetched while an eviction happened is not stored ([`SessionCache::epoch`]), so a
 //! logout racing a request's lookup cannot leave the revoked answer behind.
+//!
+//! The same cache keeps the gateway's user rows for `GET /me`, keyed by user id ([`UserKey`])
+//! and evicted by user-service's announcements of changed users on [`user_channel`]
+//! (`<prefix>user-changed`, the message is the decimal id); [`CacheKey`] is what a key type
+//! brings: its parse from an announcement, its shard and its in-process feed.
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -38,6 +43,25 @@ use crate::Shutdown;
 
 /// Shards of the map: concurrent lookups of different tokens rarely share a lock.
 const SHARDS: usize = 16;
+
+/// What a cache is keyed by, and how its feed names a key.
+pub trait CacheKey: Copy + Eq + Hash + Send + Sync + std::fmt::Debug + 'static {
+    /// The feed's name in metrics (`wxmp_session_cache_feed_up{feed}`).
+    const FEED: &'static str;
+
+    /// The key an announcement names; `None` for a message that is not one (the follower then
+    /// clears the cache rather than guess).
+    fn parse(payload: &[u8]) -> Option<Self>;
+
+    /// The announcement naming this key (what [`CacheKey::parse`] reads).
+    fn announcement(&self) -> String;
+
+    /// Which shard holds the key (below [`SHARDS`]).
+    fn shard(&self) -> usize;
+
+    /// The in-process feed of this kind of key (the embedded default).
+    fn local_bus() -> &'static broadcast::Sender<Self>;
+}
 
 /// The SHA-256 of a session token: what the cache and the revocation feed name a token by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,9 +97,72 @@ impl TokenKey {
         }
         s
     }
+}
+
+impl CacheKey for TokenKey {
+    const FEED: &'static str = "session-revoked";
+
+    fn parse(payload: &[u8]) -> Option<Self> {
+        Self::from_hex(payload)
+    }
+
+    fn announcement(&self) -> String {
+        self.to_hex()
+    }
 
     fn shard(&self) -> usize {
         usize::from(self.0[0]) % SHARDS
+    }
+
+    fn local_bus() -> &'static broadcast::Sender<Self> {
+        static BUS: OnceLock<broadcast::Sender<TokenKey>> = OnceLock::new();
+        // 1024 pending announcements per follower; a follower that lags clears its cache.
+        BUS.get_or_init(|| broadcast::channel(1024).0)
+    }
+}
+
+/// A user's id: what the gateway's cache of user rows is keyed by, and what user-service
+/// announces (in decimal) when it changes the user's row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserKey(pub i64);
+
+impl UserKey {
+    /// Spreads sequential ids over the whole hash (Fibonacci hashing): the map's hasher takes
+    /// the key's bytes as its hash.
+    fn mixed(&self) -> u64 {
+        u64::from_ne_bytes(self.0.to_ne_bytes()).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl Hash for UserKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.mixed().to_be_bytes());
+    }
+}
+
+impl CacheKey for UserKey {
+    const FEED: &'static str = "user-changed";
+
+    fn parse(payload: &[u8]) -> Option<Self> {
+        // Decimal digits only (no sign, no spaces): what `to_string` of an id gives.
+        if payload.is_empty() || payload.len() > 19 || !payload.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(payload).ok()?.parse().ok().map(Self)
+    }
+
+    fn announcement(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn shard(&self) -> usize {
+        // The low bits of an odd multiple of sequential ids cycle through every value.
+        usize::try_from(self.mixed() % 16).unwrap_or(0) % SHARDS
+    }
+
+    fn local_bus() -> &'static broadcast::Sender<Self> {
+        static BUS: OnceLock<broadcast::Sender<UserKey>> = OnceLock::new();
+        BUS.get_or_init(|| broadcast::channel(1024).0)
     }
 }
 
@@ -117,23 +204,37 @@ impl BuildHasher for BuildKeyHasher {
 
 struct Entry<V> {
     value: V,
+    /// When the answer was asked for (its [`Ticket`]'s time).
+    asked: Instant,
     deadline: Instant,
 }
 
-type Shard<V> = Mutex<HashMap<TokenKey, Entry<V>, BuildKeyHasher>>;
+/// Taken before asking the source of truth about a key, passed to [`SessionCache::insert`]:
+/// an answer whose asking crossed an eviction is not kept, and an entry remembers when it was
+/// asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    epoch: u64,
+    at: Instant,
+}
 
-/// Answers by token key, each until its deadline, at most `max_entries` of them.
-pub struct SessionCache<V> {
-    shards: Vec<Shard<V>>,
+type Shard<K, V> = Mutex<HashMap<K, Entry<V>, BuildKeyHasher>>;
+
+/// Answers by key (a token's by default), each until its deadline, at most `max_entries` of
+/// them.
+pub struct SessionCache<V, K = TokenKey> {
+    shards: Vec<Shard<K, V>>,
     per_shard: usize,
     ttl: Duration,
-    /// Bumped by every eviction and clear: an answer fetched across one is not stored.
-    epoch: AtomicU64,
+    /// Per shard, bumped by every eviction in it and by every clear: an answer fetched across
+    /// one is not stored. Per shard so that a busy stream of evictions (user rows changing)
+    /// does not refuse every other key's insert.
+    epochs: [AtomicU64; SHARDS],
     /// Whether the revocation feed is known connected; the cache serves only while it is.
     live: AtomicBool,
 }
 
-impl<V> std::fmt::Debug for SessionCache<V> {
+impl<V, K> std::fmt::Debug for SessionCache<V, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionCache")
             .field("ttl", &self.ttl)
@@ -143,7 +244,7 @@ impl<V> std::fmt::Debug for SessionCache<V> {
     }
 }
 
-impl<V: Clone> SessionCache<V> {
+impl<V: Clone, K: CacheKey> SessionCache<V, K> {
     /// A cache keeping answers `ttl` at most, `max_entries` at most (rounded up to a multiple
     /// of the shard count, at least one per shard). `None` when `ttl` or `max_entries` is 0.
     /// Nothing is allocated ahead: the maps grow with use.
@@ -157,7 +258,7 @@ impl<V: Clone> SessionCache<V> {
                 .collect(),
             per_shard: max_entries.div_ceil(SHARDS),
             ttl,
-            epoch: AtomicU64::new(0),
+            epochs: std::array::from_fn(|_| AtomicU64::new(0)),
             live: AtomicBool::new(false),
         })
     }
@@ -172,10 +273,7 @@ impl<V: Clone> SessionCache<V> {
         self.per_shard * SHARDS
     }
 
-    fn shard(
-        &self,
-        key: &TokenKey,
-    ) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Entry<V>, BuildKeyHasher>> {
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>, BuildKeyHasher>> {
         // A panic while holding the lock leaves a plain map: still consistent.
         self.shards[key.shard()]
             .lock()
@@ -183,29 +281,38 @@ impl<V: Clone> SessionCache<V> {
     }
 
     /// The answer kept for `key`, if it is still before its deadline and the feed is live.
-    pub fn get(&self, key: &TokenKey) -> Option<V> {
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.get_asked(key).map(|(value, _)| value)
+    }
+
+    /// [`Self::get`] with the time the answer was asked for: anything that changed after it
+    /// may be missing from the answer.
+    pub fn get_asked(&self, key: &K) -> Option<(V, Instant)> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
         let mut shard = self.shard(key);
         let entry = shard.get(key)?;
         if entry.deadline > Instant::now() {
-            return Some(entry.value.clone());
+            return Some((entry.value.clone(), entry.asked));
         }
         shard.remove(key);
         None
     }
 
-    /// Read before asking the source of truth; pass it to [`Self::insert`].
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// Take before asking the source of truth about `key`; pass it to [`Self::insert`].
+    pub fn epoch(&self, key: &K) -> Ticket {
+        Ticket {
+            epoch: self.epochs[key.shard()].load(Ordering::Acquire),
+            at: Instant::now(),
+        }
     }
 
     /// Keeps `value` for `key` until `ttl` or `lifetime` (the session's remaining life),
-    /// whichever is sooner; not at all when an eviction happened since `epoch` was read or the
-    /// feed is not live. A full shard first drops its expired entries, then the entry closest
+    /// whichever is sooner; not at all when an eviction of its shard happened since `ticket`
+    /// was taken or the feed is not live. A full shard first drops its expired entries, then the entry closest
     /// to its deadline.
-    pub fn insert(&self, key: TokenKey, value: V, lifetime: Duration, epoch: u64) {
+    pub fn insert(&self, key: K, value: V, lifetime: Duration, ticket: Ticket) {
         let keep = self.ttl.min(lifetime);
         if keep.is_zero() || !self.live.load(Ordering::Acquire) {
             return;
@@ -214,7 +321,7 @@ impl<V: Clone> SessionCache<V> {
         let mut shard = self.shard(&key);
         // Checked under the shard lock: an eviction of this key takes the same lock, after
         // bumping the epoch, so either it sees our entry or we see its bump.
-        if self.epoch.load(Ordering::Acquire) != epoch {
+        if self.epochs[key.shard()].load(Ordering::Acquire) != ticket.epoch {
             return;
         }
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
@@ -232,20 +339,23 @@ impl<V: Clone> SessionCache<V> {
             key,
             Entry {
                 value,
+                asked: ticket.at,
                 deadline: now + keep,
             },
         );
     }
 
-    /// Forgets `key` (a revoked session).
-    pub fn evict(&self, key: &TokenKey) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+    /// Forgets `key` (a revoked session, a changed user).
+    pub fn evict(&self, key: &K) {
+        self.epochs[key.shard()].fetch_add(1, Ordering::AcqRel);
         self.shard(key).remove(key);
     }
 
     /// Forgets everything (a feed that may have missed announcements).
     pub fn clear(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for epoch in &self.epochs {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
         for shard in &self.shards {
             let mut map = shard
                 .lock()
@@ -280,14 +390,14 @@ impl<V: Clone> SessionCache<V> {
     pub fn feed_connected(&self) {
         self.clear();
         self.live.store(true, Ordering::Release);
-        metrics::gauge!("wxmp_session_cache_feed_up").set(1.0);
+        metrics::gauge!("wxmp_session_cache_feed_up", "feed" => K::FEED).set(1.0);
     }
 
     /// The feed is down: stop serving and storing until it is back.
     pub fn feed_lost(&self) {
         self.live.store(false, Ordering::Release);
         self.clear();
-        metrics::gauge!("wxmp_session_cache_feed_up").set(0.0);
+        metrics::gauge!("wxmp_session_cache_feed_up", "feed" => K::FEED).set(0.0);
     }
 }
 
@@ -296,35 +406,64 @@ pub fn channel(prefix: &str) -> String {
     format!("{prefix}session-revoked")
 }
 
-/// The in-process feed of the embedded default (every service in one process).
-fn local_bus() -> &'static broadcast::Sender<TokenKey> {
-    static BUS: OnceLock<broadcast::Sender<TokenKey>> = OnceLock::new();
-    // 1024 pending announcements per follower; a follower that lags clears its cache.
-    BUS.get_or_init(|| broadcast::channel(1024).0)
+/// What a feed's follower does with what the feed says.
+pub trait Follower<K>: Send + Sync + 'static {
+    /// `key` changed (or ended).
+    fn announced(&self, key: K);
+    /// Announcements may have been missed (a follower that lagged, a message not understood).
+    fn missed(&self);
+    /// The feed is (re)connected; whatever it said while down was missed.
+    fn connected(&self);
+    /// The feed is down.
+    fn lost(&self);
 }
 
-/// Announces an ended session to the caches following the in-process feed (none outside the
-/// embedded default: then this costs nothing).
-pub fn announce_local(key: TokenKey) {
-    let _nobody_listening = local_bus().send(key);
+/// A cache follows its feed by evicting what is announced (see the module docs).
+impl<V: Clone + Send + Sync + 'static, K: CacheKey> Follower<K> for SessionCache<V, K> {
+    fn announced(&self, key: K) {
+        self.evict(&key);
+    }
+
+    fn missed(&self) {
+        self.clear();
+    }
+
+    fn connected(&self) {
+        self.feed_connected();
+    }
+
+    fn lost(&self) {
+        self.feed_lost();
+    }
 }
 
-/// Evicts from `cache` what [`announce_local`] announces, until `shutdown`.
-pub fn follow_local<V: Clone + Send + Sync + 'static>(
-    cache: Arc<SessionCache<V>>,
+/// The Redis channel user-service announces changed users on: `<prefix>user-changed`.
+pub fn user_channel(prefix: &str) -> String {
+    format!("{prefix}user-changed")
+}
+
+/// Announces an ended session or a changed user to the caches following the in-process feed
+/// (none outside the embedded default: then this costs nothing).
+pub fn announce_local<K: CacheKey>(key: K) {
+    let _nobody_listening = K::local_bus().send(key);
+}
+
+/// Tells `follower` (a follower: it evicts) what [`announce_local`] announces, until `shutdown`.
+pub fn follow_local<K: CacheKey, F: Follower<K>>(
+    follower: Arc<F>,
     shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let mut rx = local_bus().subscribe();
-    cache.feed_connected();
+    let mut rx = K::local_bus().subscribe();
+    follower.connected();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 got = rx.recv() => match got {
-                    Ok(key) => cache.evict(&key),
-                    Err(broadcast::error::RecvError::Lagged(_)) => cache.clear(),
+                    Ok(key) => follower.announced(key),
+                    Err(broadcast::error::RecvError::Lagged(_)) => follower.missed(),
                     Err(broadcast::error::RecvError::Closed) => {
-                        cache.feed_lost();
+                        follower.lost();
                         return;
                     }
                 },
@@ -336,37 +475,38 @@ pub fn follow_local<V: Clone + Send + Sync + 'static>(
 /// Why the revocation feed could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid Redis URL for the revocation feed: {0}")]
-pub struct InvalidRedisUrl(String);
+pub struct InvalidRedisUrl(pub(crate) String);
 
-/// Evicts from `cache` what auth-service announces on `channel` of the Redis at `url`, until
-/// `shutdown`. Reconnects after a failure (0.2 s, doubling to 5 s); the cache is dark while
-/// disconnected and cleared on each (re)subscription.
-pub fn follow_redis<V: Clone + Send + Sync + 'static>(
+/// Tells `follower` (a cache: it evicts) what is announced on `channel` of the Redis at
+/// `url`, until `shutdown`. Reconnects after a failure (0.2 s, doubling to 5 s); a cache is
+/// dark while disconnected and cleared on each (re)subscription.
+pub fn follow_redis<K: CacheKey, F: Follower<K>>(
     url: &str,
     channel: String,
-    cache: Arc<SessionCache<V>>,
+    follower: Arc<F>,
     shutdown: Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, InvalidRedisUrl> {
     // redis's URL errors do not echo the URL (which may hold a password).
     let client = redis::Client::open(url).map_err(|e| InvalidRedisUrl(e.category().to_owned()))?;
-    metrics::gauge!("wxmp_session_cache_feed_up").set(0.0);
+    metrics::gauge!("wxmp_session_cache_feed_up", "feed" => K::FEED).set(0.0);
     Ok(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
             let followed = tokio::select! {
                 _ = shutdown.wait() => return,
-                r = follow_once(&client, &channel, &cache) => r,
+                r = follow_once(&client, &channel, &*follower) => r,
             };
-            cache.feed_lost();
+            follower.lost();
             match followed {
                 Ok(()) => {
                     tracing::warn!(
-                        "revocation feed closed; the session cache is off until it is back"
+                        feed = K::FEED,
+                        "feed closed; its cache is off until it is back"
                     );
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "revocation feed down; the session cache is off until it is back");
+                    tracing::warn!(error = %e, feed = K::FEED, "feed down; its cache is off until it is back");
                 }
             }
             tokio::select! {
@@ -379,10 +519,10 @@ pub fn follow_redis<V: Clone + Send + Sync + 'static>(
 }
 
 /// One subscription: subscribes, marks the cache live, evicts until the stream ends.
-async fn follow_once<V: Clone>(
+async fn follow_once<K: CacheKey, F: Follower<K>>(
     client: &redis::Client,
     channel: &str,
-    cache: &SessionCache<V>,
+    follower: &F,
 ) -> redis::RedisResult<()> {
     let mut pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
         .await
@@ -390,14 +530,14 @@ async fn follow_once<V: Clone>(
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
         })??;
     pubsub.subscribe(channel).await?;
-    cache.feed_connected();
-    tracing::info!("revocation feed subscribed; the session cache serves");
+    follower.connected();
+    tracing::info!(feed = K::FEED, "feed subscribed; its cache serves");
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
-        match TokenKey::from_hex(message.get_payload_bytes()) {
-            Some(key) => cache.evict(&key),
+        match K::parse(message.get_payload_bytes()) {
+            Some(key) => follower.announced(key),
             // Not ours: forget everything rather than guess.
-            None => cache.clear(),
+            None => follower.missed(),
         }
     }
     Ok(())
@@ -442,10 +582,10 @@ mod tests {
     #[test]
     fn dark_until_the_feed_is_connected() {
         let cache = SessionCache::new(Duration::from_secs(5), 100).unwrap();
-        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch(&key(1)));
         assert_eq!(cache.get(&key(1)), None);
         cache.feed_connected();
-        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch(&key(1)));
         assert_eq!(cache.get(&key(1)), Some(1));
         cache.feed_lost();
         assert_eq!(cache.get(&key(1)), None);
@@ -456,7 +596,7 @@ mod tests {
     fn never_holds_more_than_its_bound() {
         let cache = live(Duration::from_secs(60), 100);
         for n in 0..10_000 {
-            cache.insert(key(n), n, Duration::from_secs(60), cache.epoch());
+            cache.insert(key(n), n, Duration::from_secs(60), cache.epoch(&key(n)));
             assert!(cache.len() <= cache.max_entries());
         }
         assert_eq!(cache.max_entries(), 112);
@@ -468,16 +608,16 @@ mod tests {
     #[test]
     fn an_entry_never_outlives_the_session_or_the_ttl() {
         let cache = live(Duration::from_secs(60), 100);
-        cache.insert(key(1), 1, Duration::ZERO, cache.epoch());
+        cache.insert(key(1), 1, Duration::ZERO, cache.epoch(&key(1)));
         assert_eq!(cache.get(&key(1)), None);
-        cache.insert(key(2), 2, Duration::from_millis(1), cache.epoch());
+        cache.insert(key(2), 2, Duration::from_millis(1), cache.epoch(&key(2)));
         let deadline = Instant::now() + Duration::from_secs(5);
         while cache.get(&key(2)).is_some() {
             assert!(Instant::now() < deadline, "entry outlived its session");
             std::thread::yield_now();
         }
         let short = live(Duration::from_millis(1), 100);
-        short.insert(key(3), 3, Duration::from_secs(60), short.epoch());
+        short.insert(key(3), 3, Duration::from_secs(60), short.epoch(&key(3)));
         while short.get(&key(3)).is_some() {
             assert!(Instant::now() < deadline, "entry outlived the ttl");
             std::thread::yield_now();
@@ -487,11 +627,11 @@ mod tests {
     #[test]
     fn an_answer_fetched_across_an_eviction_is_not_kept() {
         let cache = live(Duration::from_secs(60), 100);
-        let epoch = cache.epoch();
+        let epoch = cache.epoch(&key(1));
         cache.evict(&key(1));
         cache.insert(key(1), 1, Duration::from_secs(60), epoch);
         assert_eq!(cache.get(&key(1)), None);
-        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch());
+        cache.insert(key(1), 1, Duration::from_secs(60), cache.epoch(&key(1)));
         assert_eq!(cache.get(&key(1)), Some(1));
         cache.evict(&key(1));
         assert_eq!(cache.get(&key(1)), None);
@@ -509,7 +649,7 @@ mod tests {
                         if let Some(v) = cache.get(&key(n)) {
                             assert_eq!(v, n, "served another user's answer");
                         }
-                        cache.insert(key(n), n, Duration::from_secs(60), cache.epoch());
+                        cache.insert(key(n), n, Duration::from_secs(60), cache.epoch(&key(n)));
                         if round % 97 == 0 {
                             cache.evict(&key(n));
                         }
@@ -518,5 +658,64 @@ mod tests {
             }
         });
         assert!(cache.len() <= cache.max_entries());
+    }
+
+    #[test]
+    fn user_keys_parse_only_decimal_ids() {
+        assert_eq!(UserKey::parse(b"42"), Some(UserKey(42)));
+        assert_eq!(
+            UserKey::parse(UserKey(7).announcement().as_bytes()),
+            Some(UserKey(7))
+        );
+        assert_eq!(
+            UserKey::parse(i64::MAX.to_string().as_bytes()),
+            Some(UserKey(i64::MAX))
+        );
+        for junk in [
+            &b""[..],
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"99999999999999999999",
+            b"abc",
+        ] {
+            assert_eq!(UserKey::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn sequential_user_ids_spread_over_every_shard() {
+        let mut counts = [0usize; SHARDS];
+        for id in 1..=1_600 {
+            counts[UserKey(id).shard()] += 1;
+        }
+        assert!(counts.iter().all(|&n| n == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn an_eviction_refuses_only_its_own_shards_inserts() {
+        let cache: SessionCache<u32, UserKey> =
+            SessionCache::new(Duration::from_secs(60), 100).unwrap();
+        cache.feed_connected();
+        let a = UserKey(1);
+        let b = (2..100)
+            .map(UserKey)
+            .find(|k| k.shard() != a.shard())
+            .unwrap();
+        let (epoch_a, epoch_b) = (cache.epoch(&a), cache.epoch(&b));
+        cache.evict(&a);
+        cache.insert(b, 2, Duration::from_secs(60), epoch_b);
+        cache.insert(a, 1, Duration::from_secs(60), epoch_a);
+        assert_eq!(
+            cache.get(&b),
+            Some(2),
+            "another shard's eviction is no race"
+        );
+        assert_eq!(cache.get(&a), None, "fetched across its own eviction");
+        cache.clear();
+        let epoch_b = cache.epoch(&b);
+        cache.insert(b, 3, Duration::from_secs(60), epoch_b);
+        assert_eq!(cache.get(&b), Some(3));
     }
 }

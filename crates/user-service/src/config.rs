@@ -21,6 +21,8 @@ pub const DEFAULT_SESSION_CACHE_TTL_MS: u64 = 5000;
 pub const DEFAULT_SESSION_CACHE_MAX_ENTRIES: u64 = 10_000;
 /// Default of `USER_SESSION_REVOCATION_CHANNEL`: auth-service's default prefix's channel.
 pub const DEFAULT_SESSION_REVOCATION_CHANNEL: &str = "wxmp:session-revoked";
+/// Default of `USER_CHANGE_CHANNEL`: the gateway's default prefix's channel.
+pub const DEFAULT_USER_CHANGE_CHANNEL: &str = "wxmp:user-changed";
 
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -61,8 +63,9 @@ pub struct Config {
     pub rpc_timeout_ms: u64,
 
     /// The Redis auth-service keeps its sessions in: the session cache follows its logout
-    /// announcements there (the channel below). Without it (and outside `wxmp up`) the cache
-    /// is off and every token is asked of auth-service.
+    /// announcements there (the channel below), and every user whose row changes is announced
+    /// there for the gateways' caches of user rows (`USER_CHANGE_CHANNEL`). Without it (and
+    /// outside `wxmp up`) the cache is off and every token is asked of auth-service.
     #[arg(
         long,
         env = "USER_REDIS_URL",
@@ -79,6 +82,16 @@ pub struct Config {
         default_value = DEFAULT_SESSION_REVOCATION_CHANNEL
     )]
     pub session_revocation_channel: String,
+
+    /// The channel changed users are announced on (their decimal id), which the gateways'
+    /// caches of user rows follow: `<GATEWAY_REDIS_PREFIX>user-changed`.
+    #[arg(
+        long,
+        env = "USER_CHANGE_CHANNEL",
+        value_name = "USER_CHANGE_CHANNEL",
+        default_value = DEFAULT_USER_CHANGE_CHANNEL
+    )]
+    pub user_change_channel: String,
 
     /// How long an `AuthenticateWithSessionKey` answer (principal and session_key) is reused
     /// for the same token, in milliseconds; never past the session's expiry. A logout is seen
@@ -126,6 +139,7 @@ impl Config {
             rpc_timeout_ms: 3000,
             redis_url: None,
             session_revocation_channel: DEFAULT_SESSION_REVOCATION_CHANNEL.into(),
+            user_change_channel: DEFAULT_USER_CHANGE_CHANNEL.into(),
             session_cache_ttl_ms: DEFAULT_SESSION_CACHE_TTL_MS,
             session_cache_max_entries: DEFAULT_SESSION_CACHE_MAX_ENTRIES,
             in_process_revocation: false,
@@ -160,6 +174,7 @@ mod tests {
             "the session cache needs a feed to be on"
         );
         assert_eq!(c.session_revocation_channel, "wxmp:session-revoked");
+        assert_eq!(c.user_change_channel, "wxmp:user-changed");
         assert_eq!(c.session_cache_ttl_ms, 5000);
         assert_eq!(c.session_cache_max_entries, 10_000);
         assert!(!c.in_process_revocation);

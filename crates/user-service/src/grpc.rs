@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use service_kit::Secret;
+use service_kit::{Secret, announce::Announcer, session_cache::UserKey};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use wxmp_proto::{auth::v1::Principal, user::v1 as pb};
 
@@ -13,7 +13,7 @@ use crate::{
     error::DecryptCause,
     phone_code::PhoneCodes,
     session_keys::SessionKeys,
-    sessions::{SessionAnswers, Sessions},
+    sessions::{Rotations, SessionAnswers, Sessions},
     store::{Owner, Users},
 };
 
@@ -28,6 +28,8 @@ pub struct Service<K> {
     users: Users,
     sessions: Sessions<K>,
     phones: Option<PhoneCodes>,
+    /// Every user whose row changed is announced: the gateways cache rows for `GET /me`.
+    changes: Announcer<UserKey>,
 }
 
 /// Who calls, and what is known of their session_key so far.
@@ -51,13 +53,27 @@ impl<K: SessionKeys> Service<K> {
             users,
             sessions: Sessions::new(keys, None),
             phones: None,
+            changes: Announcer::local(),
         }
+    }
+
+    /// Announces changed users through `changes` (by default on the in-process feed only).
+    pub fn with_announcer(mut self, changes: Announcer<UserKey>) -> Self {
+        self.changes = changes;
+        self
     }
 
     /// Reuses auth-service's answers for tokens through `cache` (see [`crate::sessions`]);
     /// whoever made it keeps its revocation feed followed.
     pub fn with_session_cache(mut self, cache: Arc<SessionAnswers>) -> Self {
         self.sessions.cache = Some(cache);
+        self
+    }
+
+    /// Asks auth-service again for a cached answer kept before its user's latest login, as
+    /// `rotations` (which whoever made it keeps following) marks them.
+    pub fn with_rotations(mut self, rotations: Arc<Rotations>) -> Self {
+        self.sessions.rotations = Some(rotations);
         self
     }
 
@@ -167,6 +183,7 @@ impl<K: SessionKeys> Service<K> {
             .update_profile(owner(&principal), &changes)
             .await?
             .ok_or(Error::NotFound)?;
+        self.changes.announce(UserKey(user.id));
         tracing::info!(user_id = user.id, "profile stored");
         Ok(user.into())
     }
@@ -199,6 +216,7 @@ impl<K: SessionKeys> Service<K> {
             .update_phone(owner(&principal), &changes)
             .await?
             .ok_or(Error::NotFound)?;
+        self.changes.announce(UserKey(user.id));
         tracing::info!(user_id = user.id, "phone number stored");
         Ok(user.into())
     }
@@ -259,6 +277,9 @@ impl<K: SessionKeys> pb::user_service_server::UserService for Service<K> {
         if created {
             metrics::counter!("wxmp_users_created_total").increment(1);
             tracing::info!(user_id = user.id, "user created");
+        } else if !body.unionid.is_empty() {
+            // An existing row may just have learned its unionid.
+            self.changes.announce(UserKey(user.id));
         }
         Ok(Response::new(pb::EnsureUserResponse {
             user: Some(user.into()),

@@ -18,7 +18,9 @@ use std::{sync::Arc, time::Duration};
 
 use service_kit::{
     Shutdown,
+    announce::Announcer,
     db::{Database, Migrations, PoolOptions},
+    session_cache::{CacheKey, Follower, UserKey},
 };
 use tokio::net::TcpListener;
 use wxmp_proto::user::v1::user_service_server::UserServiceServer;
@@ -29,7 +31,7 @@ pub use error::{DECRYPT_FAILED_MESSAGE, DecryptCause, Error};
 pub use grpc::Service;
 pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
 pub use session_keys::{AuthSessionKeys, Session, SessionKeys};
-pub use sessions::SessionAnswers;
+pub use sessions::{Rotations, SessionAnswers};
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
 
 /// The service's migrations, one folder per back end, embedded in the binary.
@@ -100,14 +102,33 @@ pub async fn serve_with_cache(
         &config.wechat,
     )?;
     let probe_db = db.clone();
-    let mut service = Service::new(Users::new(db), keys).with_phone_codes(phones);
-    let revocations = match cache {
+    let mut service = Service::new(Users::new(db), keys)
+        .with_phone_codes(phones)
+        .with_announcer(user_changes(&config, &shutdown)?);
+    let (revocations, _rotations) = match cache {
         Some(cache) => {
-            let follower = follow_revocations(&config, cache.clone(), &shutdown)?;
+            let revocations = follow(
+                &config,
+                cache.clone(),
+                config.session_revocation_channel.clone(),
+                &shutdown,
+            )?;
+            let rotations = match Rotations::new(cache.ttl(), cache.max_entries()).map(Arc::new) {
+                Some(rotations) => {
+                    service = service.with_rotations(rotations.clone());
+                    follow(
+                        &config,
+                        rotations,
+                        config.user_change_channel.clone(),
+                        &shutdown,
+                    )?
+                }
+                None => None,
+            };
             service = service.with_session_cache(cache);
-            follower
+            (revocations, rotations)
         }
-        None => None,
+        None => (None, None),
     };
     tracing::info!(
         session_cache = revocations.is_some(),
@@ -141,21 +162,36 @@ pub async fn serve_with_cache(
     Ok(())
 }
 
-/// Follows the revocation feed for `cache` until `shutdown`: the in-process one in `wxmp up`,
-/// else auth-service's Redis. The task ends with the returned guard.
-fn follow_revocations(
+/// Where changed users are announced: the in-process feed always (the gateway of `wxmp up`
+/// follows it), and Redis when configured.
+fn user_changes(config: &Config, shutdown: &Shutdown) -> Result<Announcer<UserKey>, Error> {
+    match &config.redis_url {
+        Some(url) => Announcer::redis(
+            url.expose(),
+            config.user_change_channel.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}"))),
+        None => Ok(Announcer::local()),
+    }
+}
+
+/// Tells `follower` what its feed announces until `shutdown`: the in-process feed in `wxmp
+/// up`, else `channel` on `USER_REDIS_URL`. The task ends with the returned guard.
+fn follow<K: CacheKey, F: Follower<K>>(
     config: &Config,
-    cache: Arc<SessionAnswers>,
+    follower: Arc<F>,
+    channel: String,
     shutdown: &Shutdown,
 ) -> Result<Option<AbortOnDrop>, Error> {
     let task = match &config.redis_url {
         _ if config.in_process_revocation => {
-            service_kit::session_cache::follow_local(cache, shutdown.clone())
+            service_kit::session_cache::follow_local(follower, shutdown.clone())
         }
         Some(url) => service_kit::session_cache::follow_redis(
             url.expose(),
-            config.session_revocation_channel.clone(),
-            cache,
+            channel,
+            follower,
             shutdown.clone(),
         )
         .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}")))?,

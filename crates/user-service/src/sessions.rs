@@ -14,10 +14,21 @@
 //! `wx.login()`) rotates the session_key at WeChat and in auth-service, and the payloads the
 //! mini program then sends are encrypted with the new key. So a payload that fails to open
 //! with a cached key is retried once with a fresh answer ([`Sessions::refresh`]).
+//!
+//! auth-service announces each completed login's user on the user-changed feed (the one the
+//! gateways' caches of user rows follow): a new login may have rotated the key. [`Rotations`]
+//! marks that user for the TTL, and an answer kept before the mark is asked again, so a payload
+//! sealed with the previous key stops opening within the feed's delay instead of the TTL.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use service_kit::session_cache::{SessionCache, TokenKey};
+use service_kit::session_cache::{Follower, SessionCache, TokenKey, UserKey};
 use tonic::metadata::MetadataMap;
 
 use crate::{Error, SessionKeys, session_keys::Session};
@@ -38,11 +49,16 @@ pub struct Authenticated {
 pub struct Sessions<K> {
     keys: K,
     pub(crate) cache: Option<Arc<SessionAnswers>>,
+    pub(crate) rotations: Option<Arc<Rotations>>,
 }
 
 impl<K: SessionKeys> Sessions<K> {
     pub fn new(keys: K, cache: Option<Arc<SessionAnswers>>) -> Self {
-        Self { keys, cache }
+        Self {
+            keys,
+            cache,
+            rotations: None,
+        }
     }
 
     /// Where session keys come from (for callers named by a principal).
@@ -57,13 +73,20 @@ impl<K: SessionKeys> Sessions<K> {
         token: &str,
     ) -> Result<Authenticated, Error> {
         if let Some(cache) = &self.cache
-            && let Some(session) = cache.get(&TokenKey::of(token))
+            && let Some((session, asked)) = cache.get_asked(&TokenKey::of(token))
         {
-            metrics::counter!("wxmp_user_session_cache_total", "outcome" => "hit").increment(1);
-            return Ok(Authenticated {
-                session,
-                cached: true,
-            });
+            let rotated = self
+                .rotations
+                .as_ref()
+                .is_some_and(|r| r.since(session.principal.user_id, asked));
+            if !rotated {
+                metrics::counter!("wxmp_user_session_cache_total", "outcome" => "hit").increment(1);
+                return Ok(Authenticated {
+                    session,
+                    cached: true,
+                });
+            }
+            metrics::counter!("wxmp_user_session_cache_total", "outcome" => "rotated").increment(1);
         }
         let session = self.fetch(incoming, token).await?;
         Ok(Authenticated {
@@ -85,7 +108,7 @@ impl<K: SessionKeys> Sessions<K> {
         };
         let key = TokenKey::of(token);
         // Read before asking: an answer that crosses a logout's eviction is not kept.
-        let epoch = cache.epoch();
+        let epoch = cache.epoch(&key);
         let answer = self.keys.authenticate(incoming, token).await;
         match &answer {
             // Without a key the request fails anyway; nothing worth keeping.
@@ -104,5 +127,69 @@ impl<K: SessionKeys> Sessions<K> {
             Err(_) => {}
         }
         answer
+    }
+}
+
+/// Users who logged in again lately (their session_key may have rotated), each marked for the
+/// session cache's TTL: longer than any answer asked for before the mark can live.
+#[derive(Debug)]
+pub struct Rotations {
+    marks: SessionCache<Instant, UserKey>,
+    /// Answers asked for before this (nanoseconds after `origin`) are suspect: the feed was
+    /// (re)connected or may have missed announcements since.
+    trusted_from: AtomicU64,
+    origin: Instant,
+}
+
+impl Rotations {
+    /// Marks kept `ttl` (the session cache's), at most `max_entries`; `None` when either is 0.
+    pub fn new(ttl: Duration, max_entries: usize) -> Option<Self> {
+        let origin = Instant::now();
+        Some(Self {
+            marks: SessionCache::new(ttl, max_entries)?,
+            trusted_from: AtomicU64::new(0),
+            origin,
+        })
+    }
+
+    /// Whether an answer for `user_id` asked for at `asked` may predate its latest login.
+    fn since(&self, user_id: i64, asked: Instant) -> bool {
+        let trusted_from =
+            self.origin + Duration::from_nanos(self.trusted_from.load(Ordering::Acquire));
+        asked < trusted_from
+            || self
+                .marks
+                .get(&UserKey(user_id))
+                .is_some_and(|at| at >= asked)
+    }
+
+    /// Answers asked for before now are to be asked again.
+    fn distrust_earlier(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.trusted_from.store(nanos, Ordering::Release);
+    }
+}
+
+impl Follower<UserKey> for Rotations {
+    fn announced(&self, user: UserKey) {
+        let ttl = self.marks.ttl();
+        self.marks
+            .insert(user, Instant::now(), ttl, self.marks.epoch(&user));
+    }
+
+    fn missed(&self) {
+        self.distrust_earlier();
+        self.marks.clear();
+    }
+
+    fn connected(&self) {
+        // What was announced while the feed was down is unknown.
+        self.distrust_earlier();
+        self.marks.feed_connected();
+    }
+
+    fn lost(&self) {
+        // Without marks the answers keep their TTL bound, as before this feed existed.
+        self.marks.feed_lost();
     }
 }

@@ -63,7 +63,7 @@ pub(crate) async fn authenticate(
     // so an answer that crossed a logout is not kept.
     let cached = state.sessions.as_deref().map(|cache| {
         let key = TokenKey::of(&token);
-        (cache, key, cache.epoch())
+        (cache, key, cache.epoch(&key))
     });
     if let Some((cache, key, _)) = &cached
         && let Some(principal) = cache.get(key)
