@@ -23,6 +23,7 @@ mod secrets;
 mod security;
 mod session_cache;
 mod shipping;
+mod user_cache;
 mod user_session_cache;
 mod userinfo;
 mod wechat_api;

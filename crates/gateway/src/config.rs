@@ -12,6 +12,10 @@ pub const DEFAULT_UPSTREAM_CHECK_MS: u64 = 1000;
 pub const DEFAULT_SESSION_CACHE_TTL_MS: u64 = 5000;
 /// Default of `GATEWAY_SESSION_CACHE_MAX_ENTRIES`.
 pub const DEFAULT_SESSION_CACHE_MAX_ENTRIES: u64 = 10_000;
+/// Default of `GATEWAY_USER_CACHE_TTL_MS`.
+pub const DEFAULT_USER_CACHE_TTL_MS: u64 = 5000;
+/// Default of `GATEWAY_USER_CACHE_MAX_ENTRIES`.
+pub const DEFAULT_USER_CACHE_MAX_ENTRIES: u64 = 10_000;
 
 /// Every setting of the gateway. Parse with `Config::parse()` (environment and flags).
 #[derive(Clone, Debug, clap::Parser)]
@@ -140,6 +144,25 @@ pub struct Config {
         value_name = "GATEWAY_SESSION_REVOCATION_CHANNEL"
     )]
     pub session_revocation_channel: Option<String>,
+    /// How long a user row is reused for `GET /me` (user id → the row user-service answered),
+    /// in milliseconds. user-service announces every user whose row it changes; a change is
+    /// seen at once while that feed is connected and within this bound when an announcement
+    /// is lost. Serves only with a feed, as the session cache. 0 turns it off.
+    #[arg(long, env = "GATEWAY_USER_CACHE_TTL_MS", value_name = "GATEWAY_USER_CACHE_TTL_MS", default_value_t = DEFAULT_USER_CACHE_TTL_MS,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub user_cache_ttl_ms: u64,
+    /// Most user rows the cache holds (per replica); 0 turns it off.
+    #[arg(long, env = "GATEWAY_USER_CACHE_MAX_ENTRIES", value_name = "GATEWAY_USER_CACHE_MAX_ENTRIES", default_value_t = DEFAULT_USER_CACHE_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub user_cache_max_entries: u64,
+    /// The Redis channel user-service announces changed users on; default
+    /// `<GATEWAY_REDIS_PREFIX>user-changed` (user-service's `USER_CHANGE_CHANNEL`).
+    #[arg(
+        long,
+        env = "GATEWAY_USER_CHANGE_CHANNEL",
+        value_name = "GATEWAY_USER_CHANGE_CHANNEL"
+    )]
+    pub user_change_channel: Option<String>,
     /// Follow the in-process revocation feed (set by `wxmp up`, where auth-service runs in the
     /// same process); without Redis it is the session cache's only feed.
     #[arg(long, hide = true)]
@@ -217,6 +240,9 @@ impl Config {
             session_cache_ttl_ms: DEFAULT_SESSION_CACHE_TTL_MS,
             session_cache_max_entries: DEFAULT_SESSION_CACHE_MAX_ENTRIES,
             session_revocation_channel: None,
+            user_cache_ttl_ms: DEFAULT_USER_CACHE_TTL_MS,
+            user_cache_max_entries: DEFAULT_USER_CACHE_MAX_ENTRIES,
+            user_change_channel: None,
             in_process_revocation: false,
             workers: None,
             telemetry: TelemetryConfig {
@@ -246,6 +272,17 @@ impl Config {
 
     pub fn session_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.session_cache_ttl_ms)
+    }
+
+    pub fn user_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.user_cache_ttl_ms)
+    }
+
+    /// The channel the cache of user rows follows on `GATEWAY_REDIS_URL`.
+    pub fn user_change_channel(&self) -> String {
+        self.user_change_channel
+            .clone()
+            .unwrap_or_else(|| service_kit::session_cache::user_channel(&self.redis_prefix))
     }
 
     /// The channel the session cache follows on `GATEWAY_REDIS_URL`.
@@ -398,6 +435,9 @@ mod tests {
         assert_eq!(c.session_cache_ttl(), Duration::from_secs(5));
         assert_eq!(c.session_cache_max_entries, 10_000);
         assert_eq!(c.session_revocation_channel(), "wxmp:session-revoked");
+        assert_eq!(c.user_cache_ttl(), Duration::from_secs(5));
+        assert_eq!(c.user_cache_max_entries, 10_000);
+        assert_eq!(c.user_change_channel(), "wxmp:user-changed");
         assert!(!c.in_process_revocation);
         let bad = Config::try_parse_from(["wxmp-gateway", "--trusted-proxies", "nope"]);
         assert!(bad.is_err());

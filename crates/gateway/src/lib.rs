@@ -84,7 +84,7 @@ pub mod server;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::{AppState, app, serve, serve_state};
+pub use server::{AppState, UserRows, app, serve, serve_state};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

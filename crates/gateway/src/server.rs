@@ -11,9 +11,9 @@ use actix_web::{
 };
 use service_kit::{
     Shutdown,
-    session_cache::{self, SessionCache},
+    session_cache::{self, CacheKey, SessionCache, UserKey},
 };
-use wxmp_proto::auth::v1::Principal;
+use wxmp_proto::{auth::v1::Principal, user::v1::User};
 
 use crate::{
     Config, Error,
@@ -26,6 +26,9 @@ use crate::{
 
 /// How long a graceful stop waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway's cache of user rows, by user id.
+pub type UserRows = SessionCache<User, UserKey>;
 
 /// What every handler shares: the upstream clients and the request-independent settings.
 #[derive(Clone, Debug)]
@@ -40,6 +43,9 @@ pub struct AppState {
     /// Recent `Authenticate` answers; `None` when off. Serves only while [`serve`] keeps its
     /// revocation feed connected.
     pub sessions: Option<Arc<SessionCache<Principal>>>,
+    /// Recent user rows for `GET /me`; `None` when off. Serves only while [`serve`] keeps
+    /// user-service's change feed connected.
+    pub users: Option<Arc<UserRows>>,
     /// The message push's apps by appid (`GATEWAY_PUSH_APPS`).
     pub push_apps: Arc<std::collections::HashMap<String, wechat::push::PushApp>>,
     /// `GATEWAY_PUSH_MAX_SKEW_SECS`.
@@ -85,39 +91,48 @@ impl AppState {
                 shared,
             )
             .map(Arc::new),
-            sessions: session_cache(config),
+            sessions: cache(
+                config,
+                config.session_cache_ttl(),
+                config.session_cache_max_entries,
+            ),
+            users: cache(
+                config,
+                config.user_cache_ttl(),
+                config.user_cache_max_entries,
+            ),
         })
     }
 }
 
-/// The session cache `config` asks for: only with a revocation feed to follow.
-fn session_cache(config: &Config) -> Option<Arc<SessionCache<Principal>>> {
+/// A cache `config` asks for: only with a feed to follow (Redis, or the in-process one).
+fn cache<V: Clone, K: CacheKey>(
+    config: &Config,
+    ttl: Duration,
+    max_entries: u64,
+) -> Option<Arc<SessionCache<V, K>>> {
     if config.redis_url.is_none() && !config.in_process_revocation {
         return None;
     }
-    let max = usize::try_from(config.session_cache_max_entries).unwrap_or(usize::MAX);
-    SessionCache::new(config.session_cache_ttl(), max).map(Arc::new)
+    let max = usize::try_from(max_entries).unwrap_or(usize::MAX);
+    SessionCache::new(ttl, max).map(Arc::new)
 }
 
-/// Follows the revocation feed of `state`'s session cache until `shutdown`: the in-process one
-/// in `wxmp up`, else Redis's.
-fn follow_revocations(
+/// Follows `cache`'s feed until `shutdown`: the in-process one in `wxmp up`, else `channel`
+/// on Redis.
+fn follow<V: Clone + Send + Sync + 'static, K: CacheKey>(
     config: &Config,
-    state: &AppState,
+    cache: Option<Arc<SessionCache<V, K>>>,
+    channel: String,
     shutdown: &Shutdown,
 ) -> Result<Option<AbortOnDrop>, Error> {
-    let Some(cache) = state.sessions.clone() else {
+    let Some(cache) = cache else {
         return Ok(None);
     };
     let task = match &config.redis_url {
         _ if config.in_process_revocation => session_cache::follow_local(cache, shutdown.clone()),
-        Some(url) => session_cache::follow_redis(
-            url.expose(),
-            config.session_revocation_channel(),
-            cache,
-            shutdown.clone(),
-        )
-        .map_err(Error::Revocation)?,
+        Some(url) => session_cache::follow_redis(url.expose(), channel, cache, shutdown.clone())
+            .map_err(Error::Revocation)?,
         None => return Ok(None),
     };
     Ok(Some(AbortOnDrop(task)))
@@ -181,13 +196,28 @@ pub async fn serve_state(
     listener: std::net::TcpListener,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let _revocations =
-        follow_revocations(&config, &state, &shutdown).map_err(std::io::Error::other)?;
+    let _revocations = follow(
+        &config,
+        state.sessions.clone(),
+        config.session_revocation_channel(),
+        &shutdown,
+    )
+    .map_err(std::io::Error::other)?;
+    let _user_changes = follow(
+        &config,
+        state.users.clone(),
+        config.user_change_channel(),
+        &shutdown,
+    )
+    .map_err(std::io::Error::other)?;
     tracing::info!(
         session_cache = state.sessions.is_some(),
         ttl_ms = config.session_cache_ttl_ms,
         max_entries = config.session_cache_max_entries,
-        "session cache"
+        user_cache = state.users.is_some(),
+        user_ttl_ms = config.user_cache_ttl_ms,
+        user_max_entries = config.user_cache_max_entries,
+        "caches"
     );
     let _watch = AbortOnDrop(
         state

@@ -2,6 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use service_kit::session_cache::UserKey;
 use wxmp_proto::user::v1::{GetUserRequest, UpdatePhoneNumberRequest, UpdateProfileRequest, User};
 
 use super::{authenticate, required};
@@ -62,6 +63,15 @@ fn profile(user: Option<User>) -> Result<HttpResponse, ApiError> {
     }
 }
 
+/// The profile of an update's answer, after this replica forgets its copy of the row: the
+/// next `/me` here reads the new one even before user-service's announcement arrives.
+fn updated(state: &AppState, user: Option<User>) -> Result<HttpResponse, ApiError> {
+    if let (Some(rows), Some(user)) = (&state.users, &user) {
+        rows.evict(&UserKey(user.id));
+    }
+    profile(user)
+}
+
 /// `GET /me` (token in `Authorization: Bearer`).
 #[utoipa::path(get, path = "/me", tag = "user",
     summary = "The caller's profile (user.GetUser)",
@@ -80,6 +90,16 @@ pub async fn me(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request_id, &req, None).await?;
+    // The cache of user rows (`GATEWAY_USER_CACHE_*`): user-service announces each change,
+    // and the epoch read before asking keeps an answer that crossed one out.
+    let key = UserKey(principal.user_id);
+    let cached = state.users.as_deref().map(|rows| (rows, rows.epoch(&key)));
+    if let Some((rows, _)) = cached
+        && let Some(user) = rows.get(&key)
+    {
+        metrics::counter!("wxmp_user_cache_total", "outcome" => "hit").increment(1);
+        return profile(Some(user));
+    }
     let upstreams = &state.upstreams;
     let response = upstreams
         .user()
@@ -91,6 +111,14 @@ pub async fn me(
         ))
         .await?
         .into_inner();
+    if let (Some((rows, epoch)), Some(user)) = (cached, &response.user) {
+        metrics::counter!("wxmp_user_cache_total", "outcome" => "miss").increment(1);
+        // Only the row the principal names (a mismatch would be user-service's bug, not
+        // something to keep).
+        if user.id == principal.user_id {
+            rows.insert(key, user.clone(), rows.ttl(), epoch);
+        }
+    }
     profile(response.user)
 }
 
@@ -151,7 +179,7 @@ pub async fn userinfo(
         ))
         .await?
         .into_inner();
-    profile(response.user)
+    updated(&state, response.user)
 }
 
 /// The body of `/phone/`: the getPhoneNumber button's `code` (base library 2.21.2+), or the
@@ -211,5 +239,5 @@ pub async fn phone(
         .update_phone_number(upstreams.request(&request_id, request))
         .await?
         .into_inner();
-    profile(response.user)
+    updated(&state, response.user)
 }

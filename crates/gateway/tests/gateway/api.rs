@@ -2,6 +2,7 @@
 
 mod hardening;
 mod push;
+mod user_cache;
 
 use crate::helpers::{GOOD_TOKEN, NOTIFY_REPLY, Options, Stack, assert_failure, start};
 use serde_json::json;
