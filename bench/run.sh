@@ -28,6 +28,8 @@
 #   BENCH_SESSION_CACHE_TTL_MS (5000)  the session caches of the gateway and user-service
 #                            (GATEWAY_/USER_SESSION_CACHE_TTL_MS; 0: both off)
 #   BENCH_USER_SESSION_CACHE_TTL_MS  user-service's alone (default: BENCH_SESSION_CACHE_TTL_MS)
+#   BENCH_USER_CACHE_TTL_MS  the gateway's cache of user rows for /me (GATEWAY_USER_CACHE_TTL_MS;
+#                            default: BENCH_SESSION_CACHE_TTL_MS; 0: off)
 #   BENCH_CATCHUP_ORDERS (1000)  the catch-up stage: orders paid with their notifies lost, then
 #                            pay-service restarted and timed until its reconciler repaired them all; 0: none
 #   BENCH_RECONCILE_CONCURRENCY (8)  PAY_RECONCILE_CONCURRENCY of the catch-up stage
@@ -164,6 +166,7 @@ start sandbox wxmp-sandbox SANDBOX_LISTEN_ADDR=127.0.0.1:$sandbox_port \
 start user wxmp-user USER_LISTEN_ADDR=127.0.0.1:$user_port \
   USER_DATABASE_URL="$pg_base/$user_db" USER_AUTH_SERVICE_URL=http://127.0.0.1:$auth_port \
   USER_REDIS_URL="$redis_url" USER_SESSION_REVOCATION_CHANNEL="${redis_prefix}session-revoked" \
+  USER_CHANGE_CHANNEL="${redis_prefix}user-changed" \
   USER_SESSION_CACHE_TTL_MS="${BENCH_USER_SESSION_CACHE_TTL_MS:-${BENCH_SESSION_CACHE_TTL_MS:-5000}}"
 start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
   AUTH_REDIS_URL="$redis_url" AUTH_REDIS_PREFIX="$redis_prefix" AUTH_SESSION_TTL_SECS=3600 \
@@ -181,7 +184,8 @@ start gateway wxmp-gateway GATEWAY_LISTEN_ADDR=127.0.0.1:$gw_port \
   GATEWAY_PAY_URL=http://127.0.0.1:$pay_port \
   GATEWAY_LOGIN_RATE_PER_MIN=0 GATEWAY_NOTIFY_FAIL_LIMIT=0 \
   GATEWAY_REDIS_URL="$redis_url" GATEWAY_REDIS_PREFIX="$redis_prefix" \
-  GATEWAY_SESSION_CACHE_TTL_MS="${BENCH_SESSION_CACHE_TTL_MS:-5000}"
+  GATEWAY_SESSION_CACHE_TTL_MS="${BENCH_SESSION_CACHE_TTL_MS:-5000}" \
+  GATEWAY_USER_CACHE_TTL_MS="${BENCH_USER_CACHE_TTL_MS:-${BENCH_SESSION_CACHE_TTL_MS:-5000}}"
 
 say "waiting for /readyz ..."
 ready=0
