@@ -13,6 +13,7 @@ mod schema;
 mod session_keys;
 mod sessions;
 mod store;
+mod writes;
 
 use std::{sync::Arc, time::Duration};
 
@@ -31,6 +32,7 @@ pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
 pub use session_keys::{AuthSessionKeys, Session, SessionKeys};
 pub use sessions::SessionAnswers;
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
+pub use writes::{DEFAULT_WRITE_WORKERS, MAX_BATCH, WriteBatches};
 
 /// The service's migrations, one folder per back end, embedded in the binary.
 pub static MIGRATIONS: Migrations = Migrations {
