@@ -102,7 +102,8 @@ pub async fn serve_with_cache(
         &config.wechat,
     )?;
     let probe_db = db.clone();
-    let mut service = Service::new(Users::new(db), keys).with_phone_codes(phones);
+    let users = Users::with_write_workers(db, config.write_workers);
+    let mut service = Service::new(users, keys).with_phone_codes(phones);
     let revocations = match cache {
         Some(cache) => {
             let follower = follow_revocations(&config, cache.clone(), &shutdown)?;

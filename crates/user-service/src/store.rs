@@ -127,7 +127,7 @@ impl Users {
 
     /// `workers` tasks coalesce profile updates on PostgreSQL; with 0 (and always on SQLite)
     /// each update is its own statement.
-    pub fn with_write_workers(db: Database, workers: usize) -> Self {
+    pub fn with_write_workers(db: Database, workers: u32) -> Self {
         let writes = Coalescer::new(&db, workers).map(Arc::new);
         Self { db, writes }
     }

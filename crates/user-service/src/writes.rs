@@ -27,8 +27,10 @@ use crate::store::{self, Owner, ProfileChanges, User};
 /// Most rows in one statement.
 pub const MAX_BATCH: usize = 64;
 
-/// Worker tasks of [`Users::new`](crate::Users::new).
-pub const DEFAULT_WRITE_WORKERS: usize = 2;
+/// Worker tasks of [`Users::new`](crate::Users::new) and `USER_WRITE_WORKERS`. One: in the
+/// load probe (`write_load`) one worker gave the largest batches and the least PostgreSQL CPU
+/// per update; more only split the same callers into smaller batches.
+pub const DEFAULT_WRITE_WORKERS: u32 = 1;
 
 /// Rows per batch statement.
 const BATCH_SIZE_METRIC: &str = "wxmp_user_write_batch_size";
@@ -127,12 +129,12 @@ fn closed() -> DbError {
 
 impl Coalescer {
     /// `None` on SQLite (one connection, one writer: nothing to share) and for 0 workers.
-    pub(crate) fn new(db: &Database, workers: usize) -> Option<Self> {
+    pub(crate) fn new(db: &Database, workers: u32) -> Option<Self> {
         match db {
             Database::Postgres(pool) if workers > 0 => Some(Self {
                 db: db.clone(),
                 pool: pool.clone(),
-                workers,
+                workers: usize::try_from(workers).unwrap_or(1),
                 queues: OnceLock::new(),
                 counters: Arc::default(),
             }),
