@@ -383,6 +383,7 @@ async fn write_load() {
     for callers in [8, 32] {
         for workers in [0, 1, 2, 4] {
             let users = Users::with_write_workers(db.db.clone(), workers);
+            let (pg_before, me_before) = cpu_seconds();
             let start = Instant::now();
             let end = start + Duration::from_secs(5);
             let mut tasks = JoinSet::new();
@@ -407,14 +408,38 @@ async fn write_load() {
                 total += n.unwrap();
             }
             let secs = start.elapsed().as_secs_f64();
+            let (pg_after, me_after) = cpu_seconds();
             let b = users.write_batches();
+            let per_update = |cpu: f64| cpu * 1000.0 / total.max(1) as f64;
             println!(
-                "callers {callers:>2}, workers {workers}: {:>6.0} updates/s, {} statements, {:.1} rows each, largest {}",
+                "callers {callers:>2}, workers {workers}: {:>6.0} updates/s, {:.3} PostgreSQL CPU ms and {:.3} test CPU ms per update, {} statements, {:.1} rows each, largest {}",
                 total as f64 / secs,
+                per_update(pg_after - pg_before),
+                per_update(me_after - me_before),
                 b.statements,
                 b.rows as f64 / b.statements.max(1) as f64,
                 b.largest
             );
         }
     }
+}
+
+/// CPU seconds used so far by the processes named `postgres` and by this one (Linux's /proc,
+/// 100 ticks a second; zeros elsewhere).
+fn cpu_seconds() -> (f64, f64) {
+    let seconds = |stat: &str| -> Option<f64> {
+        // utime and stime: fields 14 and 15, the 12th and 13th after the ")" ending the name.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    };
+    let mut postgres = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.contains(" (postgres) ") {
+            postgres += seconds(&stat).unwrap_or(0.0);
+        }
+    }
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    (postgres, seconds(&me).unwrap_or(0.0))
 }
