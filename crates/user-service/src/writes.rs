@@ -29,7 +29,8 @@ pub const MAX_BATCH: usize = 64;
 
 /// Worker tasks of [`Users::new`](crate::Users::new) and `USER_WRITE_WORKERS`. One: in the
 /// load probe (`write_load`) one worker gave the largest batches and the least PostgreSQL CPU
-/// per update; more only split the same callers into smaller batches.
+/// per update at 8, 16 and 32 callers; more split the same callers into smaller batches (a
+/// user's updates always go to the same worker).
 pub const DEFAULT_WRITE_WORKERS: u32 = 1;
 
 /// Rows per batch statement.
@@ -230,7 +231,8 @@ impl Worker {
     }
 
     async fn write(&self, mut batch: Vec<Write>) {
-        // Rows are locked in id order, so two batches (of two replicas) cannot deadlock.
+        // In id order, so two replicas' batches tend to lock shared rows in the same order; a
+        // deadlock PostgreSQL breaks fails one statement, whose rows then run alone.
         batch.sort_unstable_by_key(|w| w.user_id);
         self.counters.statement(batch.len());
         match self.update_all(&batch).await {

@@ -372,7 +372,7 @@ async fn the_batch_statement_is_prepared_once_per_connection() {
     assert_eq!(prepared.n, 1, "three batch sizes, one prepared statement");
 }
 
-/// A load probe, not a test: 8 and 32 callers each updating their own user for 5 s, with 0
+/// A load probe, not a test: 8, 16 and 32 callers each updating their own user for 5 s, with 0
 /// (each update alone), 1, 2 and 4 workers. Run with
 /// `cargo test -p user-service --test user_service write_load -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +380,7 @@ async fn the_batch_statement_is_prepared_once_per_connection() {
 async fn write_load() {
     let db = fresh_db(Backend::Postgres).await;
     let people = logged_in(&Users::new(db.db.clone()), 32).await;
-    for callers in [8, 32] {
+    for callers in [8, 16, 32] {
         for workers in [0, 1, 2, 4] {
             let users = Users::with_write_workers(db.db.clone(), workers);
             let (pg_before, me_before) = cpu_seconds();
