@@ -7,6 +7,8 @@ use service_kit::{
     telemetry::TelemetryConfig,
 };
 
+use crate::writes::DEFAULT_WRITE_WORKERS;
+
 /// `USER_LISTEN_ADDR`, by default port 50052.
 pub struct ListenAddr;
 
@@ -47,6 +49,14 @@ pub struct Config {
     #[arg(long, env = "USER_DB_POOL_SIZE", value_name = "USER_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub db_pool_size: u32,
+
+    /// Tasks that coalesce concurrent profile updates into one UPDATE and one commit on
+    /// PostgreSQL, each taking whatever is queued when it is free; 0 runs each update alone
+    /// (as SQLite always does).
+    #[arg(long, env = "USER_WRITE_WORKERS", value_name = "USER_WRITE_WORKERS",
+          default_value_t = DEFAULT_WRITE_WORKERS,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub write_workers: u32,
 
     /// auth-service's gRPC URL (GetSessionKey).
     #[arg(
@@ -135,6 +145,7 @@ impl Config {
             listen: Listen::default_addr(),
             database_url: Secret::new(database_url),
             db_pool_size: 16,
+            write_workers: DEFAULT_WRITE_WORKERS,
             auth_service_url: auth_service_url.into(),
             rpc_timeout_ms: 3000,
             redis_url: None,
@@ -167,6 +178,7 @@ mod tests {
         let c = Config::try_parse_from(["wxmp-user", "--database-url", "sqlite://x.db"]).unwrap();
         assert_eq!(c.listen.addr.port(), 50052);
         assert_eq!(c.db_pool_size, 16);
+        assert_eq!(c.write_workers, 1);
         assert_eq!(c.auth_service_url, "http://127.0.0.1:50051");
         assert_eq!(c.rpc_timeout_ms, 3000);
         assert!(

@@ -13,6 +13,7 @@ mod schema;
 mod session_keys;
 mod sessions;
 mod store;
+mod writes;
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,6 +34,7 @@ pub use phone_code::{MAX_PHONE_CODE, PhoneCodes};
 pub use session_keys::{AuthSessionKeys, Session, SessionKeys};
 pub use sessions::{Rotations, SessionAnswers};
 pub use store::{Owner, PhoneChanges, ProfileChanges, User, Users};
+pub use writes::{DEFAULT_WRITE_WORKERS, MAX_BATCH, WriteBatches};
 
 /// The service's migrations, one folder per back end, embedded in the binary.
 pub static MIGRATIONS: Migrations = Migrations {
@@ -102,7 +104,8 @@ pub async fn serve_with_cache(
         &config.wechat,
     )?;
     let probe_db = db.clone();
-    let mut service = Service::new(Users::new(db), keys)
+    let users = Users::with_write_workers(db, config.write_workers);
+    let mut service = Service::new(users, keys)
         .with_phone_codes(phones)
         .with_announcer(user_changes(&config, &shutdown)?);
     let (revocations, _rotations) = match cache {

@@ -1,18 +1,23 @@
 //! The `users` queries, written once and run on PostgreSQL or SQLite through
 //! [`service_kit::with_conn!`].
 
+use std::sync::Arc;
+
 use diesel::{
-    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable,
-    SelectableHelper,
+    AsChangeset, ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable,
+    QueryableByName, Selectable, SelectableHelper,
 };
 use diesel_async::RunQueryDsl;
 use service_kit::db::{Cached, Database, DbError};
 use wxmp_proto::user::v1 as pb;
 
-use crate::schema::users;
+use crate::{
+    schema::users,
+    writes::{Coalescer, DEFAULT_WRITE_WORKERS, WriteBatches},
+};
 
-/// A row of `users`.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
+/// A row of `users` (by name too: the batched profile UPDATE is written in SQL).
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = users)]
 pub struct User {
     pub id: i64,
@@ -105,6 +110,8 @@ pub struct Owner<'a> {
 #[derive(Clone, Debug)]
 pub struct Users {
     db: Database,
+    /// Profile updates on PostgreSQL, coalesced (see `writes.rs`); `None` runs each alone.
+    writes: Option<Arc<Coalescer>>,
 }
 
 fn now() -> i64 {
@@ -112,8 +119,24 @@ fn now() -> i64 {
 }
 
 impl Users {
+    /// On PostgreSQL, profile updates are coalesced by [`DEFAULT_WRITE_WORKERS`] tasks,
+    /// started by the first update.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self::with_write_workers(db, DEFAULT_WRITE_WORKERS)
+    }
+
+    /// `workers` tasks coalesce profile updates on PostgreSQL; with 0 (and always on SQLite)
+    /// each update is its own statement.
+    pub fn with_write_workers(db: Database, workers: u32) -> Self {
+        let writes = Coalescer::new(&db, workers).map(Arc::new);
+        Self { db, writes }
+    }
+
+    /// What the profile write coalescer has done so far (all zero without one).
+    pub fn write_batches(&self) -> WriteBatches {
+        self.writes
+            .as_ref()
+            .map_or_else(WriteBatches::default, |w| w.batches())
     }
 
     pub fn database(&self) -> &Database {
@@ -208,30 +231,18 @@ impl Users {
         Ok(user)
     }
 
-    /// Stores a decrypted profile; `None` when no row matches `owner`.
+    /// Stores a decrypted profile; `None` when no row matches `owner`. On PostgreSQL it shares
+    /// one statement and one commit with the updates queued beside it.
     pub async fn update_profile(
         &self,
         owner: Owner<'_>,
         changes: &ProfileChanges,
     ) -> Result<Option<User>, DbError> {
         let ts = now();
-        let user = service_kit::with_conn!(&self.db, |conn| {
-            // Cached: diesel would prepare (parse, plan) this UPDATE anew every time.
-            Cached(
-                diesel::update(
-                    users::table
-                        .filter(users::id.eq(owner.user_id))
-                        .filter(users::app_id.eq(owner.app_id))
-                        .filter(users::openid.eq(owner.openid)),
-                )
-                .set((changes, users::updated_at.eq(ts)))
-                .returning(User::as_returning()),
-            )
-            .get_result(conn)
-            .await
-            .optional()
-        })?;
-        Ok(user)
+        match &self.writes {
+            Some(writes) => writes.update(owner, changes, ts).await,
+            None => update_profile_alone(&self.db, owner, changes, ts).await,
+        }
     }
 
     /// Stores a decrypted phone number; `None` when no row matches `owner`.
@@ -259,4 +270,30 @@ impl Users {
         })?;
         Ok(user)
     }
+}
+
+/// One profile update in its own statement: on SQLite, and for each row of a batch that failed.
+pub(crate) async fn update_profile_alone(
+    db: &Database,
+    owner: Owner<'_>,
+    changes: &ProfileChanges,
+    ts: i64,
+) -> Result<Option<User>, DbError> {
+    let user = service_kit::with_conn!(db, |conn| {
+        // Cached: diesel would prepare (parse, plan) this UPDATE anew every time.
+        Cached(
+            diesel::update(
+                users::table
+                    .filter(users::id.eq(owner.user_id))
+                    .filter(users::app_id.eq(owner.app_id))
+                    .filter(users::openid.eq(owner.openid)),
+            )
+            .set((changes, users::updated_at.eq(ts)))
+            .returning(User::as_returning()),
+        )
+        .get_result(conn)
+        .await
+        .optional()
+    })?;
+    Ok(user)
 }

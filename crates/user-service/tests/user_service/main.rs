@@ -12,3 +12,4 @@
 mod helpers;
 mod service;
 mod wire;
+mod writes;
