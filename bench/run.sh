@@ -166,7 +166,7 @@ start sandbox wxmp-sandbox SANDBOX_LISTEN_ADDR=127.0.0.1:$sandbox_port \
 start user wxmp-user USER_LISTEN_ADDR=127.0.0.1:$user_port \
   USER_DATABASE_URL="$pg_base/$user_db" USER_AUTH_SERVICE_URL=http://127.0.0.1:$auth_port \
   USER_REDIS_URL="$redis_url" USER_SESSION_REVOCATION_CHANNEL="${redis_prefix}session-revoked" \
-  USER_CHANGE_CHANNEL="${redis_prefix}user-changed" \
+  USER_CHANGE_CHANNEL="${redis_prefix}user-changed" USER_KEY_ROTATION_CHANNEL="${redis_prefix}key-rotated" \
   USER_SESSION_CACHE_TTL_MS="${BENCH_USER_SESSION_CACHE_TTL_MS:-${BENCH_SESSION_CACHE_TTL_MS:-5000}}"
 start auth wxmp-auth AUTH_LISTEN_ADDR=127.0.0.1:$auth_port \
   AUTH_REDIS_URL="$redis_url" AUTH_REDIS_PREFIX="$redis_prefix" AUTH_SESSION_TTL_SECS=3600 \

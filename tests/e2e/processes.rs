@@ -171,6 +171,18 @@ impl Processes {
         login["data"]["token"].as_str().expect("token").to_owned()
     }
 
+    /// The sandbox's notify history.
+    async fn notifies(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/sandbox/notifies", self.sandbox))
+            .send()
+            .await
+            .expect("notify history")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// The pay database's view: order_no → (state, transaction_id), and applied verdicts.
     async fn orders(&self, token: &str, order_no: &str) -> Value {
         let response = self
@@ -213,6 +225,18 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
                     .await;
                 assert_eq!(status, StatusCode::OK, "{paid}");
             }
+            // The sandbox sends its notifies from a task of its own: pay-service stays dead
+            // until one of them has met it (on a loaded machine they could otherwise all
+            // leave after the restart, and the kill would test nothing).
+            eventually(Duration::from_secs(30), || async {
+                p.notifies()
+                    .await
+                    .iter()
+                    .any(|n| n["accepted"] == false)
+                    .then_some(())
+            })
+            .await
+            .expect("a notify met the dead pay-service");
             p.pay.spawn();
             p.wait_ready().await;
         }
@@ -263,15 +287,7 @@ async fn separate_processes_pay_exactly_once_through_a_pay_service_kill() {
     }
 
     // The kill mattered: notifies sent while pay-service was down were refused, then retried.
-    let notifies: Vec<Value> = p
-        .http
-        .get(format!("{}/sandbox/notifies", p.sandbox))
-        .send()
-        .await
-        .expect("notify history")
-        .json()
-        .await
-        .expect("JSON");
+    let notifies = p.notifies().await;
     assert!(
         notifies.iter().any(|n| n["accepted"] == false),
         "some notify met the dead pay-service: {notifies:?}"

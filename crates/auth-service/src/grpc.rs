@@ -8,7 +8,7 @@ use std::{
 use service_kit::{
     announce::Announcer,
     grpc::{AttachToken, forward},
-    session_cache::UserKey,
+    session_cache::LoginKey,
 };
 use tonic::{
     Request, Response, Status, metadata::MetadataMap, service::interceptor::InterceptedService,
@@ -50,8 +50,8 @@ pub struct Auth<S> {
     session_ttl: Duration,
     access_tokens: Option<Arc<AccessTokens<AnyTokenCache>>>,
     /// Each completed login's user is announced: its session_key may have rotated, which
-    /// user-service's session cache must hear of (and the gateways' cached row is refreshed).
-    logins: Announcer<UserKey>,
+    /// user-service's session cache must hear of.
+    logins: Announcer<LoginKey>,
 }
 
 impl<S: SessionStore> Auth<S> {
@@ -74,7 +74,7 @@ impl<S: SessionStore> Auth<S> {
     }
 
     /// Announces logins through `logins` (by default on the in-process feed only).
-    pub fn with_logins(mut self, logins: Announcer<UserKey>) -> Self {
+    pub fn with_logins(mut self, logins: Announcer<LoginKey>) -> Self {
         self.logins = logins;
         self
     }
@@ -168,7 +168,7 @@ impl<S: SessionStore> Auth<S> {
             .user
             .ok_or_else(|| Error::Internal("EnsureUser answered without a user".into()))?;
         // After the key is stored: whoever hears this and asks again gets the new key.
-        self.logins.announce(UserKey(user.id));
+        self.logins.announce(LoginKey(user.id));
 
         let token =
             token::generate().map_err(|e| Error::Internal(format!("no randomness: {e}")))?;

@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use service_kit::{Shutdown, announce::Announcer, grpc::AttachToken, session_cache::UserKey};
+use service_kit::{Shutdown, announce::Announcer, grpc::AttachToken, session_cache::LoginKey};
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, service::Routes};
 use wxmp_proto::{
@@ -118,12 +118,12 @@ pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>,
 }
 
 /// Where completed logins are announced: the in-process feed always (`wxmp up`), and
-/// `<AUTH_REDIS_PREFIX>user-changed` on the session Redis when there is one.
-fn logins(config: &Config, shutdown: &Shutdown) -> Result<Announcer<UserKey>, Error> {
+/// `<AUTH_REDIS_PREFIX>key-rotated` on the session Redis when there is one.
+fn logins(config: &Config, shutdown: &Shutdown) -> Result<Announcer<LoginKey>, Error> {
     match &config.redis_url {
         Some(url) => Announcer::redis(
             url.expose(),
-            service_kit::session_cache::user_channel(&config.redis_prefix),
+            service_kit::session_cache::rotation_channel(&config.redis_prefix),
             shutdown.clone(),
         )
         .map_err(|e| Error::Config(format!("AUTH_REDIS_URL: {e}"))),

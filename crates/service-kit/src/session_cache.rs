@@ -406,6 +406,33 @@ pub fn channel(prefix: &str) -> String {
     format!("{prefix}session-revoked")
 }
 
+/// A user who just logged in, so whose session_key may have rotated: what auth-service
+/// announces on [`rotation_channel`] (the decimal id). A feed of its own, apart from
+/// [`UserKey`]'s changed rows, so that a profile update is not taken for a login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LoginKey(pub i64);
+
+impl CacheKey for LoginKey {
+    const FEED: &'static str = "key-rotated";
+
+    fn parse(payload: &[u8]) -> Option<Self> {
+        UserKey::parse(payload).map(|user| Self(user.0))
+    }
+
+    fn announcement(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn shard(&self) -> usize {
+        UserKey(self.0).shard()
+    }
+
+    fn local_bus() -> &'static broadcast::Sender<Self> {
+        static BUS: OnceLock<broadcast::Sender<LoginKey>> = OnceLock::new();
+        BUS.get_or_init(|| broadcast::channel(1024).0)
+    }
+}
+
 /// What a feed's follower does with what the feed says.
 pub trait Follower<K>: Send + Sync + 'static {
     /// `key` changed (or ended).
@@ -440,6 +467,11 @@ impl<V: Clone + Send + Sync + 'static, K: CacheKey> Follower<K> for SessionCache
 /// The Redis channel user-service announces changed users on: `<prefix>user-changed`.
 pub fn user_channel(prefix: &str) -> String {
     format!("{prefix}user-changed")
+}
+
+/// The Redis channel auth-service announces logins on: `<prefix>key-rotated`.
+pub fn rotation_channel(prefix: &str) -> String {
+    format!("{prefix}key-rotated")
 }
 
 /// Announces an ended session or a changed user to the caches following the in-process feed

@@ -25,6 +25,8 @@ pub const DEFAULT_SESSION_CACHE_MAX_ENTRIES: u64 = 10_000;
 pub const DEFAULT_SESSION_REVOCATION_CHANNEL: &str = "wxmp:session-revoked";
 /// Default of `USER_CHANGE_CHANNEL`: the gateway's default prefix's channel.
 pub const DEFAULT_USER_CHANGE_CHANNEL: &str = "wxmp:user-changed";
+/// Default of `USER_KEY_ROTATION_CHANNEL`: auth-service's default prefix's channel.
+pub const DEFAULT_KEY_ROTATION_CHANNEL: &str = "wxmp:key-rotated";
 
 /// Everything `wxmp-user` reads at start.
 #[derive(clap::Parser, Clone, Debug)]
@@ -103,6 +105,17 @@ pub struct Config {
     )]
     pub user_change_channel: String,
 
+    /// The channel auth-service announces logins on (a login may rotate the user's
+    /// session_key; the session cache asks again for an answer kept before it):
+    /// `<AUTH_REDIS_PREFIX>key-rotated`.
+    #[arg(
+        long,
+        env = "USER_KEY_ROTATION_CHANNEL",
+        value_name = "USER_KEY_ROTATION_CHANNEL",
+        default_value = DEFAULT_KEY_ROTATION_CHANNEL
+    )]
+    pub key_rotation_channel: String,
+
     /// How long an `AuthenticateWithSessionKey` answer (principal and session_key) is reused
     /// for the same token, in milliseconds; never past the session's expiry. A logout is seen
     /// at once while the feed is connected, within this bound when it is cut silently. 0 turns
@@ -151,6 +164,7 @@ impl Config {
             redis_url: None,
             session_revocation_channel: DEFAULT_SESSION_REVOCATION_CHANNEL.into(),
             user_change_channel: DEFAULT_USER_CHANGE_CHANNEL.into(),
+            key_rotation_channel: DEFAULT_KEY_ROTATION_CHANNEL.into(),
             session_cache_ttl_ms: DEFAULT_SESSION_CACHE_TTL_MS,
             session_cache_max_entries: DEFAULT_SESSION_CACHE_MAX_ENTRIES,
             in_process_revocation: false,
@@ -187,6 +201,7 @@ mod tests {
         );
         assert_eq!(c.session_revocation_channel, "wxmp:session-revoked");
         assert_eq!(c.user_change_channel, "wxmp:user-changed");
+        assert_eq!(c.key_rotation_channel, "wxmp:key-rotated");
         assert_eq!(c.session_cache_ttl_ms, 5000);
         assert_eq!(c.session_cache_max_entries, 10_000);
         assert!(!c.in_process_revocation);

@@ -122,7 +122,7 @@ pub async fn serve_with_cache(
                     follow(
                         &config,
                         rotations,
-                        config.user_change_channel.clone(),
+                        config.key_rotation_channel.clone(),
                         &shutdown,
                     )?
                 }

@@ -15,8 +15,8 @@
 //! mini program then sends are encrypted with the new key. So a payload that fails to open
 //! with a cached key is retried once with a fresh answer ([`Sessions::refresh`]).
 //!
-//! auth-service announces each completed login's user on the user-changed feed (the one the
-//! gateways' caches of user rows follow): a new login may have rotated the key. [`Rotations`]
+//! auth-service announces each completed login's user on its key-rotated feed: a new login
+//! may have rotated the key. [`Rotations`]
 //! marks that user for the TTL, and an answer kept before the mark is asked again, so a payload
 //! sealed with the previous key stops opening within the feed's delay instead of the TTL.
 
@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use service_kit::session_cache::{Follower, SessionCache, TokenKey, UserKey};
+use service_kit::session_cache::{Follower, LoginKey, SessionCache, TokenKey, UserKey};
 use tonic::metadata::MetadataMap;
 
 use crate::{Error, SessionKeys, session_keys::Session};
@@ -170,8 +170,9 @@ impl Rotations {
     }
 }
 
-impl Follower<UserKey> for Rotations {
-    fn announced(&self, user: UserKey) {
+impl Follower<LoginKey> for Rotations {
+    fn announced(&self, login: LoginKey) {
+        let user = UserKey(login.0);
         let ttl = self.marks.ttl();
         self.marks
             .insert(user, Instant::now(), ttl, self.marks.epoch(&user));
