@@ -254,7 +254,7 @@ const ME: PathSpec = PathSpec {
 };
 const USERINFO: PathSpec = PathSpec {
     path: "POST /userinfo/",
-    what: "user.UpdateProfile(token) → auth.AuthenticateWithSessionKey (Redis), AES-CBC, UPDATE … RETURNING",
+    what: "user.UpdateProfile(token) → session (user-service's cache, else auth.AuthenticateWithSessionKey: Redis), AES-CBC, UPDATE … RETURNING (coalesced with concurrent ones)",
     floors: &["redis-get", "pg-update"],
     target: Some(read_path_target),
 };

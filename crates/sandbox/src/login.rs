@@ -90,6 +90,10 @@ impl State {
             .entry(unionid.clone())
             .or_default()
             .insert(appid.to_owned(), openid.clone());
+        self.openid_apps
+            .entry(openid.clone())
+            .or_default()
+            .push(appid.to_owned());
         Ok((openid, unionid))
     }
 }

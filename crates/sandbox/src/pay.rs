@@ -323,12 +323,9 @@ fn place_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     // An openid of another app is refused; an openid the sandbox never saw is accepted, so
     // services can be tested without a login first.
     let foreign = state
-        .users
-        .keys()
-        .any(|(app, o)| o == openid && *app != a.appid)
-        && !state
-            .users
-            .contains_key(&(a.appid.clone(), openid.to_owned()));
+        .openid_apps
+        .get(openid)
+        .is_some_and(|apps| !apps.iter().any(|app| *app == a.appid));
     if foreign {
         return Err(param_error("appid和openid不匹配"));
     }

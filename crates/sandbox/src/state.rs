@@ -149,6 +149,9 @@ pub struct CodeEntry {
 pub struct State {
     /// (appid, openid) → user.
     pub users: HashMap<(String, String), User>,
+    /// openid → the apps it is a user of: whether an openid belongs to another app is one
+    /// lookup (a scan of `users` per unifiedorder grew with every user the bench made).
+    pub openid_apps: HashMap<String, Vec<String>>,
     /// unionid → appid → openid: one person across the configured apps.
     pub persons: HashMap<String, HashMap<String, String>>,
     pub codes: HashMap<String, CodeEntry>,
