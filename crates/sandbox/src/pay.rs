@@ -325,7 +325,7 @@ fn place_order(sandbox: &Sandbox, a: &Authed) -> Result<Pairs, PayError> {
     let foreign = state
         .openid_apps
         .get(openid)
-        .is_some_and(|apps| !apps.iter().any(|app| *app == a.appid));
+        .is_some_and(|apps| !apps.contains(&a.appid));
     if foreign {
         return Err(param_error("appid和openid不匹配"));
     }
