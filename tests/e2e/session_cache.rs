@@ -13,49 +13,27 @@ use std::{
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use service_kit::{
-    Shutdown,
-    session_cache::{SessionCache, TokenKey},
-};
+use service_kit::session_cache::{SessionCache, TokenKey};
 use wxmp_proto::auth::v1::Principal;
-use wxmp_tests::{Backend, OwnRedis, TestStack, eventually};
+use wxmp_tests::{Backend, OwnGateway, OwnRedis, TestStack, eventually};
 
 /// A gateway of the test's own, with a handle on its session cache.
 struct Gateway {
     url: String,
     cache: Arc<SessionCache<Principal>>,
-    _stop: Stopper,
-}
-
-struct Stopper(Shutdown);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
+    _own: OwnGateway,
 }
 
 impl Gateway {
     fn start(t: &TestStack, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
         let stack = &t.stack;
         let mut config = gateway::Config::new(&stack.auth_url, &stack.user_url, &stack.pay_url);
-        config.workers = Some(2);
         adjust(&mut config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = gateway::AppState::new(&config).unwrap();
-        let cache = state.sessions.clone().expect("the session cache is on");
-        let shutdown = Shutdown::new();
-        tokio::spawn(gateway::serve_state(
-            config,
-            state,
-            listener,
-            shutdown.clone(),
-        ));
+        let own = OwnGateway::start(config);
         Self {
-            url,
-            cache,
-            _stop: Stopper(shutdown),
+            url: own.url.clone(),
+            cache: own.state.sessions.clone().expect("the session cache is on"),
+            _own: own,
         }
     }
 

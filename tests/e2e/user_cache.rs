@@ -17,22 +17,14 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use service_kit::{Shutdown, session_cache::UserKey};
-use wxmp_tests::{Backend, OwnRedis, TestStack, eventually};
-
-struct Stopper(Shutdown);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
-}
+use wxmp_tests::{Backend, OwnGateway, OwnRedis, StopOnDrop, TestStack, eventually};
 
 /// The stack, the Redis prefix, and a user-service announcing changed users on Redis.
 struct Setup {
     t: TestStack,
     prefix: String,
     user_url: String,
-    _user: Stopper,
+    _user: StopOnDrop,
 }
 
 async fn setup() -> Setup {
@@ -55,7 +47,7 @@ async fn setup() -> Setup {
         t,
         prefix,
         user_url,
-        _user: Stopper(shutdown),
+        _user: StopOnDrop(shutdown),
     }
 }
 
@@ -63,28 +55,22 @@ async fn setup() -> Setup {
 struct Gateway {
     url: String,
     rows: Arc<gateway::UserRows>,
-    _stop: Stopper,
+    _own: OwnGateway,
 }
 
 impl Gateway {
     async fn start(s: &Setup, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
         let stack = &s.t.stack;
         let mut config = gateway::Config::new(&stack.auth_url, &s.user_url, &stack.pay_url);
-        config.workers = Some(2);
         config.redis_url = Some(service_kit::Secret::new(wxmp_tests::redis_url()));
         config.redis_prefix = s.prefix.clone();
         adjust(&mut config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = gateway::AppState::new(&config).unwrap();
-        let rows = state.users.clone().expect("the cache of user rows is on");
-        let shutdown = Shutdown::new();
-        tokio::spawn(gateway::serve_state(
-            config,
-            state,
-            listener,
-            shutdown.clone(),
-        ));
+        let own = OwnGateway::start(config);
+        let rows = own
+            .state
+            .users
+            .clone()
+            .expect("the cache of user rows is on");
         let live = rows.clone();
         eventually(Duration::from_secs(10), || {
             let live = live.clone();
@@ -93,9 +79,9 @@ impl Gateway {
         .await
         .expect("the user-changed feed is subscribed");
         Self {
-            url,
+            url: own.url.clone(),
             rows,
-            _stop: Stopper(shutdown),
+            _own: own,
         }
     }
 

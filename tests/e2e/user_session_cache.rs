@@ -23,21 +23,13 @@ use service_kit::{
 use tonic::transport::Channel;
 use user_service::Session;
 use wxmp_proto::user::v1::{UpdateProfileRequest, User, user_service_client::UserServiceClient};
-use wxmp_tests::{Backend, OwnRedis, TestStack, eventually};
+use wxmp_tests::{Backend, OwnRedis, StopOnDrop, TestStack, eventually};
 
 /// A user-service replica of the test's own, with a handle on its session cache.
 struct Replica {
     client: UserServiceClient<Channel>,
     cache: Arc<SessionCache<Session>>,
-    _stop: Stopper,
-}
-
-struct Stopper(Shutdown);
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        self.0.trigger();
-    }
+    _stop: StopOnDrop,
 }
 
 impl Replica {
@@ -79,7 +71,7 @@ impl Replica {
         Self {
             client,
             cache,
-            _stop: Stopper(shutdown),
+            _stop: StopOnDrop(shutdown),
         }
     }
 

@@ -512,3 +512,42 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Stops what it names (a server a test started beside the stack) when dropped.
+pub struct StopOnDrop(pub service_kit::Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.trigger();
+    }
+}
+
+/// A gateway of a test's own beside the stack's (another replica), served until dropped;
+/// `state` is a clone of its state, to look at its caches.
+pub struct OwnGateway {
+    pub url: String,
+    pub state: gateway::AppState,
+    _stop: StopOnDrop,
+}
+
+impl OwnGateway {
+    /// Serves `config` with 2 workers on a free port.
+    pub fn start(mut config: gateway::Config) -> Self {
+        config.workers = Some(2);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        let state = gateway::AppState::new(&config).expect("gateway state");
+        let shutdown = service_kit::Shutdown::new();
+        tokio::spawn(gateway::serve_state(
+            config,
+            state.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            url,
+            state,
+            _stop: StopOnDrop(shutdown),
+        }
+    }
+}
