@@ -59,18 +59,19 @@ pub(crate) async fn authenticate(
     body_token: Option<&str>,
 ) -> Result<Principal, ApiError> {
     let token = extract::token(req, body_token)?;
-    // The session cache (see `service_kit::session_cache`): the epoch is read before asking,
-    // so an answer that crossed a logout is not kept.
-    let cached = state.sessions.as_deref().map(|cache| {
-        let key = TokenKey::of(&token);
-        (cache, key, cache.epoch(&key))
-    });
-    if let Some((cache, key, _)) = &cached
+    // The session cache (see `service_kit::session_cache`).
+    let cached = state
+        .sessions
+        .as_deref()
+        .map(|cache| (cache, TokenKey::of(&token)));
+    if let Some((cache, key)) = &cached
         && let Some(principal) = cache.get(key)
     {
         metrics::counter!("wxmp_session_cache_total", "outcome" => "hit").increment(1);
         return Ok(principal);
     }
+    // On a miss, before asking: an answer that crosses a logout is not kept.
+    let cached = cached.map(|(cache, key)| (cache, key, cache.epoch(&key)));
     let upstreams = &state.upstreams;
     let response = upstreams
         .auth()

@@ -90,16 +90,14 @@ pub async fn me(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let principal = authenticate(&state, &request_id, &req, None).await?;
-    // The cache of user rows (`GATEWAY_USER_CACHE_*`): user-service announces each change,
-    // and the epoch read before asking keeps an answer that crossed one out.
+    // The cache of user rows (`GATEWAY_USER_CACHE_*`): user-service announces each change.
     let key = UserKey(principal.user_id);
-    let cached = state.users.as_deref().map(|rows| (rows, rows.epoch(&key)));
-    if let Some((rows, _)) = cached
-        && let Some(user) = rows.get(&key)
-    {
+    if let Some(user) = state.users.as_deref().and_then(|rows| rows.get(&key)) {
         metrics::counter!("wxmp_user_cache_total", "outcome" => "hit").increment(1);
         return profile(Some(user));
     }
+    // On a miss, before asking: an answer that crosses an announced change is not kept.
+    let cached = state.users.as_deref().map(|rows| (rows, rows.epoch(&key)));
     let upstreams = &state.upstreams;
     let response = upstreams
         .user()
