@@ -120,15 +120,12 @@ pub fn build<S: SessionStore>(config: &Config, store: Arc<S>) -> Result<Auth<S>,
 /// Where completed logins are announced: the in-process feed always (`wxmp up`), and
 /// `<AUTH_REDIS_PREFIX>key-rotated` on the session Redis when there is one.
 fn logins(config: &Config, shutdown: &Shutdown) -> Result<Announcer<LoginKey>, Error> {
-    match &config.redis_url {
-        Some(url) => Announcer::redis(
-            url.expose(),
-            service_kit::session_cache::rotation_channel(&config.redis_prefix),
-            shutdown.clone(),
-        )
-        .map_err(|e| Error::Config(format!("AUTH_REDIS_URL: {e}"))),
-        None => Ok(Announcer::local()),
-    }
+    Announcer::new(
+        config.redis_url.as_ref().map(service_kit::Secret::expose),
+        service_kit::session_cache::rotation_channel(&config.redis_prefix),
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("AUTH_REDIS_URL: {e}")))
 }
 
 /// Serves `AuthService` (and gRPC health) on `listener` until `shutdown`.

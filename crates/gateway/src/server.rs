@@ -129,13 +129,15 @@ fn follow<V: Clone + Send + Sync + 'static, K: CacheKey>(
     let Some(cache) = cache else {
         return Ok(None);
     };
-    let task = match &config.redis_url {
-        _ if config.in_process_revocation => session_cache::follow_local(cache, shutdown.clone()),
-        Some(url) => session_cache::follow_redis(url.expose(), channel, cache, shutdown.clone())
-            .map_err(Error::Revocation)?,
-        None => return Ok(None),
-    };
-    Ok(Some(AbortOnDrop(task)))
+    let task = session_cache::follow(
+        config.in_process_revocation,
+        config.redis_url.as_ref().map(service_kit::Secret::expose),
+        channel,
+        cache,
+        shutdown,
+    )
+    .map_err(Error::Revocation)?;
+    Ok(task.map(AbortOnDrop))
 }
 
 /// The whole app: routes, body limits, the envelope for every error, request ids, metrics.

@@ -43,6 +43,19 @@ impl<K: CacheKey> Announcer<K> {
         }
     }
 
+    /// On `channel` of the Redis at `redis_url` as well when there is one (see [`Self::redis`]),
+    /// else in-process only.
+    pub fn new(
+        redis_url: Option<&str>,
+        channel: String,
+        shutdown: Shutdown,
+    ) -> Result<Self, InvalidRedisUrl> {
+        match redis_url {
+            Some(url) => Self::redis(url, channel, shutdown),
+            None => Ok(Self::local()),
+        }
+    }
+
     /// Announces on `channel` of the Redis at `url` as well, from a task that runs until
     /// `shutdown`.
     pub fn redis(url: &str, channel: String, shutdown: Shutdown) -> Result<Self, InvalidRedisUrl> {

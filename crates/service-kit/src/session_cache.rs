@@ -38,7 +38,7 @@ use std::{
 };
 
 pub use feed::{
-    Follower, InvalidRedisUrl, announce_local, channel, follow_local, follow_redis,
+    Follower, InvalidRedisUrl, announce_local, channel, follow, follow_local, follow_redis,
     rotation_channel, user_channel,
 };
 use keys::{BuildKeyHasher, SHARDS};

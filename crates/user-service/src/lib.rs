@@ -168,15 +168,12 @@ pub async fn serve_with_cache(
 /// Where changed users are announced: the in-process feed always (the gateway of `wxmp up`
 /// follows it), and Redis when configured.
 fn user_changes(config: &Config, shutdown: &Shutdown) -> Result<Announcer<UserKey>, Error> {
-    match &config.redis_url {
-        Some(url) => Announcer::redis(
-            url.expose(),
-            config.user_change_channel.clone(),
-            shutdown.clone(),
-        )
-        .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}"))),
-        None => Ok(Announcer::local()),
-    }
+    Announcer::new(
+        config.redis_url.as_ref().map(service_kit::Secret::expose),
+        config.user_change_channel.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}")))
 }
 
 /// Tells `follower` what its feed announces until `shutdown`: the in-process feed in `wxmp
@@ -187,20 +184,15 @@ fn follow<K: CacheKey, F: Follower<K>>(
     channel: String,
     shutdown: &Shutdown,
 ) -> Result<Option<AbortOnDrop>, Error> {
-    let task = match &config.redis_url {
-        _ if config.in_process_revocation => {
-            service_kit::session_cache::follow_local(follower, shutdown.clone())
-        }
-        Some(url) => service_kit::session_cache::follow_redis(
-            url.expose(),
-            channel,
-            follower,
-            shutdown.clone(),
-        )
-        .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}")))?,
-        None => return Ok(None),
-    };
-    Ok(Some(AbortOnDrop(task)))
+    let task = service_kit::session_cache::follow(
+        config.in_process_revocation,
+        config.redis_url.as_ref().map(service_kit::Secret::expose),
+        channel,
+        follower,
+        shutdown,
+    )
+    .map_err(|e| Error::Config(format!("USER_REDIS_URL: {e}")))?;
+    Ok(task.map(AbortOnDrop))
 }
 
 /// Stops the feed's task when serving ends, whichever way.

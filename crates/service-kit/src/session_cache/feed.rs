@@ -85,6 +85,23 @@ pub fn follow_local<K: CacheKey, F: Follower<K>>(
     })
 }
 
+/// Tells `follower` what its feed announces until `shutdown`: the in-process feed when
+/// `in_process` (`wxmp up`, every service in one process), else `channel` on the Redis at
+/// `redis_url`; `None` without either (no feed: the cache stays off).
+pub fn follow<K: CacheKey, F: Follower<K>>(
+    in_process: bool,
+    redis_url: Option<&str>,
+    channel: String,
+    follower: Arc<F>,
+    shutdown: &Shutdown,
+) -> Result<Option<tokio::task::JoinHandle<()>>, InvalidRedisUrl> {
+    Ok(match redis_url {
+        _ if in_process => Some(follow_local(follower, shutdown.clone())),
+        Some(url) => Some(follow_redis(url, channel, follower, shutdown.clone())?),
+        None => None,
+    })
+}
+
 /// Why the revocation feed could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid Redis URL for the revocation feed: {0}")]
