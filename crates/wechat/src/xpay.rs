@@ -185,11 +185,22 @@ pub fn request_params(
     app_key: &str,
     session_key: &str,
 ) -> Result<VirtualPaymentParams, serde_json::Error> {
+    signed_params(sign_data, MODE_GOODS, app_key, session_key)
+}
+
+/// `requestVirtualPayment`'s parameters for `mode`: `sign_data` as the JSON text that both
+/// signatures cover, the AppKey's `pay_sig` and the session_key's `signature`.
+pub(crate) fn signed_params<T: Serialize>(
+    sign_data: &T,
+    mode: &str,
+    app_key: &str,
+    session_key: &str,
+) -> Result<VirtualPaymentParams, serde_json::Error> {
     let sign_data = serde_json::to_string(sign_data)?;
     Ok(VirtualPaymentParams {
         pay_sig: pay_sig_for_request(app_key, &sign_data),
         signature: user_signature(session_key, &sign_data),
-        mode: MODE_GOODS.to_owned(),
+        mode: mode.to_owned(),
         sign_data,
     })
 }

@@ -20,10 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Errcode, MODE_COIN, VirtualPaymentParams, WeChatPayInfo, XpayEnv, pay_sig_for_request,
-    user_signature,
-};
+use super::{Errcode, MODE_COIN, VirtualPaymentParams, WeChatPayInfo, XpayEnv};
 use crate::auth::{ApiError, parse_json};
 use crate::client::WechatClient;
 
@@ -59,13 +56,7 @@ pub fn coin_request_params(
     app_key: &str,
     session_key: &str,
 ) -> Result<VirtualPaymentParams, serde_json::Error> {
-    let sign_data = serde_json::to_string(sign_data)?;
-    Ok(VirtualPaymentParams {
-        pay_sig: pay_sig_for_request(app_key, &sign_data),
-        signature: user_signature(session_key, &sign_data),
-        mode: MODE_COIN.to_owned(),
-        sign_data,
-    })
+    super::signed_params(sign_data, MODE_COIN, app_key, session_key)
 }
 
 /// `xpay_coin_pay_notify`'s `CoinInfo`.
